@@ -1,0 +1,397 @@
+//! The TOML configuration: the file's model (`Raw*`, exactly the keys users write), the
+//! validated settings the daemon runs on, and loading with errors that name the file, the
+//! key, the line and the fix.
+
+mod locate;
+pub mod secret;
+pub mod units;
+mod validate;
+
+pub use secret::Secret;
+pub use validate::validate;
+
+use crate::catalog::Entry;
+use crate::route::DeviceSelector;
+use crate::source::topic::{Template, TopicFilter};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+// ---------------------------------------------------------------------------------------
+// The file as written.
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[gateway]`: where the store lives and what goes into every payload.
+    pub gateway: RawGateway,
+    /// `[admin]`: the local HTTP listener for metrics and health.
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// `[sources]`: where events come from.
+    #[serde(default)]
+    pub sources: RawSources,
+    /// `[[webhooks]]`: where events go.
+    #[serde(default)]
+    pub webhooks: Vec<RawWebhook>,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    /// Directory of the embedded store (relative paths: relative to the config file).
+    pub data_dir: PathBuf,
+    /// Copied into payloads as `orgId`.
+    pub org_id: Option<String>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// `host:port` for `GET /metrics` and `GET /healthz`.
+    pub listen: Option<String>,
+}
+
+/// `[sources]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSources {
+    /// `[[sources.mqtt]]`.
+    #[serde(default)]
+    pub mqtt: Vec<RawMqtt>,
+}
+
+/// `[[sources.mqtt]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqtt {
+    /// Name used in logs and metrics.
+    pub name: String,
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    /// Fixed client id (the persistent session hangs on it); default `roomhook-<name>`.
+    pub client_id: Option<String>,
+    /// Broker user name.
+    pub username: Option<String>,
+    /// Broker password (prefer `password_file`).
+    pub password: Option<String>,
+    /// File holding the broker password.
+    pub password_file: Option<PathBuf>,
+    /// Extra trust anchors (PEM) for `mqtts://`.
+    pub ca_file: Option<PathBuf>,
+    /// MQTT keep-alive, e.g. `"30s"`.
+    pub keep_alive: Option<String>,
+    /// `[[sources.mqtt.subscriptions]]`.
+    #[serde(default)]
+    pub subscriptions: Vec<RawSubscription>,
+}
+
+/// `[[sources.mqtt.subscriptions]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubscription {
+    /// MQTT filter.
+    pub topic: String,
+    /// Payload decoder; `"json"` (generic JSON with `fields`).
+    #[serde(default = "default_format")]
+    pub format: String,
+    /// Device id: a literal or `{n}` topic levels.
+    pub device: String,
+    /// Workspace id: a literal or `{n}` topic levels.
+    pub workspace: Option<String>,
+    /// JSON pointer in the payload → catalog path.
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+}
+
+fn default_format() -> String {
+    "json".to_string()
+}
+
+/// `[[webhooks]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    /// Unique name.
+    pub name: String,
+    /// `https://…` only.
+    pub url: String,
+    /// Whether it takes events (default true).
+    pub enabled: Option<bool>,
+    /// `"none"` to send no Authorization header on purpose.
+    pub auth: Option<String>,
+    /// Authorization header value, sent verbatim.
+    pub authorization: Option<String>,
+    /// File holding the Authorization header value.
+    pub authorization_file: Option<PathBuf>,
+    /// Basic auth user name.
+    pub username: Option<String>,
+    /// Basic auth password.
+    pub password: Option<String>,
+    /// File holding the Basic auth password.
+    pub password_file: Option<PathBuf>,
+    /// Extra trust anchors (PEM), for a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// Device ids or globs (default `["*"]`).
+    pub devices: Option<Vec<String>>,
+    /// Catalog statuses (`"RoomAnalytics.*"` allowed).
+    #[serde(default)]
+    pub statuses: Vec<String>,
+    /// Catalog events.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Most requests in flight at once (default 8).
+    pub max_in_flight: Option<usize>,
+    /// TCP + TLS connect timeout (default `"5s"`).
+    pub connect_timeout: Option<String>,
+    /// Whole-request timeout (default `"15s"`).
+    pub request_timeout: Option<String>,
+    /// First retry delay (default `"1s"`).
+    pub retry_base: Option<String>,
+    /// Longest retry delay (default `"5m"`).
+    pub retry_max: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------
+// What the daemon runs on.
+
+/// Validated settings: every file read, every name checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the config came from (for reloads and messages).
+    pub file: PathBuf,
+    /// Store directory.
+    pub data_dir: PathBuf,
+    /// `orgId` of every payload.
+    pub org_id: String,
+    /// Admin HTTP listener.
+    pub admin_listen: Option<SocketAddr>,
+    /// MQTT sources.
+    pub mqtt: Vec<MqttSettings>,
+    /// Webhooks.
+    pub webhooks: Vec<WebhookSettings>,
+}
+
+/// One MQTT source.
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    /// Name in logs and metrics.
+    pub name: String,
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// TLS (`mqtts://`), with optional extra trust anchors.
+    pub tls: Option<TlsTrust>,
+    /// Fixed client id.
+    pub client_id: String,
+    /// User name and password.
+    pub credentials: Option<(String, Secret)>,
+    /// Keep-alive interval.
+    pub keep_alive: Duration,
+    /// What to subscribe to and how to decode it.
+    pub subscriptions: Vec<SubscriptionSettings>,
+}
+
+/// Trust anchors for a TLS connection: the public web roots plus an optional private CA.
+#[derive(Debug, Clone, Default)]
+pub struct TlsTrust {
+    /// PEM file with extra CA certificates.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// One subscription of an MQTT source.
+#[derive(Debug, Clone)]
+pub struct SubscriptionSettings {
+    /// The MQTT filter.
+    pub filter: TopicFilter,
+    /// The payload decoder.
+    pub format: Format,
+    /// Device id template.
+    pub device: Template,
+    /// Workspace id template.
+    pub workspace: Option<Template>,
+}
+
+/// A payload decoder and its settings.
+#[derive(Debug, Clone)]
+pub enum Format {
+    /// Generic JSON: each JSON pointer gives one catalog path.
+    Json(Vec<FieldMap>),
+}
+
+/// One `fields` entry of the generic JSON decoder.
+#[derive(Debug, Clone)]
+pub struct FieldMap {
+    /// JSON pointer into the payload (`/people`).
+    pub pointer: String,
+    /// Catalog path, possibly with `{n}` array ids from the topic.
+    pub path: Template,
+    /// The catalog entry (type and kind).
+    pub entry: &'static Entry,
+}
+
+/// How a webhook authenticates to its receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// No Authorization header (written explicitly as `auth = "none"`).
+    None,
+    /// Authorization header sent verbatim.
+    Token(Secret),
+    /// HTTP Basic.
+    Basic {
+        /// User name.
+        username: String,
+        /// Password.
+        password: Secret,
+    },
+}
+
+impl Auth {
+    /// The Authorization header value to send, if any.
+    pub fn header_value(&self) -> Option<Secret> {
+        use base64::Engine;
+        match self {
+            Auth::None => None,
+            Auth::Token(t) => Some(t.clone()),
+            Auth::Basic { username, password } => {
+                let raw = format!("{username}:{}", password.expose());
+                Some(Secret::new(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw)
+                )))
+            }
+        }
+    }
+}
+
+/// One webhook.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Unique name.
+    pub name: String,
+    /// HTTPS URL.
+    pub url: hyper::Uri,
+    /// Takes events.
+    pub enabled: bool,
+    /// Receiver authentication.
+    pub auth: Auth,
+    /// Trust anchors.
+    pub trust: TlsTrust,
+    /// Which devices.
+    pub devices: DeviceSelector,
+    /// Status patterns (catalog spelling).
+    pub statuses: Vec<String>,
+    /// Event patterns (catalog spelling).
+    pub events: Vec<String>,
+    /// Most requests in flight.
+    pub max_in_flight: usize,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Whole-request timeout.
+    pub request_timeout: Duration,
+    /// First retry delay.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors.
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// The key path (`webhooks[0].url`), empty for file-level problems.
+    pub key: String,
+    /// 1-based line, where known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub problem: String,
+    /// How to fix it.
+    pub fix: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.problem)?;
+        if !self.fix.is_empty() {
+            write!(f, "\n    fix: {}", self.fix)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads, parses and validates a config file.
+pub fn load(file: &Path) -> Result<Settings, ConfigErrors> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_path_buf(),
+            key: String::new(),
+            line: None,
+            problem: format!("cannot read the config file: {e}"),
+            fix: "check the path given with -c/--config and its permissions".into(),
+        }])
+    })?;
+    load_str(file, &text)
+}
+
+/// Parses and validates config text that came from `file`.
+pub fn load_str(file: &Path, text: &str) -> Result<Settings, ConfigErrors> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        ConfigErrors(vec![ConfigError {
+            file: file.to_path_buf(),
+            key: String::new(),
+            line,
+            problem: e.message().trim().to_string(),
+            fix: "correct the TOML at that line (see the configuration reference in README.md)"
+                .into(),
+        }])
+    })?;
+    let base = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    validate(&raw, base, file).map_err(|mut errs| {
+        for e in &mut errs.0 {
+            if e.line.is_none() && !e.key.is_empty() {
+                e.line = locate::line_of(text, &e.key);
+            }
+        }
+        errs
+    })
+}

@@ -1,0 +1,671 @@
+//! Turns the file's model into [`Settings`]: checks every key, reads secret and CA files,
+//! and collects every problem (with the key and the fix) instead of stopping at the first.
+
+use super::secret::read_secret_file;
+use super::units::parse_duration;
+use super::*;
+use crate::catalog::{self, Kind};
+use crate::route::DeviceSelector;
+use std::collections::HashSet;
+
+struct Ctx<'a> {
+    file: &'a Path,
+    base: &'a Path,
+    errs: Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) {
+        self.errs.push(ConfigError {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            line: None,
+            problem: problem.into(),
+            fix: fix.into(),
+        });
+    }
+
+    fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn secret_file(&mut self, key: &str, p: &Path) -> Option<Secret> {
+        let full = self.path(p);
+        match read_secret_file(&full) {
+            Ok(s) if s.expose().is_empty() => {
+                self.err(
+                    key,
+                    format!("the secret file {} is empty", full.display()),
+                    "write the secret into the file",
+                );
+                None
+            }
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.err(
+                    key,
+                    format!("cannot read the secret file {}: {e}", full.display()),
+                    "create the file or correct the path (relative paths are relative to the config file)",
+                );
+                None
+            }
+        }
+    }
+
+    fn ca_file(&mut self, key: &str, p: &Path) -> Option<PathBuf> {
+        let full = self.path(p);
+        match crate::tls::load_pem_certs(&full) {
+            Ok(_) => Some(full),
+            Err(e) => {
+                self.err(
+                    key,
+                    e.to_string(),
+                    "point ca_file at a PEM file with your CA certificate(s)",
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, raw: Option<&String>, default: Duration) -> Duration {
+        match raw.map(|r| parse_duration(r)) {
+            None => default,
+            Some(Ok(d)) if !d.is_zero() => d,
+            Some(Ok(_)) => {
+                self.err(key, "must be longer than zero", "write e.g. \"5s\"");
+                default
+            }
+            Some(Err(e)) => {
+                self.err(
+                    key,
+                    e,
+                    "write a duration such as \"500ms\", \"15s\", \"5m\", \"7d\"",
+                );
+                default
+            }
+        }
+    }
+
+    fn unique_name(&mut self, key: &str, seen: &mut HashSet<String>, name: &str, what: &str) {
+        if name.trim().is_empty() {
+            self.err(key, format!("the {what} name is empty"), "give it a name");
+        } else if !seen.insert(name.to_string()) {
+            self.err(
+                key,
+                format!("the {what} name {name:?} is used twice"),
+                format!("give each {what} a unique name"),
+            );
+        }
+    }
+}
+
+/// Validates a parsed file; `base` is the directory relative paths start from.
+pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, ConfigErrors> {
+    let mut cx = Ctx {
+        file,
+        base,
+        errs: Vec::new(),
+    };
+    if raw.gateway.data_dir.as_os_str().is_empty() {
+        cx.err(
+            "gateway.data_dir",
+            "is empty",
+            "set the directory for the store, e.g. \"/var/lib/roomhook\"",
+        );
+    }
+    let data_dir = cx.path(&raw.gateway.data_dir);
+    let admin_listen = raw.admin.listen.as_ref().and_then(|l| match l.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            cx.err(
+                "admin.listen",
+                format!("{l:?} is not an address:port"),
+                "write e.g. \"127.0.0.1:9750\"",
+            );
+            None
+        }
+    });
+
+    let mut names = HashSet::new();
+    let mqtt = raw
+        .sources
+        .mqtt
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| mqtt_source(&mut cx, &mut names, &format!("sources.mqtt[{i}]"), m))
+        .collect();
+
+    let mut names = HashSet::new();
+    let webhooks = raw
+        .webhooks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| webhook(&mut cx, &mut names, &format!("webhooks[{i}]"), w))
+        .collect();
+
+    if cx.errs.is_empty() {
+        Ok(Settings {
+            file: file.to_path_buf(),
+            data_dir,
+            org_id: raw.gateway.org_id.clone().unwrap_or_default(),
+            admin_listen,
+            mqtt,
+            webhooks,
+        })
+    } else {
+        Err(ConfigErrors(cx.errs))
+    }
+}
+
+fn mqtt_source(
+    cx: &mut Ctx<'_>,
+    names: &mut HashSet<String>,
+    key: &str,
+    m: &RawMqtt,
+) -> Option<MqttSettings> {
+    let before = cx.errs.len();
+    cx.unique_name(&format!("{key}.name"), names, &m.name, "source");
+    let url_key = format!("{key}.url");
+    let (tls, rest) = if let Some(r) = m.url.strip_prefix("mqtts://") {
+        (true, r)
+    } else if let Some(r) = m.url.strip_prefix("mqtt://") {
+        (false, r)
+    } else {
+        cx.err(
+            &url_key,
+            format!("{:?} is not an MQTT URL", m.url),
+            "write mqtt://host:1883, or mqtts://host:8883 for TLS",
+        );
+        (false, "")
+    };
+    let hostport = rest.trim_end_matches('/');
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() => match p.parse::<u16>() {
+            Ok(p) => (h.trim_matches(|c| c == '[' || c == ']').to_string(), p),
+            Err(_) => {
+                cx.err(
+                    &url_key,
+                    format!("bad port in {:?}", m.url),
+                    "write a port number 1-65535",
+                );
+                (String::new(), 0)
+            }
+        },
+        _ => (hostport.to_string(), if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() && cx.errs.len() == before {
+        cx.err(&url_key, "has no host", "write mqtt://host:port");
+    }
+    let ca_file = m
+        .ca_file
+        .as_ref()
+        .and_then(|p| cx.ca_file(&format!("{key}.ca_file"), p));
+    if m.ca_file.is_some() && !tls {
+        cx.err(
+            format!("{key}.ca_file"),
+            "ca_file is set but the URL is mqtt:// (no TLS)",
+            "use an mqtts:// URL, or remove ca_file",
+        );
+    }
+    let password = match (&m.password, &m.password_file) {
+        (Some(_), Some(_)) => {
+            cx.err(
+                format!("{key}.password_file"),
+                "both password and password_file are set",
+                "keep one of them",
+            );
+            None
+        }
+        (Some(p), None) => Some(Secret::new(p.clone())),
+        (None, Some(f)) => cx.secret_file(&format!("{key}.password_file"), f),
+        (None, None) => None,
+    };
+    let credentials = match (&m.username, password) {
+        (Some(u), p) => Some((u.clone(), p.unwrap_or_else(|| Secret::new("")))),
+        (None, Some(_)) => {
+            cx.err(
+                format!("{key}.username"),
+                "a password is set without a username",
+                "add username, or remove the password",
+            );
+            None
+        }
+        (None, None) => None,
+    };
+    let keep_alive = cx.duration(
+        &format!("{key}.keep_alive"),
+        m.keep_alive.as_ref(),
+        Duration::from_secs(30),
+    );
+    if keep_alive < Duration::from_secs(5) {
+        cx.err(
+            format!("{key}.keep_alive"),
+            "must be at least 5s",
+            "write e.g. \"30s\"",
+        );
+    }
+    let client_id = m
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("roomhook-{}", m.name));
+    if client_id.is_empty() || client_id.len() > 256 {
+        cx.err(
+            format!("{key}.client_id"),
+            "must be 1 to 256 characters",
+            "use a fixed id unique to this gateway, e.g. \"roomhook-gw1\"",
+        );
+    }
+    if m.subscriptions.is_empty() {
+        cx.err(
+            format!("{key}.subscriptions"),
+            "the source has no subscriptions",
+            "add a [[sources.mqtt.subscriptions]] table with topic, device and fields",
+        );
+    }
+    let subscriptions = m
+        .subscriptions
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| subscription(cx, &format!("{key}.subscriptions[{i}]"), s))
+        .collect();
+    (cx.errs.len() == before).then(|| MqttSettings {
+        name: m.name.clone(),
+        host,
+        port,
+        tls: tls.then_some(TlsTrust { ca_file }),
+        client_id,
+        credentials,
+        keep_alive,
+        subscriptions,
+    })
+}
+
+fn subscription(cx: &mut Ctx<'_>, key: &str, s: &RawSubscription) -> Option<SubscriptionSettings> {
+    let before = cx.errs.len();
+    let filter = match TopicFilter::parse(&s.topic) {
+        Ok(f) => f,
+        Err(e) => {
+            cx.err(
+                format!("{key}.topic"),
+                format!("{:?} is not a valid MQTT filter: {e}", s.topic),
+                "use '/' between levels, '+' for one whole level, '#' only as the last level",
+            );
+            return None;
+        }
+    };
+    let device = Template::parse(&s.device, &filter)
+        .map_err(|e| {
+            cx.err(
+                format!("{key}.device"),
+                format!("{:?}: {e}", s.device),
+                "write a literal id or {n} with n a level of the topic filter (0-based)",
+            )
+        })
+        .ok();
+    if s.device.trim().is_empty() {
+        cx.err(
+            format!("{key}.device"),
+            "is empty",
+            "write a literal id or \"{1}\" for topic level 1",
+        );
+    }
+    let workspace = s.workspace.as_ref().and_then(|w| {
+        Template::parse(w, &filter)
+            .map_err(|e| {
+                cx.err(
+                    format!("{key}.workspace"),
+                    format!("{w:?}: {e}"),
+                    "write a literal id or {n} with n a level of the topic filter (0-based)",
+                )
+            })
+            .ok()
+    });
+    let format = match s.format.as_str() {
+        "json" => {
+            if s.fields.is_empty() {
+                cx.err(
+                    format!("{key}.fields"),
+                    "the json format needs at least one field",
+                    "add [sources.mqtt.subscriptions.fields] with \"/pointer\" = \"Catalog.Path\"",
+                );
+            }
+            let mut maps = Vec::new();
+            for (pointer, path) in &s.fields {
+                let fkey = format!("{key}.fields.{pointer}");
+                if !(pointer.is_empty() || pointer.starts_with('/')) {
+                    cx.err(
+                        &fkey,
+                        format!("{pointer:?} is not a JSON pointer"),
+                        format!("write \"/{pointer}\" (JSON pointers start with '/')"),
+                    );
+                    continue;
+                }
+                let template = match Template::parse(path, &filter) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        cx.err(
+                            &fkey,
+                            format!("{path:?}: {e}"),
+                            "use {n} only inside [..] array ids",
+                        );
+                        continue;
+                    }
+                };
+                match catalog::lookup(path) {
+                    Some(entry) => maps.push(FieldMap {
+                        pointer: pointer.clone(),
+                        path: template,
+                        entry,
+                    }),
+                    None => {
+                        let near = catalog::suggest(path, None);
+                        cx.err(
+                            &fkey,
+                            format!(
+                                "{path:?} is not in the catalog of approved statuses and events"
+                            ),
+                            did_you_mean(&near),
+                        );
+                    }
+                }
+            }
+            Format::Json(maps)
+        }
+        other => {
+            cx.err(
+                format!("{key}.format"),
+                format!("unknown format {other:?}"),
+                "use format = \"json\"",
+            );
+            Format::Json(Vec::new())
+        }
+    };
+    if cx.errs.len() != before {
+        return None;
+    }
+    Some(SubscriptionSettings {
+        filter,
+        format,
+        device: device?,
+        workspace,
+    })
+}
+
+fn did_you_mean(near: &[&str]) -> String {
+    if near.is_empty() {
+        "see the catalog in README.md for the approved names".to_string()
+    } else {
+        format!(
+            "did you mean {}?",
+            near.iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )
+    }
+}
+
+fn selection(cx: &mut Ctx<'_>, key: &str, patterns: &[String], kind: Kind) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, p) in patterns.iter().enumerate() {
+        let generic = catalog::generic_path(p);
+        if catalog::expand(&generic, kind).is_empty() {
+            let what = match kind {
+                Kind::Status => "status",
+                Kind::Event => "event",
+            };
+            let other = match kind {
+                Kind::Status => Kind::Event,
+                Kind::Event => Kind::Status,
+            };
+            let fix = if !catalog::expand(&generic, other).is_empty() {
+                format!(
+                    "{p:?} is an {}; move it to {}",
+                    if other == Kind::Event {
+                        "event"
+                    } else {
+                        "status"
+                    },
+                    if other == Kind::Event {
+                        "events"
+                    } else {
+                        "statuses"
+                    }
+                )
+            } else {
+                did_you_mean(&catalog::suggest(p, Some(kind)))
+            };
+            cx.err(
+                format!("{key}[{i}]"),
+                format!("{p:?} is not an approved {what} (wildcards only as a last \".*\")"),
+                fix,
+            );
+        } else {
+            out.push(generic);
+        }
+    }
+    out
+}
+
+fn webhook(
+    cx: &mut Ctx<'_>,
+    names: &mut HashSet<String>,
+    key: &str,
+    w: &RawWebhook,
+) -> Option<WebhookSettings> {
+    let before = cx.errs.len();
+    cx.unique_name(&format!("{key}.name"), names, &w.name, "webhook");
+    let url_key = format!("{key}.url");
+    let url = match w.url.parse::<hyper::Uri>() {
+        Ok(u) if u.scheme_str() == Some("https") && u.host().is_some_and(|h| !h.is_empty()) => {
+            Some(u)
+        }
+        Ok(u) if u.scheme_str() == Some("http") => {
+            cx.err(
+                &url_key,
+                format!("{:?} is plain http", w.url),
+                "use an https:// URL: webhooks are only sent over TLS with a trusted certificate",
+            );
+            None
+        }
+        _ => {
+            cx.err(
+                &url_key,
+                format!("{:?} is not an https URL", w.url),
+                "write https://host[:port]/path",
+            );
+            None
+        }
+    };
+    let auth = webhook_auth(cx, key, w);
+    let trust = TlsTrust {
+        ca_file: w
+            .ca_file
+            .as_ref()
+            .and_then(|p| cx.ca_file(&format!("{key}.ca_file"), p)),
+    };
+    let devices = match DeviceSelector::parse(w.devices.clone().unwrap_or_else(|| vec!["*".into()]))
+    {
+        Ok(d) => Some(d),
+        Err(e) => {
+            cx.err(
+                format!("{key}.devices"),
+                e,
+                "list device ids or globs, e.g. [\"*\"] or [\"room-*\"]",
+            );
+            None
+        }
+    };
+    let statuses = selection(cx, &format!("{key}.statuses"), &w.statuses, Kind::Status);
+    let events = selection(cx, &format!("{key}.events"), &w.events, Kind::Event);
+    if w.statuses.is_empty() && w.events.is_empty() {
+        cx.err(
+            format!("{key}.statuses"),
+            "the webhook selects no statuses and no events",
+            "add e.g. statuses = [\"RoomAnalytics.PeopleCount.Current\"] or events = [\"UserInterface.Extensions.Widget.Action\"]",
+        );
+    }
+    let max_in_flight = w.max_in_flight.unwrap_or(8);
+    if !(1..=256).contains(&max_in_flight) {
+        cx.err(
+            format!("{key}.max_in_flight"),
+            "must be 1 to 256",
+            "write e.g. 8",
+        );
+    }
+    let connect_timeout = cx.duration(
+        &format!("{key}.connect_timeout"),
+        w.connect_timeout.as_ref(),
+        Duration::from_secs(5),
+    );
+    let request_timeout = cx.duration(
+        &format!("{key}.request_timeout"),
+        w.request_timeout.as_ref(),
+        Duration::from_secs(15),
+    );
+    let retry_base = cx.duration(
+        &format!("{key}.retry_base"),
+        w.retry_base.as_ref(),
+        Duration::from_secs(1),
+    );
+    let retry_max = cx.duration(
+        &format!("{key}.retry_max"),
+        w.retry_max.as_ref(),
+        Duration::from_secs(300),
+    );
+    if retry_max < retry_base {
+        cx.err(
+            format!("{key}.retry_max"),
+            "is shorter than retry_base",
+            "make retry_max at least retry_base",
+        );
+    }
+    if cx.errs.len() != before {
+        return None;
+    }
+    Some(WebhookSettings {
+        name: w.name.clone(),
+        url: url?,
+        enabled: w.enabled.unwrap_or(true),
+        auth: auth?,
+        trust,
+        devices: devices?,
+        statuses,
+        events,
+        max_in_flight,
+        connect_timeout,
+        request_timeout,
+        retry_base,
+        retry_max,
+    })
+}
+
+fn webhook_auth(cx: &mut Ctx<'_>, key: &str, w: &RawWebhook) -> Option<Auth> {
+    let token_set = w.authorization.is_some() || w.authorization_file.is_some();
+    let basic_set = w.username.is_some() || w.password.is_some() || w.password_file.is_some();
+    let none = match w.auth.as_deref() {
+        None => false,
+        Some("none") => true,
+        Some(other) => {
+            cx.err(
+                format!("{key}.auth"),
+                format!("unknown value {other:?}"),
+                "the only value is \"none\" (no Authorization header); otherwise set authorization or username + password",
+            );
+            return None;
+        }
+    };
+    match (none, token_set, basic_set) {
+        (true, false, false) => Some(Auth::None),
+        (true, _, _) => {
+            cx.err(
+                format!("{key}.auth"),
+                "auth = \"none\" is set together with credentials",
+                "remove auth = \"none\", or remove the credentials",
+            );
+            None
+        }
+        (false, true, true) => {
+            cx.err(
+                format!("{key}.authorization"),
+                "both a token (authorization) and Basic credentials (username/password) are set",
+                "keep one kind of receiver authentication",
+            );
+            None
+        }
+        (false, false, false) => {
+            cx.err(
+                format!("{key}.authorization"),
+                "the webhook has no receiver authentication",
+                "set authorization = \"Bearer …\" (or authorization_file), or username + password_file for Basic; write auth = \"none\" to send none on purpose",
+            );
+            None
+        }
+        (false, true, false) => match (&w.authorization, &w.authorization_file) {
+            (Some(_), Some(_)) => {
+                cx.err(
+                    format!("{key}.authorization_file"),
+                    "both authorization and authorization_file are set",
+                    "keep one of them",
+                );
+                None
+            }
+            (Some(t), None) if t.trim().is_empty() => {
+                cx.err(
+                    format!("{key}.authorization"),
+                    "is empty",
+                    "write the header value, e.g. \"Bearer …\"",
+                );
+                None
+            }
+            (Some(t), None) => Some(Auth::Token(Secret::new(t.clone()))),
+            (None, Some(f)) => cx
+                .secret_file(&format!("{key}.authorization_file"), f)
+                .map(Auth::Token),
+            (None, None) => None,
+        },
+        (false, false, true) => {
+            let Some(username) = w.username.clone().filter(|u| !u.is_empty()) else {
+                cx.err(
+                    format!("{key}.username"),
+                    "a password is set without a username",
+                    "add username",
+                );
+                return None;
+            };
+            if username.contains(':') {
+                cx.err(
+                    format!("{key}.username"),
+                    "contains ':', which Basic auth cannot carry",
+                    "choose a user name without ':'",
+                );
+                return None;
+            }
+            let password = match (&w.password, &w.password_file) {
+                (Some(_), Some(_)) => {
+                    cx.err(
+                        format!("{key}.password_file"),
+                        "both password and password_file are set",
+                        "keep one of them",
+                    );
+                    None
+                }
+                (Some(p), None) => Some(Secret::new(p.clone())),
+                (None, Some(f)) => cx.secret_file(&format!("{key}.password_file"), f),
+                (None, None) => {
+                    cx.err(
+                        format!("{key}.password"),
+                        "username is set without a password",
+                        "add password_file (or password)",
+                    );
+                    None
+                }
+            }?;
+            Some(Auth::Basic { username, password })
+        }
+    }
+}

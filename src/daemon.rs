@@ -1,0 +1,169 @@
+//! Wiring: opens the store, starts one delivery worker per webhook, the sources and the
+//! admin listener, and stops them in order (sources, then workers, then the store).
+
+use crate::config::Settings;
+use crate::deliver::backoff::Backoff;
+use crate::deliver::client::WebhookClient;
+use crate::deliver::worker::Worker;
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use crate::route::Router;
+use crate::store::{Store, WebhookId};
+use anyhow::Context;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How long in-flight requests may finish after a stop signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A started daemon.
+pub struct Running {
+    /// Where sources hand over events (the demo attaches its simulator here).
+    pub ingest: Ingest,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The admin listener's address, if configured.
+    pub admin_addr: Option<SocketAddr>,
+    /// Store ids of the configured webhooks, by name.
+    pub webhook_ids: HashMap<String, WebhookId>,
+    store: Store,
+    sources: JoinSet<()>,
+    workers: JoinSet<()>,
+    /// Cancelled to stop the sources (first).
+    source_stop: CancellationToken,
+    /// Cancelled to stop the workers and the admin listener (after the sources).
+    worker_stop: CancellationToken,
+    shutdown: CancellationToken,
+}
+
+/// Starts everything the settings describe; `shutdown` stops it.
+pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let metrics = Arc::new(Metrics::new());
+    let names: Vec<String> = settings.webhooks.iter().map(|w| w.name.clone()).collect();
+    let (store, ids) = {
+        let dir = settings.data_dir.clone();
+        tokio::task::spawn_blocking(move || Store::open(&dir, &names))
+            .await
+            .context("store open task")??
+    };
+    tracing::info!(store = %store.path().display(), "store open");
+    let router = Router::new(ids.iter().copied().zip(settings.webhooks.iter()));
+    let id_names: HashMap<WebhookId, String> = ids
+        .iter()
+        .copied()
+        .zip(settings.webhooks.iter().map(|w| w.name.clone()))
+        .collect();
+    let ingest = Ingest::new(router, store.clone(), metrics.clone(), id_names);
+
+    let source_stop = CancellationToken::new();
+    let worker_stop = CancellationToken::new();
+    let mut workers = JoinSet::new();
+    for (id, w) in ids.iter().copied().zip(&settings.webhooks) {
+        let client = WebhookClient::new(w).with_context(|| format!("webhook {}", w.name))?;
+        let worker = Worker {
+            id,
+            name: w.name.clone(),
+            client,
+            store: store.clone(),
+            org_id: settings.org_id.clone(),
+            metrics: metrics.clone(),
+            backoff: Backoff {
+                base: w.retry_base,
+                max: w.retry_max,
+            },
+            max_in_flight: w.max_in_flight,
+            shutdown: worker_stop.clone(),
+            grace: SHUTDOWN_GRACE,
+        };
+        workers.spawn(worker.run());
+    }
+
+    let admin_addr = match settings.admin_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on admin.listen = {addr}"))?;
+            let local = listener.local_addr()?;
+            tracing::info!("metrics on http://{local}/metrics");
+            workers.spawn(crate::admin::serve(
+                listener,
+                metrics.clone(),
+                worker_stop.clone(),
+            ));
+            Some(local)
+        }
+        None => None,
+    };
+
+    let mut sources = JoinSet::new();
+    for m in &settings.mqtt {
+        let (m, ingest, stop) = (m.clone(), ingest.clone(), source_stop.clone());
+        sources.spawn(async move {
+            let name = m.name.clone();
+            if let Err(e) = crate::source::mqtt::run(m, ingest, stop).await {
+                tracing::error!(source = %name, "{e}");
+            }
+        });
+    }
+    let webhook_ids = settings
+        .webhooks
+        .iter()
+        .map(|w| w.name.clone())
+        .zip(ids)
+        .collect();
+    Ok(Running {
+        ingest,
+        metrics,
+        admin_addr,
+        webhook_ids,
+        store,
+        sources,
+        workers,
+        source_stop,
+        worker_stop,
+        shutdown,
+    })
+}
+
+impl Running {
+    /// Adds a task that feeds the ingest path and stops with the sources.
+    pub fn spawn_source<F>(&mut self, f: impl FnOnce(Ingest, CancellationToken) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let fut = f(self.ingest.clone(), self.source_stop.clone());
+        self.sources.spawn(fut);
+    }
+
+    /// The store (for counts in the demo and tests).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Waits for the shutdown signal, then stops sources, workers and the store in order.
+    pub async fn wait(self) {
+        let Running {
+            ingest,
+            store,
+            mut sources,
+            mut workers,
+            source_stop,
+            worker_stop,
+            shutdown,
+            ..
+        } = self;
+        shutdown.cancelled().await;
+        tracing::info!("stopping: no new input, finishing in-flight requests");
+        source_stop.cancel();
+        while sources.join_next().await.is_some() {}
+        worker_stop.cancel();
+        while workers.join_next().await.is_some() {}
+        drop(ingest);
+        store.close().await;
+        tracing::info!("stopped");
+    }
+}

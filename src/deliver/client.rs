@@ -1,0 +1,267 @@
+//! The HTTPS client of one webhook: pooled hyper connections over rustls (ring), webpki
+//! roots plus the webhook's private CA, connect and whole-request timeouts, and the
+//! classification of every answer or failure.
+
+use crate::config::WebhookSettings;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use hyper::{Request, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How much of an error body is kept for messages.
+const BODY_EXCERPT: usize = 512;
+/// Largest response body read (the rest is dropped with the connection).
+const MAX_BODY: usize = 64 * 1024;
+
+/// What kind of failure a request ended in (the `kind` label of request errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// DNS or TCP connect failed.
+    Connect,
+    /// The TLS handshake failed (untrusted or invalid certificate, protocol).
+    Tls,
+    /// No complete answer within the timeout.
+    Timeout,
+    /// The receiver answered with a non-2xx status.
+    Http(StatusCode),
+    /// Anything else (connection reset mid-request, protocol error).
+    Other,
+}
+
+impl FailureKind {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::Connect => "connect",
+            FailureKind::Tls => "tls",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Http(s) if s.is_redirection() => "http_3xx",
+            FailureKind::Http(s) if s.is_client_error() => "http_4xx",
+            FailureKind::Http(s) if s.is_server_error() => "http_5xx",
+            FailureKind::Http(_) => "http_other",
+            FailureKind::Other => "other",
+        }
+    }
+}
+
+/// The result of one request.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// 2xx.
+    Delivered {
+        /// The status code.
+        status: StatusCode,
+    },
+    /// Anything else.
+    Failed(Failure),
+}
+
+/// A failed request, with what is needed to log and schedule it.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The kind.
+    pub kind: FailureKind,
+    /// A one-line description (error chain, or status and body excerpt).
+    pub message: String,
+    /// `Retry-After`, if the receiver sent one.
+    pub retry_after: Option<Duration>,
+}
+
+/// Why a client could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("webhook TLS setup: {0}")]
+pub struct ClientError(#[from] crate::tls::TlsError);
+
+/// The sender of one webhook.
+#[derive(Clone)]
+pub struct WebhookClient {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    url: Uri,
+    authorization: Option<HeaderValue>,
+    timeout: Duration,
+}
+
+impl WebhookClient {
+    /// Builds the client for a webhook's settings.
+    pub fn new(w: &WebhookSettings) -> Result<Self, ClientError> {
+        let tls = crate::tls::client_config(&w.trust, &[])?; // hyper-rustls sets ALPN itself
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(w.connect_timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(30)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_only()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(w.max_in_flight.max(1))
+            .timer(TokioTimer::new())
+            .build(https);
+        let authorization = w.auth.header_value().and_then(|s| {
+            let mut v = HeaderValue::from_str(s.expose()).ok()?;
+            v.set_sensitive(true);
+            Some(v)
+        });
+        Ok(Self {
+            client,
+            url: w.url.clone(),
+            authorization,
+            timeout: w.request_timeout,
+        })
+    }
+
+    /// POSTs a JSON body with `extra` headers; never follows redirects.
+    pub async fn post(&self, body: Bytes, extra: &[(&'static str, String)]) -> (Outcome, Duration) {
+        let started = Instant::now();
+        let mut req = Request::post(self.url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(USER_AGENT, concat!("roomhook/", env!("CARGO_PKG_VERSION")));
+        if let Some(a) = &self.authorization {
+            req = req.header(AUTHORIZATION, a.clone());
+        }
+        for (k, v) in extra {
+            req = req.header(*k, v.as_str());
+        }
+        let req = match req.body(Full::new(body)) {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    Outcome::Failed(Failure {
+                        kind: FailureKind::Other,
+                        message: format!("cannot build the request: {e}"),
+                        retry_after: None,
+                    }),
+                    started.elapsed(),
+                )
+            }
+        };
+        let outcome = match tokio::time::timeout(self.timeout, self.exchange(req)).await {
+            Ok(o) => o,
+            Err(_) => Outcome::Failed(Failure {
+                kind: FailureKind::Timeout,
+                message: format!("no answer within {:?}", self.timeout),
+                retry_after: None,
+            }),
+        };
+        (outcome, started.elapsed())
+    }
+
+    async fn exchange(&self, req: Request<Full<Bytes>>) -> Outcome {
+        let resp = match self.client.request(req).await {
+            Ok(r) => r,
+            Err(e) => return Outcome::Failed(classify(&e)),
+        };
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let body = Limited::new(resp.into_body(), MAX_BODY).collect().await;
+        if status.is_success() {
+            return Outcome::Delivered { status };
+        }
+        let excerpt = body
+            .map(|b| {
+                let bytes = b.to_bytes();
+                let cut = &bytes[..bytes.len().min(BODY_EXCERPT)];
+                String::from_utf8_lossy(cut).trim().to_string()
+            })
+            .unwrap_or_default();
+        Outcome::Failed(Failure {
+            kind: FailureKind::Http(status),
+            message: if excerpt.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                format!("HTTP {status}: {excerpt}")
+            },
+            retry_after,
+        })
+    }
+}
+
+/// Parses `Retry-After`: seconds, or an HTTP date.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let fmt = time::format_description::well_known::Rfc2822;
+    let at = time::OffsetDateTime::parse(v, &fmt).ok()?;
+    let at: SystemTime = at.into();
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Describes a transport error with its whole cause chain and sorts it into a kind.
+fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
+    let mut parts = vec![e.to_string()];
+    let mut tls = false;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            tls = true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                if inner.downcast_ref::<rustls::Error>().is_some() {
+                    tls = true;
+                }
+                parts.push(inner.to_string());
+            } else {
+                parts.push(err.to_string());
+            }
+        } else {
+            parts.push(err.to_string());
+        }
+        cur = err.source();
+    }
+    parts.dedup();
+    let message = parts.join(": ");
+    let kind = if tls {
+        FailureKind::Tls
+    } else if message.contains("timed out") || message.contains("deadline") {
+        FailureKind::Timeout
+    } else if e.is_connect() {
+        FailureKind::Connect
+    } else {
+        FailureKind::Other
+    };
+    let message = if kind == FailureKind::Tls {
+        format!("TLS handshake failed (the receiver's certificate is not trusted or not valid for this host; set ca_file for a private CA): {message}")
+    } else {
+        message
+    };
+    Failure {
+        kind,
+        message,
+        retry_after: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

@@ -1,0 +1,8 @@
+//! Delivery: one worker per webhook takes its queue from the store and POSTs each message
+//! to the receiver, paced by the scheduler, retried with backoff, removed on 2xx.
+
+pub mod backoff;
+pub mod client;
+pub mod payload;
+pub mod scheduler;
+pub mod worker;

@@ -1,0 +1,223 @@
+//! A real HTTPS webhook receiver (hyper + rustls) for the demo and the tests: it checks the
+//! Authorization header, answers with a status it is told to use, and records every request.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{HeaderMap, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// One request as the receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Request path.
+    pub path: String,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// Request body.
+    pub body: Bytes,
+    /// The status the receiver answered.
+    pub status: u16,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+impl Received {
+    /// The body as JSON (null if it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// How the receiver answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// 200 OK (401 when the Authorization header is wrong).
+    Accept,
+    /// This status for every request.
+    Status(u16),
+    /// This status for every request, with `Retry-After: secs`.
+    StatusRetryAfter(u16, u64),
+}
+
+struct State {
+    requests: Mutex<Vec<Received>>,
+    behaviour: Mutex<Behaviour>,
+    auth: Option<String>,
+    print: bool,
+    notify: Notify,
+}
+
+/// A running receiver; stops when dropped.
+pub struct Receiver {
+    addr: SocketAddr,
+    state: Arc<State>,
+    stop: CancellationToken,
+}
+
+impl Receiver {
+    /// Listens on `addr` (use port 0 for a free one) with TLS; requires `auth` as the
+    /// Authorization header when given; prints each request when `print`.
+    pub async fn start(
+        addr: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+        auth: Option<String>,
+        print: bool,
+    ) -> std::io::Result<Receiver> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            requests: Mutex::new(Vec::new()),
+            behaviour: Mutex::new(Behaviour::Accept),
+            auth,
+            print,
+            notify: Notify::new(),
+        });
+        let stop = CancellationToken::new();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let (st, stop2) = (state.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                    _ = stop2.cancelled() => return,
+                };
+                let (acceptor, st, stop3) = (acceptor.clone(), st.clone(), stop2.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |req| handle(req, st.clone()));
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop3.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Ok(Receiver { addr, state, stop })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Changes how it answers from now on.
+    pub fn set_behaviour(&self, b: Behaviour) {
+        if let Ok(mut g) = self.state.behaviour.lock() {
+            *g = b;
+        }
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<Received> {
+        self.state
+            .requests
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_default()
+    }
+
+    /// Requests answered with 2xx.
+    pub fn accepted(&self) -> Vec<Received> {
+        self.requests()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .collect()
+    }
+
+    /// Waits until `cond` holds for the requests so far, or the timeout passes.
+    pub async fn wait_for(&self, timeout: Duration, cond: impl Fn(&[Received]) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.state.notify.notified();
+            if let Ok(g) = self.state.requests.lock() {
+                if cond(&g) {
+                    return true;
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self
+                    .state
+                    .requests
+                    .lock()
+                    .map(|g| cond(&g))
+                    .unwrap_or(false);
+            }
+        }
+    }
+
+    /// Stops listening and closes connections.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    st: Arc<State>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let behaviour = st.behaviour.lock().map(|g| *g).unwrap_or(Behaviour::Accept);
+    let auth_ok = match &st.auth {
+        None => true,
+        Some(want) => {
+            parts
+                .headers
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                == Some(want.as_str())
+        }
+    };
+    let (status, retry_after) = match behaviour {
+        _ if !auth_ok => (401, None),
+        Behaviour::Accept => (200, None),
+        Behaviour::Status(s) => (s, None),
+        Behaviour::StatusRetryAfter(s, secs) => (s, Some(secs)),
+    };
+    if st.print {
+        let text = String::from_utf8_lossy(&body);
+        println!(
+            "receiver <- {} {} [{}] {}",
+            parts.method,
+            parts.uri.path(),
+            status,
+            text
+        );
+    }
+    if let Ok(mut g) = st.requests.lock() {
+        g.push(Received {
+            path: parts.uri.path().to_string(),
+            headers: parts.headers,
+            body,
+            status,
+            at: Instant::now(),
+        });
+    }
+    st.notify.notify_waiters();
+    let mut resp = Response::new(Full::new(Bytes::from_static(b"")));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Some(secs) = retry_after {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&secs.to_string()) {
+            resp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+        }
+    }
+    Ok(resp)
+}

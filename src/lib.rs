@@ -1,0 +1,24 @@
+//! roomhook: reads meeting-room status and events from local sources, keeps every accepted
+//! event in an embedded store, and forwards the selected ones as Control Hub compatible
+//! HTTPS webhooks. `main.rs` is the command line; this crate root only lists the modules.
+
+pub mod admin;
+pub mod catalog;
+pub mod config;
+pub mod daemon;
+pub mod deliver;
+pub mod demo;
+pub mod event;
+pub mod ingest;
+pub mod metrics;
+pub mod ratelog;
+pub mod route;
+pub mod source;
+pub mod store;
+pub mod timefmt;
+pub mod tls;
+
+/// Installs the ring crypto provider for rustls once per process (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

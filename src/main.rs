@@ -1,0 +1,160 @@
+//! The `roomhook` command line: `run`, `check-config`, `demo`.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Forwards meeting-room status and events as durable, paced HTTPS webhooks.
+#[derive(Parser)]
+#[command(name = "roomhook", version, about)]
+struct Cli {
+    /// Log filter (RUST_LOG syntax), e.g. "info" or "roomhook=debug".
+    #[arg(long, global = true, env = "ROOMHOOK_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        /// Config file.
+        #[arg(short, long, default_value = "/etc/roomhook/roomhook.toml")]
+        config: PathBuf,
+    },
+    /// Check a config file and print every problem with its key, line and fix.
+    CheckConfig {
+        /// Config file.
+        #[arg(short, long, default_value = "/etc/roomhook/roomhook.toml")]
+        config: PathBuf,
+    },
+    /// Run the whole path on this machine: simulated rooms, the real store, a local HTTPS receiver.
+    Demo {
+        /// Stop after this long ("0" runs until Ctrl-C).
+        #[arg(long, default_value = "20s")]
+        duration: String,
+        /// Number of simulated rooms.
+        #[arg(long, default_value_t = 5)]
+        rooms: usize,
+        /// Time between two observations.
+        #[arg(long, default_value = "300ms")]
+        interval: String,
+    },
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn stop_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        token.cancel();
+    });
+}
+
+fn duration_arg(name: &str, raw: &str) -> Result<Duration, ExitCode> {
+    roomhook::config::units::parse_duration(raw).map_err(|e| {
+        eprintln!("--{name}: {e} (write e.g. \"20s\")");
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    roomhook::install_crypto_provider();
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        match cli.command {
+            Command::CheckConfig { config } => match roomhook::config::load(&config) {
+                Ok(s) => {
+                    println!(
+                        "{}: OK ({} MQTT source(s), {} webhook(s), store in {})",
+                        config.display(),
+                        s.mqtt.len(),
+                        s.webhooks.len(),
+                        s.data_dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(errs) => {
+                    eprintln!("{errs}");
+                    eprintln!("{} problem(s) in {}", errs.0.len(), config.display());
+                    ExitCode::from(2)
+                }
+            },
+            Command::Run { config } => {
+                let settings = match roomhook::config::load(&config) {
+                    Ok(s) => s,
+                    Err(errs) => {
+                        eprintln!("{errs}");
+                        return ExitCode::from(2);
+                    }
+                };
+                let shutdown = CancellationToken::new();
+                stop_on_signals(shutdown.clone());
+                match roomhook::daemon::start(&settings, shutdown).await {
+                    Ok(running) => {
+                        tracing::info!(config = %config.display(), "roomhook {} running", env!("CARGO_PKG_VERSION"));
+                        running.wait().await;
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("roomhook: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Command::Demo { duration, rooms, interval } => {
+                let duration = match duration_arg("duration", &duration) {
+                    Ok(d) => (!d.is_zero()).then_some(d),
+                    Err(c) => return c,
+                };
+                let interval = match duration_arg("interval", &interval) {
+                    Ok(d) if !d.is_zero() => d,
+                    Ok(_) => Duration::from_millis(300),
+                    Err(c) => return c,
+                };
+                let shutdown = CancellationToken::new();
+                stop_on_signals(shutdown.clone());
+                let opts = roomhook::demo::DemoOptions { duration, rooms, interval };
+                match roomhook::demo::run(opts, shutdown).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("roomhook demo: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,229 @@
+//! The Prometheus metrics (namespace `roomhook_`) every part of the pipeline updates, and
+//! their text exposition for `GET /metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// `{source}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// Source name.
+    pub source: String,
+}
+
+/// `{source,reason}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceReasonLabel {
+    /// Source name.
+    pub source: String,
+    /// Why the payload was rejected.
+    pub reason: String,
+}
+
+/// `{webhook}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabel {
+    /// Webhook name.
+    pub webhook: String,
+}
+
+/// `{reason}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why.
+    pub reason: String,
+}
+
+/// `{webhook,code}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookCodeLabel {
+    /// Webhook name.
+    pub webhook: String,
+    /// HTTP status code.
+    pub code: String,
+}
+
+/// `{webhook,kind}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookKindLabel {
+    /// Webhook name.
+    pub webhook: String,
+    /// Error kind: connect, tls, timeout, http_3xx, http_4xx, http_5xx, other.
+    pub kind: String,
+}
+
+/// `{version}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    /// Crate version.
+    pub version: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms … ~16 min.
+    Histogram::new(exponential_buckets(0.001, 2.0, 20))
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric roomhook exports.
+pub struct Metrics {
+    registry: Registry,
+    /// MQTT messages (or simulator batches) received.
+    pub source_messages: Family<SourceLabel, Counter>,
+    /// Payloads that could not be decoded, by reason.
+    pub source_decode_errors: Family<SourceReasonLabel, Counter>,
+    /// 1 while the source is connected.
+    pub source_connected: Family<SourceLabel, Gauge>,
+    /// Connection losses.
+    pub source_reconnects: Family<SourceLabel, Counter>,
+    /// Events committed to a webhook's queue.
+    pub events_enqueued: Family<WebhookLabel, Counter>,
+    /// Events the receiver answered 2xx for.
+    pub events_delivered: Family<WebhookLabel, Counter>,
+    /// Events that went to no webhook, by reason.
+    pub events_filtered: Family<ReasonLabel, Counter>,
+    /// Requests by HTTP status code.
+    pub requests: Family<WebhookCodeLabel, Counter>,
+    /// Failed requests by kind.
+    pub request_errors: Family<WebhookKindLabel, Counter>,
+    /// Request round trip.
+    pub request_duration: HistogramFamily<WebhookLabel>,
+    /// Event observed → receiver answered 2xx.
+    pub delivery_latency: HistogramFamily<WebhookLabel>,
+    /// Queue depth.
+    pub queue_events: Family<WebhookLabel, Gauge>,
+    /// Requests in flight now.
+    pub in_flight: Family<WebhookLabel, Gauge>,
+    /// Build version (value 1).
+    pub build_info: Family<VersionLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("roomhook");
+        let m = Metrics {
+            source_messages: Family::default(),
+            source_decode_errors: Family::default(),
+            source_connected: Family::default(),
+            source_reconnects: Family::default(),
+            events_enqueued: Family::default(),
+            events_delivered: Family::default(),
+            events_filtered: Family::default(),
+            requests: Family::default(),
+            request_errors: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            delivery_latency: Family::new_with_constructor(latency_histogram),
+            queue_events: Family::default(),
+            in_flight: Family::default(),
+            build_info: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "source_messages",
+            "Messages received per source",
+            m.source_messages.clone(),
+        );
+        registry.register(
+            "source_decode_errors",
+            "Payloads rejected per source and reason",
+            m.source_decode_errors.clone(),
+        );
+        registry.register(
+            "source_connected",
+            "1 while the source is connected",
+            m.source_connected.clone(),
+        );
+        registry.register(
+            "source_reconnects",
+            "Connection losses per source",
+            m.source_reconnects.clone(),
+        );
+        registry.register(
+            "events_enqueued",
+            "Events committed to a webhook queue",
+            m.events_enqueued.clone(),
+        );
+        registry.register(
+            "events_delivered",
+            "Events the receiver accepted (2xx)",
+            m.events_delivered.clone(),
+        );
+        registry.register(
+            "events_filtered",
+            "Events forwarded to no webhook, by reason",
+            m.events_filtered.clone(),
+        );
+        registry.register(
+            "requests",
+            "Webhook requests answered, by HTTP status code",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_errors",
+            "Failed webhook requests, by kind",
+            m.request_errors.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Webhook request round trip",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "Event observed to receiver 2xx",
+            m.delivery_latency.clone(),
+        );
+        registry.register(
+            "queue_events",
+            "Events queued per webhook",
+            m.queue_events.clone(),
+        );
+        registry.register(
+            "in_flight_requests",
+            "Webhook requests in flight",
+            m.in_flight.clone(),
+        );
+        registry.register("build_info", "roomhook version", m.build_info.clone());
+        m.build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// `{webhook}` label.
+    pub fn webhook(name: &str) -> WebhookLabel {
+        WebhookLabel {
+            webhook: name.to_string(),
+        }
+    }
+
+    /// `{source}` label.
+    pub fn source(name: &str) -> SourceLabel {
+        SourceLabel {
+            source: name.to_string(),
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Which webhooks want an event: device globs, status and event selections, and the
+//! change-only filter (a status equal to the last one forwarded is not forwarded again).
+
+use crate::catalog::{self, Kind};
+use crate::config::WebhookSettings;
+use crate::event::Event;
+use crate::store::WebhookId;
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// Most (device, path) values remembered per webhook for change-only filtering; past it
+/// the memory is cleared (the next value of each path is forwarded once more).
+const MAX_REMEMBERED: usize = 100_000;
+
+/// A list of device ids and globs (`*` any run, `?` one character).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSelector(Vec<String>);
+
+impl DeviceSelector {
+    /// Checks a list of patterns.
+    pub fn parse(patterns: Vec<String>) -> Result<Self, String> {
+        if patterns.is_empty() {
+            return Err("the device list is empty, so the webhook would get nothing".into());
+        }
+        if let Some(p) = patterns.iter().find(|p| p.trim().is_empty()) {
+            return Err(format!("{p:?} is an empty device pattern"));
+        }
+        Ok(Self(patterns))
+    }
+
+    /// The patterns as written.
+    pub fn patterns(&self) -> &[String] {
+        &self.0
+    }
+
+    /// Whether a device id is selected.
+    pub fn matches(&self, device: &str) -> bool {
+        self.0.iter().any(|p| glob(p.as_bytes(), device.as_bytes()))
+    }
+}
+
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while si < s.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
+            pi += 1;
+            si += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            pi += 1;
+            mark = si;
+        } else if let Some(st) = star {
+            pi = st + 1;
+            mark += 1;
+            si = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+struct Route {
+    id: WebhookId,
+    enabled: bool,
+    devices: DeviceSelector,
+    statuses: Vec<String>,
+    events: Vec<String>,
+    last: HashMap<(String, String), Value>,
+}
+
+impl Route {
+    fn selects(&self, e: &Event, generic: &str) -> bool {
+        self.enabled
+            && self.devices.matches(&e.device)
+            && match e.kind {
+                Kind::Status => &self.statuses,
+                Kind::Event => &self.events,
+            }
+            .iter()
+            .any(|p| catalog::pattern_matches(p, generic))
+    }
+}
+
+/// Why an event went to no webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filtered {
+    /// No (enabled) webhook selects this device and path.
+    NotSelected,
+    /// Every webhook that selects it already got this value.
+    Unchanged,
+}
+
+impl Filtered {
+    /// The `reason` label of `roomhook_events_filtered_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Filtered::NotSelected => "not_selected",
+            Filtered::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// Routes events to webhooks; owns the change-only memory.
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+impl Router {
+    /// A router for these webhooks.
+    pub fn new<'a>(webhooks: impl IntoIterator<Item = (WebhookId, &'a WebhookSettings)>) -> Self {
+        Self {
+            routes: webhooks
+                .into_iter()
+                .map(|(id, w)| Route {
+                    id,
+                    enabled: w.enabled,
+                    devices: w.devices.clone(),
+                    statuses: w.statuses.clone(),
+                    events: w.events.clone(),
+                    last: HashMap::new(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Forgets every remembered value (after a failed commit: the input comes again).
+    pub fn forget(&mut self) {
+        for r in &mut self.routes {
+            r.last.clear();
+        }
+    }
+
+    /// The webhooks this event goes to (and remembers it as forwarded), or why none.
+    pub fn route(&mut self, e: &Event) -> Result<Vec<WebhookId>, Filtered> {
+        let generic = catalog::generic_path(&e.path);
+        let mut targets = Vec::new();
+        let mut selected = false;
+        for r in &mut self.routes {
+            if !r.selects(e, &generic) {
+                continue;
+            }
+            selected = true;
+            if e.kind == Kind::Status {
+                let key = (e.device.clone(), e.path.clone());
+                if !e.full_sync && r.last.get(&key) == Some(&e.value) {
+                    continue;
+                }
+                if r.last.len() >= MAX_REMEMBERED && !r.last.contains_key(&key) {
+                    r.last.clear();
+                }
+                r.last.insert(key, e.value.clone());
+            }
+            targets.push(r.id);
+        }
+        match (targets.is_empty(), selected) {
+            (false, _) => Ok(targets),
+            (true, true) => Err(Filtered::Unchanged),
+            (true, false) => Err(Filtered::NotSelected),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        let d = DeviceSelector::parse(vec!["room-*".into(), "lobby-?".into()]).unwrap();
+        assert!(d.matches("room-12"));
+        assert!(d.matches("lobby-1"));
+        assert!(!d.matches("lobby-12"));
+        assert!(!d.matches("hall"));
+        assert!(DeviceSelector::parse(vec![]).is_err());
+    }
+
+    fn ev(device: &str, path: &str, v: i64) -> Event {
+        Event {
+            device: device.into(),
+            workspace: None,
+            path: path.into(),
+            kind: catalog::lookup(path)
+                .map(|e| e.kind)
+                .unwrap_or(Kind::Status),
+            value: Value::from(v),
+            ts_ms: 0,
+            full_sync: false,
+        }
+    }
+
+    fn settings(devices: &[&str], statuses: &[&str]) -> WebhookSettings {
+        let text = format!(
+            "[gateway]\ndata_dir='d'\n[[webhooks]]\nname='a'\nurl='https://x/'\nauth='none'\ndevices={devices:?}\nstatuses={statuses:?}\n"
+        );
+        let s = crate::config::load_str(std::path::Path::new("t.toml"), &text).unwrap();
+        s.webhooks[0].clone()
+    }
+
+    #[test]
+    fn routes_by_device_and_path_and_filters_unchanged() {
+        let a = settings(&["room-*"], &["RoomAnalytics.*"]);
+        let b = settings(&["*"], &["RoomAnalytics.PeopleCount.Current"]);
+        let mut r = Router::new([(WebhookId(1), &a), (WebhookId(2), &b)]);
+        let pc = "RoomAnalytics.PeopleCount.Current";
+        assert_eq!(
+            r.route(&ev("room-1", pc, 1)),
+            Ok(vec![WebhookId(1), WebhookId(2)])
+        );
+        assert_eq!(r.route(&ev("room-1", pc, 1)), Err(Filtered::Unchanged));
+        assert_eq!(
+            r.route(&ev("room-1", pc, 2)),
+            Ok(vec![WebhookId(1), WebhookId(2)])
+        );
+        assert_eq!(r.route(&ev("hall", pc, 2)), Ok(vec![WebhookId(2)]));
+        assert_eq!(
+            r.route(&ev("hall", "RoomAnalytics.RelativeHumidity", 40)),
+            Err(Filtered::NotSelected)
+        );
+        let mut sync = ev("room-1", pc, 2);
+        sync.full_sync = true;
+        assert_eq!(r.route(&sync), Ok(vec![WebhookId(1), WebhookId(2)]));
+    }
+}

@@ -1,0 +1,7 @@
+//! Inputs: each source turns what it receives into normalised events and hands them to
+//! [`crate::ingest::Ingest`], acknowledging its input only after the commit.
+
+pub mod json;
+pub mod mqtt;
+pub mod simulator;
+pub mod topic;

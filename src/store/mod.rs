@@ -1,0 +1,348 @@
+//! The durable per-webhook FIFO queues on redb. One writer thread group-commits appends and
+//! removals (many events per transaction); readers take ordered windows of a queue; every
+//! commit wakes the delivery workers of the webhooks it touched.
+
+mod writer;
+
+use crate::event::Event;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Queue entries: (webhook id, sequence number) → encoded [`Event`].
+pub(crate) const QUEUE: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("queue");
+/// Next sequence number per webhook (never reused, so `webhook-id`s stay unique).
+pub(crate) const NEXT_SEQ: TableDefinition<u32, u64> = TableDefinition::new("next_seq");
+/// Webhook name → id.
+pub(crate) const WEBHOOKS: TableDefinition<&str, u32> = TableDefinition::new("webhooks");
+/// Store-wide values (`store_id`).
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The store file inside `data_dir`.
+pub const FILE_NAME: &str = "roomhook.redb";
+
+/// Stable number of a webhook inside the store (survives restarts; names map to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WebhookId(pub u32);
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// redb reported an error.
+    #[error("store: {0}")]
+    Redb(#[from] redb::Error),
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The store is held by another process.
+    #[error("the store {0} is already open in another roomhook process (one daemon per data_dir)")]
+    Locked(PathBuf),
+    /// The store file could not be opened.
+    #[error("cannot open the store {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: redb::Error,
+    },
+    /// A group commit failed (disk full, I/O error); nothing of it was stored.
+    #[error("store commit failed: {0}")]
+    Commit(String),
+    /// The writer thread is gone (the store was closed).
+    #[error("the store is closed")]
+    Closed,
+    /// A committed entry could not be decoded.
+    #[error("store entry {webhook}/{seq} is not a valid event: {reason}")]
+    Corrupt {
+        /// Webhook id.
+        webhook: u32,
+        /// Sequence number.
+        seq: u64,
+        /// Why it does not decode.
+        reason: String,
+    },
+}
+
+/// One queued entry as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Its sequence number in the webhook's queue.
+    pub seq: u64,
+    /// The event.
+    pub event: Event,
+}
+
+/// Per-webhook figures the writer keeps current.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    /// Entries in the queue.
+    pub depth: AtomicU64,
+}
+
+pub(crate) enum Op {
+    Append {
+        items: Vec<(WebhookId, Vec<u8>)>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    Remove {
+        webhook: WebhookId,
+        seqs: Vec<u64>,
+    },
+    /// Commit what came before, then stop.
+    Close,
+}
+
+/// A handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    tx: mpsc::Sender<Op>,
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) store_id: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) queues: HashMap<WebhookId, Queue>,
+    pub(crate) finished: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+pub(crate) struct Queue {
+    pub(crate) stats: QueueStats,
+    pub(crate) committed: watch::Sender<u64>,
+}
+
+/// Commits the writer has outstanding at most (ops waiting in its channel).
+const OP_CHANNEL: usize = 1024;
+
+impl Store {
+    /// Opens (or creates) the store in `data_dir` and maps each webhook name to its id.
+    pub fn open(
+        data_dir: &Path,
+        webhooks: &[String],
+    ) -> Result<(Store, Vec<WebhookId>), StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join(FILE_NAME);
+        let db = Database::builder()
+            .set_cache_size(4 * 1024 * 1024)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.clone()),
+                other => StoreError::Open {
+                    path: path.clone(),
+                    source: other.into(),
+                },
+            })?;
+        let (store_id, ids, next) = init(&db, webhooks)?;
+        let read = db.begin_read().map_err(redb::Error::from)?;
+        let q = read.open_table(QUEUE).map_err(redb::Error::from)?;
+        let mut queues = HashMap::new();
+        for id in &ids {
+            let depth = q
+                .range((id.0, 0)..=(id.0, u64::MAX))
+                .map_err(redb::Error::from)?
+                .count() as u64;
+            let last = next.get(id).copied().unwrap_or(1).saturating_sub(1);
+            let (committed, _) = watch::channel(last);
+            queues.insert(
+                *id,
+                Queue {
+                    stats: QueueStats {
+                        depth: AtomicU64::new(depth),
+                    },
+                    committed,
+                },
+            );
+        }
+        drop(q);
+        drop(read);
+        let db = Arc::new(db);
+        let (finished_tx, finished_rx) = oneshot::channel();
+        let shared = Arc::new(Shared {
+            store_id,
+            path,
+            queues,
+            finished: std::sync::Mutex::new(Some(finished_rx)),
+        });
+        let (tx, rx) = mpsc::channel(OP_CHANNEL);
+        writer::spawn(db.clone(), shared.clone(), next, rx, finished_tx);
+        Ok((Store { db, tx, shared }, ids))
+    }
+
+    /// A random number fixed at store creation; part of every `webhook-id`.
+    pub fn store_id(&self) -> u64 {
+        self.shared.store_id
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Queues encoded events; waits for room in the writer's channel (backpressure) and
+    /// returns a future that resolves once they are durably committed.
+    pub async fn submit(
+        &self,
+        items: Vec<(WebhookId, Vec<u8>)>,
+    ) -> Result<impl std::future::Future<Output = Result<(), StoreError>>, StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Append { items, done })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        Ok(async move {
+            match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(StoreError::Commit(e)),
+                Err(_) => Err(StoreError::Closed),
+            }
+        })
+    }
+
+    /// Appends and waits for the commit.
+    pub async fn append(&self, items: Vec<(WebhookId, Vec<u8>)>) -> Result<(), StoreError> {
+        self.submit(items).await?.await
+    }
+
+    /// Removes delivered entries (committed with the next group).
+    pub async fn remove(&self, webhook: WebhookId, seqs: Vec<u64>) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        self.tx
+            .send(Op::Remove { webhook, seqs })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Up to `limit` entries of a webhook's queue with a sequence number above `after`.
+    /// Blocking: call from a blocking context.
+    pub fn read_after(
+        &self,
+        webhook: WebhookId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let read = self.db.begin_read().map_err(redb::Error::from)?;
+        let q = read.open_table(QUEUE).map_err(redb::Error::from)?;
+        let mut out = Vec::new();
+        for item in q
+            .range((webhook.0, after.saturating_add(1))..=(webhook.0, u64::MAX))
+            .map_err(redb::Error::from)?
+            .take(limit)
+        {
+            let (k, v) = item.map_err(redb::Error::from)?;
+            let (_, seq) = k.value();
+            let event = Event::decode(v.value()).map_err(|e| StoreError::Corrupt {
+                webhook: webhook.0,
+                seq,
+                reason: e.to_string(),
+            })?;
+            out.push(Entry { seq, event });
+        }
+        Ok(out)
+    }
+
+    /// Entries in all queues (counted from the table: exact, for tests and `status`).
+    pub fn count_all(&self) -> Result<u64, StoreError> {
+        let read = self.db.begin_read().map_err(redb::Error::from)?;
+        let q = read.open_table(QUEUE).map_err(redb::Error::from)?;
+        Ok(q.len().map_err(redb::Error::from)?)
+    }
+
+    /// The last committed sequence number of a webhook's queue; changes on every commit.
+    pub fn watch(&self, webhook: WebhookId) -> Option<watch::Receiver<u64>> {
+        self.shared
+            .queues
+            .get(&webhook)
+            .map(|q| q.committed.subscribe())
+    }
+
+    /// Entries queued for a webhook.
+    pub fn depth(&self, webhook: WebhookId) -> u64 {
+        self.shared
+            .queues
+            .get(&webhook)
+            .map(|q| q.stats.depth.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// Commits everything sent so far, stops the writer and waits for it. Later calls on
+    /// any handle fail with [`StoreError::Closed`]. Call after sources and workers stopped.
+    pub async fn close(self) {
+        let _ = self.tx.send(Op::Close).await;
+        let finished = self.shared.finished.lock().ok().and_then(|mut f| f.take());
+        if let Some(f) = finished {
+            let _ = f.await;
+        }
+    }
+}
+
+fn init(
+    db: &Database,
+    webhooks: &[String],
+) -> Result<(u64, Vec<WebhookId>, HashMap<WebhookId, u64>), StoreError> {
+    let txn = db.begin_write().map_err(redb::Error::from)?;
+    let mut ids = Vec::new();
+    let mut next = HashMap::new();
+    let store_id;
+    {
+        txn.open_table(QUEUE).map_err(redb::Error::from)?;
+        let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
+        let existing = meta
+            .get("store_id")
+            .map_err(redb::Error::from)?
+            .map(|v| v.value());
+        store_id = match existing {
+            Some(id) => id,
+            None => {
+                let id: u64 = rand::random::<u64>() >> 1;
+                meta.insert("store_id", id).map_err(redb::Error::from)?;
+                id
+            }
+        };
+        let mut names = txn.open_table(WEBHOOKS).map_err(redb::Error::from)?;
+        let seqs = txn.open_table(NEXT_SEQ).map_err(redb::Error::from)?;
+        let mut max_id = 0u32;
+        for item in names.iter().map_err(redb::Error::from)? {
+            let (_, v) = item.map_err(redb::Error::from)?;
+            max_id = max_id.max(v.value());
+        }
+        for name in webhooks {
+            let found = names
+                .get(name.as_str())
+                .map_err(redb::Error::from)?
+                .map(|v| v.value());
+            let id = match found {
+                Some(id) => id,
+                None => {
+                    max_id += 1;
+                    names
+                        .insert(name.as_str(), max_id)
+                        .map_err(redb::Error::from)?;
+                    max_id
+                }
+            };
+            let n = seqs
+                .get(id)
+                .map_err(redb::Error::from)?
+                .map(|v| v.value())
+                .unwrap_or(1);
+            ids.push(WebhookId(id));
+            next.insert(WebhookId(id), n);
+        }
+    }
+    txn.commit().map_err(redb::Error::from)?;
+    Ok((store_id, ids, next))
+}

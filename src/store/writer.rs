@@ -1,0 +1,184 @@
+//! The store's single writer thread: drains whatever ops are waiting, applies them in one
+//! write transaction (group commit), answers the appenders, and publishes the new state.
+
+use super::{Op, Shared, WebhookId, NEXT_SEQ, QUEUE};
+use redb::{Database, Durability};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Most events appended in one transaction.
+const MAX_GROUP: usize = 8192;
+/// Removals alone are committed without fsync, but at least this often with one.
+const DURABLE_REMOVE_INTERVAL: Duration = Duration::from_secs(1);
+
+pub(super) fn spawn(
+    db: Arc<Database>,
+    shared: Arc<Shared>,
+    next: HashMap<WebhookId, u64>,
+    rx: mpsc::Receiver<Op>,
+    finished: oneshot::Sender<()>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("roomhook-store".into())
+        .spawn(move || {
+            run(&db, &shared, next, rx);
+            drop(db);
+            let _ = finished.send(());
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the store writer thread: {e}");
+    }
+}
+
+fn run(
+    db: &Database,
+    shared: &Shared,
+    mut next: HashMap<WebhookId, u64>,
+    mut rx: mpsc::Receiver<Op>,
+) {
+    let mut last_durable = Instant::now();
+    let mut pending_removals = false;
+    loop {
+        let first = if pending_removals {
+            match rx.try_recv() {
+                Ok(op) => Some(op),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // Idle with non-durable removals: make them durable now.
+                    commit(db, shared, &mut next, Vec::new(), true);
+                    pending_removals = false;
+                    last_durable = Instant::now();
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            }
+        } else {
+            rx.blocking_recv()
+        };
+        let Some(first) = first else { break };
+        if matches!(first, Op::Close) {
+            break;
+        }
+        let mut ops = vec![first];
+        let mut closing = false;
+        let mut appended = op_len(&ops[0]);
+        while appended < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(Op::Close) => {
+                    closing = true;
+                    break;
+                }
+                Ok(op) => {
+                    appended += op_len(&op);
+                    ops.push(op);
+                }
+                Err(_) => break,
+            }
+        }
+        let has_append = ops.iter().any(|o| matches!(o, Op::Append { .. }));
+        let durable = has_append || last_durable.elapsed() >= DURABLE_REMOVE_INTERVAL;
+        commit(db, shared, &mut next, ops, durable);
+        if durable {
+            last_durable = Instant::now();
+            pending_removals = false;
+        } else {
+            pending_removals = true;
+        }
+        if closing {
+            break;
+        }
+    }
+    if pending_removals {
+        commit(db, shared, &mut next, Vec::new(), true);
+    }
+}
+
+fn op_len(op: &Op) -> usize {
+    match op {
+        Op::Append { items, .. } => items.len(),
+        Op::Remove { seqs, .. } => seqs.len(),
+        Op::Close => 0,
+    }
+}
+
+fn commit(
+    db: &Database,
+    shared: &Shared,
+    next: &mut HashMap<WebhookId, u64>,
+    ops: Vec<Op>,
+    durable: bool,
+) {
+    let mut new_next = next.clone();
+    let mut delta: HashMap<WebhookId, i64> = HashMap::new();
+    let result = (|| -> Result<(), redb::Error> {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
+        {
+            let mut q = txn.open_table(QUEUE)?;
+            for op in &ops {
+                match op {
+                    Op::Append { items, .. } => {
+                        for (w, bytes) in items {
+                            let seq = new_next.entry(*w).or_insert(1);
+                            q.insert((w.0, *seq), bytes.as_slice())?;
+                            *seq += 1;
+                            *delta.entry(*w).or_default() += 1;
+                        }
+                    }
+                    Op::Remove { webhook, seqs } => {
+                        for s in seqs {
+                            if q.remove((webhook.0, *s))?.is_some() {
+                                *delta.entry(*webhook).or_default() -= 1;
+                            }
+                        }
+                    }
+                    Op::Close => {}
+                }
+            }
+            let mut n = txn.open_table(NEXT_SEQ)?;
+            for (w, seq) in &new_next {
+                if next.get(w) != Some(seq) {
+                    n.insert(w.0, *seq)?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    })();
+    let failure = result.err().map(|e| e.to_string());
+    if let Some(e) = &failure {
+        tracing::error!("store commit failed, nothing of this group was stored: {e}");
+    } else {
+        for (w, d) in &delta {
+            if let Some(q) = shared.queues.get(w) {
+                if *d >= 0 {
+                    q.stats.depth.fetch_add(*d as u64, Ordering::Relaxed);
+                } else {
+                    q.stats.depth.fetch_sub(d.unsigned_abs(), Ordering::Relaxed);
+                }
+            }
+        }
+        for (w, seq) in &new_next {
+            if next.get(w) != Some(seq) {
+                if let Some(q) = shared.queues.get(w) {
+                    q.committed.send_replace(seq - 1);
+                }
+            }
+        }
+        *next = new_next;
+    }
+    for op in ops {
+        if let Op::Append { done, .. } = op {
+            let _ = done.send(match &failure {
+                None => Ok(()),
+                Some(e) => Err(e.clone()),
+            });
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! TLS trust: the public web roots plus a private CA from a PEM file, as rustls client
+//! configurations (ring provider). Certificate checks are never switched off.
+
+use crate::config::TlsTrust;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, RootCertStore};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why trust anchors could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The file could not be read or holds no PEM certificate.
+    #[error("cannot load CA certificates from {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Reads every certificate of a PEM file (at least one).
+pub fn load_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|e| TlsError::CaFile {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::CaFile {
+            path: path.to_path_buf(),
+            reason: format!("not valid PEM: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::CaFile {
+            path: path.to_path_buf(),
+            reason: "no CERTIFICATE block found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Root store: webpki roots plus the private CA, if any.
+pub fn root_store(trust: &TlsTrust) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &trust.ca_file {
+        for cert in load_pem_certs(path)? {
+            roots.add(cert)?;
+        }
+    }
+    Ok(roots)
+}
+
+/// A client configuration that verifies the server against `trust`, offering `alpn`.
+pub fn client_config(trust: &TlsTrust, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, TlsError> {
+    crate::install_crypto_provider();
+    let mut cfg = ClientConfig::builder()
+        .with_root_certificates(root_store(trust)?)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
