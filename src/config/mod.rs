@@ -4,6 +4,8 @@
 
 mod locate;
 pub mod secret;
+#[cfg(test)]
+mod tests;
 pub mod units;
 mod validate;
 

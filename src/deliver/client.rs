@@ -211,22 +211,20 @@ fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
     let mut tls = false;
     let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(err) = cur {
-        if err.downcast_ref::<rustls::Error>().is_some() {
+        // io::Error hides what it wraps from `source()`; unwrap it by hand (possibly twice:
+        // hyper-rustls wraps tokio-rustls's io::Error in another one).
+        let mut inner: &(dyn std::error::Error + 'static) = err;
+        while let Some(wrapped) = inner
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            inner = wrapped;
+        }
+        if inner.downcast_ref::<rustls::Error>().is_some() {
             tls = true;
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                if inner.downcast_ref::<rustls::Error>().is_some() {
-                    tls = true;
-                }
-                parts.push(inner.to_string());
-            } else {
-                parts.push(err.to_string());
-            }
-        } else {
-            parts.push(err.to_string());
-        }
-        cur = err.source();
+        parts.push(inner.to_string());
+        cur = inner.source();
     }
     parts.dedup();
     let message = parts.join(": ");

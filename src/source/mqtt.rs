@@ -104,11 +104,15 @@ pub async fn run(
                     }
                 }
                 Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
+                    let mut granted = 0;
                     for (code, sub) in ack.return_codes.iter().zip(&s.subscriptions) {
                         if matches!(code, SubscribeReasonCode::Failure) {
                             tracing::error!(source = %s.name, topic = %sub.filter, "the broker refused the subscription (check its ACL)");
+                        } else {
+                            granted += 1;
                         }
                     }
+                    tracing::info!(source = %s.name, "subscribed to {granted} of {} filter(s)", s.subscriptions.len());
                 }
                 Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                     messages.inc();
@@ -178,11 +182,7 @@ fn decode(
     log: &mut RateLog,
 ) -> Vec<crate::event::Event> {
     let topic = p.topic.as_str();
-    let Some(sub) = s
-        .subscriptions
-        .iter()
-        .find(|sub| sub.filter.matches(&topic))
-    else {
+    let Some(sub) = s.subscriptions.iter().find(|sub| sub.filter.matches(topic)) else {
         return Vec::new();
     };
     let decoded = decode_with(sub, topic, &p.payload);

@@ -289,10 +289,10 @@ impl Store {
     }
 }
 
-fn init(
-    db: &Database,
-    webhooks: &[String],
-) -> Result<(u64, Vec<WebhookId>, HashMap<WebhookId, u64>), StoreError> {
+/// What opening found: the store id, the webhooks' ids, and their next sequence numbers.
+type Opened = (u64, Vec<WebhookId>, HashMap<WebhookId, u64>);
+
+fn init(db: &Database, webhooks: &[String]) -> Result<Opened, StoreError> {
     let txn = db.begin_write().map_err(redb::Error::from)?;
     let mut ids = Vec::new();
     let mut next = HashMap::new();

@@ -1,0 +1,229 @@
+//! One test per kind of config error: each names the key, the line and the fix, and no
+//! error ever shows a secret.
+
+use super::*;
+
+const GOOD: &str = r#"[gateway]
+data_dir = "./data"
+org_id = "my-org"
+
+[admin]
+listen = "127.0.0.1:9750"
+
+[[sources.mqtt]]
+name = "sensors"
+url = "mqtt://127.0.0.1:1883"
+client_id = "roomhook-gw1"
+
+[[sources.mqtt.subscriptions]]
+topic = "bench/+/status"
+format = "json"
+device = "{1}"
+workspace = "lobby"
+[sources.mqtt.subscriptions.fields]
+"/people" = "RoomAnalytics.PeopleCount.Current"
+
+[[webhooks]]
+name = "facilities"
+url = "https://hooks.example.com/rooms"
+authorization = "Bearer abc-secret"
+devices = ["*"]
+statuses = ["RoomAnalytics.PeopleCount.Current"]
+events = []
+"#;
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match load_str(Path::new("/etc/roomhook/roomhook.toml"), text) {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e.0,
+    }
+}
+
+fn one(text: &str) -> ConfigError {
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    let e = errs.into_iter().next().unwrap();
+    assert!(!e.to_string().contains("abc-secret"), "secret in {e}");
+    e
+}
+
+#[test]
+fn the_issue_example_is_valid() {
+    let s = load_str(Path::new("/etc/roomhook/roomhook.toml"), GOOD).unwrap();
+    assert_eq!(s.data_dir, Path::new("/etc/roomhook/./data"));
+    assert_eq!(
+        s.webhooks[0].auth,
+        Auth::Token(Secret::new("Bearer abc-secret"))
+    );
+    assert_eq!(s.mqtt[0].client_id, "roomhook-gw1");
+    assert!(!format!("{s:?}").contains("abc-secret"));
+}
+
+#[test]
+fn http_webhook_url() {
+    let e = one(&GOOD.replace("https://hooks", "http://hooks"));
+    assert_eq!(e.key, "webhooks[0].url");
+    assert_eq!(e.line, Some(23));
+    assert!(e.problem.contains("plain http"));
+    assert!(e.fix.contains("https://"));
+    assert!(e
+        .to_string()
+        .starts_with("/etc/roomhook/roomhook.toml:23: webhooks[0].url:"));
+}
+
+#[test]
+fn unknown_catalog_path_suggests_the_nearest() {
+    let e = one(&GOOD.replace(
+        "statuses = [\"RoomAnalytics.PeopleCount.Current\"]",
+        "statuses = [\"RoomAnalytics.PeopleCount.Curent\"]",
+    ));
+    assert_eq!(e.key, "webhooks[0].statuses[0]");
+    assert_eq!(e.line, Some(26));
+    assert!(
+        e.fix.contains("\"RoomAnalytics.PeopleCount.Current\""),
+        "{e}"
+    );
+    let e = one(&GOOD.replace(
+        "\"/people\" = \"RoomAnalytics.PeopleCount.Current\"",
+        "\"/people\" = \"RoomAnalytics.Peoplecount\"",
+    ));
+    assert_eq!(e.key, "sources.mqtt[0].subscriptions[0].fields./people");
+    assert!(e.fix.contains("did you mean"), "{e}");
+}
+
+#[test]
+fn an_event_among_statuses_says_where_it_belongs() {
+    let e = one(&GOOD.replace(
+        "statuses = [\"RoomAnalytics.PeopleCount.Current\"]",
+        "statuses = [\"RoomAnalytics.PeopleCount.Current\", \"BootEvent\"]",
+    ));
+    assert_eq!(e.key, "webhooks[0].statuses[1]");
+    assert!(e.fix.contains("move it to events"), "{e}");
+}
+
+#[test]
+fn missing_secret_file() {
+    let e = one(&GOOD.replace(
+        "authorization = \"Bearer abc-secret\"",
+        "authorization_file = \"/nonexistent/token\"",
+    ));
+    assert_eq!(e.key, "webhooks[0].authorization_file");
+    assert!(e.problem.contains("/nonexistent/token"));
+    assert!(e.fix.contains("create the file"));
+}
+
+#[test]
+fn secret_file_is_read_and_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "Bearer from-file\n").unwrap();
+    let text = GOOD.replace(
+        "authorization = \"Bearer abc-secret\"",
+        "authorization_file = \"token\"",
+    );
+    let s = load_str(&dir.path().join("roomhook.toml"), &text).unwrap();
+    assert_eq!(
+        s.webhooks[0].auth,
+        Auth::Token(Secret::new("Bearer from-file"))
+    );
+}
+
+#[test]
+fn duplicate_webhook_name() {
+    let second = "\n[[webhooks]]\nname = \"facilities\"\nurl = \"https://b.example.com/\"\nauth = \"none\"\nstatuses = [\"RoomAnalytics.*\"]\n";
+    let e = one(&format!("{GOOD}{second}"));
+    assert_eq!(e.key, "webhooks[1].name");
+    assert_eq!(e.line, Some(30));
+    assert!(e.problem.contains("used twice"));
+}
+
+#[test]
+fn bad_mqtt_filter() {
+    let e = one(&GOOD.replace("topic = \"bench/+/status\"", "topic = \"bench/#/status\""));
+    assert_eq!(e.key, "sources.mqtt[0].subscriptions[0].topic");
+    assert_eq!(e.line, Some(14));
+    assert!(e.problem.contains("'#'"));
+}
+
+#[test]
+fn device_level_outside_the_filter() {
+    let e = one(&GOOD.replace("device = \"{1}\"", "device = \"{5}\""));
+    assert_eq!(e.key, "sources.mqtt[0].subscriptions[0].device");
+    assert!(e.problem.contains("level 5"));
+}
+
+#[test]
+fn webhook_without_auth_needs_auth_none() {
+    let e = one(&GOOD.replace("authorization = \"Bearer abc-secret\"\n", ""));
+    assert_eq!(e.key, "webhooks[0].authorization");
+    assert!(e.fix.contains("auth = \"none\""));
+    assert!(load_str(
+        Path::new("x.toml"),
+        &GOOD.replace("authorization = \"Bearer abc-secret\"", "auth = \"none\"")
+    )
+    .is_ok());
+}
+
+#[test]
+fn basic_auth_and_conflicts() {
+    let basic = GOOD.replace(
+        "authorization = \"Bearer abc-secret\"",
+        "username = \"u\"\npassword = \"abc-secret\"",
+    );
+    let s = load_str(Path::new("x.toml"), &basic).unwrap();
+    assert_eq!(
+        s.webhooks[0]
+            .auth
+            .header_value()
+            .map(|v| v.expose().to_string())
+            .as_deref(),
+        Some("Basic dTphYmMtc2VjcmV0")
+    );
+    let e = one(&GOOD.replace(
+        "authorization = \"Bearer abc-secret\"",
+        "authorization = \"Bearer abc-secret\"\nusername = \"u\"\npassword = \"abc-secret\"",
+    ));
+    assert!(e.problem.contains("both a token"));
+}
+
+#[test]
+fn unknown_key_and_bad_toml_point_at_the_line() {
+    let errs = errors(&GOOD.replace(
+        "org_id = \"my-org\"",
+        "org_id = \"my-org\"\norg_name = \"x\"",
+    ));
+    assert_eq!(errs[0].line, Some(4));
+    assert!(
+        errs[0].problem.contains("unknown field `org_name`"),
+        "{}",
+        errs[0]
+    );
+    let errs = errors("[gateway\n");
+    assert_eq!(errs[0].line, Some(1));
+}
+
+#[test]
+fn durations_and_limits() {
+    let e = one(&GOOD.replace("events = []", "events = []\nrequest_timeout = \"soon\""));
+    assert_eq!(e.key, "webhooks[0].request_timeout");
+    let e = one(&GOOD.replace("events = []", "events = []\nmax_in_flight = 0"));
+    assert_eq!(e.key, "webhooks[0].max_in_flight");
+}
+
+#[test]
+fn bad_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), "not a certificate").unwrap();
+    let text = GOOD.replace("events = []", "events = []\nca_file = \"ca.pem\"");
+    let errs = load_str(&dir.path().join("r.toml"), &text).unwrap_err().0;
+    assert_eq!(errs[0].key, "webhooks[0].ca_file");
+    assert!(errs[0].problem.contains("no CERTIFICATE"), "{}", errs[0]);
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = GOOD
+        .replace("https://hooks", "http://hooks")
+        .replace("topic = \"bench/+/status\"", "topic = \"a+\"")
+        .replace("listen = \"127.0.0.1:9750\"", "listen = \"everywhere\"");
+    assert_eq!(errors(&text).len(), 3);
+}

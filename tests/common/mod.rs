@@ -1,0 +1,333 @@
+//! Test harness: a real Mosquitto on a free loopback port, the real `roomhook` binary as a
+//! child process, an HTTPS receiver behind a private CA, and an MQTT publisher.
+#![allow(dead_code)]
+
+use roomhook::demo::pki::{self, ServerIdentity};
+use roomhook::demo::receiver::Receiver;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+fn mosquitto_binary() -> PathBuf {
+    for p in [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("mosquitto is not installed: run `apt-get install -y mosquitto` (the integration tests need a real broker)");
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A Mosquitto broker for one test.
+pub struct Mosquitto {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Starts a broker with room to queue every message of a test for an offline client.
+    pub fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\n"
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        let ok = wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(ok, "mosquitto did not start listening on {port}");
+        Mosquitto {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTPS receiver and the CA file that trusts it.
+pub struct TestReceiver {
+    /// The receiver.
+    pub receiver: Receiver,
+    /// PEM file of the CA to trust it by.
+    pub ca_file: PathBuf,
+    /// `https://127.0.0.1:port/hook`.
+    pub url: String,
+}
+
+/// The Authorization header every test webhook uses.
+pub const TOKEN: &str = "Bearer s3cr3t-token-for-tests";
+
+/// Starts a receiver with a certificate from a fresh private CA (or a self-signed one).
+pub async fn receiver(dir: &Path, self_signed: bool) -> TestReceiver {
+    let id: ServerIdentity = if self_signed {
+        pki::self_signed(&["127.0.0.1"]).expect("cert")
+    } else {
+        pki::private_ca(&["127.0.0.1"]).expect("cert")
+    };
+    let receiver = Receiver::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        id.server_config().expect("tls"),
+        Some(TOKEN.into()),
+        false,
+    )
+    .await
+    .expect("receiver");
+    let ca_file = dir.join(format!("ca-{}.pem", receiver.addr().port()));
+    std::fs::write(&ca_file, &id.ca_pem).expect("write ca");
+    let url = format!("https://127.0.0.1:{}/hook", receiver.addr().port());
+    TestReceiver {
+        receiver,
+        ca_file,
+        url,
+    }
+}
+
+/// The `roomhook` binary running as a child process.
+pub struct Daemon {
+    child: Option<Child>,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `roomhook run -c config`, logging to `<config>.log` (appended).
+    pub fn start(config: &Path) -> Daemon {
+        let log = config.with_extension("log");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_roomhook"))
+            .args(["--log", "info,roomhook=debug", "run", "-c"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start roomhook");
+        let d = Daemon {
+            child: Some(child),
+            log,
+        };
+        let before = d.logs().matches("subscribed to").count();
+        let ready = wait_until(Duration::from_secs(20), || {
+            d.logs().matches("subscribed to").count() > before
+        });
+        assert!(
+            ready,
+            "roomhook did not subscribe within 20 s; log:\n{}",
+            d.logs()
+        );
+        d
+    }
+
+    /// Everything it logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for the exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("roomhook did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Writes a config file into `dir` and returns its path.
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("roomhook.toml");
+    let mut f = std::fs::File::create(&path).expect("config");
+    f.write_all(text.as_bytes()).expect("write config");
+    path
+}
+
+/// A config with one MQTT source (`bench/{device}/status`, `/people` → PeopleCount) and one
+/// webhook to `url` trusting `ca_file`.
+pub fn standard_config(broker_port: u16, url: &str, ca_file: &Path, extra_webhook: &str) -> String {
+    format!(
+        r#"[gateway]
+data_dir = "data"
+org_id = "test-org"
+
+[[sources.mqtt]]
+name = "sensors"
+url = "mqtt://127.0.0.1:{broker_port}"
+client_id = "roomhook-test"
+
+[[sources.mqtt.subscriptions]]
+topic = "bench/+/status"
+format = "json"
+device = "{{1}}"
+workspace = "ws-{{1}}"
+[sources.mqtt.subscriptions.fields]
+"/people" = "RoomAnalytics.PeopleCount.Current"
+
+[[webhooks]]
+name = "facilities"
+url = "{url}"
+authorization = "{TOKEN}"
+ca_file = "{ca}"
+devices = ["*"]
+statuses = ["RoomAnalytics.PeopleCount.Current"]
+retry_base = "100ms"
+retry_max = "1s"
+{extra_webhook}
+"#,
+        ca = ca_file.display()
+    )
+}
+
+/// Publishes `{"people": value}` to `bench/<device>/status` with QoS 1 for every pair and
+/// waits until the broker acknowledged all of them.
+pub async fn publish(port: u16, messages: &[(String, i64)]) {
+    let mut opts = MqttOptions::new(format!("publisher-{}", free_port()), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_inflight(100);
+    let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+    let total = messages.len();
+    let acks = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < total {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("publisher connection failed: {e}"),
+            }
+        }
+    });
+    for (device, value) in messages {
+        client
+            .publish(
+                format!("bench/{device}/status"),
+                QoS::AtLeastOnce,
+                false,
+                format!("{{\"people\":{value}}}"),
+            )
+            .await
+            .expect("publish");
+    }
+    tokio::time::timeout(Duration::from_secs(60), acks)
+        .await
+        .expect("broker acks within 60 s")
+        .expect("publisher task");
+}
+
+/// `devices` devices × `per_device` messages, interleaved; values 0.. per device.
+pub fn workload(devices: usize, per_device: usize) -> Vec<(String, i64)> {
+    let mut out = Vec::with_capacity(devices * per_device);
+    for i in 0..per_device {
+        for d in 0..devices {
+            out.push((format!("room-{d}"), i as i64));
+        }
+    }
+    out
+}
+
+/// Checks the accepted requests: every device got exactly `0..per_device` in order, with
+/// the right headers and payload shape.
+pub fn assert_complete_and_ordered(
+    received: &[roomhook::demo::receiver::Received],
+    devices: usize,
+    per_device: usize,
+) {
+    let mut per: std::collections::BTreeMap<String, Vec<i64>> = std::collections::BTreeMap::new();
+    for r in received {
+        assert_eq!(
+            r.headers.get("authorization").and_then(|v| v.to_str().ok()),
+            Some(TOKEN)
+        );
+        assert_eq!(
+            r.headers.get("content-type").and_then(|v| v.to_str().ok()),
+            Some("application/json")
+        );
+        let v = r.json();
+        assert_eq!(v["type"], "status", "{v}");
+        assert_eq!(v["orgId"], "test-org");
+        assert_eq!(v["isFullSync"], false);
+        let device = v["deviceId"].as_str().expect("deviceId").to_string();
+        assert_eq!(v["workspaceId"], format!("ws-{device}"));
+        let value = v["changes"]["updated"]["RoomAnalytics.PeopleCount.Current"]
+            .as_i64()
+            .expect("value");
+        per.entry(device).or_default().push(value);
+    }
+    assert_eq!(per.len(), devices, "devices seen");
+    let want: Vec<i64> = (0..per_device as i64).collect();
+    for (device, values) in per {
+        assert_eq!(
+            values, want,
+            "values of {device} (lost, duplicated or out of order)"
+        );
+    }
+}

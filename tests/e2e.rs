@@ -1,0 +1,237 @@
+//! End to end through real parts: Mosquitto → roomhook (the binary) → HTTPS receiver with a
+//! private CA.
+
+mod common;
+
+use common::*;
+use roomhook::demo::receiver::Behaviour;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_5000_messages_from_50_devices_in_order_with_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let rx = receiver(dir.path(), false).await;
+    let config = write_config(
+        dir.path(),
+        &standard_config(broker.port, &rx.url, &rx.ca_file, "max_in_flight = 16"),
+    );
+    let mut daemon = Daemon::start(&config);
+    let (devices, per_device) = (50, 100);
+    publish(broker.port, &workload(devices, per_device)).await;
+    let all = rx
+        .receiver
+        .wait_for(Duration::from_secs(120), |r| {
+            r.iter().filter(|x| x.status == 200).count() >= devices * per_device
+        })
+        .await;
+    assert!(
+        all,
+        "only {} of 5000 delivered; log:\n{}",
+        rx.receiver.accepted().len(),
+        daemon.logs()
+    );
+    assert_eq!(daemon.stop(), Some(0));
+    assert_complete_and_ordered(&rx.receiver.accepted(), devices, per_device);
+    assert!(
+        !daemon.logs().contains(TOKEN),
+        "the token appeared in the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_answering_503_for_a_while_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let rx = receiver(dir.path(), false).await;
+    rx.receiver.set_behaviour(Behaviour::Status(503));
+    let config = write_config(
+        dir.path(),
+        &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
+    );
+    let mut daemon = Daemon::start(&config);
+    let (devices, per_device) = (10, 50);
+    publish(broker.port, &workload(devices, per_device)).await;
+    let failing = rx
+        .receiver
+        .wait_for(Duration::from_secs(30), |r| {
+            r.iter().filter(|x| x.status == 503).count() >= 20
+        })
+        .await;
+    assert!(failing, "the receiver never saw the retries");
+    assert!(rx.receiver.accepted().is_empty());
+    rx.receiver.set_behaviour(Behaviour::Accept);
+    let all = rx
+        .receiver
+        .wait_for(Duration::from_secs(60), |r| {
+            r.iter().filter(|x| x.status == 200).count() >= devices * per_device
+        })
+        .await;
+    assert!(
+        all,
+        "only {} delivered after recovery; log:\n{}",
+        rx.receiver.accepted().len(),
+        daemon.logs()
+    );
+    assert_eq!(daemon.stop(), Some(0));
+    assert_complete_and_ordered(&rx.receiver.accepted(), devices, per_device);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_signed_receiver_gets_nothing_and_the_events_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let bad = receiver(dir.path(), true).await;
+    let trusted = receiver(dir.path(), false).await;
+    // Trust the private CA of the good receiver, but point at the self-signed one.
+    let config = write_config(
+        dir.path(),
+        &standard_config(broker.port, &bad.url, &trusted.ca_file, ""),
+    );
+    let mut daemon = Daemon::start(&config);
+    publish(broker.port, &workload(5, 10)).await;
+    let logged = wait_until(Duration::from_secs(20), || {
+        daemon.logs().contains("TLS handshake failed")
+    });
+    assert!(logged, "no clear TLS error in the log:\n{}", daemon.logs());
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("UnknownIssuer") || logs.contains("certificate"),
+        "{logs}"
+    );
+    assert_eq!(daemon.stop(), Some(0));
+    assert!(
+        bad.receiver.requests().is_empty(),
+        "a request got through to the untrusted receiver"
+    );
+    // Same webhook, now pointed at the trusted receiver: the kept events arrive.
+    write_config(
+        dir.path(),
+        &standard_config(broker.port, &trusted.url, &trusted.ca_file, ""),
+    );
+    let mut daemon = Daemon::start(&config);
+    let all = trusted
+        .receiver
+        .wait_for(Duration::from_secs(30), |r| {
+            r.iter().filter(|x| x.status == 200).count() >= 50
+        })
+        .await;
+    assert!(all, "kept events not delivered; log:\n{}", daemon.logs());
+    assert_eq!(daemon.stop(), Some(0));
+    assert_complete_and_ordered(&trusted.receiver.accepted(), 5, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_queued_at_a_stop_are_delivered_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let rx = receiver(dir.path(), false).await;
+    rx.receiver.set_behaviour(Behaviour::Status(500));
+    let config = write_config(
+        dir.path(),
+        &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
+    );
+    let mut daemon = Daemon::start(&config);
+    // Every PUBACK means committed: once the publisher has them all, the queue holds them.
+    publish(broker.port, &workload(4, 50)).await;
+    assert_eq!(daemon.stop(), Some(0));
+    assert!(rx.receiver.accepted().is_empty());
+    rx.receiver.set_behaviour(Behaviour::Accept);
+    let mut daemon = Daemon::start(&config);
+    let all = rx
+        .receiver
+        .wait_for(Duration::from_secs(30), |r| {
+            r.iter().filter(|x| x.status == 200).count() >= 200
+        })
+        .await;
+    assert!(
+        all,
+        "only {} delivered after restart; log:\n{}",
+        rx.receiver.accepted().len(),
+        daemon.logs()
+    );
+    assert_eq!(daemon.stop(), Some(0));
+    assert_complete_and_ordered(&rx.receiver.accepted(), 4, 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_unchanged_payloads_are_acked_and_not_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let rx = receiver(dir.path(), false).await;
+    let port = free_port();
+    let extra = format!("\n[admin]\nlisten = \"127.0.0.1:{port}\"\n");
+    let config = write_config(
+        dir.path(),
+        &(standard_config(broker.port, &rx.url, &rx.ca_file, "") + &extra),
+    );
+    let mut daemon = Daemon::start(&config);
+    // Raw publishes: garbage, an unknown field, a bad value, then a real value twice.
+    let mut opts = rumqttc::MqttOptions::new("garbage-publisher", "127.0.0.1", broker.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut el) = rumqttc::AsyncClient::new(opts, 100);
+    let driver = tokio::spawn(async move {
+        let mut acks = 0;
+        while acks < 5 {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = el.poll().await {
+                acks += 1;
+            }
+        }
+    });
+    for payload in [
+        "not json",
+        "{\"other\":1}",
+        "{\"people\":\"many\"}",
+        "{\"people\":7}",
+        "{\"people\":7}",
+    ] {
+        client
+            .publish(
+                "bench/room-x/status",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+            .unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(20), driver)
+        .await
+        .expect("all five acked")
+        .unwrap();
+    let one = rx
+        .receiver
+        .wait_for(Duration::from_secs(20), |r| !r.is_empty())
+        .await;
+    assert!(one);
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+    let ok = wait_until(Duration::from_secs(10), || {
+        let m = http_get(&metrics_url);
+        m.contains("roomhook_source_decode_errors_total{source=\"sensors\",reason=\"not_json\"} 1")
+            && m.contains("reason=\"no_known_field\"} 1")
+            && m.contains("reason=\"bad_value\"} 1")
+            && m.contains("roomhook_events_filtered_total{reason=\"unchanged\"} 1")
+            && m.contains("roomhook_events_delivered_total{webhook=\"facilities\"} 1")
+    });
+    assert!(ok, "metrics:\n{}", http_get(&metrics_url));
+    assert_eq!(daemon.stop(), Some(0));
+    assert_eq!(rx.receiver.accepted().len(), 1);
+    assert!(daemon.logs().contains("payload rejected"));
+}
+
+/// A plain HTTP GET over a TCP stream (the admin listener is plain HTTP on loopback).
+fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.trim_start_matches("http://");
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let Ok(mut s) = std::net::TcpStream::connect(host) else {
+        return String::new();
+    };
+    let _ = write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
