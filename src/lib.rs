@@ -15,6 +15,7 @@ pub mod ratelog;
 pub mod route;
 pub mod source;
 pub mod store;
+pub mod testkit;
 pub mod timefmt;
 pub mod tls;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_5000_messages_from_50_devices_in_order_with_auth() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start();
+    let broker = broker();
     let rx = receiver(dir.path(), false).await;
     let config = write_config(
         dir.path(),
@@ -42,7 +42,7 @@ async fn forwards_5000_messages_from_50_devices_in_order_with_auth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_answering_503_for_a_while_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start();
+    let broker = broker();
     let rx = receiver(dir.path(), false).await;
     rx.receiver.set_behaviour(Behaviour::Status(503));
     let config = write_config(
@@ -80,7 +80,7 @@ async fn a_receiver_answering_503_for_a_while_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_self_signed_receiver_gets_nothing_and_the_events_are_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start();
+    let broker = broker();
     let bad = receiver(dir.path(), true).await;
     let trusted = receiver(dir.path(), false).await;
     // Trust the private CA of the good receiver, but point at the self-signed one.
@@ -124,7 +124,7 @@ async fn a_self_signed_receiver_gets_nothing_and_the_events_are_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_queued_at_a_stop_are_delivered_after_the_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start();
+    let broker = broker();
     let rx = receiver(dir.path(), false).await;
     rx.receiver.set_behaviour(Behaviour::Status(500));
     let config = write_config(
@@ -157,7 +157,7 @@ async fn events_queued_at_a_stop_are_delivered_after_the_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_unchanged_payloads_are_acked_and_not_forwarded() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start();
+    let broker = broker();
     let rx = receiver(dir.path(), false).await;
     let port = free_port();
     let extra = format!("\n[admin]\nlisten = \"127.0.0.1:{port}\"\n");

@@ -4,93 +4,21 @@
 
 use roomhook::demo::pki::{self, ServerIdentity};
 use roomhook::demo::receiver::Receiver;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use roomhook::testkit::{wait_until, Mosquitto};
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    roomhook::testkit::free_port().expect("no free port")
 }
 
-fn mosquitto_binary() -> PathBuf {
-    for p in [
-        "/usr/sbin/mosquitto",
-        "/usr/bin/mosquitto",
-        "/usr/local/sbin/mosquitto",
-    ] {
-        if Path::new(p).exists() {
-            return PathBuf::from(p);
-        }
-    }
-    panic!("mosquitto is not installed: run `apt-get install -y mosquitto` (the integration tests need a real broker)");
-}
-
-/// Polls `cond` every 20 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A Mosquitto broker for one test.
-pub struct Mosquitto {
-    child: Child,
-    /// Its port on 127.0.0.1.
-    pub port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    /// Starts a broker with room to queue every message of a test for an offline client.
-    pub fn start() -> Mosquitto {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\n"
-            ),
-        )
-        .expect("write mosquitto.conf");
-        let child = Command::new(mosquitto_binary())
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto");
-        let ok = wait_until(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(ok, "mosquitto did not start listening on {port}");
-        Mosquitto {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts a broker; a missing Mosquitto fails the test (never a skip).
+pub fn broker() -> Mosquitto {
+    Mosquitto::start().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// An HTTPS receiver and the CA file that trusts it.
@@ -251,36 +179,13 @@ retry_max = "1s"
 /// Publishes `{"people": value}` to `bench/<device>/status` with QoS 1 for every pair and
 /// waits until the broker acknowledged all of them.
 pub async fn publish(port: u16, messages: &[(String, i64)]) {
-    let mut opts = MqttOptions::new(format!("publisher-{}", free_port()), "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_inflight(100);
-    let (client, mut eventloop) = AsyncClient::new(opts, 1000);
-    let total = messages.len();
-    let acks = tokio::spawn(async move {
-        let mut acked = 0;
-        while acked < total {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
-                Ok(_) => {}
-                Err(e) => panic!("publisher connection failed: {e}"),
-            }
-        }
-    });
-    for (device, value) in messages {
-        client
-            .publish(
-                format!("bench/{device}/status"),
-                QoS::AtLeastOnce,
-                false,
-                format!("{{\"people\":{value}}}"),
-            )
-            .await
-            .expect("publish");
-    }
-    tokio::time::timeout(Duration::from_secs(60), acks)
+    let msgs = messages
+        .iter()
+        .map(|(d, v)| (format!("bench/{d}/status"), format!("{{\"people\":{v}}}")))
+        .collect();
+    roomhook::testkit::publish_all(port, msgs, None)
         .await
-        .expect("broker acks within 60 s")
-        .expect("publisher task");
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// `devices` devices × `per_device` messages, interleaved; values 0.. per device.

@@ -1,0 +1,368 @@
+//! `roomhook-bench`: drives the real `roomhook` binary from outside — a Mosquitto broker, an
+//! HTTPS receiver behind a private CA, a publisher — and prints a table plus one JSON line
+//! per scenario. Build first: `cargo build --release --bins && target/release/roomhook-bench`.
+
+use clap::Parser;
+use roomhook::demo::{pki, receiver::Receiver};
+use roomhook::testkit::{cpu_seconds, publish_all, status_kib, wait_until, Mosquitto};
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks the roomhook daemon binary end to end")]
+struct Args {
+    /// Scenarios to run (comma-separated): throughput, latency, idle.
+    #[arg(long, default_value = "throughput,latency,idle")]
+    scenarios: String,
+    /// Messages in the throughput scenario.
+    #[arg(long, default_value_t = 20_000)]
+    messages: usize,
+    /// Devices in the throughput scenario.
+    #[arg(long, default_value_t = 10)]
+    devices: usize,
+    /// Events per second in the latency scenario.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Seconds of the latency scenario.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// max_in_flight of the benchmark webhook.
+    #[arg(long, default_value_t = 64)]
+    max_in_flight: usize,
+    /// The daemon binary (default: `roomhook` next to this one).
+    #[arg(long)]
+    binary: Option<PathBuf>,
+}
+
+const TOKEN: &str = "Bearer bench-token";
+
+struct Setup {
+    dir: tempfile::TempDir,
+    broker: Mosquitto,
+    receiver: Receiver,
+    ca_file: PathBuf,
+}
+
+async fn setup() -> Result<Setup, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let broker = Mosquitto::start().map_err(|e| e.to_string())?;
+    let id = pki::private_ca(&["127.0.0.1"]).map_err(|e| e.to_string())?;
+    let tls = id.server_config().map_err(|e| e.to_string())?;
+    let receiver = Receiver::start(
+        "127.0.0.1:0".parse().map_err(|_| "addr")?,
+        tls,
+        Some(TOKEN.into()),
+        false,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &id.ca_pem).map_err(|e| e.to_string())?;
+    Ok(Setup {
+        dir,
+        broker,
+        receiver,
+        ca_file,
+    })
+}
+
+fn config(s: &Setup, webhooks: usize, sources: usize, max_in_flight: usize) -> PathBuf {
+    let mut text = String::from("[gateway]\ndata_dir = \"data\"\norg_id = \"bench\"\n");
+    for i in 0..sources {
+        text += &format!(
+            "\n[[sources.mqtt]]\nname = \"s{i}\"\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"roomhook-bench-{i}\"\n\
+             [[sources.mqtt.subscriptions]]\ntopic = \"bench/+/status\"\ndevice = \"{{1}}\"\n\
+             [sources.mqtt.subscriptions.fields]\n\"/people\" = \"RoomAnalytics.PeopleCount.Current\"\n",
+            port = s.broker.port
+        );
+    }
+    for i in 0..webhooks {
+        text += &format!(
+            "\n[[webhooks]]\nname = \"w{i}\"\nurl = \"https://127.0.0.1:{port}/hook\"\nauthorization = \"{TOKEN}\"\n\
+             ca_file = \"{ca}\"\nstatuses = [\"RoomAnalytics.PeopleCount.Current\"]\nmax_in_flight = {max_in_flight}\n",
+            port = s.receiver.addr().port(),
+            ca = s.ca_file.display()
+        );
+    }
+    let path = s.dir.path().join("roomhook.toml");
+    let _ = std::fs::write(&path, text);
+    path
+}
+
+struct Daemon(Child);
+
+impl Daemon {
+    fn start(binary: &Path, config: &Path) -> Result<Daemon, String> {
+        let log = std::fs::File::create(config.with_extension("log")).map_err(|e| e.to_string())?;
+        let child = Command::new(binary)
+            .args(["--log", "warn", "run", "-c"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        Ok(Daemon(child))
+    }
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+    fn stop(mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until the daemon's MQTT session is subscribed: a probe message is delivered.
+async fn wait_ready(s: &Setup, devices_before: usize) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = 0;
+    while Instant::now() < deadline {
+        n += 1;
+        publish_all(
+            s.broker.port,
+            vec![("bench/probe/status".into(), format!("{{\"people\":{n}}}"))],
+            None,
+        )
+        .await?;
+        let ok = s
+            .receiver
+            .wait_for(Duration::from_millis(500), |r| r.len() > devices_before)
+            .await;
+        if ok {
+            return Ok(());
+        }
+    }
+    Err("the daemon did not deliver a probe within 20 s".into())
+}
+
+fn people(r: &roomhook::demo::receiver::Received) -> Option<(String, i64)> {
+    let v = r.json();
+    let device = v["deviceId"].as_str()?.to_string();
+    let value = v["changes"]["updated"]["RoomAnalytics.PeopleCount.Current"].as_i64()?;
+    Some((device, value))
+}
+
+fn workload(devices: usize, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            (
+                format!("bench/dev-{}/status", i % devices),
+                format!("{{\"people\":{}}}", i / devices),
+            )
+        })
+        .collect()
+}
+
+async fn throughput(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
+    let s = setup().await?;
+    let daemon = Daemon::start(binary, &config(&s, 1, 1, args.max_in_flight))?;
+    wait_ready(&s, 0).await?;
+    let base = s.receiver.requests().len();
+    let cpu0 = cpu_seconds(daemon.pid()).unwrap_or(0.0);
+    let n = args.messages;
+    let t0 = Instant::now();
+    publish_all(s.broker.port, workload(args.devices, n), None).await?;
+    let published = t0.elapsed();
+    let done = s
+        .receiver
+        .wait_for(Duration::from_secs(300), |r| r.len() - base >= n)
+        .await;
+    let elapsed = s
+        .receiver
+        .requests()
+        .last()
+        .map(|r| r.at.duration_since(t0))
+        .unwrap_or_default();
+    let cpu = cpu_seconds(daemon.pid()).unwrap_or(0.0) - cpu0;
+    let peak_kib = status_kib(daemon.pid(), "VmHWM").unwrap_or(0);
+    daemon.stop();
+    let reqs = s.receiver.requests();
+    let mut seen = HashSet::new();
+    let mut dups = 0;
+    for r in &reqs[base..] {
+        if let Some(k) = people(r) {
+            if !seen.insert(k) {
+                dups += 1;
+            }
+        }
+    }
+    let lost = n.saturating_sub(seen.len());
+    if !done {
+        eprintln!(
+            "throughput: only {} of {n} arrived within 300 s",
+            seen.len()
+        );
+    }
+    Ok(serde_json::json!({
+        "scenario": "throughput_control_hub_mode",
+        "messages": n, "devices": args.devices, "max_in_flight": args.max_in_flight,
+        "publish_seconds": published.as_secs_f64(),
+        "seconds_to_last_delivery": elapsed.as_secs_f64(),
+        "events_per_second": n as f64 / elapsed.as_secs_f64().max(1e-9),
+        "daemon_cpu_seconds": cpu,
+        "daemon_cpu_us_per_event": cpu * 1e6 / n as f64,
+        "daemon_peak_rss_mib": peak_kib as f64 / 1024.0,
+        "lost": lost, "duplicates": dups,
+    }))
+}
+
+async fn latency(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
+    let s = setup().await?;
+    let daemon = Daemon::start(binary, &config(&s, 1, 1, args.max_in_flight))?;
+    wait_ready(&s, 0).await?;
+    let base = s.receiver.requests().len();
+    let n = (args.rate * args.seconds) as usize;
+    let devices = 10;
+    let sent = publish_all(
+        s.broker.port,
+        workload(devices, n),
+        Some(Duration::from_secs_f64(1.0 / args.rate as f64)),
+    )
+    .await?;
+    s.receiver
+        .wait_for(Duration::from_secs(60), |r| r.len() - base >= n)
+        .await;
+    let peak_kib = status_kib(daemon.pid(), "VmHWM").unwrap_or(0);
+    daemon.stop();
+    let mut lat: Vec<f64> = Vec::new();
+    for r in &s.receiver.requests()[base..] {
+        if let Some((dev, v)) = people(r) {
+            let d: usize = dev.trim_start_matches("dev-").parse().unwrap_or(0);
+            let i = v as usize * devices + d;
+            if let Some(t) = sent.get(i) {
+                lat.push(r.at.duration_since(*t).as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Ok(serde_json::json!({
+        "scenario": "latency", "rate_per_second": args.rate, "seconds": args.seconds,
+        "delivered": lat.len(), "expected": n,
+        "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": lat.last().copied().unwrap_or(f64::NAN),
+        "daemon_peak_rss_mib": peak_kib as f64 / 1024.0,
+    }))
+}
+
+async fn idle(binary: &Path) -> Result<serde_json::Value, String> {
+    let s = setup().await?;
+    let daemon = Daemon::start(binary, &config(&s, 3, 2, 8))?;
+    let ok = wait_until(Duration::from_secs(15), || {
+        status_kib(daemon.pid(), "VmRSS").is_some()
+    });
+    if !ok {
+        return Err("daemon did not start".into());
+    }
+    std::thread::sleep(Duration::from_secs(10));
+    let rss = status_kib(daemon.pid(), "VmRSS").unwrap_or(0);
+    let cpu = cpu_seconds(daemon.pid()).unwrap_or(0.0);
+    daemon.stop();
+    Ok(serde_json::json!({
+        "scenario": "idle", "webhooks": 3, "sources": 2,
+        "rss_after_10s_mib": rss as f64 / 1024.0, "cpu_seconds_first_10s": cpu,
+    }))
+}
+
+fn print_table(results: &[serde_json::Value]) {
+    println!("\n{:<30} figures", "scenario");
+    for r in results {
+        let mut figures = BTreeMap::new();
+        if let Some(o) = r.as_object() {
+            for (k, v) in o {
+                if k != "scenario" {
+                    let shown = match v.as_f64() {
+                        Some(f) if v.is_f64() => format!("{f:.2}"),
+                        _ => v.to_string(),
+                    };
+                    figures.insert(k.clone(), shown);
+                }
+            }
+        }
+        let line: Vec<String> = figures.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{:<30} {}",
+            r["scenario"].as_str().unwrap_or("?"),
+            line.join(" ")
+        );
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    roomhook::install_crypto_provider();
+    let args = Args::parse();
+    let binary = args.binary.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("roomhook")))
+            .unwrap_or_else(|| PathBuf::from("roomhook"))
+    });
+    if !binary.exists() {
+        eprintln!(
+            "{} not found: run `cargo build --release --bins` first",
+            binary.display()
+        );
+        return std::process::ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    println!(
+        "roomhook-bench on {} core(s), {cpu}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    let mut results = Vec::new();
+    let mut failed = false;
+    for scenario in args.scenarios.split(',').map(str::trim) {
+        let r = rt.block_on(async {
+            match scenario {
+                "throughput" => throughput(&args, &binary).await,
+                "latency" => latency(&args, &binary).await,
+                "idle" => idle(&binary).await,
+                other => Err(format!("unknown scenario {other:?}")),
+            }
+        });
+        match r {
+            Ok(v) => {
+                println!("{v}");
+                results.push(v);
+            }
+            Err(e) => {
+                eprintln!("{scenario}: {e}");
+                failed = true;
+            }
+        }
+    }
+    print_table(&results);
+    if failed {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}

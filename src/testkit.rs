@@ -1,0 +1,182 @@
+//! Harness shared by the integration tests and the benchmark (never used by the daemon):
+//! a real Mosquitto on a free loopback port, free ports, and waiting on conditions.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Where Mosquitto is installed, if it is.
+pub fn mosquitto_binary() -> Option<PathBuf> {
+    [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+/// A Mosquitto broker on 127.0.0.1, killed when dropped.
+pub struct Mosquitto {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// Why a broker could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Not installed.
+    #[error("mosquitto is not installed: run `apt-get install -y mosquitto`")]
+    NotInstalled,
+    /// Could not be started or did not listen.
+    #[error("mosquitto: {0}")]
+    Start(String),
+}
+
+impl Mosquitto {
+    /// Starts a broker that queues up to a million messages for an offline client.
+    pub fn start() -> Result<Mosquitto, BrokerError> {
+        let bin = mosquitto_binary().ok_or(BrokerError::NotInstalled)?;
+        let dir = tempfile::tempdir().map_err(|e| BrokerError::Start(e.to_string()))?;
+        let port = free_port().map_err(|e| BrokerError::Start(e.to_string()))?;
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\n"
+            ),
+        )
+        .map_err(|e| BrokerError::Start(e.to_string()))?;
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| BrokerError::Start(e.to_string()))?;
+        let mut m = Mosquitto {
+            child,
+            port,
+            _dir: dir,
+        };
+        if !wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        }) {
+            let _ = m.child.kill();
+            return Err(BrokerError::Start(format!(
+                "not listening on {port} after 10 s"
+            )));
+        }
+        Ok(m)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map(|t| t as f64)
+        .unwrap_or(100.0)
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status =
+        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Publishes every `(topic, payload)` with QoS 1 and waits until the broker acknowledged
+/// them all; `pace` spaces the publishes (none: as fast as the broker takes them). Returns
+/// the instant each message was handed to the client, in order.
+pub async fn publish_all(
+    port: u16,
+    messages: Vec<(String, String)>,
+    pace: Option<Duration>,
+) -> Result<Vec<Instant>, String> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let id = format!("publisher-{}", free_port().map_err(|e| e.to_string())?);
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_inflight(100);
+    let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+    let total = messages.len();
+    let acks = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < total {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => return Err(format!("publisher connection failed: {e}")),
+            }
+        }
+        Ok(())
+    });
+    let mut sent = Vec::with_capacity(total);
+    let mut tick = pace.map(|p| {
+        let mut i = tokio::time::interval(p);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        i
+    });
+    for (topic, payload) in messages {
+        if let Some(t) = tick.as_mut() {
+            t.tick().await;
+        }
+        sent.push(Instant::now());
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    match tokio::time::timeout(Duration::from_secs(120), acks).await {
+        Ok(Ok(Ok(()))) => Ok(sent),
+        Ok(Ok(Err(e))) => Err(e),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the broker did not acknowledge every message within 120 s".into()),
+    }
+}
