@@ -2,8 +2,8 @@
 //! admin listener, and stops them in order (sources, then workers, then the store).
 
 use crate::config::Settings;
-use crate::deliver::backoff::Backoff;
 use crate::deliver::client::WebhookClient;
+use crate::deliver::status::{SharedStatus, State};
 use crate::deliver::worker::Worker;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
@@ -30,6 +30,8 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     /// Store ids of the configured webhooks, by name.
     pub webhook_ids: HashMap<String, WebhookId>,
+    /// Live status of each webhook, by name.
+    pub statuses: HashMap<String, SharedStatus>,
     store: Store,
     sources: JoinSet<()>,
     workers: JoinSet<()>,
@@ -62,20 +64,23 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
     let source_stop = CancellationToken::new();
     let worker_stop = CancellationToken::new();
     let mut workers = JoinSet::new();
+    let mut statuses = HashMap::new();
     for (id, w) in ids.iter().copied().zip(&settings.webhooks) {
         let client = WebhookClient::new(w).with_context(|| format!("webhook {}", w.name))?;
+        let status = crate::deliver::status::shared(if w.enabled {
+            State::Active
+        } else {
+            State::Disabled
+        });
+        statuses.insert(w.name.clone(), status.clone());
         let worker = Worker {
             id,
-            name: w.name.clone(),
+            settings: w.clone(),
             client,
             store: store.clone(),
             org_id: settings.org_id.clone(),
             metrics: metrics.clone(),
-            backoff: Backoff {
-                base: w.retry_base,
-                max: w.retry_max,
-            },
-            max_in_flight: w.max_in_flight,
+            status,
             shutdown: worker_stop.clone(),
             grace: SHUTDOWN_GRACE,
         };
@@ -120,6 +125,7 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
         metrics,
         admin_addr,
         webhook_ids,
+        statuses,
         store,
         sources,
         workers,

@@ -56,6 +56,15 @@ pub struct WebhookKindLabel {
     pub kind: String,
 }
 
+/// `{webhook,state}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookStateLabel {
+    /// Webhook name.
+    pub webhook: String,
+    /// State name.
+    pub state: String,
+}
+
 /// `{version}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
@@ -99,6 +108,12 @@ pub struct Metrics {
     pub queue_events: Family<WebhookLabel, Gauge>,
     /// Requests in flight now.
     pub in_flight: Family<WebhookLabel, Gauge>,
+    /// The adaptive in-flight limit.
+    pub in_flight_limit: Family<WebhookLabel, Gauge>,
+    /// 1 for the webhook's current state, 0 for the others.
+    pub webhook_state: Family<WebhookStateLabel, Gauge>,
+    /// Dead letters held.
+    pub dead_letters: Family<WebhookLabel, Gauge>,
     /// Build version (value 1).
     pub build_info: Family<VersionLabel, Gauge>,
 }
@@ -127,6 +142,9 @@ impl Metrics {
             delivery_latency: Family::new_with_constructor(latency_histogram),
             queue_events: Family::default(),
             in_flight: Family::default(),
+            in_flight_limit: Family::default(),
+            webhook_state: Family::default(),
+            dead_letters: Family::default(),
             build_info: Family::default(),
             registry: Registry::default(),
         };
@@ -194,6 +212,21 @@ impl Metrics {
             "in_flight_requests",
             "Webhook requests in flight",
             m.in_flight.clone(),
+        );
+        registry.register(
+            "in_flight_limit",
+            "Adaptive in-flight request limit",
+            m.in_flight_limit.clone(),
+        );
+        registry.register(
+            "webhook_state",
+            "1 for the webhook's current state",
+            m.webhook_state.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Dead letters held per webhook",
+            m.dead_letters.clone(),
         );
         registry.register("build_info", "roomhook version", m.build_info.clone());
         m.build_info

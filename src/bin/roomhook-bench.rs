@@ -81,7 +81,7 @@ fn config(s: &Setup, webhooks: usize, sources: usize, max_in_flight: usize) -> P
     for i in 0..webhooks {
         text += &format!(
             "\n[[webhooks]]\nname = \"w{i}\"\nurl = \"https://127.0.0.1:{port}/hook\"\nauthorization = \"{TOKEN}\"\n\
-             ca_file = \"{ca}\"\nstatuses = [\"RoomAnalytics.PeopleCount.Current\"]\nmax_in_flight = {max_in_flight}\n",
+             ca_file = \"{ca}\"\nstatuses = [\"RoomAnalytics.PeopleCount.Current\"]\nmax_in_flight = {max_in_flight}\ndrain_start_jitter = \"0s\"\n",
             port = s.receiver.addr().port(),
             ca = s.ca_file.display()
         );

@@ -158,6 +158,24 @@ pub struct RawWebhook {
     pub retry_base: Option<String>,
     /// Longest retry delay (default `"5m"`).
     pub retry_max: Option<String>,
+    /// Requests per second, never exceeded (default: unlimited).
+    pub rate_limit: Option<f64>,
+    /// Requests that may be saved up for a burst (default: one second's worth).
+    pub burst: Option<u32>,
+    /// Random delay before the first request after start-up (default `"3s"`).
+    pub drain_start_jitter: Option<String>,
+    /// `"device"` (default: one request in flight per device) or `"none"`.
+    pub ordering: Option<String>,
+    /// Messages per request; above 1 sends a JSON array (default 1).
+    pub batch_max_messages: Option<usize>,
+    /// Largest request body of a batch (default `"1MiB"`).
+    pub batch_max_bytes: Option<String>,
+    /// How long a partial batch may wait for more messages (default `"50ms"`).
+    pub batch_linger: Option<String>,
+    /// Failed requests in a row that open the circuit (default 5).
+    pub circuit_breaker_threshold: Option<u32>,
+    /// Retry interval while the receiver answers 401/403 (default `"60s"`).
+    pub auth_retry: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -302,6 +320,40 @@ pub struct WebhookSettings {
     pub retry_base: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
+    /// Pacing and batching.
+    pub pacing: Pacing,
+}
+
+/// Whether a device's messages must stay in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ordering {
+    /// One request in flight per device; a failed message is retried before the next.
+    Device,
+    /// No ordering: a device's messages may be in flight together.
+    None,
+}
+
+/// How a webhook paces its receiver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pacing {
+    /// Requests per second (None: unlimited).
+    pub rate_limit: Option<f64>,
+    /// Token bucket size.
+    pub burst: u32,
+    /// Random delay before the first request after start-up.
+    pub drain_start_jitter: Duration,
+    /// Ordering.
+    pub ordering: Ordering,
+    /// Messages per request.
+    pub batch_max_messages: usize,
+    /// Largest batch body in bytes.
+    pub batch_max_bytes: u64,
+    /// Wait for a fuller batch at most this long.
+    pub batch_linger: Duration,
+    /// Failed requests in a row that open the circuit.
+    pub circuit_breaker_threshold: u32,
+    /// Retry interval while the receiver answers 401/403.
+    pub auth_retry: Duration,
 }
 
 // ---------------------------------------------------------------------------------------

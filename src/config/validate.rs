@@ -73,12 +73,23 @@ impl Ctx<'_> {
 
     fn duration(&mut self, key: &str, raw: Option<&String>, default: Duration) -> Duration {
         match raw.map(|r| parse_duration(r)) {
-            None => default,
-            Some(Ok(d)) if !d.is_zero() => d,
-            Some(Ok(_)) => {
+            Some(Ok(d)) if d.is_zero() => {
                 self.err(key, "must be longer than zero", "write e.g. \"5s\"");
                 default
             }
+            other => self.duration_or_zero(key, other, default),
+        }
+    }
+
+    fn duration_or_zero(
+        &mut self,
+        key: &str,
+        parsed: Option<Result<Duration, String>>,
+        default: Duration,
+    ) -> Duration {
+        match parsed {
+            None => default,
+            Some(Ok(d)) => d,
             Some(Err(e)) => {
                 self.err(
                     key,
@@ -544,6 +555,7 @@ fn webhook(
             "make retry_max at least retry_base",
         );
     }
+    let pacing = pacing(cx, key, w);
     if cx.errs.len() != before {
         return None;
     }
@@ -561,7 +573,108 @@ fn webhook(
         request_timeout,
         retry_base,
         retry_max,
+        pacing,
     })
+}
+
+fn pacing(cx: &mut Ctx<'_>, key: &str, w: &RawWebhook) -> Pacing {
+    let rate_limit = w.rate_limit;
+    if let Some(r) = rate_limit {
+        if !(r.is_finite() && r > 0.0) {
+            cx.err(
+                format!("{key}.rate_limit"),
+                "must be a positive number of requests per second",
+                "write e.g. rate_limit = 20",
+            );
+        }
+    }
+    let burst = w
+        .burst
+        .unwrap_or_else(|| rate_limit.map_or(1, |r| r.ceil().max(1.0) as u32));
+    if burst == 0 {
+        cx.err(
+            format!("{key}.burst"),
+            "must be at least 1",
+            "write e.g. burst = 10",
+        );
+    }
+    if w.burst.is_some() && rate_limit.is_none() {
+        cx.err(
+            format!("{key}.burst"),
+            "burst is set without rate_limit",
+            "add rate_limit, or remove burst",
+        );
+    }
+    let jitter_key = format!("{key}.drain_start_jitter");
+    let parsed = w.drain_start_jitter.as_ref().map(|r| parse_duration(r));
+    let drain_start_jitter = cx.duration_or_zero(&jitter_key, parsed, Duration::from_secs(3));
+    let ordering = match w.ordering.as_deref() {
+        None | Some("device") => Ordering::Device,
+        Some("none") => Ordering::None,
+        Some(other) => {
+            cx.err(
+                format!("{key}.ordering"),
+                format!("unknown ordering {other:?}"),
+                "write \"device\" (default) or \"none\"",
+            );
+            Ordering::Device
+        }
+    };
+    let batch_max_messages = w.batch_max_messages.unwrap_or(1);
+    if !(1..=1000).contains(&batch_max_messages) {
+        cx.err(
+            format!("{key}.batch_max_messages"),
+            "must be 1 to 1000",
+            "write 1 (Control Hub compatible) or e.g. 100",
+        );
+    }
+    let batch_max_bytes = match w.batch_max_bytes.as_deref().map(super::units::parse_bytes) {
+        None => 1024 * 1024,
+        Some(Ok(b)) if b >= 1024 => b,
+        Some(Ok(_)) => {
+            cx.err(
+                format!("{key}.batch_max_bytes"),
+                "must be at least 1KiB",
+                "write e.g. \"1MiB\"",
+            );
+            1024 * 1024
+        }
+        Some(Err(e)) => {
+            cx.err(
+                format!("{key}.batch_max_bytes"),
+                e,
+                "write a size such as \"256KiB\" or \"1MiB\"",
+            );
+            1024 * 1024
+        }
+    };
+    let linger_key = format!("{key}.batch_linger");
+    let parsed = w.batch_linger.as_ref().map(|r| parse_duration(r));
+    let batch_linger = cx.duration_or_zero(&linger_key, parsed, Duration::from_millis(50));
+    let circuit_breaker_threshold = w.circuit_breaker_threshold.unwrap_or(5);
+    if circuit_breaker_threshold == 0 {
+        cx.err(
+            format!("{key}.circuit_breaker_threshold"),
+            "must be at least 1",
+            "write e.g. 5",
+        );
+    }
+    let auth_retry = cx.duration(
+        &format!("{key}.auth_retry"),
+        w.auth_retry.as_ref(),
+        Duration::from_secs(60),
+    );
+    Pacing {
+        rate_limit,
+        burst: burst.max(1),
+        drain_start_jitter,
+        ordering,
+        batch_max_messages,
+        batch_max_bytes,
+        batch_linger,
+        circuit_breaker_threshold,
+        auth_retry,
+    }
 }
 
 fn webhook_auth(cx: &mut Ctx<'_>, key: &str, w: &RawWebhook) -> Option<Auth> {

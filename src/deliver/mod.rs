@@ -3,6 +3,10 @@
 
 pub mod backoff;
 pub mod client;
+pub mod concurrency;
 pub mod payload;
+pub mod policy;
+pub mod rate;
 pub mod scheduler;
+pub mod status;
 pub mod worker;

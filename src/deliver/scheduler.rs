@@ -1,31 +1,30 @@
-//! Which queued message is sent next: per-device lanes served round-robin (fairness), at
-//! most one request in flight per device (order under retries), an in-flight limit, retry
-//! backoff per device, and a webhook-wide pause (Retry-After, open circuit). Plain,
-//! clock-injected logic: no I/O, tested without sockets.
+//! Which queued messages go out next: per-device lanes served round-robin (fairness), at
+//! most one request in flight per lane (per-device order under retries), retry backoff per
+//! lane, a webhook-wide pause (Retry-After, slow auth retries) and a circuit breaker.
+//! Request concurrency and rate are the caller's (see `concurrency.rs`, `rate.rs`).
+//! Plain, clock-injected logic: no I/O, tested without sockets.
 
 use super::backoff::Backoff;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Consecutive failures after which the webhook pauses as a whole (circuit open).
-pub const CIRCUIT_THRESHOLD: u32 = 5;
-
 struct Lane<T> {
     items: VecDeque<T>,
-    busy: bool,
+    /// Head items handed out in the request in flight (0: idle).
+    taken: usize,
     attempts: u32,
 }
 
-/// What a finished request means for scheduling.
+/// How a finished request went, for scheduling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Accepted: the item leaves the queue.
+    /// The items leave the queue (delivered, or moved to the dead letters).
     Done,
-    /// Failed: retry the same item later; `retry_after` pauses the whole webhook.
+    /// Failed: retry the same items later; `pause` holds the whole webhook that long.
     Retry {
-        /// Receiver-requested pause.
-        retry_after: Option<Duration>,
+        /// Webhook-wide pause (Retry-After, slow retry after 401/403).
+        pause: Option<Duration>,
     },
 }
 
@@ -34,9 +33,9 @@ pub enum Verdict {
 pub enum Circuit {
     /// Sending normally.
     Closed,
-    /// Paused after repeated failures, until the given time.
+    /// Paused after repeated failures.
     Open,
-    /// Paused time is over; one probe request at a time until one succeeds.
+    /// The pause is over; one probe request at a time until one succeeds.
     HalfOpen,
 }
 
@@ -45,27 +44,25 @@ pub struct Scheduler<T> {
     lanes: HashMap<Arc<str>, Lane<T>>,
     ready: VecDeque<Arc<str>>,
     waiting: BTreeSet<(Instant, Arc<str>)>,
-    in_flight: usize,
-    limit: usize,
     len: usize,
     paused_until: Option<Instant>,
     consecutive_failures: u32,
+    threshold: u32,
     circuit: Circuit,
     backoff: Backoff,
 }
 
 impl<T: Clone> Scheduler<T> {
-    /// An empty scheduler.
-    pub fn new(limit: usize, backoff: Backoff) -> Self {
+    /// An empty scheduler; the circuit opens after `threshold` failed requests in a row.
+    pub fn new(backoff: Backoff, threshold: u32) -> Self {
         Self {
             lanes: HashMap::new(),
             ready: VecDeque::new(),
             waiting: BTreeSet::new(),
-            in_flight: 0,
-            limit: limit.max(1),
             len: 0,
             paused_until: None,
             consecutive_failures: 0,
+            threshold: threshold.max(1),
             circuit: Circuit::Closed,
             backoff,
         }
@@ -81,47 +78,50 @@ impl<T: Clone> Scheduler<T> {
         self.len == 0
     }
 
-    /// Requests in flight.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight
-    }
-
     /// The circuit breaker's state.
     pub fn circuit(&self) -> Circuit {
         self.circuit
     }
 
-    /// Appends an item to its device's lane (items of one device keep their order).
-    pub fn push(&mut self, device: &str, item: T) {
+    /// Failed requests in a row.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures
+    }
+
+    /// Until when the whole webhook is paused, if it is.
+    pub fn paused_until(&self, now: Instant) -> Option<Instant> {
+        self.paused_until.filter(|p| *p > now)
+    }
+
+    /// Appends an item to its lane (items of one lane keep their order).
+    pub fn push(&mut self, lane: &str, item: T) {
         self.len += 1;
-        if let Some(lane) = self.lanes.get_mut(device) {
-            lane.items.push_back(item);
+        if let Some(l) = self.lanes.get_mut(lane) {
+            l.items.push_back(item);
             return;
         }
-        let key: Arc<str> = Arc::from(device);
+        let key: Arc<str> = Arc::from(lane);
         self.lanes.insert(
             key.clone(),
             Lane {
                 items: VecDeque::from([item]),
-                busy: false,
+                taken: 0,
                 attempts: 0,
             },
         );
         self.ready.push_back(key);
     }
 
-    fn effective_limit(&self) -> usize {
-        match self.circuit {
-            Circuit::HalfOpen => 1,
-            _ => self.limit,
-        }
+    /// Whether something could be sent now (ignoring concurrency and rate).
+    pub fn has_ready(&mut self, now: Instant) -> bool {
+        self.release(now);
+        self.paused_until.is_none() && !self.ready.is_empty()
     }
 
-    /// The next item to send now, if any: marks its device busy.
-    pub fn next(&mut self, now: Instant) -> Option<(Arc<str>, T)> {
+    fn release(&mut self, now: Instant) {
         if let Some(until) = self.paused_until {
             if now < until {
-                return None;
+                return;
             }
             self.paused_until = None;
             if self.circuit == Circuit::Open {
@@ -132,73 +132,90 @@ impl<T: Clone> Scheduler<T> {
             if first.0 > now {
                 break;
             }
-            if let Some((_, dev)) = self.waiting.pop_first() {
-                self.ready.push_back(dev);
+            if let Some((_, lane)) = self.waiting.pop_first() {
+                self.ready.push_back(lane);
             }
         }
-        if self.in_flight >= self.effective_limit() {
-            return None;
-        }
-        let device = self.ready.pop_front()?;
-        let lane = self.lanes.get_mut(&device)?;
-        let item = lane.items.front()?.clone();
-        lane.busy = true;
-        self.in_flight += 1;
-        Some((device, item))
     }
 
-    /// Records the end of the request for `device`'s head item; returns that item when it
-    /// is done (to be removed from the store). `unit` is a uniform draw in [0, 1) for jitter.
+    /// Up to `max` consecutive head items of the next ready lane; marks the lane busy.
+    pub fn next(&mut self, now: Instant, max: usize) -> Option<(Arc<str>, Vec<T>)> {
+        self.release(now);
+        if self.paused_until.is_some() {
+            return None;
+        }
+        let key = self.ready.pop_front()?;
+        let lane = self.lanes.get_mut(&key)?;
+        let n = max.max(1).min(lane.items.len());
+        lane.taken = n;
+        Some((key, lane.items.iter().take(n).cloned().collect()))
+    }
+
+    /// Hands back all but the first `keep` items taken from a lane (they did not fit).
+    pub fn give_back(&mut self, lane: &str, keep: usize) {
+        if let Some(l) = self.lanes.get_mut(lane) {
+            l.taken = keep.min(l.taken);
+        }
+    }
+
+    /// Records the end of one request that carried items of `lanes`; returns the items
+    /// that left the queue (on `Done`). `unit` is a uniform draw in [0, 1) for jitter.
     pub fn complete(
         &mut self,
-        device: &str,
+        lanes: &[Arc<str>],
         verdict: Verdict,
         now: Instant,
         unit: f64,
-    ) -> Option<T> {
-        let lane = self.lanes.get_mut(device)?;
-        if !lane.busy {
-            return None;
-        }
-        lane.busy = false;
-        self.in_flight = self.in_flight.saturating_sub(1);
-        let key: Arc<str> = self.lanes.get_key_value(device)?.0.clone();
+    ) -> Vec<T> {
+        let mut out = Vec::new();
         match verdict {
             Verdict::Done => {
                 self.consecutive_failures = 0;
                 self.circuit = Circuit::Closed;
-                let lane = self.lanes.get_mut(device)?;
-                lane.attempts = 0;
-                let item = lane.items.pop_front();
-                self.len = self.len.saturating_sub(1);
-                if lane.items.is_empty() {
-                    self.lanes.remove(device);
-                } else {
-                    self.ready.push_back(key);
+                for key in lanes {
+                    let Some(lane) = self.lanes.get_mut(key) else {
+                        continue;
+                    };
+                    let n = std::mem::take(&mut lane.taken);
+                    lane.attempts = 0;
+                    for _ in 0..n {
+                        if let Some(item) = lane.items.pop_front() {
+                            out.push(item);
+                            self.len -= 1;
+                        }
+                    }
+                    if lane.items.is_empty() {
+                        self.lanes.remove(key);
+                    } else {
+                        self.ready.push_back(key.clone());
+                    }
                 }
-                item
             }
-            Verdict::Retry { retry_after } => {
-                let lane = self.lanes.get_mut(device)?;
-                lane.attempts += 1;
-                let at = now + self.backoff.delay(lane.attempts, unit);
-                self.waiting.insert((at, key));
+            Verdict::Retry { pause } => {
+                for key in lanes {
+                    let Some(lane) = self.lanes.get_mut(key) else {
+                        continue;
+                    };
+                    lane.taken = 0;
+                    lane.attempts += 1;
+                    let at = now + self.backoff.delay(lane.attempts, unit);
+                    self.waiting.insert((at, key.clone()));
+                }
                 self.consecutive_failures += 1;
-                let mut pause = retry_after.map(|d| now + d);
-                if self.circuit == Circuit::HalfOpen
-                    || self.consecutive_failures >= CIRCUIT_THRESHOLD
+                let mut until = pause.map(|d| now + d);
+                if self.circuit == Circuit::HalfOpen || self.consecutive_failures >= self.threshold
                 {
                     self.circuit = Circuit::Open;
-                    let step = self.consecutive_failures.saturating_sub(CIRCUIT_THRESHOLD) + 1;
+                    let step = self.consecutive_failures.saturating_sub(self.threshold) + 1;
                     let open_until = now + self.backoff.delay(step, unit);
-                    pause = Some(pause.map_or(open_until, |p| p.max(open_until)));
+                    until = Some(until.map_or(open_until, |p| p.max(open_until)));
                 }
-                if let Some(p) = pause {
+                if let Some(p) = until {
                     self.paused_until = Some(self.paused_until.map_or(p, |q| q.max(p)));
                 }
-                None
             }
         }
+        out
     }
 
     /// When `next` may have something new to give (a backoff or pause ends).
@@ -213,98 +230,106 @@ impl<T: Clone> Scheduler<T> {
 mod tests {
     use super::*;
 
-    fn sched(limit: usize) -> Scheduler<u32> {
+    fn sched() -> Scheduler<u32> {
         Scheduler::new(
-            limit,
             Backoff {
                 base: Duration::from_secs(1),
                 max: Duration::from_secs(60),
             },
+            5,
         )
     }
 
+    fn lanes(names: &[&str]) -> Vec<Arc<str>> {
+        names.iter().map(|n| Arc::from(*n)).collect()
+    }
+
     #[test]
-    fn one_in_flight_per_device_and_round_robin() {
-        let mut s = sched(10);
+    fn one_request_per_device_and_round_robin() {
+        let mut s = sched();
         let t = Instant::now();
         for i in 0..3 {
             s.push("a", i);
         }
         s.push("b", 100);
-        assert_eq!(s.next(t).map(|x| x.1), Some(0));
-        assert_eq!(s.next(t).map(|x| x.1), Some(100));
-        // "a" is busy and "b" is busy: nothing else may go.
-        assert_eq!(s.next(t), None);
-        assert_eq!(s.complete("a", Verdict::Done, t, 0.5), Some(0));
-        assert_eq!(s.next(t).map(|x| x.1), Some(1));
+        assert_eq!(s.next(t, 1).map(|x| x.1), Some(vec![0]));
+        assert_eq!(s.next(t, 1).map(|x| x.1), Some(vec![100]));
+        // Both devices are busy: nothing else may go.
+        assert_eq!(s.next(t, 1), None);
+        assert_eq!(s.complete(&lanes(&["a"]), Verdict::Done, t, 0.5), vec![0]);
+        assert_eq!(s.next(t, 1).map(|x| x.1), Some(vec![1]));
         assert_eq!(s.len(), 3);
     }
 
     #[test]
+    fn batches_take_consecutive_items_of_a_device() {
+        let mut s = sched();
+        let t = Instant::now();
+        for i in 0..5 {
+            s.push("a", i);
+        }
+        let (_, items) = s.next(t, 3).unwrap();
+        assert_eq!(items, vec![0, 1, 2]);
+        s.give_back("a", 2);
+        assert_eq!(
+            s.complete(&lanes(&["a"]), Verdict::Done, t, 0.5),
+            vec![0, 1]
+        );
+        assert_eq!(s.next(t, 10).map(|x| x.1), Some(vec![2, 3, 4]));
+    }
+
+    #[test]
     fn a_failed_item_is_retried_first_after_its_backoff() {
-        let mut s = sched(10);
+        let mut s = sched();
         let t = Instant::now();
         s.push("a", 1);
         s.push("a", 2);
-        assert_eq!(s.next(t).map(|x| x.1), Some(1));
-        s.complete("a", Verdict::Retry { retry_after: None }, t, 0.5);
-        assert_eq!(s.next(t), None);
+        assert_eq!(s.next(t, 1).map(|x| x.1), Some(vec![1]));
+        s.complete(&lanes(&["a"]), Verdict::Retry { pause: None }, t, 0.5);
+        assert_eq!(s.next(t, 1), None);
         let wake = s.next_wakeup().unwrap();
         assert_eq!(wake, t + Duration::from_millis(500));
-        assert_eq!(s.next(wake).map(|x| x.1), Some(1));
+        assert_eq!(s.next(wake, 1).map(|x| x.1), Some(vec![1]));
     }
 
     #[test]
-    fn the_in_flight_limit_holds() {
-        let mut s = sched(2);
-        let t = Instant::now();
-        for d in ["a", "b", "c"] {
-            s.push(d, 0);
-        }
-        assert!(s.next(t).is_some());
-        assert!(s.next(t).is_some());
-        assert!(s.next(t).is_none());
-        assert_eq!(s.in_flight(), 2);
-    }
-
-    #[test]
-    fn retry_after_pauses_the_whole_webhook() {
-        let mut s = sched(10);
+    fn a_pause_holds_the_whole_webhook() {
+        let mut s = sched();
         let t = Instant::now();
         s.push("a", 1);
         s.push("b", 2);
-        s.next(t);
+        s.next(t, 1);
         s.complete(
-            "a",
+            &lanes(&["a"]),
             Verdict::Retry {
-                retry_after: Some(Duration::from_secs(3)),
+                pause: Some(Duration::from_secs(3)),
             },
             t,
             0.0,
         );
-        assert_eq!(s.next(t + Duration::from_secs(2)), None);
-        assert!(s.next(t + Duration::from_secs(3)).is_some());
+        assert!(!s.has_ready(t + Duration::from_secs(2)));
+        assert_eq!(s.next(t + Duration::from_secs(2), 1), None);
+        assert!(s.next(t + Duration::from_secs(3), 1).is_some());
     }
 
     #[test]
-    fn repeated_failures_open_the_circuit_then_probe_one_at_a_time() {
-        let mut s = sched(10);
+    fn repeated_failures_open_the_circuit_then_half_open() {
+        let mut s = sched();
         let mut t = Instant::now();
         for d in 0..10 {
             s.push(&format!("d{d}"), d);
         }
-        for _ in 0..CIRCUIT_THRESHOLD {
-            let (dev, _) = s.next(t).unwrap();
-            s.complete(&dev, Verdict::Retry { retry_after: None }, t, 0.9);
+        for _ in 0..5 {
+            let (lane, _) = s.next(t, 1).unwrap();
+            s.complete(&[lane], Verdict::Retry { pause: None }, t, 0.9);
         }
         assert_eq!(s.circuit(), Circuit::Open);
-        assert!(s.next(t).is_none());
+        assert!(s.next(t, 1).is_none());
         t += Duration::from_secs(120);
-        let (dev, _) = s.next(t).unwrap();
+        let (lane, _) = s.next(t, 1).unwrap();
         assert_eq!(s.circuit(), Circuit::HalfOpen);
-        assert!(s.next(t).is_none(), "only one probe while half-open");
-        s.complete(&dev, Verdict::Done, t, 0.5);
+        s.complete(&[lane], Verdict::Done, t, 0.5);
         assert_eq!(s.circuit(), Circuit::Closed);
-        assert!(s.next(t).is_some() && s.next(t).is_some());
+        assert_eq!(s.consecutive_failures(), 0);
     }
 }

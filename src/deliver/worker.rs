@@ -1,14 +1,21 @@
 //! The delivery loop of one webhook: loads a bounded window of its queue from the store,
-//! asks the scheduler what to send, POSTs it, and reports 2xx answers back to the store
-//! for removal. Its inputs are the store's commit notifications and the request results.
+//! asks the scheduler which messages go next, paces them (rate limit, adaptive in-flight
+//! limit), batches them if asked, POSTs them, and hands the results back: removal on 2xx,
+//! dead letters on permanent refusals, retries otherwise. Its inputs are the store's
+//! commit notifications and the request results; its outputs are store ops and status.
 
 use super::backoff::Backoff;
-use super::client::{Failure, FailureKind, Outcome, WebhookClient};
+use super::client::{FailureKind, Outcome, WebhookClient};
+use super::concurrency::Controller;
 use super::payload;
-use super::scheduler::{Scheduler, Verdict};
-use crate::metrics::{Metrics, WebhookCodeLabel, WebhookKindLabel};
+use super::policy::{self, Action};
+use super::rate::TokenBucket;
+use super::scheduler::{Circuit, Scheduler, Verdict};
+use super::status::{LastError, SharedStatus, State};
+use crate::config::{Ordering, WebhookSettings};
+use crate::metrics::{Metrics, WebhookCodeLabel, WebhookKindLabel, WebhookStateLabel};
 use crate::ratelog::RateLog;
-use crate::store::{Entry, Store, WebhookId};
+use crate::store::{DeadLetter, Entry, Store, WebhookId};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use prometheus_client::metrics::counter::Counter;
@@ -18,16 +25,14 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Most queue entries held in memory per webhook.
-pub const WINDOW: usize = 1024;
-/// Shortest and longest pause a `Retry-After` may ask for.
-const RETRY_AFTER_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
+pub const WINDOW: usize = 4096;
 
 /// Everything one webhook's delivery loop needs.
 pub struct Worker {
     /// Store id of the webhook.
     pub id: WebhookId,
-    /// Its name (logs, metric labels).
-    pub name: String,
+    /// Its settings.
+    pub settings: WebhookSettings,
     /// The HTTPS client.
     pub client: WebhookClient,
     /// The store.
@@ -36,107 +41,107 @@ pub struct Worker {
     pub org_id: String,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Retry delays.
-    pub backoff: Backoff,
-    /// Most requests in flight.
-    pub max_in_flight: usize,
+    /// Live status, read by metrics and status views.
+    pub status: SharedStatus,
     /// Stops the loop.
     pub shutdown: CancellationToken,
     /// How long in-flight requests may finish after shutdown.
     pub grace: Duration,
 }
 
-type Done = (Arc<str>, Arc<Entry>, Outcome, Duration);
+/// One request in flight: which lanes it carries and the entries in it.
+struct Request {
+    lanes: Vec<Arc<str>>,
+    entries: Vec<Arc<Entry>>,
+}
+
+type Done = (Request, Outcome, Duration);
+
+/// Per-webhook counters resolved once.
+struct Counters {
+    delivered: Counter,
+    codes: HashMap<u16, Counter>,
+    logs: HashMap<&'static str, RateLog>,
+}
+
+/// The mutable state of the loop.
+struct Pace {
+    sched: Scheduler<Arc<Entry>>,
+    controller: Controller,
+    bucket: Option<TokenBucket>,
+    in_flight: usize,
+    items_in_flight: usize,
+    disabled: bool,
+    auth_failed: bool,
+    start_at: Instant,
+    partial_since: Option<Instant>,
+}
 
 impl Worker {
     /// Runs until shutdown.
     pub async fn run(self) {
         let Some(mut committed) = self.store.watch(self.id) else {
-            tracing::error!(webhook = %self.name, "webhook has no queue in the store");
+            tracing::error!(webhook = %self.settings.name, "webhook has no queue in the store");
             return;
         };
-        let label = Metrics::webhook(&self.name);
-        let delivered = self.metrics.events_delivered.get_or_create(&label).clone();
-        let duration = self.metrics.request_duration.get_or_create(&label).clone();
-        let latency = self.metrics.delivery_latency.get_or_create(&label).clone();
-        let queue_gauge = self.metrics.queue_events.get_or_create(&label).clone();
-        let in_flight_gauge = self.metrics.in_flight.get_or_create(&label).clone();
-        let mut codes: HashMap<u16, Counter> = HashMap::new();
-        let mut logs: HashMap<&'static str, RateLog> = HashMap::new();
-
-        let mut sched: Scheduler<Arc<Entry>> = Scheduler::new(self.max_in_flight, self.backoff);
+        let p = &self.settings.pacing;
+        let now = Instant::now();
+        let jitter = p.drain_start_jitter.mul_f64(rand::random::<f64>());
+        let mut pace = Pace {
+            sched: Scheduler::new(
+                Backoff {
+                    base: self.settings.retry_base,
+                    max: self.settings.retry_max,
+                },
+                p.circuit_breaker_threshold,
+            ),
+            controller: Controller::new(self.settings.max_in_flight, now),
+            bucket: p.rate_limit.map(|r| TokenBucket::new(r, p.burst, now)),
+            in_flight: 0,
+            items_in_flight: 0,
+            disabled: !self.settings.enabled,
+            auth_failed: false,
+            start_at: now + jitter,
+            partial_since: None,
+        };
+        let label = Metrics::webhook(&self.settings.name);
+        let mut counters = Counters {
+            delivered: self.metrics.events_delivered.get_or_create(&label).clone(),
+            codes: HashMap::new(),
+            logs: HashMap::new(),
+        };
         let mut loaded = 0u64;
         let mut removed: Vec<u64> = Vec::new();
-        let mut in_flight = FuturesUnordered::new();
-
-        let mut handle = |sched: &mut Scheduler<Arc<Entry>>, removed: &mut Vec<u64>, done: Done| {
-            let (device, entry, outcome, took) = done;
-            duration.observe(took.as_secs_f64());
-            let now = Instant::now();
-            let unit: f64 = rand::random();
-            match outcome {
-                Outcome::Delivered { status } => {
-                    codes
-                        .entry(status.as_u16())
-                        .or_insert_with(|| self.code_counter(status.as_u16()))
-                        .inc();
-                    delivered.inc();
-                    let age_ms = crate::timefmt::now_ms()
-                        .saturating_sub(entry.event.ts_ms)
-                        .max(0);
-                    latency.observe(age_ms as f64 / 1000.0);
-                    if let Some(e) = sched.complete(&device, Verdict::Done, now, unit) {
-                        removed.push(e.seq);
-                    }
-                }
-                Outcome::Failed(f) => {
-                    if let FailureKind::Http(s) = f.kind {
-                        codes
-                            .entry(s.as_u16())
-                            .or_insert_with(|| self.code_counter(s.as_u16()))
-                            .inc();
-                    }
-                    self.metrics
-                        .request_errors
-                        .get_or_create(&WebhookKindLabel {
-                            webhook: self.name.clone(),
-                            kind: f.kind.label().to_string(),
-                        })
-                        .inc();
-                    let log = logs
-                        .entry(f.kind.label())
-                        .or_insert_with(|| RateLog::new(Duration::from_secs(10)));
-                    if let Some(suppressed) = log.check(now) {
-                        tracing::warn!(
-                            webhook = %self.name,
-                            kind = f.kind.label(),
-                            suppressed,
-                            "delivery failed, the event stays queued and is retried: {}",
-                            f.message
-                        );
-                    }
-                    let retry_after = retry_after(&f);
-                    sched.complete(&device, Verdict::Retry { retry_after }, now, unit);
-                }
-            }
-        };
+        let mut dead: Vec<(u64, DeadLetter)> = Vec::new();
+        let mut in_flight: InFlight = FuturesUnordered::new();
 
         loop {
             // 1. Refill the window from the store.
-            if sched.len() < WINDOW && *committed.borrow_and_update() > loaded {
-                let (store, id, after, limit) =
-                    (self.store.clone(), self.id, loaded, WINDOW - sched.len());
+            if pace.sched.len() < WINDOW && *committed.borrow_and_update() > loaded {
+                let (store, id, after, limit) = (
+                    self.store.clone(),
+                    self.id,
+                    loaded,
+                    WINDOW - pace.sched.len(),
+                );
                 match tokio::task::spawn_blocking(move || store.read_after(id, after, limit)).await
                 {
                     Ok(Ok(entries)) => {
                         for e in entries {
                             loaded = e.seq;
-                            let device = e.event.device.clone();
-                            sched.push(&device, Arc::new(e));
+                            let lane = match p.ordering {
+                                Ordering::Device => e.event.device.clone(),
+                                Ordering::None => format!(
+                                    "{}#{}",
+                                    e.event.device,
+                                    e.seq % self.settings.max_in_flight as u64
+                                ),
+                            };
+                            pace.sched.push(&lane, Arc::new(e));
                         }
                     }
                     Ok(Err(e)) => {
-                        tracing::error!(webhook = %self.name, "cannot read the queue: {e}");
+                        tracing::error!(webhook = %self.settings.name, "cannot read the queue: {e}");
                         tokio::select! {
                             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                             _ = self.shutdown.cancelled() => break,
@@ -144,17 +149,14 @@ impl Worker {
                         continue;
                     }
                     Err(e) => {
-                        tracing::error!(webhook = %self.name, "queue reader failed: {e}");
+                        tracing::error!(webhook = %self.settings.name, "queue reader failed: {e}");
                         break;
                     }
                 }
             }
-            // 2. Send what the scheduler allows now.
-            let now = Instant::now();
-            while let Some((device, entry)) = sched.next(now) {
-                in_flight.push(self.send(device, entry));
-            }
-            // 3. Hand delivered entries back to the store.
+            // 2. Send what pacing allows now.
+            let mut wake = self.dispatch(&mut pace, &mut in_flight);
+            // 3. Hand results back to the store.
             if !removed.is_empty()
                 && self
                     .store
@@ -164,13 +166,25 @@ impl Worker {
             {
                 break;
             }
-            queue_gauge.set(self.store.depth(self.id) as i64);
-            in_flight_gauge.set(sched.in_flight() as i64);
+            if !dead.is_empty()
+                && self
+                    .store
+                    .dead_letter(self.id, std::mem::take(&mut dead))
+                    .await
+                    .is_err()
+            {
+                break;
+            }
+            self.publish_status(&pace);
             // 4. Wait for something to do.
-            let wake = sched.next_wakeup();
-            let want_more = sched.len() < WINDOW;
+            if let Some(w) = pace.sched.next_wakeup() {
+                wake = Some(wake.map_or(w, |x| x.min(w)));
+            }
+            let want_more = pace.sched.len() < WINDOW;
             tokio::select! {
-                Some(done) = in_flight.next(), if !in_flight.is_empty() => handle(&mut sched, &mut removed, done),
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.finish(&mut pace, &mut counters, &mut removed, &mut dead, done);
+                }
                 changed = committed.changed(), if want_more => {
                     if changed.is_err() {
                         break;
@@ -183,41 +197,301 @@ impl Worker {
         // Let requests already sent finish within the grace period.
         let deadline = tokio::time::Instant::now() + self.grace;
         while let Ok(Some(done)) = tokio::time::timeout_at(deadline, in_flight.next()).await {
-            handle(&mut sched, &mut removed, done);
+            self.finish(&mut pace, &mut counters, &mut removed, &mut dead, done);
         }
         let _ = self.store.remove(self.id, removed).await;
-        in_flight_gauge.set(0);
+        let _ = self.store.dead_letter(self.id, dead).await;
+        self.publish_status(&pace);
     }
 
-    fn code_counter(&self, code: u16) -> Counter {
+    /// Starts every request pacing allows; returns when to look again if pacing (not the
+    /// scheduler) is what holds the next one back.
+    fn dispatch(&self, pace: &mut Pace, in_flight: &mut InFlight) -> Option<Instant> {
+        let p = &self.settings.pacing;
+        let now = Instant::now();
+        if pace.disabled {
+            return None;
+        }
+        if now < pace.start_at {
+            return Some(pace.start_at);
+        }
+        loop {
+            let limit = match pace.sched.circuit() {
+                Circuit::HalfOpen => 1,
+                _ => pace.controller.limit(),
+            };
+            if pace.in_flight >= limit || !pace.sched.has_ready(now) {
+                return None;
+            }
+            if let Some(b) = pace.bucket.as_mut() {
+                if !b.ready(now) {
+                    return Some(b.next_token(now));
+                }
+            }
+            // A partial batch waits a little for more, unless nothing is in flight.
+            if p.batch_max_messages > 1 && pace.in_flight > 0 {
+                let queued = pace.sched.len().saturating_sub(pace.items_in_flight);
+                if queued < p.batch_max_messages {
+                    let since = *pace.partial_since.get_or_insert(now);
+                    if now < since + p.batch_linger {
+                        return Some(since + p.batch_linger);
+                    }
+                }
+            }
+            let Some((request, body)) = self.assemble(pace, now) else {
+                return None;
+            };
+            pace.partial_since = None;
+            if let Some(b) = pace.bucket.as_mut() {
+                b.take(now);
+            }
+            pace.in_flight += 1;
+            pace.items_in_flight += request.entries.len();
+            pace.controller.on_send(pace.in_flight);
+            let client = self.client.clone();
+            in_flight.push(Box::pin(async move {
+                let (outcome, took) = client.post(body, &[]).await;
+                (request, outcome, took)
+            }));
+        }
+    }
+
+    /// Takes the next request's messages from the scheduler and renders its body.
+    fn assemble(&self, pace: &mut Pace, now: Instant) -> Option<(Request, Bytes)> {
+        let p = &self.settings.pacing;
+        let max = p.batch_max_messages;
+        let mut request = Request {
+            lanes: Vec::new(),
+            entries: Vec::new(),
+        };
+        let mut bodies: Vec<Vec<u8>> = Vec::new();
+        let mut bytes = 2usize;
+        while request.entries.len() < max {
+            let Some((lane, items)) = pace.sched.next(now, max - request.entries.len()) else {
+                break;
+            };
+            let mut kept = 0;
+            for item in items {
+                let body = payload::message(&item.event, &self.org_id);
+                if !request.entries.is_empty()
+                    && (bytes + body.len() + 1) as u64 > p.batch_max_bytes
+                {
+                    break;
+                }
+                bytes += body.len() + 1;
+                bodies.push(body);
+                request.entries.push(item);
+                kept += 1;
+            }
+            pace.sched.give_back(&lane, kept);
+            if kept == 0 {
+                break;
+            }
+            request.lanes.push(lane);
+            if bytes as u64 >= p.batch_max_bytes {
+                break;
+            }
+        }
+        if request.entries.is_empty() {
+            return None;
+        }
+        let body = if max == 1 {
+            bodies.pop().unwrap_or_default()
+        } else {
+            let mut out = Vec::with_capacity(bytes);
+            out.push(b'[');
+            for (i, b) in bodies.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b);
+            }
+            out.push(b']');
+            out
+        };
+        Some((request, Bytes::from(body)))
+    }
+
+    /// Applies a finished request: metrics, scheduling, store ops, state.
+    fn finish(
+        &self,
+        pace: &mut Pace,
+        counters: &mut Counters,
+        removed: &mut Vec<u64>,
+        dead: &mut Vec<(u64, DeadLetter)>,
+        (request, outcome, took): Done,
+    ) {
+        let name = &self.settings.name;
+        let label = Metrics::webhook(name);
         self.metrics
-            .requests
-            .get_or_create(&WebhookCodeLabel {
-                webhook: self.name.clone(),
-                code: code.to_string(),
-            })
-            .clone()
+            .request_duration
+            .get_or_create(&label)
+            .observe(took.as_secs_f64());
+        let now = Instant::now();
+        let unit: f64 = rand::random();
+        pace.in_flight -= 1;
+        pace.items_in_flight = pace.items_in_flight.saturating_sub(request.entries.len());
+        let status = match &outcome {
+            Outcome::Delivered { status } => Some(status.as_u16()),
+            Outcome::Failed(f) => match f.kind {
+                FailureKind::Http(s) => Some(s.as_u16()),
+                _ => None,
+            },
+        };
+        if let Some(code) = status {
+            counters
+                .codes
+                .entry(code)
+                .or_insert_with(|| {
+                    self.metrics
+                        .requests
+                        .get_or_create(&WebhookCodeLabel {
+                            webhook: name.clone(),
+                            code: code.to_string(),
+                        })
+                        .clone()
+                })
+                .inc();
+        }
+        let action = policy::classify(&outcome);
+        pace.controller.on_response(took, action.signal(), now);
+        if let Outcome::Failed(f) = &outcome {
+            self.metrics
+                .request_errors
+                .get_or_create(&WebhookKindLabel {
+                    webhook: name.clone(),
+                    kind: f.kind.label().to_string(),
+                })
+                .inc();
+            let what = match action {
+                Action::AuthFailed => {
+                    "the receiver refused the credentials; the queue is held and retried slowly"
+                }
+                Action::Gone => {
+                    "the receiver answered 410 Gone; the webhook is disabled, its queue kept"
+                }
+                Action::DeadLetter => {
+                    "the receiver refused the message for good; it moves to the dead letters"
+                }
+                _ => "delivery failed, the message stays queued and is retried",
+            };
+            let log = counters
+                .logs
+                .entry(f.kind.label())
+                .or_insert_with(|| RateLog::new(Duration::from_secs(10)));
+            if let Some(suppressed) = log.check(now) {
+                tracing::warn!(webhook = %name, kind = f.kind.label(), suppressed, "{what}: {}", f.message);
+            }
+            if let Ok(mut st) = self.status.lock() {
+                st.last_error = Some(LastError {
+                    message: f.message.clone(),
+                    at_ms: crate::timefmt::now_ms(),
+                });
+            }
+        }
+        match action {
+            Action::Delivered => {
+                pace.auth_failed = false;
+                let done = pace
+                    .sched
+                    .complete(&request.lanes, Verdict::Done, now, unit);
+                counters.delivered.inc_by(done.len() as u64);
+                let latency = self.metrics.delivery_latency.get_or_create(&label).clone();
+                let now_ms = crate::timefmt::now_ms();
+                for e in done {
+                    latency.observe(now_ms.saturating_sub(e.event.ts_ms).max(0) as f64 / 1000.0);
+                    removed.push(e.seq);
+                }
+            }
+            Action::DeadLetter => {
+                let reason = match &outcome {
+                    Outcome::Failed(f) => f.message.clone(),
+                    Outcome::Delivered { .. } => String::new(),
+                };
+                let done = pace
+                    .sched
+                    .complete(&request.lanes, Verdict::Done, now, unit);
+                let at_ms = crate::timefmt::now_ms();
+                for e in done {
+                    dead.push((
+                        e.seq,
+                        DeadLetter {
+                            event: e.event.clone(),
+                            status,
+                            reason: reason.clone(),
+                            at_ms,
+                        },
+                    ));
+                }
+            }
+            Action::Retry { pause, .. } => {
+                pace.sched
+                    .complete(&request.lanes, Verdict::Retry { pause }, now, unit);
+            }
+            Action::AuthFailed => {
+                pace.auth_failed = true;
+                let pause = Some(self.settings.pacing.auth_retry);
+                pace.sched
+                    .complete(&request.lanes, Verdict::Retry { pause }, now, unit);
+            }
+            Action::Gone => {
+                pace.disabled = true;
+                pace.sched
+                    .complete(&request.lanes, Verdict::Retry { pause: None }, now, unit);
+            }
+        }
     }
 
-    fn send(&self, device: Arc<str>, entry: Arc<Entry>) -> impl std::future::Future<Output = Done> {
-        let client = self.client.clone();
-        let body = Bytes::from(payload::message(&entry.event, &self.org_id));
-        async move {
-            let (outcome, took) = client.post(body, &[]).await;
-            (device, entry, outcome, took)
+    /// Publishes state, limits and queue figures to the shared status and the metrics.
+    fn publish_status(&self, pace: &Pace) {
+        let now = Instant::now();
+        let state = if pace.disabled {
+            State::Disabled
+        } else if pace.auth_failed {
+            State::AuthFailed
+        } else if pace.sched.circuit() != Circuit::Closed {
+            State::CircuitOpen
+        } else if pace.sched.paused_until(now).is_some() {
+            State::Paused
+        } else if pace.sched.consecutive_failures() > 0 {
+            State::Retrying
+        } else {
+            State::Active
+        };
+        let name = &self.settings.name;
+        if let Ok(mut st) = self.status.lock() {
+            if st.state != state {
+                tracing::info!(webhook = %name, "state {} -> {}", st.state.as_str(), state.as_str());
+            }
+            st.state = state;
+            st.in_flight_limit = pace.controller.limit();
+            st.in_flight = pace.in_flight;
+            st.consecutive_failures = pace.sched.consecutive_failures();
+        }
+        let label = Metrics::webhook(name);
+        let m = &self.metrics;
+        m.queue_events
+            .get_or_create(&label)
+            .set(self.store.depth(self.id) as i64);
+        m.dead_letters
+            .get_or_create(&label)
+            .set(self.store.dead_count(self.id) as i64);
+        m.in_flight.get_or_create(&label).set(pace.in_flight as i64);
+        m.in_flight_limit
+            .get_or_create(&label)
+            .set(pace.controller.limit() as i64);
+        for s in State::ALL {
+            m.webhook_state
+                .get_or_create(&WebhookStateLabel {
+                    webhook: name.clone(),
+                    state: s.as_str().to_string(),
+                })
+                .set(i64::from(s == state));
         }
     }
 }
 
-/// The pause a failure asks for: `Retry-After` on 429 and 503, clamped to [1 s, 1 h].
-fn retry_after(f: &Failure) -> Option<Duration> {
-    match f.kind {
-        FailureKind::Http(s) if s.as_u16() == 429 || s.as_u16() == 503 => f
-            .retry_after
-            .map(|d| d.clamp(RETRY_AFTER_RANGE.0, RETRY_AFTER_RANGE.1)),
-        _ => None,
-    }
-}
+type InFlight = FuturesUnordered<futures_util::future::BoxFuture<'static, Done>>;
 
 async fn sleep_until(at: Option<Instant>) {
     match at {

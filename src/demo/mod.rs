@@ -50,6 +50,7 @@ ca_file = "demo-ca.pem"
 devices = ["room-*"]
 statuses = ["RoomAnalytics.*"]
 events = ["UserInterface.Extensions.Widget.Action"]
+drain_start_jitter = "0s"
 "#,
         port = receiver.addr().port()
     );

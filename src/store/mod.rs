@@ -14,6 +14,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// Queue entries: (webhook id, sequence number) → encoded [`Event`].
 pub(crate) const QUEUE: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("queue");
+/// Dead letters: (webhook id, sequence number) → encoded [`DeadLetter`].
+pub(crate) const DEAD: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("dead_letters");
+/// Most dead letters kept per webhook; past it the oldest go.
+pub const MAX_DEAD_LETTERS: u64 = 10_000;
 /// Next sequence number per webhook (never reused, so `webhook-id`s stay unique).
 pub(crate) const NEXT_SEQ: TableDefinition<u32, u64> = TableDefinition::new("next_seq");
 /// Webhook name → id.
@@ -85,6 +89,21 @@ pub struct Entry {
 pub struct QueueStats {
     /// Entries in the queue.
     pub depth: AtomicU64,
+    /// Entries in the dead-letter queue.
+    pub dead: AtomicU64,
+}
+
+/// A message the receiver refused for good, kept for inspection and replay.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DeadLetter {
+    /// The event.
+    pub event: Event,
+    /// The receiver's HTTP status.
+    pub status: Option<u16>,
+    /// The receiver's answer (status line and the first bytes of the body).
+    pub reason: String,
+    /// When it was dead-lettered, unix milliseconds.
+    pub at_ms: i64,
 }
 
 pub(crate) enum Op {
@@ -95,6 +114,11 @@ pub(crate) enum Op {
     Remove {
         webhook: WebhookId,
         seqs: Vec<u64>,
+    },
+    /// Move entries from the queue to the dead letters.
+    DeadLetter {
+        webhook: WebhookId,
+        items: Vec<(u64, Vec<u8>)>,
     },
     /// Commit what came before, then stop.
     Close,
@@ -147,9 +171,14 @@ impl Store {
         let (store_id, ids, next) = init(&db, webhooks)?;
         let read = db.begin_read().map_err(redb::Error::from)?;
         let q = read.open_table(QUEUE).map_err(redb::Error::from)?;
+        let d = read.open_table(DEAD).map_err(redb::Error::from)?;
         let mut queues = HashMap::new();
         for id in &ids {
             let depth = q
+                .range((id.0, 0)..=(id.0, u64::MAX))
+                .map_err(redb::Error::from)?
+                .count() as u64;
+            let dead = d
                 .range((id.0, 0)..=(id.0, u64::MAX))
                 .map_err(redb::Error::from)?
                 .count() as u64;
@@ -160,12 +189,14 @@ impl Store {
                 Queue {
                     stats: QueueStats {
                         depth: AtomicU64::new(depth),
+                        dead: AtomicU64::new(dead),
                     },
                     committed,
                 },
             );
         }
         drop(q);
+        drop(d);
         drop(read);
         let db = Arc::new(db);
         let (finished_tx, finished_rx) = oneshot::channel();
@@ -224,6 +255,58 @@ impl Store {
             .send(Op::Remove { webhook, seqs })
             .await
             .map_err(|_| StoreError::Closed)
+    }
+
+    /// Moves entries from a webhook's queue to its dead letters (committed with the next group).
+    pub async fn dead_letter(
+        &self,
+        webhook: WebhookId,
+        items: Vec<(u64, DeadLetter)>,
+    ) -> Result<(), StoreError> {
+        let items = items
+            .into_iter()
+            .map(|(seq, d)| (seq, serde_json::to_vec(&d).unwrap_or_default()))
+            .collect();
+        self.tx
+            .send(Op::DeadLetter { webhook, items })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Up to `limit` dead letters of a webhook, oldest first. Blocking.
+    pub fn dead_letters(
+        &self,
+        webhook: WebhookId,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
+        let read = self.db.begin_read().map_err(redb::Error::from)?;
+        let t = read.open_table(DEAD).map_err(redb::Error::from)?;
+        let mut out = Vec::new();
+        for item in t
+            .range((webhook.0, 0)..=(webhook.0, u64::MAX))
+            .map_err(redb::Error::from)?
+            .take(limit)
+        {
+            let (k, v) = item.map_err(redb::Error::from)?;
+            let (_, seq) = k.value();
+            let d: DeadLetter =
+                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                    webhook: webhook.0,
+                    seq,
+                    reason: e.to_string(),
+                })?;
+            out.push((seq, d));
+        }
+        Ok(out)
+    }
+
+    /// Dead letters held for a webhook.
+    pub fn dead_count(&self, webhook: WebhookId) -> u64 {
+        self.shared
+            .queues
+            .get(&webhook)
+            .map(|q| q.stats.dead.load(Ordering::Relaxed))
+            .unwrap_or(0)
     }
 
     /// Up to `limit` entries of a webhook's queue with a sequence number above `after`.
@@ -299,6 +382,7 @@ fn init(db: &Database, webhooks: &[String]) -> Result<Opened, StoreError> {
     let store_id;
     {
         txn.open_table(QUEUE).map_err(redb::Error::from)?;
+        txn.open_table(DEAD).map_err(redb::Error::from)?;
         let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
         let existing = meta
             .get("store_id")

@@ -1,8 +1,8 @@
 //! The store's single writer thread: drains whatever ops are waiting, applies them in one
 //! write transaction (group commit), answers the appenders, and publishes the new state.
 
-use super::{Op, Shared, WebhookId, NEXT_SEQ, QUEUE};
-use redb::{Database, Durability};
+use super::{Op, Shared, WebhookId, DEAD, MAX_DEAD_LETTERS, NEXT_SEQ, QUEUE};
+use redb::{Database, Durability, ReadableTable};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -99,6 +99,7 @@ fn op_len(op: &Op) -> usize {
     match op {
         Op::Append { items, .. } => items.len(),
         Op::Remove { seqs, .. } => seqs.len(),
+        Op::DeadLetter { items, .. } => items.len(),
         Op::Close => 0,
     }
 }
@@ -112,6 +113,7 @@ fn commit(
 ) {
     let mut new_next = next.clone();
     let mut delta: HashMap<WebhookId, i64> = HashMap::new();
+    let mut dead_delta: HashMap<WebhookId, i64> = HashMap::new();
     let result = (|| -> Result<(), redb::Error> {
         let mut txn = db.begin_write()?;
         txn.set_durability(if durable {
@@ -138,6 +140,34 @@ fn commit(
                             }
                         }
                     }
+                    Op::DeadLetter { webhook, items } => {
+                        let mut dead = txn.open_table(DEAD)?;
+                        for (seq, bytes) in items {
+                            if q.remove((webhook.0, *seq))?.is_some() {
+                                *delta.entry(*webhook).or_default() -= 1;
+                                dead.insert((webhook.0, *seq), bytes.as_slice())?;
+                                *dead_delta.entry(*webhook).or_default() += 1;
+                            }
+                        }
+                        // Keep the dead letters bounded: the oldest go first.
+                        let held = shared
+                            .queues
+                            .get(webhook)
+                            .map_or(0, |q| q.stats.dead.load(Ordering::Relaxed));
+                        let now_held = held as i64 + dead_delta.get(webhook).copied().unwrap_or(0);
+                        let excess = now_held - MAX_DEAD_LETTERS as i64;
+                        if excess > 0 {
+                            let old: Vec<u64> = dead
+                                .range((webhook.0, 0)..=(webhook.0, u64::MAX))?
+                                .take(excess as usize)
+                                .filter_map(|r| r.ok().map(|(k, _)| k.value().1))
+                                .collect();
+                            for s in old {
+                                dead.remove((webhook.0, s))?;
+                                *dead_delta.entry(*webhook).or_default() -= 1;
+                            }
+                        }
+                    }
                     Op::Close => {}
                 }
             }
@@ -161,6 +191,15 @@ fn commit(
                     q.stats.depth.fetch_add(*d as u64, Ordering::Relaxed);
                 } else {
                     q.stats.depth.fetch_sub(d.unsigned_abs(), Ordering::Relaxed);
+                }
+            }
+        }
+        for (w, d) in &dead_delta {
+            if let Some(q) = shared.queues.get(w) {
+                if *d >= 0 {
+                    q.stats.dead.fetch_add(*d as u64, Ordering::Relaxed);
+                } else {
+                    q.stats.dead.fetch_sub(d.unsigned_abs(), Ordering::Relaxed);
                 }
             }
         }

@@ -170,6 +170,7 @@ devices = ["*"]
 statuses = ["RoomAnalytics.PeopleCount.Current"]
 retry_base = "100ms"
 retry_max = "1s"
+drain_start_jitter = "0s"
 {extra_webhook}
 "#,
         ca = ca_file.display()

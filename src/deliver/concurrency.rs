@@ -1,0 +1,205 @@
+//! Adaptive concurrency (AIMD, in the spirit of Vector's adaptive request concurrency):
+//! the in-flight limit grows by one per round trip while round-trip times stay flat and the
+//! limit is being used, and is multiplied by 0.9 on back-pressure (429, 503, other 5xx,
+//! timeouts) or an RTT spike. Never below 1 nor above `max_in_flight`. Plain logic: the
+//! caller feeds it measurements and a clock.
+
+use std::time::{Duration, Instant};
+
+/// EWMA weight of a new RTT sample.
+const ALPHA: f64 = 0.4;
+/// An RTT this many standard deviations above the mean is a spike.
+const SPIKE_SIGMAS: f64 = 2.5;
+/// Multiplicative decrease.
+const DECREASE: f64 = 0.9;
+/// Samples needed before spikes are judged.
+const WARMUP: u32 = 5;
+
+/// How a response looked to the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Accepted (or a plain client error): only its RTT counts.
+    Ok,
+    /// The receiver pushes back: 429, 503, other 5xx, or a timeout.
+    Backpressure,
+    /// Says nothing about load (connection refused, TLS error).
+    Neutral,
+}
+
+/// The controller of one webhook.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    limit: usize,
+    max: usize,
+    mean: Option<f64>,
+    var: f64,
+    samples: u32,
+    window_start: Instant,
+    window_min_mean: f64,
+    decreased: bool,
+    saw_spike: bool,
+    reached_limit: bool,
+}
+
+impl Controller {
+    /// Starts at 1 in flight, never above `max`.
+    pub fn new(max: usize, now: Instant) -> Self {
+        Self {
+            limit: 1,
+            max: max.max(1),
+            mean: None,
+            var: 0.0,
+            samples: 0,
+            window_start: now,
+            window_min_mean: f64::INFINITY,
+            decreased: false,
+            saw_spike: false,
+            reached_limit: false,
+        }
+    }
+
+    /// The current in-flight limit.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Records that a request was sent with `in_flight` requests (itself included) out.
+    pub fn on_send(&mut self, in_flight: usize) {
+        if in_flight >= self.limit {
+            self.reached_limit = true;
+        }
+    }
+
+    /// Records a response; the limit changes at most once per round trip.
+    pub fn on_response(&mut self, rtt: Duration, signal: Signal, now: Instant) {
+        let x = rtt.as_secs_f64();
+        match signal {
+            Signal::Backpressure => {
+                // Back off at once, but only once per round trip.
+                if !self.decreased {
+                    self.decrease();
+                }
+            }
+            Signal::Neutral => {}
+            Signal::Ok => {
+                match self.mean {
+                    None => self.mean = Some(x),
+                    Some(m) => {
+                        let sd = self.var.sqrt();
+                        if self.samples >= WARMUP && x > m + SPIKE_SIGMAS * sd.max(m * 0.05) {
+                            self.saw_spike = true;
+                        }
+                        let diff = x - m;
+                        let incr = ALPHA * diff;
+                        self.mean = Some(m + incr);
+                        self.var = (1.0 - ALPHA) * (self.var + diff * incr);
+                    }
+                }
+                self.samples = self.samples.saturating_add(1);
+            }
+        }
+        let mean = self.mean.unwrap_or(x);
+        self.window_min_mean = self.window_min_mean.min(mean);
+        // One decision per round trip (at least 10 ms, so fast receivers do not thrash).
+        let window = Duration::from_secs_f64(mean.max(0.01));
+        if now.saturating_duration_since(self.window_start) < window {
+            return;
+        }
+        if self.decreased {
+            // Already backed off in this round trip.
+        } else if self.saw_spike {
+            self.decrease();
+        } else if self.reached_limit && signal == Signal::Ok && mean <= self.window_min_mean * 1.1 {
+            self.limit = (self.limit + 1).min(self.max);
+        }
+        self.window_start = now;
+        self.window_min_mean = mean;
+        self.decreased = false;
+        self.saw_spike = false;
+        self.reached_limit = false;
+    }
+
+    fn decrease(&mut self) {
+        self.limit = ((self.limit as f64 * DECREASE).floor() as usize).max(1);
+        self.decreased = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drives the controller against a simulated receiver whose latency is
+    /// `base + per_request * in_flight` and which answers 503 above `capacity` in flight.
+    fn simulate(
+        max: usize,
+        base_ms: f64,
+        per_request_ms: f64,
+        capacity: usize,
+        seconds: u64,
+    ) -> Vec<usize> {
+        let t0 = Instant::now();
+        let mut c = Controller::new(max, t0);
+        let mut now = t0;
+        let mut limits = Vec::new();
+        while now < t0 + Duration::from_secs(seconds) {
+            // A "round": the sender fills the limit, all requests come back after one RTT.
+            let n = c.limit();
+            for i in 1..=n {
+                c.on_send(i);
+            }
+            let rtt = Duration::from_secs_f64((base_ms + per_request_ms * n as f64) / 1000.0);
+            now += rtt;
+            for _ in 0..n {
+                let sig = if n > capacity {
+                    Signal::Backpressure
+                } else {
+                    Signal::Ok
+                };
+                c.on_response(rtt, sig, now);
+            }
+            limits.push(c.limit());
+        }
+        limits
+    }
+
+    #[test]
+    fn a_fast_receiver_lets_the_limit_grow_to_the_cap() {
+        let limits = simulate(32, 5.0, 0.0, usize::MAX, 30);
+        assert_eq!(limits.last(), Some(&32));
+    }
+
+    #[test]
+    fn an_overloaded_receiver_keeps_the_limit_near_its_capacity() {
+        let limits = simulate(64, 5.0, 0.0, 10, 60);
+        let tail = &limits[limits.len() - 20..];
+        assert!(tail.iter().all(|&l| (5..=11).contains(&l)), "{tail:?}");
+    }
+
+    #[test]
+    fn latency_that_grows_with_load_stops_the_growth() {
+        // Each request in flight adds 5 ms: RTT rises as the limit rises.
+        let limits = simulate(64, 5.0, 5.0, usize::MAX, 60);
+        let last = *limits.last().unwrap();
+        assert!(last < 64, "{limits:?}");
+    }
+
+    #[test]
+    fn a_latency_spike_shrinks_the_limit() {
+        let t0 = Instant::now();
+        let mut c = Controller::new(16, t0);
+        let mut now = t0;
+        for _ in 0..200 {
+            for i in 1..=c.limit() {
+                c.on_send(i);
+            }
+            now += Duration::from_millis(10);
+            c.on_response(Duration::from_millis(10), Signal::Ok, now);
+        }
+        let before = c.limit();
+        assert_eq!(before, 16);
+        now += Duration::from_millis(500);
+        c.on_response(Duration::from_millis(500), Signal::Ok, now);
+        assert!(c.limit() < before, "{}", c.limit());
+    }
+}

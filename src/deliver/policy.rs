@@ -1,0 +1,149 @@
+//! What an answer means: delivered, retry (and whether it is back-pressure), hold the
+//! queue after 401/403, disable on 410, or dead-letter on other client errors.
+
+use super::client::{Failure, FailureKind, Outcome};
+use super::concurrency::Signal;
+use std::time::Duration;
+
+/// Shortest and longest pause a `Retry-After` may ask for.
+pub const RETRY_AFTER_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(3600));
+
+/// What to do after a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// 2xx: remove from the queue.
+    Delivered,
+    /// Try again later; `pause` holds the whole webhook (Retry-After on 429/503).
+    Retry {
+        /// Receiver-requested pause, clamped.
+        pause: Option<Duration>,
+        /// Whether it signals overload (for adaptive concurrency).
+        backpressure: bool,
+    },
+    /// 401/403: keep everything, retry slowly, report `auth_failed`.
+    AuthFailed,
+    /// 410: the receiver is gone for good: disable the webhook, keep the queue.
+    Gone,
+    /// Another 4xx: the receiver will never take this message: move it to the dead letters.
+    DeadLetter,
+}
+
+impl Action {
+    /// The signal for the concurrency controller.
+    pub fn signal(&self) -> Signal {
+        match self {
+            Action::Delivered | Action::DeadLetter => Signal::Ok,
+            Action::Retry {
+                backpressure: true, ..
+            } => Signal::Backpressure,
+            _ => Signal::Neutral,
+        }
+    }
+}
+
+/// Classifies an outcome.
+pub fn classify(outcome: &Outcome) -> Action {
+    match outcome {
+        Outcome::Delivered { .. } => Action::Delivered,
+        Outcome::Failed(f) => classify_failure(f),
+    }
+}
+
+fn classify_failure(f: &Failure) -> Action {
+    match f.kind {
+        FailureKind::Timeout => Action::Retry {
+            pause: None,
+            backpressure: true,
+        },
+        FailureKind::Connect | FailureKind::Tls | FailureKind::Other => Action::Retry {
+            pause: None,
+            backpressure: false,
+        },
+        FailureKind::Http(s) => match s.as_u16() {
+            401 | 403 => Action::AuthFailed,
+            410 => Action::Gone,
+            408 | 425 => Action::Retry {
+                pause: None,
+                backpressure: false,
+            },
+            429 | 503 => Action::Retry {
+                pause: f
+                    .retry_after
+                    .map(|d| d.clamp(RETRY_AFTER_RANGE.0, RETRY_AFTER_RANGE.1)),
+                backpressure: true,
+            },
+            500..=599 => Action::Retry {
+                pause: None,
+                backpressure: true,
+            },
+            400..=499 => Action::DeadLetter,
+            // 1xx/3xx (redirects are not followed) and anything odd: retry.
+            _ => Action::Retry {
+                pause: None,
+                backpressure: false,
+            },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::StatusCode;
+
+    fn http(code: u16, retry_after: Option<u64>) -> Action {
+        classify(&Outcome::Failed(Failure {
+            kind: FailureKind::Http(StatusCode::from_u16(code).unwrap()),
+            message: String::new(),
+            retry_after: retry_after.map(Duration::from_secs),
+        }))
+    }
+
+    #[test]
+    fn classifies_like_the_issue_says() {
+        assert_eq!(http(401, None), Action::AuthFailed);
+        assert_eq!(http(403, None), Action::AuthFailed);
+        assert_eq!(http(410, None), Action::Gone);
+        assert_eq!(http(400, None), Action::DeadLetter);
+        assert_eq!(http(422, None), Action::DeadLetter);
+        assert!(matches!(http(408, None), Action::Retry { .. }));
+        assert!(matches!(http(425, None), Action::Retry { .. }));
+        assert!(matches!(
+            http(302, None),
+            Action::Retry {
+                backpressure: false,
+                ..
+            }
+        ));
+        assert_eq!(
+            http(429, Some(3)),
+            Action::Retry {
+                pause: Some(Duration::from_secs(3)),
+                backpressure: true
+            }
+        );
+        assert_eq!(
+            http(503, Some(0)),
+            Action::Retry {
+                pause: Some(Duration::from_secs(1)),
+                backpressure: true
+            }
+        );
+        assert_eq!(
+            http(503, Some(86_400)),
+            Action::Retry {
+                pause: Some(Duration::from_secs(3600)),
+                backpressure: true
+            }
+        );
+        // Retry-After only counts on 429 and 503.
+        assert_eq!(
+            http(500, Some(30)),
+            Action::Retry {
+                pause: None,
+                backpressure: true
+            }
+        );
+    }
+}
