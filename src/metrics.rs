@@ -82,6 +82,7 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 /// Every metric roomhook exports.
 pub struct Metrics {
     registry: Registry,
+    refreshers: std::sync::Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
     /// MQTT messages (or simulator batches) received.
     pub source_messages: Family<SourceLabel, Counter>,
     /// Payloads that could not be decoded, by reason.
@@ -147,6 +148,7 @@ impl Metrics {
             dead_letters: Family::default(),
             build_info: Family::default(),
             registry: Registry::default(),
+            refreshers: std::sync::Mutex::new(Vec::new()),
         };
         registry.register(
             "source_messages",
@@ -237,8 +239,20 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Registers a function that brings gauges up to date before every scrape.
+    pub fn on_scrape(&self, f: impl Fn() + Send + Sync + 'static) {
+        if let Ok(mut r) = self.refreshers.lock() {
+            r.push(Box::new(f));
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        if let Ok(r) = self.refreshers.lock() {
+            for f in r.iter() {
+                f();
+            }
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -12,6 +12,8 @@ const ALPHA: f64 = 0.4;
 const SPIKE_SIGMAS: f64 = 2.5;
 /// Multiplicative decrease.
 const DECREASE: f64 = 0.9;
+/// How far the baseline moves toward a higher window average per round trip.
+const BASELINE_RELAX: f64 = 0.02;
 /// Samples needed before spikes are judged.
 const WARMUP: u32 = 5;
 
@@ -31,13 +33,19 @@ pub enum Signal {
 pub struct Controller {
     limit: usize,
     max: usize,
+    /// Long-term EWMA of the RTT and its variance.
     mean: Option<f64>,
     var: f64,
     samples: u32,
+    /// The current window (one round trip): its start, the EWMA at its start, its samples.
     window_start: Instant,
-    window_min_mean: f64,
+    window_past_mean: Option<f64>,
+    window_past_sd: f64,
+    /// The RTT of an unloaded receiver: the lowest window average, relaxing slowly upward.
+    baseline: Option<f64>,
+    window_sum: f64,
+    window_count: u32,
     decreased: bool,
-    saw_spike: bool,
     reached_limit: bool,
 }
 
@@ -51,9 +59,12 @@ impl Controller {
             var: 0.0,
             samples: 0,
             window_start: now,
-            window_min_mean: f64::INFINITY,
+            window_past_mean: None,
+            window_past_sd: 0.0,
+            baseline: None,
+            window_sum: 0.0,
+            window_count: 0,
             decreased: false,
-            saw_spike: false,
             reached_limit: false,
         }
     }
@@ -82,13 +93,17 @@ impl Controller {
             }
             Signal::Neutral => {}
             Signal::Ok => {
+                // The window judges only requests sent since it began (at its limit).
+                if now
+                    .checked_sub(rtt)
+                    .is_none_or(|sent| sent >= self.window_start)
+                {
+                    self.window_sum += x;
+                    self.window_count += 1;
+                }
                 match self.mean {
                     None => self.mean = Some(x),
                     Some(m) => {
-                        let sd = self.var.sqrt();
-                        if self.samples >= WARMUP && x > m + SPIKE_SIGMAS * sd.max(m * 0.05) {
-                            self.saw_spike = true;
-                        }
                         let diff = x - m;
                         let incr = ALPHA * diff;
                         self.mean = Some(m + incr);
@@ -98,24 +113,36 @@ impl Controller {
                 self.samples = self.samples.saturating_add(1);
             }
         }
-        let mean = self.mean.unwrap_or(x);
-        self.window_min_mean = self.window_min_mean.min(mean);
+        let Some(mean) = self.mean else { return };
         // One decision per round trip (at least 10 ms, so fast receivers do not thrash).
         let window = Duration::from_secs_f64(mean.max(0.01));
-        if now.saturating_duration_since(self.window_start) < window {
+        if now.saturating_duration_since(self.window_start) < window
+            || (self.window_count == 0 && !self.decreased)
+        {
             return;
         }
-        if self.decreased {
-            // Already backed off in this round trip.
-        } else if self.saw_spike {
-            self.decrease();
-        } else if self.reached_limit && signal == Signal::Ok && mean <= self.window_min_mean * 1.1 {
-            self.limit = (self.limit + 1).min(self.max);
+        let past = self.window_past_mean.unwrap_or(mean);
+        if self.window_count > 0 {
+            let avg = self.window_sum / f64::from(self.window_count);
+            let base = *self.baseline.get_or_insert(avg);
+            if !self.decreased {
+                let sd = self.window_past_sd.max(past * 0.05);
+                let spike = self.samples >= WARMUP && avg > past + SPIKE_SIGMAS * sd + 0.0005;
+                // Loopback RTTs jitter by fractions of a millisecond: "flat" has a little slack.
+                if spike || avg > base * 2.0 + 0.001 {
+                    self.decrease();
+                } else if self.reached_limit && avg <= base * 1.1 + 0.0005 {
+                    self.limit = (self.limit + 1).min(self.max);
+                }
+            }
+            self.baseline = Some(avg.min(base + (avg - base) * BASELINE_RELAX));
         }
         self.window_start = now;
-        self.window_min_mean = mean;
+        self.window_past_mean = Some(mean);
+        self.window_past_sd = self.var.sqrt();
+        self.window_sum = 0.0;
+        self.window_count = 0;
         self.decreased = false;
-        self.saw_spike = false;
         self.reached_limit = false;
     }
 
@@ -167,6 +194,26 @@ mod tests {
     fn a_fast_receiver_lets_the_limit_grow_to_the_cap() {
         let limits = simulate(32, 5.0, 0.0, usize::MAX, 30);
         assert_eq!(limits.last(), Some(&32));
+    }
+
+    #[test]
+    fn queueing_beyond_capacity_stops_the_growth_there() {
+        // Up to 10 in flight the receiver answers in 20 ms; beyond, requests queue.
+        let t0 = Instant::now();
+        let mut c = Controller::new(64, t0);
+        let mut now = t0;
+        for _ in 0..2000 {
+            let n = c.limit();
+            for i in 1..=n {
+                c.on_send(i);
+            }
+            let rtt = Duration::from_secs_f64(0.02 * (n.max(10) as f64 / 10.0));
+            now += rtt;
+            for _ in 0..n {
+                c.on_response(rtt, Signal::Ok, now);
+            }
+        }
+        assert!((9..=12).contains(&c.limit()), "{}", c.limit());
     }
 
     #[test]

@@ -110,6 +110,22 @@ impl Worker {
             codes: HashMap::new(),
             logs: HashMap::new(),
         };
+        {
+            let (store, id, m, label) = (
+                self.store.clone(),
+                self.id,
+                self.metrics.clone(),
+                label.clone(),
+            );
+            self.metrics.on_scrape(move || {
+                m.queue_events
+                    .get_or_create(&label)
+                    .set(store.depth(id) as i64);
+                m.dead_letters
+                    .get_or_create(&label)
+                    .set(store.dead_count(id) as i64);
+            });
+        }
         let mut loaded = 0u64;
         let mut removed: Vec<u64> = Vec::new();
         let mut dead: Vec<(u64, DeadLetter)> = Vec::new();
@@ -238,9 +254,7 @@ impl Worker {
                     }
                 }
             }
-            let Some((request, body)) = self.assemble(pace, now) else {
-                return None;
-            };
+            let (request, body) = self.assemble(pace, now)?;
             pace.partial_since = None;
             if let Some(b) = pace.bucket.as_mut() {
                 b.take(now);

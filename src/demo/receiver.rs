@@ -33,6 +33,14 @@ impl Received {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
+
+    /// The messages in the body: the array's elements for a batch, else the one object.
+    pub fn messages(&self) -> Vec<serde_json::Value> {
+        match self.json() {
+            serde_json::Value::Array(items) => items,
+            other => vec![other],
+        }
+    }
 }
 
 /// How the receiver answers.
@@ -44,6 +52,11 @@ pub enum Behaviour {
     Status(u16),
     /// This status for every request, with `Retry-After: secs`.
     StatusRetryAfter(u16, u64),
+    /// This status for the given percentage of requests, 200 for the rest.
+    FailPercent(u16, u8),
+    /// 200, after a delay of this many milliseconds per request in progress (an
+    /// overloaded server: the more it is sent at once, the slower it answers).
+    SlowPerConcurrent(u64),
 }
 
 struct State {
@@ -52,6 +65,7 @@ struct State {
     auth: Option<String>,
     print: bool,
     notify: Notify,
+    concurrent: std::sync::atomic::AtomicUsize,
 }
 
 /// A running receiver; stops when dropped.
@@ -78,6 +92,7 @@ impl Receiver {
             auth,
             print,
             notify: Notify::new(),
+            concurrent: std::sync::atomic::AtomicUsize::new(0),
         });
         let stop = CancellationToken::new();
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -173,9 +188,16 @@ async fn handle(
     req: Request<Incoming>,
     st: Arc<State>,
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    use std::sync::atomic::Ordering::SeqCst;
     let (parts, body) = req.into_parts();
+    let arrived = Instant::now();
     let body = body.collect().await?.to_bytes();
     let behaviour = st.behaviour.lock().map(|g| *g).unwrap_or(Behaviour::Accept);
+    let concurrent = st.concurrent.fetch_add(1, SeqCst) + 1;
+    if let Behaviour::SlowPerConcurrent(ms) = behaviour {
+        tokio::time::sleep(Duration::from_millis(ms * concurrent as u64)).await;
+    }
+    st.concurrent.fetch_sub(1, SeqCst);
     let auth_ok = match &st.auth {
         None => true,
         Some(want) => {
@@ -188,7 +210,15 @@ async fn handle(
     };
     let (status, retry_after) = match behaviour {
         _ if !auth_ok => (401, None),
-        Behaviour::Accept => (200, None),
+        Behaviour::Accept | Behaviour::SlowPerConcurrent(_) => (200, None),
+        Behaviour::FailPercent(s, pct) => (
+            if rand::random_range(0..100u8) < pct {
+                s
+            } else {
+                200
+            },
+            None,
+        ),
         Behaviour::Status(s) => (s, None),
         Behaviour::StatusRetryAfter(s, secs) => (s, Some(secs)),
     };
@@ -208,7 +238,7 @@ async fn handle(
             headers: parts.headers,
             body,
             status,
-            at: Instant::now(),
+            at: arrived,
         });
     }
     st.notify.notify_waiters();

@@ -200,6 +200,28 @@ pub fn workload(devices: usize, per_device: usize) -> Vec<(String, i64)> {
     out
 }
 
+/// Messages in the accepted requests (batches flattened).
+pub fn accepted_messages(rx: &roomhook::demo::receiver::Receiver) -> usize {
+    rx.accepted().iter().map(|r| r.messages().len()).sum()
+}
+
+/// The value of a metric line (`name{labels}`) on the admin listener, if present.
+pub fn metric(port: u16, series: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Checks the accepted requests: every device got exactly `0..per_device` in order, with
 /// the right headers and payload shape.
 pub fn assert_complete_and_ordered(
@@ -217,16 +239,17 @@ pub fn assert_complete_and_ordered(
             r.headers.get("content-type").and_then(|v| v.to_str().ok()),
             Some("application/json")
         );
-        let v = r.json();
-        assert_eq!(v["type"], "status", "{v}");
-        assert_eq!(v["orgId"], "test-org");
-        assert_eq!(v["isFullSync"], false);
-        let device = v["deviceId"].as_str().expect("deviceId").to_string();
-        assert_eq!(v["workspaceId"], format!("ws-{device}"));
-        let value = v["changes"]["updated"]["RoomAnalytics.PeopleCount.Current"]
-            .as_i64()
-            .expect("value");
-        per.entry(device).or_default().push(value);
+        for v in r.messages() {
+            assert_eq!(v["type"], "status", "{v}");
+            assert_eq!(v["orgId"], "test-org");
+            assert_eq!(v["isFullSync"], false);
+            let device = v["deviceId"].as_str().expect("deviceId").to_string();
+            assert_eq!(v["workspaceId"], format!("ws-{device}"));
+            let value = v["changes"]["updated"]["RoomAnalytics.PeopleCount.Current"]
+                .as_i64()
+                .expect("value");
+            per.entry(device).or_default().push(value);
+        }
     }
     assert_eq!(per.len(), devices, "devices seen");
     let want: Vec<i64> = (0..per_device as i64).collect();

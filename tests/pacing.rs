@@ -1,0 +1,313 @@
+//! Pacing against a real HTTPS receiver that misbehaves on command: Retry-After, 503s,
+//! rate limits while draining, adaptive concurrency, fairness, 401, 410, dead letters,
+//! batching.
+
+mod common;
+
+use common::*;
+use roomhook::demo::receiver::Behaviour;
+use std::time::Duration;
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    broker: Mosquitto,
+    rx: TestReceiver,
+    daemon: Daemon,
+    admin: u16,
+}
+
+async fn rig(extra_webhook: &str, behaviour: Behaviour) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker();
+    let rx = receiver(dir.path(), false).await;
+    rx.receiver.set_behaviour(behaviour);
+    let admin = free_port();
+    let text = standard_config(broker.port, &rx.url, &rx.ca_file, extra_webhook)
+        + &format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
+    let config = write_config(dir.path(), &text);
+    let daemon = Daemon::start(&config);
+    Rig {
+        _dir: dir,
+        broker,
+        rx,
+        daemon,
+        admin,
+    }
+}
+
+fn state(r: &Rig, state: &str) -> bool {
+    metric(
+        r.admin,
+        &format!("roomhook_webhook_state{{webhook=\"facilities\",state=\"{state}\"}}"),
+    ) == Some(1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_holds_every_request_for_that_long() {
+    let mut r = rig("", Behaviour::StatusRetryAfter(429, 3)).await;
+    publish(r.broker.port, &workload(3, 5)).await;
+    assert!(
+        r.rx.receiver
+            .wait_for(Duration::from_secs(10), |q| q
+                .iter()
+                .any(|x| x.status == 429))
+            .await
+    );
+    r.rx.receiver.set_behaviour(Behaviour::Accept);
+    let all =
+        r.rx.receiver
+            .wait_for(Duration::from_secs(20), |q| {
+                q.iter().filter(|x| x.status == 200).count() >= 15
+            })
+            .await;
+    assert!(all, "{}", r.daemon.logs());
+    let reqs = r.rx.receiver.requests();
+    let first_429 = reqs.iter().find(|x| x.status == 429).unwrap().at;
+    let last_429 = reqs
+        .iter()
+        .filter(|x| x.status == 429)
+        .map(|x| x.at)
+        .max()
+        .unwrap();
+    let next = reqs
+        .iter()
+        .filter(|x| x.at > last_429)
+        .map(|x| x.at)
+        .min()
+        .unwrap();
+    // Requests already in flight may arrive together; after the last 429 nothing for 3 s.
+    assert!(
+        next.duration_since(last_429) >= Duration::from_secs(3),
+        "gap {:?}",
+        next.duration_since(last_429)
+    );
+    assert!(last_429.duration_since(first_429) < Duration::from_secs(1));
+    assert_eq!(r.daemon.stop(), Some(0));
+    assert_complete_and_ordered(&r.rx.receiver.accepted(), 3, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_percent_503_still_delivers_everything_in_order() {
+    let mut r = rig(
+        "circuit_breaker_threshold = 50",
+        Behaviour::FailPercent(503, 30),
+    )
+    .await;
+    publish(r.broker.port, &workload(10, 30)).await;
+    let all =
+        r.rx.receiver
+            .wait_for(Duration::from_secs(60), |q| {
+                q.iter().filter(|x| x.status == 200).count() >= 300
+            })
+            .await;
+    assert!(
+        all,
+        "{} delivered; {}",
+        r.rx.receiver.accepted().len(),
+        r.daemon.logs()
+    );
+    assert!(
+        r.rx.receiver
+            .requests()
+            .iter()
+            .filter(|x| x.status == 503)
+            .count()
+            > 30
+    );
+    assert_eq!(r.daemon.stop(), Some(0));
+    assert_complete_and_ordered(&r.rx.receiver.accepted(), 10, 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_drains_within_the_rate_limit() {
+    let mut r = rig("rate_limit = 20\nburst = 5", Behaviour::Status(503)).await;
+    publish(r.broker.port, &workload(10, 10)).await;
+    // The receiver was down while the backlog built up; now it recovers.
+    assert!(
+        r.rx.receiver
+            .wait_for(Duration::from_secs(10), |q| !q.is_empty())
+            .await
+    );
+    r.rx.receiver.set_behaviour(Behaviour::Accept);
+    let all =
+        r.rx.receiver
+            .wait_for(Duration::from_secs(60), |q| {
+                q.iter().filter(|x| x.status == 200).count() >= 100
+            })
+            .await;
+    assert!(all, "{}", r.daemon.logs());
+    assert_eq!(r.daemon.stop(), Some(0));
+    // Every request the receiver saw, in any one-second window: at most rate + burst.
+    let times: Vec<_> = r.rx.receiver.requests().iter().map(|x| x.at).collect();
+    for (i, t) in times.iter().enumerate() {
+        let in_window = times[i..]
+            .iter()
+            .take_while(|u| u.duration_since(*t) < Duration::from_secs(1))
+            .count();
+        assert!(in_window <= 25, "{in_window} requests within one second");
+    }
+    let accepted: Vec<_> = r.rx.receiver.accepted().iter().map(|x| x.at).collect();
+    let span = accepted.last().unwrap().duration_since(accepted[0]);
+    // 100 requests at 20/s with a burst of 5 take at least (100 - 5) / 20 s.
+    assert!(
+        span >= Duration::from_millis(4700),
+        "drained too fast: {span:?}"
+    );
+    assert_complete_and_ordered(&r.rx.receiver.accepted(), 10, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_flight_limit_grows_on_a_fast_receiver_and_shrinks_on_a_slow_one() {
+    let mut r = rig("max_in_flight = 8", Behaviour::Accept).await;
+    let limit = |r: &Rig| {
+        metric(r.admin, "roomhook_in_flight_limit{webhook=\"facilities\"}").unwrap_or(0.0)
+    };
+    let port = r.broker.port;
+    let feeder = tokio::spawn(async move {
+        for round in 0..200 {
+            publish(
+                port,
+                &workload(40, 1)
+                    .into_iter()
+                    .map(|(d, _)| (d, round))
+                    .collect::<Vec<_>>(),
+            )
+            .await;
+        }
+    });
+    let grew = wait_until(Duration::from_secs(30), || limit(&r) >= 8.0);
+    assert!(grew, "limit stayed at {}", limit(&r));
+    r.rx.receiver
+        .set_behaviour(Behaviour::SlowPerConcurrent(40));
+    let shrank = wait_until(Duration::from_secs(30), || limit(&r) < 8.0);
+    assert!(shrank, "limit stayed at {}", limit(&r));
+    feeder.abort();
+    r.daemon.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chatty_device_does_not_starve_the_others() {
+    let mut r = rig(
+        "rate_limit = 100\nburst = 1\nmax_in_flight = 1",
+        Behaviour::Accept,
+    )
+    .await;
+    let mut msgs: Vec<(String, i64)> = (0..500).map(|i| ("chatty".to_string(), i)).collect();
+    for i in 0..5 {
+        for d in 0..9 {
+            msgs.push((format!("quiet-{d}"), i));
+        }
+    }
+    publish(r.broker.port, &msgs).await;
+    let all =
+        r.rx.receiver
+            .wait_for(Duration::from_secs(60), |q| {
+                q.iter().filter(|x| x.status == 200).count() >= 545
+            })
+            .await;
+    assert!(all, "{}", r.daemon.logs());
+    assert_eq!(r.daemon.stop(), Some(0));
+    let order: Vec<String> =
+        r.rx.receiver
+            .accepted()
+            .iter()
+            .map(|x| x.json()["deviceId"].as_str().unwrap_or("").to_string())
+            .collect();
+    let last_quiet = order.iter().rposition(|d| d.starts_with("quiet")).unwrap();
+    // Round-robin: the 45 quiet messages are interleaved with the chatty ones, not queued
+    // behind all 500 of them.
+    assert!(
+        last_quiet < 200,
+        "the last quiet message went out as request {last_quiet} of 545"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthorized_holds_the_queue_and_gone_disables_the_webhook() {
+    let mut r = rig("auth_retry = \"1s\"", Behaviour::Status(401)).await;
+    publish(r.broker.port, &workload(2, 5)).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || state(&r, "auth_failed")),
+        "{}",
+        r.daemon.logs()
+    );
+    assert!(r.daemon.logs().contains("refused the credentials"));
+    r.rx.receiver.set_behaviour(Behaviour::Accept);
+    let all =
+        r.rx.receiver
+            .wait_for(Duration::from_secs(20), |q| {
+                q.iter().filter(|x| x.status == 200).count() >= 10
+            })
+            .await;
+    assert!(all, "{}", r.daemon.logs());
+    assert!(wait_until(Duration::from_secs(5), || state(&r, "active")));
+    assert_complete_and_ordered(&r.rx.receiver.accepted(), 2, 5);
+
+    r.rx.receiver.set_behaviour(Behaviour::Status(410));
+    publish(
+        r.broker.port,
+        &[("room-0".into(), 100), ("room-1".into(), 100)],
+    )
+    .await;
+    assert!(
+        wait_until(Duration::from_secs(10), || state(&r, "disabled")),
+        "{}",
+        r.daemon.logs()
+    );
+    assert!(wait_until(Duration::from_secs(5), || metric(
+        r.admin,
+        "roomhook_queue_events{webhook=\"facilities\"}"
+    ) == Some(2.0)));
+    assert_eq!(r.daemon.stop(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_client_error_moves_messages_to_the_dead_letters() {
+    let mut r = rig("", Behaviour::Status(422)).await;
+    publish(r.broker.port, &workload(2, 3)).await;
+    let dead = wait_until(Duration::from_secs(10), || {
+        metric(r.admin, "roomhook_dead_letters{webhook=\"facilities\"}") == Some(6.0)
+    });
+    assert!(dead, "{}", r.daemon.logs());
+    assert_eq!(
+        metric(r.admin, "roomhook_queue_events{webhook=\"facilities\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        r.rx.receiver.requests().len(),
+        6,
+        "each message is tried once"
+    );
+    assert_eq!(r.daemon.stop(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batching_sends_arrays_and_keeps_per_device_order() {
+    let mut r = rig(
+        "batch_max_messages = 50\nbatch_linger = \"20ms\"",
+        Behaviour::Accept,
+    )
+    .await;
+    publish(r.broker.port, &workload(5, 100)).await;
+    let all =
+        r.rx.receiver
+            .wait_for(Duration::from_secs(30), |q| {
+                q.iter()
+                    .filter(|x| x.status == 200)
+                    .map(|x| x.messages().len())
+                    .sum::<usize>()
+                    >= 500
+            })
+            .await;
+    assert!(all, "{}", r.daemon.logs());
+    assert_eq!(r.daemon.stop(), Some(0));
+    let reqs = r.rx.receiver.accepted();
+    assert!(
+        reqs.iter().all(|x| x.json().is_array()),
+        "batches are JSON arrays"
+    );
+    assert!(reqs.len() < 100, "{} requests for 500 messages", reqs.len());
+    assert!(reqs.iter().all(|x| x.messages().len() <= 50));
+    assert_eq!(accepted_messages(&r.rx.receiver), 500);
+    assert_complete_and_ordered(&reqs, 5, 100);
+}
