@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 #[derive(Parser)]
 #[command(about = "Benchmarks the roomhook daemon binary end to end")]
 struct Args {
-    /// Scenarios to run (comma-separated): throughput, latency, idle.
-    #[arg(long, default_value = "throughput,latency,idle")]
+    /// Scenarios to run (comma-separated): throughput, batched, latency, idle, drain.
+    #[arg(long, default_value = "throughput,batched,latency,idle,drain")]
     scenarios: String,
     /// Messages in the throughput scenario.
     #[arg(long, default_value_t = 20_000)]
@@ -28,6 +28,12 @@ struct Args {
     /// Seconds of the latency scenario.
     #[arg(long, default_value_t = 30)]
     seconds: u64,
+    /// Messages in the backlog-drain scenario.
+    #[arg(long, default_value_t = 100_000)]
+    drain_messages: usize,
+    /// rate_limit (requests/s) of the backlog-drain scenario.
+    #[arg(long, default_value_t = 2000)]
+    drain_rate: u64,
     /// max_in_flight of the benchmark webhook.
     #[arg(long, default_value_t = 64)]
     max_in_flight: usize,
@@ -68,7 +74,13 @@ async fn setup() -> Result<Setup, String> {
     })
 }
 
-fn config(s: &Setup, webhooks: usize, sources: usize, max_in_flight: usize) -> PathBuf {
+fn config(
+    s: &Setup,
+    webhooks: usize,
+    sources: usize,
+    max_in_flight: usize,
+    extra: &str,
+) -> PathBuf {
     let mut text = String::from("[gateway]\ndata_dir = \"data\"\norg_id = \"bench\"\n");
     for i in 0..sources {
         text += &format!(
@@ -81,7 +93,7 @@ fn config(s: &Setup, webhooks: usize, sources: usize, max_in_flight: usize) -> P
     for i in 0..webhooks {
         text += &format!(
             "\n[[webhooks]]\nname = \"w{i}\"\nurl = \"https://127.0.0.1:{port}/hook\"\nauthorization = \"{TOKEN}\"\n\
-             ca_file = \"{ca}\"\nstatuses = [\"RoomAnalytics.PeopleCount.Current\"]\nmax_in_flight = {max_in_flight}\ndrain_start_jitter = \"0s\"\n",
+             ca_file = \"{ca}\"\nstatuses = [\"RoomAnalytics.PeopleCount.Current\"]\nmax_in_flight = {max_in_flight}\ndrain_start_jitter = \"0s\"\n{extra}\n",
             port = s.receiver.addr().port(),
             ca = s.ca_file.display()
         );
@@ -140,11 +152,16 @@ async fn wait_ready(s: &Setup, devices_before: usize) -> Result<(), String> {
     Err("the daemon did not deliver a probe within 20 s".into())
 }
 
-fn people(r: &roomhook::demo::receiver::Received) -> Option<(String, i64)> {
-    let v = r.json();
-    let device = v["deviceId"].as_str()?.to_string();
-    let value = v["changes"]["updated"]["RoomAnalytics.PeopleCount.Current"].as_i64()?;
-    Some((device, value))
+/// (device, people count) of every message in a request (one, or a batch).
+fn people(r: &roomhook::demo::receiver::Received) -> Vec<(String, i64)> {
+    r.messages()
+        .iter()
+        .filter_map(|v| {
+            let device = v["deviceId"].as_str()?.to_string();
+            let value = v["changes"]["updated"]["RoomAnalytics.PeopleCount.Current"].as_i64()?;
+            Some((device, value))
+        })
+        .collect()
 }
 
 fn workload(devices: usize, n: usize) -> Vec<(String, String)> {
@@ -158,11 +175,13 @@ fn workload(devices: usize, n: usize) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn throughput(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
+async fn throughput(args: &Args, binary: &Path, batch: usize) -> Result<serde_json::Value, String> {
     let s = setup().await?;
-    let daemon = Daemon::start(binary, &config(&s, 1, 1, args.max_in_flight))?;
+    let extra = format!("batch_max_messages = {batch}\nbatch_linger = \"5ms\"");
+    let daemon = Daemon::start(binary, &config(&s, 1, 1, args.max_in_flight, &extra))?;
     wait_ready(&s, 0).await?;
     let base = s.receiver.requests().len();
+    let base_msgs = s.receiver.accepted_messages();
     let cpu0 = cpu_seconds(daemon.pid()).unwrap_or(0.0);
     let n = args.messages;
     let t0 = Instant::now();
@@ -170,7 +189,7 @@ async fn throughput(args: &Args, binary: &Path) -> Result<serde_json::Value, Str
     let published = t0.elapsed();
     let done = s
         .receiver
-        .wait_for(Duration::from_secs(300), |r| r.len() - base >= n)
+        .wait_accepted(base_msgs + n, Duration::from_secs(300))
         .await;
     let elapsed = s
         .receiver
@@ -185,7 +204,7 @@ async fn throughput(args: &Args, binary: &Path) -> Result<serde_json::Value, Str
     let mut seen = HashSet::new();
     let mut dups = 0;
     for r in &reqs[base..] {
-        if let Some(k) = people(r) {
+        for k in people(r) {
             if !seen.insert(k) {
                 dups += 1;
             }
@@ -198,8 +217,15 @@ async fn throughput(args: &Args, binary: &Path) -> Result<serde_json::Value, Str
             seen.len()
         );
     }
+    let requests = reqs.len() - base;
+    let name = if batch > 1 {
+        "throughput_batched"
+    } else {
+        "throughput_control_hub_mode"
+    };
     Ok(serde_json::json!({
-        "scenario": "throughput_control_hub_mode",
+        "scenario": name, "batch_max_messages": batch, "requests": requests,
+        "requests_per_second": requests as f64 / elapsed.as_secs_f64().max(1e-9),
         "messages": n, "devices": args.devices, "max_in_flight": args.max_in_flight,
         "publish_seconds": published.as_secs_f64(),
         "seconds_to_last_delivery": elapsed.as_secs_f64(),
@@ -213,9 +239,10 @@ async fn throughput(args: &Args, binary: &Path) -> Result<serde_json::Value, Str
 
 async fn latency(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
     let s = setup().await?;
-    let daemon = Daemon::start(binary, &config(&s, 1, 1, args.max_in_flight))?;
+    let daemon = Daemon::start(binary, &config(&s, 1, 1, args.max_in_flight, ""))?;
     wait_ready(&s, 0).await?;
     let base = s.receiver.requests().len();
+    let base_msgs = s.receiver.accepted_messages();
     let n = (args.rate * args.seconds) as usize;
     let devices = 10;
     let sent = publish_all(
@@ -225,13 +252,13 @@ async fn latency(args: &Args, binary: &Path) -> Result<serde_json::Value, String
     )
     .await?;
     s.receiver
-        .wait_for(Duration::from_secs(60), |r| r.len() - base >= n)
+        .wait_accepted(base_msgs + n, Duration::from_secs(60))
         .await;
     let peak_kib = status_kib(daemon.pid(), "VmHWM").unwrap_or(0);
     daemon.stop();
     let mut lat: Vec<f64> = Vec::new();
     for r in &s.receiver.requests()[base..] {
-        if let Some((dev, v)) = people(r) {
+        for (dev, v) in people(r) {
             let d: usize = dev.trim_start_matches("dev-").parse().unwrap_or(0);
             let i = v as usize * devices + d;
             if let Some(t) = sent.get(i) {
@@ -253,9 +280,79 @@ async fn latency(args: &Args, binary: &Path) -> Result<serde_json::Value, String
     }))
 }
 
+async fn drain(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
+    let s = setup().await?;
+    s.receiver
+        .set_behaviour(roomhook::demo::receiver::Behaviour::Status(503));
+    let rate = args.drain_rate;
+    let extra = format!(
+        "rate_limit = {rate}\nburst = {}\nretry_max = \"1s\"",
+        (rate / 10).max(1)
+    );
+    let daemon = Daemon::start(binary, &config(&s, 1, 1, args.max_in_flight, &extra))?;
+    // Wait for the subscription (the probe is refused, so watch for its request).
+    let ready = s
+        .receiver
+        .wait_for(Duration::from_secs(20), |r| !r.is_empty());
+    let port = s.broker.port;
+    let probe = tokio::spawn(async move {
+        for n in 0..200 {
+            let _ = publish_all(
+                port,
+                vec![("bench/probe/status".into(), format!("{{\"people\":{n}}}"))],
+                None,
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let ok = ready.await;
+    probe.abort();
+    if !ok {
+        return Err("the daemon never tried the receiver".into());
+    }
+    let n = args.drain_messages;
+    publish_all(s.broker.port, workload(args.devices.max(50), n), None).await?;
+    // Every message is committed (acked); the receiver comes back.
+    s.receiver
+        .set_behaviour(roomhook::demo::receiver::Behaviour::Accept);
+    let t0 = Instant::now();
+    let all = s.receiver.wait_accepted(n, Duration::from_secs(3600)).await;
+    let reqs: Vec<_> = s
+        .receiver
+        .requests()
+        .into_iter()
+        .filter(|r| r.status == 200 && r.at >= t0)
+        .collect();
+    let peak_kib = status_kib(daemon.pid(), "VmHWM").unwrap_or(0);
+    daemon.stop();
+    if !all {
+        eprintln!("drain: not complete within an hour");
+    }
+    let span = reqs
+        .last()
+        .map(|r| r.at.duration_since(reqs[0].at))
+        .unwrap_or_default();
+    let observed = reqs.len().saturating_sub(1) as f64 / span.as_secs_f64().max(1e-9);
+    let mut max_1s = 0;
+    for (i, r) in reqs.iter().enumerate() {
+        let c = reqs[i..]
+            .iter()
+            .take_while(|u| u.at.duration_since(r.at) < Duration::from_secs(1))
+            .count();
+        max_1s = max_1s.max(c);
+    }
+    Ok(serde_json::json!({
+        "scenario": "backlog_drain", "messages": n, "rate_limit": rate, "burst": (rate / 10).max(1),
+        "observed_rate": observed, "observed_vs_limit": observed / rate as f64,
+        "max_requests_in_any_second": max_1s, "drain_seconds": span.as_secs_f64(),
+        "daemon_peak_rss_mib": peak_kib as f64 / 1024.0,
+    }))
+}
+
 async fn idle(binary: &Path) -> Result<serde_json::Value, String> {
     let s = setup().await?;
-    let daemon = Daemon::start(binary, &config(&s, 3, 2, 8))?;
+    let daemon = Daemon::start(binary, &config(&s, 3, 2, 8, ""))?;
     let ok = wait_until(Duration::from_secs(15), || {
         status_kib(daemon.pid(), "VmRSS").is_some()
     });
@@ -342,7 +439,9 @@ fn main() -> std::process::ExitCode {
     for scenario in args.scenarios.split(',').map(str::trim) {
         let r = rt.block_on(async {
             match scenario {
-                "throughput" => throughput(&args, &binary).await,
+                "throughput" => throughput(&args, &binary, 1).await,
+                "batched" => throughput(&args, &binary, 100).await,
+                "drain" => drain(&args, &binary).await,
                 "latency" => latency(&args, &binary).await,
                 "idle" => idle(&binary).await,
                 other => Err(format!("unknown scenario {other:?}")),

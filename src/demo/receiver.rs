@@ -66,6 +66,7 @@ struct State {
     print: bool,
     notify: Notify,
     concurrent: std::sync::atomic::AtomicUsize,
+    accepted_messages: std::sync::atomic::AtomicUsize,
 }
 
 /// A running receiver; stops when dropped.
@@ -93,6 +94,7 @@ impl Receiver {
             print,
             notify: Notify::new(),
             concurrent: std::sync::atomic::AtomicUsize::new(0),
+            accepted_messages: std::sync::atomic::AtomicUsize::new(0),
         });
         let stop = CancellationToken::new();
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -172,6 +174,28 @@ impl Receiver {
         }
     }
 
+    /// Messages (batch elements counted one by one) answered with 2xx so far.
+    pub fn accepted_messages(&self) -> usize {
+        self.state
+            .accepted_messages
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` messages were accepted, or the timeout passes (cheap: for
+    /// large counts, where `wait_for` would re-read every request each time).
+    pub async fn wait_accepted(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.state.notify.notified();
+            if self.accepted_messages() >= n {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.accepted_messages() >= n;
+            }
+        }
+    }
+
     /// Stops listening and closes connections.
     pub fn stop(&self) {
         self.stop.cancel();
@@ -231,6 +255,15 @@ async fn handle(
             status,
             text
         );
+    }
+    if (200..300).contains(&status) {
+        let n = match body.first() {
+            Some(b'[') => {
+                serde_json::from_slice::<Vec<serde_json::Value>>(&body).map_or(1, |v| v.len())
+            }
+            _ => 1,
+        };
+        st.accepted_messages.fetch_add(n, SeqCst);
     }
     if let Ok(mut g) = st.requests.lock() {
         g.push(Received {
