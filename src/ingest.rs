@@ -5,7 +5,7 @@
 use crate::event::Event;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::route::Router;
-use crate::store::{Store, StoreError, WebhookId};
+use crate::store::{Mark, Store, StoreError, WebhookId};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -42,6 +42,7 @@ impl Ingest {
     pub async fn submit(
         &self,
         events: Vec<Event>,
+        mark: Option<Mark>,
     ) -> Result<impl Future<Output = Result<(), StoreError>> + Send + 'static, StoreError> {
         let mut router = self.router.lock().await;
         let mut items = Vec::new();
@@ -68,7 +69,7 @@ impl Ingest {
         let commit = if items.is_empty() {
             None
         } else {
-            Some(self.store.submit(items).await?)
+            Some(self.store.submit(items, mark).await?)
         };
         drop(router);
         let this = self.clone();
@@ -100,7 +101,12 @@ impl Ingest {
 
     /// Routes, submits and waits for the commit.
     pub async fn accept(&self, events: Vec<Event>) -> Result<(), StoreError> {
-        self.submit(events).await?.await
+        self.submit(events, None).await?.await
+    }
+
+    /// The store (for the MQTT redelivery guard).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The metrics.

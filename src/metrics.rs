@@ -91,6 +91,8 @@ pub struct Metrics {
     pub source_connected: Family<SourceLabel, Gauge>,
     /// Connection losses.
     pub source_reconnects: Family<SourceLabel, Counter>,
+    /// Broker redeliveries of messages already committed (acked again, not stored twice).
+    pub source_redelivered: Family<SourceLabel, Counter>,
     /// Events committed to a webhook's queue.
     pub events_enqueued: Family<WebhookLabel, Counter>,
     /// Events the receiver answered 2xx for.
@@ -134,6 +136,7 @@ impl Metrics {
             source_decode_errors: Family::default(),
             source_connected: Family::default(),
             source_reconnects: Family::default(),
+            source_redelivered: Family::default(),
             events_enqueued: Family::default(),
             events_delivered: Family::default(),
             events_filtered: Family::default(),

@@ -26,6 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Most queue entries held in memory per webhook.
 pub const WINDOW: usize = 4096;
+/// Most delivered entries whose removal is not yet durable; sending pauses beyond it, so a
+/// crash redelivers at most this many (plus the requests in flight).
+const REMOVAL_SLACK: usize = 64;
 
 /// Everything one webhook's delivery loop needs.
 pub struct Worker {
@@ -75,6 +78,8 @@ struct Pace {
     auth_failed: bool,
     start_at: Instant,
     partial_since: Option<Instant>,
+    /// Delivered entries whose removal is not yet committed.
+    unremoved: usize,
 }
 
 impl Worker {
@@ -103,6 +108,7 @@ impl Worker {
             auth_failed: false,
             start_at: now + jitter,
             partial_since: None,
+            unremoved: 0,
         };
         let label = Metrics::webhook(&self.settings.name);
         let mut counters = Counters {
@@ -130,6 +136,9 @@ impl Worker {
         let mut removed: Vec<u64> = Vec::new();
         let mut dead: Vec<(u64, DeadLetter)> = Vec::new();
         let mut in_flight: InFlight = FuturesUnordered::new();
+        let mut removals: FuturesUnordered<
+            futures_util::future::BoxFuture<'static, (usize, bool)>,
+        > = FuturesUnordered::new();
 
         loop {
             // 1. Refill the window from the store.
@@ -201,6 +210,12 @@ impl Worker {
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                     self.finish(&mut pace, &mut counters, &mut removed, &mut dead, done);
                 }
+                Some((n, ok)) = removals.next(), if !removals.is_empty() => {
+                    pace.unremoved -= n;
+                    if !ok {
+                        tracing::error!(webhook = %self.settings.name, "removing delivered messages failed; they may be delivered again");
+                    }
+                }
                 changed = committed.changed(), if want_more => {
                     if changed.is_err() {
                         break;
@@ -215,7 +230,10 @@ impl Worker {
         while let Ok(Some(done)) = tokio::time::timeout_at(deadline, in_flight.next()).await {
             self.finish(&mut pace, &mut counters, &mut removed, &mut dead, done);
         }
-        let _ = self.store.remove(self.id, removed).await;
+        if let Ok(commit) = self.store.remove(self.id, removed).await {
+            let _ = commit.await;
+        }
+        while removals.next().await.is_some() {}
         let _ = self.store.dead_letter(self.id, dead).await;
         self.publish_status(&pace);
     }
@@ -236,7 +254,10 @@ impl Worker {
                 Circuit::HalfOpen => 1,
                 _ => pace.controller.limit(),
             };
-            if pace.in_flight >= limit || !pace.sched.has_ready(now) {
+            if pace.in_flight >= limit
+                || pace.unremoved >= REMOVAL_SLACK
+                || !pace.sched.has_ready(now)
+            {
                 return None;
             }
             if let Some(b) = pace.bucket.as_mut() {

@@ -7,6 +7,7 @@ use crate::ingest::Ingest;
 use crate::metrics::{Metrics, SourceReasonLabel};
 use crate::ratelog::RateLog;
 use crate::source::json;
+use crate::store::Mark;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use rumqttc::{
@@ -70,6 +71,7 @@ pub async fn run(
     let messages = metrics.source_messages.get_or_create(&label).clone();
     let connected = metrics.source_connected.get_or_create(&label).clone();
     let reconnects = metrics.source_reconnects.get_or_create(&label).clone();
+    let redelivered = metrics.source_redelivered.get_or_create(&label).clone();
     let mut decode_log = RateLog::new(Duration::from_secs(10));
     let mut conn_log = RateLog::new(Duration::from_secs(30));
     let mut generation = 0u64;
@@ -116,13 +118,21 @@ pub async fn run(
                 }
                 Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                     messages.inc();
-                    let events = decode(&s, &p, &metrics, &mut decode_log);
+                    let mark = Mark { source: s.name.clone(), pkid: p.pkid, digest: digest(&p) };
                     let gen = generation;
+                    if p.dup && already_committed(&ingest, &mark).await {
+                        // Committed before a crash or disconnect, but the PUBACK was lost.
+                        tracing::debug!(source = %s.name, pkid = p.pkid, "redelivery of a committed message: acked, not stored again");
+                        redelivered.inc();
+                        pending.push_back(Box::pin(async move { (gen, p, true) }));
+                        continue;
+                    }
+                    let events = decode(&s, &p, &metrics, &mut decode_log);
                     let fut: PendingAck = if events.is_empty() {
                         // Nothing to keep (malformed or unselected): ack in order, never redeliver.
                         Box::pin(async move { (gen, p, true) })
                     } else {
-                        match ingest.submit(events).await {
+                        match ingest.submit(events, Some(mark)).await {
                             Ok(commit) => Box::pin(async move {
                                 let ok = commit.await.is_ok();
                                 (gen, p, ok)
@@ -201,6 +211,24 @@ fn decode(
         }
     }
     decoded.events
+}
+
+/// Digest of a message's topic and payload (stable within one build of roomhook).
+fn digest(p: &Publish) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    p.topic.hash(&mut h);
+    p.payload.hash(&mut h);
+    h.finish()
+}
+
+/// Whether a redelivered message (DUP set) was already committed under its packet id.
+async fn already_committed(ingest: &Ingest, mark: &Mark) -> bool {
+    let (store, source, pkid) = (ingest.store().clone(), mark.source.clone(), mark.pkid);
+    match tokio::task::spawn_blocking(move || store.mqtt_seen(&source, pkid)).await {
+        Ok(Ok(Some(d))) => d == mark.digest,
+        _ => false,
+    }
 }
 
 fn decode_with(sub: &SubscriptionSettings, topic: &str, payload: &[u8]) -> json::Decoded {

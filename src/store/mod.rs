@@ -20,6 +20,9 @@ pub(crate) const DEAD: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new
 pub const MAX_DEAD_LETTERS: u64 = 10_000;
 /// Next sequence number per webhook (never reused, so `webhook-id`s stay unique).
 pub(crate) const NEXT_SEQ: TableDefinition<u32, u64> = TableDefinition::new("next_seq");
+/// MQTT redelivery guard: (source name, packet id) → digest of the last message committed
+/// with that packet id, written in the same transaction as its events.
+pub(crate) const MQTT_SEEN: TableDefinition<(&str, u16), u64> = TableDefinition::new("mqtt_seen");
 /// Webhook name → id.
 pub(crate) const WEBHOOKS: TableDefinition<&str, u32> = TableDefinition::new("webhooks");
 /// Store-wide values (`store_id`).
@@ -106,14 +109,28 @@ pub struct DeadLetter {
     pub at_ms: i64,
 }
 
+/// Marks an appended group as the content of one MQTT message, so that a redelivery of it
+/// (same packet id, same digest, DUP flag set) after a crash can be recognised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    /// Source name.
+    pub source: String,
+    /// MQTT packet id.
+    pub pkid: u16,
+    /// Digest of topic and payload.
+    pub digest: u64,
+}
+
 pub(crate) enum Op {
     Append {
         items: Vec<(WebhookId, Vec<u8>)>,
+        mark: Option<Mark>,
         done: oneshot::Sender<Result<(), String>>,
     },
     Remove {
         webhook: WebhookId,
         seqs: Vec<u64>,
+        done: Option<oneshot::Sender<Result<(), String>>>,
     },
     /// Move entries from the queue to the dead letters.
     DeadLetter {
@@ -226,10 +243,11 @@ impl Store {
     pub async fn submit(
         &self,
         items: Vec<(WebhookId, Vec<u8>)>,
+        mark: Option<Mark>,
     ) -> Result<impl std::future::Future<Output = Result<(), StoreError>>, StoreError> {
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(Op::Append { items, done })
+            .send(Op::Append { items, mark, done })
             .await
             .map_err(|_| StoreError::Closed)?;
         Ok(async move {
@@ -243,18 +261,52 @@ impl Store {
 
     /// Appends and waits for the commit.
     pub async fn append(&self, items: Vec<(WebhookId, Vec<u8>)>) -> Result<(), StoreError> {
-        self.submit(items).await?.await
+        self.submit(items, None).await?.await
     }
 
-    /// Removes delivered entries (committed with the next group).
-    pub async fn remove(&self, webhook: WebhookId, seqs: Vec<u64>) -> Result<(), StoreError> {
-        if seqs.is_empty() {
-            return Ok(());
+    /// The digest of the last message committed with this MQTT packet id. Blocking.
+    pub fn mqtt_seen(&self, source: &str, pkid: u16) -> Result<Option<u64>, StoreError> {
+        let read = self.db.begin_read().map_err(redb::Error::from)?;
+        let t = read.open_table(MQTT_SEEN).map_err(redb::Error::from)?;
+        Ok(t.get((source, pkid))
+            .map_err(redb::Error::from)?
+            .map(|v| v.value()))
+    }
+
+    /// Removes delivered entries (committed with the next group); the returned future
+    /// resolves once the removal is durable.
+    pub async fn remove(
+        &self,
+        webhook: WebhookId,
+        seqs: Vec<u64>,
+    ) -> Result<
+        impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static,
+        StoreError,
+    > {
+        let (done, rx) = oneshot::channel();
+        let done = if seqs.is_empty() {
+            let _ = done.send(Ok(()));
+            None
+        } else {
+            Some(done)
+        };
+        if let Some(done) = done {
+            self.tx
+                .send(Op::Remove {
+                    webhook,
+                    seqs,
+                    done: Some(done),
+                })
+                .await
+                .map_err(|_| StoreError::Closed)?;
         }
-        self.tx
-            .send(Op::Remove { webhook, seqs })
-            .await
-            .map_err(|_| StoreError::Closed)
+        Ok(async move {
+            match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(StoreError::Commit(e)),
+                Err(_) => Err(StoreError::Closed),
+            }
+        })
     }
 
     /// Moves entries from a webhook's queue to its dead letters (committed with the next group).
@@ -383,6 +435,7 @@ fn init(db: &Database, webhooks: &[String]) -> Result<Opened, StoreError> {
     {
         txn.open_table(QUEUE).map_err(redb::Error::from)?;
         txn.open_table(DEAD).map_err(redb::Error::from)?;
+        txn.open_table(MQTT_SEEN).map_err(redb::Error::from)?;
         let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
         let existing = meta
             .get("store_id")

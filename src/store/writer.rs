@@ -1,18 +1,15 @@
 //! The store's single writer thread: drains whatever ops are waiting, applies them in one
 //! write transaction (group commit), answers the appenders, and publishes the new state.
 
-use super::{Op, Shared, WebhookId, DEAD, MAX_DEAD_LETTERS, NEXT_SEQ, QUEUE};
+use super::{Op, Shared, WebhookId, DEAD, MAX_DEAD_LETTERS, MQTT_SEEN, NEXT_SEQ, QUEUE};
 use redb::{Database, Durability, ReadableTable};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most events appended in one transaction.
 const MAX_GROUP: usize = 8192;
-/// Removals alone are committed without fsync, but at least this often with one.
-const DURABLE_REMOVE_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(super) fn spawn(
     db: Arc<Database>,
@@ -39,25 +36,9 @@ fn run(
     mut next: HashMap<WebhookId, u64>,
     mut rx: mpsc::Receiver<Op>,
 ) {
-    let mut last_durable = Instant::now();
-    let mut pending_removals = false;
-    loop {
-        let first = if pending_removals {
-            match rx.try_recv() {
-                Ok(op) => Some(op),
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    // Idle with non-durable removals: make them durable now.
-                    commit(db, shared, &mut next, Vec::new(), true);
-                    pending_removals = false;
-                    last_durable = Instant::now();
-                    continue;
-                }
-                Err(mpsc::error::TryRecvError::Disconnected) => None,
-            }
-        } else {
-            rx.blocking_recv()
-        };
-        let Some(first) = first else { break };
+    // Every group is committed durably: removals too, so that after a power cut at most
+    // the requests of one group are delivered again.
+    while let Some(first) = rx.blocking_recv() {
         if matches!(first, Op::Close) {
             break;
         }
@@ -77,21 +58,10 @@ fn run(
                 Err(_) => break,
             }
         }
-        let has_append = ops.iter().any(|o| matches!(o, Op::Append { .. }));
-        let durable = has_append || last_durable.elapsed() >= DURABLE_REMOVE_INTERVAL;
-        commit(db, shared, &mut next, ops, durable);
-        if durable {
-            last_durable = Instant::now();
-            pending_removals = false;
-        } else {
-            pending_removals = true;
-        }
+        commit(db, shared, &mut next, ops);
         if closing {
             break;
         }
-    }
-    if pending_removals {
-        commit(db, shared, &mut next, Vec::new(), true);
     }
 }
 
@@ -104,28 +74,22 @@ fn op_len(op: &Op) -> usize {
     }
 }
 
-fn commit(
-    db: &Database,
-    shared: &Shared,
-    next: &mut HashMap<WebhookId, u64>,
-    ops: Vec<Op>,
-    durable: bool,
-) {
+fn commit(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, ops: Vec<Op>) {
     let mut new_next = next.clone();
     let mut delta: HashMap<WebhookId, i64> = HashMap::new();
     let mut dead_delta: HashMap<WebhookId, i64> = HashMap::new();
     let result = (|| -> Result<(), redb::Error> {
         let mut txn = db.begin_write()?;
-        txn.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })?;
+        txn.set_durability(Durability::Immediate)?;
         {
             let mut q = txn.open_table(QUEUE)?;
             for op in &ops {
                 match op {
-                    Op::Append { items, .. } => {
+                    Op::Append { items, mark, .. } => {
+                        if let Some(m) = mark {
+                            txn.open_table(MQTT_SEEN)?
+                                .insert((m.source.as_str(), m.pkid), m.digest)?;
+                        }
                         for (w, bytes) in items {
                             let seq = new_next.entry(*w).or_insert(1);
                             q.insert((w.0, *seq), bytes.as_slice())?;
@@ -133,7 +97,7 @@ fn commit(
                             *delta.entry(*w).or_default() += 1;
                         }
                     }
-                    Op::Remove { webhook, seqs } => {
+                    Op::Remove { webhook, seqs, .. } => {
                         for s in seqs {
                             if q.remove((webhook.0, *s))?.is_some() {
                                 *delta.entry(*webhook).or_default() -= 1;
@@ -212,12 +176,19 @@ fn commit(
         }
         *next = new_next;
     }
+    let answer = || match &failure {
+        None => Ok(()),
+        Some(e) => Err(e.clone()),
+    };
     for op in ops {
-        if let Op::Append { done, .. } = op {
-            let _ = done.send(match &failure {
-                None => Ok(()),
-                Some(e) => Err(e.clone()),
-            });
+        match op {
+            Op::Append { done, .. }
+            | Op::Remove {
+                done: Some(done), ..
+            } => {
+                let _ = done.send(answer());
+            }
+            _ => {}
         }
     }
 }

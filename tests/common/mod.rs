@@ -103,6 +103,14 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// SIGKILL (a crash, a power cut as far as the process is concerned) and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// SIGTERM, then waits for the exit; returns the exit code.
     pub fn stop(&mut self) -> Option<i32> {
         let child = self.child.as_mut()?;
