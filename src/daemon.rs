@@ -8,7 +8,7 @@ use crate::deliver::worker::Worker;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::route::Router;
-use crate::store::{Store, WebhookId};
+use crate::store::{Limits, Store, WebhookId};
 use anyhow::Context;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -45,10 +45,13 @@ pub struct Running {
 /// Starts everything the settings describe; `shutdown` stops it.
 pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new());
-    let names: Vec<String> = settings.webhooks.iter().map(|w| w.name.clone()).collect();
+    let limits = Limits {
+        max_bytes: settings.max_store_bytes,
+        queues: settings.webhooks.iter().map(|w| (w.name.clone(), w.overflow)).collect(),
+    };
     let (store, ids) = {
         let dir = settings.data_dir.clone();
-        tokio::task::spawn_blocking(move || Store::open(&dir, &names))
+        tokio::task::spawn_blocking(move || Store::open(&dir, &limits))
             .await
             .context("store open task")??
     };

@@ -56,6 +56,15 @@ pub struct WebhookKindLabel {
     pub kind: String,
 }
 
+/// `{webhook,reason}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookReasonLabel {
+    /// Webhook name.
+    pub webhook: String,
+    /// Why.
+    pub reason: String,
+}
+
 /// `{webhook,state}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookStateLabel {
@@ -109,6 +118,12 @@ pub struct Metrics {
     pub delivery_latency: HistogramFamily<WebhookLabel>,
     /// Queue depth.
     pub queue_events: Family<WebhookLabel, Gauge>,
+    /// Bytes charged for a queue.
+    pub queue_bytes: Family<WebhookLabel, Gauge>,
+    /// Bytes charged for all queues (bounded by max_store_bytes).
+    pub store_bytes: Gauge,
+    /// Events dropped, by reason (overflow, coalesced, expired).
+    pub events_dropped: Family<WebhookReasonLabel, Counter>,
     /// Requests in flight now.
     pub in_flight: Family<WebhookLabel, Gauge>,
     /// The adaptive in-flight limit.
@@ -145,6 +160,9 @@ impl Metrics {
             request_duration: Family::new_with_constructor(latency_histogram),
             delivery_latency: Family::new_with_constructor(latency_histogram),
             queue_events: Family::default(),
+            queue_bytes: Family::default(),
+            store_bytes: Gauge::default(),
+            events_dropped: Family::default(),
             in_flight: Family::default(),
             in_flight_limit: Family::default(),
             webhook_state: Family::default(),

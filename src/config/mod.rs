@@ -50,6 +50,8 @@ pub struct RawGateway {
     pub data_dir: PathBuf,
     /// Copied into payloads as `orgId`.
     pub org_id: Option<String>,
+    /// Budget for all queued events, e.g. `"64MiB"` (default `"128MiB"`).
+    pub max_store_bytes: Option<String>,
 }
 
 /// `[admin]`.
@@ -176,6 +178,10 @@ pub struct RawWebhook {
     pub circuit_breaker_threshold: Option<u32>,
     /// Retry interval while the receiver answers 401/403 (default `"60s"`).
     pub auth_retry: Option<String>,
+    /// What gives way when the store is full: `drop_oldest` (default), `coalesce`, `block`.
+    pub overflow: Option<String>,
+    /// Events older than this are dropped, never delivered (default: kept until delivered).
+    pub max_queue_age: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -190,6 +196,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// `orgId` of every payload.
     pub org_id: String,
+    /// Budget for all queued events, in bytes.
+    pub max_store_bytes: u64,
     /// Admin HTTP listener.
     pub admin_listen: Option<SocketAddr>,
     /// MQTT sources.
@@ -322,6 +330,10 @@ pub struct WebhookSettings {
     pub retry_max: Duration,
     /// Pacing and batching.
     pub pacing: Pacing,
+    /// What gives way when the store is full.
+    pub overflow: crate::store::Overflow,
+    /// Events older than this are dropped.
+    pub max_queue_age: Option<Duration>,
 }
 
 /// Whether a device's messages must stay in order.

@@ -129,6 +129,18 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
         );
     }
     let data_dir = cx.path(&raw.gateway.data_dir);
+    let max_store_bytes = match raw.gateway.max_store_bytes.as_deref().map(super::units::parse_bytes) {
+        None => 128 * 1024 * 1024,
+        Some(Ok(b)) if b >= 1024 * 1024 => b,
+        Some(Ok(_)) => {
+            cx.err("gateway.max_store_bytes", "must be at least 1MiB", "write e.g. \"64MiB\"");
+            0
+        }
+        Some(Err(e)) => {
+            cx.err("gateway.max_store_bytes", e, "write a size such as \"64MiB\" or \"1GiB\"");
+            0
+        }
+    };
     let admin_listen = raw.admin.listen.as_ref().and_then(|l| match l.parse() {
         Ok(a) => Some(a),
         Err(_) => {
@@ -163,6 +175,7 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
             file: file.to_path_buf(),
             data_dir,
             org_id: raw.gateway.org_id.clone().unwrap_or_default(),
+            max_store_bytes,
             admin_listen,
             mqtt,
             webhooks,
@@ -556,6 +569,19 @@ fn webhook(
         );
     }
     let pacing = pacing(cx, key, w);
+    let overflow = match w.overflow.as_deref() {
+        None | Some("drop_oldest") => crate::store::Overflow::DropOldest,
+        Some("coalesce") => crate::store::Overflow::Coalesce,
+        Some("block") => crate::store::Overflow::Block,
+        Some(other) => {
+            cx.err(format!("{key}.overflow"), format!("unknown policy {other:?}"), "write \"drop_oldest\" (default), \"coalesce\" or \"block\"");
+            crate::store::Overflow::DropOldest
+        }
+    };
+    let max_queue_age = w
+        .max_queue_age
+        .as_ref()
+        .map(|_| cx.duration(&format!("{key}.max_queue_age"), w.max_queue_age.as_ref(), Duration::ZERO));
     if cx.errs.len() != before {
         return None;
     }
@@ -574,6 +600,8 @@ fn webhook(
         retry_base,
         retry_max,
         pacing,
+        overflow,
+        max_queue_age,
     })
 }
 

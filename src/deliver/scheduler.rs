@@ -151,11 +151,35 @@ impl<T: Clone> Scheduler<T> {
         Some((key, lane.items.iter().take(n).cloned().collect()))
     }
 
-    /// Hands back all but the first `keep` items taken from a lane (they did not fit).
-    pub fn give_back(&mut self, lane: &str, keep: usize) {
+    /// Hands back all but the first `keep` items taken from a lane (they did not fit); with
+    /// `keep == 0` the lane is idle again and first in line.
+    pub fn give_back(&mut self, lane: &Arc<str>, keep: usize) {
         if let Some(l) = self.lanes.get_mut(lane) {
             l.taken = keep.min(l.taken);
+            if l.taken == 0 {
+                self.ready.push_front(lane.clone());
+            }
         }
+    }
+
+    /// Takes the first `n` items handed out from a lane out of the queue without a request
+    /// (expired); failure counts and the circuit are untouched.
+    pub fn discard(&mut self, lane: &Arc<str>, n: usize) -> Vec<T> {
+        let mut out = Vec::new();
+        let Some(l) = self.lanes.get_mut(lane) else { return out };
+        for _ in 0..n.min(l.taken) {
+            if let Some(item) = l.items.pop_front() {
+                out.push(item);
+                self.len -= 1;
+            }
+        }
+        l.taken = 0;
+        if l.items.is_empty() {
+            self.lanes.remove(lane);
+        } else {
+            self.ready.push_front(lane.clone());
+        }
+        out
     }
 
     /// Records the end of one request that carried items of `lanes`; returns the items
@@ -268,14 +292,29 @@ mod tests {
         for i in 0..5 {
             s.push("a", i);
         }
-        let (_, items) = s.next(t, 3).unwrap();
+        let (lane, items) = s.next(t, 3).unwrap();
         assert_eq!(items, vec![0, 1, 2]);
-        s.give_back("a", 2);
+        s.give_back(&lane, 2);
         assert_eq!(
             s.complete(&lanes(&["a"]), Verdict::Done, t, 0.5),
             vec![0, 1]
         );
         assert_eq!(s.next(t, 10).map(|x| x.1), Some(vec![2, 3, 4]));
+    }
+
+    #[test]
+    fn a_lane_given_back_whole_or_discarded_is_served_again() {
+        let mut s = sched();
+        let t = Instant::now();
+        for i in 0..3 {
+            s.push("a", i);
+        }
+        let (lane, _) = s.next(t, 1).unwrap();
+        s.give_back(&lane, 0);
+        let (lane, items) = s.next(t, 2).unwrap();
+        assert_eq!(items, vec![0, 1]);
+        assert_eq!(s.discard(&lane, 1), vec![0]);
+        assert_eq!(s.next(t, 5).map(|x| x.1), Some(vec![1, 2]));
     }
 
     #[test]

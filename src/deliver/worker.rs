@@ -15,7 +15,7 @@ use super::status::{LastError, SharedStatus, State};
 use crate::config::{Ordering, WebhookSettings};
 use crate::metrics::{Metrics, WebhookCodeLabel, WebhookKindLabel, WebhookStateLabel};
 use crate::ratelog::RateLog;
-use crate::store::{DeadLetter, Entry, Store, WebhookId};
+use crate::store::{DeadLetter, DropReason, Entry, Store, WebhookId};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use prometheus_client::metrics::counter::Counter;
@@ -123,13 +123,23 @@ impl Worker {
                 self.metrics.clone(),
                 label.clone(),
             );
+            let last = std::sync::Mutex::new([0u64; 3]);
             self.metrics.on_scrape(move || {
-                m.queue_events
-                    .get_or_create(&label)
-                    .set(store.depth(id) as i64);
-                m.dead_letters
-                    .get_or_create(&label)
-                    .set(store.dead_count(id) as i64);
+                m.queue_events.get_or_create(&label).set(store.depth(id) as i64);
+                m.queue_bytes.get_or_create(&label).set(store.bytes(id) as i64);
+                m.dead_letters.get_or_create(&label).set(store.dead_count(id) as i64);
+                m.store_bytes.set(store.total_bytes() as i64);
+                if let Ok(mut last) = last.lock() {
+                    for (i, reason) in DropReason::ALL.into_iter().enumerate() {
+                        let now = store.dropped(id, reason);
+                        let c = m.events_dropped.get_or_create(&crate::metrics::WebhookReasonLabel {
+                            webhook: label.webhook.clone(),
+                            reason: reason.label().to_string(),
+                        });
+                        c.inc_by(now.saturating_sub(last[i]));
+                        last[i] = now;
+                    }
+                }
             });
         }
         let mut loaded = 0u64;
@@ -154,6 +164,7 @@ impl Worker {
                     Ok(Ok(entries)) => {
                         for e in entries {
                             loaded = e.seq;
+                            self.store.set_window_end(self.id, loaded);
                             let lane = match p.ordering {
                                 Ordering::Device => e.event.device.clone(),
                                 Ordering::None => format!(
@@ -179,8 +190,8 @@ impl Worker {
                     }
                 }
             }
-            // 2. Send what pacing allows now.
-            let mut wake = self.dispatch(&mut pace, &mut in_flight);
+            // 2. Send what pacing allows now (expired entries leave without a request).
+            let mut wake = self.dispatch(&mut pace, &mut in_flight, &mut removed);
             // 3. Hand results back to the store.
             if !removed.is_empty()
                 && self
@@ -240,7 +251,7 @@ impl Worker {
 
     /// Starts every request pacing allows; returns when to look again if pacing (not the
     /// scheduler) is what holds the next one back.
-    fn dispatch(&self, pace: &mut Pace, in_flight: &mut InFlight) -> Option<Instant> {
+    fn dispatch(&self, pace: &mut Pace, in_flight: &mut InFlight, removed: &mut Vec<u64>) -> Option<Instant> {
         let p = &self.settings.pacing;
         let now = Instant::now();
         if pace.disabled {
@@ -275,7 +286,7 @@ impl Worker {
                     }
                 }
             }
-            let (request, body) = self.assemble(pace, now)?;
+            let (request, body) = self.assemble(pace, now, removed)?;
             pace.partial_since = None;
             if let Some(b) = pace.bucket.as_mut() {
                 b.take(now);
@@ -292,7 +303,7 @@ impl Worker {
     }
 
     /// Takes the next request's messages from the scheduler and renders its body.
-    fn assemble(&self, pace: &mut Pace, now: Instant) -> Option<(Request, Bytes)> {
+    fn assemble(&self, pace: &mut Pace, now: Instant, removed: &mut Vec<u64>) -> Option<(Request, Bytes)> {
         let p = &self.settings.pacing;
         let max = p.batch_max_messages;
         let mut request = Request {
@@ -305,6 +316,16 @@ impl Worker {
             let Some((lane, items)) = pace.sched.next(now, max - request.entries.len()) else {
                 break;
             };
+            if let Some(age) = self.settings.max_queue_age {
+                let oldest_ok = crate::timefmt::now_ms() - age.as_millis() as i64;
+                let expired = items.iter().take_while(|e| e.event.ts_ms < oldest_ok).count();
+                if expired > 0 {
+                    let gone = pace.sched.discard(&lane, expired);
+                    self.store.count_dropped(self.id, DropReason::Expired, gone.len() as u64);
+                    removed.extend(gone.iter().map(|e| e.seq));
+                    continue;
+                }
+            }
             let mut kept = 0;
             for item in items {
                 let body = payload::message(&item.event, &self.org_id);

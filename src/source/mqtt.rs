@@ -7,7 +7,7 @@ use crate::ingest::Ingest;
 use crate::metrics::{Metrics, SourceReasonLabel};
 use crate::ratelog::RateLog;
 use crate::source::json;
-use crate::store::Mark;
+use crate::store::{Mark, StoreError};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use rumqttc::{
@@ -132,11 +132,14 @@ pub async fn run(
                         // Nothing to keep (malformed or unselected): ack in order, never redeliver.
                         Box::pin(async move { (gen, p, true) })
                     } else {
-                        match ingest.submit(events, Some(mark)).await {
-                            Ok(commit) => Box::pin(async move {
-                                let ok = commit.await.is_ok();
-                                (gen, p, ok)
-                            }),
+                        match ingest.submit(events.clone(), Some(mark.clone())).await {
+                            Ok(commit) => {
+                                let (ingest, stop) = (ingest.clone(), shutdown.clone());
+                                Box::pin(async move {
+                                    let ok = commit_until_stored(commit.await, &ingest, events, mark, &stop).await;
+                                    (gen, p, ok)
+                                })
+                            }
                             Err(e) => {
                                 tracing::error!(source = %s.name, "store unavailable: {e}");
                                 Box::pin(async move { (gen, p, false) })
@@ -211,6 +214,32 @@ fn decode(
         }
     }
     decoded.events
+}
+
+/// Retries a failed commit (store full under `block`, disk full, I/O error) with backoff
+/// until it succeeds or roomhook stops; the message stays unacked meanwhile, so the broker
+/// keeps it and everything after it. `false` only when stopped first.
+async fn commit_until_stored(
+    first: Result<(), StoreError>,
+    ingest: &Ingest,
+    events: Vec<crate::event::Event>,
+    mark: Mark,
+    stop: &CancellationToken,
+) -> bool {
+    let mut result = first;
+    let mut wait = Duration::from_millis(500);
+    while result.is_err() {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return false,
+        }
+        wait = (wait * 2).min(Duration::from_secs(10));
+        result = match ingest.submit(events.clone(), Some(mark.clone())).await {
+            Ok(commit) => commit.await,
+            Err(e) => Err(e),
+        };
+    }
+    true
 }
 
 /// Digest of a message's topic and payload (stable within one build of roomhook).

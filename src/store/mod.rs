@@ -31,6 +31,60 @@ pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 /// The store file inside `data_dir`.
 pub const FILE_NAME: &str = "roomhook.redb";
 
+/// What gives way when the store reaches its byte budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    /// The oldest queued events go first.
+    DropOldest,
+    /// Status values superseded by a newer value of the same device and path go first
+    /// (events never), then the oldest.
+    Coalesce,
+    /// Input stops (appends fail with [`StoreError::Full`]; MQTT stops acking).
+    Block,
+}
+
+/// How the store is bounded.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Budget for all queued entries, in bytes (keys, values and per-entry overhead).
+    pub max_bytes: u64,
+    /// Each webhook's name and overflow policy.
+    pub queues: Vec<(String, Overflow)>,
+}
+
+/// Bytes an entry is charged beyond its value (key and B-tree overhead, estimated).
+pub const ENTRY_OVERHEAD: u64 = 32;
+
+/// Why events were dropped (the `reason` label of `roomhook_events_dropped_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// The store was full: oldest first.
+    Overflow,
+    /// The store was full: a newer value of the same status superseded it.
+    Coalesced,
+    /// Older than the webhook's `max_queue_age`.
+    Expired,
+}
+
+impl DropReason {
+    /// Every reason.
+    pub const ALL: [DropReason; 3] = [DropReason::Overflow, DropReason::Coalesced, DropReason::Expired];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::Overflow => "overflow",
+            DropReason::Coalesced => "coalesced",
+            DropReason::Expired => "expired",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Stable number of a webhook inside the store (survives restarts; names map to it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WebhookId(pub u32);
@@ -60,6 +114,9 @@ pub enum StoreError {
         /// The cause.
         source: redb::Error,
     },
+    /// The store reached `max_store_bytes` and the largest queue's policy is `block`.
+    #[error("the store is full (max_store_bytes) and the overflow policy is block: input waits")]
+    Full,
     /// A group commit failed (disk full, I/O error); nothing of it was stored.
     #[error("store commit failed: {0}")]
     Commit(String),
@@ -94,6 +151,13 @@ pub struct QueueStats {
     pub depth: AtomicU64,
     /// Entries in the dead-letter queue.
     pub dead: AtomicU64,
+    /// Bytes charged for the queued entries.
+    pub bytes: AtomicU64,
+    /// Highest sequence number the delivery worker holds in memory (never dropped on
+    /// overflow unless nothing else is left).
+    pub window_end: AtomicU64,
+    /// Events dropped, by [`DropReason`].
+    pub dropped: [AtomicU64; 3],
 }
 
 /// A message the receiver refused for good, kept for inspection and replay.
@@ -151,25 +215,28 @@ pub struct Store {
 
 pub(crate) struct Shared {
     pub(crate) store_id: u64,
+    pub(crate) max_bytes: u64,
     pub(crate) path: PathBuf,
     pub(crate) queues: HashMap<WebhookId, Queue>,
     pub(crate) finished: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 pub(crate) struct Queue {
+    pub(crate) overflow: Overflow,
     pub(crate) stats: QueueStats,
     pub(crate) committed: watch::Sender<u64>,
 }
+
+/// The writer's answer to an append refused by the `block` policy.
+pub(crate) const FULL: &str = "full";
 
 /// Commits the writer has outstanding at most (ops waiting in its channel).
 const OP_CHANNEL: usize = 1024;
 
 impl Store {
     /// Opens (or creates) the store in `data_dir` and maps each webhook name to its id.
-    pub fn open(
-        data_dir: &Path,
-        webhooks: &[String],
-    ) -> Result<(Store, Vec<WebhookId>), StoreError> {
+    pub fn open(data_dir: &Path, limits: &Limits) -> Result<(Store, Vec<WebhookId>), StoreError> {
+        let webhooks: Vec<String> = limits.queues.iter().map(|(n, _)| n.clone()).collect();
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_path_buf(),
             source,
@@ -185,16 +252,18 @@ impl Store {
                     source: other.into(),
                 },
             })?;
-        let (store_id, ids, next) = init(&db, webhooks)?;
+        let (store_id, ids, next) = init(&db, &webhooks)?;
         let read = db.begin_read().map_err(redb::Error::from)?;
         let q = read.open_table(QUEUE).map_err(redb::Error::from)?;
         let d = read.open_table(DEAD).map_err(redb::Error::from)?;
         let mut queues = HashMap::new();
-        for id in &ids {
-            let depth = q
-                .range((id.0, 0)..=(id.0, u64::MAX))
-                .map_err(redb::Error::from)?
-                .count() as u64;
+        for (id, (_, overflow)) in ids.iter().zip(&limits.queues) {
+            let (mut depth, mut bytes) = (0u64, 0u64);
+            for item in q.range((id.0, 0)..=(id.0, u64::MAX)).map_err(redb::Error::from)? {
+                let (_, v) = item.map_err(redb::Error::from)?;
+                depth += 1;
+                bytes += v.value().len() as u64 + ENTRY_OVERHEAD;
+            }
             let dead = d
                 .range((id.0, 0)..=(id.0, u64::MAX))
                 .map_err(redb::Error::from)?
@@ -204,9 +273,12 @@ impl Store {
             queues.insert(
                 *id,
                 Queue {
+                    overflow: *overflow,
                     stats: QueueStats {
                         depth: AtomicU64::new(depth),
                         dead: AtomicU64::new(dead),
+                        bytes: AtomicU64::new(bytes),
+                        ..QueueStats::default()
                     },
                     committed,
                 },
@@ -219,6 +291,7 @@ impl Store {
         let (finished_tx, finished_rx) = oneshot::channel();
         let shared = Arc::new(Shared {
             store_id,
+            max_bytes: limits.max_bytes,
             path,
             queues,
             finished: std::sync::Mutex::new(Some(finished_rx)),
@@ -253,6 +326,7 @@ impl Store {
         Ok(async move {
             match rx.await {
                 Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) if e == FULL => Err(StoreError::Full),
                 Ok(Err(e)) => Err(StoreError::Commit(e)),
                 Err(_) => Err(StoreError::Closed),
             }
@@ -350,6 +424,39 @@ impl Store {
             out.push((seq, d));
         }
         Ok(out)
+    }
+
+    /// Bytes charged for a webhook's queue.
+    pub fn bytes(&self, webhook: WebhookId) -> u64 {
+        self.stat(webhook, |s| s.bytes.load(Ordering::Relaxed))
+    }
+
+    /// Bytes charged for all queues (what `max_store_bytes` bounds).
+    pub fn total_bytes(&self) -> u64 {
+        self.shared.queues.values().map(|q| q.stats.bytes.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Events dropped from a webhook's queue for a reason, since start.
+    pub fn dropped(&self, webhook: WebhookId, reason: DropReason) -> u64 {
+        self.stat(webhook, |s| s.dropped[reason.index()].load(Ordering::Relaxed))
+    }
+
+    /// Tells the store up to which sequence number the delivery worker holds entries.
+    pub fn set_window_end(&self, webhook: WebhookId, seq: u64) {
+        if let Some(q) = self.shared.queues.get(&webhook) {
+            q.stats.window_end.store(seq, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts events the worker dropped itself (expired before sending).
+    pub fn count_dropped(&self, webhook: WebhookId, reason: DropReason, n: u64) {
+        if let Some(q) = self.shared.queues.get(&webhook) {
+            q.stats.dropped[reason.index()].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn stat(&self, webhook: WebhookId, f: impl Fn(&QueueStats) -> u64) -> u64 {
+        self.shared.queues.get(&webhook).map(|q| f(&q.stats)).unwrap_or(0)
     }
 
     /// Dead letters held for a webhook.

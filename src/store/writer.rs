@@ -1,7 +1,11 @@
 //! The store's single writer thread: drains whatever ops are waiting, applies them in one
 //! write transaction (group commit), answers the appenders, and publishes the new state.
 
-use super::{Op, Shared, WebhookId, DEAD, MAX_DEAD_LETTERS, MQTT_SEEN, NEXT_SEQ, QUEUE};
+use super::{DropReason, Op, Overflow, Shared, WebhookId, DEAD, ENTRY_OVERHEAD, MAX_DEAD_LETTERS, MQTT_SEEN, NEXT_SEQ, QUEUE};
+use crate::catalog::Kind;
+use crate::event::Event;
+use crate::ratelog::RateLog;
+use std::collections::HashSet;
 use redb::{Database, Durability, ReadableTable};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -38,6 +42,7 @@ fn run(
 ) {
     // Every group is committed durably: removals too, so that after a power cut at most
     // the requests of one group are delivered again.
+    let mut log = RateLog::new(std::time::Duration::from_secs(10));
     while let Some(first) = rx.blocking_recv() {
         if matches!(first, Op::Close) {
             break;
@@ -58,7 +63,7 @@ fn run(
                 Err(_) => break,
             }
         }
-        commit(db, shared, &mut next, ops);
+        commit(db, shared, &mut next, ops, &mut log);
         if closing {
             break;
         }
@@ -74,51 +79,192 @@ fn op_len(op: &Op) -> usize {
     }
 }
 
-fn commit(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, ops: Vec<Op>) {
+/// What a group changes in the per-queue figures; applied once the commit succeeded.
+#[derive(Default)]
+struct Delta {
+    depth: HashMap<WebhookId, i64>,
+    bytes: HashMap<WebhookId, i64>,
+    dead: HashMap<WebhookId, i64>,
+    dropped: HashMap<(WebhookId, DropReason), u64>,
+}
+
+impl Delta {
+    fn removed(&mut self, w: WebhookId, len: usize) {
+        *self.depth.entry(w).or_default() -= 1;
+        *self.bytes.entry(w).or_default() -= len as i64 + ENTRY_OVERHEAD as i64;
+    }
+
+    fn queue_bytes(&self, shared: &Shared, w: WebhookId) -> i64 {
+        shared.queues.get(&w).map_or(0, |q| q.stats.bytes.load(Ordering::Relaxed) as i64)
+            + self.bytes.get(&w).copied().unwrap_or(0)
+    }
+
+    fn total_bytes(&self, shared: &Shared) -> i64 {
+        shared.queues.keys().map(|w| self.queue_bytes(shared, *w)).sum()
+    }
+}
+
+fn add(counter: &std::sync::atomic::AtomicU64, d: i64) {
+    if d >= 0 {
+        counter.fetch_add(d as u64, Ordering::Relaxed);
+    } else {
+        counter.fetch_sub(d.unsigned_abs(), Ordering::Relaxed);
+    }
+}
+
+type Queue<'t> = redb::Table<'t, (u32, u64), &'static [u8]>;
+
+/// Removes the oldest entries of `w` (those beyond the worker's window first) until `need`
+/// bytes are freed; returns the bytes freed.
+fn drop_oldest(q: &mut Queue<'_>, shared: &Shared, w: WebhookId, need: i64, delta: &mut Delta) -> Result<i64, redb::Error> {
+    let window_end = shared.queues.get(&w).map_or(0, |q| q.stats.window_end.load(Ordering::Relaxed));
+    let mut freed = 0i64;
+    for from in [window_end.saturating_add(1), 0] {
+        let mut victims = Vec::new();
+        for item in q.range((w.0, from)..=(w.0, u64::MAX))? {
+            if freed >= need {
+                break;
+            }
+            let (k, v) = item?;
+            let len = v.value().len();
+            victims.push((k.value().1, len));
+            freed += len as i64 + ENTRY_OVERHEAD as i64;
+        }
+        for (seq, len) in victims {
+            q.remove((w.0, seq))?;
+            delta.removed(w, len);
+            *delta.dropped.entry((w, DropReason::Overflow)).or_default() += 1;
+        }
+        if freed >= need {
+            break;
+        }
+    }
+    Ok(freed)
+}
+
+/// Removes status values of `w` that a newer value of the same device and path supersedes
+/// (newest kept; events never touched) until `need` bytes are freed; returns bytes freed.
+fn coalesce(q: &mut Queue<'_>, shared: &Shared, w: WebhookId, need: i64, delta: &mut Delta) -> Result<i64, redb::Error> {
+    let window_end = shared.queues.get(&w).map_or(0, |q| q.stats.window_end.load(Ordering::Relaxed));
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    let mut victims = Vec::new();
+    let mut freed = 0i64;
+    for item in q.range((w.0, window_end.saturating_add(1))..=(w.0, u64::MAX))?.rev() {
+        let (k, v) = item?;
+        let Ok(e) = Event::decode(v.value()) else { continue };
+        if e.kind != Kind::Status {
+            continue;
+        }
+        if !seen.insert((e.device, e.path)) {
+            let len = v.value().len();
+            victims.push((k.value().1, len));
+            freed += len as i64 + ENTRY_OVERHEAD as i64;
+            if freed >= need {
+                break;
+            }
+        }
+    }
+    for (seq, len) in victims {
+        q.remove((w.0, seq))?;
+        delta.removed(w, len);
+        *delta.dropped.entry((w, DropReason::Coalesced)).or_default() += 1;
+    }
+    Ok(freed)
+}
+
+/// Makes room for `incoming` bytes under the budget; `false` when input must wait (block).
+fn make_room(q: &mut Queue<'_>, shared: &Shared, incoming: u64, delta: &mut Delta) -> Result<bool, redb::Error> {
+    let max = shared.max_bytes as i64;
+    if max == 0 {
+        return Ok(true);
+    }
+    let over = delta.total_bytes(shared) + incoming as i64 - max;
+    if over <= 0 {
+        return Ok(true);
+    }
+    // Free down to 95 % of the budget, so that this does not run on every append.
+    let mut need = over + max / 20;
+    let mut exhausted: HashSet<WebhookId> = HashSet::new();
+    while need > 0 {
+        let victim = shared
+            .queues
+            .iter()
+            .filter(|(w, _)| !exhausted.contains(*w))
+            .map(|(w, qu)| (delta.queue_bytes(shared, *w), *w, qu.overflow))
+            .filter(|(b, _, _)| *b > 0)
+            .max_by_key(|(b, w, _)| (*b, std::cmp::Reverse(*w)));
+        let Some((_, w, overflow)) = victim else { break };
+        let freed = match overflow {
+            Overflow::Block => return Ok(delta.total_bytes(shared) + incoming as i64 <= max),
+            Overflow::DropOldest => drop_oldest(q, shared, w, need, delta)?,
+            Overflow::Coalesce => {
+                let f = coalesce(q, shared, w, need, delta)?;
+                if f < need {
+                    f + drop_oldest(q, shared, w, need - f, delta)?
+                } else {
+                    f
+                }
+            }
+        };
+        if freed == 0 {
+            exhausted.insert(w);
+        }
+        need -= freed;
+    }
+    Ok(delta.total_bytes(shared) + incoming as i64 <= max)
+}
+
+fn commit(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, ops: Vec<Op>, log: &mut RateLog) {
     let mut new_next = next.clone();
-    let mut delta: HashMap<WebhookId, i64> = HashMap::new();
-    let mut dead_delta: HashMap<WebhookId, i64> = HashMap::new();
+    let mut delta = Delta::default();
+    let mut refused = vec![false; ops.len()];
     let result = (|| -> Result<(), redb::Error> {
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
             let mut q = txn.open_table(QUEUE)?;
-            for op in &ops {
+            for (i, op) in ops.iter().enumerate() {
                 match op {
                     Op::Append { items, mark, .. } => {
+                        let incoming: u64 = items.iter().map(|(_, b)| b.len() as u64 + ENTRY_OVERHEAD).sum();
+                        if !make_room(&mut q, shared, incoming, &mut delta)? {
+                            refused[i] = true;
+                            continue;
+                        }
                         if let Some(m) = mark {
-                            txn.open_table(MQTT_SEEN)?
-                                .insert((m.source.as_str(), m.pkid), m.digest)?;
+                            txn.open_table(MQTT_SEEN)?.insert((m.source.as_str(), m.pkid), m.digest)?;
                         }
                         for (w, bytes) in items {
                             let seq = new_next.entry(*w).or_insert(1);
                             q.insert((w.0, *seq), bytes.as_slice())?;
                             *seq += 1;
-                            *delta.entry(*w).or_default() += 1;
+                            *delta.depth.entry(*w).or_default() += 1;
+                            *delta.bytes.entry(*w).or_default() += bytes.len() as i64 + ENTRY_OVERHEAD as i64;
                         }
                     }
                     Op::Remove { webhook, seqs, .. } => {
                         for s in seqs {
-                            if q.remove((webhook.0, *s))?.is_some() {
-                                *delta.entry(*webhook).or_default() -= 1;
+                            if let Some(v) = q.remove((webhook.0, *s))? {
+                                let len = v.value().len();
+                                drop(v);
+                                delta.removed(*webhook, len);
                             }
                         }
                     }
                     Op::DeadLetter { webhook, items } => {
                         let mut dead = txn.open_table(DEAD)?;
                         for (seq, bytes) in items {
-                            if q.remove((webhook.0, *seq))?.is_some() {
-                                *delta.entry(*webhook).or_default() -= 1;
+                            if let Some(v) = q.remove((webhook.0, *seq))? {
+                                let len = v.value().len();
+                                drop(v);
+                                delta.removed(*webhook, len);
                                 dead.insert((webhook.0, *seq), bytes.as_slice())?;
-                                *dead_delta.entry(*webhook).or_default() += 1;
+                                *delta.dead.entry(*webhook).or_default() += 1;
                             }
                         }
                         // Keep the dead letters bounded: the oldest go first.
-                        let held = shared
-                            .queues
-                            .get(webhook)
-                            .map_or(0, |q| q.stats.dead.load(Ordering::Relaxed));
-                        let now_held = held as i64 + dead_delta.get(webhook).copied().unwrap_or(0);
+                        let held = shared.queues.get(webhook).map_or(0, |q| q.stats.dead.load(Ordering::Relaxed));
+                        let now_held = held as i64 + delta.dead.get(webhook).copied().unwrap_or(0);
                         let excess = now_held - MAX_DEAD_LETTERS as i64;
                         if excess > 0 {
                             let old: Vec<u64> = dead
@@ -128,7 +274,7 @@ fn commit(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op
                                 .collect();
                             for s in old {
                                 dead.remove((webhook.0, s))?;
-                                *dead_delta.entry(*webhook).or_default() -= 1;
+                                *delta.dead.entry(*webhook).or_default() -= 1;
                             }
                         }
                     }
@@ -149,22 +295,25 @@ fn commit(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op
     if let Some(e) = &failure {
         tracing::error!("store commit failed, nothing of this group was stored: {e}");
     } else {
-        for (w, d) in &delta {
-            if let Some(q) = shared.queues.get(w) {
-                if *d >= 0 {
-                    q.stats.depth.fetch_add(*d as u64, Ordering::Relaxed);
-                } else {
-                    q.stats.depth.fetch_sub(d.unsigned_abs(), Ordering::Relaxed);
-                }
+        for (w, qu) in &shared.queues {
+            add(&qu.stats.depth, delta.depth.get(w).copied().unwrap_or(0));
+            add(&qu.stats.bytes, delta.bytes.get(w).copied().unwrap_or(0));
+            add(&qu.stats.dead, delta.dead.get(w).copied().unwrap_or(0));
+        }
+        for ((w, reason), n) in &delta.dropped {
+            if let Some(qu) = shared.queues.get(w) {
+                qu.stats.dropped[*reason as usize].fetch_add(*n, Ordering::Relaxed);
             }
         }
-        for (w, d) in &dead_delta {
-            if let Some(q) = shared.queues.get(w) {
-                if *d >= 0 {
-                    q.stats.dead.fetch_add(*d as u64, Ordering::Relaxed);
-                } else {
-                    q.stats.dead.fetch_sub(d.unsigned_abs(), Ordering::Relaxed);
-                }
+        if !delta.dropped.is_empty() {
+            if let Some(suppressed) = log.check(std::time::Instant::now()) {
+                let what: Vec<String> = delta.dropped.iter().map(|((w, r), n)| format!("{n} from webhook #{} ({})", w.0, r.label())).collect();
+                tracing::warn!(suppressed, "store full (max_store_bytes): dropped {}", what.join(", "));
+            }
+        }
+        if refused.iter().any(|r| *r) {
+            if let Some(suppressed) = log.check(std::time::Instant::now()) {
+                tracing::warn!(suppressed, "store full (max_store_bytes) and the largest queue's overflow policy is block: input waits (MQTT messages stay with the broker)");
             }
         }
         for (w, seq) in &new_next {
@@ -176,17 +325,15 @@ fn commit(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op
         }
         *next = new_next;
     }
-    let answer = || match &failure {
-        None => Ok(()),
-        Some(e) => Err(e.clone()),
-    };
-    for op in ops {
+    for (op, refused) in ops.into_iter().zip(refused) {
+        let answer = match &failure {
+            None if refused => Err(super::FULL.to_string()),
+            None => Ok(()),
+            Some(e) => Err(e.clone()),
+        };
         match op {
-            Op::Append { done, .. }
-            | Op::Remove {
-                done: Some(done), ..
-            } => {
-                let _ = done.send(answer());
+            Op::Append { done, .. } | Op::Remove { done: Some(done), .. } => {
+                let _ = done.send(answer);
             }
             _ => {}
         }
