@@ -47,7 +47,11 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
     let metrics = Arc::new(Metrics::new());
     let limits = Limits {
         max_bytes: settings.max_store_bytes,
-        queues: settings.webhooks.iter().map(|w| (w.name.clone(), w.overflow)).collect(),
+        queues: settings
+            .webhooks
+            .iter()
+            .map(|w| (w.name.clone(), w.overflow))
+            .collect(),
     };
     let (store, ids) = {
         let dir = settings.data_dir.clone();

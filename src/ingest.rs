@@ -9,7 +9,7 @@ use crate::store::{Mark, Store, StoreError, WebhookId};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use tokio::sync::Mutex;
+use std::sync::Mutex;
 
 /// Shared handle sources use to hand over events; cheap to clone.
 #[derive(Clone)]
@@ -37,18 +37,23 @@ impl Ingest {
     }
 
     /// Routes and submits events. Waits while the store is busy (backpressure); the
-    /// returned future resolves when they are committed. Routing happens under one lock,
-    /// so events reach each queue in the order sources submitted them.
+    /// returned future resolves when they are committed. Events of one source reach each
+    /// queue in the order the source submitted them.
     pub async fn submit(
         &self,
         events: Vec<Event>,
         mark: Option<Mark>,
     ) -> Result<impl Future<Output = Result<(), StoreError>> + Send + 'static, StoreError> {
-        let mut router = self.router.lock().await;
         let mut items = Vec::new();
         let mut per_webhook: HashMap<WebhookId, u64> = HashMap::new();
-        for e in &events {
-            match router.route(e) {
+        // Routing takes the lock briefly and never across an await: a source's own pending
+        // commits (retries) must never wait behind the source itself.
+        let routed: Vec<_> = {
+            let mut router = self.router.lock().unwrap_or_else(|p| p.into_inner());
+            events.iter().map(|e| router.route(e)).collect()
+        };
+        for (e, r) in events.iter().zip(routed) {
+            match r {
                 Ok(targets) => {
                     let bytes = e.encode();
                     for t in targets {
@@ -71,7 +76,6 @@ impl Ingest {
         } else {
             Some(self.store.submit(items, mark).await?)
         };
-        drop(router);
         let this = self.clone();
         Ok(async move {
             let Some(commit) = commit else {
@@ -92,7 +96,10 @@ impl Ingest {
                 Err(e) => {
                     // The change-only memory already counts these values as forwarded;
                     // forget it so the redelivered input is not filtered as unchanged.
-                    this.router.lock().await.forget();
+                    this.router
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .forget();
                     Err(e)
                 }
             }

@@ -251,6 +251,26 @@ impl Metrics {
             "Dead letters held per webhook",
             m.dead_letters.clone(),
         );
+        registry.register(
+            "source_redelivered",
+            "Broker redeliveries of already committed messages (acked again, not stored twice)",
+            m.source_redelivered.clone(),
+        );
+        registry.register(
+            "queue_bytes",
+            "Bytes charged for a webhook's queue",
+            m.queue_bytes.clone(),
+        );
+        registry.register(
+            "store_bytes",
+            "Bytes charged for all queues (max_store_bytes bounds it)",
+            m.store_bytes.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Events dropped from a queue, by reason",
+            m.events_dropped.clone(),
+        );
         registry.register("build_info", "roomhook version", m.build_info.clone());
         m.build_info
             .get_or_create(&VersionLabel {

@@ -129,15 +129,28 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
         );
     }
     let data_dir = cx.path(&raw.gateway.data_dir);
-    let max_store_bytes = match raw.gateway.max_store_bytes.as_deref().map(super::units::parse_bytes) {
+    let max_store_bytes = match raw
+        .gateway
+        .max_store_bytes
+        .as_deref()
+        .map(super::units::parse_bytes)
+    {
         None => 128 * 1024 * 1024,
         Some(Ok(b)) if b >= 1024 * 1024 => b,
         Some(Ok(_)) => {
-            cx.err("gateway.max_store_bytes", "must be at least 1MiB", "write e.g. \"64MiB\"");
+            cx.err(
+                "gateway.max_store_bytes",
+                "must be at least 1MiB",
+                "write e.g. \"64MiB\"",
+            );
             0
         }
         Some(Err(e)) => {
-            cx.err("gateway.max_store_bytes", e, "write a size such as \"64MiB\" or \"1GiB\"");
+            cx.err(
+                "gateway.max_store_bytes",
+                e,
+                "write a size such as \"64MiB\" or \"1GiB\"",
+            );
             0
         }
     };
@@ -574,14 +587,21 @@ fn webhook(
         Some("coalesce") => crate::store::Overflow::Coalesce,
         Some("block") => crate::store::Overflow::Block,
         Some(other) => {
-            cx.err(format!("{key}.overflow"), format!("unknown policy {other:?}"), "write \"drop_oldest\" (default), \"coalesce\" or \"block\"");
+            cx.err(
+                format!("{key}.overflow"),
+                format!("unknown policy {other:?}"),
+                "write \"drop_oldest\" (default), \"coalesce\" or \"block\"",
+            );
             crate::store::Overflow::DropOldest
         }
     };
-    let max_queue_age = w
-        .max_queue_age
-        .as_ref()
-        .map(|_| cx.duration(&format!("{key}.max_queue_age"), w.max_queue_age.as_ref(), Duration::ZERO));
+    let max_queue_age = w.max_queue_age.as_ref().map(|_| {
+        cx.duration(
+            &format!("{key}.max_queue_age"),
+            w.max_queue_age.as_ref(),
+            Duration::ZERO,
+        )
+    });
     if cx.errs.len() != before {
         return None;
     }

@@ -166,7 +166,9 @@ impl<T: Clone> Scheduler<T> {
     /// (expired); failure counts and the circuit are untouched.
     pub fn discard(&mut self, lane: &Arc<str>, n: usize) -> Vec<T> {
         let mut out = Vec::new();
-        let Some(l) = self.lanes.get_mut(lane) else { return out };
+        let Some(l) = self.lanes.get_mut(lane) else {
+            return out;
+        };
         for _ in 0..n.min(l.taken) {
             if let Some(item) = l.items.pop_front() {
                 out.push(item);

@@ -125,17 +125,25 @@ impl Worker {
             );
             let last = std::sync::Mutex::new([0u64; 3]);
             self.metrics.on_scrape(move || {
-                m.queue_events.get_or_create(&label).set(store.depth(id) as i64);
-                m.queue_bytes.get_or_create(&label).set(store.bytes(id) as i64);
-                m.dead_letters.get_or_create(&label).set(store.dead_count(id) as i64);
+                m.queue_events
+                    .get_or_create(&label)
+                    .set(store.depth(id) as i64);
+                m.queue_bytes
+                    .get_or_create(&label)
+                    .set(store.bytes(id) as i64);
+                m.dead_letters
+                    .get_or_create(&label)
+                    .set(store.dead_count(id) as i64);
                 m.store_bytes.set(store.total_bytes() as i64);
                 if let Ok(mut last) = last.lock() {
                     for (i, reason) in DropReason::ALL.into_iter().enumerate() {
                         let now = store.dropped(id, reason);
-                        let c = m.events_dropped.get_or_create(&crate::metrics::WebhookReasonLabel {
-                            webhook: label.webhook.clone(),
-                            reason: reason.label().to_string(),
-                        });
+                        let c =
+                            m.events_dropped
+                                .get_or_create(&crate::metrics::WebhookReasonLabel {
+                                    webhook: label.webhook.clone(),
+                                    reason: reason.label().to_string(),
+                                });
                         c.inc_by(now.saturating_sub(last[i]));
                         last[i] = now;
                     }
@@ -251,7 +259,12 @@ impl Worker {
 
     /// Starts every request pacing allows; returns when to look again if pacing (not the
     /// scheduler) is what holds the next one back.
-    fn dispatch(&self, pace: &mut Pace, in_flight: &mut InFlight, removed: &mut Vec<u64>) -> Option<Instant> {
+    fn dispatch(
+        &self,
+        pace: &mut Pace,
+        in_flight: &mut InFlight,
+        removed: &mut Vec<u64>,
+    ) -> Option<Instant> {
         let p = &self.settings.pacing;
         let now = Instant::now();
         if pace.disabled {
@@ -303,7 +316,12 @@ impl Worker {
     }
 
     /// Takes the next request's messages from the scheduler and renders its body.
-    fn assemble(&self, pace: &mut Pace, now: Instant, removed: &mut Vec<u64>) -> Option<(Request, Bytes)> {
+    fn assemble(
+        &self,
+        pace: &mut Pace,
+        now: Instant,
+        removed: &mut Vec<u64>,
+    ) -> Option<(Request, Bytes)> {
         let p = &self.settings.pacing;
         let max = p.batch_max_messages;
         let mut request = Request {
@@ -316,12 +334,26 @@ impl Worker {
             let Some((lane, items)) = pace.sched.next(now, max - request.entries.len()) else {
                 break;
             };
+            // Entries the store already dropped as oldest (it was full) leave quietly.
+            let dropped_through = self.store.dropped_through(self.id);
+            let dropped = items
+                .iter()
+                .take_while(|e| e.seq <= dropped_through)
+                .count();
+            if dropped > 0 {
+                pace.sched.discard(&lane, dropped);
+                continue;
+            }
             if let Some(age) = self.settings.max_queue_age {
                 let oldest_ok = crate::timefmt::now_ms() - age.as_millis() as i64;
-                let expired = items.iter().take_while(|e| e.event.ts_ms < oldest_ok).count();
+                let expired = items
+                    .iter()
+                    .take_while(|e| e.event.ts_ms < oldest_ok)
+                    .count();
                 if expired > 0 {
                     let gone = pace.sched.discard(&lane, expired);
-                    self.store.count_dropped(self.id, DropReason::Expired, gone.len() as u64);
+                    self.store
+                        .count_dropped(self.id, DropReason::Expired, gone.len() as u64);
                     removed.extend(gone.iter().map(|e| e.seq));
                     continue;
                 }

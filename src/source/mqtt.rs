@@ -14,7 +14,7 @@ use rumqttc::{
     AsyncClient, Event as MqttEvent, MqttOptions, Packet, Publish, QoS, SubscribeReasonCode,
     Transport,
 };
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -56,9 +56,28 @@ pub fn options(s: &MqttSettings) -> Result<MqttOptions, MqttSetupError> {
     Ok(o)
 }
 
-type PendingAck = BoxFuture<'static, (u64, Publish, bool)>;
+/// A received message that is not acknowledged yet.
+struct Held {
+    /// Connection generation it arrived on (its packet id means nothing on another).
+    gen: u64,
+    publish: Publish,
+    /// What it decoded to (empty: nothing to store, ack in turn).
+    events: Vec<crate::event::Event>,
+    mark: Mark,
+}
+
+type PendingAck = BoxFuture<'static, (Held, Result<(), StoreError>)>;
+
+/// Longest wait between two attempts to commit a refused message.
+const RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// Runs one MQTT source until shutdown.
+///
+/// Messages are submitted to the store as they arrive and acknowledged in arrival order once
+/// committed. When the store refuses one (full under `block`, or an I/O error), the writer
+/// refuses everything after it from this source too; those messages queue here, in order,
+/// unacknowledged (the broker holds everything behind them), and the head is retried with
+/// backoff until it commits; then the rest follow in order.
 pub async fn run(
     s: MqttSettings,
     ingest: Ingest,
@@ -76,26 +95,82 @@ pub async fn run(
     let mut conn_log = RateLog::new(Duration::from_secs(30));
     let mut generation = 0u64;
     let mut backoff = RECONNECT_MIN;
-    let mut pending: FuturesOrdered<PendingAck> = FuturesOrdered::new();
     let mut was_connected = false;
+    // Submitted, waiting for the commit, in arrival order.
+    let mut pending: FuturesOrdered<PendingAck> = FuturesOrdered::new();
+    // Refused by the store (or behind a refused one), in arrival order.
+    let mut retry: VecDeque<Held> = VecDeque::new();
+    let mut retry_wait = Duration::from_millis(500);
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    // PUBACKs ready to go, in arrival order; handed to the client as its queue has room
+    // (the event loop below sends them).
+    let mut to_ack: VecDeque<Publish> = VecDeque::new();
 
     loop {
+        while let Some(p) = to_ack.front() {
+            if client.try_ack(p).is_err() {
+                break;
+            }
+            to_ack.pop_front();
+        }
+        let can_retry = !retry.is_empty() && pending.is_empty();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            Some((gen, publish, ok)) = pending.next(), if !pending.is_empty() => {
-                // A PUBACK of an older connection would acknowledge the wrong packet id.
-                if gen == generation && ok && client.try_ack(&publish).is_err() {
-                    tracing::warn!(source = %s.name, "ack queue full; the broker will redeliver");
+            Some((held, result)) = pending.next(), if !pending.is_empty() && to_ack.len() < MAX_PENDING => {
+                if held.gen != generation {
+                    // Its packet id belongs to an old connection; the broker redelivers it.
+                    continue;
                 }
-                if !ok {
-                    // Not committed: drop the connection so the broker redelivers it.
-                    let _ = client.try_disconnect();
+                match result {
+                    Ok(()) => to_ack.push_back(held.publish),
+                    Err(StoreError::Closed) => break,
+                    Err(e) => {
+                        if retry.is_empty() {
+                            tracing::warn!(source = %s.name, "the store refused a message, holding it and everything after it unacked (the broker keeps them): {e}");
+                            retry_at = Some(tokio::time::Instant::now() + retry_wait);
+                        }
+                        retry.push_back(held);
+                    }
                 }
             }
-            ev = eventloop.poll(), if pending.len() < MAX_PENDING => match ev {
+            _ = sleep_until_opt(retry_at), if can_retry => {
+                let Some(mut head) = retry.pop_front() else { continue };
+                head.mark.resume = true;
+                let result = if head.events.is_empty() {
+                    Ok(())
+                } else {
+                    match ingest.submit(head.events.clone(), Some(head.mark.clone())).await {
+                        Ok(commit) => commit.await,
+                        Err(e) => Err(e),
+                    }
+                };
+                match result {
+                    Ok(()) => {
+                        to_ack.push_back(head.publish);
+                        retry_wait = Duration::from_millis(500);
+                        retry_at = None;
+                        tracing::info!(source = %s.name, "the store takes messages again; {} held message(s) follow in order", retry.len());
+                        while let Some(h) = retry.pop_front() {
+                            pending.push_back(submit(&ingest, h).await);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(source = %s.name, "still refused, retrying in {retry_wait:?}: {e}");
+                        retry.push_front(head);
+                        retry_wait = (retry_wait * 2).min(RETRY_MAX);
+                        retry_at = Some(tokio::time::Instant::now() + retry_wait);
+                    }
+                }
+            }
+            ev = eventloop.poll(), if pending.len() + retry.len() < MAX_PENDING || !to_ack.is_empty() => match ev {
                 Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
                     generation += 1;
+                    // Packet ids of the old connection mean nothing on this one; the broker
+                    // redelivers whatever was not acknowledged.
+                    to_ack.clear();
+                    retry.clear();
+                    retry_at = None;
                     backoff = RECONNECT_MIN;
                     was_connected = true;
                     connected.set(1);
@@ -118,35 +193,21 @@ pub async fn run(
                 }
                 Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                     messages.inc();
-                    let mark = Mark { source: s.name.clone(), pkid: p.pkid, digest: digest(&p) };
-                    let gen = generation;
-                    if p.dup && already_committed(&ingest, &mark).await {
+                    let mark = Mark { source: s.name.clone(), pkid: p.pkid, digest: digest(&p), resume: false };
+                    let events = if p.dup && already_committed(&ingest, &mark).await {
                         // Committed before a crash or disconnect, but the PUBACK was lost.
                         tracing::debug!(source = %s.name, pkid = p.pkid, "redelivery of a committed message: acked, not stored again");
                         redelivered.inc();
-                        pending.push_back(Box::pin(async move { (gen, p, true) }));
-                        continue;
-                    }
-                    let events = decode(&s, &p, &metrics, &mut decode_log);
-                    let fut: PendingAck = if events.is_empty() {
-                        // Nothing to keep (malformed or unselected): ack in order, never redeliver.
-                        Box::pin(async move { (gen, p, true) })
+                        Vec::new()
                     } else {
-                        match ingest.submit(events.clone(), Some(mark.clone())).await {
-                            Ok(commit) => {
-                                let (ingest, stop) = (ingest.clone(), shutdown.clone());
-                                Box::pin(async move {
-                                    let ok = commit_until_stored(commit.await, &ingest, events, mark, &stop).await;
-                                    (gen, p, ok)
-                                })
-                            }
-                            Err(e) => {
-                                tracing::error!(source = %s.name, "store unavailable: {e}");
-                                Box::pin(async move { (gen, p, false) })
-                            }
-                        }
+                        decode(&s, &p, &metrics, &mut decode_log)
                     };
-                    pending.push_back(fut);
+                    let held = Held { gen: generation, publish: p, events, mark };
+                    if retry.is_empty() {
+                        pending.push_back(submit(&ingest, held).await);
+                    } else {
+                        retry.push_back(held);
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -167,13 +228,17 @@ pub async fn run(
             }
         }
     }
-    // Commit and ack what was already received, then leave (the session stays on the broker).
+    // Commit and ack what was already submitted, then leave (the session stays on the broker).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while let Ok(Some((gen, publish, ok))) = tokio::time::timeout_at(deadline, pending.next()).await
-    {
-        if gen == generation && ok {
-            let _ = client.try_ack(&publish);
+    while let Ok(Some((held, result))) = tokio::time::timeout_at(deadline, pending.next()).await {
+        if held.gen == generation && result.is_ok() {
+            to_ack.push_back(held.publish);
+        } else {
+            break;
         }
+    }
+    for p in &to_ack {
+        let _ = client.try_ack(p);
     }
     let _ = client.try_disconnect();
     let flush = async {
@@ -188,10 +253,54 @@ pub async fn run(
     Ok(())
 }
 
+/// Submits a held message (waiting for room in the store's queue) and returns the future
+/// that resolves at its commit.
+async fn submit(ingest: &Ingest, held: Held) -> PendingAck {
+    if held.events.is_empty() {
+        // Nothing to keep (malformed, unselected, already committed): ack in turn.
+        return Box::pin(async move { (held, Ok(())) });
+    }
+    match ingest
+        .submit(held.events.clone(), Some(held.mark.clone()))
+        .await
+    {
+        Ok(commit) => Box::pin(async move {
+            let r = commit.await;
+            (held, r)
+        }),
+        Err(e) => Box::pin(async move { (held, Err(e)) }),
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Digest of a message's topic and payload (stable within one build of roomhook).
+fn digest(p: &Publish) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    p.topic.hash(&mut h);
+    p.payload.hash(&mut h);
+    h.finish()
+}
+
+/// Whether a redelivered message (DUP set) was already committed under its packet id.
+async fn already_committed(ingest: &Ingest, mark: &Mark) -> bool {
+    let (store, source, pkid) = (ingest.store().clone(), mark.source.clone(), mark.pkid);
+    match tokio::task::spawn_blocking(move || store.mqtt_seen(&source, pkid)).await {
+        Ok(Ok(Some(d))) => d == mark.digest,
+        _ => false,
+    }
+}
+
 fn decode(
     s: &MqttSettings,
     p: &Publish,
-    metrics: &Arc<Metrics>,
+    metrics: &std::sync::Arc<Metrics>,
     log: &mut RateLog,
 ) -> Vec<crate::event::Event> {
     let topic = p.topic.as_str();
@@ -214,50 +323,6 @@ fn decode(
         }
     }
     decoded.events
-}
-
-/// Retries a failed commit (store full under `block`, disk full, I/O error) with backoff
-/// until it succeeds or roomhook stops; the message stays unacked meanwhile, so the broker
-/// keeps it and everything after it. `false` only when stopped first.
-async fn commit_until_stored(
-    first: Result<(), StoreError>,
-    ingest: &Ingest,
-    events: Vec<crate::event::Event>,
-    mark: Mark,
-    stop: &CancellationToken,
-) -> bool {
-    let mut result = first;
-    let mut wait = Duration::from_millis(500);
-    while result.is_err() {
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.cancelled() => return false,
-        }
-        wait = (wait * 2).min(Duration::from_secs(10));
-        result = match ingest.submit(events.clone(), Some(mark.clone())).await {
-            Ok(commit) => commit.await,
-            Err(e) => Err(e),
-        };
-    }
-    true
-}
-
-/// Digest of a message's topic and payload (stable within one build of roomhook).
-fn digest(p: &Publish) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
-    p.topic.hash(&mut h);
-    p.payload.hash(&mut h);
-    h.finish()
-}
-
-/// Whether a redelivered message (DUP set) was already committed under its packet id.
-async fn already_committed(ingest: &Ingest, mark: &Mark) -> bool {
-    let (store, source, pkid) = (ingest.store().clone(), mark.source.clone(), mark.pkid);
-    match tokio::task::spawn_blocking(move || store.mqtt_seen(&source, pkid)).await {
-        Ok(Ok(Some(d))) => d == mark.digest,
-        _ => false,
-    }
 }
 
 fn decode_with(sub: &SubscriptionSettings, topic: &str, payload: &[u8]) -> json::Decoded {

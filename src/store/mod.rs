@@ -69,7 +69,11 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason.
-    pub const ALL: [DropReason; 3] = [DropReason::Overflow, DropReason::Coalesced, DropReason::Expired];
+    pub const ALL: [DropReason; 3] = [
+        DropReason::Overflow,
+        DropReason::Coalesced,
+        DropReason::Expired,
+    ];
 
     /// The metric label.
     pub fn label(self) -> &'static str {
@@ -158,6 +162,9 @@ pub struct QueueStats {
     pub window_end: AtomicU64,
     /// Events dropped, by [`DropReason`].
     pub dropped: [AtomicU64; 3],
+    /// Every entry at or below this sequence number that is still unsent was dropped as
+    /// oldest; the worker skips such entries it already holds.
+    pub dropped_through: AtomicU64,
 }
 
 /// A message the receiver refused for good, kept for inspection and replay.
@@ -183,6 +190,8 @@ pub struct Mark {
     pub pkid: u16,
     /// Digest of topic and payload.
     pub digest: u64,
+    /// A retry of a message the store refused: it may lift the source's refusal.
+    pub resume: bool,
 }
 
 pub(crate) enum Op {
@@ -259,7 +268,10 @@ impl Store {
         let mut queues = HashMap::new();
         for (id, (_, overflow)) in ids.iter().zip(&limits.queues) {
             let (mut depth, mut bytes) = (0u64, 0u64);
-            for item in q.range((id.0, 0)..=(id.0, u64::MAX)).map_err(redb::Error::from)? {
+            for item in q
+                .range((id.0, 0)..=(id.0, u64::MAX))
+                .map_err(redb::Error::from)?
+            {
                 let (_, v) = item.map_err(redb::Error::from)?;
                 depth += 1;
                 bytes += v.value().len() as u64 + ENTRY_OVERHEAD;
@@ -433,12 +445,18 @@ impl Store {
 
     /// Bytes charged for all queues (what `max_store_bytes` bounds).
     pub fn total_bytes(&self) -> u64 {
-        self.shared.queues.values().map(|q| q.stats.bytes.load(Ordering::Relaxed)).sum()
+        self.shared
+            .queues
+            .values()
+            .map(|q| q.stats.bytes.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Events dropped from a webhook's queue for a reason, since start.
     pub fn dropped(&self, webhook: WebhookId, reason: DropReason) -> u64 {
-        self.stat(webhook, |s| s.dropped[reason.index()].load(Ordering::Relaxed))
+        self.stat(webhook, |s| {
+            s.dropped[reason.index()].load(Ordering::Relaxed)
+        })
     }
 
     /// Tells the store up to which sequence number the delivery worker holds entries.
@@ -446,6 +464,11 @@ impl Store {
         if let Some(q) = self.shared.queues.get(&webhook) {
             q.stats.window_end.store(seq, Ordering::Relaxed);
         }
+    }
+
+    /// Entries at or below this sequence number were dropped as oldest (see `QueueStats`).
+    pub fn dropped_through(&self, webhook: WebhookId) -> u64 {
+        self.stat(webhook, |s| s.dropped_through.load(Ordering::Relaxed))
     }
 
     /// Counts events the worker dropped itself (expired before sending).
@@ -456,7 +479,11 @@ impl Store {
     }
 
     fn stat(&self, webhook: WebhookId, f: impl Fn(&QueueStats) -> u64) -> u64 {
-        self.shared.queues.get(&webhook).map(|q| f(&q.stats)).unwrap_or(0)
+        self.shared
+            .queues
+            .get(&webhook)
+            .map(|q| f(&q.stats))
+            .unwrap_or(0)
     }
 
     /// Dead letters held for a webhook.

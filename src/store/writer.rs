@@ -1,13 +1,16 @@
 //! The store's single writer thread: drains whatever ops are waiting, applies them in one
 //! write transaction (group commit), answers the appenders, and publishes the new state.
 
-use super::{DropReason, Op, Overflow, Shared, WebhookId, DEAD, ENTRY_OVERHEAD, MAX_DEAD_LETTERS, MQTT_SEEN, NEXT_SEQ, QUEUE};
+use super::{
+    DropReason, Op, Overflow, Shared, WebhookId, DEAD, ENTRY_OVERHEAD, MAX_DEAD_LETTERS, MQTT_SEEN,
+    NEXT_SEQ, QUEUE,
+};
 use crate::catalog::Kind;
 use crate::event::Event;
 use crate::ratelog::RateLog;
-use std::collections::HashSet;
 use redb::{Database, Durability, ReadableTable};
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -43,6 +46,9 @@ fn run(
     // Every group is committed durably: removals too, so that after a power cut at most
     // the requests of one group are delivered again.
     let mut log = RateLog::new(std::time::Duration::from_secs(10));
+    // Sources whose append was refused: everything after it from them is refused too, until
+    // the refused message comes again (marked `resume`) and fits; this keeps their order.
+    let mut blocked: HashSet<String> = HashSet::new();
     while let Some(first) = rx.blocking_recv() {
         if matches!(first, Op::Close) {
             break;
@@ -63,7 +69,7 @@ fn run(
                 Err(_) => break,
             }
         }
-        commit(db, shared, &mut next, ops, &mut log);
+        commit(db, shared, &mut next, ops, &mut log, &mut blocked);
         if closing {
             break;
         }
@@ -86,6 +92,7 @@ struct Delta {
     bytes: HashMap<WebhookId, i64>,
     dead: HashMap<WebhookId, i64>,
     dropped: HashMap<(WebhookId, DropReason), u64>,
+    dropped_through: HashMap<WebhookId, u64>,
 }
 
 impl Delta {
@@ -95,12 +102,19 @@ impl Delta {
     }
 
     fn queue_bytes(&self, shared: &Shared, w: WebhookId) -> i64 {
-        shared.queues.get(&w).map_or(0, |q| q.stats.bytes.load(Ordering::Relaxed) as i64)
+        shared
+            .queues
+            .get(&w)
+            .map_or(0, |q| q.stats.bytes.load(Ordering::Relaxed) as i64)
             + self.bytes.get(&w).copied().unwrap_or(0)
     }
 
     fn total_bytes(&self, shared: &Shared) -> i64 {
-        shared.queues.keys().map(|w| self.queue_bytes(shared, *w)).sum()
+        shared
+            .queues
+            .keys()
+            .map(|w| self.queue_bytes(shared, *w))
+            .sum()
     }
 }
 
@@ -114,44 +128,60 @@ fn add(counter: &std::sync::atomic::AtomicU64, d: i64) {
 
 type Queue<'t> = redb::Table<'t, (u32, u64), &'static [u8]>;
 
-/// Removes the oldest entries of `w` (those beyond the worker's window first) until `need`
-/// bytes are freed; returns the bytes freed.
-fn drop_oldest(q: &mut Queue<'_>, shared: &Shared, w: WebhookId, need: i64, delta: &mut Delta) -> Result<i64, redb::Error> {
-    let window_end = shared.queues.get(&w).map_or(0, |q| q.stats.window_end.load(Ordering::Relaxed));
+/// Removes the oldest entries of `w` until `need` bytes are freed; returns the bytes freed.
+/// The highest dropped sequence number is published, so that the worker skips the dropped
+/// entries it already holds in memory.
+fn drop_oldest(
+    q: &mut Queue<'_>,
+    w: WebhookId,
+    need: i64,
+    delta: &mut Delta,
+) -> Result<i64, redb::Error> {
     let mut freed = 0i64;
-    for from in [window_end.saturating_add(1), 0] {
-        let mut victims = Vec::new();
-        for item in q.range((w.0, from)..=(w.0, u64::MAX))? {
-            if freed >= need {
-                break;
-            }
-            let (k, v) = item?;
-            let len = v.value().len();
-            victims.push((k.value().1, len));
-            freed += len as i64 + ENTRY_OVERHEAD as i64;
-        }
-        for (seq, len) in victims {
-            q.remove((w.0, seq))?;
-            delta.removed(w, len);
-            *delta.dropped.entry((w, DropReason::Overflow)).or_default() += 1;
-        }
+    let mut victims = Vec::new();
+    for item in q.range((w.0, 0)..=(w.0, u64::MAX))? {
         if freed >= need {
             break;
         }
+        let (k, v) = item?;
+        let len = v.value().len();
+        victims.push((k.value().1, len));
+        freed += len as i64 + ENTRY_OVERHEAD as i64;
+    }
+    for (seq, len) in victims {
+        q.remove((w.0, seq))?;
+        delta.removed(w, len);
+        *delta.dropped.entry((w, DropReason::Overflow)).or_default() += 1;
+        let through = delta.dropped_through.entry(w).or_default();
+        *through = (*through).max(seq);
     }
     Ok(freed)
 }
 
 /// Removes status values of `w` that a newer value of the same device and path supersedes
 /// (newest kept; events never touched) until `need` bytes are freed; returns bytes freed.
-fn coalesce(q: &mut Queue<'_>, shared: &Shared, w: WebhookId, need: i64, delta: &mut Delta) -> Result<i64, redb::Error> {
-    let window_end = shared.queues.get(&w).map_or(0, |q| q.stats.window_end.load(Ordering::Relaxed));
+fn coalesce(
+    q: &mut Queue<'_>,
+    shared: &Shared,
+    w: WebhookId,
+    need: i64,
+    delta: &mut Delta,
+) -> Result<i64, redb::Error> {
+    let window_end = shared
+        .queues
+        .get(&w)
+        .map_or(0, |q| q.stats.window_end.load(Ordering::Relaxed));
     let mut seen: HashSet<(String, String)> = HashSet::new();
     let mut victims = Vec::new();
     let mut freed = 0i64;
-    for item in q.range((w.0, window_end.saturating_add(1))..=(w.0, u64::MAX))?.rev() {
+    for item in q
+        .range((w.0, window_end.saturating_add(1))..=(w.0, u64::MAX))?
+        .rev()
+    {
         let (k, v) = item?;
-        let Ok(e) = Event::decode(v.value()) else { continue };
+        let Ok(e) = Event::decode(v.value()) else {
+            continue;
+        };
         if e.kind != Kind::Status {
             continue;
         }
@@ -173,7 +203,12 @@ fn coalesce(q: &mut Queue<'_>, shared: &Shared, w: WebhookId, need: i64, delta: 
 }
 
 /// Makes room for `incoming` bytes under the budget; `false` when input must wait (block).
-fn make_room(q: &mut Queue<'_>, shared: &Shared, incoming: u64, delta: &mut Delta) -> Result<bool, redb::Error> {
+fn make_room(
+    q: &mut Queue<'_>,
+    shared: &Shared,
+    incoming: u64,
+    delta: &mut Delta,
+) -> Result<bool, redb::Error> {
     let max = shared.max_bytes as i64;
     if max == 0 {
         return Ok(true);
@@ -193,14 +228,16 @@ fn make_room(q: &mut Queue<'_>, shared: &Shared, incoming: u64, delta: &mut Delt
             .map(|(w, qu)| (delta.queue_bytes(shared, *w), *w, qu.overflow))
             .filter(|(b, _, _)| *b > 0)
             .max_by_key(|(b, w, _)| (*b, std::cmp::Reverse(*w)));
-        let Some((_, w, overflow)) = victim else { break };
+        let Some((_, w, overflow)) = victim else {
+            break;
+        };
         let freed = match overflow {
             Overflow::Block => return Ok(delta.total_bytes(shared) + incoming as i64 <= max),
-            Overflow::DropOldest => drop_oldest(q, shared, w, need, delta)?,
+            Overflow::DropOldest => drop_oldest(q, w, need, delta)?,
             Overflow::Coalesce => {
                 let f = coalesce(q, shared, w, need, delta)?;
                 if f < need {
-                    f + drop_oldest(q, shared, w, need - f, delta)?
+                    f + drop_oldest(q, w, need - f, delta)?
                 } else {
                     f
                 }
@@ -214,7 +251,15 @@ fn make_room(q: &mut Queue<'_>, shared: &Shared, incoming: u64, delta: &mut Delt
     Ok(delta.total_bytes(shared) + incoming as i64 <= max)
 }
 
-fn commit(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, ops: Vec<Op>, log: &mut RateLog) {
+fn commit(
+    db: &Database,
+    shared: &Shared,
+    next: &mut HashMap<WebhookId, u64>,
+    ops: Vec<Op>,
+    log: &mut RateLog,
+    blocked: &mut HashSet<String>,
+) {
+    let blocked_before = blocked.clone();
     let mut new_next = next.clone();
     let mut delta = Delta::default();
     let mut refused = vec![false; ops.len()];
@@ -226,20 +271,38 @@ fn commit(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op
             for (i, op) in ops.iter().enumerate() {
                 match op {
                     Op::Append { items, mark, .. } => {
-                        let incoming: u64 = items.iter().map(|(_, b)| b.len() as u64 + ENTRY_OVERHEAD).sum();
+                        let source = mark.as_ref().map(|m| (m.source.as_str(), m.resume));
+                        if let Some((src, false)) = source {
+                            if blocked.contains(src) {
+                                refused[i] = true;
+                                continue;
+                            }
+                        }
+                        let incoming: u64 = items
+                            .iter()
+                            .map(|(_, b)| b.len() as u64 + ENTRY_OVERHEAD)
+                            .sum();
                         if !make_room(&mut q, shared, incoming, &mut delta)? {
                             refused[i] = true;
+                            if let Some((src, _)) = source {
+                                blocked.insert(src.to_string());
+                            }
                             continue;
                         }
+                        if let Some((src, true)) = source {
+                            blocked.remove(src);
+                        }
                         if let Some(m) = mark {
-                            txn.open_table(MQTT_SEEN)?.insert((m.source.as_str(), m.pkid), m.digest)?;
+                            txn.open_table(MQTT_SEEN)?
+                                .insert((m.source.as_str(), m.pkid), m.digest)?;
                         }
                         for (w, bytes) in items {
                             let seq = new_next.entry(*w).or_insert(1);
                             q.insert((w.0, *seq), bytes.as_slice())?;
                             *seq += 1;
                             *delta.depth.entry(*w).or_default() += 1;
-                            *delta.bytes.entry(*w).or_default() += bytes.len() as i64 + ENTRY_OVERHEAD as i64;
+                            *delta.bytes.entry(*w).or_default() +=
+                                bytes.len() as i64 + ENTRY_OVERHEAD as i64;
                         }
                     }
                     Op::Remove { webhook, seqs, .. } => {
@@ -263,7 +326,10 @@ fn commit(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op
                             }
                         }
                         // Keep the dead letters bounded: the oldest go first.
-                        let held = shared.queues.get(webhook).map_or(0, |q| q.stats.dead.load(Ordering::Relaxed));
+                        let held = shared
+                            .queues
+                            .get(webhook)
+                            .map_or(0, |q| q.stats.dead.load(Ordering::Relaxed));
                         let now_held = held as i64 + delta.dead.get(webhook).copied().unwrap_or(0);
                         let excess = now_held - MAX_DEAD_LETTERS as i64;
                         if excess > 0 {
@@ -293,12 +359,24 @@ fn commit(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op
     })();
     let failure = result.err().map(|e| e.to_string());
     if let Some(e) = &failure {
+        // Nothing was stored; sources blocked by this group must retry like any refusal.
+        for op in &ops {
+            if let Op::Append { mark: Some(m), .. } = op {
+                blocked.insert(m.source.clone());
+            }
+        }
+        let _ = &blocked_before;
         tracing::error!("store commit failed, nothing of this group was stored: {e}");
     } else {
         for (w, qu) in &shared.queues {
             add(&qu.stats.depth, delta.depth.get(w).copied().unwrap_or(0));
             add(&qu.stats.bytes, delta.bytes.get(w).copied().unwrap_or(0));
             add(&qu.stats.dead, delta.dead.get(w).copied().unwrap_or(0));
+        }
+        for (w, seq) in &delta.dropped_through {
+            if let Some(qu) = shared.queues.get(w) {
+                qu.stats.dropped_through.fetch_max(*seq, Ordering::Relaxed);
+            }
         }
         for ((w, reason), n) in &delta.dropped {
             if let Some(qu) = shared.queues.get(w) {
@@ -307,8 +385,16 @@ fn commit(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op
         }
         if !delta.dropped.is_empty() {
             if let Some(suppressed) = log.check(std::time::Instant::now()) {
-                let what: Vec<String> = delta.dropped.iter().map(|((w, r), n)| format!("{n} from webhook #{} ({})", w.0, r.label())).collect();
-                tracing::warn!(suppressed, "store full (max_store_bytes): dropped {}", what.join(", "));
+                let what: Vec<String> = delta
+                    .dropped
+                    .iter()
+                    .map(|((w, r), n)| format!("{n} from webhook #{} ({})", w.0, r.label()))
+                    .collect();
+                tracing::warn!(
+                    suppressed,
+                    "store full (max_store_bytes): dropped {}",
+                    what.join(", ")
+                );
             }
         }
         if refused.iter().any(|r| *r) {
@@ -332,7 +418,10 @@ fn commit(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op
             Some(e) => Err(e.clone()),
         };
         match op {
-            Op::Append { done, .. } | Op::Remove { done: Some(done), .. } => {
+            Op::Append { done, .. }
+            | Op::Remove {
+                done: Some(done), ..
+            } => {
                 let _ = done.send(answer);
             }
             _ => {}

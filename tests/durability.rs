@@ -1,0 +1,239 @@
+//! Bounded disk: the receiver is down while far more than `max_store_bytes` arrives. The
+//! store stays within its budget, each overflow policy drops the right events (or none),
+//! the counters add up, and what was kept is delivered after recovery, in order per device.
+
+mod common;
+
+use common::*;
+use roomhook::demo::receiver::Behaviour;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    broker: Mosquitto,
+    rx: TestReceiver,
+    daemon: Daemon,
+    admin: u16,
+}
+
+async fn rig(gateway_extra: &str, webhook_extra: &str) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker();
+    let rx = receiver(dir.path(), false).await;
+    rx.receiver.set_behaviour(Behaviour::Status(503));
+    let admin = free_port();
+    let text = standard_config(broker.port, &rx.url, &rx.ca_file, webhook_extra).replacen(
+        "org_id = \"test-org\"",
+        &format!("org_id = \"test-org\"\n{gateway_extra}"),
+        1,
+    ) + &format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
+    let config = write_config(dir.path(), &text);
+    let daemon = Daemon::start(&config);
+    Rig {
+        _dir: dir,
+        broker,
+        rx,
+        daemon,
+        admin,
+    }
+}
+
+fn m(r: &Rig, series: &str) -> f64 {
+    metric(r.admin, series).unwrap_or(0.0)
+}
+
+fn dropped(r: &Rig, reason: &str) -> f64 {
+    m(
+        r,
+        &format!("roomhook_events_dropped_total{{webhook=\"facilities\",reason=\"{reason}\"}}"),
+    )
+}
+
+/// Values delivered per device (batches flattened), in arrival order.
+fn delivered(r: &Rig) -> BTreeMap<String, Vec<i64>> {
+    let mut per: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for req in r.rx.receiver.accepted() {
+        for v in req.messages() {
+            let d = v["deviceId"].as_str().unwrap_or("").to_string();
+            if let Some(x) = v["changes"]["updated"]["RoomAnalytics.PeopleCount.Current"].as_i64() {
+                per.entry(d).or_default().push(x);
+            }
+        }
+    }
+    per
+}
+
+const BUDGET: f64 = 1024.0 * 1024.0;
+
+/// Publishes 20,000 events (about 4.6 MB of queue) over 10 devices while the receiver is down.
+async fn flood(r: &Rig) {
+    publish(r.broker.port, &workload(10, 2000)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_oldest_keeps_the_store_in_budget_and_the_newest_events() {
+    let mut r = rig("max_store_bytes = \"1MiB\"", "").await;
+    flood(&r).await;
+    assert!(wait_until(Duration::from_secs(20), || m(
+        &r,
+        "roomhook_events_enqueued_total{webhook=\"facilities\"}"
+    ) >= 20_000.0));
+    let store = m(&r, "roomhook_store_bytes");
+    assert!(
+        store <= BUDGET && store > BUDGET * 0.5,
+        "store bytes {store}"
+    );
+    let queued = m(&r, "roomhook_queue_events{webhook=\"facilities\"}");
+    assert!(
+        (dropped(&r, "overflow") + queued - 20_000.0).abs() < 1.0,
+        "dropped + queued != enqueued"
+    );
+    r.rx.receiver.set_behaviour(Behaviour::Accept);
+    let all =
+        r.rx.receiver
+            .wait_accepted(queued as usize, Duration::from_secs(60))
+            .await;
+    assert!(all, "{}", r.daemon.logs());
+    assert!(wait_until(Duration::from_secs(10), || m(
+        &r,
+        "roomhook_queue_events{webhook=\"facilities\"}"
+    ) == 0.0));
+    let delivered_total = m(
+        &r,
+        "roomhook_events_delivered_total{webhook=\"facilities\"}",
+    );
+    assert_eq!(
+        delivered_total + dropped(&r, "overflow"),
+        20_000.0,
+        "delivered + dropped == enqueued"
+    );
+    assert_eq!(r.daemon.stop(), Some(0));
+    for (device, values) in delivered(&r) {
+        assert!(
+            values.windows(2).all(|w| w[0] < w[1]),
+            "{device} out of order"
+        );
+        // The newest event of every device survived; the oldest ones went.
+        assert_eq!(values.last(), Some(&1999), "{device}");
+        assert!(values[0] > 0, "{device} kept its oldest event");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesce_drops_superseded_values_first() {
+    let mut r = rig("max_store_bytes = \"1MiB\"", "overflow = \"coalesce\"").await;
+    flood(&r).await;
+    assert!(wait_until(Duration::from_secs(20), || m(
+        &r,
+        "roomhook_events_enqueued_total{webhook=\"facilities\"}"
+    ) >= 20_000.0));
+    assert!(m(&r, "roomhook_store_bytes") <= BUDGET);
+    let coalesced = dropped(&r, "coalesced");
+    assert!(coalesced > 0.0, "nothing coalesced");
+    let queued = m(&r, "roomhook_queue_events{webhook=\"facilities\"}");
+    assert_eq!(coalesced + dropped(&r, "overflow") + queued, 20_000.0);
+    r.rx.receiver.set_behaviour(Behaviour::Accept);
+    assert!(
+        r.rx.receiver
+            .wait_accepted(queued as usize, Duration::from_secs(60))
+            .await,
+        "{}",
+        r.daemon.logs()
+    );
+    assert_eq!(r.daemon.stop(), Some(0));
+    for (device, values) in delivered(&r) {
+        assert!(
+            values.windows(2).all(|w| w[0] < w[1]),
+            "{device} out of order"
+        );
+        assert_eq!(
+            values.last(),
+            Some(&1999),
+            "the latest value of {device} must never be coalesced away"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_loses_nothing_the_broker_holds_the_rest() {
+    let mut r = rig("max_store_bytes = \"1MiB\"", "overflow = \"block\"").await;
+    flood(&r).await;
+    // The store fills to its budget and input stops; nothing is dropped.
+    assert!(wait_until(Duration::from_secs(20), || m(
+        &r,
+        "roomhook_store_bytes"
+    ) > BUDGET * 0.8));
+    assert!(wait_until(Duration::from_secs(10), || r
+        .daemon
+        .logs()
+        .contains("input waits")));
+    assert!(m(&r, "roomhook_store_bytes") <= BUDGET);
+    assert!(m(&r, "roomhook_events_enqueued_total{webhook=\"facilities\"}") < 20_000.0);
+    r.rx.receiver.set_behaviour(Behaviour::Accept);
+    let ok =
+        r.rx.receiver
+            .wait_accepted(20_000, Duration::from_secs(60))
+            .await;
+    if !ok {
+        let d = delivered(&r);
+        let total: usize = d.values().map(|v| v.len()).sum();
+        let unique: usize = d
+            .values()
+            .map(|v| v.iter().collect::<std::collections::HashSet<_>>().len())
+            .sum();
+        let maxes: Vec<i64> = d.values().map(|v| *v.iter().max().unwrap()).collect();
+        let logs = r.daemon.logs();
+        let tail: Vec<&str> = logs.lines().rev().take(8).collect();
+        panic!("{total} delivered, {unique} unique, max per device {maxes:?}; retries logged {}\n{}\n{tail:#?}", logs.matches("commit still").count(), http_metrics(r.admin));
+    }
+    assert_eq!(dropped(&r, "overflow") + dropped(&r, "coalesced"), 0.0);
+    assert_eq!(r.daemon.stop(), Some(0));
+    assert_complete_and_ordered(&r.rx.receiver.accepted(), 10, 2000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_older_than_max_queue_age_are_dropped_not_delivered() {
+    let mut r = rig("", "max_queue_age = \"2s\"").await;
+    publish(r.broker.port, &workload(3, 10)).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || m(
+            &r,
+            "roomhook_events_enqueued_total{webhook=\"facilities\"}"
+        ) >= 30.0),
+        "{}",
+        http_metrics(r.admin)
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await; // let them age past max_queue_age
+    r.rx.receiver.set_behaviour(Behaviour::Accept);
+    assert!(
+        wait_until(Duration::from_secs(20), || dropped(&r, "expired") == 30.0),
+        "{}",
+        http_metrics(r.admin)
+    );
+    publish(r.broker.port, &[("room-0".into(), 500)]).await;
+    assert!(
+        r.rx.receiver
+            .wait_accepted(1, Duration::from_secs(10))
+            .await
+    );
+    assert_eq!(r.daemon.stop(), Some(0));
+    assert_eq!(
+        r.rx.receiver.accepted().len(),
+        1,
+        "only the fresh event is delivered"
+    );
+}
+
+fn http_metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
