@@ -109,7 +109,7 @@ impl Daemon {
     fn start(binary: &Path, config: &Path) -> Result<Daemon, String> {
         let log = std::fs::File::create(config.with_extension("log")).map_err(|e| e.to_string())?;
         let child = Command::new(binary)
-            .args(["--log", "warn", "run", "-c"])
+            .args(["--log", "warn,roomhook::store=info", "run", "-c"])
             .arg(config)
             .stdout(Stdio::null())
             .stderr(log)
@@ -329,6 +329,18 @@ async fn drain(args: &Args, binary: &Path) -> Result<serde_json::Value, String> 
     if !all {
         eprintln!("drain: not complete within an hour");
     }
+    // Disk: the file after the drained backlog, and after the next start (which compacts).
+    let store_file = s.dir.path().join("data").join(roomhook::store::FILE_NAME);
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len() as f64 / 1048576.0).unwrap_or(0.0);
+    let drained_mib = size(&store_file);
+    let config_path = s.dir.path().join("roomhook.toml");
+    let again = Daemon::start(binary, &config_path)?;
+    let log = config_path.with_extension("log");
+    wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("compacted")) || size(&store_file) < drained_mib
+    });
+    again.stop();
+    let restarted_mib = size(&store_file);
     let span = reqs
         .last()
         .map(|r| r.at.duration_since(reqs[0].at))
@@ -347,6 +359,7 @@ async fn drain(args: &Args, binary: &Path) -> Result<serde_json::Value, String> 
         "observed_rate": observed, "observed_vs_limit": observed / rate as f64,
         "max_requests_in_any_second": max_1s, "drain_seconds": span.as_secs_f64(),
         "daemon_peak_rss_mib": peak_kib as f64 / 1024.0,
+        "store_file_after_drain_mib": drained_mib, "store_file_after_restart_mib": restarted_mib,
     }))
 }
 

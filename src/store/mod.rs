@@ -299,6 +299,9 @@ impl Store {
         drop(q);
         drop(d);
         drop(read);
+        let mut db = db;
+        let queued: u64 = queues.values().map(|q| q.stats.bytes.load(Ordering::Relaxed)).sum();
+        compact_if_bloated(&mut db, &path, queued);
         let db = Arc::new(db);
         let (finished_tx, finished_rx) = oneshot::channel();
         let shared = Arc::new(Shared {
@@ -555,6 +558,29 @@ impl Store {
         if let Some(f) = finished {
             let _ = f.await;
         }
+    }
+}
+
+/// Gives free pages back to the file system when the file is much larger than what it
+/// holds (after a drained backlog): redb keeps freed pages in the file until compacted.
+fn compact_if_bloated(db: &mut Database, path: &Path, queued: u64) {
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let steady = queued.saturating_mul(2) + 4 * 1024 * 1024;
+    if size <= steady {
+        return;
+    }
+    let started = std::time::Instant::now();
+    match db.compact() {
+        Ok(_) => {
+            let after = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            tracing::info!(
+                "store compacted from {:.1} MiB to {:.1} MiB in {:?}",
+                size as f64 / 1048576.0,
+                after as f64 / 1048576.0,
+                started.elapsed()
+            );
+        }
+        Err(e) => tracing::warn!("store compaction failed (the store stays usable): {e}"),
     }
 }
 
