@@ -313,9 +313,33 @@ async fn drain(args: &Args, binary: &Path) -> Result<serde_json::Value, String> 
     }
     let n = args.drain_messages;
     publish_all(s.broker.port, workload(args.devices.max(50), n), None).await?;
-    // Every message is committed (acked); the receiver comes back.
-    s.receiver
-        .set_behaviour(roomhook::demo::receiver::Behaviour::Accept);
+    // Restart with the backlog: time to ready (the first request at the receiver) and
+    // memory at that point. Every message the broker acked reaches the store eventually.
+    let config_path = s.dir.path().join("roomhook.toml");
+    let admin_port = roomhook::testkit::free_port().map_err(|e| e.to_string())?;
+    let mut text = std::fs::read_to_string(&config_path).map_err(|e| e.to_string())?;
+    text = text.replacen("[gateway]", &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[gateway]"), 1);
+    std::fs::write(&config_path, text).map_err(|e| e.to_string())?;
+    // Let the daemon take in the whole backlog before the restart.
+    let pid = daemon.pid();
+    wait_until(Duration::from_secs(600), || {
+        let c0 = cpu_seconds(pid).unwrap_or(0.0);
+        std::thread::sleep(Duration::from_millis(500));
+        cpu_seconds(pid).unwrap_or(0.0) - c0 < 0.02
+    });
+    daemon.stop();
+    let before = s.receiver.requests().len();
+    let t_start = Instant::now();
+    let daemon = Daemon::start(binary, &config_path)?;
+    let ready = s.receiver.wait_for(Duration::from_secs(120), |r| r.len() > before).await;
+    let ready_seconds = t_start.elapsed().as_secs_f64();
+    if !ready {
+        return Err("the daemon did not resume delivery within 120 s".into());
+    }
+    let queued = metric_value(admin_port, "roomhook_queue_events{webhook=\"w0\"}").unwrap_or(0.0);
+    let rss_ready_mib = status_kib(daemon.pid(), "VmRSS").unwrap_or(0) as f64 / 1024.0;
+    // The receiver comes back.
+    s.receiver.set_behaviour(roomhook::demo::receiver::Behaviour::Accept);
     let t0 = Instant::now();
     let all = s.receiver.wait_accepted(n, Duration::from_secs(3600)).await;
     let reqs: Vec<_> = s
@@ -333,7 +357,6 @@ async fn drain(args: &Args, binary: &Path) -> Result<serde_json::Value, String> 
     let store_file = s.dir.path().join("data").join(roomhook::store::FILE_NAME);
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len() as f64 / 1048576.0).unwrap_or(0.0);
     let drained_mib = size(&store_file);
-    let config_path = s.dir.path().join("roomhook.toml");
     let again = Daemon::start(binary, &config_path)?;
     let log = config_path.with_extension("log");
     wait_until(Duration::from_secs(30), || {
@@ -360,6 +383,7 @@ async fn drain(args: &Args, binary: &Path) -> Result<serde_json::Value, String> 
         "max_requests_in_any_second": max_1s, "drain_seconds": span.as_secs_f64(),
         "daemon_peak_rss_mib": peak_kib as f64 / 1024.0,
         "store_file_after_drain_mib": drained_mib, "store_file_after_restart_mib": restarted_mib,
+        "queued_at_restart": queued, "ready_seconds_with_backlog": ready_seconds, "rss_at_ready_mib": rss_ready_mib,
     }))
 }
 
@@ -380,6 +404,19 @@ async fn idle(binary: &Path) -> Result<serde_json::Value, String> {
         "scenario": "idle", "webhooks": 3, "sources": 2,
         "rss_after_10s_mib": rss as f64 / 1024.0, "cpu_seconds_first_10s": cpu,
     }))
+}
+
+/// One series of the daemon's /metrics.
+fn metric_value(port: u16, series: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 fn print_table(results: &[serde_json::Value]) {
