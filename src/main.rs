@@ -31,6 +31,11 @@ enum Command {
         #[arg(short, long, default_value = "/etc/roomhook/roomhook.toml")]
         config: PathBuf,
     },
+    /// Check or salvage the embedded store (stop the daemon first).
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Run the whole path on this machine: simulated rooms, the real store, a local HTTPS receiver.
     Demo {
         /// Stop after this long ("0" runs until Ctrl-C).
@@ -43,6 +48,88 @@ enum Command {
         #[arg(long, default_value = "300ms")]
         interval: String,
     },
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Verify the store file and decode every entry; exit 1 when something is wrong.
+    Check {
+        /// Config file (its gateway.data_dir names the store).
+        #[arg(short, long, default_value = "/etc/roomhook/roomhook.toml")]
+        config: PathBuf,
+        /// The data directory, instead of reading it from the config.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Move a damaged store aside and copy everything readable into a fresh one.
+    Salvage {
+        /// Config file (its gateway.data_dir names the store).
+        #[arg(short, long, default_value = "/etc/roomhook/roomhook.toml")]
+        config: PathBuf,
+        /// The data directory, instead of reading it from the config.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn data_dir(config: &std::path::Path, data_dir: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
+    if let Some(d) = data_dir {
+        return Ok(d);
+    }
+    roomhook::config::load(config)
+        .map(|s| s.data_dir)
+        .map_err(|errs| {
+            eprintln!("{errs}\n(or name the store directly with --data-dir)");
+            ExitCode::from(2)
+        })
+}
+
+fn store_command(action: StoreAction) -> ExitCode {
+    match action {
+        StoreAction::Check {
+            config,
+            data_dir: dir,
+        } => {
+            let dir = match data_dir(&config, dir) {
+                Ok(d) => d,
+                Err(c) => return c,
+            };
+            match roomhook::store::salvage::check(&dir) {
+                Ok(report) => {
+                    println!("{report}");
+                    if report.ok() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("roomhook store check: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        StoreAction::Salvage {
+            config,
+            data_dir: dir,
+        } => {
+            let dir = match data_dir(&config, dir) {
+                Ok(d) => d,
+                Err(c) => return c,
+            };
+            match roomhook::store::salvage::salvage(&dir) {
+                Ok((report, aside)) => {
+                    println!("damaged store moved to {}", aside.display());
+                    println!("copied into a fresh {report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("roomhook store salvage: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }
 
 fn init_logging(filter: &str) {
@@ -93,8 +180,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Store { action } = cli.command {
+        return store_command(action);
+    }
     rt.block_on(async move {
         match cli.command {
+            Command::Store { .. } => ExitCode::SUCCESS,
             Command::CheckConfig { config } => match roomhook::config::load(&config) {
                 Ok(s) => {
                     println!(

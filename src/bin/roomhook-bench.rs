@@ -318,7 +318,11 @@ async fn drain(args: &Args, binary: &Path) -> Result<serde_json::Value, String> 
     let config_path = s.dir.path().join("roomhook.toml");
     let admin_port = roomhook::testkit::free_port().map_err(|e| e.to_string())?;
     let mut text = std::fs::read_to_string(&config_path).map_err(|e| e.to_string())?;
-    text = text.replacen("[gateway]", &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[gateway]"), 1);
+    text = text.replacen(
+        "[gateway]",
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[gateway]"),
+        1,
+    );
     std::fs::write(&config_path, text).map_err(|e| e.to_string())?;
     // Let the daemon take in the whole backlog before the restart.
     let pid = daemon.pid();
@@ -331,7 +335,10 @@ async fn drain(args: &Args, binary: &Path) -> Result<serde_json::Value, String> 
     let before = s.receiver.requests().len();
     let t_start = Instant::now();
     let daemon = Daemon::start(binary, &config_path)?;
-    let ready = s.receiver.wait_for(Duration::from_secs(120), |r| r.len() > before).await;
+    let ready = s
+        .receiver
+        .wait_for(Duration::from_secs(120), |r| r.len() > before)
+        .await;
     let ready_seconds = t_start.elapsed().as_secs_f64();
     if !ready {
         return Err("the daemon did not resume delivery within 120 s".into());
@@ -339,7 +346,8 @@ async fn drain(args: &Args, binary: &Path) -> Result<serde_json::Value, String> 
     let queued = metric_value(admin_port, "roomhook_queue_events{webhook=\"w0\"}").unwrap_or(0.0);
     let rss_ready_mib = status_kib(daemon.pid(), "VmRSS").unwrap_or(0) as f64 / 1024.0;
     // The receiver comes back.
-    s.receiver.set_behaviour(roomhook::demo::receiver::Behaviour::Accept);
+    s.receiver
+        .set_behaviour(roomhook::demo::receiver::Behaviour::Accept);
     let t0 = Instant::now();
     let all = s.receiver.wait_accepted(n, Duration::from_secs(3600)).await;
     let reqs: Vec<_> = s
@@ -355,12 +363,17 @@ async fn drain(args: &Args, binary: &Path) -> Result<serde_json::Value, String> 
     }
     // Disk: the file after the drained backlog, and after the next start (which compacts).
     let store_file = s.dir.path().join("data").join(roomhook::store::FILE_NAME);
-    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len() as f64 / 1048576.0).unwrap_or(0.0);
+    let size = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.len() as f64 / 1048576.0)
+            .unwrap_or(0.0)
+    };
     let drained_mib = size(&store_file);
     let again = Daemon::start(binary, &config_path)?;
     let log = config_path.with_extension("log");
     wait_until(Duration::from_secs(30), || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("compacted")) || size(&store_file) < drained_mib
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("compacted"))
+            || size(&store_file) < drained_mib
     });
     again.stop();
     let restarted_mib = size(&store_file);
@@ -410,7 +423,11 @@ async fn idle(binary: &Path) -> Result<serde_json::Value, String> {
 fn metric_value(port: u16, series: &str) -> Option<f64> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     out.lines()

@@ -2,6 +2,7 @@
 //! removals (many events per transaction); readers take ordered windows of a queue; every
 //! commit wakes the delivery workers of the webhooks it touched.
 
+pub mod salvage;
 mod writer;
 
 use crate::event::Event;
@@ -111,7 +112,7 @@ pub enum StoreError {
     #[error("the store {0} is already open in another roomhook process (one daemon per data_dir)")]
     Locked(PathBuf),
     /// The store file could not be opened.
-    #[error("cannot open the store {path}: {source}")]
+    #[error("cannot open the store {path}: {source}. If the file is damaged, `roomhook store check -c <config>` tells what is readable and `roomhook store salvage -c <config>` copies it into a fresh store (the damaged file is kept aside)")]
     Open {
         /// The file.
         path: PathBuf,
@@ -251,16 +252,24 @@ impl Store {
             source,
         })?;
         let path = data_dir.join(FILE_NAME);
-        let db = Database::builder()
-            .set_cache_size(4 * 1024 * 1024)
-            .create(&path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.clone()),
-                other => StoreError::Open {
-                    path: path.clone(),
-                    source: other.into(),
-                },
-            })?;
+        let opened = quietly(|| {
+            Database::builder()
+                .set_cache_size(4 * 1024 * 1024)
+                .create(&path)
+        })
+        .ok_or_else(|| StoreError::Open {
+            path: path.clone(),
+            source: redb::Error::Corrupted(
+                "the file is damaged (redb could not read its pages)".into(),
+            ),
+        })?;
+        let db = opened.map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.clone()),
+            other => StoreError::Open {
+                path: path.clone(),
+                source: other.into(),
+            },
+        })?;
         let (store_id, ids, next) = init(&db, &webhooks)?;
         let read = db.begin_read().map_err(redb::Error::from)?;
         let q = read.open_table(QUEUE).map_err(redb::Error::from)?;
@@ -300,7 +309,10 @@ impl Store {
         drop(d);
         drop(read);
         let mut db = db;
-        let queued: u64 = queues.values().map(|q| q.stats.bytes.load(Ordering::Relaxed)).sum();
+        let queued: u64 = queues
+            .values()
+            .map(|q| q.stats.bytes.load(Ordering::Relaxed))
+            .sum();
         compact_if_bloated(&mut db, &path, queued);
         let db = Arc::new(db);
         let (finished_tx, finished_rx) = oneshot::channel();
@@ -559,6 +571,16 @@ impl Store {
             let _ = f.await;
         }
     }
+}
+
+/// Runs `f`, turning a panic (redb panics on some kinds of damaged pages) into `None`,
+/// without printing the panic.
+pub(crate) fn quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok();
+    std::panic::set_hook(hook);
+    r
 }
 
 /// Gives free pages back to the file system when the file is much larger than what it
