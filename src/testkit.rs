@@ -180,3 +180,27 @@ pub async fn publish_all(
         Err(_) => Err("the broker did not acknowledge every message within 120 s".into()),
     }
 }
+
+/// The text of `GET /metrics` from a roomhook admin listener on 127.0.0.1 (empty on error).
+pub fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// The value of one series (`name{labels}`, exactly as exposed) from `GET /metrics`.
+pub fn metric(port: u16, series: &str) -> Option<f64> {
+    scrape(port)
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

@@ -185,7 +185,7 @@ async fn block_loses_nothing_the_broker_holds_the_rest() {
         let maxes: Vec<i64> = d.values().map(|v| *v.iter().max().unwrap()).collect();
         let logs = r.daemon.logs();
         let tail: Vec<&str> = logs.lines().rev().take(8).collect();
-        panic!("{total} delivered, {unique} unique, max per device {maxes:?}; retries logged {}\n{}\n{tail:#?}", logs.matches("commit still").count(), http_metrics(r.admin));
+        panic!("{total} delivered, {unique} unique, max per device {maxes:?}; retries logged {}\n{}\n{tail:#?}", logs.matches("commit still").count(), scrape(r.admin));
     }
     assert_eq!(dropped(&r, "overflow") + dropped(&r, "coalesced"), 0.0);
     assert_eq!(r.daemon.stop(), Some(0));
@@ -202,14 +202,14 @@ async fn events_older_than_max_queue_age_are_dropped_not_delivered() {
             "roomhook_events_enqueued_total{webhook=\"facilities\"}"
         ) >= 30.0),
         "{}",
-        http_metrics(r.admin)
+        scrape(r.admin)
     );
     tokio::time::sleep(Duration::from_secs(3)).await; // let them age past max_queue_age
     r.rx.receiver.set_behaviour(Behaviour::Accept);
     assert!(
         wait_until(Duration::from_secs(20), || dropped(&r, "expired") == 30.0),
         "{}",
-        http_metrics(r.admin)
+        scrape(r.admin)
     );
     publish(r.broker.port, &[("room-0".into(), 500)]).await;
     assert!(
@@ -223,17 +223,4 @@ async fn events_older_than_max_queue_age_are_dropped_not_delivered() {
         1,
         "only the fresh event is delivered"
     );
-}
-
-fn http_metrics(port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }

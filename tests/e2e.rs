@@ -204,34 +204,16 @@ async fn malformed_and_unchanged_payloads_are_acked_and_not_forwarded() {
         .wait_for(Duration::from_secs(20), |r| !r.is_empty())
         .await;
     assert!(one);
-    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
     let ok = wait_until(Duration::from_secs(10), || {
-        let m = http_get(&metrics_url);
+        let m = scrape(port);
         m.contains("roomhook_source_decode_errors_total{source=\"sensors\",reason=\"not_json\"} 1")
             && m.contains("reason=\"no_known_field\"} 1")
             && m.contains("reason=\"bad_value\"} 1")
             && m.contains("roomhook_events_filtered_total{reason=\"unchanged\"} 1")
             && m.contains("roomhook_events_delivered_total{webhook=\"facilities\"} 1")
     });
-    assert!(ok, "metrics:\n{}", http_get(&metrics_url));
+    assert!(ok, "metrics:\n{}", scrape(port));
     assert_eq!(daemon.stop(), Some(0));
     assert_eq!(rx.receiver.accepted().len(), 1);
     assert!(daemon.logs().contains("payload rejected"));
-}
-
-/// A plain HTTP GET over a TCP stream (the admin listener is plain HTTP on loopback).
-fn http_get(url: &str) -> String {
-    use std::io::{Read, Write};
-    let rest = url.trim_start_matches("http://");
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let Ok(mut s) = std::net::TcpStream::connect(host) else {
-        return String::new();
-    };
-    let _ = write!(
-        s,
-        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }

@@ -343,7 +343,8 @@ async fn drain(args: &Args, binary: &Path) -> Result<serde_json::Value, String> 
     if !ready {
         return Err("the daemon did not resume delivery within 120 s".into());
     }
-    let queued = metric_value(admin_port, "roomhook_queue_events{webhook=\"w0\"}").unwrap_or(0.0);
+    let queued = roomhook::testkit::metric(admin_port, "roomhook_queue_events{webhook=\"w0\"}")
+        .unwrap_or(0.0);
     let rss_ready_mib = status_kib(daemon.pid(), "VmRSS").unwrap_or(0) as f64 / 1024.0;
     // The receiver comes back.
     s.receiver
@@ -417,23 +418,6 @@ async fn idle(binary: &Path) -> Result<serde_json::Value, String> {
         "scenario": "idle", "webhooks": 3, "sources": 2,
         "rss_after_10s_mib": rss as f64 / 1024.0, "cpu_seconds_first_10s": cpu,
     }))
-}
-
-/// One series of the daemon's /metrics.
-fn metric_value(port: u16, series: &str) -> Option<f64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 fn print_table(results: &[serde_json::Value]) {

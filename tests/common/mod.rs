@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use roomhook::testkit::{wait_until, Mosquitto};
+#[allow(unused_imports)]
+pub use roomhook::testkit::{metric, scrape, wait_until, Mosquitto};
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
@@ -211,23 +212,6 @@ pub fn workload(devices: usize, per_device: usize) -> Vec<(String, i64)> {
 /// Messages in the accepted requests (batches flattened).
 pub fn accepted_messages(rx: &roomhook::demo::receiver::Receiver) -> usize {
     rx.accepted().iter().map(|r| r.messages().len()).sum()
-}
-
-/// The value of a metric line (`name{labels}`) on the admin listener, if present.
-pub fn metric(port: u16, series: &str) -> Option<f64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// Checks the accepted requests: every device got exactly `0..per_device` in order, with
