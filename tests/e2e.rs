@@ -217,3 +217,84 @@ async fn malformed_and_unchanged_payloads_are_acked_and_not_forwarded() {
     assert_eq!(rx.receiver.accepted().len(), 1);
     assert!(daemon.logs().contains("payload rejected"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_carry_standard_webhooks_headers_stable_across_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker();
+    let rx = receiver(dir.path(), false).await;
+    rx.receiver.set_behaviour(Behaviour::Status(503));
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    std::fs::write(dir.path().join("signing.secret"), format!("{secret}\n")).unwrap();
+    let config = write_config(
+        dir.path(),
+        &standard_config(
+            broker.port,
+            &rx.url,
+            &rx.ca_file,
+            "signing_secret_file = \"signing.secret\"",
+        ),
+    );
+    let mut daemon = Daemon::start(&config);
+    publish(broker.port, &workload(1, 3)).await;
+    assert!(
+        rx.receiver
+            .wait_for(Duration::from_secs(10), |r| r.len() >= 3)
+            .await
+    );
+    rx.receiver.set_behaviour(Behaviour::Accept);
+    assert!(
+        rx.receiver.wait_accepted(3, Duration::from_secs(20)).await,
+        "{}",
+        daemon.logs()
+    );
+    assert_eq!(daemon.stop(), Some(0));
+    assert!(
+        !daemon.logs().contains("MfKQ9r8G"),
+        "the secret appeared in the log"
+    );
+    let header = |r: &roomhook::demo::receiver::Received, h: &str| {
+        r.headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    // The same message keeps its webhook-id on every attempt.
+    let mut ids: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        Default::default();
+    for r in rx.receiver.requests() {
+        ids.entry(r.json()["changes"]["updated"].to_string())
+            .or_default()
+            .insert(header(&r, "webhook-id"));
+    }
+    assert_eq!(ids.len(), 3);
+    assert!(ids.values().all(|s| s.len() == 1), "{ids:?}");
+    // Verify a signature with an independent implementation (Python's hmac).
+    let r = &rx.receiver.accepted()[0];
+    let (id, ts, sig) = (
+        header(r, "webhook-id"),
+        header(r, "webhook-timestamp"),
+        header(r, "webhook-signature"),
+    );
+    let now = roomhook::timefmt::now_ms() / 1000;
+    assert!((now - ts.parse::<i64>().unwrap()).abs() < 60);
+    let body_file = dir.path().join("body");
+    std::fs::write(&body_file, &r.body).unwrap();
+    let script = format!(
+        "import base64,hmac,hashlib,sys\nkey=base64.b64decode('{}')\nbody=open(sys.argv[1],'rb').read()\nmsg=b'{id}.{ts}.'+body\nprint('v1,'+base64.b64encode(hmac.new(key,msg,hashlib.sha256).digest()).decode())",
+        secret.trim_start_matches("whsec_")
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&body_file)
+        .output()
+        .expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        sig,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

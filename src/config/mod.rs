@@ -182,6 +182,10 @@ pub struct RawWebhook {
     pub overflow: Option<String>,
     /// Events older than this are dropped, never delivered (default: kept until delivered).
     pub max_queue_age: Option<String>,
+    /// Standard Webhooks signing secret (`whsec_…`).
+    pub signing_secret: Option<String>,
+    /// File holding the signing secret.
+    pub signing_secret_file: Option<PathBuf>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -334,6 +338,8 @@ pub struct WebhookSettings {
     pub overflow: crate::store::Overflow,
     /// Events older than this are dropped.
     pub max_queue_age: Option<Duration>,
+    /// Signs every request (Standard Webhooks) when set.
+    pub signer: Option<crate::deliver::signing::Signer>,
 }
 
 /// Whether a device's messages must stay in order.

@@ -227,3 +227,24 @@ fn every_problem_is_reported_at_once() {
         .replace("listen = \"127.0.0.1:9750\"", "listen = \"everywhere\"");
     assert_eq!(errors(&text).len(), 3);
 }
+
+#[test]
+fn signing_secret_must_be_whsec_base64() {
+    let e = one(&GOOD.replace(
+        "events = []",
+        "events = []\nsigning_secret = \"not-a-secret\"",
+    ));
+    assert_eq!(e.key, "webhooks[0].signing_secret");
+    assert!(e.fix.contains("whsec_"), "{e}");
+    assert!(
+        !e.to_string().contains("not-a-secret"),
+        "secret echoed: {e}"
+    );
+    let ok = GOOD.replace(
+        "events = []",
+        "events = []\nsigning_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"",
+    );
+    assert!(load_str(Path::new("x.toml"), &ok).unwrap().webhooks[0]
+        .signer
+        .is_some());
+}

@@ -595,6 +595,37 @@ fn webhook(
             crate::store::Overflow::DropOldest
         }
     };
+    let secret = match (&w.signing_secret, &w.signing_secret_file) {
+        (Some(_), Some(_)) => {
+            cx.err(
+                format!("{key}.signing_secret_file"),
+                "both signing_secret and signing_secret_file are set",
+                "keep one of them",
+            );
+            None
+        }
+        (Some(sec), None) => Some(Secret::new(sec.clone())),
+        (None, Some(f)) => cx.secret_file(&format!("{key}.signing_secret_file"), f),
+        (None, None) => None,
+    };
+    let signer = secret.and_then(
+        |sec| match crate::deliver::signing::parse_secret(sec.expose()) {
+            Ok(k) => Some(crate::deliver::signing::Signer::new(&k)),
+            Err(e) => {
+                let which = if w.signing_secret_file.is_some() {
+                    "signing_secret_file"
+                } else {
+                    "signing_secret"
+                };
+                cx.err(
+                    format!("{key}.{which}"),
+                    e,
+                    "generate one with: echo \"whsec_$(head -c 32 /dev/urandom | base64)\"",
+                );
+                None
+            }
+        },
+    );
     let max_queue_age = w.max_queue_age.as_ref().map(|_| {
         cx.duration(
             &format!("{key}.max_queue_age"),
@@ -622,6 +653,7 @@ fn webhook(
         pacing,
         overflow,
         max_queue_age,
+        signer,
     })
 }
 

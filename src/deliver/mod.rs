@@ -8,5 +8,6 @@ pub mod payload;
 pub mod policy;
 pub mod rate;
 pub mod scheduler;
+pub mod signing;
 pub mod status;
 pub mod worker;

@@ -11,6 +11,7 @@ use super::payload;
 use super::policy::{self, Action};
 use super::rate::TokenBucket;
 use super::scheduler::{Circuit, Scheduler, Verdict};
+use super::signing;
 use super::status::{LastError, SharedStatus, State};
 use crate::config::{Ordering, WebhookSettings};
 use crate::metrics::{Metrics, WebhookCodeLabel, WebhookKindLabel, WebhookStateLabel};
@@ -308,8 +309,12 @@ impl Worker {
             pace.items_in_flight += request.entries.len();
             pace.controller.on_send(pace.in_flight);
             let client = self.client.clone();
+            let seqs: Vec<u64> = request.entries.iter().map(|e| e.seq).collect();
+            let id = signing::message_id(self.store.store_id(), self.id.0, &seqs);
+            let signer = self.settings.signer.clone();
             in_flight.push(Box::pin(async move {
-                let (outcome, took) = client.post(body, &[]).await;
+                let headers = signing::headers(signer.as_ref(), &id, &body);
+                let (outcome, took) = client.post(body, &headers).await;
                 (request, outcome, took)
             }));
         }
