@@ -111,6 +111,31 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
         None => None,
     };
 
+    let socket = crate::admin::control::bind(&settings.control_socket).await?;
+    let control = Arc::new(crate::admin::control::Control {
+        store: store.clone(),
+        webhooks: ids
+            .iter()
+            .copied()
+            .zip(&settings.webhooks)
+            .map(|(id, w)| crate::admin::control::ControlWebhook {
+                id,
+                settings: w.clone(),
+                status: statuses
+                    .get(&w.name)
+                    .cloned()
+                    .unwrap_or_else(|| crate::deliver::status::shared(State::Active)),
+            })
+            .collect(),
+    });
+    tracing::info!(socket = %settings.control_socket.display(), "control API listening");
+    workers.spawn(crate::admin::control::serve(
+        socket,
+        settings.control_socket.clone(),
+        control,
+        worker_stop.clone(),
+    ));
+
     let mut sources = JoinSet::new();
     for m in &settings.mqtt {
         let (m, ingest, stop) = (m.clone(), ingest.clone(), source_stop.clone());

@@ -9,7 +9,8 @@ use roomhook::demo::receiver::Behaviour;
 use std::time::Duration;
 
 struct Rig {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
     broker: Mosquitto,
     rx: TestReceiver,
     daemon: Daemon,
@@ -27,7 +28,8 @@ async fn rig(extra_webhook: &str, behaviour: Behaviour) -> Rig {
     let config = write_config(dir.path(), &text);
     let daemon = Daemon::start(&config);
     Rig {
-        _dir: dir,
+        dir,
+        config,
         broker,
         rx,
         daemon,
@@ -278,7 +280,72 @@ async fn a_permanent_client_error_moves_messages_to_the_dead_letters() {
         6,
         "each message is tried once"
     );
+
+    // The control API: on a 0600 Unix socket in the data directory.
+    use std::os::unix::fs::PermissionsExt;
+    let socket = r.dir.path().join("data").join("roomhook.sock");
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_roomhook"))
+            .arg("webhook")
+            .args(args)
+            .arg("-c")
+            .arg(&r.config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = cli(&["dead-letters", "facilities"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains("HTTP 422")).count(),
+        6,
+        "{out}"
+    );
+    let (code, out) = cli(&["list"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("facilities") && l.contains("HTTP 422")),
+        "{out}"
+    );
+    assert!(!out.contains(TOKEN));
+    let (code, out) = cli(&["show", "facilities"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("\"dead_letters\": 6")
+            && out.contains("\"value\": \"***\"")
+            && !out.contains(TOKEN),
+        "{out}"
+    );
+    let (code, _) = cli(&["replay", "facilities"]);
+    assert_eq!(code, Some(2), "replay without --dead-letters is refused");
+    // The receiver is fixed: replay the dead letters and they are delivered.
+    r.rx.receiver.set_behaviour(Behaviour::Accept);
+    let (code, out) = cli(&["replay", "facilities", "--dead-letters", "--since", "1h"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("6 dead letter(s)"), "{out}");
+    assert!(
+        r.rx.receiver
+            .wait_accepted(6, Duration::from_secs(20))
+            .await,
+        "{}",
+        r.daemon.logs()
+    );
+    assert_eq!(
+        metric(r.admin, "roomhook_dead_letters{webhook=\"facilities\"}"),
+        Some(0.0)
+    );
     assert_eq!(r.daemon.stop(), Some(0));
+    assert!(!socket.exists(), "the socket is removed at stop");
+    assert_complete_and_ordered(&r.rx.receiver.accepted(), 2, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,6 @@
-//! The local admin HTTP listener: `GET /metrics` (Prometheus text) and `GET /healthz`.
+//! The local admin HTTP listener (`GET /metrics`, `GET /healthz`) and the control API.
+
+pub mod control;
 
 use crate::metrics::Metrics;
 use bytes::Bytes;

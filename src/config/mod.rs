@@ -60,6 +60,8 @@ pub struct RawGateway {
 pub struct RawAdmin {
     /// `host:port` for `GET /metrics` and `GET /healthz`.
     pub listen: Option<String>,
+    /// Unix socket of the control API (default `<data_dir>/roomhook.sock`).
+    pub socket: Option<PathBuf>,
 }
 
 /// `[sources]`.
@@ -204,6 +206,8 @@ pub struct Settings {
     pub max_store_bytes: u64,
     /// Admin HTTP listener.
     pub admin_listen: Option<SocketAddr>,
+    /// Unix socket of the control API.
+    pub control_socket: PathBuf,
     /// MQTT sources.
     pub mqtt: Vec<MqttSettings>,
     /// Webhooks.

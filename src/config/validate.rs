@@ -190,6 +190,12 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
             org_id: raw.gateway.org_id.clone().unwrap_or_default(),
             max_store_bytes,
             admin_listen,
+            control_socket: raw
+                .admin
+                .socket
+                .as_ref()
+                .map(|p| cx.path(p))
+                .unwrap_or_else(|| cx.path(&raw.gateway.data_dir).join("roomhook.sock")),
             mqtt,
             webhooks,
         })

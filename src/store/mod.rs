@@ -211,6 +211,12 @@ pub(crate) enum Op {
         webhook: WebhookId,
         items: Vec<(u64, Vec<u8>)>,
     },
+    /// Move dead letters (at or after `since_ms`) back into the queue as new entries.
+    Replay {
+        webhook: WebhookId,
+        since_ms: i64,
+        done: oneshot::Sender<Result<u64, String>>,
+    },
     /// Commit what came before, then stop.
     Close,
 }
@@ -424,6 +430,29 @@ impl Store {
             .send(Op::DeadLetter { webhook, items })
             .await
             .map_err(|_| StoreError::Closed)
+    }
+
+    /// Re-enqueues a webhook's dead letters that died at or after `since_ms` (unix ms; 0 for
+    /// all); returns how many. They keep their event and get new sequence numbers.
+    pub async fn replay_dead_letters(
+        &self,
+        webhook: WebhookId,
+        since_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Replay {
+                webhook,
+                since_ms,
+                done,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        match rx.await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(StoreError::Commit(e)),
+            Err(_) => Err(StoreError::Closed),
+        }
     }
 
     /// Up to `limit` dead letters of a webhook, oldest first. Blocking.

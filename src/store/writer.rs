@@ -81,6 +81,7 @@ fn op_len(op: &Op) -> usize {
         Op::Append { items, .. } => items.len(),
         Op::Remove { seqs, .. } => seqs.len(),
         Op::DeadLetter { items, .. } => items.len(),
+        Op::Replay { .. } => 1,
         Op::Close => 0,
     }
 }
@@ -263,6 +264,7 @@ fn commit(
     let mut new_next = next.clone();
     let mut delta = Delta::default();
     let mut refused = vec![false; ops.len()];
+    let mut replayed = vec![0u64; ops.len()];
     let result = (|| -> Result<(), redb::Error> {
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
@@ -344,6 +346,31 @@ fn commit(
                             }
                         }
                     }
+                    Op::Replay {
+                        webhook, since_ms, ..
+                    } => {
+                        let mut dead = txn.open_table(DEAD)?;
+                        let mut back = Vec::new();
+                        for item in dead.range((webhook.0, 0)..=(webhook.0, u64::MAX))? {
+                            let (k, v) = item?;
+                            if let Ok(d) = serde_json::from_slice::<super::DeadLetter>(v.value()) {
+                                if d.at_ms >= *since_ms {
+                                    back.push((k.value().1, d.event.encode()));
+                                }
+                            }
+                        }
+                        for (old, bytes) in &back {
+                            dead.remove((webhook.0, *old))?;
+                            *delta.dead.entry(*webhook).or_default() -= 1;
+                            let seq = new_next.entry(*webhook).or_insert(1);
+                            q.insert((webhook.0, *seq), bytes.as_slice())?;
+                            *seq += 1;
+                            *delta.depth.entry(*webhook).or_default() += 1;
+                            *delta.bytes.entry(*webhook).or_default() +=
+                                bytes.len() as i64 + ENTRY_OVERHEAD as i64;
+                        }
+                        replayed[i] = back.len() as u64;
+                    }
                     Op::Close => {}
                 }
             }
@@ -411,7 +438,14 @@ fn commit(
         }
         *next = new_next;
     }
-    for (op, refused) in ops.into_iter().zip(refused) {
+    for ((op, refused), replayed) in ops.into_iter().zip(refused).zip(replayed) {
+        if let Op::Replay { done, .. } = op {
+            let _ = done.send(match &failure {
+                None => Ok(replayed),
+                Some(e) => Err(e.clone()),
+            });
+            continue;
+        }
         let answer = match &failure {
             None if refused => Err(super::FULL.to_string()),
             None => Ok(()),
