@@ -206,7 +206,9 @@ pub async fn run(
                     if retry.is_empty() {
                         pending.push_back(submit(&ingest, held).await);
                     } else {
-                        retry.push_back(held);
+                        // Holding: not submitted, but it takes its place behind the older
+                        // messages still in `pending`, so the held queue stays in order.
+                        pending.push_back(Box::pin(async move { (held, Err(StoreError::Full)) }));
                     }
                 }
                 Ok(_) => {}
