@@ -260,7 +260,6 @@ fn commit(
     log: &mut RateLog,
     blocked: &mut HashSet<String>,
 ) {
-    let blocked_before = blocked.clone();
     let mut new_next = next.clone();
     let mut delta = Delta::default();
     let mut refused = vec![false; ops.len()];
@@ -392,7 +391,6 @@ fn commit(
                 blocked.insert(m.source.clone());
             }
         }
-        let _ = &blocked_before;
         tracing::error!("store commit failed, nothing of this group was stored: {e}");
     } else {
         for (w, qu) in &shared.queues {
