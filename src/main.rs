@@ -207,26 +207,23 @@ async fn webhook_command(
     ExitCode::SUCCESS
 }
 
+/// Which store a `store` command works on.
+#[derive(clap::Args)]
+struct StoreTarget {
+    /// Config file (its gateway.data_dir names the store).
+    #[arg(short, long, default_value = "/etc/roomhook/roomhook.toml")]
+    config: PathBuf,
+    /// The data directory, instead of reading it from the config.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum StoreAction {
     /// Verify the store file and decode every entry; exit 1 when something is wrong.
-    Check {
-        /// Config file (its gateway.data_dir names the store).
-        #[arg(short, long, default_value = "/etc/roomhook/roomhook.toml")]
-        config: PathBuf,
-        /// The data directory, instead of reading it from the config.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-    },
+    Check(StoreTarget),
     /// Move a damaged store aside and copy everything readable into a fresh one.
-    Salvage {
-        /// Config file (its gateway.data_dir names the store).
-        #[arg(short, long, default_value = "/etc/roomhook/roomhook.toml")]
-        config: PathBuf,
-        /// The data directory, instead of reading it from the config.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-    },
+    Salvage(StoreTarget),
 }
 
 fn data_dir(config: &std::path::Path, data_dir: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
@@ -242,50 +239,37 @@ fn data_dir(config: &std::path::Path, data_dir: Option<PathBuf>) -> Result<PathB
 }
 
 fn store_command(action: StoreAction) -> ExitCode {
+    let (StoreAction::Check(target) | StoreAction::Salvage(target)) = &action;
+    let dir = match data_dir(&target.config, target.data_dir.clone()) {
+        Ok(d) => d,
+        Err(c) => return c,
+    };
     match action {
-        StoreAction::Check {
-            config,
-            data_dir: dir,
-        } => {
-            let dir = match data_dir(&config, dir) {
-                Ok(d) => d,
-                Err(c) => return c,
-            };
-            match roomhook::store::salvage::check(&dir) {
-                Ok(report) => {
-                    println!("{report}");
-                    if report.ok() {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::FAILURE
-                    }
-                }
-                Err(e) => {
-                    eprintln!("roomhook store check: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        StoreAction::Salvage {
-            config,
-            data_dir: dir,
-        } => {
-            let dir = match data_dir(&config, dir) {
-                Ok(d) => d,
-                Err(c) => return c,
-            };
-            match roomhook::store::salvage::salvage(&dir) {
-                Ok((report, aside)) => {
-                    println!("damaged store moved to {}", aside.display());
-                    println!("copied into a fresh {report}");
+        StoreAction::Check(_) => match roomhook::store::salvage::check(&dir) {
+            Ok(report) => {
+                println!("{report}");
+                if report.ok() {
                     ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("roomhook store salvage: {e}");
+                } else {
                     ExitCode::FAILURE
                 }
             }
-        }
+            Err(e) => {
+                eprintln!("roomhook store check: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        StoreAction::Salvage(_) => match roomhook::store::salvage::salvage(&dir) {
+            Ok((report, aside)) => {
+                println!("damaged store moved to {}", aside.display());
+                println!("copied into a fresh {report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("roomhook store salvage: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
