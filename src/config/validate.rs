@@ -56,6 +56,30 @@ impl Ctx<'_> {
         }
     }
 
+    /// A secret written inline (`<key>.<name>`) or in a file (`<key>.<name>_file`), at most
+    /// one of them; `None` when neither is set or on an error (recorded).
+    fn secret(
+        &mut self,
+        key: &str,
+        name: &str,
+        inline: &Option<String>,
+        file: &Option<PathBuf>,
+    ) -> Option<Secret> {
+        match (inline, file) {
+            (Some(_), Some(_)) => {
+                self.err(
+                    format!("{key}.{name}_file"),
+                    format!("both {name} and {name}_file are set"),
+                    "keep one of them",
+                );
+                None
+            }
+            (Some(v), None) => Some(Secret::new(v.clone())),
+            (None, Some(f)) => self.secret_file(&format!("{key}.{name}_file"), f),
+            (None, None) => None,
+        }
+    }
+
     fn ca_file(&mut self, key: &str, p: &Path) -> Option<PathBuf> {
         let full = self.path(p);
         match crate::tls::load_pem_certs(&full) {
@@ -254,19 +278,7 @@ fn mqtt_source(
             "use an mqtts:// URL, or remove ca_file",
         );
     }
-    let password = match (&m.password, &m.password_file) {
-        (Some(_), Some(_)) => {
-            cx.err(
-                format!("{key}.password_file"),
-                "both password and password_file are set",
-                "keep one of them",
-            );
-            None
-        }
-        (Some(p), None) => Some(Secret::new(p.clone())),
-        (None, Some(f)) => cx.secret_file(&format!("{key}.password_file"), f),
-        (None, None) => None,
-    };
+    let password = cx.secret(key, "password", &m.password, &m.password_file);
     let credentials = match (&m.username, password) {
         (Some(u), p) => Some((u.clone(), p.unwrap_or_else(|| Secret::new("")))),
         (None, Some(_)) => {
@@ -601,19 +613,12 @@ fn webhook(
             crate::store::Overflow::DropOldest
         }
     };
-    let secret = match (&w.signing_secret, &w.signing_secret_file) {
-        (Some(_), Some(_)) => {
-            cx.err(
-                format!("{key}.signing_secret_file"),
-                "both signing_secret and signing_secret_file are set",
-                "keep one of them",
-            );
-            None
-        }
-        (Some(sec), None) => Some(Secret::new(sec.clone())),
-        (None, Some(f)) => cx.secret_file(&format!("{key}.signing_secret_file"), f),
-        (None, None) => None,
-    };
+    let secret = cx.secret(
+        key,
+        "signing_secret",
+        &w.signing_secret,
+        &w.signing_secret_file,
+    );
     let signer = secret.and_then(
         |sec| match crate::deliver::signing::parse_secret(sec.expose()) {
             Ok(k) => Some(crate::deliver::signing::Signer::new(&k)),
@@ -804,29 +809,23 @@ fn webhook_auth(cx: &mut Ctx<'_>, key: &str, w: &RawWebhook) -> Option<Auth> {
             );
             None
         }
-        (false, true, false) => match (&w.authorization, &w.authorization_file) {
-            (Some(_), Some(_)) => {
-                cx.err(
-                    format!("{key}.authorization_file"),
-                    "both authorization and authorization_file are set",
-                    "keep one of them",
-                );
-                None
-            }
-            (Some(t), None) if t.trim().is_empty() => {
+        (false, true, false) => {
+            let token = cx.secret(
+                key,
+                "authorization",
+                &w.authorization,
+                &w.authorization_file,
+            )?;
+            if token.expose().trim().is_empty() {
                 cx.err(
                     format!("{key}.authorization"),
                     "is empty",
                     "write the header value, e.g. \"Bearer …\"",
                 );
-                None
+                return None;
             }
-            (Some(t), None) => Some(Auth::Token(Secret::new(t.clone()))),
-            (None, Some(f)) => cx
-                .secret_file(&format!("{key}.authorization_file"), f)
-                .map(Auth::Token),
-            (None, None) => None,
-        },
+            Some(Auth::Token(token))
+        }
         (false, false, true) => {
             let Some(username) = w.username.clone().filter(|u| !u.is_empty()) else {
                 cx.err(
@@ -844,26 +843,16 @@ fn webhook_auth(cx: &mut Ctx<'_>, key: &str, w: &RawWebhook) -> Option<Auth> {
                 );
                 return None;
             }
-            let password = match (&w.password, &w.password_file) {
-                (Some(_), Some(_)) => {
-                    cx.err(
-                        format!("{key}.password_file"),
-                        "both password and password_file are set",
-                        "keep one of them",
-                    );
-                    None
-                }
-                (Some(p), None) => Some(Secret::new(p.clone())),
-                (None, Some(f)) => cx.secret_file(&format!("{key}.password_file"), f),
-                (None, None) => {
-                    cx.err(
-                        format!("{key}.password"),
-                        "username is set without a password",
-                        "add password_file (or password)",
-                    );
-                    None
-                }
-            }?;
+            if w.password.is_none() && w.password_file.is_none() {
+                cx.err(
+                    format!("{key}.password"),
+                    "username is set without a password",
+                    "add password_file (or password)",
+                );
+                return None;
+            }
+            let password = cx.secret(key, "password", &w.password, &w.password_file)?;
+
             Some(Auth::Basic { username, password })
         }
     }
