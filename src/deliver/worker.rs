@@ -20,6 +20,8 @@ use crate::store::{DeadLetter, DropReason, Entry, Store, WebhookId};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,6 +68,13 @@ struct Counters {
     delivered: Counter,
     codes: HashMap<u16, Counter>,
     logs: HashMap<&'static str, RateLog>,
+    duration: Histogram,
+    latency: Histogram,
+    in_flight: Gauge,
+    in_flight_limit: Gauge,
+    /// One gauge per [`State::ALL`] entry, and the state they show.
+    states: Vec<Gauge>,
+    shown_state: Option<State>,
 }
 
 /// The mutable state of the loop.
@@ -112,10 +121,27 @@ impl Worker {
             unremoved: 0,
         };
         let label = Metrics::webhook(&self.settings.name);
+        let m = &self.metrics;
         let mut counters = Counters {
-            delivered: self.metrics.events_delivered.get_or_create(&label).clone(),
+            delivered: m.events_delivered.get_or_create(&label).clone(),
             codes: HashMap::new(),
             logs: HashMap::new(),
+            duration: m.request_duration.get_or_create(&label).clone(),
+            latency: m.delivery_latency.get_or_create(&label).clone(),
+            in_flight: m.in_flight.get_or_create(&label).clone(),
+            in_flight_limit: m.in_flight_limit.get_or_create(&label).clone(),
+            states: State::ALL
+                .iter()
+                .map(|s| {
+                    m.webhook_state
+                        .get_or_create(&WebhookStateLabel {
+                            webhook: self.settings.name.clone(),
+                            state: s.as_str().to_string(),
+                        })
+                        .clone()
+                })
+                .collect(),
+            shown_state: None,
         };
         {
             let (store, id, m, label) = (
@@ -220,7 +246,7 @@ impl Worker {
             {
                 break;
             }
-            self.publish_status(&pace);
+            self.publish_status(&pace, &mut counters);
             // 4. Wait for something to do.
             if let Some(w) = pace.sched.next_wakeup() {
                 wake = Some(wake.map_or(w, |x| x.min(w)));
@@ -255,7 +281,7 @@ impl Worker {
         }
         while removals.next().await.is_some() {}
         let _ = self.store.dead_letter(self.id, dead).await;
-        self.publish_status(&pace);
+        self.publish_status(&pace, &mut counters);
     }
 
     /// Starts every request pacing allows; returns when to look again if pacing (not the
@@ -415,11 +441,7 @@ impl Worker {
         (request, outcome, took): Done,
     ) {
         let name = &self.settings.name;
-        let label = Metrics::webhook(name);
-        self.metrics
-            .request_duration
-            .get_or_create(&label)
-            .observe(took.as_secs_f64());
+        counters.duration.observe(took.as_secs_f64());
         let now = Instant::now();
         let unit: f64 = rand::random();
         pace.in_flight -= 1;
@@ -489,10 +511,11 @@ impl Worker {
                     .sched
                     .complete(&request.lanes, Verdict::Done, now, unit);
                 counters.delivered.inc_by(done.len() as u64);
-                let latency = self.metrics.delivery_latency.get_or_create(&label).clone();
                 let now_ms = crate::timefmt::now_ms();
                 for e in done {
-                    latency.observe(now_ms.saturating_sub(e.event.ts_ms).max(0) as f64 / 1000.0);
+                    counters
+                        .latency
+                        .observe(now_ms.saturating_sub(e.event.ts_ms).max(0) as f64 / 1000.0);
                     removed.push(e.seq);
                 }
             }
@@ -536,7 +559,9 @@ impl Worker {
     }
 
     /// Publishes state, limits and queue figures to the shared status and the metrics.
-    fn publish_status(&self, pace: &Pace) {
+    /// Publishes state and limits to the shared status and the metrics (queue figures are
+    /// read from the store at scrape time).
+    fn publish_status(&self, pace: &Pace, counters: &mut Counters) {
         let now = Instant::now();
         let state = if pace.disabled {
             State::Disabled
@@ -551,35 +576,22 @@ impl Worker {
         } else {
             State::Active
         };
-        let name = &self.settings.name;
         if let Ok(mut st) = self.status.lock() {
             if st.state != state {
-                tracing::info!(webhook = %name, "state {} -> {}", st.state.as_str(), state.as_str());
+                tracing::info!(webhook = %self.settings.name, "state {} -> {}", st.state.as_str(), state.as_str());
             }
             st.state = state;
             st.in_flight_limit = pace.controller.limit();
             st.in_flight = pace.in_flight;
             st.consecutive_failures = pace.sched.consecutive_failures();
         }
-        let label = Metrics::webhook(name);
-        let m = &self.metrics;
-        m.queue_events
-            .get_or_create(&label)
-            .set(self.store.depth(self.id) as i64);
-        m.dead_letters
-            .get_or_create(&label)
-            .set(self.store.dead_count(self.id) as i64);
-        m.in_flight.get_or_create(&label).set(pace.in_flight as i64);
-        m.in_flight_limit
-            .get_or_create(&label)
-            .set(pace.controller.limit() as i64);
-        for s in State::ALL {
-            m.webhook_state
-                .get_or_create(&WebhookStateLabel {
-                    webhook: name.clone(),
-                    state: s.as_str().to_string(),
-                })
-                .set(i64::from(s == state));
+        counters.in_flight.set(pace.in_flight as i64);
+        counters.in_flight_limit.set(pace.controller.limit() as i64);
+        if counters.shown_state != Some(state) {
+            for (gauge, s) in counters.states.iter().zip(State::ALL) {
+                gauge.set(i64::from(s == state));
+            }
+            counters.shown_state = Some(state);
         }
     }
 }
