@@ -4,8 +4,10 @@
 
 use crate::event::Event;
 use crate::metrics::{Metrics, ReasonLabel};
+use crate::route::Filtered;
 use crate::route::Router;
 use crate::store::{Mark, Store, StoreError, WebhookId};
+use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -17,7 +19,10 @@ pub struct Ingest {
     router: Arc<Mutex<Router>>,
     store: Store,
     metrics: Arc<Metrics>,
-    names: Arc<HashMap<WebhookId, String>>,
+    /// `roomhook_events_enqueued_total` per webhook, resolved once.
+    enqueued: Arc<HashMap<WebhookId, Counter>>,
+    /// `roomhook_events_filtered_total` for not_selected and unchanged, resolved once.
+    filtered: Arc<[Counter; 2]>,
 }
 
 impl Ingest {
@@ -28,11 +33,32 @@ impl Ingest {
         metrics: Arc<Metrics>,
         names: HashMap<WebhookId, String>,
     ) -> Self {
+        let enqueued = names
+            .into_iter()
+            .map(|(id, name)| {
+                (
+                    id,
+                    metrics
+                        .events_enqueued
+                        .get_or_create(&Metrics::webhook(&name))
+                        .clone(),
+                )
+            })
+            .collect();
+        let filtered = [Filtered::NotSelected, Filtered::Unchanged].map(|f| {
+            metrics
+                .events_filtered
+                .get_or_create(&ReasonLabel {
+                    reason: f.label().to_string(),
+                })
+                .clone()
+        });
         Self {
             router: Arc::new(Mutex::new(router)),
             store,
             metrics,
-            names: Arc::new(names),
+            enqueued: Arc::new(enqueued),
+            filtered: Arc::new(filtered),
         }
     }
 
@@ -62,12 +88,7 @@ impl Ingest {
                     }
                 }
                 Err(why) => {
-                    self.metrics
-                        .events_filtered
-                        .get_or_create(&ReasonLabel {
-                            reason: why.label().to_string(),
-                        })
-                        .inc();
+                    self.filtered[why as usize].inc();
                 }
             }
         }
@@ -84,11 +105,8 @@ impl Ingest {
             match commit.await {
                 Ok(()) => {
                     for (id, n) in per_webhook {
-                        if let Some(name) = this.names.get(&id) {
-                            this.metrics
-                                .events_enqueued
-                                .get_or_create(&Metrics::webhook(name))
-                                .inc_by(n);
+                        if let Some(c) = this.enqueued.get(&id) {
+                            c.inc_by(n);
                         }
                     }
                     Ok(())

@@ -87,9 +87,9 @@ impl Route {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filtered {
     /// No (enabled) webhook selects this device and path.
-    NotSelected,
+    NotSelected = 0,
     /// Every webhook that selects it already got this value.
-    Unchanged,
+    Unchanged = 1,
 }
 
 impl Filtered {

@@ -6,7 +6,7 @@ pub mod salvage;
 mod writer;
 
 use crate::event::Event;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -565,13 +565,6 @@ impl Store {
             out.push(Entry { seq, event });
         }
         Ok(out)
-    }
-
-    /// Entries in all queues (counted from the table: exact, for tests and `status`).
-    pub fn count_all(&self) -> Result<u64, StoreError> {
-        let read = self.db.begin_read().map_err(redb::Error::from)?;
-        let q = read.open_table(QUEUE).map_err(redb::Error::from)?;
-        Ok(q.len().map_err(redb::Error::from)?)
     }
 
     /// The last committed sequence number of a webhook's queue; changes on every commit.
