@@ -204,7 +204,7 @@ pub(crate) enum Op {
     Remove {
         webhook: WebhookId,
         seqs: Vec<u64>,
-        done: Option<oneshot::Sender<Result<(), String>>>,
+        done: oneshot::Sender<Result<(), String>>,
     },
     /// Move entries from the queue to the dead letters.
     DeadLetter {
@@ -241,6 +241,16 @@ pub(crate) struct Queue {
     pub(crate) overflow: Overflow,
     pub(crate) stats: QueueStats,
     pub(crate) committed: watch::Sender<u64>,
+}
+
+/// Resolves when the writer answers an op: committed, refused (`block`), or failed.
+async fn committed(rx: oneshot::Receiver<Result<(), String>>) -> Result<(), StoreError> {
+    match rx.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) if e == FULL => Err(StoreError::Full),
+        Ok(Err(e)) => Err(StoreError::Commit(e)),
+        Err(_) => Err(StoreError::Closed),
+    }
 }
 
 /// The writer's answer to an append refused by the `block` policy.
@@ -356,14 +366,7 @@ impl Store {
             .send(Op::Append { items, mark, done })
             .await
             .map_err(|_| StoreError::Closed)?;
-        Ok(async move {
-            match rx.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) if e == FULL => Err(StoreError::Full),
-                Ok(Err(e)) => Err(StoreError::Commit(e)),
-                Err(_) => Err(StoreError::Closed),
-            }
-        })
+        Ok(committed(rx))
     }
 
     /// Appends and waits for the commit.
@@ -391,29 +394,19 @@ impl Store {
         StoreError,
     > {
         let (done, rx) = oneshot::channel();
-        let done = if seqs.is_empty() {
+        if seqs.is_empty() {
             let _ = done.send(Ok(()));
-            None
         } else {
-            Some(done)
-        };
-        if let Some(done) = done {
             self.tx
                 .send(Op::Remove {
                     webhook,
                     seqs,
-                    done: Some(done),
+                    done,
                 })
                 .await
                 .map_err(|_| StoreError::Closed)?;
         }
-        Ok(async move {
-            match rx.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(StoreError::Commit(e)),
-                Err(_) => Err(StoreError::Closed),
-            }
-        })
+        Ok(committed(rx))
     }
 
     /// Moves entries from a webhook's queue to its dead letters (committed with the next group).

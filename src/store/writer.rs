@@ -450,10 +450,7 @@ fn commit(
             Some(e) => Err(e.clone()),
         };
         match op {
-            Op::Append { done, .. }
-            | Op::Remove {
-                done: Some(done), ..
-            } => {
+            Op::Append { done, .. } | Op::Remove { done, .. } => {
                 let _ = done.send(answer);
             }
             _ => {}
