@@ -217,8 +217,35 @@ pub(crate) enum Op {
         since_ms: i64,
         done: oneshot::Sender<Result<u64, String>>,
     },
+    /// Open (or create) the queue of a webhook name.
+    Register {
+        name: String,
+        overflow: Overflow,
+        done: oneshot::Sender<Result<WebhookId, String>>,
+    },
+    /// Give a queue a new name (same id, same entries).
+    Rename {
+        from: String,
+        to: String,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// Delete a webhook's queue and dead letters; answers how many queued events went.
+    Purge {
+        name: String,
+        done: oneshot::Sender<Result<u64, String>>,
+    },
     /// Commit what came before, then stop.
     Close,
+}
+
+impl Op {
+    /// Changes the set of queues: runs alone, in its own transaction.
+    pub(crate) fn is_manage(&self) -> bool {
+        matches!(
+            self,
+            Op::Register { .. } | Op::Rename { .. } | Op::Purge { .. }
+        )
+    }
 }
 
 /// A handle to the store; cheap to clone.
@@ -233,14 +260,61 @@ pub(crate) struct Shared {
     pub(crate) store_id: u64,
     pub(crate) max_bytes: u64,
     pub(crate) path: PathBuf,
-    pub(crate) queues: HashMap<WebhookId, Queue>,
+    /// The open queues; replaced as a whole (copy on write) when webhooks come and go.
+    pub(crate) queues: std::sync::RwLock<Arc<HashMap<WebhookId, Arc<Queue>>>>,
     pub(crate) finished: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 pub(crate) struct Queue {
-    pub(crate) overflow: Overflow,
+    overflow: std::sync::atomic::AtomicU8,
     pub(crate) stats: QueueStats,
     pub(crate) committed: watch::Sender<u64>,
+}
+
+impl Shared {
+    /// The queues as of now.
+    pub(crate) fn queues(&self) -> Arc<HashMap<WebhookId, Arc<Queue>>> {
+        self.queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// One queue.
+    pub(crate) fn queue(&self, w: WebhookId) -> Option<Arc<Queue>> {
+        self.queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&w)
+            .cloned()
+    }
+
+    /// Changes the set of queues (writer thread only, between commits).
+    pub(crate) fn update_queues(&self, f: impl FnOnce(&mut HashMap<WebhookId, Arc<Queue>>)) {
+        let mut guard = self.queues.write().unwrap_or_else(|p| p.into_inner());
+        let mut map = (**guard).clone();
+        f(&mut map);
+        *guard = Arc::new(map);
+    }
+}
+
+impl Queue {
+    pub(crate) fn new(overflow: Overflow, stats: QueueStats, last_seq: u64) -> Self {
+        let (committed, _) = watch::channel(last_seq);
+        Self {
+            overflow: std::sync::atomic::AtomicU8::new(overflow as u8),
+            stats,
+            committed,
+        }
+    }
+
+    pub(crate) fn overflow(&self) -> Overflow {
+        match self.overflow.load(Ordering::Relaxed) {
+            1 => Overflow::Coalesce,
+            2 => Overflow::Block,
+            _ => Overflow::DropOldest,
+        }
+    }
 }
 
 /// Resolves when the writer answers an op: committed, refused (`block`), or failed.
@@ -292,33 +366,20 @@ impl Store {
         let d = read.open_table(DEAD).map_err(redb::Error::from)?;
         let mut queues = HashMap::new();
         for (id, (_, overflow)) in ids.iter().zip(&limits.queues) {
-            let (mut depth, mut bytes) = (0u64, 0u64);
-            for item in q
-                .range((id.0, 0)..=(id.0, u64::MAX))
-                .map_err(redb::Error::from)?
-            {
-                let (_, v) = item.map_err(redb::Error::from)?;
-                depth += 1;
-                bytes += v.value().len() as u64 + ENTRY_OVERHEAD;
-            }
-            let dead = d
-                .range((id.0, 0)..=(id.0, u64::MAX))
-                .map_err(redb::Error::from)?
-                .count() as u64;
+            let (depth, bytes, dead) = scan(&q, &d, *id)?;
             let last = next.get(id).copied().unwrap_or(1).saturating_sub(1);
-            let (committed, _) = watch::channel(last);
             queues.insert(
                 *id,
-                Queue {
-                    overflow: *overflow,
-                    stats: QueueStats {
+                Arc::new(Queue::new(
+                    *overflow,
+                    QueueStats {
                         depth: AtomicU64::new(depth),
                         dead: AtomicU64::new(dead),
                         bytes: AtomicU64::new(bytes),
                         ..QueueStats::default()
                     },
-                    committed,
-                },
+                    last,
+                )),
             );
         }
         drop(q);
@@ -336,7 +397,7 @@ impl Store {
             store_id,
             max_bytes: limits.max_bytes,
             path,
-            queues,
+            queues: std::sync::RwLock::new(Arc::new(queues)),
             finished: std::sync::Mutex::new(Some(finished_rx)),
         });
         let (tx, rx) = mpsc::channel(OP_CHANNEL);
@@ -483,7 +544,7 @@ impl Store {
     /// Bytes charged for all queues (what `max_store_bytes` bounds).
     pub fn total_bytes(&self) -> u64 {
         self.shared
-            .queues
+            .queues()
             .values()
             .map(|q| q.stats.bytes.load(Ordering::Relaxed))
             .sum()
@@ -498,7 +559,7 @@ impl Store {
 
     /// Tells the store up to which sequence number the delivery worker holds entries.
     pub fn set_window_end(&self, webhook: WebhookId, seq: u64) {
-        if let Some(q) = self.shared.queues.get(&webhook) {
+        if let Some(q) = self.shared.queue(webhook) {
             q.stats.window_end.store(seq, Ordering::Relaxed);
         }
     }
@@ -510,24 +571,19 @@ impl Store {
 
     /// Counts events the worker dropped itself (expired before sending).
     pub fn count_dropped(&self, webhook: WebhookId, reason: DropReason, n: u64) {
-        if let Some(q) = self.shared.queues.get(&webhook) {
+        if let Some(q) = self.shared.queue(webhook) {
             q.stats.dropped[reason.index()].fetch_add(n, Ordering::Relaxed);
         }
     }
 
     fn stat(&self, webhook: WebhookId, f: impl Fn(&QueueStats) -> u64) -> u64 {
-        self.shared
-            .queues
-            .get(&webhook)
-            .map(|q| f(&q.stats))
-            .unwrap_or(0)
+        self.shared.queue(webhook).map(|q| f(&q.stats)).unwrap_or(0)
     }
 
     /// Dead letters held for a webhook.
     pub fn dead_count(&self, webhook: WebhookId) -> u64 {
         self.shared
-            .queues
-            .get(&webhook)
+            .queue(webhook)
             .map(|q| q.stats.dead.load(Ordering::Relaxed))
             .unwrap_or(0)
     }
@@ -560,19 +616,80 @@ impl Store {
         Ok(out)
     }
 
+    /// Opens the queue of a webhook (creating it for a new name) with an overflow policy.
+    pub async fn register(&self, name: &str, overflow: Overflow) -> Result<WebhookId, StoreError> {
+        let (done, rx) = oneshot::channel();
+        let op = Op::Register {
+            name: name.to_string(),
+            overflow,
+            done,
+        };
+        self.manage(op, rx).await
+    }
+
+    /// Renames a webhook's queue; its entries and sequence numbers stay.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        let (done, rx) = oneshot::channel();
+        let op = Op::Rename {
+            from: from.to_string(),
+            to: to.to_string(),
+            done,
+        };
+        self.manage(op, rx).await
+    }
+
+    /// Deletes a webhook's queue and dead letters; returns how many queued events were
+    /// discarded. Stop its delivery worker first.
+    pub async fn purge(&self, name: &str) -> Result<u64, StoreError> {
+        let (done, rx) = oneshot::channel();
+        let op = Op::Purge {
+            name: name.to_string(),
+            done,
+        };
+        self.manage(op, rx).await
+    }
+
+    async fn manage<T>(
+        &self,
+        op: Op,
+        rx: oneshot::Receiver<Result<T, String>>,
+    ) -> Result<T, StoreError> {
+        self.tx.send(op).await.map_err(|_| StoreError::Closed)?;
+        match rx.await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::Commit(e)),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Changes what gives way in a webhook's queue when the store is full.
+    pub fn set_overflow(&self, webhook: WebhookId, overflow: Overflow) {
+        if let Some(q) = self.shared.queue(webhook) {
+            q.overflow.store(overflow as u8, Ordering::Relaxed);
+        }
+    }
+
+    /// Every webhook name the store holds a queue for. Blocking.
+    pub fn names(&self) -> Result<Vec<(String, WebhookId)>, StoreError> {
+        let read = self.db.begin_read().map_err(redb::Error::from)?;
+        let t = read.open_table(WEBHOOKS).map_err(redb::Error::from)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(redb::Error::from)? {
+            let (k, v) = item.map_err(redb::Error::from)?;
+            out.push((k.value().to_string(), WebhookId(v.value())));
+        }
+        Ok(out)
+    }
+
     /// The last committed sequence number of a webhook's queue; changes on every commit.
     pub fn watch(&self, webhook: WebhookId) -> Option<watch::Receiver<u64>> {
-        self.shared
-            .queues
-            .get(&webhook)
-            .map(|q| q.committed.subscribe())
+        self.shared.queue(webhook).map(|q| q.committed.subscribe())
     }
 
     /// Entries queued for a webhook.
     pub fn depth(&self, webhook: WebhookId) -> u64 {
         self.shared
-            .queues
-            .get(&webhook)
+            .queue(webhook)
             .map(|q| q.stats.depth.load(Ordering::Relaxed))
             .unwrap_or(0)
     }
@@ -647,36 +764,106 @@ fn init(db: &Database, webhooks: &[String]) -> Result<Opened, StoreError> {
             }
         };
         let mut names = txn.open_table(WEBHOOKS).map_err(redb::Error::from)?;
-        let seqs = txn.open_table(NEXT_SEQ).map_err(redb::Error::from)?;
-        let mut max_id = 0u32;
-        for item in names.iter().map_err(redb::Error::from)? {
-            let (_, v) = item.map_err(redb::Error::from)?;
-            max_id = max_id.max(v.value());
-        }
         for name in webhooks {
-            let found = names
-                .get(name.as_str())
-                .map_err(redb::Error::from)?
-                .map(|v| v.value());
-            let id = match found {
-                Some(id) => id,
-                None => {
-                    max_id += 1;
-                    names
-                        .insert(name.as_str(), max_id)
-                        .map_err(redb::Error::from)?;
-                    max_id
-                }
-            };
-            let n = seqs
-                .get(id)
-                .map_err(redb::Error::from)?
-                .map(|v| v.value())
-                .unwrap_or(1);
-            ids.push(WebhookId(id));
-            next.insert(WebhookId(id), n);
+            let (id, n) = register_name(&mut names, &mut meta, &txn, name)?;
+            ids.push(id);
+            next.insert(id, n);
         }
     }
     txn.commit().map_err(redb::Error::from)?;
     Ok((store_id, ids, next))
+}
+
+/// Queued entries, their charged bytes, and dead letters of one webhook.
+pub(crate) fn scan(
+    q: &impl ReadableTable<(u32, u64), &'static [u8]>,
+    d: &impl ReadableTable<(u32, u64), &'static [u8]>,
+    id: WebhookId,
+) -> Result<(u64, u64, u64), redb::Error> {
+    let (mut depth, mut bytes) = (0u64, 0u64);
+    for item in q.range((id.0, 0)..=(id.0, u64::MAX))? {
+        let (_, v) = item?;
+        depth += 1;
+        bytes += v.value().len() as u64 + ENTRY_OVERHEAD;
+    }
+    let dead = d.range((id.0, 0)..=(id.0, u64::MAX))?.count() as u64;
+    Ok((depth, bytes, dead))
+}
+
+/// The id of a webhook name (a new one if unknown: ids are never reused, so `webhook-id`s
+/// of a deleted webhook never come back) and its next sequence number.
+pub(crate) fn register_name(
+    names: &mut redb::Table<'_, &'static str, u32>,
+    meta: &mut redb::Table<'_, &'static str, u64>,
+    txn: &redb::WriteTransaction,
+    name: &str,
+) -> Result<(WebhookId, u64), redb::Error> {
+    let found = names.get(name)?.map(|v| v.value());
+    let id = match found {
+        Some(id) => id,
+        None => {
+            let mut max_id = meta.get("next_webhook_id")?.map_or(1, |v| v.value()) as u32;
+            for item in names.iter()? {
+                let (_, v) = item?;
+                max_id = max_id.max(v.value() + 1);
+            }
+            names.insert(name, max_id)?;
+            meta.insert("next_webhook_id", u64::from(max_id) + 1)?;
+            max_id
+        }
+    };
+    let seqs = txn.open_table(NEXT_SEQ)?;
+    let n = seqs.get(id)?.map_or(1, |v| v.value());
+    Ok((WebhookId(id), n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: i64) -> Vec<u8> {
+        Event {
+            device: "d".into(),
+            workspace: None,
+            path: "RoomAnalytics.PeopleCount.Current".into(),
+            kind: crate::catalog::Kind::Status,
+            value: n.into(),
+            ts_ms: 0,
+            full_sync: false,
+        }
+        .encode()
+    }
+
+    #[tokio::test]
+    async fn queues_come_go_and_keep_their_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_bytes: 0,
+            queues: vec![("a".into(), Overflow::DropOldest)],
+        };
+        let (store, ids) = Store::open(dir.path(), &limits).unwrap();
+        let a = ids[0];
+        let b = store.register("b", Overflow::Block).await.unwrap();
+        assert_ne!(a, b);
+        store
+            .append(vec![(a, event(1)), (b, event(2)), (b, event(3))])
+            .await
+            .unwrap();
+        assert_eq!(store.depth(b), 2);
+        store.rename("b", "c").await.unwrap();
+        assert!(store.rename("a", "c").await.is_err());
+        assert_eq!(store.register("c", Overflow::Block).await.unwrap(), b);
+        assert_eq!(store.depth(b), 2);
+        assert_eq!(store.purge("c").await.unwrap(), 2);
+        assert_eq!(store.depth(b), 0);
+        assert!(store.watch(b).is_none());
+        // A new name never gets a purged id back.
+        let d = store.register("d", Overflow::DropOldest).await.unwrap();
+        assert!(d > b);
+        let mut names = store.names().unwrap();
+        names.sort();
+        assert_eq!(names, vec![("a".to_string(), a), ("d".to_string(), d)]);
+        assert_eq!(store.depth(a), 1);
+        store.close().await;
+    }
 }

@@ -2,8 +2,8 @@
 //! write transaction (group commit), answers the appenders, and publishes the new state.
 
 use super::{
-    DropReason, Op, Overflow, Shared, WebhookId, DEAD, ENTRY_OVERHEAD, MAX_DEAD_LETTERS, MQTT_SEEN,
-    NEXT_SEQ, QUEUE,
+    DropReason, Op, Overflow, Shared, WebhookId, DEAD, ENTRY_OVERHEAD, MAX_DEAD_LETTERS, META,
+    MQTT_SEEN, NEXT_SEQ, QUEUE, WEBHOOKS,
 };
 use crate::catalog::Kind;
 use crate::event::Event;
@@ -53,13 +53,22 @@ fn run(
         if matches!(first, Op::Close) {
             break;
         }
+        if first.is_manage() {
+            manage(db, shared, &mut next, first);
+            continue;
+        }
         let mut ops = vec![first];
         let mut closing = false;
+        let mut then = None;
         let mut appended = op_len(&ops[0]);
         while appended < MAX_GROUP {
             match rx.try_recv() {
                 Ok(Op::Close) => {
                     closing = true;
+                    break;
+                }
+                Ok(op) if op.is_manage() => {
+                    then = Some(op);
                     break;
                 }
                 Ok(op) => {
@@ -70,6 +79,9 @@ fn run(
             }
         }
         commit(db, shared, &mut next, ops, &mut log, &mut blocked);
+        if let Some(op) = then {
+            manage(db, shared, &mut next, op);
+        }
         if closing {
             break;
         }
@@ -82,7 +94,109 @@ fn op_len(op: &Op) -> usize {
         Op::Remove { seqs, .. } => seqs.len(),
         Op::DeadLetter { items, .. } => items.len(),
         Op::Replay { .. } => 1,
-        Op::Close => 0,
+        _ => 0,
+    }
+}
+
+/// Registers, renames or purges a queue, in a transaction of its own.
+fn manage(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op: Op) {
+    match op {
+        Op::Register {
+            name,
+            overflow,
+            done,
+        } => {
+            let r = (|| -> Result<(WebhookId, u64, (u64, u64, u64)), redb::Error> {
+                let txn = db.begin_write()?;
+                let found = {
+                    let mut names = txn.open_table(WEBHOOKS)?;
+                    let mut meta = txn.open_table(META)?;
+                    let (id, n) = super::register_name(&mut names, &mut meta, &txn, &name)?;
+                    let q = txn.open_table(QUEUE)?;
+                    let d = txn.open_table(DEAD)?;
+                    (id, n, super::scan(&q, &d, id)?)
+                };
+                txn.commit()?;
+                Ok(found)
+            })();
+            let answer = r.map(|(id, n, (depth, bytes, dead))| {
+                next.entry(id).or_insert(n);
+                let known = shared.queue(id);
+                match known {
+                    Some(q) => q.overflow.store(overflow as u8, Ordering::Relaxed),
+                    None => shared.update_queues(|m| {
+                        let stats = super::QueueStats {
+                            depth: depth.into(),
+                            dead: dead.into(),
+                            bytes: bytes.into(),
+                            ..Default::default()
+                        };
+                        m.insert(
+                            id,
+                            Arc::new(super::Queue::new(overflow, stats, n.saturating_sub(1))),
+                        );
+                    }),
+                }
+                id
+            });
+            let _ = done.send(answer.map_err(|e| e.to_string()));
+        }
+        Op::Rename { from, to, done } => {
+            let r = (|| -> Result<Result<(), String>, redb::Error> {
+                let txn = db.begin_write()?;
+                {
+                    let mut names = txn.open_table(WEBHOOKS)?;
+                    if names.get(to.as_str())?.is_some() {
+                        return Ok(Err(format!("a queue named {to:?} exists already")));
+                    }
+                    let id = match names.remove(from.as_str())? {
+                        Some(v) => v.value(),
+                        None => return Ok(Err(format!("no queue named {from:?}"))),
+                    };
+                    names.insert(to.as_str(), id)?;
+                }
+                txn.commit()?;
+                Ok(Ok(()))
+            })();
+            let _ = done.send(r.unwrap_or_else(|e| Err(e.to_string())));
+        }
+        Op::Purge { name, done } => {
+            let r = (|| -> Result<Option<(WebhookId, u64)>, redb::Error> {
+                let mut txn = db.begin_write()?;
+                txn.set_durability(Durability::Immediate)?;
+                let purged = {
+                    let mut names = txn.open_table(WEBHOOKS)?;
+                    let Some(id) = names.remove(name.as_str())?.map(|v| v.value()) else {
+                        return Ok(None);
+                    };
+                    let mut n = 0u64;
+                    txn.open_table(QUEUE)?
+                        .retain_in((id, 0)..=(id, u64::MAX), |_, _| {
+                            n += 1;
+                            false
+                        })?;
+                    txn.open_table(DEAD)?
+                        .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
+                    txn.open_table(NEXT_SEQ)?.remove(id)?;
+                    (WebhookId(id), n)
+                };
+                txn.commit()?;
+                Ok(Some(purged))
+            })();
+            let answer = match r {
+                Ok(Some((id, n))) => {
+                    next.remove(&id);
+                    shared.update_queues(|m| {
+                        m.remove(&id);
+                    });
+                    Ok(n)
+                }
+                Ok(None) => Ok(0),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = done.send(answer);
+        }
+        _ => {}
     }
 }
 
@@ -102,20 +216,15 @@ impl Delta {
         *self.bytes.entry(w).or_default() -= len as i64 + ENTRY_OVERHEAD as i64;
     }
 
-    fn queue_bytes(&self, shared: &Shared, w: WebhookId) -> i64 {
-        shared
-            .queues
+    fn queue_bytes(&self, queues: &Queues, w: WebhookId) -> i64 {
+        queues
             .get(&w)
             .map_or(0, |q| q.stats.bytes.load(Ordering::Relaxed) as i64)
             + self.bytes.get(&w).copied().unwrap_or(0)
     }
 
-    fn total_bytes(&self, shared: &Shared) -> i64 {
-        shared
-            .queues
-            .keys()
-            .map(|w| self.queue_bytes(shared, *w))
-            .sum()
+    fn total_bytes(&self, queues: &Queues) -> i64 {
+        queues.keys().map(|w| self.queue_bytes(queues, *w)).sum()
     }
 }
 
@@ -126,6 +235,9 @@ fn add(counter: &std::sync::atomic::AtomicU64, d: i64) {
         counter.fetch_sub(d.unsigned_abs(), Ordering::Relaxed);
     }
 }
+
+/// The queues as of one commit.
+type Queues = HashMap<WebhookId, Arc<super::Queue>>;
 
 type Queue<'t> = redb::Table<'t, (u32, u64), &'static [u8]>;
 
@@ -163,13 +275,12 @@ fn drop_oldest(
 /// (newest kept; events never touched) until `need` bytes are freed; returns bytes freed.
 fn coalesce(
     q: &mut Queue<'_>,
-    shared: &Shared,
+    queues: &Queues,
     w: WebhookId,
     need: i64,
     delta: &mut Delta,
 ) -> Result<i64, redb::Error> {
-    let window_end = shared
-        .queues
+    let window_end = queues
         .get(&w)
         .map_or(0, |q| q.stats.window_end.load(Ordering::Relaxed));
     let mut seen: HashSet<(String, String)> = HashSet::new();
@@ -207,6 +318,7 @@ fn coalesce(
 fn make_room(
     q: &mut Queue<'_>,
     shared: &Shared,
+    queues: &Queues,
     incoming: u64,
     delta: &mut Delta,
 ) -> Result<bool, redb::Error> {
@@ -214,7 +326,7 @@ fn make_room(
     if max == 0 {
         return Ok(true);
     }
-    let over = delta.total_bytes(shared) + incoming as i64 - max;
+    let over = delta.total_bytes(queues) + incoming as i64 - max;
     if over <= 0 {
         return Ok(true);
     }
@@ -222,21 +334,20 @@ fn make_room(
     let mut need = over + max / 20;
     let mut exhausted: HashSet<WebhookId> = HashSet::new();
     while need > 0 {
-        let victim = shared
-            .queues
+        let victim = queues
             .iter()
             .filter(|(w, _)| !exhausted.contains(*w))
-            .map(|(w, qu)| (delta.queue_bytes(shared, *w), *w, qu.overflow))
+            .map(|(w, qu)| (delta.queue_bytes(queues, *w), *w, qu.overflow()))
             .filter(|(b, _, _)| *b > 0)
             .max_by_key(|(b, w, _)| (*b, std::cmp::Reverse(*w)));
         let Some((_, w, overflow)) = victim else {
             break;
         };
         let freed = match overflow {
-            Overflow::Block => return Ok(delta.total_bytes(shared) + incoming as i64 <= max),
+            Overflow::Block => return Ok(delta.total_bytes(queues) + incoming as i64 <= max),
             Overflow::DropOldest => drop_oldest(q, w, need, delta)?,
             Overflow::Coalesce => {
-                let f = coalesce(q, shared, w, need, delta)?;
+                let f = coalesce(q, queues, w, need, delta)?;
                 if f < need {
                     f + drop_oldest(q, w, need - f, delta)?
                 } else {
@@ -249,7 +360,7 @@ fn make_room(
         }
         need -= freed;
     }
-    Ok(delta.total_bytes(shared) + incoming as i64 <= max)
+    Ok(delta.total_bytes(queues) + incoming as i64 <= max)
 }
 
 fn commit(
@@ -260,6 +371,8 @@ fn commit(
     log: &mut RateLog,
     blocked: &mut HashSet<String>,
 ) {
+    let queues = shared.queues();
+    let queues = &*queues;
     let mut new_next = next.clone();
     let mut delta = Delta::default();
     let mut refused = vec![false; ops.len()];
@@ -283,7 +396,7 @@ fn commit(
                             .iter()
                             .map(|(_, b)| b.len() as u64 + ENTRY_OVERHEAD)
                             .sum();
-                        if !make_room(&mut q, shared, incoming, &mut delta)? {
+                        if !make_room(&mut q, shared, queues, incoming, &mut delta)? {
                             refused[i] = true;
                             if let Some((src, _)) = source {
                                 blocked.insert(src.to_string());
@@ -327,8 +440,7 @@ fn commit(
                             }
                         }
                         // Keep the dead letters bounded: the oldest go first.
-                        let held = shared
-                            .queues
+                        let held = queues
                             .get(webhook)
                             .map_or(0, |q| q.stats.dead.load(Ordering::Relaxed));
                         let now_held = held as i64 + delta.dead.get(webhook).copied().unwrap_or(0);
@@ -370,7 +482,7 @@ fn commit(
                         }
                         replayed[i] = back.len() as u64;
                     }
-                    Op::Close => {}
+                    _ => {}
                 }
             }
             let mut n = txn.open_table(NEXT_SEQ)?;
@@ -393,18 +505,18 @@ fn commit(
         }
         tracing::error!("store commit failed, nothing of this group was stored: {e}");
     } else {
-        for (w, qu) in &shared.queues {
+        for (w, qu) in queues {
             add(&qu.stats.depth, delta.depth.get(w).copied().unwrap_or(0));
             add(&qu.stats.bytes, delta.bytes.get(w).copied().unwrap_or(0));
             add(&qu.stats.dead, delta.dead.get(w).copied().unwrap_or(0));
         }
         for (w, seq) in &delta.dropped_through {
-            if let Some(qu) = shared.queues.get(w) {
+            if let Some(qu) = queues.get(w) {
                 qu.stats.dropped_through.fetch_max(*seq, Ordering::Relaxed);
             }
         }
         for ((w, reason), n) in &delta.dropped {
-            if let Some(qu) = shared.queues.get(w) {
+            if let Some(qu) = queues.get(w) {
                 qu.stats.dropped[*reason as usize].fetch_add(*n, Ordering::Relaxed);
             }
         }
@@ -429,7 +541,7 @@ fn commit(
         }
         for (w, seq) in &new_next {
             if next.get(w) != Some(seq) {
-                if let Some(q) = shared.queues.get(w) {
+                if let Some(q) = queues.get(w) {
                     q.committed.send_replace(seq - 1);
                 }
             }
