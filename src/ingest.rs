@@ -19,8 +19,8 @@ pub struct Ingest {
     router: Arc<Mutex<Router>>,
     store: Store,
     metrics: Arc<Metrics>,
-    /// `roomhook_events_enqueued_total` per webhook, resolved once.
-    enqueued: Arc<HashMap<WebhookId, Counter>>,
+    /// `roomhook_events_enqueued_total` per webhook, resolved once per webhook.
+    enqueued: Arc<std::sync::RwLock<HashMap<WebhookId, Counter>>>,
     /// `roomhook_events_filtered_total` for not_selected and unchanged, resolved once.
     filtered: Arc<[Counter; 2]>,
 }
@@ -57,7 +57,7 @@ impl Ingest {
             router: Arc::new(Mutex::new(router)),
             store,
             metrics,
-            enqueued: Arc::new(enqueued),
+            enqueued: Arc::new(std::sync::RwLock::new(enqueued)),
             filtered: Arc::new(filtered),
         }
     }
@@ -104,8 +104,9 @@ impl Ingest {
             };
             match commit.await {
                 Ok(()) => {
+                    let enqueued = this.enqueued.read().unwrap_or_else(|p| p.into_inner());
                     for (id, n) in per_webhook {
-                        if let Some(c) = this.enqueued.get(&id) {
+                        if let Some(c) = enqueued.get(&id) {
                             c.inc_by(n);
                         }
                     }
@@ -122,6 +123,35 @@ impl Ingest {
                 }
             }
         })
+    }
+
+    /// Adds a webhook or changes its name or selection; applies to events submitted after.
+    pub fn upsert_webhook(&self, id: WebhookId, w: &crate::config::WebhookSettings) {
+        let counter = self
+            .metrics
+            .events_enqueued
+            .get_or_create(&Metrics::webhook(&w.name))
+            .clone();
+        self.enqueued
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, counter);
+        self.router
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .upsert(id, w);
+    }
+
+    /// Removes a webhook: events submitted after this no longer go to it.
+    pub fn remove_webhook(&self, id: WebhookId) {
+        self.router
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.enqueued
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
     }
 
     /// Routes, submits and waits for the commit.

@@ -125,6 +125,31 @@ impl Router {
         }
     }
 
+    /// Adds a webhook, or changes its selection (keeping its change-only memory).
+    pub fn upsert(&mut self, id: WebhookId, w: &WebhookSettings) {
+        match self.routes.iter_mut().find(|r| r.id == id) {
+            Some(r) => {
+                r.enabled = w.enabled;
+                r.devices = w.devices.clone();
+                r.statuses = w.statuses.clone();
+                r.events = w.events.clone();
+            }
+            None => self.routes.push(Route {
+                id,
+                enabled: w.enabled,
+                devices: w.devices.clone(),
+                statuses: w.statuses.clone(),
+                events: w.events.clone(),
+                last: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Removes a webhook.
+    pub fn remove(&mut self, id: WebhookId) {
+        self.routes.retain(|r| r.id != id);
+    }
+
     /// Forgets every remembered value (after a failed commit: the input comes again).
     pub fn forget(&mut self) {
         for r in &mut self.routes {
@@ -221,5 +246,19 @@ mod tests {
         let mut sync = ev("room-1", pc, 2);
         sync.full_sync = true;
         assert_eq!(r.route(&sync), Ok(vec![WebhookId(1), WebhookId(2)]));
+
+        // Changing a selection keeps the memory; removing a webhook stops its routing.
+        let mut a2 = a.clone();
+        a2.devices = DeviceSelector::parse(vec!["hall".into()]).unwrap();
+        r.upsert(WebhookId(1), &a2);
+        assert_eq!(r.route(&ev("room-1", pc, 3)), Ok(vec![WebhookId(2)]));
+        assert_eq!(r.route(&ev("hall", pc, 2)), Ok(vec![WebhookId(1)]));
+        r.upsert(WebhookId(1), &a2);
+        assert_eq!(r.route(&ev("hall", pc, 2)), Err(Filtered::Unchanged));
+        r.remove(WebhookId(2));
+        assert_eq!(r.route(&ev("room-1", pc, 4)), Err(Filtered::NotSelected));
+        a2.enabled = false;
+        r.upsert(WebhookId(1), &a2);
+        assert_eq!(r.route(&ev("hall", pc, 5)), Err(Filtered::NotSelected));
     }
 }

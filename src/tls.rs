@@ -3,7 +3,7 @@
 
 use crate::config::TlsTrust;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,8 +11,8 @@ use std::sync::Arc;
 /// Why trust anchors could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// The file could not be read or holds no PEM certificate.
-    #[error("cannot load CA certificates from {path}: {reason}")]
+    /// The file could not be read or holds no PEM certificate (or key).
+    #[error("cannot load {path}: {reason}")]
     CaFile {
         /// The file.
         path: PathBuf,
@@ -57,12 +57,31 @@ pub fn root_store(trust: &TlsTrust) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// A client configuration that verifies the server against `trust`, offering `alpn`.
+/// A client certificate chain and its private key (PEM files), for mutual TLS.
+pub fn load_identity(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let certs = load_pem_certs(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::CaFile {
+        path: key.to_path_buf(),
+        reason: format!("no readable PEM private key: {e}"),
+    })?;
+    Ok((certs, key))
+}
+
+/// A client configuration that verifies the server against `trust`, offering `alpn`, and
+/// presenting the client certificate when `trust` has one.
 pub fn client_config(trust: &TlsTrust, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, TlsError> {
     crate::install_crypto_provider();
-    let mut cfg = ClientConfig::builder()
-        .with_root_certificates(root_store(trust)?)
-        .with_no_client_auth();
+    let builder = ClientConfig::builder().with_root_certificates(root_store(trust)?);
+    let mut cfg = match &trust.client_identity {
+        Some((cert, key)) => {
+            let (certs, key) = load_identity(cert, key)?;
+            builder.with_client_auth_cert(certs, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }

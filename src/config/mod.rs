@@ -2,6 +2,7 @@
 //! validated settings the daemon runs on, and loading with errors that name the file, the
 //! key, the line and the fix.
 
+pub mod edit;
 mod locate;
 pub mod secret;
 #[cfg(test)]
@@ -62,6 +63,10 @@ pub struct RawAdmin {
     pub listen: Option<String>,
     /// Unix socket of the control API (default `<data_dir>/roomhook.sock`).
     pub socket: Option<PathBuf>,
+    /// Bearer token that opens the control API on the TCP listener (`/v1/…`).
+    pub token: Option<String>,
+    /// File holding the token.
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[sources]`.
@@ -188,6 +193,12 @@ pub struct RawWebhook {
     pub signing_secret: Option<String>,
     /// File holding the signing secret.
     pub signing_secret_file: Option<PathBuf>,
+    /// Static extra headers sent with every request.
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Client certificate (PEM) for mutual TLS.
+    pub client_cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub client_key_file: Option<PathBuf>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -208,6 +219,8 @@ pub struct Settings {
     pub admin_listen: Option<SocketAddr>,
     /// Unix socket of the control API.
     pub control_socket: PathBuf,
+    /// Token that opens the control API on the TCP listener; without it `/v1/…` answers 401.
+    pub admin_token: Option<Secret>,
     /// MQTT sources.
     pub mqtt: Vec<MqttSettings>,
     /// Webhooks.
@@ -215,7 +228,7 @@ pub struct Settings {
 }
 
 /// One MQTT source.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MqttSettings {
     /// Name in logs and metrics.
     pub name: String,
@@ -235,15 +248,18 @@ pub struct MqttSettings {
     pub subscriptions: Vec<SubscriptionSettings>,
 }
 
-/// Trust anchors for a TLS connection: the public web roots plus an optional private CA.
-#[derive(Debug, Clone, Default)]
+/// Trust anchors for a TLS connection: the public web roots plus an optional private CA;
+/// and, for mutual TLS, the certificate this side presents.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsTrust {
     /// PEM file with extra CA certificates.
     pub ca_file: Option<PathBuf>,
+    /// Client certificate and key files (PEM), both checked at load.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
 }
 
 /// One subscription of an MQTT source.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SubscriptionSettings {
     /// The MQTT filter.
     pub filter: TopicFilter,
@@ -256,14 +272,14 @@ pub struct SubscriptionSettings {
 }
 
 /// A payload decoder and its settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Format {
     /// Generic JSON: each JSON pointer gives one catalog path.
     Json(Vec<FieldMap>),
 }
 
 /// One `fields` entry of the generic JSON decoder.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FieldMap {
     /// JSON pointer into the payload (`/people`).
     pub pointer: String,
@@ -308,7 +324,7 @@ impl Auth {
 }
 
 /// One webhook.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WebhookSettings {
     /// Unique name.
     pub name: String,
@@ -344,6 +360,8 @@ pub struct WebhookSettings {
     pub max_queue_age: Option<Duration>,
     /// Signs every request (Standard Webhooks) when set.
     pub signer: Option<crate::deliver::signing::Signer>,
+    /// Static extra headers (names lower-case, checked).
+    pub headers: Vec<(String, String)>,
 }
 
 /// Whether a device's messages must stay in order.

@@ -33,8 +33,22 @@ impl Ctx<'_> {
         }
     }
 
+    /// Where a secret file is: a relative path is looked up first in systemd's
+    /// `$CREDENTIALS_DIRECTORY` (`LoadCredential=`), then relative to the config file.
+    fn secret_path(&self, p: &Path) -> PathBuf {
+        if p.is_relative() {
+            if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+                let cred = Path::new(&dir).join(p);
+                if cred.exists() {
+                    return cred;
+                }
+            }
+        }
+        self.path(p)
+    }
+
     fn secret_file(&mut self, key: &str, p: &Path) -> Option<Secret> {
-        let full = self.path(p);
+        let full = self.secret_path(p);
         match read_secret_file(&full) {
             Ok(s) if s.expose().is_empty() => {
                 self.err(
@@ -49,7 +63,7 @@ impl Ctx<'_> {
                 self.err(
                     key,
                     format!("cannot read the secret file {}: {e}", full.display()),
-                    "create the file or correct the path (relative paths are relative to the config file)",
+                    "create the file or correct the path (relative paths: $CREDENTIALS_DIRECTORY first, then the config file's directory)",
                 );
                 None
             }
@@ -190,6 +204,14 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
         }
     });
 
+    let admin_token = cx.secret("admin", "token", &raw.admin.token, &raw.admin.token_file);
+    if admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+        cx.err(
+            "admin.token",
+            "is shorter than 16 characters",
+            "use a long random token, e.g. from: head -c 24 /dev/urandom | base64",
+        );
+    }
     let mut names = HashSet::new();
     let mqtt = raw
         .sources
@@ -220,6 +242,7 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
                 .as_ref()
                 .map(|p| cx.path(p))
                 .unwrap_or_else(|| cx.path(&raw.gateway.data_dir).join("roomhook.sock")),
+            admin_token,
             mqtt,
             webhooks,
         })
@@ -331,7 +354,10 @@ fn mqtt_source(
         name: m.name.clone(),
         host,
         port,
-        tls: tls.then_some(TlsTrust { ca_file }),
+        tls: tls.then_some(TlsTrust {
+            ca_file,
+            client_identity: None,
+        }),
         client_id,
         credentials,
         keep_alive,
@@ -542,7 +568,9 @@ fn webhook(
             .ca_file
             .as_ref()
             .and_then(|p| cx.ca_file(&format!("{key}.ca_file"), p)),
+        client_identity: client_identity(cx, key, w),
     };
+    let headers = static_headers(cx, key, w.headers.as_ref());
     let devices = match DeviceSelector::parse(w.devices.clone().unwrap_or_else(|| vec!["*".into()]))
     {
         Ok(d) => Some(d),
@@ -665,7 +693,82 @@ fn webhook(
         overflow,
         max_queue_age,
         signer,
+        headers,
     })
+}
+
+/// `client_cert_file` + `client_key_file` for mutual TLS: both or neither, both loadable.
+fn client_identity(cx: &mut Ctx<'_>, key: &str, w: &RawWebhook) -> Option<(PathBuf, PathBuf)> {
+    let (cert, k) = match (&w.client_cert_file, &w.client_key_file) {
+        (None, None) => return None,
+        (Some(c), Some(k)) => (cx.path(c), cx.secret_path(k)),
+        (Some(_), None) | (None, Some(_)) => {
+            cx.err(
+                format!("{key}.client_cert_file"),
+                "mutual TLS needs both client_cert_file and client_key_file",
+                "set both (PEM certificate chain and its private key), or neither",
+            );
+            return None;
+        }
+    };
+    match crate::tls::load_identity(&cert, &k) {
+        Ok(_) => Some((cert, k)),
+        Err(e) => {
+            cx.err(
+                format!("{key}.client_cert_file"),
+                e.to_string(),
+                "point client_cert_file at a PEM certificate and client_key_file at its PEM private key",
+            );
+            None
+        }
+    }
+}
+
+/// Headers a static `headers` table may not set: the ones roomhook owns.
+const RESERVED_HEADERS: &[&str] = &[
+    "authorization",
+    "content-type",
+    "content-length",
+    "host",
+    "connection",
+    "transfer-encoding",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
+fn static_headers(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    raw: Option<&std::collections::BTreeMap<String, String>>,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (name, value) in raw.into_iter().flatten() {
+        let k = format!("{key}.headers.{name}");
+        let lower = name.to_ascii_lowercase();
+        if hyper::header::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+            cx.err(
+                k,
+                format!("{name:?} is not a valid header name"),
+                "use letters, digits and '-'",
+            );
+        } else if RESERVED_HEADERS.contains(&lower.as_str()) {
+            cx.err(
+                k,
+                format!("{name} is set by roomhook itself"),
+                "use authorization/username for auth and signing_secret for signatures; remove it from headers",
+            );
+        } else if hyper::header::HeaderValue::from_str(value).is_err() {
+            cx.err(
+                k,
+                "the value has characters a header cannot carry",
+                "use printable ASCII",
+            );
+        } else {
+            out.push((lower, value.clone()));
+        }
+    }
+    out
 }
 
 fn pacing(cx: &mut Ctx<'_>, key: &str, w: &RawWebhook) -> Pacing {

@@ -83,6 +83,8 @@ pub struct WebhookClient {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     url: Uri,
     authorization: Option<HeaderValue>,
+    /// The webhook's static `headers`.
+    headers: Vec<(hyper::header::HeaderName, HeaderValue)>,
     timeout: Duration,
 }
 
@@ -112,10 +114,21 @@ impl WebhookClient {
             v.set_sensitive(true);
             Some(v)
         });
+        let headers = w
+            .headers
+            .iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    hyper::header::HeaderName::from_bytes(k.as_bytes()).ok()?,
+                    HeaderValue::from_str(v).ok()?,
+                ))
+            })
+            .collect();
         Ok(Self {
             client,
             url: w.url.clone(),
             authorization,
+            headers,
             timeout: w.request_timeout,
         })
     }
@@ -126,6 +139,9 @@ impl WebhookClient {
         let mut req = Request::post(self.url.clone())
             .header(CONTENT_TYPE, "application/json")
             .header(USER_AGENT, concat!("roomhook/", env!("CARGO_PKG_VERSION")));
+        for (k, v) in &self.headers {
+            req = req.header(k, v);
+        }
         if let Some(a) = &self.authorization {
             req = req.header(AUTHORIZATION, a.clone());
         }

@@ -6,6 +6,7 @@ pub mod client;
 pub mod concurrency;
 pub mod payload;
 pub mod policy;
+pub mod probe;
 pub mod rate;
 pub mod scheduler;
 pub mod signing;

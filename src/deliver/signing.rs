@@ -9,6 +9,14 @@ use ring::hmac;
 #[derive(Clone)]
 pub struct Signer {
     key: hmac::Key,
+    /// Digest of the key, to tell whether a reload changed it.
+    fingerprint: [u8; 32],
+}
+
+impl PartialEq for Signer {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
+    }
 }
 
 impl std::fmt::Debug for Signer {
@@ -38,8 +46,11 @@ pub fn parse_secret(secret: &str) -> Result<Vec<u8>, String> {
 impl Signer {
     /// A signer for decoded key bytes.
     pub fn new(key: &[u8]) -> Self {
+        let mut fingerprint = [0u8; 32];
+        fingerprint.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, key).as_ref());
         Self {
             key: hmac::Key::new(hmac::HMAC_SHA256, key),
+            fingerprint,
         }
     }
 
