@@ -1,14 +1,13 @@
-//! Wiring: opens the store, starts one delivery worker per webhook, the sources and the
-//! admin listener, and stops them in order (sources, then workers, then the store).
+//! Wiring: opens the store, hands webhooks and sources to the supervisor, starts the admin
+//! listener, the control API and the SIGHUP reload, and stops them in order (sources, then
+//! workers, then the listeners, then the store).
 
 use crate::config::Settings;
-use crate::deliver::client::WebhookClient;
-use crate::deliver::status::{SharedStatus, State};
-use crate::deliver::worker::Worker;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::route::Router;
-use crate::store::{Limits, Store, WebhookId};
+use crate::store::{Limits, Store};
+use crate::supervisor::Supervisor;
 use anyhow::Context;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,17 +27,17 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// The admin listener's address, if configured.
     pub admin_addr: Option<SocketAddr>,
-    /// Store ids of the configured webhooks, by name.
-    pub webhook_ids: HashMap<String, WebhookId>,
-    /// Live status of each webhook, by name.
-    pub statuses: HashMap<String, SharedStatus>,
+    /// The running webhooks and sources.
+    pub supervisor: Arc<Supervisor>,
     store: Store,
-    sources: JoinSet<()>,
-    workers: JoinSet<()>,
-    /// Cancelled to stop the sources (first).
+    /// Extra sources (the demo's simulator).
+    extra_sources: JoinSet<()>,
+    /// The admin listener, the control API and the reload signal handler.
+    services: JoinSet<()>,
+    /// Cancelled to stop the extra sources.
     source_stop: CancellationToken,
-    /// Cancelled to stop the workers and the admin listener (after the sources).
-    worker_stop: CancellationToken,
+    /// Cancelled to stop the services (last).
+    service_stop: CancellationToken,
     shutdown: CancellationToken,
 }
 
@@ -53,47 +52,33 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
             .map(|w| (w.name.clone(), w.overflow))
             .collect(),
     };
-    let (store, ids) = {
+    let (store, _) = {
         let dir = settings.data_dir.clone();
         tokio::task::spawn_blocking(move || Store::open(&dir, &limits))
             .await
             .context("store open task")??
     };
     tracing::info!(store = %store.path().display(), "store open");
-    let router = Router::new(ids.iter().copied().zip(settings.webhooks.iter()));
-    let id_names: HashMap<WebhookId, String> = ids
-        .iter()
-        .copied()
-        .zip(settings.webhooks.iter().map(|w| w.name.clone()))
-        .collect();
-    let ingest = Ingest::new(router, store.clone(), metrics.clone(), id_names);
+    let ingest = Ingest::new(
+        Router::new([]),
+        store.clone(),
+        metrics.clone(),
+        HashMap::new(),
+    );
+    let supervisor = Supervisor::start(
+        settings.clone(),
+        store.clone(),
+        ingest.clone(),
+        metrics.clone(),
+        SHUTDOWN_GRACE,
+    )
+    .await?;
 
-    let source_stop = CancellationToken::new();
-    let worker_stop = CancellationToken::new();
-    let mut workers = JoinSet::new();
-    let mut statuses = HashMap::new();
-    for (id, w) in ids.iter().copied().zip(&settings.webhooks) {
-        let client = WebhookClient::new(w).with_context(|| format!("webhook {}", w.name))?;
-        let status = crate::deliver::status::shared(if w.enabled {
-            State::Active
-        } else {
-            State::Disabled
-        });
-        statuses.insert(w.name.clone(), status.clone());
-        let worker = Worker {
-            id,
-            settings: w.clone(),
-            client,
-            store: store.clone(),
-            org_id: settings.org_id.clone(),
-            metrics: metrics.clone(),
-            status,
-            shutdown: worker_stop.clone(),
-            grace: SHUTDOWN_GRACE,
-        };
-        workers.spawn(worker.run());
-    }
-
+    let service_stop = CancellationToken::new();
+    let mut services = JoinSet::new();
+    let control = Arc::new(crate::admin::control::Control {
+        supervisor: supervisor.clone(),
+    });
     let admin_addr = match settings.admin_listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -101,10 +86,14 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
                 .with_context(|| format!("cannot listen on admin.listen = {addr}"))?;
             let local = listener.local_addr()?;
             tracing::info!("metrics on http://{local}/metrics");
-            workers.spawn(crate::admin::serve(
+            services.spawn(crate::admin::serve(
                 listener,
-                metrics.clone(),
-                worker_stop.clone(),
+                crate::admin::Admin {
+                    metrics: metrics.clone(),
+                    control: control.clone(),
+                    token: settings.admin_token.clone(),
+                },
+                service_stop.clone(),
             ));
             Some(local)
         }
@@ -112,59 +101,53 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
     };
 
     let socket = crate::admin::control::bind(&settings.control_socket).await?;
-    let control = Arc::new(crate::admin::control::Control {
-        store: store.clone(),
-        webhooks: ids
-            .iter()
-            .copied()
-            .zip(&settings.webhooks)
-            .map(|(id, w)| crate::admin::control::ControlWebhook {
-                id,
-                settings: w.clone(),
-                status: statuses
-                    .get(&w.name)
-                    .cloned()
-                    .unwrap_or_else(|| crate::deliver::status::shared(State::Active)),
-            })
-            .collect(),
-    });
     tracing::info!(socket = %settings.control_socket.display(), "control API listening");
-    workers.spawn(crate::admin::control::serve(
+    services.spawn(crate::admin::control::serve(
         socket,
         settings.control_socket.clone(),
         control,
-        worker_stop.clone(),
+        service_stop.clone(),
     ));
+    services.spawn(reload_on_sighup(supervisor.clone(), service_stop.clone()));
 
-    let mut sources = JoinSet::new();
-    for m in &settings.mqtt {
-        let (m, ingest, stop) = (m.clone(), ingest.clone(), source_stop.clone());
-        sources.spawn(async move {
-            let name = m.name.clone();
-            if let Err(e) = crate::source::mqtt::run(m, ingest, stop).await {
-                tracing::error!(source = %name, "{e}");
-            }
-        });
-    }
-    let webhook_ids = settings
-        .webhooks
-        .iter()
-        .map(|w| w.name.clone())
-        .zip(ids)
-        .collect();
     Ok(Running {
         ingest,
         metrics,
         admin_addr,
-        webhook_ids,
-        statuses,
+        supervisor,
         store,
-        sources,
-        workers,
-        source_stop,
-        worker_stop,
+        extra_sources: JoinSet::new(),
+        services,
+        source_stop: CancellationToken::new(),
+        service_stop,
         shutdown,
     })
+}
+
+/// SIGHUP re-reads the config file; an invalid file keeps the running config.
+async fn reload_on_sighup(supervisor: Arc<Supervisor>, stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler: reloads need a restart");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = stop.cancelled() => return,
+        }
+        tracing::info!("SIGHUP: reloading the config");
+        match supervisor.reload().await {
+            Ok(a) => tracing::info!(
+                added = ?a.added,
+                changed = ?a.changed,
+                removed = ?a.removed,
+                sources = ?a.sources,
+                "config reloaded"
+            ),
+            Err(e) => tracing::error!("config not reloaded, the running config stays: {e}"),
+        }
+    }
 }
 
 impl Running {
@@ -174,7 +157,7 @@ impl Running {
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         let fut = f(self.ingest.clone(), self.source_stop.clone());
-        self.sources.spawn(fut);
+        self.extra_sources.spawn(fut);
     }
 
     /// The store (for counts in the demo and tests).
@@ -187,20 +170,24 @@ impl Running {
         let Running {
             ingest,
             store,
-            mut sources,
-            mut workers,
+            supervisor,
+            mut extra_sources,
+            mut services,
             source_stop,
-            worker_stop,
+            service_stop,
             shutdown,
             ..
         } = self;
         shutdown.cancelled().await;
         tracing::info!("stopping: no new input, finishing in-flight requests");
         source_stop.cancel();
-        while sources.join_next().await.is_some() {}
-        worker_stop.cancel();
-        while workers.join_next().await.is_some() {}
+        while extra_sources.join_next().await.is_some() {}
+        supervisor.stop_sources().await;
+        supervisor.stop_webhooks().await;
+        service_stop.cancel();
+        while services.join_next().await.is_some() {}
         drop(ingest);
+        drop(supervisor);
         store.close().await;
         tracing::info!("stopped");
     }

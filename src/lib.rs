@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod deliver;
@@ -15,6 +16,7 @@ pub mod ratelog;
 pub mod route;
 pub mod source;
 pub mod store;
+pub mod supervisor;
 pub mod testkit;
 pub mod timefmt;
 pub mod tls;

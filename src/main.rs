@@ -17,6 +17,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon.
@@ -31,7 +33,8 @@ enum Command {
         #[arg(short, long, default_value = "/etc/roomhook/roomhook.toml")]
         config: PathBuf,
     },
-    /// Webhooks of the running daemon: list, show, dead letters, replay.
+    /// Webhooks of the running daemon: list, show, add, set, delete, test, enable, disable,
+    /// dead letters, replay.
     Webhook {
         /// Config file (it names the control socket).
         #[arg(
@@ -45,7 +48,7 @@ enum Command {
         #[arg(long, global = true)]
         socket: Option<PathBuf>,
         #[command(subcommand)]
-        action: WebhookAction,
+        action: roomhook::cli::WebhookAction,
     },
     /// Check or salvage the embedded store (stop the daemon first).
     Store {
@@ -64,147 +67,6 @@ enum Command {
         #[arg(long, default_value = "300ms")]
         interval: String,
     },
-}
-
-#[derive(Subcommand)]
-enum WebhookAction {
-    /// Every webhook: state, queue, dead letters, last error.
-    List {
-        /// Print the JSON the control API returns.
-        #[arg(long)]
-        json: bool,
-    },
-    /// One webhook's settings (secrets redacted) and live figures, as JSON.
-    Show {
-        /// Webhook name.
-        name: String,
-    },
-    /// The messages the receiver refused for good, with its status and answer.
-    DeadLetters {
-        /// Webhook name.
-        name: String,
-    },
-    /// Put dead letters back into the queue.
-    Replay {
-        /// Webhook name.
-        name: String,
-        /// Replay the dead letters (the only kind of replay: delivered events are not kept).
-        #[arg(long)]
-        dead_letters: bool,
-        /// Only those that died at or after this time: RFC 3339, or an age such as "2h".
-        #[arg(long)]
-        since: Option<String>,
-    },
-}
-
-fn parse_since(raw: &str) -> Result<i64, String> {
-    if let Ok(d) = roomhook::config::units::parse_duration(raw) {
-        return Ok(roomhook::timefmt::now_ms() - d.as_millis() as i64);
-    }
-    time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
-        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-        .map_err(|_| {
-            format!(
-                "--since {raw:?}: write an RFC 3339 time (2026-11-27T10:00:00Z) or an age (\"2h\")"
-            )
-        })
-}
-
-async fn webhook_command(
-    config: PathBuf,
-    socket: Option<PathBuf>,
-    action: WebhookAction,
-) -> ExitCode {
-    use hyper::Method;
-    let socket = match socket {
-        Some(s) => s,
-        None => match roomhook::config::load(&config) {
-            Ok(s) => s.control_socket,
-            Err(errs) => {
-                eprintln!("{errs}\n(or name the control socket with --socket)");
-                return ExitCode::from(2);
-            }
-        },
-    };
-    let (method, path) = match &action {
-        WebhookAction::List { .. } => (Method::GET, "/v1/webhooks".to_string()),
-        WebhookAction::Show { name } => (Method::GET, format!("/v1/webhooks/{name}")),
-        WebhookAction::DeadLetters { name } => {
-            (Method::GET, format!("/v1/webhooks/{name}/dead-letters"))
-        }
-        WebhookAction::Replay {
-            name,
-            dead_letters,
-            since,
-        } => {
-            if !dead_letters {
-                eprintln!("roomhook keeps no delivered events, so only dead letters can be replayed: add --dead-letters");
-                return ExitCode::from(2);
-            }
-            let since_ms = match since.as_deref().map(parse_since).transpose() {
-                Ok(s) => s.unwrap_or(0),
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
-            };
-            (
-                Method::POST,
-                format!("/v1/webhooks/{name}/replay?since_ms={since_ms}"),
-            )
-        }
-    };
-    let (status, body) = match roomhook::admin::control::call(&socket, method, &path).await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if !status.is_success() {
-        eprintln!("{}", body["error"].as_str().unwrap_or("request failed"));
-        return ExitCode::FAILURE;
-    }
-    match action {
-        WebhookAction::List { json: false } => {
-            println!(
-                "{:<20} {:<13} {:>8} {:>6}  LAST ERROR",
-                "WEBHOOK", "STATE", "QUEUED", "DEAD"
-            );
-            for w in body["webhooks"].as_array().into_iter().flatten() {
-                println!(
-                    "{:<20} {:<13} {:>8} {:>6}  {}",
-                    w["name"].as_str().unwrap_or(""),
-                    w["status"]["state"].as_str().unwrap_or(""),
-                    w["queue"]["events"],
-                    w["queue"]["dead_letters"],
-                    w["status"]["last_error"]["message"].as_str().unwrap_or("-"),
-                );
-            }
-        }
-        WebhookAction::DeadLetters { .. } => {
-            for d in body["dead_letters"].as_array().into_iter().flatten() {
-                println!(
-                    "{}  HTTP {}  {} {}={}  {}",
-                    d["at"].as_str().unwrap_or(""),
-                    d["status"],
-                    d["event"]["d"].as_str().unwrap_or(""),
-                    d["event"]["p"].as_str().unwrap_or(""),
-                    d["event"]["v"],
-                    d["reason"].as_str().unwrap_or(""),
-                );
-            }
-        }
-        WebhookAction::Replay { name, .. } => println!(
-            "{} dead letter(s) of {name} back in the queue",
-            body["replayed"]
-        ),
-        _ => println!(
-            "{}",
-            serde_json::to_string_pretty(&body).unwrap_or_default()
-        ),
-    }
-    ExitCode::SUCCESS
 }
 
 /// Which store a `store` command works on.
@@ -327,7 +189,7 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         match cli.command {
             Command::Store { .. } => ExitCode::SUCCESS,
-            Command::Webhook { config, socket, action } => webhook_command(config, socket, action).await,
+            Command::Webhook { config, socket, action } => roomhook::cli::webhook(config, socket, action).await,
             Command::CheckConfig { config } => match roomhook::config::load(&config) {
                 Ok(s) => {
                     println!(

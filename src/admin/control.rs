@@ -1,10 +1,10 @@
 //! The local control API: JSON over HTTP on a Unix socket (mode 0600) that the `roomhook
-//! webhook …` commands talk to. Today: list and show webhooks (settings with secrets
-//! redacted, state, queue), list dead letters, replay them.
+//! webhook …` commands talk to (and on the TCP admin listener with a bearer token): list,
+//! show, add, set, delete, test, enable, disable webhooks; dead letters and replay; reload.
 
-use crate::config::{Auth, WebhookSettings};
-use crate::deliver::status::SharedStatus;
-use crate::store::{Store, WebhookId};
+use crate::config::edit::{Edit, EditError};
+use crate::config::Auth;
+use crate::supervisor::{ActionError, Edited, Supervisor, WebhookView};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -17,22 +17,10 @@ use std::sync::Arc;
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
-/// What the control API can see of one webhook.
-pub struct ControlWebhook {
-    /// Store id.
-    pub id: WebhookId,
-    /// Settings (secrets are never shown).
-    pub settings: WebhookSettings,
-    /// Live status.
-    pub status: SharedStatus,
-}
-
 /// Everything the control API serves.
 pub struct Control {
-    /// The store.
-    pub store: Store,
-    /// The webhooks, in config order.
-    pub webhooks: Vec<ControlWebhook>,
+    /// The running webhooks and sources.
+    pub supervisor: Arc<Supervisor>,
 }
 
 /// Why the control socket could not be opened.
@@ -102,7 +90,9 @@ pub async fn serve(
     let _ = std::fs::remove_file(&path);
 }
 
-fn reply(status: StatusCode, body: Value) -> Result<Response<Full<Bytes>>, Infallible> {
+type Reply = Result<Response<Full<Bytes>>, Infallible>;
+
+fn reply(status: StatusCode, body: Value) -> Reply {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -112,15 +102,33 @@ fn reply(status: StatusCode, body: Value) -> Result<Response<Full<Bytes>>, Infal
     Ok(resp)
 }
 
-fn not_found(what: &str) -> Result<Response<Full<Bytes>>, Infallible> {
+fn not_found(what: &str) -> Reply {
     reply(
         StatusCode::NOT_FOUND,
         json!({ "error": format!("no webhook named {what:?}") }),
     )
 }
 
-/// A webhook's settings and live figures, secrets redacted.
-fn describe(c: &Control, w: &ControlWebhook) -> Value {
+fn failed(e: &ActionError) -> Reply {
+    let status = match e {
+        ActionError::Unknown(_) => StatusCode::NOT_FOUND,
+        ActionError::Edit(EditError::Unknown(_)) => StatusCode::NOT_FOUND,
+        ActionError::Edit(EditError::Exists(_)) => StatusCode::CONFLICT,
+        ActionError::Edit(_) | ActionError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ActionError::Verify(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        ActionError::NoFile | ActionError::File { .. } => StatusCode::CONFLICT,
+        ActionError::Runtime(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let mut body = json!({ "error": e.to_string() });
+    if let ActionError::Verify(p) = e {
+        body["verify"] = serde_json::to_value(p).unwrap_or(Value::Null);
+    }
+    reply(status, body)
+}
+
+/// A webhook's settings and live figures, secrets redacted (header values too: they often
+/// carry API keys).
+pub fn describe(store: &crate::store::Store, w: &WebhookView) -> Value {
     let s = &w.settings;
     let status = w
         .status
@@ -134,46 +142,159 @@ fn describe(c: &Control, w: &ControlWebhook) -> Value {
             json!({"kind": "basic", "username": username, "password": "***"})
         }
     };
+    let headers: serde_json::Map<String, Value> = s
+        .headers
+        .iter()
+        .map(|(k, _)| (k.clone(), Value::from("***")))
+        .collect();
     json!({
         "name": s.name,
         "url": s.url.to_string(),
         "enabled": s.enabled,
         "auth": auth,
         "signed": s.signer.is_some(),
+        "headers": headers,
+        "ca_file": s.trust.ca_file,
+        "client_cert_file": s.trust.client_identity.as_ref().map(|(c, _)| c),
         "devices": s.devices.patterns(),
         "statuses": s.statuses,
         "events": s.events,
+        "overflow": s.overflow,
+        "rate_limit": s.pacing.rate_limit,
+        "batch_max_messages": s.pacing.batch_max_messages,
         "status": status,
         "queue": {
-            "events": c.store.depth(w.id),
-            "bytes": c.store.bytes(w.id),
-            "dead_letters": c.store.dead_count(w.id),
+            "events": store.depth(w.id),
+            "bytes": store.bytes(w.id),
+            "dead_letters": store.dead_count(w.id),
         },
     })
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    c: Arc<Control>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+/// Most bytes of a request body the control API reads.
+const MAX_REQUEST: usize = 64 * 1024;
+
+async fn json_body(req: Request<Incoming>) -> Result<serde_json::Map<String, Value>, String> {
+    use http_body_util::BodyExt;
+    let bytes = http_body_util::Limited::new(req.into_body(), MAX_REQUEST)
+        .collect()
+        .await
+        .map_err(|e| format!("cannot read the request body: {e}"))?
+        .to_bytes();
+    if bytes.is_empty() {
+        return Ok(Default::default());
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err("the body must be a JSON object of config keys".into()),
+        Err(e) => Err(format!("the body is not JSON: {e}")),
+    }
+}
+
+fn query_flag(query: &str, key: &str, default: bool) -> bool {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .map_or(default, |v| v != "false" && v != "0")
+}
+
+/// Answers one control request (from the Unix socket, or an authenticated TCP caller).
+pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
+    let method = req.method().clone();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let find = |name: &str| c.webhooks.iter().find(|w| w.settings.name == name);
-    match (req.method(), parts.as_slice()) {
+    let sup = &c.supervisor;
+    let store = sup.store();
+    let verify = query_flag(&query, "verify", true);
+    match (&method, parts.as_slice()) {
         (&Method::GET, ["v1", "webhooks"]) => {
-            let list: Vec<Value> = c.webhooks.iter().map(|w| describe(&c, w)).collect();
+            let list: Vec<Value> = sup.webhooks().iter().map(|w| describe(store, w)).collect();
             reply(StatusCode::OK, json!({ "webhooks": list }))
         }
-        (&Method::GET, ["v1", "webhooks", name]) => match find(name) {
-            Some(w) => reply(StatusCode::OK, describe(&c, w)),
+        (&Method::POST, ["v1", "webhooks"]) => {
+            let values = match json_body(req).await {
+                Ok(v) => v,
+                Err(e) => return reply(StatusCode::BAD_REQUEST, json!({ "error": e })),
+            };
+            let Some(name) = values
+                .get("name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+            else {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "a new webhook needs a name"}),
+                );
+            };
+            match sup.edit(Edit::Add(values), verify).await {
+                Ok(done) => reply(StatusCode::CREATED, edited(sup, &name, done)),
+                Err(e) => failed(&e),
+            }
+        }
+        (&Method::GET, ["v1", "webhooks", name]) => match sup.webhook(name) {
+            Some(w) => reply(StatusCode::OK, describe(store, &w)),
             None => not_found(name),
         },
+        (&Method::PATCH, ["v1", "webhooks", name]) => {
+            let name = name.to_string();
+            let changes = match json_body(req).await {
+                Ok(v) => v,
+                Err(e) => return reply(StatusCode::BAD_REQUEST, json!({ "error": e })),
+            };
+            let new_name = changes
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or(&name)
+                .to_string();
+            match sup.edit(Edit::Set { name, changes }, verify).await {
+                Ok(done) => reply(StatusCode::OK, edited(sup, &new_name, done)),
+                Err(e) => failed(&e),
+            }
+        }
+        (&Method::DELETE, ["v1", "webhooks", name]) => {
+            match sup.edit(Edit::Remove(name.to_string()), false).await {
+                Ok(done) => {
+                    let discarded: u64 = done.applied.removed.iter().map(|(_, n)| n).sum();
+                    reply(
+                        StatusCode::OK,
+                        json!({ "deleted": name, "discarded": discarded }),
+                    )
+                }
+                Err(e) => failed(&e),
+            }
+        }
+        (&Method::POST, ["v1", "webhooks", name, action @ ("enable" | "disable")]) => {
+            let mut changes = serde_json::Map::new();
+            changes.insert("enabled".into(), Value::Bool(*action == "enable"));
+            let name = name.to_string();
+            match sup
+                .edit(
+                    Edit::Set {
+                        name: name.clone(),
+                        changes,
+                    },
+                    verify,
+                )
+                .await
+            {
+                Ok(done) => reply(StatusCode::OK, edited(sup, &name, done)),
+                Err(e) => failed(&e),
+            }
+        }
+        (&Method::POST, ["v1", "webhooks", name, "test"]) => match sup.test(name).await {
+            Ok(report) => reply(StatusCode::OK, json!({ "test": report })),
+            Err(e) => failed(&e),
+        },
+        (&Method::POST, ["v1", "reload"]) => match sup.reload().await {
+            Ok(applied) => reply(StatusCode::OK, json!({ "applied": applied })),
+            Err(e) => failed(&e),
+        },
         (&Method::GET, ["v1", "webhooks", name, "dead-letters"]) => {
-            let Some(w) = find(name) else {
+            let Some(w) = sup.webhook(name) else {
                 return not_found(name);
             };
-            let (store, id) = (c.store.clone(), w.id);
+            let (store, id) = (store.clone(), w.id);
             match tokio::task::spawn_blocking(move || store.dead_letters(id, 1000)).await {
                 Ok(Ok(list)) => {
                     let items: Vec<Value> = list
@@ -196,7 +317,7 @@ async fn handle(
             }
         }
         (&Method::POST, ["v1", "webhooks", name, "replay"]) => {
-            let Some(w) = find(name) else {
+            let Some(w) = sup.webhook(name) else {
                 return not_found(name);
             };
             let since = query
@@ -204,7 +325,7 @@ async fn handle(
                 .find_map(|kv| kv.strip_prefix("since_ms="))
                 .and_then(|v| v.parse::<i64>().ok())
                 .unwrap_or(0);
-            match c.store.replay_dead_letters(w.id, since).await {
+            match store.replay_dead_letters(w.id, since).await {
                 Ok(n) => reply(StatusCode::OK, json!({ "replayed": n })),
                 Err(e) => reply(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -214,9 +335,17 @@ async fn handle(
         }
         _ => reply(
             StatusCode::NOT_FOUND,
-            json!({"error": format!("no such endpoint: {} {path}", req.method())}),
+            json!({"error": format!("no such endpoint: {method} {path}")}),
         ),
     }
+}
+
+fn edited(sup: &Supervisor, name: &str, done: Edited) -> Value {
+    json!({
+        "webhook": sup.webhook(name).map(|w| describe(sup.store(), &w)),
+        "verified": done.verified,
+        "applied": done.applied,
+    })
 }
 
 /// Sends one request to the control socket and returns the status and the JSON body.
@@ -224,6 +353,7 @@ pub async fn call(
     socket: &Path,
     method: Method,
     path: &str,
+    body: Option<Value>,
 ) -> Result<(StatusCode, Value), String> {
     use http_body_util::BodyExt;
     let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
@@ -240,7 +370,10 @@ pub async fn call(
         .method(method)
         .uri(path)
         .header(hyper::header::HOST, "roomhook")
-        .body(Full::new(Bytes::new()))
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        )))
         .map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status();

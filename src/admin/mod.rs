@@ -1,7 +1,9 @@
-//! The local admin HTTP listener (`GET /metrics`, `GET /healthz`) and the control API.
+//! The local admin HTTP listener (`GET /metrics`, `GET /healthz`, and the control API under
+//! `/v1/` for callers with the `[admin] token`) and the control API itself.
 
 pub mod control;
 
+use crate::config::Secret;
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -13,8 +15,19 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// What the admin listener serves.
+#[derive(Clone)]
+pub struct Admin {
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The control API, served under `/v1/` to callers with the token.
+    pub control: Arc<control::Control>,
+    /// `[admin] token`: without it the control API is not served on TCP.
+    pub token: Option<Secret>,
+}
+
 /// Serves the admin endpoints on `listener` until shutdown.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationToken) {
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -27,10 +40,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Cance
             },
             _ = shutdown.cancelled() => return,
         };
-        let metrics = metrics.clone();
+        let admin = admin.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(req, metrics.clone()));
+            let svc = hyper::service::service_fn(move |req| handle(req, admin.clone()));
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
@@ -41,10 +54,42 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Cance
     }
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    metrics: Arc<Metrics>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+/// Whether the request carries `Authorization: Bearer <token>` (compared in constant time).
+fn authorized(req: &Request<Incoming>, token: &Secret) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), token.expose().as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn handle(req: Request<Incoming>, admin: Admin) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path().starts_with("/v1/") {
+        let ok = admin.token.as_ref().is_some_and(|t| authorized(&req, t));
+        if !ok {
+            let why = if admin.token.is_some() {
+                "the control API needs Authorization: Bearer <admin.token>"
+            } else {
+                "the control API is not open on TCP: set [admin] token (or token_file), or use the Unix socket"
+            };
+            let mut resp = Response::new(Full::new(Bytes::from(
+                serde_json::json!({ "error": why }).to_string(),
+            )));
+            *resp.status_mut() = StatusCode::UNAUTHORIZED;
+            resp.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer realm=\"roomhook\""),
+            );
+            return Ok(resp);
+        }
+        return control::handle(req, admin.control.clone()).await;
+    }
+    let metrics = &admin.metrics;
     let (status, ctype, body) = match (req.method().as_str(), req.uri().path()) {
         ("GET", "/metrics") => (
             StatusCode::OK,

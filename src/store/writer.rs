@@ -98,6 +98,9 @@ fn op_len(op: &Op) -> usize {
     }
 }
 
+/// A registered queue: id, next sequence number, and (depth, bytes, dead letters).
+type Registered = (WebhookId, u64, (u64, u64, u64));
+
 /// Registers, renames or purges a queue, in a transaction of its own.
 fn manage(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op: Op) {
     match op {
@@ -106,15 +109,19 @@ fn manage(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op
             overflow,
             done,
         } => {
-            let r = (|| -> Result<(WebhookId, u64, (u64, u64, u64)), redb::Error> {
+            let r = (|| -> Result<Registered, redb::Error> {
                 let txn = db.begin_write()?;
                 let found = {
                     let mut names = txn.open_table(WEBHOOKS)?;
                     let mut meta = txn.open_table(META)?;
                     let (id, n) = super::register_name(&mut names, &mut meta, &txn, &name)?;
-                    let q = txn.open_table(QUEUE)?;
-                    let d = txn.open_table(DEAD)?;
-                    (id, n, super::scan(&q, &d, id)?)
+                    if shared.queue(id).is_some() {
+                        (id, n, (0, 0, 0))
+                    } else {
+                        let q = txn.open_table(QUEUE)?;
+                        let d = txn.open_table(DEAD)?;
+                        (id, n, super::scan(&q, &d, id)?)
+                    }
                 };
                 txn.commit()?;
                 Ok(found)

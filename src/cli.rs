@@ -1,0 +1,495 @@
+//! `roomhook webhook …`: the operator's commands against a running daemon, sent to its
+//! control API over the Unix socket, with answers printed for people (or as JSON).
+
+use clap::{Args, Subcommand};
+use hyper::Method;
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// What to do with webhooks.
+#[derive(Subcommand)]
+pub enum WebhookAction {
+    /// Every webhook: state, queue, dead letters, last error.
+    List {
+        /// Print the JSON the control API returns.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One webhook's settings (secrets redacted) and live figures, as JSON.
+    Show {
+        /// Webhook name.
+        name: String,
+    },
+    /// Add a webhook: it is saved only after its receiver answers a healthCheck with 200.
+    Add {
+        /// Unique name.
+        #[arg(long)]
+        name: String,
+        /// HTTPS URL of the receiver.
+        #[arg(long)]
+        url: String,
+        #[command(flatten)]
+        fields: Fields,
+        /// Save without verifying; the webhook stays disabled until `webhook enable` verifies it.
+        #[arg(long)]
+        no_verify: bool,
+    },
+    /// Change a webhook; a new URL or new credentials are verified first.
+    Set {
+        /// Webhook name.
+        name: String,
+        /// New name (the queue moves with it).
+        #[arg(long = "name", value_name = "NEW_NAME")]
+        rename: Option<String>,
+        /// New HTTPS URL.
+        #[arg(long)]
+        url: Option<String>,
+        #[command(flatten)]
+        fields: Fields,
+        /// Apply without verifying the receiver.
+        #[arg(long)]
+        no_verify: bool,
+    },
+    /// Delete a webhook and its queue; prints how many queued events were discarded.
+    Delete {
+        /// Webhook name.
+        name: String,
+    },
+    /// Send a healthCheck now, outside the queue: status, latency, TLS version, certificate.
+    Test {
+        /// Webhook name.
+        name: String,
+    },
+    /// Enable a webhook (verifies the receiver first).
+    Enable {
+        /// Webhook name.
+        name: String,
+        /// Enable without verifying.
+        #[arg(long)]
+        no_verify: bool,
+    },
+    /// Disable a webhook: it enqueues nothing and sends nothing; its queue is kept.
+    Disable {
+        /// Webhook name.
+        name: String,
+    },
+    /// The messages the receiver refused for good, with its status and answer.
+    DeadLetters {
+        /// Webhook name.
+        name: String,
+    },
+    /// Put dead letters back into the queue.
+    Replay {
+        /// Webhook name.
+        name: String,
+        /// Replay the dead letters (the only kind of replay: delivered events are not kept).
+        #[arg(long)]
+        dead_letters: bool,
+        /// Only those that died at or after this time: RFC 3339, or an age such as "2h".
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+/// Settings shared by `add` and `set`; each maps to the config key of the same name.
+#[derive(Args, Default, Clone)]
+pub struct Fields {
+    /// Authorization header value, sent verbatim (e.g. "Bearer …"). Prefer --authorization-file.
+    #[arg(long, group = "authn")]
+    authorization: Option<String>,
+    /// File holding the Authorization header value.
+    #[arg(long, group = "authn")]
+    authorization_file: Option<PathBuf>,
+    /// Basic auth user name (with --password-file or --password).
+    #[arg(long, group = "authn")]
+    username: Option<String>,
+    /// Basic auth password file.
+    #[arg(long, requires = "username")]
+    password_file: Option<PathBuf>,
+    /// Basic auth password. Prefer --password-file.
+    #[arg(long, requires = "username")]
+    password: Option<String>,
+    /// Send no Authorization header.
+    #[arg(long, group = "authn")]
+    no_auth: bool,
+    /// PEM file of a private CA that signed the receiver's certificate.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, requires = "client_key_file")]
+    client_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate.
+    #[arg(long, requires = "client_cert_file")]
+    client_key_file: Option<PathBuf>,
+    /// Device ids or globs, comma-separated ("*" for all).
+    #[arg(long, value_delimiter = ',')]
+    devices: Option<Vec<String>>,
+    /// Statuses from the catalog, comma-separated ("RoomAnalytics.*" allowed).
+    #[arg(long, value_delimiter = ',')]
+    statuses: Option<Vec<String>>,
+    /// Events from the catalog, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    events: Option<Vec<String>>,
+    /// Standard Webhooks signing secret file (whsec_…).
+    #[arg(long)]
+    signing_secret_file: Option<PathBuf>,
+    /// Extra header sent with every request, "Name: value" (repeatable).
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// Any other config key, KEY=VALUE with a JSON or plain value, e.g. rate_limit=50 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+impl Fields {
+    /// The config keys these flags set.
+    fn into_map(self) -> Result<Map<String, Value>, String> {
+        let mut m = Map::new();
+        let path = |p: PathBuf| -> Value {
+            Value::from(
+                std::path::absolute(&p)
+                    .unwrap_or(p)
+                    .to_string_lossy()
+                    .to_string(),
+            )
+        };
+        if let Some(v) = self.authorization {
+            m.insert("authorization".into(), v.into());
+        }
+        if let Some(v) = self.authorization_file {
+            m.insert("authorization_file".into(), path(v));
+        }
+        if let Some(v) = self.username {
+            m.insert("username".into(), v.into());
+        }
+        if let Some(v) = self.password_file {
+            m.insert("password_file".into(), path(v));
+        }
+        if let Some(v) = self.password {
+            m.insert("password".into(), v.into());
+        }
+        if self.no_auth {
+            m.insert("auth".into(), "none".into());
+        }
+        if let Some(v) = self.ca_file {
+            m.insert("ca_file".into(), path(v));
+        }
+        if let Some(v) = self.client_cert_file {
+            m.insert("client_cert_file".into(), path(v));
+        }
+        if let Some(v) = self.client_key_file {
+            m.insert("client_key_file".into(), path(v));
+        }
+        for (k, v) in [
+            ("devices", self.devices),
+            ("statuses", self.statuses),
+            ("events", self.events),
+        ] {
+            if let Some(list) = v {
+                let list: Vec<Value> = list
+                    .into_iter()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .map(Value::from)
+                    .collect();
+                m.insert(k.into(), Value::Array(list));
+            }
+        }
+        if let Some(v) = self.signing_secret_file {
+            m.insert("signing_secret_file".into(), path(v));
+        }
+        if !self.headers.is_empty() {
+            let mut h = Map::new();
+            for raw in self.headers {
+                let (k, v) = raw
+                    .split_once(':')
+                    .ok_or_else(|| format!("--header {raw:?}: write \"Name: value\""))?;
+                h.insert(k.trim().to_string(), v.trim().into());
+            }
+            m.insert("headers".into(), Value::Object(h));
+        }
+        for raw in self.set {
+            let (k, v) = raw
+                .split_once('=')
+                .ok_or_else(|| format!("--set {raw:?}: write KEY=VALUE, e.g. rate_limit=50"))?;
+            let value = serde_json::from_str(v.trim()).unwrap_or_else(|_| Value::from(v.trim()));
+            m.insert(k.trim().to_string(), value);
+        }
+        Ok(m)
+    }
+}
+
+fn parse_since(raw: &str) -> Result<i64, String> {
+    if let Ok(d) = crate::config::units::parse_duration(raw) {
+        return Ok(crate::timefmt::now_ms() - d.as_millis() as i64);
+    }
+    time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|_| {
+            format!(
+                "--since {raw:?}: write an RFC 3339 time (2026-11-27T10:00:00Z) or an age (\"2h\")"
+            )
+        })
+}
+
+/// The control socket named by `--socket`, or by the config file.
+pub fn socket_of(config: &Path, socket: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
+    if let Some(s) = socket {
+        return Ok(s);
+    }
+    crate::config::load(config)
+        .map(|s| s.control_socket)
+        .map_err(|errs| {
+            eprintln!("{errs}\n(or name the control socket with --socket)");
+            ExitCode::from(2)
+        })
+}
+
+fn verify_query(no_verify: bool) -> &'static str {
+    if no_verify {
+        "?verify=false"
+    } else {
+        ""
+    }
+}
+
+/// Runs one `roomhook webhook …` command.
+pub async fn webhook(config: PathBuf, socket: Option<PathBuf>, action: WebhookAction) -> ExitCode {
+    let socket = match socket_of(&config, socket) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let request = match request_for(&action) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (method, path, body) = request;
+    let (status, body) = match crate::admin::control::call(&socket, method, &path, body).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !status.is_success() {
+        eprintln!(
+            "roomhook webhook: {}",
+            body["error"].as_str().unwrap_or("request failed")
+        );
+        return ExitCode::FAILURE;
+    }
+    print_answer(&action, &body);
+    ExitCode::SUCCESS
+}
+
+type Call = (Method, String, Option<Value>);
+
+fn request_for(action: &WebhookAction) -> Result<Call, String> {
+    let enc = |n: &str| {
+        n.replace('%', "%25")
+            .replace('/', "%2F")
+            .replace(' ', "%20")
+    };
+    Ok(match action {
+        WebhookAction::List { .. } => (Method::GET, "/v1/webhooks".to_string(), None),
+        WebhookAction::Show { name } => (Method::GET, format!("/v1/webhooks/{}", enc(name)), None),
+        WebhookAction::Add {
+            name,
+            url,
+            fields,
+            no_verify,
+        } => {
+            let mut m = fields.clone().into_map()?;
+            m.insert("name".into(), name.clone().into());
+            m.insert("url".into(), url.clone().into());
+            (
+                Method::POST,
+                format!("/v1/webhooks{}", verify_query(*no_verify)),
+                Some(Value::Object(m)),
+            )
+        }
+        WebhookAction::Set {
+            name,
+            rename,
+            url,
+            fields,
+            no_verify,
+        } => {
+            let mut m = fields.clone().into_map()?;
+            if let Some(n) = rename {
+                m.insert("name".into(), n.clone().into());
+            }
+            if let Some(u) = url {
+                m.insert("url".into(), u.clone().into());
+            }
+            if m.is_empty() {
+                return Err("roomhook webhook set: nothing to change (see --help)".into());
+            }
+            (
+                Method::PATCH,
+                format!("/v1/webhooks/{}{}", enc(name), verify_query(*no_verify)),
+                Some(Value::Object(m)),
+            )
+        }
+        WebhookAction::Delete { name } => {
+            (Method::DELETE, format!("/v1/webhooks/{}", enc(name)), None)
+        }
+        WebhookAction::Test { name } => (
+            Method::POST,
+            format!("/v1/webhooks/{}/test", enc(name)),
+            None,
+        ),
+        WebhookAction::Enable { name, no_verify } => (
+            Method::POST,
+            format!(
+                "/v1/webhooks/{}/enable{}",
+                enc(name),
+                verify_query(*no_verify)
+            ),
+            None,
+        ),
+        WebhookAction::Disable { name } => (
+            Method::POST,
+            format!("/v1/webhooks/{}/disable", enc(name)),
+            None,
+        ),
+        WebhookAction::DeadLetters { name } => (
+            Method::GET,
+            format!("/v1/webhooks/{}/dead-letters", enc(name)),
+            None,
+        ),
+        WebhookAction::Replay {
+            name,
+            dead_letters,
+            since,
+        } => {
+            if !dead_letters {
+                return Err("roomhook keeps no delivered events, so only dead letters can be replayed: add --dead-letters".into());
+            }
+            let since_ms = since.as_deref().map(parse_since).transpose()?.unwrap_or(0);
+            (
+                Method::POST,
+                format!("/v1/webhooks/{}/replay?since_ms={since_ms}", enc(name)),
+                None,
+            )
+        }
+    })
+}
+
+fn describe_check(r: &Value) -> String {
+    format!(
+        "HTTP {} in {:.1} ms over {}; certificate {} (issuer {}), expires {}",
+        r["status"],
+        r["latency_ms"].as_f64().unwrap_or(0.0),
+        r["tls_version"].as_str().unwrap_or("?"),
+        r["peer_subject"].as_str().unwrap_or("?"),
+        r["peer_issuer"].as_str().unwrap_or("?"),
+        r["peer_not_after"].as_str().unwrap_or("?"),
+    )
+}
+
+fn print_answer(action: &WebhookAction, body: &Value) {
+    let verified = |body: &Value| {
+        if body["verified"].is_object() {
+            format!(" (verified: {})", describe_check(&body["verified"]))
+        } else {
+            String::new()
+        }
+    };
+    match action {
+        WebhookAction::List { json: false } => {
+            println!(
+                "{:<20} {:<13} {:>8} {:>6}  {:<40} LAST ERROR",
+                "WEBHOOK", "STATE", "QUEUED", "DEAD", "URL"
+            );
+            for w in body["webhooks"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<20} {:<13} {:>8} {:>6}  {:<40} {}",
+                    w["name"].as_str().unwrap_or(""),
+                    w["status"]["state"].as_str().unwrap_or(""),
+                    w["queue"]["events"],
+                    w["queue"]["dead_letters"],
+                    w["url"].as_str().unwrap_or(""),
+                    w["status"]["last_error"]["message"].as_str().unwrap_or("-"),
+                );
+            }
+        }
+        WebhookAction::Add {
+            name, no_verify, ..
+        } => {
+            if *no_verify {
+                println!("webhook {name} saved disabled, not verified; `roomhook webhook enable {name}` verifies and enables it");
+            } else {
+                println!("webhook {name} added{}", verified(body));
+            }
+        }
+        WebhookAction::Set { name, .. } => {
+            let now = body["webhook"]["name"].as_str().unwrap_or(name);
+            println!("webhook {now} changed{}", verified(body));
+        }
+        WebhookAction::Enable { name, .. } => println!("webhook {name} enabled{}", verified(body)),
+        WebhookAction::Disable { name } => println!("webhook {name} disabled (queue kept)"),
+        WebhookAction::Delete { name } => println!(
+            "webhook {name} deleted; {} queued event(s) discarded",
+            body["discarded"]
+        ),
+        WebhookAction::Test { name } => {
+            println!("healthCheck to {name}: {}", describe_check(&body["test"]));
+            if let Some(b) = body["test"]["body"].as_str().filter(|b| !b.is_empty()) {
+                println!("answer: {b}");
+            }
+        }
+        WebhookAction::DeadLetters { .. } => {
+            for d in body["dead_letters"].as_array().into_iter().flatten() {
+                println!(
+                    "{}  HTTP {}  {} {}={}  {}",
+                    d["at"].as_str().unwrap_or(""),
+                    d["status"],
+                    d["event"]["d"].as_str().unwrap_or(""),
+                    d["event"]["p"].as_str().unwrap_or(""),
+                    d["event"]["v"],
+                    d["reason"].as_str().unwrap_or(""),
+                );
+            }
+        }
+        WebhookAction::Replay { name, .. } => println!(
+            "{} dead letter(s) of {name} back in the queue",
+            body["replayed"]
+        ),
+        WebhookAction::List { json: true } | WebhookAction::Show { .. } => {
+            println!("{}", serde_json::to_string_pretty(body).unwrap_or_default())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn flags_become_config_keys() {
+        let f = Fields {
+            authorization_file: Some("/run/tok".into()),
+            devices: Some(vec!["room-*".into(), " lobby ".into()]),
+            headers: vec!["X-Site: Oslo".into()],
+            set: vec!["rate_limit=50".into(), "batch_linger=100ms".into()],
+            ..Fields::default()
+        };
+        let m = f.into_map().unwrap();
+        assert_eq!(m["authorization_file"], json!("/run/tok"));
+        assert_eq!(m["devices"], json!(["room-*", "lobby"]));
+        assert_eq!(m["headers"], json!({"X-Site": "Oslo"}));
+        assert_eq!(m["rate_limit"], json!(50));
+        assert_eq!(m["batch_linger"], json!("100ms"));
+        let bad = Fields {
+            headers: vec!["nocolon".into()],
+            ..Fields::default()
+        };
+        assert!(bad.into_map().is_err());
+    }
+}

@@ -1,0 +1,507 @@
+//! The running set of webhooks and MQT sources, changed while the daemon runs: control API
+//! edits and SIGHUP reloads both end in [`Supervisor::apply`], which compares the new
+//! settings with the running ones and starts, restarts, renames or removes only what
+//! changed. A webhook keeps its queue through every change except deletion.
+
+use crate::config::edit::{self, Edit};
+use crate::config::{MqttSettings, Settings, WebhookSettings};
+use crate::deliver::client::WebhookClient;
+use crate::deliver::probe::{self, ProbeError, ProbeReport};
+use crate::deliver::status::{SharedStatus, State};
+use crate::deliver::worker::Worker;
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use crate::store::{Store, WebhookId};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// What the control API and the status views see of one webhook.
+#[derive(Clone)]
+pub struct WebhookView {
+    /// Store id.
+    pub id: WebhookId,
+    /// Settings in force.
+    pub settings: WebhookSettings,
+    /// Live status.
+    pub status: SharedStatus,
+}
+
+struct RunningWebhook {
+    view: WebhookView,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+struct RunningSource {
+    settings: MqttSettings,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+struct Inner {
+    settings: Settings,
+    webhooks: Vec<RunningWebhook>,
+    sources: Vec<RunningSource>,
+}
+
+/// What an apply changed.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Applied {
+    /// Webhooks started.
+    pub added: Vec<String>,
+    /// Webhooks restarted with new settings (queue kept).
+    pub changed: Vec<String>,
+    /// Webhooks removed, with the queued events discarded.
+    pub removed: Vec<(String, u64)>,
+    /// Sources restarted, started or stopped.
+    pub sources: Vec<String>,
+    /// Changes that only take effect after a restart.
+    pub need_restart: Vec<String>,
+}
+
+/// Why a control action failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    /// The daemon runs without a config file to edit.
+    #[error("this roomhook runs without a config file; edit the configuration and restart")]
+    NoFile,
+    /// The config file could not be read or written.
+    #[error("config file {path}: {reason}; make it writable by the daemon's user, or edit it by hand and send SIGHUP")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        reason: String,
+    },
+    /// The edit is not possible.
+    #[error(transparent)]
+    Edit(#[from] edit::EditError),
+    /// The result is not a valid config (nothing was saved).
+    #[error("{0}")]
+    Invalid(String),
+    /// The receiver did not pass the health check (nothing was saved).
+    #[error("verification failed, nothing was saved: {0}")]
+    Verify(ProbeError),
+    /// No such webhook.
+    #[error("no webhook named {0:?}")]
+    Unknown(String),
+    /// Starting or stopping a part failed.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// The result of an edit.
+#[derive(Debug, Serialize)]
+pub struct Edited {
+    /// The health check that verified it, when one was sent.
+    pub verified: Option<ProbeReport>,
+    /// What changed in the running daemon.
+    pub applied: Applied,
+}
+
+/// Owns the running webhooks and sources.
+pub struct Supervisor {
+    inner: tokio::sync::Mutex<Inner>,
+    view: std::sync::RwLock<Arc<Vec<WebhookView>>>,
+    store: Store,
+    ingest: Ingest,
+    metrics: Arc<Metrics>,
+    org_id: String,
+    grace: Duration,
+    worker_stop: CancellationToken,
+    source_stop: CancellationToken,
+}
+
+impl Supervisor {
+    /// Starts the webhooks and sources of `settings`.
+    pub async fn start(
+        settings: Settings,
+        store: Store,
+        ingest: Ingest,
+        metrics: Arc<Metrics>,
+        grace: Duration,
+    ) -> Result<Arc<Self>, ActionError> {
+        let empty = Settings {
+            webhooks: Vec::new(),
+            mqtt: Vec::new(),
+            ..settings.clone()
+        };
+        let sup = Arc::new(Self {
+            inner: tokio::sync::Mutex::new(Inner {
+                settings: empty,
+                webhooks: Vec::new(),
+                sources: Vec::new(),
+            }),
+            view: Default::default(),
+            store,
+            ingest,
+            metrics,
+            org_id: settings.org_id.clone(),
+            grace,
+            worker_stop: CancellationToken::new(),
+            source_stop: CancellationToken::new(),
+        });
+        // Queues in the store that no configured webhook names any more were deleted from
+        // the file while the daemon was stopped: purge them so they do not hold disk.
+        let known = {
+            let store = sup.store.clone();
+            tokio::task::spawn_blocking(move || store.names())
+                .await
+                .map_err(|e| ActionError::Runtime(e.to_string()))?
+                .map_err(|e| ActionError::Runtime(e.to_string()))?
+        };
+        for (name, _) in known {
+            if !settings.webhooks.iter().any(|w| w.name == name) {
+                let n = sup
+                    .store
+                    .purge(&name)
+                    .await
+                    .map_err(|e| ActionError::Runtime(e.to_string()))?;
+                tracing::warn!(
+                    webhook = %name,
+                    "webhook is no longer in the config: its queue was deleted ({n} queued events discarded)"
+                );
+            }
+        }
+        {
+            let mut inner = sup.inner.lock().await;
+            sup.apply_locked(&mut inner, settings, &[]).await?;
+        }
+        Ok(sup)
+    }
+
+    /// The webhooks as of now, in config order.
+    pub fn webhooks(&self) -> Arc<Vec<WebhookView>> {
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// One webhook by name.
+    pub fn webhook(&self, name: &str) -> Option<WebhookView> {
+        self.webhooks()
+            .iter()
+            .find(|w| w.settings.name == name)
+            .cloned()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// `orgId` of payloads.
+    pub fn org_id(&self) -> &str {
+        &self.org_id
+    }
+
+    /// The config file the daemon runs on.
+    pub async fn config_file(&self) -> PathBuf {
+        self.inner.lock().await.settings.file.clone()
+    }
+
+    /// Re-reads the config file and applies it; an invalid file changes nothing.
+    pub async fn reload(&self) -> Result<Applied, ActionError> {
+        let mut inner = self.inner.lock().await;
+        let file = inner.settings.file.clone();
+        let settings =
+            crate::config::load(&file).map_err(|e| ActionError::Invalid(e.to_string()))?;
+        self.apply_locked(&mut inner, settings, &[]).await
+    }
+
+    /// Edits the config file and applies the result. A webhook whose URL or credentials
+    /// change (or a new one) is verified first when `verify` is set and it is enabled: a
+    /// `healthCheck` must be answered 200, or nothing is saved. A new webhook added with
+    /// `verify` unset is saved disabled (until `enable` verifies it).
+    pub async fn edit(&self, mut change: Edit, verify: bool) -> Result<Edited, ActionError> {
+        let mut inner = self.inner.lock().await;
+        let file = inner.settings.file.clone();
+        if file.as_os_str().is_empty() {
+            return Err(ActionError::NoFile);
+        }
+        if let (Edit::Add(values), false) = (&mut change, verify) {
+            values.insert("enabled".into(), serde_json::Value::Bool(false));
+        }
+        let text = std::fs::read_to_string(&file).map_err(|e| ActionError::File {
+            path: file.clone(),
+            reason: e.to_string(),
+        })?;
+        let new_text = edit::apply(&text, &change)?;
+        let settings = crate::config::load_str(&file, &new_text)
+            .map_err(|e| ActionError::Invalid(e.to_string()))?;
+        let (target, renames) = match &change {
+            Edit::Add(v) => (
+                v.get("name").and_then(|n| n.as_str()).map(str::to_string),
+                vec![],
+            ),
+            Edit::Set { name, changes } => {
+                let new = changes
+                    .get("name")
+                    .and_then(|n| n.as_str())
+                    .unwrap_or(name)
+                    .to_string();
+                let renames = if &new != name {
+                    vec![(name.clone(), new.clone())]
+                } else {
+                    vec![]
+                };
+                (Some(new), renames)
+            }
+            Edit::Remove(_) => (None, vec![]),
+        };
+        let mut verified = None;
+        if let Some(w) = target.and_then(|t| settings.webhooks.iter().find(|w| w.name == t)) {
+            let before = match &change {
+                Edit::Set { name, .. } => inner
+                    .webhooks
+                    .iter()
+                    .find(|r| &r.view.settings.name == name)
+                    .map(|r| &r.view.settings),
+                _ => None,
+            };
+            let reaches_elsewhere = before.is_none_or(|b| {
+                b.url != w.url
+                    || b.auth != w.auth
+                    || b.trust != w.trust
+                    || b.headers != w.headers
+                    || !b.enabled
+            });
+            if verify && w.enabled && reaches_elsewhere {
+                let id = before.map_or(0, |_| {
+                    inner
+                        .webhooks
+                        .iter()
+                        .find(|r| r.view.settings.name == w.name)
+                        .map_or(0, |r| r.view.id.0)
+                });
+                let report = probe::probe(w, &self.org_id, &self.health_id(id))
+                    .await
+                    .map_err(ActionError::Verify)?;
+                report.verified().map_err(ActionError::Verify)?;
+                verified = Some(report);
+            }
+        }
+        edit::write_atomically(&file, &new_text).map_err(|e| ActionError::File {
+            path: file.clone(),
+            reason: e.to_string(),
+        })?;
+        let applied = self.apply_locked(&mut inner, settings, &renames).await?;
+        Ok(Edited { verified, applied })
+    }
+
+    /// Sends a `healthCheck` to a webhook now, outside its queue.
+    pub async fn test(&self, name: &str) -> Result<ProbeReport, ActionError> {
+        let w = self
+            .webhook(name)
+            .ok_or_else(|| ActionError::Unknown(name.to_string()))?;
+        probe::probe(&w.settings, &self.org_id, &self.health_id(w.id.0))
+            .await
+            .map_err(ActionError::Verify)
+    }
+
+    fn health_id(&self, webhook: u32) -> String {
+        format!(
+            "msg_{:x}_{webhook}_health_{}",
+            self.store.store_id(),
+            crate::timefmt::now_ms()
+        )
+    }
+
+    /// Stops the sources (first step of a shutdown).
+    pub async fn stop_sources(&self) {
+        self.source_stop.cancel();
+        let mut inner = self.inner.lock().await;
+        for s in inner.sources.drain(..) {
+            let _ = s.task.await;
+        }
+    }
+
+    /// Stops the delivery workers (after the sources).
+    pub async fn stop_webhooks(&self) {
+        self.worker_stop.cancel();
+        let mut inner = self.inner.lock().await;
+        for w in inner.webhooks.drain(..) {
+            let _ = w.task.await;
+        }
+    }
+
+    async fn apply_locked(
+        &self,
+        inner: &mut Inner,
+        new: Settings,
+        renames: &[(String, String)],
+    ) -> Result<Applied, ActionError> {
+        let mut applied = Applied::default();
+        let old = &inner.settings;
+        let restart_only = [
+            ("gateway.data_dir", old.data_dir != new.data_dir),
+            ("gateway.org_id", old.org_id != new.org_id),
+            (
+                "gateway.max_store_bytes",
+                old.max_store_bytes != new.max_store_bytes,
+            ),
+            ("admin.listen", old.admin_listen != new.admin_listen),
+            ("admin.socket", old.control_socket != new.control_socket),
+            ("admin.token", old.admin_token != new.admin_token),
+        ];
+        if !inner.webhooks.is_empty() || !inner.sources.is_empty() {
+            for (key, changed) in restart_only {
+                if changed {
+                    tracing::warn!("{key} changed: it takes effect after a restart");
+                    applied.need_restart.push(key.to_string());
+                }
+            }
+        }
+
+        // Webhooks: the old list, matched to the new by name (or by a rename).
+        let mut old_hooks: Vec<RunningWebhook> = std::mem::take(&mut inner.webhooks);
+        let mut next: Vec<RunningWebhook> = Vec::new();
+        for w in &new.webhooks {
+            let old_name = renames
+                .iter()
+                .find(|(_, to)| to == &w.name)
+                .map_or(w.name.as_str(), |(from, _)| from.as_str());
+            let found = old_hooks
+                .iter()
+                .position(|r| r.view.settings.name == old_name);
+            match found.map(|i| old_hooks.remove(i)) {
+                Some(r) if r.view.settings == *w => next.push(r),
+                Some(r) => {
+                    r.stop.cancel();
+                    let _ = r.task.await;
+                    if old_name != w.name {
+                        self.store
+                            .rename(old_name, &w.name)
+                            .await
+                            .map_err(|e| ActionError::Runtime(e.to_string()))?;
+                        tracing::info!(webhook = %w.name, "webhook renamed from {old_name}");
+                    }
+                    self.store.set_overflow(r.view.id, w.overflow);
+                    self.ingest.upsert_webhook(r.view.id, w);
+                    tracing::info!(webhook = %w.name, "webhook settings changed: restarted, queue kept");
+                    applied.changed.push(w.name.clone());
+                    next.push(self.spawn_webhook(r.view.id, w, Some(r.view.status))?);
+                }
+                None => {
+                    let id = self
+                        .store
+                        .register(&w.name, w.overflow)
+                        .await
+                        .map_err(|e| ActionError::Runtime(e.to_string()))?;
+                    self.ingest.upsert_webhook(id, w);
+                    if !inner.webhooks.is_empty() || !next.is_empty() || !old_hooks.is_empty() {
+                        tracing::info!(webhook = %w.name, "webhook added");
+                    }
+                    applied.added.push(w.name.clone());
+                    next.push(self.spawn_webhook(id, w, None)?);
+                }
+            }
+        }
+        for r in old_hooks {
+            r.stop.cancel();
+            let _ = r.task.await;
+            self.ingest.remove_webhook(r.view.id);
+            let n = self
+                .store
+                .purge(&r.view.settings.name)
+                .await
+                .map_err(|e| ActionError::Runtime(e.to_string()))?;
+            tracing::info!(webhook = %r.view.settings.name, "webhook deleted: {n} queued events discarded");
+            applied.removed.push((r.view.settings.name.clone(), n));
+        }
+        inner.webhooks = next;
+        *self.view.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(inner.webhooks.iter().map(|r| r.view.clone()).collect());
+
+        // Sources: restart the ones whose settings changed.
+        let mut old_sources: Vec<RunningSource> = std::mem::take(&mut inner.sources);
+        let mut sources = Vec::new();
+        for m in &new.mqtt {
+            let found = old_sources.iter().position(|s| s.settings.name == m.name);
+            match found.map(|i| old_sources.remove(i)) {
+                Some(s) if s.settings == *m => sources.push(s),
+                other => {
+                    if let Some(s) = other {
+                        s.stop.cancel();
+                        let _ = s.task.await;
+                        tracing::info!(source = %m.name, "source settings changed: restarted");
+                        applied.sources.push(m.name.clone());
+                    }
+                    sources.push(self.spawn_source(m));
+                }
+            }
+        }
+        for s in old_sources {
+            s.stop.cancel();
+            let _ = s.task.await;
+            tracing::info!(source = %s.settings.name, "source removed");
+            applied.sources.push(s.settings.name.clone());
+        }
+        inner.sources = sources;
+        inner.settings = new;
+        Ok(applied)
+    }
+
+    fn spawn_webhook(
+        &self,
+        id: WebhookId,
+        w: &WebhookSettings,
+        status: Option<SharedStatus>,
+    ) -> Result<RunningWebhook, ActionError> {
+        let client = WebhookClient::new(w)
+            .map_err(|e| ActionError::Runtime(format!("webhook {}: {e}", w.name)))?;
+        let state = if w.enabled {
+            State::Active
+        } else {
+            State::Disabled
+        };
+        let status = match status {
+            Some(s) => {
+                if let Ok(mut st) = s.lock() {
+                    st.state = state;
+                }
+                s
+            }
+            None => crate::deliver::status::shared(state),
+        };
+        let stop = self.worker_stop.child_token();
+        let worker = Worker {
+            id,
+            settings: w.clone(),
+            client,
+            store: self.store.clone(),
+            org_id: self.org_id.clone(),
+            metrics: self.metrics.clone(),
+            status: status.clone(),
+            shutdown: stop.clone(),
+            grace: self.grace,
+        };
+        Ok(RunningWebhook {
+            view: WebhookView {
+                id,
+                settings: w.clone(),
+                status,
+            },
+            stop,
+            task: tokio::spawn(worker.run()),
+        })
+    }
+
+    fn spawn_source(&self, m: &MqttSettings) -> RunningSource {
+        let stop = self.source_stop.child_token();
+        let (settings, ingest, token) = (m.clone(), self.ingest.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let name = settings.name.clone();
+            if let Err(e) = crate::source::mqtt::run(settings, ingest, token).await {
+                tracing::error!(source = %name, "{e}");
+            }
+        });
+        RunningSource {
+            settings: m.clone(),
+            stop,
+            task,
+        }
+    }
+}
