@@ -238,8 +238,8 @@ pub fn socket_of(config: &Path, socket: Option<PathBuf>) -> Result<PathBuf, Exit
     if let Some(s) = socket {
         return Ok(s);
     }
-    crate::config::load(config)
-        .map(|s| s.control_socket)
+    crate::config::locations(config)
+        .map(|(_, socket)| socket)
         .map_err(|errs| {
             eprintln!("{errs}\n(or name the control socket with --socket)");
             ExitCode::from(2)
@@ -283,6 +283,12 @@ pub async fn webhook(config: PathBuf, socket: Option<PathBuf>, action: WebhookAc
         return ExitCode::FAILURE;
     }
     print_answer(&action, &body);
+    if let (WebhookAction::Test { .. }, Some(s)) = (&action, body["test"]["status"].as_u64()) {
+        if s != 200 {
+            eprintln!("roomhook webhook test: the receiver answered HTTP {s}, not 200");
+            return ExitCode::FAILURE;
+        }
+    }
     ExitCode::SUCCESS
 }
 

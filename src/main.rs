@@ -92,8 +92,8 @@ fn data_dir(config: &std::path::Path, data_dir: Option<PathBuf>) -> Result<PathB
     if let Some(d) = data_dir {
         return Ok(d);
     }
-    roomhook::config::load(config)
-        .map(|s| s.data_dir)
+    roomhook::config::locations(config)
+        .map(|(data_dir, _)| data_dir)
         .map_err(|errs| {
             eprintln!("{errs}\n(or name the store directly with --data-dir)");
             ExitCode::from(2)

@@ -181,19 +181,33 @@ pub async fn publish_all(
     }
 }
 
-/// The text of `GET /metrics` from a roomhook admin listener on 127.0.0.1 (empty on error).
-pub fn scrape(port: u16) -> String {
+/// `GET path` on 127.0.0.1:port with an optional Authorization header: the status code and
+/// the whole response text (status 0 when nothing answers).
+pub fn http_get(port: u16, path: &str, authorization: Option<&str>) -> (u16, String) {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
+        return (0, String::new());
     };
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
     let _ = write!(
         s,
-        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
     );
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    out
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
+/// The text of `GET /metrics` from a roomhook admin listener on 127.0.0.1 (empty on error).
+pub fn scrape(port: u16) -> String {
+    http_get(port, "/metrics", None).1
 }
 
 /// The value of one series (`name{labels}`, exactly as exposed) from `GET /metrics`.

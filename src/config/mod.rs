@@ -447,9 +447,8 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
-/// Reads, parses and validates a config file.
-pub fn load(file: &Path) -> Result<Settings, ConfigErrors> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
+fn read(file: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(file).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: file.to_path_buf(),
             key: String::new(),
@@ -457,13 +456,60 @@ pub fn load(file: &Path) -> Result<Settings, ConfigErrors> {
             problem: format!("cannot read the config file: {e}"),
             fix: "check the path given with -c/--config and its permissions".into(),
         }])
-    })?;
+    })
+}
+
+/// Reads, parses and validates a config file.
+pub fn load(file: &Path) -> Result<Settings, ConfigErrors> {
+    let text = read(file)?;
     load_str(file, &text)
 }
 
-/// Parses and validates config text that came from `file`.
-pub fn load_str(file: &Path, text: &str) -> Result<Settings, ConfigErrors> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+/// The data directory and the control socket a config file names, without checking the
+/// rest (the CLI needs only these, and may lack the daemon's secrets).
+pub fn locations(file: &Path) -> Result<(PathBuf, PathBuf), ConfigErrors> {
+    let text = read(file)?;
+    /// Only what `locations` needs; everything else is ignored here.
+    #[derive(Deserialize)]
+    struct Lenient {
+        gateway: LenientGateway,
+        #[serde(default)]
+        admin: LenientAdmin,
+    }
+    #[derive(Deserialize)]
+    struct LenientGateway {
+        data_dir: PathBuf,
+    }
+    #[derive(Deserialize, Default)]
+    struct LenientAdmin {
+        socket: Option<PathBuf>,
+    }
+    let raw: Lenient = toml::from_str(&text).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_path_buf(),
+            key: String::new(),
+            line: None,
+            problem: e.message().trim().to_string(),
+            fix: "roomhook check-config -c <file> shows every problem".into(),
+        }])
+    })?;
+    let base = base_dir(file);
+    let data_dir = base.join(&raw.gateway.data_dir);
+    let socket = match &raw.admin.socket {
+        Some(s) => base.join(s),
+        None => data_dir.join("roomhook.sock"),
+    };
+    Ok((data_dir, socket))
+}
+
+fn base_dir(file: &Path) -> &Path {
+    file.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+fn parse(file: &Path, text: &str) -> Result<RawConfig, ConfigErrors> {
+    toml::from_str(text).map_err(|e| {
         let line = e
             .span()
             .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
@@ -475,12 +521,13 @@ pub fn load_str(file: &Path, text: &str) -> Result<Settings, ConfigErrors> {
             fix: "correct the TOML at that line (see the configuration reference in README.md)"
                 .into(),
         }])
-    })?;
-    let base = file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    validate(&raw, base, file).map_err(|mut errs| {
+    })
+}
+
+/// Parses and validates config text that came from `file`.
+pub fn load_str(file: &Path, text: &str) -> Result<Settings, ConfigErrors> {
+    let raw = parse(file, text)?;
+    validate(&raw, base_dir(file), file).map_err(|mut errs| {
         for e in &mut errs.0 {
             if e.line.is_none() && !e.key.is_empty() {
                 e.line = locate::line_of(text, &e.key);

@@ -216,9 +216,7 @@ pub async fn probe(
     };
     let (status, body) = within(w.request_timeout, "waiting for the answer", exchange)
         .await?
-        .map_err(|e| ProbeError::Http {
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| explain_http(&e, &host))?;
     let cut = &body[..body.len().min(BODY_EXCERPT)];
     Ok(ProbeReport {
         status,
@@ -266,10 +264,35 @@ fn describe_cert(der: &[u8]) -> (String, String, String) {
 
 /// Says in words why a handshake failed.
 fn explain_tls(e: &std::io::Error, host: &str) -> String {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(inner) => explain_rustls(inner, host),
+        None => format!("handshake failed: {e}"),
+    }
+}
+
+/// Why a request failed; a TLS alert that came after the handshake (TLS 1.3 servers check
+/// client certificates then) is explained like a handshake failure.
+fn explain_http(e: &hyper::Error, host: &str) -> ProbeError {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = cur {
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map_or(err, |i| i as &(dyn std::error::Error + 'static));
+        if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+            return ProbeError::Tls {
+                reason: explain_rustls(tls, host),
+            };
+        }
+        cur = inner.source();
+    }
+    ProbeError::Http {
+        reason: e.to_string(),
+    }
+}
+
+fn explain_rustls(inner: &rustls::Error, host: &str) -> String {
     use rustls::{AlertDescription, CertificateError, Error};
-    let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) else {
-        return format!("handshake failed: {e}");
-    };
     match inner {
         Error::InvalidCertificate(CertificateError::UnknownIssuer) => format!(
             "the receiver's certificate is not trusted: it is self-signed or issued by a CA that is neither a public root nor in ca_file ({inner})"

@@ -76,14 +76,77 @@ pub fn self_signed(names: &[&str]) -> Result<ServerIdentity, PkiError> {
     })
 }
 
+/// A client certificate (PEM) from a private CA of its own, for mutual TLS.
+pub struct ClientIdentity {
+    /// The CA that a server should accept client certificates from.
+    pub ca_pem: String,
+    /// The client certificate.
+    pub cert_pem: String,
+    /// Its private key (PKCS#8).
+    pub key_pem: String,
+}
+
+/// A new private CA and a client certificate it signed for `name`.
+pub fn client_identity(name: &str) -> Result<ClientIdentity, PkiError> {
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "roomhook throwaway client CA");
+    ca.key_usages.push(KeyUsagePurpose::KeyCertSign);
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let mut params = CertificateParams::new(vec![name.to_string()])?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages.push(KeyUsagePurpose::DigitalSignature);
+    params
+        .extended_key_usages
+        .push(ExtendedKeyUsagePurpose::ClientAuth);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(ClientIdentity {
+        ca_pem: ca_cert.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
 impl ServerIdentity {
     /// A rustls server configuration offering h2 and http/1.1.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        self.config(None)
+    }
+
+    /// Like [`server_config`](Self::server_config), but requiring a client certificate
+    /// issued by the CA in `client_ca_pem` (mutual TLS).
+    pub fn server_config_requiring_client(
+        &self,
+        client_ca_pem: &str,
+    ) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        self.config(Some(client_ca_pem))
+    }
+
+    fn config(&self, client_ca_pem: Option<&str>) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        use rustls::pki_types::pem::PemObject;
         crate::install_crypto_provider();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.clone()));
-        let mut cfg = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(self.chain.clone(), key)?;
+        let builder = rustls::ServerConfig::builder();
+        let builder = match client_ca_pem {
+            None => builder.with_no_client_auth(),
+            Some(pem) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                    let cert = cert.map_err(|e| rustls::Error::General(e.to_string()))?;
+                    roots.add(cert)?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                    .build()
+                    .map_err(|e| rustls::Error::General(e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut cfg = builder.with_single_cert(self.chain.clone(), key)?;
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(cfg))
     }

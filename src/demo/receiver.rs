@@ -275,7 +275,12 @@ async fn handle(
         });
     }
     st.notify.notify_waiters();
-    let mut resp = Response::new(Full::new(Bytes::from_static(b"")));
+    let answer = match status {
+        200..=299 => String::new(),
+        401 => "{\"error\":\"invalid credentials\"}".to_string(),
+        s => format!("{{\"error\":\"receiver answers {s}\"}}"),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(answer)));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if let Some(secs) = retry_after {
         if let Ok(v) = hyper::header::HeaderValue::from_str(&secs.to_string()) {

@@ -70,6 +70,16 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `roomhook run -c config`, logging to `<config>.log` (appended).
     pub fn start(config: &Path) -> Daemon {
+        Self::start_with_env(config, &[])
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// Like [`start`](Self::start), with extra environment variables.
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Daemon {
         let log = config.with_extension("log");
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -81,6 +91,7 @@ impl Daemon {
             .arg(config)
             .stdout(Stdio::null())
             .stderr(file)
+            .envs(env.iter().copied())
             .spawn()
             .expect("start roomhook");
         let d = Daemon {
@@ -251,4 +262,39 @@ pub fn assert_complete_and_ordered(
             "values of {device} (lost, duplicated or out of order)"
         );
     }
+}
+
+/// Runs `roomhook <args>` to completion off the async runtime: (exit code, stdout, stderr).
+pub async fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(env!("CARGO_BIN_EXE_roomhook"))
+            .args(&args)
+            .output()
+            .expect("run roomhook");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    })
+    .await
+    .expect("cli task")
+}
+
+/// `roomhook webhook <args> -c <config>`.
+pub async fn webhook_cli(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let config = config.to_string_lossy().to_string();
+    let mut all = vec!["webhook"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-c", &config]);
+    run_cli(&all).await
+}
+
+/// The daemon's webhooks as `webhook list --json` prints them.
+pub async fn webhook_list(config: &Path) -> Vec<serde_json::Value> {
+    let (code, out, err) = webhook_cli(config, &["list", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("list json");
+    v["webhooks"].as_array().cloned().unwrap_or_default()
 }

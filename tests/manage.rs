@@ -1,0 +1,744 @@
+//! Webhook management against a running daemon (the binary) and real HTTPS receivers:
+//! add with verify, set, delete with a backlog, test, enable/disable, persistence across a
+//! restart, SIGHUP reloads, the TCP control API's token, mutual TLS, static headers,
+//! systemd credentials — and no secret in any output.
+
+mod common;
+
+use common::*;
+use roomhook::demo::receiver::Behaviour;
+use std::path::Path;
+use std::time::Duration;
+
+fn config_text(config: &Path) -> String {
+    std::fs::read_to_string(config).unwrap()
+}
+
+fn find<'a>(list: &'a [serde_json::Value], name: &str) -> Option<&'a serde_json::Value> {
+    list.iter().find(|w| w["name"] == name)
+}
+
+fn health_checks(rx: &roomhook::demo::receiver::Receiver) -> usize {
+    rx.requests()
+        .iter()
+        .filter(|r| r.json()["type"] == "healthCheck")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_is_saved_only_after_the_receiver_answers_200() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker();
+    let rx = receiver(dir.path(), false).await;
+    let config = write_config(
+        dir.path(),
+        &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
+    );
+    let daemon = Daemon::start(&config);
+    let ca = rx.ca_file.to_str().unwrap();
+    let mut outputs = String::new();
+
+    // 200 → saved, active, and events flow to it.
+    let good = receiver(dir.path(), false).await;
+    let (code, out, err) = webhook_cli(
+        &config,
+        &[
+            "add",
+            "--name",
+            "bi",
+            "--url",
+            &good.url,
+            "--authorization",
+            TOKEN,
+            "--ca-file",
+            good.ca_file.to_str().unwrap(),
+            "--devices",
+            "room-1,room-2",
+            "--statuses",
+            "RoomAnalytics.PeopleCount.Current",
+        ],
+    )
+    .await;
+    outputs.push_str(&out);
+    outputs.push_str(&err);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("webhook bi added (verified: HTTP 200"),
+        "{out}"
+    );
+    assert!(out.contains("TLS 1.3"), "{out}");
+    assert_eq!(health_checks(&good.receiver), 1);
+    let check = &good.receiver.requests()[0];
+    assert_eq!(
+        check
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok()),
+        Some(TOKEN)
+    );
+    assert_eq!(check.json()["orgId"], "test-org");
+    assert!(config_text(&config).contains("name = \"bi\""));
+    let list = webhook_list(&config).await;
+    assert_eq!(find(&list, "bi").unwrap()["status"]["state"], "active");
+    publish(broker.port, &workload(3, 5)).await;
+    assert!(
+        good.receiver
+            .wait_accepted(1 + 2 * 5, Duration::from_secs(20))
+            .await,
+        "events did not reach the added webhook; log:\n{}",
+        daemon.logs()
+    );
+
+    // 401 → refused, nothing saved, the status and body are shown.
+    let before = config_text(&config);
+    let (code, out, err) = webhook_cli(
+        &config,
+        &[
+            "add",
+            "--name",
+            "wrong",
+            "--url",
+            &rx.url,
+            "--authorization",
+            "Bearer nope-nope",
+            "--ca-file",
+            ca,
+            "--statuses",
+            "RoomAnalytics.*",
+        ],
+    )
+    .await;
+    outputs.push_str(&out);
+    outputs.push_str(&err);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("HTTP 401") && err.contains("invalid credentials"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was saved"), "{err}");
+    assert_eq!(config_text(&config), before);
+
+    // Self-signed → refused with a message that says so.
+    let selfsigned = receiver(dir.path(), true).await;
+    let (code, _, err) = webhook_cli(
+        &config,
+        &[
+            "add",
+            "--name",
+            "ss",
+            "--url",
+            &selfsigned.url,
+            "--authorization",
+            TOKEN,
+            "--statuses",
+            "RoomAnalytics.*",
+        ],
+    )
+    .await;
+    outputs.push_str(&err);
+    assert_ne!(code, 0);
+    assert!(err.contains("TLS") && err.contains("self-signed"), "{err}");
+    assert_eq!(health_checks(&selfsigned.receiver), 0);
+
+    // Unreachable → refused (connect).
+    let url = format!("https://127.0.0.1:{}/hook", free_port());
+    let (code, _, err) = webhook_cli(
+        &config,
+        &[
+            "add",
+            "--name",
+            "gone",
+            "--url",
+            &url,
+            "--authorization",
+            TOKEN,
+            "--statuses",
+            "RoomAnalytics.*",
+        ],
+    )
+    .await;
+    outputs.push_str(&err);
+    assert_ne!(code, 0);
+    assert!(err.contains("connect"), "{err}");
+
+    // An invalid setting → the config error with its key; nothing saved.
+    let (code, _, err) = webhook_cli(
+        &config,
+        &[
+            "add",
+            "--name",
+            "typo",
+            "--url",
+            &good.url,
+            "--no-auth",
+            "--statuses",
+            "RoomAnalytics.PeopleCnt",
+        ],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("statuses") && err.contains("did you mean"),
+        "{err}"
+    );
+    assert_eq!(config_text(&config), before);
+
+    // --no-verify → saved disabled; enable verifies it.
+    let (code, out, err) = webhook_cli(
+        &config,
+        &[
+            "add",
+            "--name",
+            "later",
+            "--url",
+            &good.url,
+            "--authorization",
+            TOKEN,
+            "--ca-file",
+            good.ca_file.to_str().unwrap(),
+            "--statuses",
+            "RoomAnalytics.*",
+            "--no-verify",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("saved disabled"), "{out}");
+    let list = webhook_list(&config).await;
+    assert_eq!(find(&list, "later").unwrap()["status"]["state"], "disabled");
+    assert_eq!(find(&list, "later").unwrap()["enabled"], false);
+    let checks = health_checks(&good.receiver);
+    let (code, out, err) = webhook_cli(&config, &["enable", "later"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("enabled (verified: HTTP 200"), "{out}");
+    assert_eq!(health_checks(&good.receiver), checks + 1);
+    let list = webhook_list(&config).await;
+    assert_eq!(find(&list, "later").unwrap()["status"]["state"], "active");
+
+    // Secrets appear nowhere: command output, list/show, logs.
+    let (_, show, _) = webhook_cli(&config, &["show", "bi"]).await;
+    let (_, list_text, _) = webhook_cli(&config, &["list", "--json"]).await;
+    for text in [&outputs, &show, &list_text, &daemon.logs()] {
+        assert!(!text.contains("s3cr3t-token"), "token leaked:\n{text}");
+        assert!(!text.contains("nope-nope"), "token leaked:\n{text}");
+    }
+    assert!(show.contains("\"value\": \"***\""), "{show}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_changes_url_selection_and_name_with_events_flowing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker();
+    let a = receiver(dir.path(), false).await;
+    let b = receiver(dir.path(), false).await;
+    let config = write_config(
+        dir.path(),
+        &standard_config(broker.port, &a.url, &a.ca_file, ""),
+    );
+    let daemon = Daemon::start(&config);
+
+    // Events flow while the URL changes: every one arrives at a or b, none after the change at a.
+    let port = broker.port;
+    let publisher = tokio::spawn(async move {
+        for round in 0..20 {
+            let msgs: Vec<(String, i64)> = (0..4).map(|d| (format!("room-{d}"), round)).collect();
+            publish(port, &msgs).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    assert!(a.receiver.wait_accepted(8, Duration::from_secs(20)).await);
+    let (code, out, err) = webhook_cli(
+        &config,
+        &[
+            "set",
+            "facilities",
+            "--url",
+            &b.url,
+            "--ca-file",
+            b.ca_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("webhook facilities changed (verified: HTTP 200"),
+        "{out}"
+    );
+    let at_a = a.receiver.requests().len();
+    publisher.await.unwrap();
+    let all = |rx: &[roomhook::demo::receiver::Received]| {
+        rx.iter()
+            .filter(|r| r.status == 200 && r.json()["type"] == "status")
+            .count()
+    };
+    let done = b
+        .receiver
+        .wait_for(Duration::from_secs(30), |r| {
+            all(r) + all(&a.receiver.requests()) >= 80
+        })
+        .await;
+    assert!(
+        done,
+        "events lost across the URL change; log:\n{}",
+        daemon.logs()
+    );
+    assert_eq!(
+        a.receiver.requests().len(),
+        at_a,
+        "a got requests after the change"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for r in a
+        .receiver
+        .accepted()
+        .iter()
+        .chain(b.receiver.accepted().iter())
+    {
+        for m in r.messages() {
+            if m["type"] == "status" {
+                seen.insert((
+                    m["deviceId"].as_str().unwrap().to_string(),
+                    m["changes"]["updated"]["RoomAnalytics.PeopleCount.Current"]
+                        .as_i64()
+                        .unwrap(),
+                ));
+            }
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        80,
+        "every (device, value) delivered once at least"
+    );
+    assert!(config_text(&config).contains(&b.url));
+
+    // New credentials that the receiver refuses: nothing changes.
+    let before = config_text(&config);
+    let (code, _, err) = webhook_cli(
+        &config,
+        &["set", "facilities", "--authorization", "Bearer wrong-one"],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("HTTP 401"), "{err}");
+    assert_eq!(config_text(&config), before);
+
+    // Selection: only room-0 from now on.
+    let (code, _, err) = webhook_cli(&config, &["set", "facilities", "--devices", "room-0"]).await;
+    assert_eq!(code, 0, "{err}");
+    let before = b.receiver.accepted_messages();
+    publish(
+        broker.port,
+        &[("room-1".into(), 100), ("room-0".into(), 100)],
+    )
+    .await;
+    assert!(
+        b.receiver
+            .wait_accepted(before + 1, Duration::from_secs(20))
+            .await
+    );
+    // room-1's event was published first; had it been routed it would have arrived too.
+    let _ = b
+        .receiver
+        .wait_accepted(before + 2, Duration::from_millis(500))
+        .await;
+    let last: Vec<_> = b.receiver.accepted()[before..]
+        .iter()
+        .map(|r| r.json()["deviceId"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(last, vec!["room-0".to_string()]);
+
+    // Rename with a backlog: the queue moves with the name and is delivered after.
+    b.receiver.set_behaviour(Behaviour::Status(503));
+    publish(
+        broker.port,
+        &[("room-0".into(), 101), ("room-0".into(), 102)],
+    )
+    .await;
+    let queued = wait_until(Duration::from_secs(10), || {
+        futures_block(webhook_list(&config))
+            .iter()
+            .any(|w| w["queue"]["events"].as_u64() == Some(2))
+    });
+    assert!(queued, "backlog not queued");
+    let (code, out, err) = webhook_cli(
+        &config,
+        &[
+            "set",
+            "facilities",
+            "--name",
+            "facilities-v2",
+            "--no-verify",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("facilities-v2 changed"), "{out}");
+    let list = webhook_list(&config).await;
+    assert!(find(&list, "facilities").is_none());
+    assert_eq!(find(&list, "facilities-v2").unwrap()["queue"]["events"], 2);
+    b.receiver.set_behaviour(Behaviour::Accept);
+    assert!(
+        b.receiver
+            .wait_accepted(before + 3, Duration::from_secs(20))
+            .await
+    );
+    let text = config_text(&config);
+    assert!(text.contains("name = \"facilities-v2\"") && !text.contains("name = \"facilities\""));
+}
+
+/// Runs a future to completion from synchronous code inside a multi-thread runtime.
+fn futures_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_purges_the_backlog_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker();
+    let rx = receiver(dir.path(), false).await;
+    rx.receiver.set_behaviour(Behaviour::Status(503));
+    let config = write_config(
+        dir.path(),
+        &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
+    );
+    let mut daemon = Daemon::start(&config);
+    publish(broker.port, &workload(5, 10)).await;
+    let queued = wait_until(Duration::from_secs(20), || {
+        futures_block(webhook_list(&config))
+            .first()
+            .is_some_and(|w| w["queue"]["events"].as_u64() == Some(50))
+    });
+    assert!(queued, "backlog not queued; log:\n{}", daemon.logs());
+    let (code, out, err) = webhook_cli(&config, &["delete", "facilities"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("webhook facilities deleted; 50 queued event(s) discarded"),
+        "{out}"
+    );
+    assert!(webhook_list(&config).await.is_empty());
+    assert!(!config_text(&config).contains("[[webhooks]]"));
+    let (code, _, err) = webhook_cli(&config, &["delete", "facilities"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("no webhook named"), "{err}");
+    let requests = rx.receiver.requests().len();
+    assert_eq!(daemon.stop(), Some(0));
+    let _daemon = Daemon::start(&config);
+    assert!(webhook_list(&config).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        rx.receiver.requests().len(),
+        requests,
+        "a deleted webhook sent requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_reports_status_latency_tls_and_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker();
+    let rx = receiver(dir.path(), false).await;
+    let config = write_config(
+        dir.path(),
+        &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
+    );
+    let _daemon = Daemon::start(&config);
+    let (code, out, err) = webhook_cli(&config, &["test", "facilities"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("healthCheck to facilities: HTTP 200 in "),
+        "{out}"
+    );
+    assert!(out.contains("over TLS 1.3"), "{out}");
+    assert!(out.contains("certificate CN=127.0.0.1"), "{out}");
+    assert!(out.contains("issuer CN=roomhook throwaway CA"), "{out}");
+    let year = out
+        .split("expires ")
+        .nth(1)
+        .and_then(|s| s.get(..4))
+        .unwrap_or("");
+    assert!(year.parse::<u32>().is_ok_and(|y| y >= 2026), "{out}");
+    assert_eq!(health_checks(&rx.receiver), 1);
+    // A failing receiver: the test says what it answered, exit code non-zero.
+    rx.receiver.set_behaviour(Behaviour::Status(500));
+    let (code, _, err) = webhook_cli(&config, &["test", "facilities"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("HTTP 500"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_webhook_enqueues_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker();
+    let rx = receiver(dir.path(), false).await;
+    let admin = free_port();
+    let config = write_config(
+        dir.path(),
+        &standard_config(broker.port, &rx.url, &rx.ca_file, "").replace(
+            "[gateway]",
+            &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[gateway]"),
+        ),
+    );
+    let _daemon = Daemon::start(&config);
+    let (code, out, err) = webhook_cli(&config, &["disable", "facilities"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("webhook facilities disabled"), "{out}");
+    publish(broker.port, &workload(2, 10)).await;
+    // Every message was routed (and went nowhere) once the filter counted all 20.
+    let routed = wait_until(Duration::from_secs(20), || {
+        metric(
+            admin,
+            "roomhook_events_filtered_total{reason=\"not_selected\"}",
+        ) == Some(20.0)
+    });
+    assert!(routed, "{}", scrape(admin));
+    assert_eq!(webhook_list(&config).await[0]["queue"]["events"], 0);
+    assert_eq!(rx.receiver.requests().len(), 0);
+    let (code, _, err) = webhook_cli(&config, &["enable", "facilities"]).await;
+    assert_eq!(code, 0, "{err}");
+    publish(broker.port, &[("room-0".into(), 50)]).await;
+    assert!(rx.receiver.wait_accepted(2, Duration::from_secs(20)).await); // healthCheck + 1
+    let statuses: Vec<i64> = rx
+        .receiver
+        .accepted()
+        .iter()
+        .filter(|r| r.json()["type"] == "status")
+        .map(|r| {
+            r.json()["changes"]["updated"]["RoomAnalytics.PeopleCount.Current"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![50],
+        "events published while disabled were delivered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_valid_file_and_keeps_the_old_config_on_an_invalid_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker();
+    let rx = receiver(dir.path(), false).await;
+    let other = receiver(dir.path(), false).await;
+    let config = write_config(
+        dir.path(),
+        &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
+    );
+    let mut daemon = Daemon::start(&config);
+    let pid = daemon.pid();
+    let hup = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap()
+    };
+
+    // A hand edit adds a webhook: SIGHUP starts it.
+    let mut text = config_text(&config);
+    text.push_str(&format!(
+        "\n[[webhooks]]\nname = \"hand-made\"\nurl = \"{}\"\nauthorization = \"{TOKEN}\"\nca_file = \"{}\"\nstatuses = [\"RoomAnalytics.PeopleCount.Current\"]\ndrain_start_jitter = \"0s\"\n",
+        other.url,
+        other.ca_file.display()
+    ));
+    std::fs::write(&config, &text).unwrap();
+    hup();
+    let reloaded = wait_until(Duration::from_secs(10), || {
+        find(&futures_block(webhook_list(&config)), "hand-made").is_some()
+    });
+    assert!(
+        reloaded,
+        "SIGHUP did not add the webhook; log:\n{}",
+        daemon.logs()
+    );
+    publish(broker.port, &[("room-7".into(), 1)]).await;
+    assert!(
+        other
+            .receiver
+            .wait_accepted(1, Duration::from_secs(20))
+            .await
+    );
+
+    // An invalid file: logged, old config kept, events still flow.
+    std::fs::write(
+        &config,
+        format!("{text}statuses_typo = [\"Nope.Nothing\"]\n"),
+    )
+    .unwrap();
+    hup();
+    let logged = wait_until(Duration::from_secs(10), || {
+        daemon
+            .logs()
+            .contains("config not reloaded, the running config stays")
+    });
+    assert!(logged, "log:\n{}", daemon.logs());
+    assert!(daemon.logs().contains("statuses_typo"), "{}", daemon.logs());
+    assert_eq!(webhook_list(&config).await.len(), 2);
+    publish(broker.port, &[("room-7".into(), 2)]).await;
+    assert!(
+        other
+            .receiver
+            .wait_accepted(2, Duration::from_secs(20))
+            .await
+    );
+    assert!(rx.receiver.wait_accepted(2, Duration::from_secs(20)).await);
+
+    // API edits persist across a restart (the file is the one source of truth).
+    std::fs::write(&config, &text).unwrap();
+    hup();
+    let (code, _, err) =
+        webhook_cli(&config, &["set", "hand-made", "--devices", "room-7,room-8"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(daemon.stop(), Some(0));
+    let _daemon = Daemon::start(&config);
+    let list = webhook_list(&config).await;
+    assert_eq!(
+        find(&list, "hand-made").unwrap()["devices"],
+        serde_json::json!(["room-7", "room-8"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tcp_control_api_needs_the_token_and_the_socket_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker();
+    let rx = receiver(dir.path(), false).await;
+    let token = "a-long-admin-token-0123456789";
+    std::fs::write(dir.path().join("admin-token"), format!("{token}\n")).unwrap();
+    let admin_port = free_port();
+    let text = standard_config(broker.port, &rx.url, &rx.ca_file, "").replace(
+        "[gateway]",
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_file = \"admin-token\"\n\n[gateway]"),
+    );
+    let config = write_config(dir.path(), &text);
+    let daemon = Daemon::start(&config);
+    let get = |auth: Option<String>| {
+        roomhook::testkit::http_get(admin_port, "/v1/webhooks", auth.as_deref())
+    };
+    let (status, body) = get(None);
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = get(Some("Bearer wrong-token-wrong-token".into()));
+    assert_eq!(status, 401);
+    let (status, body) = get(Some(format!("Bearer {token}")));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"facilities\""), "{body}");
+    assert!(!body.contains("s3cr3t"), "{body}");
+    // Metrics stay open without a token.
+    assert_eq!(
+        roomhook::testkit::http_get(admin_port, "/metrics", None).0,
+        200
+    );
+    let socket = dir.path().join("data/roomhook.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(!daemon.logs().contains(token));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_static_headers_and_systemd_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker();
+    let client = roomhook::demo::pki::client_identity("gateway-7").unwrap();
+    let server = roomhook::demo::pki::private_ca(&["127.0.0.1"]).unwrap();
+    let mtls = roomhook::demo::receiver::Receiver::start(
+        "127.0.0.1:0".parse().unwrap(),
+        server
+            .server_config_requiring_client(&client.ca_pem)
+            .unwrap(),
+        Some(TOKEN.into()),
+        false,
+    )
+    .await
+    .unwrap();
+    let ca = dir.path().join("server-ca.pem");
+    std::fs::write(&ca, &server.ca_pem).unwrap();
+    let (cert, key) = (dir.path().join("client.pem"), dir.path().join("client.key"));
+    std::fs::write(&cert, &client.cert_pem).unwrap();
+    std::fs::write(&key, &client.key_pem).unwrap();
+    let url = format!("https://127.0.0.1:{}/hook", mtls.addr().port());
+
+    // The receiver token comes from $CREDENTIALS_DIRECTORY (a relative authorization_file).
+    let creds = dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("receiver-token"), format!("{TOKEN}\n")).unwrap();
+    let rx = receiver(dir.path(), false).await;
+    let text = standard_config(
+        broker.port,
+        &rx.url,
+        &rx.ca_file,
+        "headers = { \"X-Site\" = \"oslo-7\" }",
+    )
+    .replace(
+        &format!("authorization = \"{TOKEN}\""),
+        "authorization_file = \"receiver-token\"",
+    );
+    let config = write_config(dir.path(), &text);
+    let daemon = Daemon::start_with_env(
+        &config,
+        &[("CREDENTIALS_DIRECTORY", creds.to_str().unwrap())],
+    );
+    publish(broker.port, &[("room-1".into(), 5)]).await;
+    assert!(
+        rx.receiver.wait_accepted(1, Duration::from_secs(20)).await,
+        "log:\n{}",
+        daemon.logs()
+    );
+    let got = &rx.receiver.accepted()[0];
+    assert_eq!(
+        got.headers.get("x-site").and_then(|v| v.to_str().ok()),
+        Some("oslo-7")
+    );
+
+    // Without a client certificate the handshake is refused, and the message says why.
+    let (code, _, err) = webhook_cli(
+        &config,
+        &[
+            "add",
+            "--name",
+            "mtls",
+            "--url",
+            &url,
+            "--authorization",
+            TOKEN,
+            "--ca-file",
+            ca.to_str().unwrap(),
+            "--statuses",
+            "RoomAnalytics.*",
+        ],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("client certificate"), "{err}");
+    let (code, out, err) = webhook_cli(
+        &config,
+        &[
+            "add",
+            "--name",
+            "mtls",
+            "--url",
+            &url,
+            "--authorization",
+            TOKEN,
+            "--ca-file",
+            ca.to_str().unwrap(),
+            "--client-cert-file",
+            cert.to_str().unwrap(),
+            "--client-key-file",
+            key.to_str().unwrap(),
+            "--statuses",
+            "RoomAnalytics.*",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("verified: HTTP 200"), "{out}");
+    publish(broker.port, &[("room-2".into(), 6)]).await;
+    assert!(
+        mtls.wait_accepted(2, Duration::from_secs(20)).await,
+        "log:\n{}",
+        daemon.logs()
+    );
+}
