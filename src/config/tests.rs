@@ -248,3 +248,37 @@ fn signing_secret_must_be_whsec_base64() {
         .signer
         .is_some());
 }
+
+#[test]
+fn headers_mtls_and_admin_token_are_checked() {
+    let text = GOOD.replace(
+        "events = []",
+        "events = []\nheaders = { \"X-Site\" = \"oslo\", \"Authorization\" = \"x\" }\nclient_cert_file = \"/nonexistent/c.pem\"",
+    );
+    let errs = errors(&text);
+    let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+    assert!(keys.contains(&"webhooks[0].headers.Authorization"), "{keys:?}");
+    assert!(keys.contains(&"webhooks[0].client_cert_file"), "{keys:?}");
+    let e = errs
+        .iter()
+        .find(|e| e.key == "webhooks[0].client_cert_file")
+        .unwrap();
+    assert!(e.problem.contains("both client_cert_file and client_key_file"));
+
+    let errs = errors(&GOOD.replace(
+        "listen = \"127.0.0.1:9750\"",
+        "listen = \"127.0.0.1:9750\"\ntoken = \"short\"",
+    ));
+    assert_eq!(errs[0].key, "admin.token");
+    assert!(!errs[0].to_string().contains("short\""));
+
+    let ok = load_str(
+        Path::new("/etc/roomhook/roomhook.toml"),
+        &GOOD.replace("events = []", "events = []\nheaders = { \"X-Site\" = \"oslo\" }"),
+    )
+    .unwrap();
+    assert_eq!(
+        ok.webhooks[0].headers,
+        vec![("x-site".to_string(), "oslo".to_string())]
+    );
+}
