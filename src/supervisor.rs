@@ -48,6 +48,10 @@ struct Inner {
     sources: Vec<RunningSource>,
 }
 
+fn disabled(status: &SharedStatus) -> bool {
+    status.lock().is_ok_and(|s| s.state == State::Disabled)
+}
+
 /// What an apply changed.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Applied {
@@ -367,7 +371,11 @@ impl Supervisor {
                 .iter()
                 .position(|r| r.view.settings.name == old_name);
             match found.map(|i| old_hooks.remove(i)) {
-                Some(r) if r.view.settings == *w => next.push(r),
+                // Unchanged, unless the receiver disabled it (410): any reconfiguration,
+                // `webhook enable` included, starts it again.
+                Some(r) if r.view.settings == *w && !(w.enabled && disabled(&r.view.status)) => {
+                    next.push(r)
+                }
                 Some(r) => {
                     r.stop.cancel();
                     let _ = r.task.await;

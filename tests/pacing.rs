@@ -260,6 +260,15 @@ async fn unauthorized_holds_the_queue_and_gone_disables_the_webhook() {
         r.admin,
         "roomhook_queue_events{webhook=\"facilities\"}"
     ) == Some(2.0)));
+    // `webhook enable` (after the receiver is fixed) starts it again; the queue is delivered.
+    r.rx.receiver.set_behaviour(Behaviour::Accept);
+    let (code, _, err) = webhook_cli(&r.config, &["enable", "facilities"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(wait_until(Duration::from_secs(10), || metric(
+        r.admin,
+        "roomhook_queue_events{webhook=\"facilities\"}"
+    ) == Some(0.0)));
+    assert!(state(&r, "active"));
     assert_eq!(r.daemon.stop(), Some(0));
 }
 

@@ -257,13 +257,18 @@ fn headers_mtls_and_admin_token_are_checked() {
     );
     let errs = errors(&text);
     let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
-    assert!(keys.contains(&"webhooks[0].headers.Authorization"), "{keys:?}");
+    assert!(
+        keys.contains(&"webhooks[0].headers.Authorization"),
+        "{keys:?}"
+    );
     assert!(keys.contains(&"webhooks[0].client_cert_file"), "{keys:?}");
     let e = errs
         .iter()
         .find(|e| e.key == "webhooks[0].client_cert_file")
         .unwrap();
-    assert!(e.problem.contains("both client_cert_file and client_key_file"));
+    assert!(e
+        .problem
+        .contains("both client_cert_file and client_key_file"));
 
     let errs = errors(&GOOD.replace(
         "listen = \"127.0.0.1:9750\"",
@@ -274,7 +279,10 @@ fn headers_mtls_and_admin_token_are_checked() {
 
     let ok = load_str(
         Path::new("/etc/roomhook/roomhook.toml"),
-        &GOOD.replace("events = []", "events = []\nheaders = { \"X-Site\" = \"oslo\" }"),
+        &GOOD.replace(
+            "events = []",
+            "events = []\nheaders = { \"X-Site\" = \"oslo\" }",
+        ),
     )
     .unwrap();
     assert_eq!(
