@@ -23,6 +23,8 @@ pub struct Ingest {
     enqueued: Arc<std::sync::RwLock<HashMap<WebhookId, Counter>>>,
     /// `roomhook_events_filtered_total` for not_selected and unchanged, resolved once.
     filtered: Arc<[Counter; 2]>,
+    /// What each source is doing.
+    sources: crate::source::status::Sources,
 }
 
 impl Ingest {
@@ -59,6 +61,7 @@ impl Ingest {
             metrics,
             enqueued: Arc::new(std::sync::RwLock::new(enqueued)),
             filtered: Arc::new(filtered),
+            sources: Default::default(),
         }
     }
 
@@ -162,6 +165,11 @@ impl Ingest {
     /// The store (for the MQTT redelivery guard).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The sources' live status.
+    pub fn sources(&self) -> &crate::source::status::Sources {
+        &self.sources
     }
 
     /// The metrics.

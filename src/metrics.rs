@@ -134,6 +134,12 @@ pub struct Metrics {
     pub dead_letters: Family<WebhookLabel, Gauge>,
     /// Build version (value 1).
     pub build_info: Family<VersionLabel, Gauge>,
+    /// Age of the oldest queued event.
+    pub queue_oldest_age: Family<WebhookLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Failed store commits.
+    pub store_errors: Counter,
+    /// Duration of each group commit (fsync included).
+    pub store_commit_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -168,6 +174,10 @@ impl Metrics {
             webhook_state: Family::default(),
             dead_letters: Family::default(),
             build_info: Family::default(),
+            queue_oldest_age: Family::default(),
+            store_errors: Counter::default(),
+            // 50 µs … ~1.6 s.
+            store_commit_duration: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             registry: Registry::default(),
             refreshers: std::sync::Mutex::new(Vec::new()),
         };
@@ -272,6 +282,21 @@ impl Metrics {
             m.events_dropped.clone(),
         );
         registry.register("build_info", "roomhook version", m.build_info.clone());
+        registry.register(
+            "queue_oldest_age_seconds",
+            "Age of the oldest queued event per webhook",
+            m.queue_oldest_age.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Failed store commits (disk full, I/O errors)",
+            m.store_errors.clone(),
+        );
+        registry.register(
+            "store_commit_duration_seconds",
+            "Duration of each durable group commit",
+            m.store_commit_duration.clone(),
+        );
         m.build_info
             .get_or_create(&VersionLabel {
                 version: env!("CARGO_PKG_VERSION").to_string(),
@@ -299,6 +324,38 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    /// Removes every series of a webhook (deleted, or renamed: it reappears under the new name).
+    pub fn forget_webhook(&self, name: &str) {
+        let label = Self::webhook(name);
+        for f in [&self.events_enqueued, &self.events_delivered] {
+            f.remove(&label);
+        }
+        for f in [
+            &self.queue_events,
+            &self.queue_bytes,
+            &self.in_flight,
+            &self.in_flight_limit,
+            &self.dead_letters,
+        ] {
+            f.remove(&label);
+        }
+        self.queue_oldest_age.remove(&label);
+        self.request_duration.remove(&label);
+        self.delivery_latency.remove(&label);
+        for s in crate::deliver::status::State::ALL {
+            self.webhook_state.remove(&WebhookStateLabel {
+                webhook: name.to_string(),
+                state: s.as_str().to_string(),
+            });
+        }
+        for r in crate::store::DropReason::ALL {
+            self.events_dropped.remove(&WebhookReasonLabel {
+                webhook: name.to_string(),
+                reason: r.label().to_string(),
+            });
+        }
     }
 
     /// `{webhook}` label.

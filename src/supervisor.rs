@@ -118,6 +118,9 @@ pub struct Supervisor {
     grace: Duration,
     worker_stop: CancellationToken,
     source_stop: CancellationToken,
+    /// Drop counts already added to the metrics, per webhook.
+    dropped_seen: std::sync::Mutex<std::collections::HashMap<WebhookId, [u64; 3]>>,
+    store_errors_seen: std::sync::atomic::AtomicU64,
 }
 
 impl Supervisor {
@@ -148,6 +151,16 @@ impl Supervisor {
             grace,
             worker_stop: CancellationToken::new(),
             source_stop: CancellationToken::new(),
+            dropped_seen: Default::default(),
+            store_errors_seen: Default::default(),
+        });
+        sup.store
+            .observe_commits(sup.metrics.store_commit_duration.clone());
+        let weak = Arc::downgrade(&sup);
+        sup.metrics.on_scrape(move || {
+            if let Some(sup) = weak.upgrade() {
+                sup.refresh_metrics();
+            }
         });
         // Queues in the store that no configured webhook names any more were deleted from
         // the file while the daemon was stopped: purge them so they do not hold disk.
@@ -199,6 +212,76 @@ impl Supervisor {
     /// `orgId` of payloads.
     pub fn org_id(&self) -> &str {
         &self.org_id
+    }
+
+    /// Brings the queue and store figures in the metrics up to date (before a scrape).
+    fn refresh_metrics(&self) {
+        use crate::store::DropReason;
+        let (m, store) = (&self.metrics, &self.store);
+        let now = crate::timefmt::now_ms();
+        let mut seen = self.dropped_seen.lock().unwrap_or_else(|p| p.into_inner());
+        for w in self.webhooks().iter() {
+            let label = Metrics::webhook(&w.settings.name);
+            m.queue_events
+                .get_or_create(&label)
+                .set(store.depth(w.id) as i64);
+            m.queue_bytes
+                .get_or_create(&label)
+                .set(store.bytes(w.id) as i64);
+            m.dead_letters
+                .get_or_create(&label)
+                .set(store.dead_count(w.id) as i64);
+            let age = store
+                .oldest_ts(w.id)
+                .map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
+            m.queue_oldest_age.get_or_create(&label).set(age);
+            let last = seen.entry(w.id).or_default();
+            for (i, reason) in DropReason::ALL.into_iter().enumerate() {
+                let total = store.dropped(w.id, reason);
+                m.events_dropped
+                    .get_or_create(&crate::metrics::WebhookReasonLabel {
+                        webhook: w.settings.name.clone(),
+                        reason: reason.label().to_string(),
+                    })
+                    .inc_by(total.saturating_sub(last[i]));
+                last[i] = last[i].max(total);
+            }
+        }
+        m.store_bytes.set(store.total_bytes() as i64);
+        let errors = store.health().errors;
+        let before = self
+            .store_errors_seen
+            .swap(errors, std::sync::atomic::Ordering::Relaxed);
+        m.store_errors.inc_by(errors.saturating_sub(before));
+    }
+
+    /// The sources' live status.
+    pub fn sources(&self) -> Vec<crate::source::status::SourceView> {
+        self.ingest.sources().views()
+    }
+
+    /// Names of webhooks and sources whose task ended while the daemon runs (a bug: they
+    /// only end when stopped). Empty when the supervisor is busy applying a change.
+    pub fn dead_tasks(&self) -> Vec<String> {
+        let Ok(inner) = self.inner.try_lock() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if !self.worker_stop.is_cancelled() {
+            for w in &inner.webhooks {
+                if w.task.is_finished() {
+                    out.push(format!("webhook {}", w.view.settings.name));
+                }
+            }
+        }
+        if !self.source_stop.is_cancelled() {
+            for s in &inner.sources {
+                if s.task.is_finished() {
+                    out.push(format!("source {}", s.settings.name));
+                }
+            }
+        }
+        out
     }
 
     /// The config file the daemon runs on.
@@ -384,6 +467,7 @@ impl Supervisor {
                             .rename(old_name, &w.name)
                             .await
                             .map_err(|e| ActionError::Runtime(e.to_string()))?;
+                        self.metrics.forget_webhook(old_name);
                         tracing::info!(webhook = %w.name, "webhook renamed from {old_name}");
                     }
                     self.store.set_overflow(r.view.id, w.overflow);
@@ -417,6 +501,11 @@ impl Supervisor {
                 .await
                 .map_err(|e| ActionError::Runtime(e.to_string()))?;
             tracing::info!(webhook = %r.view.settings.name, "webhook deleted: {n} queued events discarded");
+            self.metrics.forget_webhook(&r.view.settings.name);
+            self.dropped_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&r.view.id);
             applied.removed.push((r.view.settings.name.clone(), n));
         }
         inner.webhooks = next;
@@ -444,6 +533,7 @@ impl Supervisor {
         for s in old_sources {
             s.stop.cancel();
             let _ = s.task.await;
+            self.ingest.sources().remove(&s.settings.name);
             tracing::info!(source = %s.settings.name, "source removed");
             applied.sources.push(s.settings.name.clone());
         }

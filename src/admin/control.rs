@@ -286,6 +286,7 @@ pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
             Ok(report) => reply(StatusCode::OK, json!({ "test": report })),
             Err(e) => failed(&e),
         },
+        (&Method::GET, ["v1", "status"]) => reply(StatusCode::OK, super::status::status(sup)),
         (&Method::POST, ["v1", "reload"]) => match sup.reload().await {
             Ok(applied) => reply(StatusCode::OK, json!({ "applied": applied })),
             Err(e) => failed(&e),

@@ -2,6 +2,7 @@
 //! `/v1/` for callers with the `[admin] token`) and the control API itself.
 
 pub mod control;
+pub mod status;
 
 use crate::config::Secret;
 use crate::metrics::Metrics;
@@ -96,11 +97,37 @@ async fn handle(req: Request<Incoming>, admin: Admin) -> Result<Response<Full<By
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.encode(),
         ),
-        ("GET", "/healthz") => (
-            StatusCode::OK,
-            "application/json",
-            "{\"status\":\"ok\"}".to_string(),
-        ),
+        ("GET", "/healthz") => {
+            let (ok, body) = status::alive(&admin.control.supervisor);
+            (
+                if ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                },
+                "application/json",
+                body.to_string(),
+            )
+        }
+        ("GET", "/readyz") => {
+            let s = status::status(&admin.control.supervisor);
+            let ready = s["ready"].as_bool().unwrap_or(false);
+            let body = serde_json::json!({
+                "ready": ready,
+                "problems": s["problems"],
+                "store": s["store"],
+                "sources": s["sources"],
+            });
+            (
+                if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                },
+                "application/json",
+                body.to_string(),
+            )
+        }
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

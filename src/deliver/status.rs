@@ -68,6 +68,104 @@ pub struct WebhookStatus {
     pub consecutive_failures: u32,
     /// The last failure.
     pub last_error: Option<LastError>,
+    /// When the state last changed (unix ms).
+    pub state_since_ms: i64,
+    /// Delivered events and failed requests per minute, last 24 hours.
+    #[serde(skip)]
+    pub recent: Recent,
+}
+
+/// Minutes kept by [`Recent`].
+const MINUTES: usize = 24 * 60;
+
+/// Delivered events and failed requests per minute over the last 24 hours.
+#[derive(Debug, Clone)]
+pub struct Recent {
+    /// (delivered, errors) by minute, a ring indexed by unix minute.
+    buckets: Vec<(u32, u32)>,
+    /// The newest minute written.
+    head: i64,
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        Self {
+            buckets: vec![(0, 0); MINUTES],
+            head: 0,
+        }
+    }
+}
+
+/// Sums over the windows `roomhook status` shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RecentCounts {
+    /// Events delivered in the last 5 minutes.
+    pub delivered_5m: u64,
+    /// Failed requests in the last 5 minutes.
+    pub errors_5m: u64,
+    /// Events delivered in the last hour.
+    pub delivered_1h: u64,
+    /// Failed requests in the last hour.
+    pub errors_1h: u64,
+    /// Events delivered in the last 24 hours.
+    pub delivered_24h: u64,
+    /// Failed requests in the last 24 hours.
+    pub errors_24h: u64,
+}
+
+impl Recent {
+    fn advance(&mut self, minute: i64) {
+        if minute <= self.head {
+            return;
+        }
+        let gap = (minute - self.head).min(MINUTES as i64);
+        for m in (minute - gap + 1)..=minute {
+            self.buckets[m.rem_euclid(MINUTES as i64) as usize] = (0, 0);
+        }
+        self.head = minute;
+    }
+
+    /// Adds to the minute of `now_ms`.
+    pub fn record(&mut self, now_ms: i64, delivered: u64, errors: u64) {
+        let minute = now_ms / 60_000;
+        self.advance(minute);
+        if minute + (MINUTES as i64) <= self.head {
+            return; // older than the ring
+        }
+        let b = &mut self.buckets[minute.rem_euclid(MINUTES as i64) as usize];
+        b.0 =
+            b.0.saturating_add(delivered.min(u64::from(u32::MAX)) as u32);
+        b.1 = b.1.saturating_add(errors.min(u64::from(u32::MAX)) as u32);
+    }
+
+    /// The sums of the last 5 minutes, hour and day as of `now_ms` (the current minute
+    /// included).
+    pub fn counts(&self, now_ms: i64) -> RecentCounts {
+        let now = now_ms / 60_000;
+        let sum = |minutes: i64| {
+            let mut out = (0u64, 0u64);
+            for m in (now - minutes + 1)..=now {
+                if m > self.head || m + (MINUTES as i64) <= self.head {
+                    continue;
+                }
+                let b = self.buckets[m.rem_euclid(MINUTES as i64) as usize];
+                out.0 += u64::from(b.0);
+                out.1 += u64::from(b.1);
+            }
+            out
+        };
+        let (d5, e5) = sum(5);
+        let (d60, e60) = sum(60);
+        let (d24, e24) = sum(MINUTES as i64);
+        RecentCounts {
+            delivered_5m: d5,
+            errors_5m: e5,
+            delivered_1h: d60,
+            errors_1h: e60,
+            delivered_24h: d24,
+            errors_24h: e24,
+        }
+    }
 }
 
 /// Shared handle to a webhook's status.
@@ -81,5 +179,38 @@ pub fn shared(state: State) -> SharedStatus {
         in_flight: 0,
         consecutive_failures: 0,
         last_error: None,
+        state_since_ms: crate::timefmt::now_ms(),
+        recent: Recent::default(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_of_5_minutes_an_hour_and_a_day() {
+        let mut r = Recent::default();
+        let t0 = 1_000_000 * 60_000;
+        r.record(t0, 10, 1);
+        r.record(t0 + 2 * 60_000, 5, 0);
+        r.record(t0 + 30 * 60_000, 7, 2);
+        let c = r.counts(t0 + 30 * 60_000);
+        assert_eq!((c.delivered_5m, c.errors_5m), (7, 2));
+        assert_eq!((c.delivered_1h, c.errors_1h), (22, 3));
+        assert_eq!(c.delivered_24h, 22);
+        // A day later the first minute has left every window.
+        let later = t0 + 24 * 60 * 60_000;
+        r.record(later, 1, 0);
+        let c = r.counts(later);
+        assert_eq!(
+            (c.delivered_5m, c.delivered_1h, c.delivered_24h),
+            (1, 1, 13)
+        );
+        // Reading far ahead without writes: nothing recent.
+        assert_eq!(
+            r.counts(later + 10 * 24 * 60 * 60_000),
+            RecentCounts::default()
+        );
+    }
 }

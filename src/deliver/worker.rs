@@ -143,44 +143,11 @@ impl Worker {
                 .collect(),
             shown_state: None,
         };
-        {
-            let (store, id, m, label) = (
-                self.store.clone(),
-                self.id,
-                self.metrics.clone(),
-                label.clone(),
-            );
-            let last = std::sync::Mutex::new([0u64; 3]);
-            self.metrics.on_scrape(move || {
-                m.queue_events
-                    .get_or_create(&label)
-                    .set(store.depth(id) as i64);
-                m.queue_bytes
-                    .get_or_create(&label)
-                    .set(store.bytes(id) as i64);
-                m.dead_letters
-                    .get_or_create(&label)
-                    .set(store.dead_count(id) as i64);
-                m.store_bytes.set(store.total_bytes() as i64);
-                if let Ok(mut last) = last.lock() {
-                    for (i, reason) in DropReason::ALL.into_iter().enumerate() {
-                        let now = store.dropped(id, reason);
-                        let c =
-                            m.events_dropped
-                                .get_or_create(&crate::metrics::WebhookReasonLabel {
-                                    webhook: label.webhook.clone(),
-                                    reason: reason.label().to_string(),
-                                });
-                        c.inc_by(now.saturating_sub(last[i]));
-                        last[i] = now;
-                    }
-                }
-            });
-        }
         let mut loaded = 0u64;
         let mut removed: Vec<u64> = Vec::new();
         let mut dead: Vec<(u64, DeadLetter)> = Vec::new();
         let mut in_flight: InFlight = FuturesUnordered::new();
+        let mut removal_log = RateLog::new(Duration::from_secs(10));
         let mut removals: FuturesUnordered<
             futures_util::future::BoxFuture<'static, (usize, bool)>,
         > = FuturesUnordered::new();
@@ -259,7 +226,9 @@ impl Worker {
                 Some((n, ok)) = removals.next(), if !removals.is_empty() => {
                     pace.unremoved -= n;
                     if !ok {
-                        tracing::error!(webhook = %self.settings.name, "removing delivered messages failed; they may be delivered again");
+                        if let Some(suppressed) = removal_log.check(Instant::now()) {
+                            tracing::error!(webhook = %self.settings.name, suppressed, "removing delivered messages failed; they may be delivered again");
+                        }
                     }
                 }
                 changed = committed.changed(), if want_more => {
@@ -498,10 +467,12 @@ impl Worker {
                 tracing::warn!(webhook = %name, kind = f.kind.label(), suppressed, "{what}: {}", f.message);
             }
             if let Ok(mut st) = self.status.lock() {
+                let at_ms = crate::timefmt::now_ms();
                 st.last_error = Some(LastError {
                     message: f.message.clone(),
-                    at_ms: crate::timefmt::now_ms(),
+                    at_ms,
                 });
+                st.recent.record(at_ms, 0, 1);
             }
         }
         match action {
@@ -512,6 +483,9 @@ impl Worker {
                     .complete(&request.lanes, Verdict::Done, now, unit);
                 counters.delivered.inc_by(done.len() as u64);
                 let now_ms = crate::timefmt::now_ms();
+                if let Ok(mut st) = self.status.lock() {
+                    st.recent.record(now_ms, done.len() as u64, 0);
+                }
                 for e in done {
                     counters
                         .latency
@@ -579,6 +553,7 @@ impl Worker {
         if let Ok(mut st) = self.status.lock() {
             if st.state != state {
                 tracing::info!(webhook = %self.settings.name, "state {} -> {}", st.state.as_str(), state.as_str());
+                st.state_since_ms = crate::timefmt::now_ms();
             }
             st.state = state;
             st.in_flight_limit = pace.controller.limit();

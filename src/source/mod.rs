@@ -4,4 +4,5 @@
 pub mod json;
 pub mod mqtt;
 pub mod simulator;
+pub mod status;
 pub mod topic;

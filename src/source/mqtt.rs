@@ -91,6 +91,7 @@ pub async fn run(
     let connected = metrics.source_connected.get_or_create(&label).clone();
     let reconnects = metrics.source_reconnects.get_or_create(&label).clone();
     let redelivered = metrics.source_redelivered.get_or_create(&label).clone();
+    let status = ingest.sources().get(&s.name);
     let mut decode_log = RateLog::new(Duration::from_secs(10));
     let mut conn_log = RateLog::new(Duration::from_secs(30));
     let mut generation = 0u64;
@@ -174,6 +175,7 @@ pub async fn run(
                     backoff = RECONNECT_MIN;
                     was_connected = true;
                     connected.set(1);
+                    status.connected();
                     tracing::info!(source = %s.name, session_present = ack.session_present, "connected to {}:{}", s.host, s.port);
                     let subs = s.subscriptions.iter().map(|sub| rumqttc::SubscribeFilter::new(sub.filter.as_str().to_string(), QoS::AtLeastOnce));
                     if let Err(e) = client.try_subscribe_many(subs) {
@@ -198,10 +200,12 @@ pub async fn run(
                         // Committed before a crash or disconnect, but the PUBACK was lost.
                         tracing::debug!(source = %s.name, pkid = p.pkid, "redelivery of a committed message: acked, not stored again");
                         redelivered.inc();
-                        Vec::new()
+                        (Vec::new(), 0)
                     } else {
                         decode(&s, &p, &metrics, &mut decode_log)
                     };
+                    status.message(events.1);
+                    let events = events.0;
                     let held = Held { gen: generation, publish: p, events, mark };
                     if retry.is_empty() {
                         pending.push_back(submit(&ingest, held).await);
@@ -214,6 +218,7 @@ pub async fn run(
                 Ok(_) => {}
                 Err(e) => {
                     connected.set(0);
+                    status.disconnected(e.to_string());
                     if was_connected {
                         reconnects.inc();
                         was_connected = false;
@@ -304,10 +309,10 @@ fn decode(
     p: &Publish,
     metrics: &std::sync::Arc<Metrics>,
     log: &mut RateLog,
-) -> Vec<crate::event::Event> {
+) -> (Vec<crate::event::Event>, u64) {
     let topic = p.topic.as_str();
     let Some(sub) = s.subscriptions.iter().find(|sub| sub.filter.matches(topic)) else {
-        return Vec::new();
+        return (Vec::new(), 0);
     };
     let decoded = decode_with(sub, topic, &p.payload);
     for err in &decoded.errors {
@@ -324,7 +329,7 @@ fn decode(
             tracing::warn!(source = %s.name, %topic, suppressed, "payload rejected: {first}");
         }
     }
-    decoded.events
+    (decoded.events, decoded.errors.len() as u64)
 }
 
 fn decode_with(sub: &SubscriptionSettings, topic: &str, payload: &[u8]) -> json::Decoded {

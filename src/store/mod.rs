@@ -128,6 +128,9 @@ pub enum StoreError {
     /// The writer thread is gone (the store was closed).
     #[error("the store is closed")]
     Closed,
+    /// The store is being opened again after an I/O error; try again shortly.
+    #[error("the store is being reopened after an I/O error")]
+    Reopening,
     /// A committed entry could not be decoded.
     #[error("store entry {webhook}/{seq} is not a valid event: {reason}")]
     Corrupt {
@@ -248,10 +251,35 @@ impl Op {
     }
 }
 
+/// Page cache of the database.
+pub(crate) const CACHE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The open database, shared by the writer and the readers; empty while the writer opens
+/// it again after an I/O error (readers then get [`StoreError::Reopening`]).
+pub(crate) struct DbCell(std::sync::RwLock<Option<Arc<Database>>>);
+
+impl DbCell {
+    pub(crate) fn get(&self) -> Result<Arc<Database>, StoreError> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(StoreError::Reopening)
+    }
+
+    pub(crate) fn set(&self, db: Arc<Database>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(db);
+    }
+
+    pub(crate) fn clear(&self) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
 /// A handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    db: Arc<DbCell>,
     tx: mpsc::Sender<Op>,
     shared: Arc<Shared>,
 }
@@ -263,6 +291,36 @@ pub(crate) struct Shared {
     /// The open queues; replaced as a whole (copy on write) when webhooks come and go.
     pub(crate) queues: std::sync::RwLock<Arc<HashMap<WebhookId, Arc<Queue>>>>,
     pub(crate) finished: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    pub(crate) health: Health,
+    /// Set by `close`: a writer that is reopening the database gives up.
+    pub(crate) closing: std::sync::atomic::AtomicBool,
+    /// Observes every group commit's duration, once the metrics are attached.
+    pub(crate) commit_duration:
+        std::sync::OnceLock<prometheus_client::metrics::histogram::Histogram>,
+}
+
+/// Whether commits succeed, kept by the writer.
+#[derive(Default)]
+pub(crate) struct Health {
+    /// Commits that failed, since start.
+    pub(crate) errors: AtomicU64,
+    /// Set by a failed commit, cleared by the next good one.
+    pub(crate) failing: std::sync::atomic::AtomicBool,
+    /// The last failure and when (unix ms).
+    pub(crate) last_error: std::sync::Mutex<Option<(String, i64)>>,
+}
+
+/// What the store says about its own health.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoreHealth {
+    /// The last commit succeeded.
+    pub ok: bool,
+    /// Commits that failed since start.
+    pub errors: u64,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// When it happened (RFC 3339).
+    pub last_error_at: Option<String>,
 }
 
 pub(crate) struct Queue {
@@ -344,7 +402,7 @@ impl Store {
         let path = data_dir.join(FILE_NAME);
         let opened = quietly(|| {
             Database::builder()
-                .set_cache_size(4 * 1024 * 1024)
+                .set_cache_size(CACHE_BYTES)
                 .create(&path)
         })
         .ok_or_else(|| StoreError::Open {
@@ -391,13 +449,16 @@ impl Store {
             .map(|q| q.stats.bytes.load(Ordering::Relaxed))
             .sum();
         compact_if_bloated(&mut db, &path, queued);
-        let db = Arc::new(db);
+        let db = Arc::new(DbCell(std::sync::RwLock::new(Some(Arc::new(db)))));
         let (finished_tx, finished_rx) = oneshot::channel();
         let shared = Arc::new(Shared {
             store_id,
             max_bytes: limits.max_bytes,
             path,
             queues: std::sync::RwLock::new(Arc::new(queues)),
+            health: Health::default(),
+            closing: std::sync::atomic::AtomicBool::new(false),
+            commit_duration: std::sync::OnceLock::new(),
             finished: std::sync::Mutex::new(Some(finished_rx)),
         });
         let (tx, rx) = mpsc::channel(OP_CHANNEL);
@@ -437,7 +498,7 @@ impl Store {
 
     /// The digest of the last message committed with this MQTT packet id. Blocking.
     pub fn mqtt_seen(&self, source: &str, pkid: u16) -> Result<Option<u64>, StoreError> {
-        let read = self.db.begin_read().map_err(redb::Error::from)?;
+        let read = self.db.get()?.begin_read().map_err(redb::Error::from)?;
         let t = read.open_table(MQTT_SEEN).map_err(redb::Error::from)?;
         Ok(t.get((source, pkid))
             .map_err(redb::Error::from)?
@@ -515,7 +576,7 @@ impl Store {
         webhook: WebhookId,
         limit: usize,
     ) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
-        let read = self.db.begin_read().map_err(redb::Error::from)?;
+        let read = self.db.get()?.begin_read().map_err(redb::Error::from)?;
         let t = read.open_table(DEAD).map_err(redb::Error::from)?;
         let mut out = Vec::new();
         for item in t
@@ -596,7 +657,7 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        let read = self.db.begin_read().map_err(redb::Error::from)?;
+        let read = self.db.get()?.begin_read().map_err(redb::Error::from)?;
         let q = read.open_table(QUEUE).map_err(redb::Error::from)?;
         let mut out = Vec::new();
         for item in q
@@ -662,6 +723,42 @@ impl Store {
         }
     }
 
+    /// Whether the writer thread still runs.
+    pub fn writer_alive(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
+    /// The byte budget (`max_store_bytes`).
+    pub fn max_bytes(&self) -> u64 {
+        self.shared.max_bytes
+    }
+
+    /// Whether commits succeed (for /readyz, metrics and `roomhook status`).
+    pub fn health(&self) -> StoreHealth {
+        let h = &self.shared.health;
+        let last = h.last_error.lock().ok().and_then(|g| g.clone());
+        StoreHealth {
+            ok: !h.failing.load(Ordering::Relaxed),
+            errors: h.errors.load(Ordering::Relaxed),
+            last_error_at: last.as_ref().map(|(_, at)| crate::timefmt::rfc3339_ms(*at)),
+            last_error: last.map(|(e, _)| e),
+        }
+    }
+
+    /// Records every group commit's duration in `h` from now on.
+    pub fn observe_commits(&self, h: prometheus_client::metrics::histogram::Histogram) {
+        let _ = self.shared.commit_duration.set(h);
+    }
+
+    /// Event time (unix ms) of the oldest queued entry of a webhook. Blocking, one lookup.
+    pub fn oldest_ts(&self, webhook: WebhookId) -> Option<i64> {
+        let read = self.db.get().ok()?.begin_read().ok()?;
+        let q = read.open_table(QUEUE).ok()?;
+        let mut range = q.range((webhook.0, 0)..=(webhook.0, u64::MAX)).ok()?;
+        let (_, v) = range.next()?.ok()?;
+        Event::decode(v.value()).ok().map(|e| e.ts_ms)
+    }
+
     /// Changes what gives way in a webhook's queue when the store is full.
     pub fn set_overflow(&self, webhook: WebhookId, overflow: Overflow) {
         if let Some(q) = self.shared.queue(webhook) {
@@ -671,7 +768,7 @@ impl Store {
 
     /// Every webhook name the store holds a queue for. Blocking.
     pub fn names(&self) -> Result<Vec<(String, WebhookId)>, StoreError> {
-        let read = self.db.begin_read().map_err(redb::Error::from)?;
+        let read = self.db.get()?.begin_read().map_err(redb::Error::from)?;
         let t = read.open_table(WEBHOOKS).map_err(redb::Error::from)?;
         let mut out = Vec::new();
         for item in t.iter().map_err(redb::Error::from)? {
@@ -697,6 +794,7 @@ impl Store {
     /// Commits everything sent so far, stops the writer and waits for it. Later calls on
     /// any handle fail with [`StoreError::Closed`]. Call after sources and workers stopped.
     pub async fn close(self) {
+        self.shared.closing.store(true, Ordering::Relaxed);
         let _ = self.tx.send(Op::Close).await;
         let finished = self.shared.finished.lock().ok().and_then(|mut f| f.take());
         if let Some(f) = finished {

@@ -2,8 +2,8 @@
 //! write transaction (group commit), answers the appenders, and publishes the new state.
 
 use super::{
-    DropReason, Op, Overflow, Shared, WebhookId, DEAD, ENTRY_OVERHEAD, MAX_DEAD_LETTERS, META,
-    MQTT_SEEN, NEXT_SEQ, QUEUE, WEBHOOKS,
+    DbCell, DropReason, Op, Overflow, Shared, WebhookId, DEAD, ENTRY_OVERHEAD, MAX_DEAD_LETTERS,
+    META, MQTT_SEEN, NEXT_SEQ, QUEUE, WEBHOOKS,
 };
 use crate::catalog::Kind;
 use crate::event::Event;
@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_GROUP: usize = 8192;
 
 pub(super) fn spawn(
-    db: Arc<Database>,
+    cell: Arc<DbCell>,
     shared: Arc<Shared>,
     next: HashMap<WebhookId, u64>,
     rx: mpsc::Receiver<Op>,
@@ -28,8 +28,10 @@ pub(super) fn spawn(
     let spawned = std::thread::Builder::new()
         .name("roomhook-store".into())
         .spawn(move || {
-            run(&db, &shared, next, rx);
-            drop(db);
+            if let Ok(db) = cell.get() {
+                run(&cell, db, &shared, next, rx);
+            }
+            cell.clear();
             let _ = finished.send(());
         });
     if let Err(e) = spawned {
@@ -37,8 +39,75 @@ pub(super) fn spawn(
     }
 }
 
+/// Whether redb refuses every later operation after this error (it does after an I/O
+/// error, e.g. a full disk) until the database is opened again.
+fn poisoning(e: &redb::Error) -> bool {
+    matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo)
+}
+
+/// Opens the database again after an I/O error: waits for readers to let go of the old
+/// handle, then retries the open with backoff (the disk may still be full) until it works
+/// or the store is closing. `None`: closing.
+fn reopen(cell: &DbCell, db: Arc<Database>, shared: &Shared) -> Option<Arc<Database>> {
+    cell.clear();
+    let mut db = db;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Arc::try_unwrap(db) {
+            Ok(d) => {
+                drop(d);
+                break;
+            }
+            Err(back) if std::time::Instant::now() < deadline => {
+                db = back;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(_) => {
+                tracing::error!("the store is still in use by a reader; it cannot be reopened");
+                return None;
+            }
+        }
+    }
+    let mut wait = std::time::Duration::from_millis(200);
+    let mut log = RateLog::new(std::time::Duration::from_secs(30));
+    loop {
+        if shared.closing.load(Ordering::Relaxed) {
+            return None;
+        }
+        let opened = super::quietly(|| {
+            Database::builder()
+                .set_cache_size(super::CACHE_BYTES)
+                .create(&shared.path)
+        });
+        match opened {
+            Some(Ok(d)) => {
+                let d = Arc::new(d);
+                cell.set(d.clone());
+                tracing::info!("store reopened after the I/O error; commits resume");
+                return Some(d);
+            }
+            Some(Err(e)) => {
+                if let Some(suppressed) = log.check(std::time::Instant::now()) {
+                    tracing::error!(suppressed, "cannot reopen the store yet, retrying: {e}");
+                }
+            }
+            None => {
+                if let Some(suppressed) = log.check(std::time::Instant::now()) {
+                    tracing::error!(
+                        suppressed,
+                        "cannot reopen the store yet (redb could not read it), retrying"
+                    );
+                }
+            }
+        }
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
 fn run(
-    db: &Database,
+    cell: &DbCell,
+    mut db: Arc<Database>,
     shared: &Shared,
     mut next: HashMap<WebhookId, u64>,
     mut rx: mpsc::Receiver<Op>,
@@ -54,7 +123,12 @@ fn run(
             break;
         }
         if first.is_manage() {
-            manage(db, shared, &mut next, first);
+            if manage(&db, shared, &mut next, first) {
+                match reopen(cell, db, shared) {
+                    Some(d) => db = d,
+                    None => return,
+                }
+            }
             continue;
         }
         let mut ops = vec![first];
@@ -78,9 +152,15 @@ fn run(
                 Err(_) => break,
             }
         }
-        commit(db, shared, &mut next, ops, &mut log, &mut blocked);
+        let mut poisoned = commit(&db, shared, &mut next, ops, &mut log, &mut blocked);
         if let Some(op) = then {
-            manage(db, shared, &mut next, op);
+            poisoned |= manage(&db, shared, &mut next, op);
+        }
+        if poisoned {
+            match reopen(cell, db, shared) {
+                Some(d) => db = d,
+                None => return,
+            }
         }
         if closing {
             break;
@@ -101,8 +181,11 @@ fn op_len(op: &Op) -> usize {
 /// A registered queue: id, next sequence number, and (depth, bytes, dead letters).
 type Registered = (WebhookId, u64, (u64, u64, u64));
 
-/// Registers, renames or purges a queue, in a transaction of its own.
-fn manage(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op: Op) {
+/// Registers, renames or purges a queue, in a transaction of its own; `true` when an I/O
+/// error poisoned the database.
+fn manage(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op: Op) -> bool {
+    let mut poisoned = false;
+    let mut check = |e: &redb::Error| poisoned |= poisoning(e);
     match op {
         Op::Register {
             name,
@@ -126,6 +209,9 @@ fn manage(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op
                 txn.commit()?;
                 Ok(found)
             })();
+            if let Err(e) = &r {
+                check(e);
+            }
             let answer = r.map(|(id, n, (depth, bytes, dead))| {
                 next.entry(id).or_insert(n);
                 let known = shared.queue(id);
@@ -165,7 +251,10 @@ fn manage(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op
                 txn.commit()?;
                 Ok(Ok(()))
             })();
-            let _ = done.send(r.unwrap_or_else(|e| Err(e.to_string())));
+            let _ = done.send(r.unwrap_or_else(|e| {
+                check(&e);
+                Err(e.to_string())
+            }));
         }
         Op::Purge { name, done } => {
             let r = (|| -> Result<Option<(WebhookId, u64)>, redb::Error> {
@@ -199,12 +288,16 @@ fn manage(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op
                     Ok(n)
                 }
                 Ok(None) => Ok(0),
-                Err(e) => Err(e.to_string()),
+                Err(e) => {
+                    check(&e);
+                    Err(e.to_string())
+                }
             };
             let _ = done.send(answer);
         }
         _ => {}
     }
+    poisoned
 }
 
 /// What a group changes in the per-queue figures; applied once the commit succeeded.
@@ -370,6 +463,8 @@ fn make_room(
     Ok(delta.total_bytes(queues) + incoming as i64 <= max)
 }
 
+/// Applies a group in one durable transaction and answers its ops; `true` when an I/O
+/// error poisoned the database (it must be reopened).
 fn commit(
     db: &Database,
     shared: &Shared,
@@ -377,13 +472,14 @@ fn commit(
     ops: Vec<Op>,
     log: &mut RateLog,
     blocked: &mut HashSet<String>,
-) {
+) -> bool {
     let queues = shared.queues();
     let queues = &*queues;
     let mut new_next = next.clone();
     let mut delta = Delta::default();
     let mut refused = vec![false; ops.len()];
     let mut replayed = vec![0u64; ops.len()];
+    let started = std::time::Instant::now();
     let result = (|| -> Result<(), redb::Error> {
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
@@ -502,16 +598,32 @@ fn commit(
         txn.commit()?;
         Ok(())
     })();
+    if let Some(h) = shared.commit_duration.get() {
+        h.observe(started.elapsed().as_secs_f64());
+    }
+    let poisoned = result.as_ref().err().is_some_and(poisoning);
     let failure = result.err().map(|e| e.to_string());
+    let health = &shared.health;
     if let Some(e) = &failure {
+        health.errors.fetch_add(1, Ordering::Relaxed);
+        health.failing.store(true, Ordering::Relaxed);
+        if let Ok(mut g) = health.last_error.lock() {
+            *g = Some((e.clone(), crate::timefmt::now_ms()));
+        }
         // Nothing was stored; sources blocked by this group must retry like any refusal.
         for op in &ops {
             if let Op::Append { mark: Some(m), .. } = op {
                 blocked.insert(m.source.clone());
             }
         }
-        tracing::error!("store commit failed, nothing of this group was stored: {e}");
+        if let Some(suppressed) = log.check(std::time::Instant::now()) {
+            tracing::error!(
+                suppressed,
+                "store commit failed, nothing of this group was stored (input waits and is retried): {e}"
+            );
+        }
     } else {
+        health.failing.store(false, Ordering::Relaxed);
         for (w, qu) in queues {
             add(&qu.stats.depth, delta.depth.get(w).copied().unwrap_or(0));
             add(&qu.stats.bytes, delta.bytes.get(w).copied().unwrap_or(0));
@@ -575,4 +687,5 @@ fn commit(
             _ => {}
         }
     }
+    poisoned
 }

@@ -1,0 +1,121 @@
+//! What `/healthz`, `/readyz` and `roomhook status` report: the store's health, each
+//! source's connection and traffic, each webhook's state, recent deliveries and errors,
+//! queue and last error — and the verdict, with what is wrong named.
+
+use crate::supervisor::Supervisor;
+use serde_json::{json, Value};
+
+/// A source disconnected longer than this makes the daemon not ready.
+pub const SOURCE_DOWN_LIMIT_S: f64 = 60.0;
+/// A webhook failing (retrying, paused, circuit open, auth failed) longer than this makes
+/// the daemon not ready.
+pub const WEBHOOK_STUCK_LIMIT_S: f64 = 300.0;
+
+/// Liveness: the store writer and every worker and source task run.
+pub fn alive(sup: &Supervisor) -> (bool, Value) {
+    let mut problems = sup.dead_tasks();
+    if !sup.store().writer_alive() {
+        problems.push("the store writer thread stopped".into());
+    }
+    let ok = problems.is_empty();
+    (
+        ok,
+        json!({ "status": if ok { "ok" } else { "failing" }, "problems": problems }),
+    )
+}
+
+/// Everything `roomhook status` shows, with the readiness verdict.
+pub fn status(sup: &Supervisor) -> Value {
+    let now = crate::timefmt::now_ms();
+    let store = sup.store();
+    let health = store.health();
+    let mut problems: Vec<String> = Vec::new();
+    if !health.ok {
+        problems.push(format!(
+            "store: commits fail ({}); input waits",
+            health.last_error.clone().unwrap_or_default()
+        ));
+    }
+    let (_, live) = alive(sup);
+    for p in live["problems"].as_array().into_iter().flatten() {
+        problems.push(p.as_str().unwrap_or_default().to_string());
+    }
+    let sources = sup.sources();
+    for s in &sources {
+        if !s.connected && s.state_age_s > SOURCE_DOWN_LIMIT_S {
+            problems.push(format!(
+                "source {}: not connected for {:.0} s{}",
+                s.name,
+                s.state_age_s,
+                s.last_error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    let mut webhooks = Vec::new();
+    for w in sup.webhooks().iter() {
+        let st = w.status.lock().map(|g| g.clone()).ok();
+        let Some(st) = st else { continue };
+        let state = st.state.as_str();
+        let state_age_s = (now - st.state_since_ms).max(0) as f64 / 1000.0;
+        let failing = matches!(
+            state,
+            "retrying" | "paused" | "circuit_open" | "auth_failed"
+        );
+        if failing && state_age_s > WEBHOOK_STUCK_LIMIT_S {
+            problems.push(format!(
+                "webhook {}: {state} for {state_age_s:.0} s{}",
+                w.settings.name,
+                st.last_error
+                    .as_ref()
+                    .map(|e| format!(" ({})", e.message))
+                    .unwrap_or_default()
+            ));
+        }
+        if state == "disabled" && w.settings.enabled {
+            problems.push(format!(
+                "webhook {}: disabled by the receiver (410 Gone); `roomhook webhook enable {}` starts it again",
+                w.settings.name, w.settings.name
+            ));
+        }
+        let oldest = store.oldest_ts(w.id);
+        webhooks.push(json!({
+            "name": w.settings.name,
+            "url": w.settings.url.to_string(),
+            "enabled": w.settings.enabled,
+            "state": state,
+            "state_age_s": state_age_s,
+            "recent": st.recent.counts(now),
+            "queue": {
+                "events": store.depth(w.id),
+                "bytes": store.bytes(w.id),
+                "oldest_age_s": oldest.map(|t| (now - t).max(0) as f64 / 1000.0),
+                "dead_letters": store.dead_count(w.id),
+            },
+            "in_flight": st.in_flight,
+            "in_flight_limit": st.in_flight_limit,
+            "last_error": st.last_error.as_ref().map(|e| json!({
+                "message": e.message,
+                "at": crate::timefmt::rfc3339_ms(e.at_ms),
+                "age_s": (now - e.at_ms).max(0) as f64 / 1000.0,
+            })),
+        }));
+    }
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "ready": problems.is_empty(),
+        "problems": problems,
+        "store": {
+            "ok": health.ok,
+            "errors": health.errors,
+            "last_error": health.last_error,
+            "last_error_at": health.last_error_at,
+            "bytes": store.total_bytes(),
+            "max_bytes": store.max_bytes(),
+        },
+        "sources": sources,
+        "webhooks": webhooks,
+    })
+}

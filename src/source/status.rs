@@ -1,0 +1,129 @@
+//! What each source is doing now (connected since when, messages, decode errors, last
+//! message), written by the source and read by `/readyz` and `roomhook status`.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Live figures of one source.
+#[derive(Debug, Default)]
+pub struct SourceStatus {
+    connected: AtomicBool,
+    /// When `connected` last changed (unix ms; 0: never connected).
+    since_ms: AtomicI64,
+    messages: AtomicU64,
+    decode_errors: AtomicU64,
+    last_message_ms: AtomicI64,
+    last_error: Mutex<Option<String>>,
+    started_ms: AtomicI64,
+}
+
+impl SourceStatus {
+    /// The source (re)connected.
+    pub fn connected(&self) {
+        self.connected.store(true, Ordering::Relaxed);
+        self.since_ms
+            .store(crate::timefmt::now_ms(), Ordering::Relaxed);
+    }
+
+    /// The connection failed or was lost.
+    pub fn disconnected(&self, why: String) {
+        if self.connected.swap(false, Ordering::Relaxed) {
+            self.since_ms
+                .store(crate::timefmt::now_ms(), Ordering::Relaxed);
+        }
+        if let Ok(mut g) = self.last_error.lock() {
+            *g = Some(why);
+        }
+    }
+
+    /// A message arrived with `errors` payload errors.
+    pub fn message(&self, errors: u64) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+        self.decode_errors.fetch_add(errors, Ordering::Relaxed);
+        self.last_message_ms
+            .store(crate::timefmt::now_ms(), Ordering::Relaxed);
+    }
+
+    /// A snapshot.
+    pub fn view(&self, name: &str) -> SourceView {
+        let now = crate::timefmt::now_ms();
+        let since = self.since_ms.load(Ordering::Relaxed);
+        let last = self.last_message_ms.load(Ordering::Relaxed);
+        let connected = self.connected.load(Ordering::Relaxed);
+        SourceView {
+            name: name.to_string(),
+            connected,
+            // Never connected: count from the source's start.
+            state_age_s: (now
+                - if since == 0 {
+                    self.started_ms.load(Ordering::Relaxed)
+                } else {
+                    since
+                })
+            .max(0) as f64
+                / 1000.0,
+            messages: self.messages.load(Ordering::Relaxed),
+            decode_errors: self.decode_errors.load(Ordering::Relaxed),
+            last_message_age_s: (last > 0).then(|| (now - last).max(0) as f64 / 1000.0),
+            last_error: self.last_error.lock().ok().and_then(|g| g.clone()),
+        }
+    }
+}
+
+/// A source as `/readyz` and `roomhook status` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceView {
+    /// Name.
+    pub name: String,
+    /// Connected now.
+    pub connected: bool,
+    /// Seconds in the current connected/disconnected state.
+    pub state_age_s: f64,
+    /// Messages received since start.
+    pub messages: u64,
+    /// Payload errors since start.
+    pub decode_errors: u64,
+    /// Seconds since the last message.
+    pub last_message_age_s: Option<f64>,
+    /// The last connection error.
+    pub last_error: Option<String>,
+}
+
+/// Every source's status, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Sources(Arc<Mutex<BTreeMap<String, Arc<SourceStatus>>>>);
+
+impl Sources {
+    /// The status of a source (created, and its clock started, on first use).
+    pub fn get(&self, name: &str) -> Arc<SourceStatus> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(name.to_string())
+            .or_insert_with(|| {
+                let s = SourceStatus::default();
+                s.started_ms
+                    .store(crate::timefmt::now_ms(), Ordering::Relaxed);
+                Arc::new(s)
+            })
+            .clone()
+    }
+
+    /// Forgets a source that was removed from the config.
+    pub fn remove(&self, name: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+
+    /// Snapshots of every source.
+    pub fn views(&self) -> Vec<SourceView> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(n, s)| s.view(n))
+            .collect()
+    }
+}

@@ -1,0 +1,125 @@
+//! A full file system under the store: the daemon does not crash, the error shows in the
+//! log, /readyz and the metrics, MQTT input waits with the broker, and everything resumes
+//! when space returns — nothing accepted is lost, per-device order holds.
+//!
+//! It mounts a small tmpfs, so it needs root: `.ci/run` runs it (as root) with
+//! `cargo test --test diskfull -- --ignored`.
+
+mod common;
+
+use common::*;
+use roomhook::demo::receiver::Behaviour;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(at: &Path, size: &str) -> Mount {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs (this test needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Mount(at.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system with a ballast file, then frees `leave` bytes of it.
+fn fill(dir: &Path, leave: u64) -> PathBuf {
+    let path = dir.join("ballast");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.flush();
+    let len = std::fs::metadata(&path).unwrap().len();
+    f.set_len(len.saturating_sub(leave)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: mounts a tmpfs (.ci/run runs it)"]
+async fn a_full_disk_pauses_input_and_resumes_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _mount = Mount::tmpfs(&data, "8m");
+    let broker = broker();
+    let rx = receiver(dir.path(), false).await;
+    rx.receiver.set_behaviour(Behaviour::Status(503));
+    let admin = free_port();
+    let text = standard_config(broker.port, &rx.url, &rx.ca_file, "")
+        .replace(
+            "[gateway]",
+            &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[gateway]"),
+        )
+        .replace(
+            "org_id = \"test-org\"",
+            "org_id = \"test-org\"\nmax_store_bytes = \"64MiB\"",
+        );
+    let config = write_config(dir.path(), &text);
+    let daemon = Daemon::start(&config);
+    let ballast = fill(&data, 1024 * 1024);
+
+    let (devices, per_device) = (10, 2000);
+    let port = broker.port;
+    let publisher =
+        tokio::spawn(async move { publish(port, &workload(devices, per_device)).await });
+    let failed = wait_until(Duration::from_secs(60), || {
+        daemon.logs().contains("store commit failed")
+    });
+    assert!(failed, "the disk never filled; log:\n{}", daemon.logs());
+    let (status, body) = roomhook::testkit::http_get(admin, "/readyz", None);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("store"), "{body}");
+    assert!(
+        metric(admin, "roomhook_store_errors_total").is_some_and(|n| n >= 1.0),
+        "{}",
+        scrape(admin)
+    );
+    // Still alive a while later, and not in a crash loop.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(roomhook::testkit::http_get(admin, "/healthz", None).0, 200);
+
+    std::fs::remove_file(&ballast).unwrap();
+    rx.receiver.set_behaviour(Behaviour::Accept);
+    tokio::time::timeout(Duration::from_secs(120), publisher)
+        .await
+        .expect("the broker got every PUBACK once space returned")
+        .unwrap();
+    let all = rx
+        .receiver
+        .wait_accepted(devices * per_device, Duration::from_secs(120))
+        .await;
+    assert!(
+        all,
+        "{} of {} delivered; log:\n{}",
+        rx.receiver.accepted_messages(),
+        devices * per_device,
+        daemon.logs()
+    );
+    assert_eq!(roomhook::testkit::http_get(admin, "/readyz", None).0, 200);
+    // redb refuses everything after an I/O error until reopened: the writer did that.
+    assert!(
+        daemon.logs().contains("store reopened after the I/O error"),
+        "{}",
+        daemon.logs()
+    );
+    let mut received = rx.receiver.accepted();
+    // A message redelivered by the broker after a failed commit may arrive twice; count once.
+    received.dedup_by(|a, b| a.headers.get("webhook-id") == b.headers.get("webhook-id"));
+    assert_complete_and_ordered(&received, devices, per_device);
+}
