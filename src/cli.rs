@@ -472,6 +472,175 @@ fn print_answer(action: &WebhookAction, body: &Value) {
     }
 }
 
+/// Seconds as "45s", "12m", "3h", "2d".
+fn human_age(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1_048_576.0)
+}
+
+/// The `roomhook status` table, from the control API's `/v1/status` answer.
+pub fn render_status(s: &Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let ready = s["ready"].as_bool().unwrap_or(false);
+    let store = &s["store"];
+    let _ = writeln!(
+        out,
+        "roomhook {} — {}; store {} of {}, {} failed commit(s){}",
+        s["version"].as_str().unwrap_or("?"),
+        if ready { "ready" } else { "NOT READY" },
+        mib(store["bytes"].as_u64().unwrap_or(0)),
+        mib(store["max_bytes"].as_u64().unwrap_or(0)),
+        store["errors"],
+        if store["ok"].as_bool() == Some(false) {
+            " — FAILING NOW"
+        } else {
+            ""
+        },
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<18} {:<12} {:>5}  {:>20}  {:>14}  {:>7} {:>6} {:>5}  LAST ERROR",
+        "WEBHOOK",
+        "STATE",
+        "FOR",
+        "DELIVERED 5m/1h/24h",
+        "ERRORS 5m/1h/24h",
+        "QUEUED",
+        "OLDEST",
+        "LIMIT"
+    );
+    for w in s["webhooks"].as_array().into_iter().flatten() {
+        let r = &w["recent"];
+        let q = &w["queue"];
+        let last = match w["last_error"].as_object() {
+            Some(e) => format!(
+                "{} ago: {}",
+                human_age(e["age_s"].as_f64().unwrap_or(0.0)),
+                e["message"].as_str().unwrap_or("")
+            ),
+            None => "-".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<18} {:<12} {:>5}  {:>20}  {:>14}  {:>7} {:>6} {:>5}  {}",
+            w["name"].as_str().unwrap_or(""),
+            w["state"].as_str().unwrap_or(""),
+            human_age(w["state_age_s"].as_f64().unwrap_or(0.0)),
+            format!(
+                "{}/{}/{}",
+                r["delivered_5m"], r["delivered_1h"], r["delivered_24h"]
+            ),
+            format!("{}/{}/{}", r["errors_5m"], r["errors_1h"], r["errors_24h"]),
+            q["events"].to_string(),
+            q["oldest_age_s"].as_f64().map_or("-".into(), human_age),
+            w["in_flight_limit"].to_string(),
+            last.chars().take(100).collect::<String>(),
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<18} {:<10} {:>5}  {:>10}  {:>13}  LAST MESSAGE",
+        "SOURCE", "CONNECTED", "FOR", "MESSAGES", "DECODE ERRORS"
+    );
+    for src in s["sources"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<18} {:<10} {:>5}  {:>10}  {:>13}  {}",
+            src["name"].as_str().unwrap_or(""),
+            if src["connected"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "NO"
+            },
+            human_age(src["state_age_s"].as_f64().unwrap_or(0.0)),
+            src["messages"].to_string(),
+            src["decode_errors"].to_string(),
+            src["last_message_age_s"]
+                .as_f64()
+                .map_or("never".into(), |a| format!("{} ago", human_age(a))),
+        );
+    }
+    let problems: Vec<&str> = s["problems"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !problems.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "PROBLEMS");
+        for p in problems {
+            let _ = writeln!(out, "- {p}");
+        }
+    }
+    out
+}
+
+/// `roomhook status`: the table (or JSON); with `watch`, redrawn every so often.
+pub async fn status(
+    config: PathBuf,
+    socket: Option<PathBuf>,
+    json: bool,
+    watch: Option<std::time::Duration>,
+) -> ExitCode {
+    let socket = match socket_of(&config, socket) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    loop {
+        let body = match crate::admin::control::call(&socket, Method::GET, "/v1/status", None).await
+        {
+            Ok((s, body)) if s.is_success() => body,
+            Ok((_, body)) => {
+                eprintln!(
+                    "roomhook status: {}",
+                    body["error"].as_str().unwrap_or("failed")
+                );
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let text = if json {
+            serde_json::to_string_pretty(&body).unwrap_or_default()
+        } else {
+            render_status(&body)
+        };
+        match watch {
+            None => {
+                println!("{text}");
+                return if body["ready"].as_bool() == Some(true) {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(3)
+                };
+            }
+            Some(every) => {
+                // Clear the screen, home the cursor, draw.
+                print!("\x1b[2J\x1b[H{text}");
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ pub mod deliver;
 pub mod demo;
 pub mod event;
 pub mod ingest;
+pub mod logging;
 pub mod metrics;
 pub mod ratelog;
 pub mod route;

@@ -10,9 +10,12 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(name = "roomhook", version, about)]
 struct Cli {
-    /// Log filter (RUST_LOG syntax), e.g. "info" or "roomhook=debug".
-    #[arg(long, global = true, env = "ROOMHOOK_LOG", default_value = "info")]
-    log: String,
+    /// Log filter (RUST_LOG syntax), e.g. "info" or "roomhook=debug" [default: [log] filter, else info].
+    #[arg(long, global = true, env = "ROOMHOOK_LOG")]
+    log: Option<String>,
+    /// Log format [default: [log] format, else auto: journald under systemd, text otherwise].
+    #[arg(long, global = true, env = "ROOMHOOK_LOG_FORMAT", value_enum)]
+    log_format: Option<roomhook::logging::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,6 +52,21 @@ enum Command {
         socket: Option<PathBuf>,
         #[command(subcommand)]
         action: roomhook::cli::WebhookAction,
+    },
+    /// What the running daemon is doing: webhooks, sources, store, and what is wrong.
+    Status {
+        /// Config file (it names the control socket).
+        #[arg(short, long, default_value = "/etc/roomhook/roomhook.toml")]
+        config: PathBuf,
+        /// The control socket, instead of reading it from the config.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print the JSON of the control API.
+        #[arg(long)]
+        json: bool,
+        /// Redraw every N seconds (default 2) until Ctrl-C.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<f64>,
     },
     /// Check or salvage the embedded store (stop the daemon first).
     Store {
@@ -135,15 +153,6 @@ fn store_command(action: StoreAction) -> ExitCode {
     }
 }
 
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 fn stop_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -172,7 +181,27 @@ fn duration_arg(name: &str, raw: &str) -> Result<Duration, ExitCode> {
 fn main() -> ExitCode {
     roomhook::install_crypto_provider();
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    // `run` reads its config first: the config may set the log filter and format.
+    let run_settings = match &cli.command {
+        Command::Run { config } => match roomhook::config::load(config) {
+            Ok(s) => Some(s),
+            Err(errs) => {
+                eprintln!("{errs}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    let filter = cli
+        .log
+        .clone()
+        .or_else(|| run_settings.as_ref().and_then(|s| s.log_filter.clone()))
+        .unwrap_or_else(|| "info".into());
+    let format = cli
+        .log_format
+        .or_else(|| run_settings.as_ref().and_then(|s| s.log_format))
+        .unwrap_or(roomhook::logging::LogFormat::Auto);
+    roomhook::logging::init(&filter, format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -189,6 +218,10 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         match cli.command {
             Command::Store { .. } => ExitCode::SUCCESS,
+            Command::Status { config, socket, json, watch } => {
+                let every = watch.map(|s| Duration::from_secs_f64(s.max(0.2)));
+                roomhook::cli::status(config, socket, json, every).await
+            }
             Command::Webhook { config, socket, action } => roomhook::cli::webhook(config, socket, action).await,
             Command::CheckConfig { config } => match roomhook::config::load(&config) {
                 Ok(s) => {
@@ -208,12 +241,8 @@ fn main() -> ExitCode {
                 }
             },
             Command::Run { config } => {
-                let settings = match roomhook::config::load(&config) {
-                    Ok(s) => s,
-                    Err(errs) => {
-                        eprintln!("{errs}");
-                        return ExitCode::from(2);
-                    }
+                let Some(settings) = run_settings else {
+                    return ExitCode::FAILURE;
                 };
                 let shutdown = CancellationToken::new();
                 stop_on_signals(shutdown.clone());

@@ -41,6 +41,19 @@ pub struct RawConfig {
     /// `[[webhooks]]`: where events go.
     #[serde(default)]
     pub webhooks: Vec<RawWebhook>,
+    /// `[log]`: log filter and format.
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `RUST_LOG`-style filter, e.g. `"info,roomhook=debug"` (the `--log` flag wins).
+    pub filter: Option<String>,
+    /// `auto` (journald under systemd, else text), `text`, `json` or `journald`.
+    pub format: Option<crate::logging::LogFormat>,
 }
 
 /// `[gateway]`.
@@ -225,6 +238,10 @@ pub struct Settings {
     pub mqtt: Vec<MqttSettings>,
     /// Webhooks.
     pub webhooks: Vec<WebhookSettings>,
+    /// `[log] filter`, if set.
+    pub log_filter: Option<String>,
+    /// `[log] format`, if set.
+    pub log_format: Option<crate::logging::LogFormat>,
 }
 
 /// One MQTT source.

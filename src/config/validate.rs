@@ -212,6 +212,15 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
             "use a long random token, e.g. from: head -c 24 /dev/urandom | base64",
         );
     }
+    if let Some(f) = &raw.log.filter {
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(f) {
+            cx.err(
+                "log.filter",
+                format!("{f:?} is not a valid filter: {e}"),
+                "write e.g. \"info\" or \"info,roomhook=debug\"",
+            );
+        }
+    }
     let mut names = HashSet::new();
     let mqtt = raw
         .sources
@@ -243,6 +252,8 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
                 .map(|p| cx.path(p))
                 .unwrap_or_else(|| cx.path(&raw.gateway.data_dir).join("roomhook.sock")),
             admin_token,
+            log_filter: raw.log.filter.clone(),
+            log_format: raw.log.format,
             mqtt,
             webhooks,
         })

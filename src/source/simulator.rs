@@ -31,6 +31,8 @@ pub async fn run(sim: Simulation, ingest: Ingest, shutdown: CancellationToken) {
         .source_messages
         .get_or_create(&label)
         .clone();
+    let status = ingest.sources().get("simulator");
+    status.connected();
     let mut rooms: Vec<Room> = (0..sim.rooms.max(1))
         .map(|i| Room {
             people: 0,
@@ -80,6 +82,7 @@ pub async fn run(sim: Simulation, ingest: Ingest, shutdown: CancellationToken) {
             )]
         };
         messages.inc();
+        status.message(0);
         if let Err(e) = ingest.accept(events).await {
             tracing::error!("simulator: {e}");
         }
