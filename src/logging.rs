@@ -38,7 +38,11 @@ pub fn init(filter: &str, format: LogFormat) {
         match tracing_journald::layer() {
             Ok(layer) => {
                 registry
-                    .with(layer.with_syslog_identifier("roomhook".into()))
+                    .with(
+                        layer
+                            .with_syslog_identifier("roomhook".into())
+                            .with_field_prefix(None),
+                    )
                     .init();
                 warn_bad_filter(filter, bad);
                 return;
