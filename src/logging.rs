@@ -4,7 +4,7 @@
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -20,12 +20,17 @@ pub enum LogFormat {
     Journald,
 }
 
-/// Installs the global subscriber. `filter` is a `RUST_LOG` directive such as
-/// `info,roomhook=debug`; an invalid one falls back to `info` with a warning.
+/// Installs the global subscriber. `filter` is a `RUST_LOG`-style list of `level` and
+/// `target=level` directives such as `info,roomhook::deliver=debug` (targets only: no span or
+/// field filters, which would need a regex engine in the binary); an invalid one falls
+/// back to `info` with a warning.
 pub fn init(filter: &str, format: LogFormat) {
-    let (env_filter, bad) = match EnvFilter::try_new(filter) {
+    let (env_filter, bad) = match filter.parse::<Targets>() {
         Ok(f) => (f, None),
-        Err(e) => (EnvFilter::new("info"), Some(e)),
+        Err(e) => (
+            Targets::new().with_default(tracing::Level::INFO),
+            Some(e),
+        ),
     };
     let journald = match format {
         LogFormat::Journald => true,

@@ -202,10 +202,18 @@ fn main() -> ExitCode {
         .or_else(|| run_settings.as_ref().and_then(|s| s.log_format))
         .unwrap_or(roomhook::logging::LogFormat::Auto);
     roomhook::logging::init(&filter, format);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let threads: usize = std::env::var("ROOMHOOK_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

@@ -213,7 +213,7 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
         );
     }
     if let Some(f) = &raw.log.filter {
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(f) {
+        if let Err(e) = f.parse::<tracing_subscriber::filter::Targets>() {
             cx.err(
                 "log.filter",
                 format!("{f:?} is not a valid filter: {e}"),
