@@ -2,9 +2,9 @@
 //! back to stderr when the journal cannot be reached), or stderr as text or JSON lines;
 //! filtered with a `RUST_LOG`-style filter from the flag, the environment or the config.
 
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::filter::Targets;
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -27,10 +27,7 @@ pub enum LogFormat {
 pub fn init(filter: &str, format: LogFormat) {
     let (env_filter, bad) = match filter.parse::<Targets>() {
         Ok(f) => (f, None),
-        Err(e) => (
-            Targets::new().with_default(tracing::Level::INFO),
-            Some(e),
-        ),
+        Err(e) => (Targets::new().with_default(tracing::Level::INFO), Some(e)),
     };
     let journald = match format {
         LogFormat::Journald => true,

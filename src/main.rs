@@ -202,10 +202,9 @@ fn main() -> ExitCode {
         .or_else(|| run_settings.as_ref().and_then(|s| s.log_format))
         .unwrap_or(roomhook::logging::LogFormat::Auto);
     roomhook::logging::init(&filter, format);
-    let threads: usize = std::env::var("ROOMHOOK_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
+    // One runtime thread by default: on a small gateway it does the work with the fewest
+    // hand-offs (the store writer has a thread of its own); `[gateway] threads` raises it.
+    let threads = run_settings.as_ref().map_or(1, |s| s.threads);
     let mut builder = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {

@@ -13,9 +13,12 @@ use std::time::{Duration, Instant};
 #[derive(Parser)]
 #[command(about = "Benchmarks the roomhook daemon binary end to end")]
 struct Args {
-    /// Scenarios to run (comma-separated): throughput, batched, latency, idle, drain.
-    #[arg(long, default_value = "throughput,batched,latency,idle,drain")]
+    /// Scenarios to run (comma-separated): throughput, batched, latency, idle, drain, store.
+    #[arg(long, default_value = "throughput,batched,latency,idle,drain,store")]
     scenarios: String,
+    /// Events in the store scenario.
+    #[arg(long, default_value_t = 100_000)]
+    store_events: usize,
     /// Messages in the throughput scenario.
     #[arg(long, default_value_t = 20_000)]
     messages: usize,
@@ -444,6 +447,91 @@ fn print_table(results: &[serde_json::Value]) {
     }
 }
 
+/// The queue alone, in this process: durable appends of one event each from 64 producers
+/// at once (like MQTT messages in flight), then reading windows and removing what was
+/// "delivered" in groups of 64 (like a delivery worker).
+async fn store(args: &Args) -> Result<serde_json::Value, String> {
+    use roomhook::store::{Limits, Overflow, Store};
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let limits = Limits {
+        max_bytes: 0,
+        queues: vec![("bench".into(), Overflow::DropOldest)],
+    };
+    let (store, ids) = Store::open(dir.path(), &limits).map_err(|e| e.to_string())?;
+    let id = ids[0];
+    let event = roomhook::event::Event {
+        device: "room-42".into(),
+        workspace: Some("workspace-42".into()),
+        path: "RoomAnalytics.PeopleCount.Current".into(),
+        kind: roomhook::catalog::Kind::Status,
+        value: 3.into(),
+        ts_ms: roomhook::timefmt::now_ms(),
+        full_sync: false,
+    }
+    .encode();
+    let n = args.store_events;
+    let producers = 64;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..producers {
+        let (store, event) = (store.clone(), event.clone());
+        let count = n / producers + usize::from(p < n % producers);
+        tasks.spawn(async move {
+            for _ in 0..count {
+                store.append(vec![(id, event.clone())]).await?;
+            }
+            Ok::<(), roomhook::store::StoreError>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    }
+    let append_s = started.elapsed().as_secs_f64();
+    let (append_commits, append_commit_s) = store.commits();
+    let file_mib = std::fs::metadata(store.path()).map_or(0, |m| m.len()) as f64 / 1048576.0;
+
+    let started = Instant::now();
+    let mut after = 0u64;
+    let mut removed = 0usize;
+    let mut pending = Vec::new();
+    loop {
+        let (s, a) = (store.clone(), after);
+        let window = tokio::task::spawn_blocking(move || s.read_after(id, a, 4096))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let Some(last) = window.last() else { break };
+        after = last.seq;
+        for chunk in window.chunks(64) {
+            let seqs: Vec<u64> = chunk.iter().map(|e| e.seq).collect();
+            removed += seqs.len();
+            pending.push(store.remove(id, seqs).await.map_err(|e| e.to_string())?);
+        }
+        for p in pending.drain(..) {
+            p.await.map_err(|e| e.to_string())?;
+        }
+    }
+    let remove_s = started.elapsed().as_secs_f64();
+    let remove_commits = store.commits().0 - append_commits;
+    store.close().await;
+    if removed != n {
+        return Err(format!("read back {removed} of {n} events"));
+    }
+    Ok(serde_json::json!({
+        "scenario": "store",
+        "events": n,
+        "event_bytes": event.len(),
+        "producers": producers,
+        "append_events_per_second": n as f64 / append_s,
+        "append_commits_per_second": append_commits as f64 / append_s,
+        "events_per_commit": n as f64 / append_commits.max(1) as f64,
+        "mean_commit_ms": append_commit_s * 1000.0 / append_commits.max(1) as f64,
+        "file_mib_after_append": file_mib,
+        "remove_events_per_second": n as f64 / remove_s,
+        "remove_commits_per_second": remove_commits as f64 / remove_s,
+    }))
+}
+
 fn main() -> std::process::ExitCode {
     roomhook::install_crypto_provider();
     let args = Args::parse();
@@ -495,6 +583,7 @@ fn main() -> std::process::ExitCode {
                 "drain" => drain(&args, &binary).await,
                 "latency" => latency(&args, &binary).await,
                 "idle" => idle(&binary).await,
+                "store" => store(&args).await,
                 other => Err(format!("unknown scenario {other:?}")),
             }
         });

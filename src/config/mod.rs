@@ -66,6 +66,8 @@ pub struct RawGateway {
     pub org_id: Option<String>,
     /// Budget for all queued events, e.g. `"64MiB"` (default `"128MiB"`).
     pub max_store_bytes: Option<String>,
+    /// Threads of the async runtime (default 1; the store writer has its own).
+    pub threads: Option<usize>,
 }
 
 /// `[admin]`.
@@ -238,6 +240,8 @@ pub struct Settings {
     pub mqtt: Vec<MqttSettings>,
     /// Webhooks.
     pub webhooks: Vec<WebhookSettings>,
+    /// Threads of the async runtime.
+    pub threads: usize,
     /// `[log] filter`, if set.
     pub log_filter: Option<String>,
     /// `[log] format`, if set.

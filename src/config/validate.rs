@@ -212,6 +212,13 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
             "use a long random token, e.g. from: head -c 24 /dev/urandom | base64",
         );
     }
+    if raw.gateway.threads.is_some_and(|t| !(1..=64).contains(&t)) {
+        cx.err(
+            "gateway.threads",
+            "must be 1 to 64",
+            "leave it out (1 suits a small gateway) or write e.g. 2",
+        );
+    }
     if let Some(f) = &raw.log.filter {
         if let Err(e) = f.parse::<tracing_subscriber::filter::Targets>() {
             cx.err(
@@ -252,6 +259,7 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
                 .map(|p| cx.path(p))
                 .unwrap_or_else(|| cx.path(&raw.gateway.data_dir).join("roomhook.sock")),
             admin_token,
+            threads: raw.gateway.threads.unwrap_or(1),
             log_filter: raw.log.filter.clone(),
             log_format: raw.log.format,
             mqtt,

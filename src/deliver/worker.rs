@@ -154,15 +154,23 @@ impl Worker {
 
         loop {
             // 1. Refill the window from the store.
-            if pace.sched.len() < WINDOW && *committed.borrow_and_update() > loaded {
+            let last_committed = *committed.borrow_and_update();
+            if pace.sched.len() < WINDOW && last_committed > loaded {
                 let (store, id, after, limit) = (
                     self.store.clone(),
                     self.id,
                     loaded,
                     WINDOW - pace.sched.len(),
                 );
-                match tokio::task::spawn_blocking(move || store.read_after(id, after, limit)).await
-                {
+                // A few fresh entries come from redb's cache in microseconds: read them
+                // here, without a hand-off to a blocking thread. Big refills (a backlog
+                // after a restart or an outage) go to a blocking thread.
+                let read = if last_committed - loaded <= INLINE_READ {
+                    Ok(store.read_after(id, after, limit))
+                } else {
+                    tokio::task::spawn_blocking(move || store.read_after(id, after, limit)).await
+                };
+                match read {
                     Ok(Ok(entries)) => {
                         for e in entries {
                             loaded = e.seq;
@@ -570,6 +578,9 @@ impl Worker {
         }
     }
 }
+
+/// Refills of at most this many new entries are read on the worker's own thread.
+const INLINE_READ: u64 = 256;
 
 type InFlight = FuturesUnordered<futures_util::future::BoxFuture<'static, Done>>;
 

@@ -304,6 +304,10 @@ pub(crate) struct Shared {
 pub(crate) struct Health {
     /// Commits that failed, since start.
     pub(crate) errors: AtomicU64,
+    /// Group commits attempted, since start.
+    pub(crate) commits: AtomicU64,
+    /// Time spent in them, nanoseconds.
+    pub(crate) commit_nanos: AtomicU64,
     /// Set by a failed commit, cleared by the next good one.
     pub(crate) failing: std::sync::atomic::AtomicBool,
     /// The last failure and when (unix ms).
@@ -743,6 +747,15 @@ impl Store {
             last_error_at: last.as_ref().map(|(_, at)| crate::timefmt::rfc3339_ms(*at)),
             last_error: last.map(|(e, _)| e),
         }
+    }
+
+    /// Group commits attempted since start, and the seconds they took together.
+    pub fn commits(&self) -> (u64, f64) {
+        let h = &self.shared.health;
+        (
+            h.commits.load(Ordering::Relaxed),
+            h.commit_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        )
     }
 
     /// Records every group commit's duration in `h` from now on.

@@ -598,9 +598,15 @@ fn commit(
         txn.commit()?;
         Ok(())
     })();
+    let took = started.elapsed();
     if let Some(h) = shared.commit_duration.get() {
-        h.observe(started.elapsed().as_secs_f64());
+        h.observe(took.as_secs_f64());
     }
+    shared.health.commits.fetch_add(1, Ordering::Relaxed);
+    shared
+        .health
+        .commit_nanos
+        .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
     let poisoned = result.as_ref().err().is_some_and(poisoning);
     let failure = result.err().map(|e| e.to_string());
     let health = &shared.health;
