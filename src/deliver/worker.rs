@@ -162,10 +162,10 @@ impl Worker {
                     loaded,
                     WINDOW - pace.sched.len(),
                 );
-                // A few fresh entries come from redb's cache in microseconds: read them
-                // here, without a hand-off to a blocking thread. Big refills (a backlog
-                // after a restart or an outage) go to a blocking thread.
-                let read = if last_committed - loaded <= INLINE_READ {
+                // A few entries (fresh ones, or the few the window has room for) come from
+                // redb's cache in microseconds: read them here, without a hand-off to a
+                // blocking thread. Big refills (an empty window over a backlog) go to one.
+                let read = if (last_committed - loaded).min(limit as u64) <= INLINE_READ {
                     Ok(store.read_after(id, after, limit))
                 } else {
                     tokio::task::spawn_blocking(move || store.read_after(id, after, limit)).await
