@@ -154,8 +154,10 @@ impl Worker {
 
         loop {
             // 1. Refill the window from the store.
-            let last_committed = *committed.borrow_and_update();
-            if pace.sched.len() < WINDOW && last_committed > loaded {
+            // Mark a commit as seen only when reading it: with a full window the commit must
+            // still wake the loop once there is room (input may have stopped by then).
+            if pace.sched.len() < WINDOW && *committed.borrow() > loaded {
+                let last_committed = *committed.borrow_and_update();
                 let (store, id, after, limit) = (
                     self.store.clone(),
                     self.id,
