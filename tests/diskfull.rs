@@ -111,7 +111,15 @@ async fn a_full_disk_pauses_input_and_resumes_when_space_returns() {
         devices * per_device,
         daemon.logs()
     );
-    assert_eq!(roomhook::testkit::http_get(admin, "/readyz", None).0, 200);
+    // Ready again once no commit failed for 10 s.
+    let ready = wait_until(Duration::from_secs(40), || {
+        roomhook::testkit::http_get(admin, "/readyz", None).0 == 200
+    });
+    assert!(
+        ready,
+        "{}",
+        roomhook::testkit::http_get(admin, "/readyz", None).1
+    );
     // redb refuses everything after an I/O error until reopened: the writer did that.
     assert!(
         daemon.logs().contains("store reopened after the I/O error"),

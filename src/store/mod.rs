@@ -314,10 +314,13 @@ pub(crate) struct Health {
     pub(crate) last_error: std::sync::Mutex<Option<(String, i64)>>,
 }
 
+/// How long after its last failed commit the store counts as healthy again.
+pub const HEALTHY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What the store says about its own health.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StoreHealth {
-    /// The last commit succeeded.
+    /// No commit failed in the last [`HEALTHY_AFTER`].
     pub ok: bool,
     /// Commits that failed since start.
     pub errors: u64,
@@ -741,8 +744,13 @@ impl Store {
     pub fn health(&self) -> StoreHealth {
         let h = &self.shared.health;
         let last = h.last_error.lock().ok().and_then(|g| g.clone());
+        // A full disk lets some small commits through between failures: the store counts
+        // as healthy only when no commit failed for a while.
+        let recent = last.as_ref().is_some_and(|(_, at)| {
+            crate::timefmt::now_ms() - at < HEALTHY_AFTER.as_millis() as i64
+        });
         StoreHealth {
-            ok: !h.failing.load(Ordering::Relaxed),
+            ok: !h.failing.load(Ordering::Relaxed) && !recent,
             errors: h.errors.load(Ordering::Relaxed),
             last_error_at: last.as_ref().map(|(_, at)| crate::timefmt::rfc3339_ms(*at)),
             last_error: last.map(|(e, _)| e),
