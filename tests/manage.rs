@@ -161,6 +161,30 @@ async fn add_is_saved_only_after_the_receiver_answers_200() {
     assert_ne!(code, 0);
     assert!(err.contains("connect"), "{err}");
 
+    // A name that does not resolve → refused at the DNS stage.
+    let (code, _, err) = webhook_cli(
+        &config,
+        &[
+            "add",
+            "--name",
+            "nowhere",
+            "--url",
+            "https://roomhook-test.invalid/hook",
+            "--authorization",
+            TOKEN,
+            "--statuses",
+            "RoomAnalytics.*",
+        ],
+    )
+    .await;
+    outputs.push_str(&err);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("DNS: cannot resolve roomhook-test.invalid")
+            || err.contains("timeout: resolving the host"),
+        "{err}"
+    );
+
     // An invalid setting → the config error with its key; nothing saved.
     let (code, _, err) = webhook_cli(
         &config,
