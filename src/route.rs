@@ -110,19 +110,11 @@ pub struct Router {
 impl Router {
     /// A router for these webhooks.
     pub fn new<'a>(webhooks: impl IntoIterator<Item = (WebhookId, &'a WebhookSettings)>) -> Self {
-        Self {
-            routes: webhooks
-                .into_iter()
-                .map(|(id, w)| Route {
-                    id,
-                    enabled: w.enabled,
-                    devices: w.devices.clone(),
-                    statuses: w.statuses.clone(),
-                    events: w.events.clone(),
-                    last: HashMap::new(),
-                })
-                .collect(),
+        let mut router = Self { routes: Vec::new() };
+        for (id, w) in webhooks {
+            router.upsert(id, w);
         }
+        router
     }
 
     /// Adds a webhook, or changes its selection (keeping its change-only memory).

@@ -340,14 +340,14 @@ impl Supervisor {
         };
         let mut verified = None;
         if let Some(w) = target.and_then(|t| settings.webhooks.iter().find(|w| w.name == t)) {
-            let before = match &change {
+            let running = match &change {
                 Edit::Set { name, .. } => inner
                     .webhooks
                     .iter()
-                    .find(|r| &r.view.settings.name == name)
-                    .map(|r| &r.view.settings),
+                    .find(|r| &r.view.settings.name == name),
                 _ => None,
             };
+            let before = running.map(|r| &r.view.settings);
             let reaches_elsewhere = before.is_none_or(|b| {
                 b.url != w.url
                     || b.auth != w.auth
@@ -356,13 +356,8 @@ impl Supervisor {
                     || !b.enabled
             });
             if verify && w.enabled && reaches_elsewhere {
-                let id = before.map_or(0, |_| {
-                    inner
-                        .webhooks
-                        .iter()
-                        .find(|r| r.view.settings.name == w.name)
-                        .map_or(0, |r| r.view.id.0)
-                });
+                // A new webhook has no store id yet: its health checks say 0.
+                let id = running.map_or(0, |r| r.view.id.0);
                 let report = probe::probe(w, &self.org_id, &self.health_id(id))
                     .await
                     .map_err(ActionError::Verify)?;
