@@ -1,6 +1,7 @@
 //! Adaptive concurrency (AIMD, in the spirit of Vector's adaptive request concurrency):
-//! the in-flight limit grows by one per round trip while round-trip times stay flat and the
-//! limit is being used, and is multiplied by 0.9 on back-pressure (429, 503, other 5xx,
+//! the in-flight limit grows while round-trip times stay flat and the limit is being used —
+//! doubling per round trip at first (slow start, as TCP does; the first sign of load halves
+//! it back), by one per round trip after that — and is multiplied by 0.9 on back-pressure (429, 503, other 5xx,
 //! timeouts) or an RTT spike. Never below 1 nor above `max_in_flight`. Plain logic: the
 //! caller feeds it measurements and a clock.
 
@@ -47,6 +48,8 @@ pub struct Controller {
     window_count: u32,
     decreased: bool,
     reached_limit: bool,
+    /// Until the first decrease the limit doubles per round trip.
+    slow_start: bool,
 }
 
 impl Controller {
@@ -66,6 +69,7 @@ impl Controller {
             window_count: 0,
             decreased: false,
             reached_limit: false,
+            slow_start: true,
         }
     }
 
@@ -132,7 +136,12 @@ impl Controller {
                 if spike || avg > base * 2.0 + 0.001 {
                     self.decrease();
                 } else if self.reached_limit && avg <= base * 1.1 + 0.0005 {
-                    self.limit = (self.limit + 1).min(self.max);
+                    let grown = if self.slow_start {
+                        self.limit * 2
+                    } else {
+                        self.limit + 1
+                    };
+                    self.limit = grown.min(self.max);
                 }
             }
             self.baseline = Some(avg.min(base + (avg - base) * BASELINE_RELAX));
@@ -147,8 +156,15 @@ impl Controller {
     }
 
     fn decrease(&mut self) {
-        self.limit = ((self.limit as f64 * DECREASE).floor() as usize).max(1);
+        self.limit = if self.slow_start {
+            // The doubling overshot: go back to the last limit that did not (TCP halves too).
+            self.limit / 2
+        } else {
+            (self.limit as f64 * DECREASE).floor() as usize
+        }
+        .max(1);
         self.decreased = true;
+        self.slow_start = false;
     }
 }
 
@@ -194,6 +210,19 @@ mod tests {
     fn a_fast_receiver_lets_the_limit_grow_to_the_cap() {
         let limits = simulate(32, 5.0, 0.0, usize::MAX, 30);
         assert_eq!(limits.last(), Some(&32));
+    }
+
+    #[test]
+    fn slow_start_doubles_until_the_first_sign_of_load() {
+        // 5 ms round trips, no load effect: 1, 2, 4, … reaches 64 within a few rounds.
+        let limits = simulate(64, 5.0, 0.0, usize::MAX, 1);
+        let first_64 = limits.iter().position(|&l| l == 64).unwrap();
+        assert!(first_64 <= 20, "{limits:?}");
+        assert!(limits.windows(2).all(|w| w[1] <= w[0] * 2), "{limits:?}");
+        // After a decrease, growth is one per round trip.
+        let limits = simulate(64, 5.0, 0.0, 10, 5);
+        let tail = &limits[limits.len() / 2..];
+        assert!(tail.windows(2).all(|w| w[1] <= w[0] + 1), "{tail:?}");
     }
 
     #[test]
