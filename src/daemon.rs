@@ -5,11 +5,9 @@
 use crate::config::Settings;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
-use crate::route::Router;
 use crate::store::{Limits, Store};
 use crate::supervisor::Supervisor;
 use anyhow::Context;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,12 +57,7 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
             .context("store open task")??
     };
     tracing::info!(store = %store.path().display(), "store open");
-    let ingest = Ingest::new(
-        Router::new([]),
-        store.clone(),
-        metrics.clone(),
-        HashMap::new(),
-    );
+    let ingest = Ingest::new(store.clone(), metrics.clone());
     let supervisor = Supervisor::start(
         settings.clone(),
         store.clone(),

@@ -28,25 +28,9 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// An ingest path over a router and a store.
-    pub fn new(
-        router: Router,
-        store: Store,
-        metrics: Arc<Metrics>,
-        names: HashMap<WebhookId, String>,
-    ) -> Self {
-        let enqueued = names
-            .into_iter()
-            .map(|(id, name)| {
-                (
-                    id,
-                    metrics
-                        .events_enqueued
-                        .get_or_create(&Metrics::webhook(&name))
-                        .clone(),
-                )
-            })
-            .collect();
+    /// An ingest path into a store, routing to no webhook until they are added with
+    /// [`Ingest::upsert_webhook`].
+    pub fn new(store: Store, metrics: Arc<Metrics>) -> Self {
         let filtered = [Filtered::NotSelected, Filtered::Unchanged].map(|f| {
             metrics
                 .events_filtered
@@ -56,10 +40,10 @@ impl Ingest {
                 .clone()
         });
         Self {
-            router: Arc::new(Mutex::new(router)),
+            router: Arc::new(Mutex::new(Router::new([]))),
             store,
             metrics,
-            enqueued: Arc::new(std::sync::RwLock::new(enqueued)),
+            enqueued: Default::default(),
             filtered: Arc::new(filtered),
             sources: Default::default(),
         }

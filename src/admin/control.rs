@@ -92,7 +92,8 @@ pub async fn serve(
 
 type Reply = Result<Response<Full<Bytes>>, Infallible>;
 
-fn reply(status: StatusCode, body: Value) -> Reply {
+/// A JSON answer.
+pub(crate) fn reply(status: StatusCode, body: Value) -> Reply {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

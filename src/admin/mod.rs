@@ -78,10 +78,10 @@ async fn handle(req: Request<Incoming>, admin: Admin) -> Result<Response<Full<By
             } else {
                 "the control API is not open on TCP: set [admin] token (or token_file), or use the Unix socket"
             };
-            let mut resp = Response::new(Full::new(Bytes::from(
-                serde_json::json!({ "error": why }).to_string(),
-            )));
-            *resp.status_mut() = StatusCode::UNAUTHORIZED;
+            let mut resp = control::reply(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({ "error": why }),
+            )?;
             resp.headers_mut().insert(
                 hyper::header::WWW_AUTHENTICATE,
                 hyper::header::HeaderValue::from_static("Bearer realm=\"roomhook\""),

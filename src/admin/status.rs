@@ -11,12 +11,18 @@ pub const SOURCE_DOWN_LIMIT_S: f64 = 60.0;
 /// the daemon not ready.
 pub const WEBHOOK_STUCK_LIMIT_S: f64 = 300.0;
 
-/// Liveness: the store writer and every worker and source task run.
-pub fn alive(sup: &Supervisor) -> (bool, Value) {
+/// What stopped that must run: the store writer, every worker and source task.
+fn dead_parts(sup: &Supervisor) -> Vec<String> {
     let mut problems = sup.dead_tasks();
     if !sup.store().writer_alive() {
         problems.push("the store writer thread stopped".into());
     }
+    problems
+}
+
+/// Liveness: the store writer and every worker and source task run.
+pub fn alive(sup: &Supervisor) -> (bool, Value) {
+    let problems = dead_parts(sup);
     let ok = problems.is_empty();
     (
         ok,
@@ -36,10 +42,7 @@ pub fn status(sup: &Supervisor) -> Value {
             health.last_error.clone().unwrap_or_default()
         ));
     }
-    let (_, live) = alive(sup);
-    for p in live["problems"].as_array().into_iter().flatten() {
-        problems.push(p.as_str().unwrap_or_default().to_string());
-    }
+    problems.extend(dead_parts(sup));
     let sources = sup.sources();
     for s in &sources {
         if !s.connected && s.state_age_s > SOURCE_DOWN_LIMIT_S {
