@@ -7,6 +7,61 @@ use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// What to do with sources.
+#[derive(Subcommand)]
+pub enum SourceAction {
+    /// Connect to a RoomOS device as the daemon would: TLS certificate and its SHA-256 (for
+    /// pin_sha256), product and serial number, and which subscriptions the device accepts.
+    Test {
+        /// Source name (`[[sources.roomos]] name`).
+        name: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 15.0)]
+        timeout: f64,
+    },
+}
+
+/// `roomhook source …`; exit 0 when everything works, 1 when not, 2 for a bad config.
+pub async fn source(config: PathBuf, action: SourceAction) -> ExitCode {
+    let SourceAction::Test { name, timeout } = action;
+    let (settings, unpinned) = match crate::config::load_for_source_test(&config, &name) {
+        Ok(s) => s,
+        Err(errs) => {
+            eprintln!("{errs}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(s) = settings.roomos.iter().find(|r| r.name == name) else {
+        let known: Vec<&str> = settings.roomos.iter().map(|r| r.name.as_str()).collect();
+        eprintln!(
+            "roomhook source: no [[sources.roomos]] named {name:?} in {} (RoomOS sources: {})",
+            config.display(),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        );
+        return ExitCode::from(2);
+    };
+    if unpinned {
+        println!("(no pin_sha256 or ca_file yet: the certificate is shown, not trusted, and no credentials are sent)");
+    }
+    let report = crate::source::roomos::probe::test(
+        s,
+        std::time::Duration::from_secs_f64(timeout.clamp(1.0, 600.0)),
+    )
+    .await;
+    for line in &report.lines {
+        println!("{line}");
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 /// What to do with webhooks.
 #[derive(Subcommand)]
 pub enum WebhookAction {

@@ -29,9 +29,42 @@ pub struct Event {
     /// Part of a full snapshot taken after a (re)connect (`isFullSync`).
     #[serde(rename = "f", default, skip_serializing_if = "std::ops::Not::not")]
     pub full_sync: bool,
+    /// Further status changes carried by the same message (`path`/`value` is the first):
+    /// a full sync holds every current value, a removed array entry every path it had.
+    /// A `null` value means removed (`changes.removed`). Empty for single values.
+    #[serde(rename = "m", default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<(String, Value)>,
 }
 
 impl Event {
+    /// Every (path, value) change the event carries: `path`/`value` first, then `more`.
+    pub fn changes(&self) -> impl Iterator<Item = (&str, &Value)> {
+        std::iter::once((self.path.as_str(), &self.value))
+            .chain(self.more.iter().map(|(p, v)| (p.as_str(), v)))
+    }
+
+    /// A status message made of several changes (full sync, removal); `None` when empty.
+    pub fn with_changes(
+        device: String,
+        workspace: Option<String>,
+        ts_ms: i64,
+        full_sync: bool,
+        changes: Vec<(String, Value)>,
+    ) -> Option<Self> {
+        let mut it = changes.into_iter();
+        let (path, value) = it.next()?;
+        Some(Self {
+            device,
+            workspace,
+            path,
+            kind: Kind::Status,
+            value,
+            ts_ms,
+            full_sync,
+            more: it.collect(),
+        })
+    }
+
     /// Encodes the event for the store.
     pub fn encode(&self) -> Vec<u8> {
         // Serialising a struct of strings and a JSON value cannot fail.
@@ -58,8 +91,23 @@ mod tests {
             value: Value::from(3),
             ts_ms: 1_764_000_000_123,
             full_sync: false,
+            more: Vec::new(),
         };
         let bytes = e.encode();
+        assert!(!String::from_utf8_lossy(&bytes).contains("\"m\""));
         assert_eq!(Event::decode(&bytes).ok(), Some(e));
+        let sync = Event::with_changes(
+            "room-1".into(),
+            None,
+            1,
+            true,
+            vec![
+                ("RoomAnalytics.PeopleCount.Current".into(), Value::from(2)),
+                ("Standby.State".into(), Value::from("Off")),
+            ],
+        )
+        .unwrap();
+        assert_eq!(sync.changes().count(), 2);
+        assert_eq!(Event::decode(&sync.encode()).ok(), Some(sync));
     }
 }

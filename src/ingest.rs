@@ -68,10 +68,14 @@ impl Ingest {
         for (e, r) in events.iter().zip(routed) {
             match r {
                 Ok(targets) => {
-                    let bytes = e.encode();
-                    for t in targets {
+                    let mut whole = None;
+                    for (t, part) in targets {
                         *per_webhook.entry(t).or_default() += 1;
-                        items.push((t, bytes.clone()));
+                        let bytes = match part {
+                            Some(p) => p.encode(),
+                            None => whole.get_or_insert_with(|| e.encode()).clone(),
+                        };
+                        items.push((t, bytes));
                     }
                 }
                 Err(why) => {

@@ -53,6 +53,20 @@ enum Command {
         #[command(subcommand)]
         action: roomhook::cli::WebhookAction,
     },
+    /// Sources: `source test NAME` connects to a RoomOS device as the daemon would and
+    /// reports its certificate (SHA-256 for pin_sha256), identity and subscriptions.
+    Source {
+        /// Config file.
+        #[arg(
+            short,
+            long,
+            global = true,
+            default_value = "/etc/roomhook/roomhook.toml"
+        )]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: roomhook::cli::SourceAction,
+    },
     /// What the running daemon is doing: webhooks, sources, store, and what is wrong.
     Status {
         /// Config file (it names the control socket).
@@ -239,12 +253,14 @@ fn main() -> ExitCode {
                 roomhook::cli::status(config, socket, json, every).await
             }
             Command::Webhook { config, socket, action } => roomhook::cli::webhook(config, socket, action).await,
+            Command::Source { config, action } => roomhook::cli::source(config, action).await,
             Command::CheckConfig { config } => match roomhook::config::load(&config) {
                 Ok(s) => {
                     println!(
-                        "{}: OK ({} MQTT source(s), {} webhook(s), store in {})",
+                        "{}: OK ({} MQTT source(s), {} RoomOS device(s), {} webhook(s), store in {})",
                         config.display(),
                         s.mqtt.len(),
+                        s.roomos.len(),
                         s.webhooks.len(),
                         s.data_dir.display()
                     );

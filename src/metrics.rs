@@ -102,6 +102,8 @@ pub struct Metrics {
     pub source_reconnects: Family<SourceLabel, Counter>,
     /// Broker redeliveries of messages already committed (acked again, not stored twice).
     pub source_redelivered: Family<SourceLabel, Counter>,
+    /// Subscriptions a RoomOS device refuses now (invalid path, permission denied, …).
+    pub source_subscriptions_failed: Family<SourceLabel, Gauge>,
     /// Events committed to a webhook's queue.
     pub events_enqueued: Family<WebhookLabel, Counter>,
     /// Events the receiver answered 2xx for.
@@ -158,6 +160,7 @@ impl Metrics {
             source_connected: Family::default(),
             source_reconnects: Family::default(),
             source_redelivered: Family::default(),
+            source_subscriptions_failed: Family::default(),
             events_enqueued: Family::default(),
             events_delivered: Family::default(),
             events_filtered: Family::default(),
@@ -265,6 +268,11 @@ impl Metrics {
             "source_redelivered",
             "Broker redeliveries of already committed messages (acked again, not stored twice)",
             m.source_redelivered.clone(),
+        );
+        registry.register(
+            "source_subscriptions_failed",
+            "Subscriptions a RoomOS device refuses now (invalid path, permission denied, not ready)",
+            m.source_subscriptions_failed.clone(),
         );
         registry.register(
             "queue_bytes",

@@ -71,15 +71,36 @@ struct Route {
 }
 
 impl Route {
-    fn selects(&self, e: &Event, generic: &str) -> bool {
-        self.enabled
-            && self.devices.matches(&e.device)
-            && match e.kind {
-                Kind::Status => &self.statuses,
-                Kind::Event => &self.events,
-            }
-            .iter()
-            .any(|p| catalog::pattern_matches(p, generic))
+    fn selects_device(&self, e: &Event) -> bool {
+        self.enabled && self.devices.matches(&e.device)
+    }
+
+    fn selects_path(&self, kind: Kind, generic: &str) -> bool {
+        match kind {
+            Kind::Status => &self.statuses,
+            Kind::Event => &self.events,
+        }
+        .iter()
+        .any(|p| catalog::pattern_matches(p, generic))
+    }
+
+    /// Whether a status value goes out (change-only), remembering it when it does. A full
+    /// sync always goes out (it is the receiver's resync point); a removal (`null`) goes out
+    /// and is forgotten, so the path's next value is new again.
+    fn admit(&mut self, device: &str, path: &str, value: &Value, full_sync: bool) -> bool {
+        let key = (device.to_string(), path.to_string());
+        if value.is_null() {
+            self.last.remove(&key);
+            return true;
+        }
+        if !full_sync && self.last.get(&key) == Some(value) {
+            return false;
+        }
+        if self.last.len() >= MAX_REMEMBERED && !self.last.contains_key(&key) {
+            self.last.clear();
+        }
+        self.last.insert(key, value.clone());
+        true
     }
 }
 
@@ -149,27 +170,52 @@ impl Router {
         }
     }
 
-    /// The webhooks this event goes to (and remembers it as forwarded), or why none.
-    pub fn route(&mut self, e: &Event) -> Result<Vec<WebhookId>, Filtered> {
-        let generic = catalog::generic_path(&e.path);
+    /// The webhooks this event goes to (and remembers it as forwarded), or why none. An
+    /// event of several changes is narrowed per webhook to the paths it selects (and, unless
+    /// a full sync, that changed): `Some(event)` is that webhook's part, `None` the whole.
+    pub fn route(&mut self, e: &Event) -> Result<Vec<(WebhookId, Option<Event>)>, Filtered> {
         let mut targets = Vec::new();
         let mut selected = false;
-        for r in &mut self.routes {
-            if !r.selects(e, &generic) {
-                continue;
-            }
-            selected = true;
-            if e.kind == Kind::Status {
-                let key = (e.device.clone(), e.path.clone());
-                if !e.full_sync && r.last.get(&key) == Some(&e.value) {
+        if e.more.is_empty() {
+            let generic = catalog::generic_path(&e.path);
+            for r in &mut self.routes {
+                if !(r.selects_device(e) && r.selects_path(e.kind, &generic)) {
                     continue;
                 }
-                if r.last.len() >= MAX_REMEMBERED && !r.last.contains_key(&key) {
-                    r.last.clear();
+                selected = true;
+                if e.kind == Kind::Status && !r.admit(&e.device, &e.path, &e.value, e.full_sync) {
+                    continue;
                 }
-                r.last.insert(key, e.value.clone());
+                targets.push((r.id, None));
             }
-            targets.push(r.id);
+        } else {
+            let generic: Vec<String> = e.changes().map(|(p, _)| catalog::generic_path(p)).collect();
+            for r in &mut self.routes {
+                if !r.selects_device(e) {
+                    continue;
+                }
+                let mut part = Vec::new();
+                for ((path, value), g) in e.changes().zip(&generic) {
+                    if !r.selects_path(e.kind, g) {
+                        continue;
+                    }
+                    selected = true;
+                    if r.admit(&e.device, path, value, e.full_sync) {
+                        part.push((path.to_string(), value.clone()));
+                    }
+                }
+                if part.len() == generic.len() {
+                    targets.push((r.id, None));
+                } else if let Some(narrowed) = Event::with_changes(
+                    e.device.clone(),
+                    e.workspace.clone(),
+                    e.ts_ms,
+                    e.full_sync,
+                    part,
+                ) {
+                    targets.push((r.id, Some(narrowed)));
+                }
+            }
         }
         match (targets.is_empty(), selected) {
             (false, _) => Ok(targets),
@@ -204,6 +250,7 @@ mod tests {
             value: Value::from(v),
             ts_ms: 0,
             full_sync: false,
+            more: Vec::new(),
         }
     }
 
@@ -215,6 +262,12 @@ mod tests {
         s.webhooks[0].clone()
     }
 
+    fn ids(
+        r: Result<Vec<(WebhookId, Option<Event>)>, Filtered>,
+    ) -> Result<Vec<WebhookId>, Filtered> {
+        r.map(|t| t.into_iter().map(|(id, _)| id).collect())
+    }
+
     #[test]
     fn routes_by_device_and_path_and_filters_unchanged() {
         let a = settings(&["room-*"], &["RoomAnalytics.*"]);
@@ -222,35 +275,88 @@ mod tests {
         let mut r = Router::new([(WebhookId(1), &a), (WebhookId(2), &b)]);
         let pc = "RoomAnalytics.PeopleCount.Current";
         assert_eq!(
-            r.route(&ev("room-1", pc, 1)),
+            ids(r.route(&ev("room-1", pc, 1))),
             Ok(vec![WebhookId(1), WebhookId(2)])
         );
-        assert_eq!(r.route(&ev("room-1", pc, 1)), Err(Filtered::Unchanged));
+        assert_eq!(ids(r.route(&ev("room-1", pc, 1))), Err(Filtered::Unchanged));
         assert_eq!(
-            r.route(&ev("room-1", pc, 2)),
+            ids(r.route(&ev("room-1", pc, 2))),
             Ok(vec![WebhookId(1), WebhookId(2)])
         );
-        assert_eq!(r.route(&ev("hall", pc, 2)), Ok(vec![WebhookId(2)]));
+        assert_eq!(ids(r.route(&ev("hall", pc, 2))), Ok(vec![WebhookId(2)]));
         assert_eq!(
-            r.route(&ev("hall", "RoomAnalytics.RelativeHumidity", 40)),
+            ids(r.route(&ev("hall", "RoomAnalytics.RelativeHumidity", 40))),
             Err(Filtered::NotSelected)
         );
         let mut sync = ev("room-1", pc, 2);
         sync.full_sync = true;
-        assert_eq!(r.route(&sync), Ok(vec![WebhookId(1), WebhookId(2)]));
+        assert_eq!(ids(r.route(&sync)), Ok(vec![WebhookId(1), WebhookId(2)]));
 
         // Changing a selection keeps the memory; removing a webhook stops its routing.
         let mut a2 = a.clone();
         a2.devices = DeviceSelector::parse(vec!["hall".into()]).unwrap();
         r.upsert(WebhookId(1), &a2);
-        assert_eq!(r.route(&ev("room-1", pc, 3)), Ok(vec![WebhookId(2)]));
-        assert_eq!(r.route(&ev("hall", pc, 2)), Ok(vec![WebhookId(1)]));
+        assert_eq!(ids(r.route(&ev("room-1", pc, 3))), Ok(vec![WebhookId(2)]));
+        assert_eq!(ids(r.route(&ev("hall", pc, 2))), Ok(vec![WebhookId(1)]));
         r.upsert(WebhookId(1), &a2);
-        assert_eq!(r.route(&ev("hall", pc, 2)), Err(Filtered::Unchanged));
+        assert_eq!(ids(r.route(&ev("hall", pc, 2))), Err(Filtered::Unchanged));
         r.remove(WebhookId(2));
-        assert_eq!(r.route(&ev("room-1", pc, 4)), Err(Filtered::NotSelected));
+        assert_eq!(
+            ids(r.route(&ev("room-1", pc, 4))),
+            Err(Filtered::NotSelected)
+        );
         a2.enabled = false;
         r.upsert(WebhookId(1), &a2);
-        assert_eq!(r.route(&ev("hall", pc, 5)), Err(Filtered::NotSelected));
+        assert_eq!(ids(r.route(&ev("hall", pc, 5))), Err(Filtered::NotSelected));
+    }
+
+    #[test]
+    fn full_syncs_and_removals_are_narrowed_per_webhook() {
+        let a = settings(&["*"], &["RoomAnalytics.PeopleCount.Current"]);
+        let b = settings(&["*"], &["RoomAnalytics.*", "Peripherals.*"]);
+        let mut r = Router::new([(WebhookId(1), &a), (WebhookId(2), &b)]);
+        let pc = "RoomAnalytics.PeopleCount.Current";
+        let nav = "Peripherals.ConnectedDevice[1115].RoomAnalytics.AmbientTemperature";
+        assert!(r.route(&ev("room-1", pc, 2)).is_ok());
+        let sync = Event::with_changes(
+            "room-1".into(),
+            None,
+            0,
+            true,
+            vec![
+                (pc.into(), Value::from(2)),
+                (nav.into(), Value::from(22.5)),
+                ("Standby.State".into(), Value::from("Off")),
+            ],
+        )
+        .unwrap();
+        let t = r.route(&sync).unwrap();
+        assert_eq!(t.len(), 2);
+        // Webhook 1 gets only its path, although unchanged: a full sync is a resync point.
+        let part = t[0].1.as_ref().unwrap();
+        assert_eq!((t[0].0, part.changes().count()), (WebhookId(1), 1));
+        assert!(part.full_sync);
+        let part = t[1].1.as_ref().unwrap();
+        assert_eq!(
+            part.changes().map(|(p, _)| p).collect::<Vec<_>>(),
+            vec![pc, nav]
+        );
+        // After the sync, the same values are unchanged; a removal goes out and is forgotten.
+        assert_eq!(ids(r.route(&ev("room-1", pc, 2))), Err(Filtered::Unchanged));
+        let mut gone = ev("room-1", nav, 0);
+        gone.value = Value::Null;
+        assert_eq!(ids(r.route(&gone)), Ok(vec![WebhookId(2)]));
+        let mut back = ev("room-1", nav, 0);
+        back.value = Value::from(22.5);
+        assert_eq!(ids(r.route(&back)), Ok(vec![WebhookId(2)]));
+        let only_standby = Event::with_changes(
+            "room-1".into(),
+            None,
+            0,
+            true,
+            vec![("Standby.State".into(), Value::from("Off"))],
+        )
+        .unwrap();
+        assert_eq!(ids(r.route(&only_standby)), Err(Filtered::NotSelected));
     }
 }

@@ -1,10 +1,10 @@
-//! The running set of webhooks and MQT sources, changed while the daemon runs: control API
+//! The running set of webhooks and sources (MQTT brokers, RoomOS devices), changed while the daemon runs: control API
 //! edits and SIGHUP reloads both end in [`Supervisor::apply`], which compares the new
 //! settings with the running ones and starts, restarts, renames or removes only what
 //! changed. A webhook keeps its queue through every change except deletion.
 
 use crate::config::edit::{self, Edit};
-use crate::config::{MqttSettings, Settings, WebhookSettings};
+use crate::config::{MqttSettings, RoomosSettings, Settings, WebhookSettings};
 use crate::deliver::client::WebhookClient;
 use crate::deliver::probe::{self, ProbeError, ProbeReport};
 use crate::deliver::status::{SharedStatus, State};
@@ -36,8 +36,33 @@ struct RunningWebhook {
     task: JoinHandle<()>,
 }
 
+/// The settings of one source of any kind.
+#[derive(Debug, Clone, PartialEq)]
+enum SourceSettings {
+    Mqtt(MqttSettings),
+    Roomos(RoomosSettings),
+}
+
+impl SourceSettings {
+    fn name(&self) -> &str {
+        match self {
+            SourceSettings::Mqtt(m) => &m.name,
+            SourceSettings::Roomos(r) => &r.name,
+        }
+    }
+
+    fn all(s: &Settings) -> Vec<SourceSettings> {
+        s.mqtt
+            .iter()
+            .cloned()
+            .map(SourceSettings::Mqtt)
+            .chain(s.roomos.iter().cloned().map(SourceSettings::Roomos))
+            .collect()
+    }
+}
+
 struct RunningSource {
-    settings: MqttSettings,
+    settings: SourceSettings,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -135,6 +160,7 @@ impl Supervisor {
         let empty = Settings {
             webhooks: Vec::new(),
             mqtt: Vec::new(),
+            roomos: Vec::new(),
             ..settings.clone()
         };
         let sup = Arc::new(Self {
@@ -277,7 +303,7 @@ impl Supervisor {
         if !self.source_stop.is_cancelled() {
             for s in &inner.sources {
                 if s.task.is_finished() {
-                    out.push(format!("source {}", s.settings.name));
+                    out.push(format!("source {}", s.settings.name()));
                 }
             }
         }
@@ -510,16 +536,18 @@ impl Supervisor {
         // Sources: restart the ones whose settings changed.
         let mut old_sources: Vec<RunningSource> = std::mem::take(&mut inner.sources);
         let mut sources = Vec::new();
-        for m in &new.mqtt {
-            let found = old_sources.iter().position(|s| s.settings.name == m.name);
+        for m in SourceSettings::all(&new) {
+            let found = old_sources
+                .iter()
+                .position(|s| s.settings.name() == m.name());
             match found.map(|i| old_sources.remove(i)) {
-                Some(s) if s.settings == *m => sources.push(s),
+                Some(s) if s.settings == m => sources.push(s),
                 other => {
                     if let Some(s) = other {
                         s.stop.cancel();
                         let _ = s.task.await;
-                        tracing::info!(source = %m.name, "source settings changed: restarted");
-                        applied.sources.push(m.name.clone());
+                        tracing::info!(source = %m.name(), "source settings changed: restarted");
+                        applied.sources.push(m.name().to_string());
                     }
                     sources.push(self.spawn_source(m));
                 }
@@ -528,9 +556,9 @@ impl Supervisor {
         for s in old_sources {
             s.stop.cancel();
             let _ = s.task.await;
-            self.ingest.sources().remove(&s.settings.name);
-            tracing::info!(source = %s.settings.name, "source removed");
-            applied.sources.push(s.settings.name.clone());
+            self.ingest.sources().remove(s.settings.name());
+            tracing::info!(source = %s.settings.name(), "source removed");
+            applied.sources.push(s.settings.name().to_string());
         }
         inner.sources = sources;
         inner.settings = new;
@@ -582,17 +610,24 @@ impl Supervisor {
         })
     }
 
-    fn spawn_source(&self, m: &MqttSettings) -> RunningSource {
+    fn spawn_source(&self, m: SourceSettings) -> RunningSource {
         let stop = self.source_stop.child_token();
         let (settings, ingest, token) = (m.clone(), self.ingest.clone(), stop.clone());
         let task = tokio::spawn(async move {
-            let name = settings.name.clone();
-            if let Err(e) = crate::source::mqtt::run(settings, ingest, token).await {
-                tracing::error!(source = %name, "{e}");
+            match settings {
+                SourceSettings::Mqtt(settings) => {
+                    let name = settings.name.clone();
+                    if let Err(e) = crate::source::mqtt::run(settings, ingest, token).await {
+                        tracing::error!(source = %name, "{e}");
+                    }
+                }
+                SourceSettings::Roomos(settings) => {
+                    crate::source::roomos::run(settings, ingest, token).await
+                }
             }
         });
         RunningSource {
-            settings: m.clone(),
+            settings: m,
             stop,
             task,
         }

@@ -34,6 +34,7 @@ async fn fill(dir: &Path, n: usize) {
                     value: serde_json::json!(chunk * 1000 + i),
                     ts_ms: 1,
                     full_sync: false,
+                    more: Vec::new(),
                 };
                 (ids[0], e.encode())
             })

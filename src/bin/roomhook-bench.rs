@@ -467,6 +467,7 @@ async fn store(args: &Args) -> Result<serde_json::Value, String> {
         value: 3.into(),
         ts_ms: roomhook::timefmt::now_ms(),
         full_sync: false,
+        more: Vec::new(),
     }
     .encode();
     let n = args.store_events;

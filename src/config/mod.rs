@@ -11,7 +11,7 @@ pub mod units;
 mod validate;
 
 pub use secret::Secret;
-pub use validate::validate;
+pub use validate::{parse_pin, validate};
 
 use crate::catalog::Entry;
 use crate::route::DeviceSelector;
@@ -91,6 +91,45 @@ pub struct RawSources {
     /// `[[sources.mqtt]]`.
     #[serde(default)]
     pub mqtt: Vec<RawMqtt>,
+    /// `[[sources.roomos]]`.
+    #[serde(default)]
+    pub roomos: Vec<RawRoomos>,
+}
+
+/// `[[sources.roomos]]`: one Cisco RoomOS device read over its xAPI WebSocket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoomos {
+    /// Name used in logs and metrics.
+    pub name: String,
+    /// `wss://<device>/ws` (`ws://` only with `allow_plaintext`).
+    pub url: String,
+    /// Allows a plain `ws://` URL (lab use).
+    pub allow_plaintext: Option<bool>,
+    /// Local user on the device (the Integrator role is enough for most statuses).
+    pub username: String,
+    /// Its password (prefer `password_file`).
+    pub password: Option<String>,
+    /// File holding the password.
+    pub password_file: Option<PathBuf>,
+    /// SHA-256 fingerprint of the device's certificate (hex, colons optional).
+    pub pin_sha256: Option<String>,
+    /// Or: PEM with the CA that issued the device's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// `"header"` (Authorization: Basic, default) or `"subprotocol"` (`auth-…`).
+    pub auth_mode: Option<String>,
+    /// Device id in payloads (default: the device's serial number).
+    pub device: Option<String>,
+    /// Workspace id in payloads.
+    pub workspace: Option<String>,
+    /// Statuses to subscribe to (default: what the webhooks select).
+    pub statuses: Option<Vec<String>>,
+    /// Events to subscribe to (default: what the webhooks select).
+    pub events: Option<Vec<String>>,
+    /// WebSocket ping interval; no pong within it means a dead peer (default `"30s"`).
+    pub keep_alive: Option<String>,
+    /// Largest frame accepted from the device (default `"1MiB"`).
+    pub max_frame: Option<String>,
 }
 
 /// `[[sources.mqtt]]`.
@@ -238,6 +277,8 @@ pub struct Settings {
     pub admin_token: Option<Secret>,
     /// MQTT sources.
     pub mqtt: Vec<MqttSettings>,
+    /// RoomOS devices.
+    pub roomos: Vec<RoomosSettings>,
     /// Webhooks.
     pub webhooks: Vec<WebhookSettings>,
     /// Threads of the async runtime.
@@ -267,6 +308,59 @@ pub struct MqttSettings {
     pub keep_alive: Duration,
     /// What to subscribe to and how to decode it.
     pub subscriptions: Vec<SubscriptionSettings>,
+}
+
+/// One RoomOS device read over its xAPI WebSocket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoomosSettings {
+    /// Name in logs and metrics.
+    pub name: String,
+    /// The URL as written (for messages).
+    pub url: String,
+    /// Device host (name or IP address).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Request path (`/ws`).
+    pub path: String,
+    /// How the device's certificate is trusted; `None` for plain `ws://`.
+    pub trust: Option<DeviceTrust>,
+    /// Local user name.
+    pub username: String,
+    /// Its password.
+    pub password: Secret,
+    /// Where the credentials go in the handshake.
+    pub auth_mode: DeviceAuthMode,
+    /// Device id (None: the serial number, read at connect).
+    pub device: Option<String>,
+    /// Workspace id.
+    pub workspace: Option<String>,
+    /// Status selection (catalog patterns) to subscribe to.
+    pub statuses: Vec<String>,
+    /// Event selection (catalog patterns) to subscribe to.
+    pub events: Vec<String>,
+    /// Ping interval and pong deadline.
+    pub keep_alive: Duration,
+    /// Largest frame accepted, bytes.
+    pub max_frame: usize,
+}
+
+/// How a device's certificate is trusted (never by switching checks off).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceTrust {
+    /// The leaf certificate's SHA-256 must be this.
+    Pin([u8; 32]),
+    /// A chain to this CA (PEM file), names checked.
+    Ca(PathBuf),
+}
+
+/// Where a device's credentials go in the WebSocket handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceAuthMode {
+    /// `Authorization: Basic …`.
+    Header,
+    /// `Sec-WebSocket-Protocol: auth-<base64url(user:pass)>`.
+    Subprotocol,
 }
 
 /// Trust anchors for a TLS connection: the public web roots plus an optional private CA;
@@ -543,6 +637,32 @@ fn parse(file: &Path, text: &str) -> Result<RawConfig, ConfigErrors> {
                 .into(),
         }])
     })
+}
+
+/// Loads a config for `roomhook source test NAME`: like [`load`], except that a RoomOS source
+/// of that name without `pin_sha256` or `ca_file` gets a pin no certificate matches, so the
+/// test can show the device's certificate (and the fingerprint to pin) without trusting it.
+/// The bool says whether that happened.
+pub fn load_for_source_test(file: &Path, name: &str) -> Result<(Settings, bool), ConfigErrors> {
+    let text = read(file)?;
+    let mut raw = parse(file, &text)?;
+    let mut unpinned = false;
+    for r in raw.sources.roomos.iter_mut().filter(|r| r.name == name) {
+        if r.pin_sha256.is_none() && r.ca_file.is_none() && !r.url.starts_with("ws://") {
+            r.pin_sha256 = Some("00".repeat(32));
+            unpinned = true;
+        }
+    }
+    validate(&raw, base_dir(file), file)
+        .map(|s| (s, unpinned))
+        .map_err(|mut errs| {
+            for e in &mut errs.0 {
+                if e.line.is_none() && !e.key.is_empty() {
+                    e.line = locate::line_of(&text, &e.key);
+                }
+            }
+            errs
+        })
 }
 
 /// Parses and validates config text that came from `file`.

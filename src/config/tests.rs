@@ -290,3 +290,106 @@ fn headers_mtls_and_admin_token_are_checked() {
         vec![("x-site".to_string(), "oslo".to_string())]
     );
 }
+
+const ROOMOS: &str = r#"
+[[sources.roomos]]
+name = "boardroom"
+url = "wss://10.0.0.5/ws"
+username = "roomhook"
+password = "dev-secret"
+pin_sha256 = "ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89"
+workspace = "boardroom"
+"#;
+
+#[test]
+fn a_roomos_source_defaults_to_what_the_webhooks_select() {
+    let s = load_str(
+        Path::new("/etc/roomhook/roomhook.toml"),
+        &format!("{GOOD}{ROOMOS}"),
+    )
+    .unwrap();
+    let r = &s.roomos[0];
+    assert_eq!(
+        (r.host.as_str(), r.port, r.path.as_str()),
+        ("10.0.0.5", 443, "/ws")
+    );
+    assert_eq!(r.statuses, vec!["RoomAnalytics.PeopleCount.Current"]);
+    assert!(r.events.is_empty());
+    assert_eq!(r.device, None);
+    assert_eq!(r.auth_mode, DeviceAuthMode::Header);
+    assert_eq!(r.keep_alive, Duration::from_secs(30));
+    let DeviceTrust::Pin(pin) = r.trust.as_ref().unwrap() else {
+        panic!("not a pin");
+    };
+    assert_eq!(pin[..3], [0xab, 0xcd, 0xef]);
+    assert!(!format!("{s:?}").contains("dev-secret"));
+    // Plain hex, upper case, is the same pin.
+    let plain = ROOMOS.replace(
+        "ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89",
+        &"ABCDEF0123456789".repeat(4),
+    );
+    let s2 = load_str(Path::new("/x/r.toml"), &format!("{GOOD}{plain}")).unwrap();
+    assert_eq!(s2.roomos[0].trust, r.trust);
+}
+
+#[test]
+fn roomos_errors_name_the_key_and_the_fix() {
+    let e = one(&format!("{GOOD}{}", ROOMOS.replace("ab:cd:ef:01:", "ab:")));
+    assert_eq!(e.key, "sources.roomos[0].pin_sha256");
+    assert_eq!(e.line, Some(34));
+    assert!(e.problem.contains("(20 bytes)"), "{e}");
+    assert!(e.fix.contains("roomhook source test boardroom"), "{e}");
+
+    let e = one(&format!(
+        "{GOOD}{}",
+        ROOMOS.replace("wss://10.0.0.5/ws", "ws://10.0.0.5/ws")
+    ));
+    assert_eq!(e.key, "sources.roomos[0].url");
+    assert!(e.fix.contains("allow_plaintext"), "{e}");
+
+    let e = one(&format!(
+        "{GOOD}{}statuses = [\"RoomAnalytics.PeopleCount.Curent\"]\n",
+        ROOMOS
+    ));
+    assert_eq!(e.key, "sources.roomos[0].statuses[0]");
+    assert!(e.fix.contains("RoomAnalytics.PeopleCount.Current"), "{e}");
+
+    let unpinned: String = ROOMOS
+        .lines()
+        .filter(|l| !l.starts_with("pin_sha256"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let e = one(&format!("{GOOD}{unpinned}"));
+    assert_eq!(e.key, "sources.roomos[0].pin_sha256");
+    assert!(e.fix.contains("self-signed"), "{e}");
+
+    let e = one(&format!(
+        "{GOOD}{}",
+        ROOMOS.replace("name = \"boardroom\"", "name = \"sensors\"")
+    ));
+    assert_eq!(e.key, "sources.roomos[0].name");
+
+    let e = one(&format!("{GOOD}{ROOMOS}auth_mode = \"cookie\"\n"));
+    assert_eq!(e.key, "sources.roomos[0].auth_mode");
+    assert!(!e.to_string().contains("dev-secret"));
+}
+
+#[test]
+fn plaintext_roomos_for_a_lab() {
+    let text = format!(
+        "{GOOD}{}allow_plaintext = true\nauth_mode = \"subprotocol\"\n",
+        ROOMOS
+            .replace("wss://10.0.0.5/ws", "ws://10.0.0.5:8080")
+            .lines()
+            .filter(|l| !l.starts_with("pin_sha256"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    );
+    let s = load_str(Path::new("/x/r.toml"), &text).unwrap();
+    let r = &s.roomos[0];
+    assert_eq!(
+        (r.port, r.path.as_str(), r.trust.is_none()),
+        (8080, "/ws", true)
+    );
+    assert_eq!(r.auth_mode, DeviceAuthMode::Subprotocol);
+}

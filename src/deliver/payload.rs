@@ -55,17 +55,21 @@ struct HealthCheck<'a> {
     timestamp: String,
 }
 
-/// The JSON body for one event. A status whose value is `null` is reported as removed.
+/// The JSON body for one event. A status whose value is `null` is reported as removed; an
+/// event with several changes (full sync, removal of an array entry) is one message.
 pub fn message(e: &Event, org_id: &str) -> Vec<u8> {
     let ts = rfc3339_ms(e.ts_ms);
     let workspace = e.workspace.as_deref().unwrap_or("");
     let out = match e.kind {
         Kind::Status => {
-            let (updated, removed) = if e.value.is_null() {
-                (BTreeMap::new(), vec![e.path.as_str()])
-            } else {
-                (BTreeMap::from([(e.path.as_str(), &e.value)]), Vec::new())
-            };
+            let (mut updated, mut removed) = (BTreeMap::new(), Vec::new());
+            for (path, value) in e.changes() {
+                if value.is_null() {
+                    removed.push(path);
+                } else {
+                    updated.insert(path, value);
+                }
+            }
             serde_json::to_vec(&StatusMessage {
                 kind: "status",
                 device_id: &e.device,
@@ -116,6 +120,7 @@ mod tests {
             value,
             ts_ms: 1_764_238_530_123,
             full_sync: false,
+            more: Vec::new(),
         }
     }
 
@@ -164,6 +169,28 @@ mod tests {
             "UserInterface.Extensions.Widget.Action"
         );
         assert_eq!(v["events"][0]["value"]["WidgetId"], "x");
+        let v: Value = serde_json::from_slice(&health_check("o")).unwrap();
+        assert_eq!(v["type"], "healthCheck");
+        let nav = "Peripherals.ConnectedDevice[1115].RoomAnalytics";
+        let sync = Event::with_changes(
+            "d".into(),
+            None,
+            0,
+            true,
+            vec![
+                ("RoomAnalytics.PeopleCount.Current".into(), json!(2)),
+                (format!("{nav}.AmbientTemperature"), Value::Null),
+                (format!("{nav}.RelativeHumidity"), Value::Null),
+            ],
+        )
+        .unwrap();
+        let v: Value = serde_json::from_slice(&message(&sync, "o")).unwrap();
+        assert_eq!(v["isFullSync"], true);
+        assert_eq!(
+            v["changes"],
+            json!({"updated":{"RoomAnalytics.PeopleCount.Current":2},
+                   "removed":[format!("{nav}.AmbientTemperature"), format!("{nav}.RelativeHumidity")]})
+        );
         let v: Value = serde_json::from_slice(&health_check("o")).unwrap();
         assert_eq!(v["type"], "healthCheck");
         assert_eq!(v["orgId"], "o");

@@ -242,7 +242,7 @@ async fn within<T>(
 }
 
 /// Subject, issuer and expiry of a DER certificate.
-fn describe_cert(der: &[u8]) -> (String, String, String) {
+pub(crate) fn describe_cert(der: &[u8]) -> (String, String, String) {
     match x509_parser::parse_x509_certificate(der) {
         Ok((_, cert)) => {
             let not_after = cert.validity().not_after.to_datetime();

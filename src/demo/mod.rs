@@ -2,6 +2,7 @@
 //! the real store in a temporary directory, and an in-process HTTPS receiver behind a
 //! throwaway private CA that prints every webhook it gets.
 
+pub mod device;
 pub mod pki;
 pub mod receiver;
 

@@ -89,6 +89,7 @@ pub fn decode(
                 value,
                 ts_ms: now_ms,
                 full_sync: false,
+                more: Vec::new(),
             }),
             Err(err) => out.errors.push(DecodeError::BadValue { path, err }),
         }

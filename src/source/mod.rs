@@ -3,6 +3,7 @@
 
 pub mod json;
 pub mod mqtt;
+pub mod roomos;
 pub mod simulator;
 pub mod status;
 pub mod topic;

@@ -57,6 +57,7 @@ pub async fn run(sim: Simulation, ingest: Ingest, shutdown: CancellationToken) {
             value,
             ts_ms: now,
             full_sync: false,
+            more: Vec::new(),
         };
         let roll: f64 = rand::random();
         let events = if roll < 0.6 {

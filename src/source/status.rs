@@ -17,6 +17,8 @@ pub struct SourceStatus {
     last_message_ms: AtomicI64,
     last_error: Mutex<Option<String>>,
     started_ms: AtomicI64,
+    /// Subscriptions the device refused, each "path: reason" (RoomOS sources).
+    failed_subscriptions: Mutex<Vec<String>>,
 }
 
 impl SourceStatus {
@@ -46,6 +48,13 @@ impl SourceStatus {
             .store(crate::timefmt::now_ms(), Ordering::Relaxed);
     }
 
+    /// The subscriptions the device refuses now.
+    pub fn set_failed_subscriptions(&self, failed: Vec<String>) {
+        if let Ok(mut g) = self.failed_subscriptions.lock() {
+            *g = failed;
+        }
+    }
+
     /// A snapshot.
     pub fn view(&self, name: &str) -> SourceView {
         let now = crate::timefmt::now_ms();
@@ -68,6 +77,11 @@ impl SourceStatus {
             decode_errors: self.decode_errors.load(Ordering::Relaxed),
             last_message_age_s: (last > 0).then(|| (now - last).max(0) as f64 / 1000.0),
             last_error: self.last_error.lock().ok().and_then(|g| g.clone()),
+            failed_subscriptions: self
+                .failed_subscriptions
+                .lock()
+                .map(|g| g.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -89,6 +103,9 @@ pub struct SourceView {
     pub last_message_age_s: Option<f64>,
     /// The last connection error.
     pub last_error: Option<String>,
+    /// Subscriptions the device refuses ("path: reason"); RoomOS sources only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_subscriptions: Vec<String>,
 }
 
 /// Every source's status, by name.

@@ -949,6 +949,7 @@ mod tests {
             value: n.into(),
             ts_ms: 0,
             full_sync: false,
+            more: Vec::new(),
         }
         .encode()
     }

@@ -394,7 +394,8 @@ fn coalesce(
         let Ok(e) = Event::decode(v.value()) else {
             continue;
         };
-        if e.kind != Kind::Status {
+        // Events, and messages of several changes (a full sync, a removal), never give way.
+        if e.kind != Kind::Status || !e.more.is_empty() {
             continue;
         }
         if !seen.insert((e.device, e.path)) {
