@@ -1,6 +1,7 @@
-//! `roomhook demo`: the whole path on one machine with nothing external — simulated rooms,
-//! the real store in a temporary directory, and an in-process HTTPS receiver behind a
-//! throwaway private CA that prints every webhook it gets.
+//! `roomhook demo`: the whole path on one machine with nothing external — simulated rooms
+//! (one of them a simulated RoomOS device read over a real wss:// xAPI WebSocket), the real
+//! store in a temporary directory, and an in-process HTTPS receiver behind a throwaway
+//! private CA that prints every webhook it gets.
 
 pub mod device;
 pub mod pki;
@@ -36,6 +37,18 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         true,
     )
     .await?;
+    // A RoomOS device of its own: a real wss:// server with a self-signed certificate.
+    let device = device::DeviceSim::start(device::DeviceSimOptions {
+        serial: "FOC2447DEMO".into(),
+        product_id: "Cisco Room Kit Pro".into(),
+        username: "roomhook".into(),
+        password: "demo-device-password".into(),
+        role: device::Role::Integrator,
+        tls: true,
+    })
+    .await
+    .context("device simulator")?;
+    std::fs::write(dir.path().join("boardroom.pass"), "demo-device-password\n")?;
     let config_path = dir.path().join("roomhook.toml");
     let config = format!(
         r#"# Written by `roomhook demo`; a real gateway's config looks the same, plus [[sources.mqtt]].
@@ -43,22 +56,36 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
 data_dir = "data"
 org_id = "demo-org"
 
+# A simulated Room Kit (a real xAPI WebSocket on loopback); the other rooms are simulated
+# inside roomhook.
+[[sources.roomos]]
+name = "boardroom"
+url = "{device_url}"
+username = "roomhook"
+password_file = "boardroom.pass"
+pin_sha256 = "{pin}"
+device = "room-boardroom"
+workspace = "workspace-boardroom"
+
 [[webhooks]]
 name = "demo-receiver"
 url = "https://127.0.0.1:{port}/webhook"
 authorization = "{token}"
 ca_file = "demo-ca.pem"
 devices = ["room-*"]
-statuses = ["RoomAnalytics.*"]
+statuses = ["RoomAnalytics.*", "Peripherals.*"]
 events = ["UserInterface.Extensions.Widget.Action"]
 drain_start_jitter = "0s"
 "#,
-        port = receiver.addr().port()
+        port = receiver.addr().port(),
+        device_url = device.url(),
+        pin = device.cert_sha256(),
     );
     std::fs::write(&config_path, &config)?;
     println!(
-        "roomhook demo: {} simulated rooms -> store in {} -> HTTPS receiver on {} (private CA)",
+        "roomhook demo: {} simulated rooms and a simulated RoomOS device at {} -> store in {} -> HTTPS receiver on {} (private CA)",
         opts.rooms,
+        device.url(),
         dir.path().display(),
         receiver.addr()
     );
@@ -70,6 +97,11 @@ drain_start_jitter = "0s"
         interval: opts.interval,
     };
     running.spawn_source(move |ingest, stop| simulator::run(sim, ingest, stop));
+    tokio::spawn(drive_device(
+        device.clone(),
+        opts.interval * 4,
+        shutdown.clone(),
+    ));
     if let Some(d) = opts.duration {
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -79,6 +111,7 @@ drain_start_jitter = "0s"
     }
     let store = running.store().clone();
     running.wait().await;
+    device.stop();
     let requests = receiver.requests();
     let accepted = requests.iter().filter(|r| r.status == 200).count();
     println!(
@@ -88,4 +121,40 @@ drain_start_jitter = "0s"
         store.depth(crate::store::WebhookId(1))
     );
     Ok(())
+}
+
+/// Makes the simulated RoomOS device's room live: people come and go, the Navigator's
+/// temperature drifts, someone presses the help button now and then.
+async fn drive_device(dev: device::DeviceSim, every: Duration, stop: CancellationToken) {
+    let mut people = 0i64;
+    let mut temperature = 22.5f64;
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        let roll: f64 = rand::random();
+        if roll < 0.6 {
+            people = (people + rand::random_range(-2..=2)).clamp(0, 10);
+            dev.set_status(
+                "RoomAnalytics.PeopleCount.Current",
+                serde_json::json!(people),
+            );
+            let presence = if people > 0 { "Yes" } else { "No" };
+            dev.set_status("RoomAnalytics.PeoplePresence", serde_json::json!(presence));
+        } else if roll < 0.9 {
+            temperature = ((temperature + rand::random_range(-0.3..0.3)) * 10.0).round() / 10.0;
+            // A Navigator reports its temperature as a string; roomhook sends a number.
+            dev.set_status(
+                "Peripherals.ConnectedDevice[1002].RoomAnalytics.AmbientTemperature",
+                serde_json::json!(format!("{temperature:.1}")),
+            );
+        } else {
+            dev.emit_event(
+                "UserInterface.Extensions.Widget.Action",
+                serde_json::json!({"WidgetId": "help-button", "Type": "clicked", "Value": ""}),
+            );
+        }
+    }
 }

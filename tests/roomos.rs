@@ -1,0 +1,597 @@
+//! RoomOS devices end to end: a simulated device (a real wss:// server speaking the xAPI's
+//! JSON-RPC) → roomhook (the binary) → an HTTPS receiver with a private CA.
+
+mod common;
+
+use common::*;
+use roomhook::demo::device::{DeviceSim, DeviceSimOptions, Role};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const PEOPLE: &str = "RoomAnalytics.PeopleCount.Current";
+const NAV: &str = "Peripherals.ConnectedDevice[1002].RoomAnalytics";
+
+async fn device(opts: DeviceSimOptions) -> DeviceSim {
+    DeviceSim::start(opts).await.expect("device simulator")
+}
+
+fn opts(serial: &str) -> DeviceSimOptions {
+    DeviceSimOptions {
+        serial: serial.into(),
+        product_id: "Cisco Room Kit Pro".into(),
+        username: "roomhook".into(),
+        password: "device-pass-123".into(),
+        role: Role::Integrator,
+        tls: true,
+    }
+}
+
+/// A `[[sources.roomos]]` table for a simulated device; `extra` adds keys.
+fn roomos_source(name: &str, dev: &DeviceSim, extra: &str) -> String {
+    format!(
+        r#"
+[[sources.roomos]]
+name = "{name}"
+url = "{url}"
+username = "roomhook"
+password = "device-pass-123"
+pin_sha256 = "{pin}"
+workspace = "ws-{name}"
+keep_alive = "2s"
+{extra}
+"#,
+        url = dev.url(),
+        pin = dev.cert_sha256(),
+    )
+}
+
+fn config(rx: &TestReceiver, admin_port: u16, sources: &str, selection: &str) -> String {
+    format!(
+        r#"[gateway]
+data_dir = "data"
+org_id = "test-org"
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+{sources}
+[[webhooks]]
+name = "facilities"
+url = "{url}"
+authorization = "{TOKEN}"
+ca_file = "{ca}"
+retry_base = "100ms"
+retry_max = "1s"
+drain_start_jitter = "0s"
+{selection}
+"#,
+        url = rx.url,
+        ca = rx.ca_file.display()
+    )
+}
+
+/// Every message the receiver accepted, in arrival order.
+fn messages(rx: &TestReceiver) -> Vec<Value> {
+    rx.receiver
+        .accepted()
+        .iter()
+        .flat_map(|r| r.messages())
+        .collect()
+}
+
+async fn wait_message(rx: &TestReceiver, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let found = rx
+        .receiver
+        .wait_for(Duration::from_secs(20), |r| {
+            r.iter()
+                .filter(|x| x.status == 200)
+                .flat_map(|x| x.messages())
+                .any(|m| f(&m))
+        })
+        .await;
+    assert!(found, "no {what} arrived; got:\n{:#?}", messages(rx));
+    messages(rx).into_iter().find(|m| f(m)).expect("found")
+}
+
+fn is_sync(m: &Value) -> bool {
+    m["type"] == "status" && m["isFullSync"] == true
+}
+
+fn updated<'a>(m: &'a Value, path: &str) -> Option<&'a Value> {
+    m["changes"]["updated"].get(path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_events_removals_and_full_syncs_arrive_as_control_hub_sends_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = device(opts("FOC2447N0AB")).await;
+    let rx = receiver(dir.path(), false).await;
+    let admin = free_port();
+    let path = write_config(
+        dir.path(),
+        &config(
+            &rx,
+            admin,
+            &roomos_source("boardroom", &dev, ""),
+            "statuses = [\"RoomAnalytics.PeopleCount.Current\", \"Peripherals.*\"]\nevents = [\"UserInterface.Extensions.Widget.Action\"]",
+        ),
+    );
+    let mut daemon = Daemon::start(&path);
+
+    // The first connect: one full sync with every selected current value.
+    let sync = wait_message(&rx, "full sync", is_sync).await;
+    assert_eq!(sync["deviceId"], "FOC2447N0AB", "device id = serial number");
+    assert_eq!(sync["workspaceId"], "ws-boardroom");
+    assert_eq!(sync["orgId"], "test-org");
+    assert_eq!(updated(&sync, PEOPLE), Some(&json!(-1)));
+    assert_eq!(
+        updated(&sync, &format!("{NAV}.AmbientTemperature")),
+        Some(&json!(22.5)),
+        "a Navigator's string temperature is coerced to a number: {sync}"
+    );
+    assert_eq!(
+        updated(&sync, &format!("{NAV}.AirQuality.Index")),
+        Some(&json!(1.2))
+    );
+    assert_eq!(sync["changes"]["updated"].as_object().unwrap().len(), 4);
+
+    // A people count change is a status message.
+    dev.set_status(PEOPLE, json!(3));
+    let m = wait_message(&rx, "people count 3", |m| {
+        !is_sync(m) && updated(m, PEOPLE) == Some(&json!(3))
+    })
+    .await;
+    assert_eq!(m["changes"]["removed"], json!([]));
+
+    // A widget action is an events message.
+    dev.emit_event(
+        "UserInterface.Extensions.Widget.Action",
+        json!({"WidgetId": "help-button", "Type": "clicked", "Value": ""}),
+    );
+    let m = wait_message(&rx, "widget action", |m| m["type"] == "events").await;
+    assert_eq!(
+        m["events"][0]["key"],
+        "UserInterface.Extensions.Widget.Action"
+    );
+    assert_eq!(m["events"][0]["value"]["WidgetId"], "help-button");
+    assert_eq!(m["deviceId"], "FOC2447N0AB");
+
+    // The Navigator is unplugged: its paths are removed.
+    dev.remove("Peripherals.ConnectedDevice[1002]");
+    let m = wait_message(&rx, "removal", |m| {
+        m["changes"]["removed"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    })
+    .await;
+    let mut removed: Vec<String> = m["changes"]["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    removed.sort();
+    assert_eq!(
+        removed,
+        vec![
+            format!("{NAV}.AirQuality.Index"),
+            format!("{NAV}.AmbientTemperature"),
+            format!("{NAV}.RelativeHumidity"),
+        ]
+    );
+    // Plugged in again with the same value: new again, because the removal was forgotten.
+    dev.set_status(&format!("{NAV}.AmbientTemperature"), json!("22.5"));
+    wait_message(&rx, "the Navigator back", |m| {
+        !is_sync(m) && updated(m, &format!("{NAV}.AmbientTemperature")) == Some(&json!(22.5))
+    })
+    .await;
+
+    // The connection drops: roomhook reconnects and sends a full sync again, flagged, with
+    // the unchanged people count (the receiver's resync point) ...
+    let before = messages(&rx).len();
+    dev.drop_connections();
+    let found = rx
+        .receiver
+        .wait_for(Duration::from_secs(20), |r| {
+            r.iter()
+                .filter(|x| x.status == 200)
+                .flat_map(|x| x.messages())
+                .filter(is_sync)
+                .count()
+                >= 2
+        })
+        .await;
+    assert!(found, "no second full sync; log:\n{}", daemon.logs());
+    let second = messages(&rx).into_iter().filter(is_sync).nth(1).unwrap();
+    assert_eq!(updated(&second, PEOPLE), Some(&json!(3)));
+    assert_eq!(dev.connects(), 2);
+    // ... and nothing else: the current values the device re-sends on subscribing are not
+    // forwarded again outside the full sync (change-only filtering holds).
+    dev.set_status(PEOPLE, json!(5));
+    wait_message(&rx, "people count 5", |m| {
+        updated(m, PEOPLE) == Some(&json!(5))
+    })
+    .await;
+    let after: Vec<Value> = messages(&rx).into_iter().skip(before).collect();
+    assert_eq!(
+        after.len(),
+        2,
+        "after the reconnect only the full sync and the new value: {after:#?}"
+    );
+
+    assert_eq!(
+        metric(admin, "roomhook_source_connected{source=\"boardroom\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "roomhook_source_reconnects_total{source=\"boardroom\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(daemon.stop(), Some(0));
+    assert!(
+        !daemon.logs().contains("device-pass-123"),
+        "password in the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_and_forbidden_paths_are_reported_and_the_others_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = device(opts("FOC0000FORB")).await;
+    let rx = receiver(dir.path(), false).await;
+    let admin = free_port();
+    // The subprotocol form of authentication, as browsers (jsxapi) use it.
+    let source = roomos_source(
+        "hall",
+        &dev,
+        "auth_mode = \"subprotocol\"\ndevice = \"hall-kit\"\nstatuses = [\"RoomAnalytics.PeopleCount.Current\", \"RoomAnalytics.AmbientTemperature\", \"MicrosoftTeams.Calling.InCall\"]",
+    );
+    let path = write_config(
+        dir.path(),
+        &config(&rx, admin, &source, "statuses = [\"RoomAnalytics.*\"]"),
+    );
+    let mut daemon = Daemon::start(&path);
+    let sync = wait_message(&rx, "full sync", is_sync).await;
+    assert_eq!(sync["deviceId"], "hall-kit");
+    assert_eq!(
+        sync["changes"]["updated"],
+        json!({ PEOPLE: -1 }),
+        "only what the role may read and the device has"
+    );
+    dev.set_status(PEOPLE, json!(2));
+    wait_message(&rx, "people count 2", |m| {
+        updated(m, PEOPLE) == Some(&json!(2))
+    })
+    .await;
+
+    assert_eq!(
+        metric(
+            admin,
+            "roomhook_source_subscriptions_failed{source=\"hall\"}"
+        ),
+        Some(2.0)
+    );
+    let (code, out, err) = run_cli(&["status", "--json", "-c", path.to_str().unwrap()]).await;
+    assert!(code == 0 || code == 3, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("status json");
+    let hall = v["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "hall")
+        .cloned()
+        .expect("hall in status");
+    let failed = hall["failed_subscriptions"].to_string();
+    assert!(
+        failed.contains("Status.RoomAnalytics.AmbientTemperature: permission denied")
+            && failed.contains("Integrator"),
+        "{failed}"
+    );
+    assert!(
+        failed.contains("Status.MicrosoftTeams.Calling.InCall: invalid path"),
+        "{failed}"
+    );
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("refused the subscription to Status.RoomAnalytics.AmbientTemperature"),
+        "{logs}"
+    );
+    assert_eq!(daemon.stop(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_or_pin_is_a_clear_error_and_no_tight_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = device(opts("FOC0000GOOD")).await;
+    let locked = device(DeviceSimOptions {
+        password: "another-password".into(),
+        ..opts("FOC0000LOCK")
+    })
+    .await;
+    let other = device(opts("FOC0000PIN1")).await;
+    let rx = receiver(dir.path(), false).await;
+    let admin = free_port();
+    let wrong_pin = roomos_source("lobby", &other, "")
+        .replace(&other.cert_sha256(), &good.cert_sha256().to_lowercase());
+    let unpinned: String = roomos_source("new-room", &good, "")
+        .lines()
+        .filter(|l| !l.starts_with("pin_sha256"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let sources = format!(
+        "{}{}{}",
+        roomos_source("good", &good, ""),
+        roomos_source("locked", &locked, ""),
+        wrong_pin
+    );
+    let path = write_config(
+        dir.path(),
+        &config(&rx, admin, &sources, "statuses = [\"RoomAnalytics.*\"]"),
+    );
+    let mut daemon = Daemon::start(&path);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let l = daemon.logs();
+            l.contains("refused the credentials of user \"roomhook\"")
+                && l.contains("which is not pin_sha256")
+        }),
+        "{}",
+        daemon.logs()
+    );
+    let logs = daemon.logs();
+    let line = |needle: &str| {
+        logs.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        line("refused the credentials").contains("locked"),
+        "names the source"
+    );
+    assert!(line("not pin_sha256").contains("lobby"), "names the source");
+    // The good device flows meanwhile.
+    wait_message(&rx, "full sync of the good device", |m| {
+        is_sync(m) && m["deviceId"] == "FOC0000GOOD"
+    })
+    .await;
+    // No tight loop: the next attempt is about a minute away.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(4) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(locked.handshakes(), 1, "a wrong password is retried slowly");
+    assert_eq!(
+        other.handshakes(),
+        0,
+        "a wrong pin never gets to the upgrade"
+    );
+    assert_eq!(
+        metric(admin, "roomhook_source_connected{source=\"locked\"}"),
+        Some(0.0)
+    );
+
+    // `source test` shows what to pin, and says what is wrong.
+    let cfg = path.to_str().unwrap();
+    let (code, out, _) = run_cli(&["source", "test", "lobby", "-c", cfg]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("certificate SHA-256: {}", other.cert_sha256())),
+        "{out}"
+    );
+    assert!(out.contains("which is not pin_sha256"), "{out}");
+    let (code, out, _) = run_cli(&["source", "test", "good", "-c", cfg]).await;
+    assert_eq!(code, 0, "{out}");
+    for want in [
+        "product: Cisco Room Kit Pro",
+        "serial number: FOC0000GOOD",
+        "ok       Status.RoomAnalytics",
+        "RoomAnalytics.PeopleCount.Current = -1",
+        &good.cert_sha256(),
+    ] {
+        assert!(out.contains(want), "{want:?} missing in:\n{out}");
+    }
+    let (code, out, _) = run_cli(&["source", "test", "locked", "-c", cfg]).await;
+    assert_eq!(code, 1);
+    assert!(out.contains("refused the credentials"), "{out}");
+    // A source not pinned yet: the certificate is shown, nothing is sent to it.
+    let fresh = write_config_named(
+        dir.path(),
+        "fresh.toml",
+        &config(
+            &rx,
+            free_port(),
+            &unpinned,
+            "statuses = [\"RoomAnalytics.*\"]",
+        ),
+    );
+    let handshakes = good.handshakes();
+    let (code, out, _) =
+        run_cli(&["source", "test", "new-room", "-c", fresh.to_str().unwrap()]).await;
+    assert_eq!(code, 1);
+    assert!(
+        out.contains(&format!("pin_sha256 = \"{}\"", good.cert_sha256())),
+        "{out}"
+    );
+    assert_eq!(
+        good.handshakes(),
+        handshakes,
+        "no credentials to an unpinned device"
+    );
+    let (code, _, err) = run_cli(&["check-config", "-c", fresh.to_str().unwrap()]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("sources.roomos[0].pin_sha256"), "{err}");
+    assert_eq!(daemon.stop(), Some(0));
+}
+
+fn write_config_named(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write config");
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_are_counted_and_never_stall_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = device(opts("FOC0000JUNK")).await;
+    let rx = receiver(dir.path(), false).await;
+    let admin = free_port();
+    let source = roomos_source("junk", &dev, "max_frame = \"64KiB\"");
+    let path = write_config(
+        dir.path(),
+        &config(&rx, admin, &source, "statuses = [\"RoomAnalytics.*\"]"),
+    );
+    let mut daemon = Daemon::start(&path);
+    wait_message(&rx, "full sync", is_sync).await;
+    dev.send_raw("this is not JSON");
+    dev.send_raw(r#"{"jsonrpc":"2.0","method":"xCommand/Dial","params":{}}"#);
+    dev.send_raw(r#"{"jsonrpc":"2.0","method":"xFeedback/Event","params":{"Id":999,"Status":{"RoomAnalytics":{"PeopleCount":{"Current":9}}}}}"#);
+    dev.send_raw(r#"{"jsonrpc":"2.0","id":4242,"result":{}}"#);
+    dev.send_raw(r#"[1,2,3]"#);
+    dev.send_binary(vec![0, 159, 146, 150]);
+    dev.set_status(PEOPLE, json!("many"));
+    dev.set_status(PEOPLE, json!(4));
+    wait_message(&rx, "people count 4", |m| {
+        updated(m, PEOPLE) == Some(&json!(4))
+    })
+    .await;
+    let reason = |r: &str| {
+        metric(
+            admin,
+            &format!("roomhook_source_decode_errors_total{{source=\"junk\",reason=\"{r}\"}}"),
+        )
+    };
+    for (r, n) in [
+        ("not_json", 1.0),
+        ("unknown_method", 1.0),
+        ("unknown_id", 2.0),
+        ("malformed", 1.0),
+        ("binary", 1.0),
+        ("bad_value", 1.0),
+    ] {
+        assert_eq!(reason(r), Some(n), "{r}:\n{}", scrape(admin));
+    }
+    assert!(
+        !messages(&rx)
+            .iter()
+            .any(|m| updated(m, PEOPLE) == Some(&json!(9))),
+        "a notification for an unknown subscription was forwarded"
+    );
+    // A frame over max_frame: counted, the connection is renewed, values flow again.
+    dev.send_raw(&format!(
+        r#"{{"jsonrpc":"2.0","method":"xFeedback/Event","params":{{"Id":1,"Status":{{"Pad":"{}"}}}}}}"#,
+        "x".repeat(100_000)
+    ));
+    assert!(
+        wait_until(Duration::from_secs(20), || reason("too_large") == Some(1.0)
+            && dev.connects() >= 2
+            && dev.connections() == 1),
+        "{}",
+        daemon.logs()
+    );
+    wait_message(&rx, "second full sync", |m| {
+        is_sync(m) && updated(m, PEOPLE) == Some(&json!(4))
+    })
+    .await;
+    dev.set_status(PEOPLE, json!(6));
+    wait_message(&rx, "people count 6", |m| {
+        updated(m, PEOPLE) == Some(&json!(6))
+    })
+    .await;
+    assert!(
+        daemon.logs().contains("frame from the device ignored"),
+        "bad frames are logged"
+    );
+    assert_eq!(daemon.stop(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_device_is_detected_by_the_keepalive_and_reconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = device(opts("FOC0000DEAD")).await;
+    let rx = receiver(dir.path(), false).await;
+    let source = roomos_source("quiet", &dev, "");
+    let path = write_config(
+        dir.path(),
+        &config(
+            &rx,
+            free_port(),
+            &source,
+            "statuses = [\"RoomAnalytics.*\"]",
+        ),
+    );
+    let mut daemon = Daemon::start(&path);
+    wait_message(&rx, "full sync", is_sync).await;
+    dev.set_silent(true);
+    // keep_alive = 2s: a ping unanswered for one interval means a dead peer.
+    assert!(
+        wait_until(Duration::from_secs(15), || daemon
+            .logs()
+            .contains("no pong within keep_alive")),
+        "{}",
+        daemon.logs()
+    );
+    dev.set_silent(false);
+    assert!(wait_until(Duration::from_secs(15), || dev.connects() >= 2));
+    dev.set_status(PEOPLE, json!(7));
+    wait_message(&rx, "people count 7", |m| {
+        updated(m, PEOPLE) == Some(&json!(7))
+    })
+    .await;
+    assert_eq!(daemon.stop(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_that_drop_together_reconnect_spread_over_the_jitter() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = receiver(dir.path(), false).await;
+    let mut devices = Vec::new();
+    let mut sources = String::new();
+    for i in 0..8 {
+        let d = device(opts(&format!("FOC00000{i:03}"))).await;
+        sources.push_str(&roomos_source(&format!("room-{i}"), &d, ""));
+        devices.push(d);
+    }
+    let path = write_config(
+        dir.path(),
+        &config(
+            &rx,
+            free_port(),
+            &sources,
+            "statuses = [\"RoomAnalytics.*\"]",
+        ),
+    );
+    let mut daemon = Daemon::start(&path);
+    assert!(
+        wait_until(Duration::from_secs(20), || devices
+            .iter()
+            .all(|d| d.connections() == 1)),
+        "{}",
+        daemon.logs()
+    );
+    // A shared outage: every connection drops at the same instant.
+    for d in &devices {
+        d.drop_connections();
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || devices
+            .iter()
+            .all(|d| d.connects() >= 2)),
+        "{}",
+        daemon.logs()
+    );
+    let times: Vec<Instant> = devices.iter().map(|d| d.connect_times()[1]).collect();
+    let first = *times.iter().min().unwrap();
+    let last = *times.iter().max().unwrap();
+    // Full jitter over the first backoff step (1 s): 8 uniform draws span well over 150 ms
+    // (all within 150 ms of each other has a chance of about 10^-5).
+    assert!(
+        last - first >= Duration::from_millis(150),
+        "reconnects not spread: {:?}",
+        last - first
+    );
+    assert_eq!(daemon.stop(), Some(0));
+}
