@@ -626,6 +626,18 @@ pub fn render_status(s: &Value) -> String {
                 .as_f64()
                 .map_or("never".into(), |a| format!("{} ago", human_age(a))),
         );
+        if src["connected"].as_bool() != Some(true) {
+            if let Some(e) = src["last_error"].as_str() {
+                let _ = writeln!(
+                    out,
+                    "  last error: {}",
+                    e.chars().take(200).collect::<String>()
+                );
+            }
+        }
+        for f in src["failed_subscriptions"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "  refused subscription {}", f.as_str().unwrap_or(""));
+        }
     }
     let problems: Vec<&str> = s["problems"]
         .as_array()

@@ -294,6 +294,13 @@ async fn invalid_and_forbidden_paths_are_reported_and_the_others_flow() {
         failed.contains("Status.MicrosoftTeams.Calling.InCall: invalid path"),
         "{failed}"
     );
+    let (_, table, _) = run_cli(&["status", "-c", path.to_str().unwrap()]).await;
+    assert!(
+        table.contains(
+            "refused subscription Status.RoomAnalytics.AmbientTemperature: permission denied"
+        ),
+        "{table}"
+    );
     let logs = daemon.logs();
     assert!(
         logs.contains("refused the subscription to Status.RoomAnalytics.AmbientTemperature"),
@@ -594,4 +601,65 @@ async fn devices_that_drop_together_reconnect_spread_over_the_jitter() {
         last - first
     );
     assert_eq!(daemon.stop(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebooting_or_rate_limiting_device_is_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = device(opts("FOC0000BOOT")).await;
+    dev.set_handshake_status(Some(502));
+    let rx = receiver(dir.path(), false).await;
+    let source = roomos_source("boot", &dev, "");
+    let path = write_config(
+        dir.path(),
+        &config(
+            &rx,
+            free_port(),
+            &source,
+            "statuses = [\"RoomAnalytics.*\"]",
+        ),
+    );
+    let log = dir.path().join("roomhook.log");
+    // Not Daemon::start: it waits for a subscription, which needs the device up.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_roomhook"))
+            .args(["run", "-c", path.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(15), || logs()
+            .contains("the device is rebooting (HTTP 502)")),
+        "{}",
+        logs()
+    );
+    dev.set_handshake_status(Some(503));
+    assert!(
+        wait_until(Duration::from_secs(20), || logs()
+            .contains("limits connection attempts (HTTP 503)")),
+        "{}",
+        logs()
+    );
+    let attempts = dev.handshakes();
+    dev.set_handshake_status(None);
+    wait_message(&rx, "full sync once the device is back", is_sync).await;
+    assert!(
+        attempts <= 8,
+        "backed off: {attempts} attempts in the first seconds"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    assert_eq!(child.0.wait().unwrap().code(), Some(0));
 }

@@ -13,8 +13,12 @@ use std::time::{Duration, Instant};
 #[derive(Parser)]
 #[command(about = "Benchmarks the roomhook daemon binary end to end")]
 struct Args {
-    /// Scenarios to run (comma-separated): throughput, batched, latency, idle, drain, store.
-    #[arg(long, default_value = "throughput,batched,latency,idle,drain,store")]
+    /// Scenarios to run (comma-separated): throughput, batched, latency, idle, drain, store,
+    /// roomos.
+    #[arg(
+        long,
+        default_value = "throughput,batched,latency,idle,drain,store,roomos"
+    )]
     scenarios: String,
     /// Events in the store scenario.
     #[arg(long, default_value_t = 100_000)]
@@ -40,6 +44,9 @@ struct Args {
     /// max_in_flight of the benchmark webhook.
     #[arg(long, default_value_t = 64)]
     max_in_flight: usize,
+    /// Simulated RoomOS devices in the roomos scenario.
+    #[arg(long, default_value_t = 50)]
+    roomos_devices: usize,
     /// The daemon binary (default: `roomhook` next to this one).
     #[arg(long)]
     binary: Option<PathBuf>,
@@ -423,6 +430,130 @@ async fn idle(binary: &Path) -> Result<serde_json::Value, String> {
     }))
 }
 
+/// Idle RSS with `n` RoomOS devices connected against none, and how their reconnects spread
+/// after every connection drops at once (a shared network outage).
+async fn roomos(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
+    use roomhook::demo::device::{DeviceSim, DeviceSimOptions};
+    let s = setup().await?;
+    let n = args.roomos_devices;
+    let mut devices = Vec::new();
+    for i in 0..n {
+        devices.push(
+            DeviceSim::start(DeviceSimOptions {
+                serial: format!("FOC{i:08}"),
+                ..DeviceSimOptions::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?,
+        );
+    }
+    let webhook = format!(
+        "[[webhooks]]\nname = \"w\"\nurl = \"https://127.0.0.1:{port}/hook\"\nauthorization = \"{TOKEN}\"\n\
+         ca_file = \"{ca}\"\nstatuses = [\"RoomAnalytics.*\", \"Peripherals.*\"]\nevents = [\"UserInterface.Extensions.Widget.Action\"]\ndrain_start_jitter = \"0s\"\n",
+        port = s.receiver.addr().port(),
+        ca = s.ca_file.display()
+    );
+    // Both runs also deliver MQTT traffic, so that what the delivery path costs once (the
+    // receiver's connection, code paged in) is not charged to the devices.
+    let base = format!(
+        "[gateway]\ndata_dir = \"data\"\norg_id = \"bench\"\n\n[[sources.mqtt]]\nname = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\n\
+         [[sources.mqtt.subscriptions]]\ntopic = \"bench/+/status\"\ndevice = \"{{1}}\"\n\
+         [sources.mqtt.subscriptions.fields]\n\"/people\" = \"RoomAnalytics.PeopleCount.Current\"\n",
+        s.broker.port
+    );
+    let mut sources = String::new();
+    for (i, d) in devices.iter().enumerate() {
+        sources += &format!(
+            "\n[[sources.roomos]]\nname = \"room-{i}\"\nurl = \"{}\"\nusername = \"admin\"\npassword = \"secret\"\npin_sha256 = \"{}\"\n",
+            d.url(),
+            d.cert_sha256()
+        );
+    }
+    let path = s.dir.path().join("roomhook.toml");
+    let settle = Duration::from_secs(10);
+    let mut rss = Vec::new();
+    for text in [
+        format!("{base}\n{webhook}"),
+        format!("{base}{sources}\n{webhook}"),
+    ] {
+        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        let daemon = Daemon::start(binary, &path)?;
+        wait_ready(&s, s.receiver.requests().len()).await?;
+        let before = s.receiver.accepted_messages();
+        let msgs = (0..n)
+            .map(|i| {
+                (
+                    format!("bench/mqtt-{i}/status"),
+                    format!("{{\"people\":{i}}}"),
+                )
+            })
+            .collect();
+        publish_all(s.broker.port, msgs, None).await?;
+        let syncs_before = before;
+        let with_devices = rss.len() == 1;
+        if !with_devices {
+            wait_until(Duration::from_secs(30), || {
+                s.receiver.accepted_messages() >= syncs_before + n
+            });
+        }
+        if with_devices {
+            let all = wait_until(Duration::from_secs(60), || {
+                devices.iter().all(|d| d.connections() == 1)
+                    && s.receiver.accepted_messages() >= syncs_before + 2 * n
+            });
+            if !all {
+                daemon.stop();
+                return Err("not every device connected and synced within 60 s".into());
+            }
+        }
+        std::thread::sleep(settle);
+        let kib = status_kib(daemon.pid(), "VmRSS").unwrap_or(0);
+        let anon = status_kib(daemon.pid(), "RssAnon").unwrap_or(0);
+        let cpu0 = cpu_seconds(daemon.pid()).unwrap_or(0.0);
+        std::thread::sleep(settle);
+        let idle_cpu = cpu_seconds(daemon.pid()).unwrap_or(0.0) - cpu0;
+        let mut spread = serde_json::Value::Null;
+        if with_devices {
+            for d in &devices {
+                d.drop_connections();
+            }
+            let dropped = Instant::now();
+            let back = wait_until(Duration::from_secs(60), || {
+                devices.iter().all(|d| d.connects() >= 2)
+            });
+            if back {
+                let mut t: Vec<f64> = devices
+                    .iter()
+                    .filter_map(|d| d.connect_times().get(1).copied())
+                    .map(|t| t.saturating_duration_since(dropped).as_secs_f64())
+                    .collect();
+                t.sort_by(f64::total_cmp);
+                spread = serde_json::json!({
+                    "first_s": t.first(), "median_s": t.get(t.len() / 2), "last_s": t.last(),
+                    "most_in_any_100ms": (0..t.len())
+                        .map(|i| t[i..].iter().take_while(|x| **x - t[i] < 0.1).count())
+                        .max()
+                        .unwrap_or(0),
+                });
+            }
+        }
+        daemon.stop();
+        rss.push((kib, idle_cpu, spread, anon));
+    }
+    for d in &devices {
+        d.stop();
+    }
+    let (none, with) = (rss[0].0 as f64 / 1024.0, rss[1].0 as f64 / 1024.0);
+    Ok(serde_json::json!({
+        "scenario": "roomos", "devices": n,
+        "idle_rss_no_devices_mib": none, "idle_rss_with_devices_mib": with,
+        "idle_rss_added_mib": with - none,
+        "idle_anon_added_mib": (rss[1].3 as f64 - rss[0].3 as f64) / 1024.0, "idle_rss_per_device_kib": (with - none) * 1024.0 / n.max(1) as f64,
+        "idle_cpu_seconds_per_10s_with_devices": rss[1].1,
+        "reconnect_after_shared_drop": rss[1].2,
+    }))
+}
+
 fn print_table(results: &[serde_json::Value]) {
     println!("\n{:<30} figures", "scenario");
     for r in results {
@@ -584,6 +715,7 @@ fn main() -> std::process::ExitCode {
                 "drain" => drain(&args, &binary).await,
                 "latency" => latency(&args, &binary).await,
                 "idle" => idle(&binary).await,
+                "roomos" => roomos(&args, &binary).await,
                 "store" => store(&args).await,
                 other => Err(format!("unknown scenario {other:?}")),
             }

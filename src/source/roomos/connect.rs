@@ -176,12 +176,15 @@ fn tls_config(
         provider: provider.clone(),
         seen,
     };
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| trust_err(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
+    // One long-lived connection per device: session resumption would save a handshake per
+    // reconnect, but its cache (sized for 256 servers) and tickets cost ~15 KiB per device.
+    cfg.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(cfg))
 }
 

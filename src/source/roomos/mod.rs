@@ -104,6 +104,8 @@ pub async fn run(s: RoomosSettings, ingest: Ingest, shutdown: CancellationToken)
         events: s.events.clone(),
     };
     let mut conn_log = RateLog::new(Duration::from_secs(30));
+    // A new kind of failure is logged at once; the same one again at most every 30 s.
+    let mut last_failure: Option<String> = None;
     let mut backoff = BACKOFF_MIN;
     loop {
         let seen = Arc::new(Mutex::new(PeerCert::default()));
@@ -137,6 +139,7 @@ pub async fn run(s: RoomosSettings, ingest: Ingest, shutdown: CancellationToken)
             }
             Err(ConnectError { kind, message }) => {
                 status.disconnected(message.clone());
+                let failure = message.clone();
                 let delay = match kind {
                     FailKind::Auth | FailKind::Trust => {
                         // Never a tight loop on a wrong password or pin; say it every time.
@@ -145,7 +148,10 @@ pub async fn run(s: RoomosSettings, ingest: Ingest, shutdown: CancellationToken)
                     }
                     _ => {
                         let d = jitter(backoff);
-                        if let Some(suppressed) = conn_log.check(Instant::now()) {
+                        let new = last_failure.as_deref() != Some(message.as_str());
+                        let check = conn_log.check(Instant::now());
+                        if new || check.is_some() {
+                            let suppressed = check.unwrap_or(0);
                             tracing::warn!(source = %s.name, suppressed, "device at {}: {message}; retrying in {:.1}s", s.url, d.as_secs_f64());
                         }
                         if kind == FailKind::RateLimited {
@@ -155,6 +161,7 @@ pub async fn run(s: RoomosSettings, ingest: Ingest, shutdown: CancellationToken)
                     }
                 };
                 backoff = (backoff * 2).min(BACKOFF_MAX);
+                last_failure = Some(failure);
                 delay
             }
         };
