@@ -50,6 +50,7 @@ pub async fn source(config: PathBuf, action: SourceAction) -> ExitCode {
     let report = crate::source::roomos::probe::test(
         s,
         std::time::Duration::from_secs_f64(timeout.clamp(1.0, 600.0)),
+        unpinned,
     )
     .await;
     for line in &report.lines {

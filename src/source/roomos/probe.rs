@@ -40,8 +40,9 @@ fn describe_peer(seen: &Arc<Mutex<PeerCert>>, report: &mut SourceReport) -> Opti
     Some(fp)
 }
 
-/// Runs the test against the device of `s` (at most about `limit` long).
-pub async fn test(s: &RoomosSettings, limit: Duration) -> SourceReport {
+/// Runs the test against the device of `s` (at most about `limit` long). `unpinned`: the
+/// config has no `pin_sha256`/`ca_file` yet (the certificate is only shown).
+pub async fn test(s: &RoomosSettings, limit: Duration, unpinned: bool) -> SourceReport {
     let mut report = SourceReport::default();
     report.say(format!("source {}: {}", s.name, s.url));
     let seen = Arc::new(Mutex::new(PeerCert::default()));
@@ -49,7 +50,11 @@ pub async fn test(s: &RoomosSettings, limit: Duration) -> SourceReport {
         Ok(ws) => ws,
         Err(e) => {
             let fp = describe_peer(&seen, &mut report);
-            report.say(format!("FAILED: {e}"));
+            if unpinned && e.kind == connect::FailKind::Trust {
+                report.say("not trusted yet: the config has neither pin_sha256 nor ca_file");
+            } else {
+                report.say(format!("FAILED: {e}"));
+            }
             if let (Some(fp), connect::FailKind::Trust) = (fp, e.kind) {
                 report.say(format!(
                     "if this is your device's certificate (compare with the device's web interface), trust it with:\n    pin_sha256 = \"{fp}\""
