@@ -79,18 +79,29 @@ fn messages(rx: &TestReceiver) -> Vec<Value> {
         .collect()
 }
 
-async fn wait_message(rx: &TestReceiver, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+/// Waits for the `n`th accepted message (1-based) that `f` matches, and returns it.
+async fn wait_nth(rx: &TestReceiver, what: &str, n: usize, f: impl Fn(&Value) -> bool) -> Value {
     let found = rx
         .receiver
         .wait_for(Duration::from_secs(20), |r| {
             r.iter()
                 .filter(|x| x.status == 200)
                 .flat_map(|x| x.messages())
-                .any(|m| f(&m))
+                .filter(|m| f(m))
+                .count()
+                >= n
         })
         .await;
     assert!(found, "no {what} arrived; got:\n{:#?}", messages(rx));
-    messages(rx).into_iter().find(|m| f(m)).expect("found")
+    messages(rx)
+        .into_iter()
+        .filter(|m| f(m))
+        .nth(n - 1)
+        .expect("found")
+}
+
+async fn wait_message(rx: &TestReceiver, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    wait_nth(rx, what, 1, f).await
 }
 
 fn is_sync(m: &Value) -> bool {
@@ -101,25 +112,56 @@ fn updated<'a>(m: &'a Value, path: &str) -> Option<&'a Value> {
     m["changes"]["updated"].get(path)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn statuses_events_removals_and_full_syncs_arrive_as_control_hub_sends_them() {
+/// One simulated device, a receiver, and roomhook reading the device (its first full sync
+/// already delivered).
+struct Rig {
+    dir: tempfile::TempDir,
+    dev: DeviceSim,
+    rx: TestReceiver,
+    admin: u16,
+    path: std::path::PathBuf,
+    daemon: Daemon,
+    sync: Value,
+}
+
+async fn rig(serial: &str, name: &str, extra: &str, selection: &str) -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let dev = device(opts("FOC2447N0AB")).await;
+    let dev = device(opts(serial)).await;
     let rx = receiver(dir.path(), false).await;
     let admin = free_port();
-    let path = write_config(
-        dir.path(),
-        &config(
-            &rx,
-            admin,
-            &roomos_source("boardroom", &dev, ""),
-            "statuses = [\"RoomAnalytics.PeopleCount.Current\", \"Peripherals.*\"]\nevents = [\"UserInterface.Extensions.Widget.Action\"]",
-        ),
-    );
-    let mut daemon = Daemon::start(&path);
-
-    // The first connect: one full sync with every selected current value.
+    let source = roomos_source(name, &dev, extra);
+    let path = write_config(dir.path(), &config(&rx, admin, &source, selection));
+    let daemon = Daemon::start(&path);
     let sync = wait_message(&rx, "full sync", is_sync).await;
+    Rig {
+        dir,
+        dev,
+        rx,
+        admin,
+        path,
+        daemon,
+        sync,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_events_removals_and_full_syncs_arrive_as_control_hub_sends_them() {
+    let Rig {
+        dir: _dir,
+        dev,
+        rx,
+        admin,
+        mut daemon,
+        sync,
+        ..
+    } = rig(
+        "FOC2447N0AB",
+        "boardroom",
+        "",
+        "statuses = [\"RoomAnalytics.PeopleCount.Current\", \"Peripherals.*\"]\nevents = [\"UserInterface.Extensions.Widget.Action\"]",
+    )
+    .await;
+    // The first connect: one full sync with every selected current value.
     assert_eq!(sync["deviceId"], "FOC2447N0AB", "device id = serial number");
     assert_eq!(sync["workspaceId"], "ws-boardroom");
     assert_eq!(sync["orgId"], "test-org");
@@ -190,19 +232,7 @@ async fn statuses_events_removals_and_full_syncs_arrive_as_control_hub_sends_the
     // the unchanged people count (the receiver's resync point) ...
     let before = messages(&rx).len();
     dev.drop_connections();
-    let found = rx
-        .receiver
-        .wait_for(Duration::from_secs(20), |r| {
-            r.iter()
-                .filter(|x| x.status == 200)
-                .flat_map(|x| x.messages())
-                .filter(is_sync)
-                .count()
-                >= 2
-        })
-        .await;
-    assert!(found, "no second full sync; log:\n{}", daemon.logs());
-    let second = messages(&rx).into_iter().filter(is_sync).nth(1).unwrap();
+    let second = wait_nth(&rx, "second full sync", 2, is_sync).await;
     assert_eq!(updated(&second, PEOPLE), Some(&json!(3)));
     assert_eq!(dev.connects(), 2);
     // ... and nothing else: the current values the device re-sends on subscribing are not
@@ -239,22 +269,23 @@ async fn statuses_events_removals_and_full_syncs_arrive_as_control_hub_sends_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_and_forbidden_paths_are_reported_and_the_others_flow() {
-    let dir = tempfile::tempdir().unwrap();
-    let dev = device(opts("FOC0000FORB")).await;
-    let rx = receiver(dir.path(), false).await;
-    let admin = free_port();
     // The subprotocol form of authentication, as browsers (jsxapi) use it.
-    let source = roomos_source(
+    let Rig {
+        dir: _dir,
+        dev,
+        rx,
+        admin,
+        path,
+        mut daemon,
+        sync,
+        ..
+    } = rig(
+        "FOC0000FORB",
         "hall",
-        &dev,
         "auth_mode = \"subprotocol\"\ndevice = \"hall-kit\"\nstatuses = [\"RoomAnalytics.PeopleCount.Current\", \"RoomAnalytics.AmbientTemperature\", \"MicrosoftTeams.Calling.InCall\"]",
-    );
-    let path = write_config(
-        dir.path(),
-        &config(&rx, admin, &source, "statuses = [\"RoomAnalytics.*\"]"),
-    );
-    let mut daemon = Daemon::start(&path);
-    let sync = wait_message(&rx, "full sync", is_sync).await;
+        "statuses = [\"RoomAnalytics.*\"]",
+    )
+    .await;
     assert_eq!(sync["deviceId"], "hall-kit");
     assert_eq!(
         sync["changes"]["updated"],
@@ -442,17 +473,20 @@ fn write_config_named(dir: &Path, name: &str, text: &str) -> std::path::PathBuf 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_are_counted_and_never_stall_the_source() {
-    let dir = tempfile::tempdir().unwrap();
-    let dev = device(opts("FOC0000JUNK")).await;
-    let rx = receiver(dir.path(), false).await;
-    let admin = free_port();
-    let source = roomos_source("junk", &dev, "max_frame = \"64KiB\"");
-    let path = write_config(
-        dir.path(),
-        &config(&rx, admin, &source, "statuses = [\"RoomAnalytics.*\"]"),
-    );
-    let mut daemon = Daemon::start(&path);
-    wait_message(&rx, "full sync", is_sync).await;
+    let Rig {
+        dir: _dir,
+        dev,
+        rx,
+        admin,
+        mut daemon,
+        ..
+    } = rig(
+        "FOC0000JUNK",
+        "junk",
+        "max_frame = \"64KiB\"",
+        "statuses = [\"RoomAnalytics.*\"]",
+    )
+    .await;
     dev.send_raw("this is not JSON");
     dev.send_raw(r#"{"jsonrpc":"2.0","method":"xCommand/Dial","params":{}}"#);
     dev.send_raw(r#"{"jsonrpc":"2.0","method":"xFeedback/Event","params":{"Id":999,"Status":{"RoomAnalytics":{"PeopleCount":{"Current":9}}}}}"#);
@@ -517,21 +551,19 @@ async fn bad_frames_are_counted_and_never_stall_the_source() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_device_is_detected_by_the_keepalive_and_reconnected() {
-    let dir = tempfile::tempdir().unwrap();
-    let dev = device(opts("FOC0000DEAD")).await;
-    let rx = receiver(dir.path(), false).await;
-    let source = roomos_source("quiet", &dev, "");
-    let path = write_config(
-        dir.path(),
-        &config(
-            &rx,
-            free_port(),
-            &source,
-            "statuses = [\"RoomAnalytics.*\"]",
-        ),
-    );
-    let mut daemon = Daemon::start(&path);
-    wait_message(&rx, "full sync", is_sync).await;
+    let Rig {
+        dir: _dir,
+        dev,
+        rx,
+        mut daemon,
+        ..
+    } = rig(
+        "FOC0000DEAD",
+        "quiet",
+        "",
+        "statuses = [\"RoomAnalytics.*\"]",
+    )
+    .await;
     dev.set_silent(true);
     // keep_alive = 2s: a ping unanswered for one interval means a dead peer.
     assert!(

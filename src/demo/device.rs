@@ -1489,10 +1489,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::crypto::CryptoProvider;
-    use rustls::pki_types::{ServerName, UnixTime};
-    use rustls::{DigitallySignedStruct, SignatureScheme};
+    use rustls::pki_types::ServerName;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Error as WsError;
 
@@ -1501,74 +1498,15 @@ mod tests {
     const WAIT: Duration = Duration::from_secs(5);
     const QUIET: Duration = Duration::from_millis(300);
 
-    /// Accepts exactly the simulator's certificate.
-    #[derive(Debug)]
-    struct Pinned {
-        der: Vec<u8>,
-        provider: Arc<CryptoProvider>,
-    }
-
-    impl ServerCertVerifier for Pinned {
-        fn verify_server_cert(
-            &self,
-            end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            _server_name: &ServerName<'_>,
-            _ocsp: &[u8],
-            _now: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            if end_entity.as_ref() == self.der.as_slice() {
-                Ok(ServerCertVerified::assertion())
-            } else {
-                Err(rustls::Error::General("not the pinned certificate".into()))
-            }
-        }
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.provider.signature_verification_algorithms,
-            )
-        }
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.provider.signature_verification_algorithms,
-            )
-        }
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.provider
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
-    }
-
     async fn tls_connect(sim: &DeviceSim) -> Tls {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned {
-                der: sim.cert_der(),
-                provider,
-            }))
-            .with_no_client_auth();
+        let pin = crate::config::parse_pin(&sim.cert_sha256()).unwrap();
+        let config = crate::source::roomos::connect::tls_config(
+            &crate::config::DeviceTrust::Pin(pin),
+            Default::default(),
+        )
+        .unwrap();
         let tcp = TcpStream::connect(("127.0.0.1", sim.port())).await.unwrap();
-        tokio_rustls::TlsConnector::from(Arc::new(config))
+        tokio_rustls::TlsConnector::from(config)
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
             .unwrap()

@@ -143,7 +143,9 @@ impl ServerCertVerifier for Verifier {
     }
 }
 
-fn tls_config(
+/// The rustls client configuration for a device: its pin or CA, no session cache; what the
+/// handshake sees of the certificate goes to `seen`.
+pub fn tls_config(
     trust: &DeviceTrust,
     seen: Arc<Mutex<PeerCert>>,
 ) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
