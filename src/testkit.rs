@@ -144,6 +144,8 @@ pub async fn publish_all(
     let mut opts = MqttOptions::new(id, "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_inflight(100);
+    // Large messages too (tests of max_payload).
+    opts.set_max_packet_size(1 << 20, 64 << 20);
     let (client, mut eventloop) = AsyncClient::new(opts, 1000);
     let total = messages.len();
     let acks = tokio::spawn(async move {

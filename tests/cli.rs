@@ -55,7 +55,10 @@ fn check_config_accepts_a_good_file_and_a_missing_file_is_an_error() {
     .unwrap();
     let (code, out, err) = roomhook(&["check-config", "-c", path.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("OK (0 MQTT source(s), 0 RoomOS device(s), 1 webhook(s)"), "{out}");
+    assert!(
+        out.contains("OK (0 MQTT source(s), 0 RoomOS device(s), 1 webhook(s)"),
+        "{out}"
+    );
     let (code, _, err) = roomhook(&["check-config", "-c", "/nonexistent/roomhook.toml"]);
     assert_eq!(code, 2);
     assert!(err.contains("cannot read the config file"), "{err}");

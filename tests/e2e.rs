@@ -298,3 +298,62 @@ async fn requests_carry_standard_webhooks_headers_stable_across_retries() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_max_payload_is_skipped_and_the_source_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker();
+    let rx = receiver(dir.path(), false).await;
+    let admin = free_port();
+    let config = write_config(
+        dir.path(),
+        &standard_config(broker.port, &rx.url, &rx.ca_file, "").replace(
+            "org_id = \"test-org\"\n",
+            &format!("org_id = \"test-org\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
+        ),
+    );
+    let mut daemon = Daemon::start(&config);
+    // A 3 MB message between two good ones, all QoS 1 (the broker would redeliver a
+    // message that was not acked on every reconnect, forever).
+    let big = format!("{{\"people\":7,\"pad\":\"{}\"}}", "x".repeat(3_000_000));
+    roomhook::testkit::publish_all(
+        broker.port,
+        vec![
+            ("bench/before/status".into(), "{\"people\":1}".into()),
+            ("bench/big/status".into(), big),
+            ("bench/after/status".into(), "{\"people\":2}".into()),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(
+        rx.receiver.wait_accepted(2, Duration::from_secs(20)).await,
+        "the message after the big one did not arrive; log:\n{}",
+        daemon.logs()
+    );
+    let devices: Vec<String> = rx
+        .receiver
+        .accepted()
+        .iter()
+        .map(|r| r.json()["deviceId"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(devices, vec!["before", "after"]);
+    assert_eq!(
+        metric(
+            admin,
+            "roomhook_source_decode_errors_total{source=\"sensors\",reason=\"too_large\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "roomhook_source_reconnects_total{source=\"sensors\"}"
+        ),
+        Some(0.0),
+        "the big message broke the connection"
+    );
+    assert!(daemon.logs().contains("over max_payload"));
+    assert_eq!(daemon.stop(), Some(0));
+}

@@ -152,6 +152,8 @@ pub struct RawMqtt {
     pub ca_file: Option<PathBuf>,
     /// MQTT keep-alive, e.g. `"30s"`.
     pub keep_alive: Option<String>,
+    /// Largest payload decoded (default `"1MiB"`); larger messages are acked, counted, skipped.
+    pub max_payload: Option<String>,
     /// `[[sources.mqtt.subscriptions]]`.
     #[serde(default)]
     pub subscriptions: Vec<RawSubscription>,
@@ -306,6 +308,8 @@ pub struct MqttSettings {
     pub credentials: Option<(String, Secret)>,
     /// Keep-alive interval.
     pub keep_alive: Duration,
+    /// Largest payload decoded, bytes.
+    pub max_payload: usize,
     /// What to subscribe to and how to decode it.
     pub subscriptions: Vec<SubscriptionSettings>,
 }

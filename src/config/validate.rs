@@ -361,6 +361,26 @@ fn mqtt_source(
             "write e.g. \"30s\"",
         );
     }
+    let max_payload = match m.max_payload.as_deref().map(super::units::parse_bytes) {
+        None => 1024 * 1024,
+        Some(Ok(b)) if (1024..=256 * 1024 * 1024).contains(&b) => b as usize,
+        Some(Ok(_)) => {
+            cx.err(
+                format!("{key}.max_payload"),
+                "must be 1KiB to 256MiB",
+                "write e.g. \"1MiB\"",
+            );
+            0
+        }
+        Some(Err(e)) => {
+            cx.err(
+                format!("{key}.max_payload"),
+                e,
+                "write a size such as \"1MiB\"",
+            );
+            0
+        }
+    };
     let client_id = m
         .client_id
         .clone()
@@ -396,6 +416,7 @@ fn mqtt_source(
         client_id,
         credentials,
         keep_alive,
+        max_payload,
         subscriptions,
     })
 }

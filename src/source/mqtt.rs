@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 /// Messages received but not yet committed and acked; past it, reading pauses (the broker
 /// holds the rest).
 const MAX_PENDING: usize = 2048;
+/// The largest packet MQTT can carry (remaining length 268,435,455 plus the fixed header).
+const MQTT_MAX_PACKET: usize = 268_435_460;
 /// Reconnect backoff bounds.
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
@@ -39,7 +41,10 @@ pub fn options(s: &MqttSettings) -> Result<MqttOptions, MqttSetupError> {
     o.set_keep_alive(s.keep_alive)
         .set_clean_session(false)
         .set_manual_acks(true)
-        .set_max_packet_size(1024 * 1024, 64 * 1024)
+        // Read every packet MQTT allows (a larger fixed header would fail the connection,
+        // and the broker would redeliver the same message on every reconnect); payloads
+        // over `max_payload` are then acked, counted and skipped.
+        .set_max_packet_size(MQTT_MAX_PACKET, 64 * 1024)
         .set_request_channel_capacity(MAX_PENDING * 2);
     if let Some((user, pass)) = &s.credentials {
         o.set_credentials(user.clone(), pass.expose().to_string());
@@ -196,7 +201,16 @@ pub async fn run(
                 Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                     messages.inc();
                     let mark = Mark { source: s.name.clone(), pkid: p.pkid, digest: digest(&p), resume: false };
-                    let events = if p.dup && already_committed(&ingest, &mark).await {
+                    let events = if p.payload.len() > s.max_payload {
+                        metrics
+                            .source_decode_errors
+                            .get_or_create(&SourceReasonLabel { source: s.name.clone(), reason: "too_large".into() })
+                            .inc();
+                        if let Some(suppressed) = decode_log.check(Instant::now()) {
+                            tracing::warn!(source = %s.name, topic = %p.topic, suppressed, "message of {} bytes skipped: over max_payload ({} bytes)", p.payload.len(), s.max_payload);
+                        }
+                        (Vec::new(), 1)
+                    } else if p.dup && already_committed(&ingest, &mark).await {
                         // Committed before a crash or disconnect, but the PUBACK was lost.
                         tracing::debug!(source = %s.name, pkid = p.pkid, "redelivery of a committed message: acked, not stored again");
                         redelivered.inc();
