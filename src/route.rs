@@ -176,7 +176,7 @@ impl Router {
     pub fn route(&mut self, e: &Event) -> Result<Vec<(WebhookId, Option<Event>)>, Filtered> {
         let mut targets = Vec::new();
         let mut selected = false;
-        if e.more.is_empty() {
+        if e.more.is_empty() && !e.full_sync {
             let generic = catalog::generic_path(&e.path);
             for r in &mut self.routes {
                 if !(r.selects_device(e) && r.selects_path(e.kind, &generic)) {
@@ -190,9 +190,16 @@ impl Router {
             }
         } else {
             let generic: Vec<String> = e.changes().map(|(p, _)| catalog::generic_path(p)).collect();
+            let present: std::collections::HashSet<&str> = e.changes().map(|(p, _)| p).collect();
             for r in &mut self.routes {
                 if !r.selects_device(e) {
                     continue;
+                }
+                if e.full_sync {
+                    // A full sync is everything the device has: what it no longer reports
+                    // is forgotten, so that it counts as new when it comes back.
+                    r.last
+                        .retain(|(d, p), _| d != &e.device || present.contains(p.as_str()));
                 }
                 let mut part = Vec::new();
                 for ((path, value), g) in e.changes().zip(&generic) {
@@ -358,5 +365,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ids(r.route(&only_standby)), Err(Filtered::NotSelected));
+        // A full sync without a path the memory holds forgets it: the same value is new
+        // again afterwards (the device lost and regained it while roomhook was away).
+        let without_nav = Event::with_changes(
+            "room-1".into(),
+            None,
+            0,
+            true,
+            vec![(pc.into(), Value::from(2))],
+        )
+        .unwrap();
+        assert!(r.route(&without_nav).is_ok());
+        assert_eq!(ids(r.route(&back)), Ok(vec![WebhookId(2)]));
+        assert_eq!(ids(r.route(&back)), Err(Filtered::Unchanged));
     }
 }

@@ -369,6 +369,13 @@ fn roomos_errors_name_the_key_and_the_fix() {
     ));
     assert_eq!(e.key, "sources.roomos[0].name");
 
+    let e = one(&format!(
+        "{GOOD}{}",
+        ROOMOS.replace("wss://10.0.0.5/ws", "wss://admin:pw@10.0.0.5/ws")
+    ));
+    assert_eq!(e.key, "sources.roomos[0].url");
+    assert!(e.problem.contains("credentials"), "{e}");
+
     let e = one(&format!("{GOOD}{ROOMOS}auth_mode = \"cookie\"\n"));
     assert_eq!(e.key, "sources.roomos[0].auth_mode");
     assert!(!e.to_string().contains("dev-secret"));

@@ -486,6 +486,17 @@ fn roomos_source(
     if host.is_empty() && cx.errs.len() == before {
         cx.err(&url_key, "has no host", "write wss://<device address>/ws");
     }
+    if uri
+        .as_ref()
+        .and_then(|u| u.authority())
+        .is_some_and(|a| a.as_str().contains('@'))
+    {
+        cx.err(
+            &url_key,
+            "has credentials in it (they would not be used, and URLs are logged)",
+            "write wss://<device address>/ws and set username and password_file",
+        );
+    }
     let port = uri
         .as_ref()
         .and_then(|u| u.port_u16())
@@ -591,13 +602,13 @@ fn roomos_source(
             );
         }
     }
-    // Default: what the webhooks select (union, as written).
+    // Default: what the enabled webhooks select (union, array ids generic).
     let union = |f: fn(&RawWebhook) -> &Vec<String>| {
         let mut out: Vec<String> = Vec::new();
-        for w in webhooks {
-            for p in f(w) {
-                if !out.contains(p) {
-                    out.push(p.clone());
+        for w in webhooks.iter().filter(|w| w.enabled != Some(false)) {
+            for p in f(w).iter().map(|p| catalog::generic_path(p)) {
+                if !out.contains(&p) {
+                    out.push(p);
                 }
             }
         }

@@ -394,8 +394,8 @@ fn coalesce(
         let Ok(e) = Event::decode(v.value()) else {
             continue;
         };
-        // Events, and messages of several changes (a full sync, a removal), never give way.
-        if e.kind != Kind::Status || !e.more.is_empty() {
+        // Events, full syncs and messages of several changes (a removal) never give way.
+        if e.kind != Kind::Status || !e.more.is_empty() || e.full_sync {
             continue;
         }
         if !seen.insert((e.device, e.path)) {

@@ -130,10 +130,16 @@ pub async fn run(s: RoomosSettings, ingest: Ingest, shutdown: CancellationToken)
                         counters.reconnects.inc();
                         status.disconnected(why.clone());
                         tracing::warn!(source = %s.name, "connection to the device at {} lost: {why}; reconnecting", s.url);
+                        // A connection that dies young (a device that drops it at once, a
+                        // frame over max_frame every time) backs off like a failed connect.
                         if started.elapsed() >= STABLE_AFTER {
                             backoff = BACKOFF_MIN;
                         }
-                        jitter(backoff)
+                        let d = jitter(backoff);
+                        if started.elapsed() < STABLE_AFTER {
+                            backoff = (backoff * 2).min(BACKOFF_MAX);
+                        }
+                        d
                     }
                 }
             }
@@ -281,6 +287,8 @@ impl<'a> Session<'a> {
         let keep_alive = self.s.keep_alive;
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + keep_alive, keep_alive);
+        // After a stall (the store refusing), one tick, not a burst of them.
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut awaiting_pong = false;
         let sync_deadline = tokio::time::Instant::now() + SYNC_DEADLINE;
         let mut retry_at: Option<tokio::time::Instant> = None;
@@ -292,29 +300,7 @@ impl<'a> Session<'a> {
                     let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Message::Close(None))).await;
                     return End::Shutdown;
                 }
-                _ = ping.tick() => {
-                    if awaiting_pong {
-                        return End::Lost(format!("no pong within keep_alive ({keep_alive:?}): the device stopped answering"));
-                    }
-                    awaiting_pong = true;
-                    if let Err(e) = tx.send(Message::Ping(Vec::new().into())).await {
-                        return End::Lost(format!("sending a ping: {e}"));
-                    }
-                }
-                _ = tokio::time::sleep_until(sync_deadline), if self.syncing => {
-                    tracing::warn!(source = %self.s.name, "the device did not answer every subscription and query within {SYNC_DEADLINE:?}; sending the full sync with what arrived");
-                    self.pending.retain(|_, p| !matches!(p, Pending::Query(_)));
-                    if let Some(end) = self.finish_sync().await {
-                        return end;
-                    }
-                }
-                _ = sleep_until_opt(retry_at), if retry_at.is_some() => {
-                    retry_at = None;
-                    let again: Vec<usize> = self.failed.iter().filter(|(_, (c, _))| rpc::retryable(*c)).map(|(q, _)| *q).collect();
-                    for q in again {
-                        out.push(self.request(Pending::Subscribe(q)));
-                    }
-                }
+                // Frames before the ping timer: a pong that already arrived is read first.
                 frame = rx.next() => {
                     awaiting_pong = false;
                     match frame {
@@ -337,6 +323,30 @@ impl<'a> Session<'a> {
                         Some(Ok(Message::Binary(_))) => self.bad_frame("binary", "a binary frame (the xAPI speaks text)"),
                         Some(Ok(Message::Close(_))) => return End::Lost("the device closed the connection".into()),
                         Some(Ok(_)) => {}
+                    }
+                }
+                _ = ping.tick() => {
+                    if awaiting_pong {
+                        return End::Lost(format!("no pong within keep_alive ({keep_alive:?}): the device stopped answering"));
+                    }
+                    awaiting_pong = true;
+                    if let Err(e) = tx.send(Message::Ping(Vec::new().into())).await {
+                        return End::Lost(format!("sending a ping: {e}"));
+                    }
+                }
+                _ = tokio::time::sleep_until(sync_deadline), if self.syncing => {
+                    tracing::warn!(source = %self.s.name, "the device did not answer every subscription and query within {SYNC_DEADLINE:?}; sending the full sync with what arrived");
+                    self.pending.retain(|_, p| !matches!(p, Pending::Query(_)));
+                    if let Some(end) = self.finish_sync().await {
+                        return end;
+                    }
+                }
+                _ = sleep_until_opt(retry_at), if retry_at.is_some() => {
+                    retry_at = None;
+                    let asked: Vec<usize> = self.pending.values().filter_map(|p| match p { Pending::Subscribe(q) => Some(*q), _ => None }).collect();
+                    let again: Vec<usize> = self.failed.iter().filter(|(q, (c, _))| rpc::retryable(*c) && !asked.contains(q)).map(|(q, _)| *q).collect();
+                    for q in again {
+                        out.push(self.request(Pending::Subscribe(q)));
                     }
                 }
             }
@@ -388,7 +398,15 @@ impl<'a> Session<'a> {
                         .and_then(|i| i.as_u64().or_else(|| i.as_str()?.parse().ok()))
                     else {
                         self.bad_frame("malformed", "a subscription answer without Id");
-                        return Ok(false);
+                        self.failed.insert(
+                            q,
+                            (
+                                0,
+                                "the device answered the subscription without an Id".into(),
+                            ),
+                        );
+                        self.publish_failures();
+                        return self.maybe_finish_sync().await.map_or(Ok(false), Err);
                     };
                     self.subs.insert(sub, q);
                     if self.failed.remove(&q).is_some() {
@@ -411,6 +429,12 @@ impl<'a> Session<'a> {
                 let what = id.as_ref().and_then(|i| self.pending.remove(i));
                 let why = rpc::explain(code, &message);
                 match what {
+                    Some(Pending::Identity) if code == -31997 => {
+                        // Just after a reboot: the identity comes once the device is ready.
+                        return Err(End::Lost(format!(
+                            "cannot read the device's serial number yet: {why}"
+                        )));
+                    }
                     Some(Pending::Identity) => {
                         tracing::warn!(source = %self.s.name, "cannot read the device's serial number ({why}); using the source name as device id (set device = \"…\")");
                         self.device = Some(self.s.name.clone());
