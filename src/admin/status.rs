@@ -77,6 +77,17 @@ pub fn status(sup: &Supervisor) -> Value {
                     .unwrap_or_default()
             ));
         }
+        if state == "refusing" {
+            problems.push(format!(
+                "webhook {}: the receiver refused {} messages in a row for good (4xx); the queue is held and retried every retry_max{}",
+                w.settings.name,
+                crate::deliver::worker::REFUSING_AFTER,
+                st.last_error
+                    .as_ref()
+                    .map(|e| format!(" ({})", e.message))
+                    .unwrap_or_default()
+            ));
+        }
         if state == "disabled" && w.settings.enabled {
             problems.push(format!(
                 "webhook {}: disabled by the receiver (410 Gone); `roomhook webhook enable {}` starts it again",

@@ -1,5 +1,6 @@
 //! What an answer means: delivered, retry (and whether it is back-pressure), hold the
-//! queue after 401/403, disable on 410, or dead-letter on other client errors.
+//! queue after 401/403, disable on 410, smaller batches on 413, or dead-letter on other
+//! client errors (404, 405, 415 are retried: proxies answer them during a deploy).
 
 use super::client::{Failure, FailureKind, Outcome};
 use super::concurrency::Signal;
@@ -27,6 +28,8 @@ pub enum Action {
     Gone,
     /// Another 4xx: the receiver will never take this message: move it to the dead letters.
     DeadLetter,
+    /// 413: the body is too large for the receiver: retry in smaller batches.
+    TooLarge,
 }
 
 impl Action {
@@ -63,10 +66,13 @@ fn classify_failure(f: &Failure) -> Action {
         FailureKind::Http(s) => match s.as_u16() {
             401 | 403 => Action::AuthFailed,
             410 => Action::Gone,
-            408 | 425 => Action::Retry {
+            // 404/405/415 often come from a proxy or a deploy in progress, not from the
+            // receiver's verdict on the message: held and retried like a 5xx.
+            408 | 425 | 404 | 405 | 415 => Action::Retry {
                 pause: None,
                 backpressure: false,
             },
+            413 => Action::TooLarge,
             429 | 503 => Action::Retry {
                 pause: f
                     .retry_after
@@ -108,6 +114,10 @@ mod tests {
         assert_eq!(http(400, None), Action::DeadLetter);
         assert_eq!(http(422, None), Action::DeadLetter);
         assert!(matches!(http(408, None), Action::Retry { .. }));
+        for code in [404, 405, 415] {
+            assert!(matches!(http(code, None), Action::Retry { .. }), "{code}");
+        }
+        assert_eq!(http(413, None), Action::TooLarge);
         assert!(matches!(http(425, None), Action::Retry { .. }));
         assert!(matches!(
             http(302, None),

@@ -20,17 +20,21 @@ pub enum State {
     AuthFailed,
     /// Disabled (by config, or the receiver answered 410): queue kept, nothing sent.
     Disabled,
+    /// The receiver refused many messages in a row for good (4xx): rather than emptying the
+    /// queue into the dead letters, it is held and retried slowly.
+    Refusing,
 }
 
 impl State {
     /// Every state, for metrics.
-    pub const ALL: [State; 6] = [
+    pub const ALL: [State; 7] = [
         State::Active,
         State::Retrying,
         State::Paused,
         State::CircuitOpen,
         State::AuthFailed,
         State::Disabled,
+        State::Refusing,
     ];
 
     /// The label / JSON name.
@@ -42,6 +46,7 @@ impl State {
             State::CircuitOpen => "circuit_open",
             State::AuthFailed => "auth_failed",
             State::Disabled => "disabled",
+            State::Refusing => "refusing",
         }
     }
 }

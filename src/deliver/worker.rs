@@ -90,7 +90,18 @@ struct Pace {
     partial_since: Option<Instant>,
     /// Delivered entries whose removal is not yet committed.
     unremoved: usize,
+    /// Messages per request now: `batch_max_messages`, halved by each 413 on a batch.
+    batch_cap: usize,
+    /// Permanent refusals (dead letters) in a row.
+    refusals: u32,
+    /// Past [`REFUSING_AFTER`] refusals in a row: the queue is held instead of emptied.
+    refusing: bool,
 }
+
+/// Permanent refusals in a row after which the queue is held (state `refusing`) rather
+/// than moved into the dead letters: a receiver that refuses everything is broken, not
+/// judging messages.
+pub const REFUSING_AFTER: u32 = 20;
 
 impl Worker {
     /// Runs until shutdown.
@@ -119,6 +130,9 @@ impl Worker {
             start_at: now + jitter,
             partial_since: None,
             unremoved: 0,
+            batch_cap: p.batch_max_messages,
+            refusals: 0,
+            refusing: false,
         };
         let label = Metrics::webhook(&self.settings.name);
         let m = &self.metrics;
@@ -333,7 +347,7 @@ impl Worker {
         removed: &mut Vec<u64>,
     ) -> Option<(Request, Bytes)> {
         let p = &self.settings.pacing;
-        let max = p.batch_max_messages;
+        let max = p.batch_max_messages.min(pace.batch_cap).max(1);
         let mut request = Request {
             lanes: Vec::new(),
             entries: Vec::new(),
@@ -464,8 +478,14 @@ impl Worker {
                 Action::Gone => {
                     "the receiver answered 410 Gone; the webhook is disabled, its queue kept"
                 }
+                Action::DeadLetter if pace.refusals + 1 >= REFUSING_AFTER => {
+                    "the receiver refuses every message for good; the queue is held (state refusing) and retried every retry_max"
+                }
                 Action::DeadLetter => {
                     "the receiver refused the message for good; it moves to the dead letters"
+                }
+                Action::TooLarge => {
+                    "the receiver answered 413 (body too large); retried in smaller batches"
                 }
                 _ => "delivery failed, the message stays queued and is retried",
             };
@@ -488,6 +508,8 @@ impl Worker {
         match action {
             Action::Delivered => {
                 pace.auth_failed = false;
+                pace.refusals = 0;
+                pace.refusing = false;
                 let done = pace
                     .sched
                     .complete(&request.lanes, Verdict::Done, now, unit);
@@ -503,7 +525,23 @@ impl Worker {
                     removed.push(e.seq);
                 }
             }
+            Action::DeadLetter if pace.refusals + 1 >= REFUSING_AFTER => {
+                pace.refusals += 1;
+                pace.refusing = true;
+                let pause = Some(self.settings.retry_max);
+                pace.sched
+                    .complete(&request.lanes, Verdict::Retry { pause }, now, unit);
+            }
+            Action::TooLarge => {
+                let n = request.entries.len();
+                if n > 1 {
+                    pace.batch_cap = (n / 2).max(1);
+                }
+                pace.sched
+                    .complete(&request.lanes, Verdict::Retry { pause: None }, now, unit);
+            }
             Action::DeadLetter => {
+                pace.refusals += 1;
                 let reason = match &outcome {
                     Outcome::Failed(f) => f.message.clone(),
                     Outcome::Delivered { .. } => String::new(),
@@ -549,6 +587,8 @@ impl Worker {
         let now = Instant::now();
         let state = if pace.disabled {
             State::Disabled
+        } else if pace.refusing {
+            State::Refusing
         } else if pace.auth_failed {
             State::AuthFailed
         } else if pace.sched.circuit() != Circuit::Closed {

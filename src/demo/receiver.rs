@@ -57,6 +57,8 @@ pub enum Behaviour {
     /// 200, after a delay of this many milliseconds per request in progress (an
     /// overloaded server: the more it is sent at once, the slower it answers).
     SlowPerConcurrent(u64),
+    /// 413 for a JSON array of more than this many messages, 200 otherwise (a body limit).
+    MaxMessages(usize),
 }
 
 struct State {
@@ -245,6 +247,13 @@ async fn handle(
         ),
         Behaviour::Status(s) => (s, None),
         Behaviour::StatusRetryAfter(s, secs) => (s, Some(secs)),
+        Behaviour::MaxMessages(n) => {
+            let count = match serde_json::from_slice::<serde_json::Value>(&body) {
+                Ok(serde_json::Value::Array(items)) => items.len(),
+                _ => 1,
+            };
+            (if count > n { 413 } else { 200 }, None)
+        }
     };
     if st.print {
         let text = String::from_utf8_lossy(&body);

@@ -66,14 +66,17 @@ pub enum DropReason {
     Coalesced,
     /// Older than the webhook's `max_queue_age`.
     Expired,
+    /// A dead letter pushed out by newer ones past [`MAX_DEAD_LETTERS`].
+    DeadLetterEvicted,
 }
 
 impl DropReason {
     /// Every reason.
-    pub const ALL: [DropReason; 3] = [
+    pub const ALL: [DropReason; 4] = [
         DropReason::Overflow,
         DropReason::Coalesced,
         DropReason::Expired,
+        DropReason::DeadLetterEvicted,
     ];
 
     /// The metric label.
@@ -82,6 +85,7 @@ impl DropReason {
             DropReason::Overflow => "overflow",
             DropReason::Coalesced => "coalesced",
             DropReason::Expired => "expired",
+            DropReason::DeadLetterEvicted => "dead_letter_evicted",
         }
     }
 
@@ -165,7 +169,7 @@ pub struct QueueStats {
     /// overflow unless nothing else is left).
     pub window_end: AtomicU64,
     /// Events dropped, by [`DropReason`].
-    pub dropped: [AtomicU64; 3],
+    pub dropped: [AtomicU64; 4],
     /// Every entry at or below this sequence number that is still unsent was dropped as
     /// oldest; the worker skips such entries it already holds.
     pub dropped_through: AtomicU64,
@@ -984,6 +988,41 @@ mod tests {
         names.sort();
         assert_eq!(names, vec![("a".to_string(), a), ("d".to_string(), d)]);
         assert_eq!(store.depth(a), 1);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn dead_letters_past_the_cap_are_counted_as_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_bytes: 1 << 30,
+            queues: vec![("a".into(), Overflow::DropOldest)],
+        };
+        let (store, ids) = Store::open(dir.path(), &limits).unwrap();
+        let a = ids[0];
+        let n = MAX_DEAD_LETTERS + 5;
+        store
+            .append((0..n).map(|i| (a, event(i as i64))).collect())
+            .await
+            .unwrap();
+        let letters: Vec<(u64, DeadLetter)> = (1..=n)
+            .map(|seq| {
+                (
+                    seq,
+                    DeadLetter {
+                        event: Event::decode(&event(seq as i64)).unwrap(),
+                        status: Some(422),
+                        reason: "no".into(),
+                        at_ms: 0,
+                    },
+                )
+            })
+            .collect();
+        store.dead_letter(a, letters).await.unwrap();
+        // A later commit makes sure the dead-letter op was applied.
+        store.append(vec![(a, event(-1))]).await.unwrap();
+        assert_eq!(store.dead_count(a), MAX_DEAD_LETTERS);
+        assert_eq!(store.dropped(a, DropReason::DeadLetterEvicted), 5);
         store.close().await;
     }
 }

@@ -558,6 +558,10 @@ fn commit(
                             for s in old {
                                 dead.remove((webhook.0, s))?;
                                 *delta.dead.entry(*webhook).or_default() -= 1;
+                                *delta
+                                    .dropped
+                                    .entry((*webhook, DropReason::DeadLetterEvicted))
+                                    .or_default() += 1;
                             }
                         }
                     }
@@ -651,13 +655,19 @@ fn commit(
                 let what: Vec<String> = delta
                     .dropped
                     .iter()
-                    .map(|((w, r), n)| format!("{n} from webhook #{} ({})", w.0, r.label()))
+                    .map(|((w, r), n)| {
+                        let why = match r {
+                            DropReason::Overflow => "store full (max_store_bytes), oldest first",
+                            DropReason::Coalesced => "store full, superseded status values",
+                            DropReason::Expired => "older than max_queue_age",
+                            DropReason::DeadLetterEvicted => {
+                                "dead letters past the 10,000 kept, oldest first"
+                            }
+                        };
+                        format!("{n} from webhook #{} ({}: {why})", w.0, r.label())
+                    })
                     .collect();
-                tracing::warn!(
-                    suppressed,
-                    "store full (max_store_bytes): dropped {}",
-                    what.join(", ")
-                );
+                tracing::warn!(suppressed, "events dropped: {}", what.join(", "));
             }
         }
         if refused.iter().any(|r| *r) {
