@@ -449,16 +449,34 @@ async fn delete_purges_the_backlog_and_survives_a_restart() {
     let (code, _, err) = webhook_cli(&config, &["delete", "facilities"]).await;
     assert_ne!(code, 0);
     assert!(err.contains("no webhook named"), "{err}");
-    let requests = rx.receiver.requests().len();
     assert_eq!(daemon.stop(), Some(0));
-    let _daemon = Daemon::start(&config);
-    assert!(webhook_list(&config).await.is_empty());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The store itself no longer holds the queue (not just the config no longer naming it).
+    let cfg = config.to_str().unwrap();
+    let (code, out, err) = run_cli(&["store", "check", "-c", cfg]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("webhook facilities"), "{out}");
+    // A webhook of the same name added back starts with an empty queue: nothing of the
+    // deleted backlog goes out.
+    rx.receiver.set_behaviour(Behaviour::Accept);
+    std::fs::write(
+        &config,
+        standard_config(broker.port, &rx.url, &rx.ca_file, ""),
+    )
+    .unwrap();
+    let requests = rx.receiver.requests().len();
+    let daemon = Daemon::start(&config);
+    let list = webhook_list(&config).await;
+    assert_eq!(list[0]["queue"]["events"].as_u64(), Some(0), "{list:?}");
+    publish(broker.port, &[("after".to_string(), 1)]).await;
+    assert!(rx.receiver.wait_accepted(1, Duration::from_secs(20)).await);
+    let sent: Vec<_> = rx.receiver.requests().into_iter().skip(requests).collect();
     assert_eq!(
-        rx.receiver.requests().len(),
-        requests,
-        "a deleted webhook sent requests"
+        sent.len(),
+        1,
+        "the deleted backlog came back: {:?}",
+        sent.iter().map(|r| r.json()).collect::<Vec<_>>()
     );
+    drop(daemon);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

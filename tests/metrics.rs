@@ -128,6 +128,15 @@ async fn every_counter_is_exact_for_a_known_mix() {
             2.0,
         ),
         ("roomhook_dead_letters{webhook=\"strict\"}", 2.0),
+        // Counters of a known label set exist at 0 before anything happened.
+        (
+            "roomhook_request_errors_total{webhook=\"main\",kind=\"timeout\"}",
+            0.0,
+        ),
+        (
+            "roomhook_events_dropped_total{webhook=\"main\",reason=\"dead_letter_evicted\"}",
+            0.0,
+        ),
         (
             "roomhook_events_dropped_total{webhook=\"stale\",reason=\"expired\"}",
             1.0,

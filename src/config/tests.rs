@@ -400,3 +400,20 @@ fn plaintext_roomos_for_a_lab() {
     );
     assert_eq!(r.auth_mode, DeviceAuthMode::Subprotocol);
 }
+
+#[test]
+fn absurd_numbers_are_errors_not_panics() {
+    let e = one(&GOOD.replace(
+        "events = []",
+        "events = []\nrate_limit = 1e-300\nretry_max = \"99999999999999999999d\"",
+    ));
+    assert_eq!(e.key, "webhooks[0].retry_max");
+    assert!(e.problem.contains("too long"), "{e}");
+}
+
+#[test]
+fn an_authorization_value_a_header_cannot_carry_is_refused() {
+    let e = one(&GOOD.replace("Bearer abc-secret", "Bearer abc-secret\\u0001"));
+    assert_eq!(e.key, "webhooks[0].authorization");
+    assert!(e.problem.contains("cannot carry"), "{e}");
+}

@@ -24,6 +24,10 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("{raw:?} is not a duration"));
     }
+    // Ten years is more than any setting needs; larger numbers overflow a Duration.
+    if secs > 10.0 * 365.0 * 86_400.0 {
+        return Err(format!("{raw:?} is too long (at most ten years)"));
+    }
     Ok(Duration::from_secs_f64(secs))
 }
 

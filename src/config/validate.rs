@@ -1238,6 +1238,14 @@ fn webhook_auth(cx: &mut Ctx<'_>, key: &str, w: &RawWebhook) -> Option<Auth> {
                 );
                 return None;
             }
+            if hyper::header::HeaderValue::from_str(token.expose()).is_err() {
+                cx.err(
+                    format!("{key}.authorization"),
+                    "has characters an HTTP header cannot carry (control characters or non-ASCII); requests would go out unauthenticated",
+                    "use printable ASCII, e.g. \"Bearer <token>\"",
+                );
+                return None;
+            }
             Some(Auth::Token(token))
         }
         (false, false, true) => {

@@ -34,6 +34,19 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// Every label, exported at 0 from the start so that `rate()` and alerts work before
+    /// the first failure.
+    pub const LABELS: [&'static str; 8] = [
+        "connect",
+        "tls",
+        "timeout",
+        "http_3xx",
+        "http_4xx",
+        "http_5xx",
+        "http_other",
+        "other",
+    ];
+
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {

@@ -4,6 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+/// Longest wait `next_token` answers; the bucket is asked again after it.
+const MAX_WAIT: Duration = Duration::from_secs(86_400);
+
 /// A token bucket.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
@@ -54,7 +57,9 @@ impl TokenBucket {
         if self.tokens >= 1.0 || self.rate <= 0.0 {
             now
         } else {
-            now + Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+            // A tiny rate must not overflow the wait (it is looked at again within a day).
+            let wait = ((1.0 - self.tokens) / self.rate).min(MAX_WAIT.as_secs_f64());
+            now + Duration::from_secs_f64(wait)
         }
     }
 }
@@ -62,6 +67,14 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tiny_rate_waits_at_most_a_day_instead_of_panicking() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(1e-300, 1, t0);
+        assert!(b.take(t0));
+        assert_eq!(b.next_token(t0), t0 + MAX_WAIT);
+    }
 
     #[test]
     fn never_more_than_burst_plus_rate_times_time() {

@@ -136,6 +136,12 @@ impl Worker {
         };
         let label = Metrics::webhook(&self.settings.name);
         let m = &self.metrics;
+        for kind in crate::deliver::client::FailureKind::LABELS {
+            let _ = m.request_errors.get_or_create(&WebhookKindLabel {
+                webhook: self.settings.name.clone(),
+                kind: kind.to_string(),
+            });
+        }
         let mut counters = Counters {
             delivered: m.events_delivered.get_or_create(&label).clone(),
             codes: HashMap::new(),

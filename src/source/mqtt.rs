@@ -96,6 +96,20 @@ pub async fn run(
     let connected = metrics.source_connected.get_or_create(&label).clone();
     let reconnects = metrics.source_reconnects.get_or_create(&label).clone();
     let redelivered = metrics.source_redelivered.get_or_create(&label).clone();
+    for reason in [
+        "not_json",
+        "no_device",
+        "no_known_field",
+        "bad_value",
+        "too_large",
+    ] {
+        let _ = metrics
+            .source_decode_errors
+            .get_or_create(&SourceReasonLabel {
+                source: s.name.clone(),
+                reason: reason.to_string(),
+            });
+    }
     let status = ingest.sources().get(&s.name);
     let mut decode_log = RateLog::new(Duration::from_secs(10));
     let mut conn_log = RateLog::new(Duration::from_secs(30));

@@ -48,6 +48,18 @@ const SYNC_DEADLINE: Duration = Duration::from_secs(30);
 /// Retry of subscriptions the device refused for a passing reason (not ready, too many).
 const SUBSCRIBE_RETRY: Duration = Duration::from_secs(30);
 
+/// The `reason`s of `roomhook_source_decode_errors_total` a RoomOS source counts (exported
+/// at 0 from the start).
+const DECODE_REASONS: [&str; 7] = [
+    "not_json",
+    "malformed",
+    "unknown_method",
+    "unknown_id",
+    "binary",
+    "bad_value",
+    "too_large",
+];
+
 /// Why a session ended.
 enum End {
     /// Shutdown was asked for.
@@ -71,6 +83,14 @@ struct Counters {
 impl Counters {
     fn new(metrics: &Arc<Metrics>, name: &str) -> Self {
         let label = Metrics::source(name);
+        for reason in DECODE_REASONS {
+            let _ = metrics
+                .source_decode_errors
+                .get_or_create(&SourceReasonLabel {
+                    source: name.to_string(),
+                    reason: reason.to_string(),
+                });
+        }
         Self {
             messages: metrics.source_messages.get_or_create(&label).clone(),
             connected: metrics.source_connected.get_or_create(&label).clone(),
