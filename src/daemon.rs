@@ -56,6 +56,7 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
             .await
             .context("store open task")??
     };
+    store.set_commit_interval(settings.commit_interval);
     tracing::info!(store = %store.path().display(), "store open");
     let ingest = Ingest::new(store.clone(), metrics.clone());
     let supervisor = Supervisor::start(

@@ -357,3 +357,39 @@ async fn a_message_over_max_payload_is_skipped_and_the_source_goes_on() {
     assert!(daemon.logs().contains("over max_payload"));
     assert_eq!(daemon.stop(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_interval_groups_commits_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker();
+    let rx = receiver(dir.path(), false).await;
+    let admin = free_port();
+    let config = write_config(
+        dir.path(),
+        &standard_config(broker.port, &rx.url, &rx.ca_file, "").replace(
+            "org_id = \"test-org\"\n",
+            &format!(
+                "org_id = \"test-org\"\ncommit_interval = \"250ms\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"
+            ),
+        ),
+    );
+    let mut daemon = Daemon::start(&config);
+    let commits = || metric(admin, "roomhook_store_commit_duration_seconds_count").unwrap_or(0.0);
+    let before = commits();
+    // 60 messages at 20 a second: without the interval, 2 durable commits each.
+    let msgs: Vec<(String, String)> = workload(3, 20)
+        .into_iter()
+        .map(|(d, v)| (format!("bench/{d}/status"), format!("{{\"people\":{v}}}")))
+        .collect();
+    roomhook::testkit::publish_all(broker.port, msgs, Some(Duration::from_millis(50)))
+        .await
+        .unwrap();
+    assert!(rx.receiver.wait_accepted(60, Duration::from_secs(30)).await);
+    assert_complete_and_ordered(&rx.receiver.accepted(), 3, 20);
+    let grouped = commits() - before;
+    assert!(
+        grouped < 40.0,
+        "{grouped} commits for 60 messages: not grouped by commit_interval"
+    );
+    assert_eq!(daemon.stop(), Some(0));
+}

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 #[command(about = "Benchmarks the roomhook daemon binary end to end")]
 struct Args {
     /// Scenarios to run (comma-separated): throughput, batched, latency, idle, drain, store,
-    /// roomos.
+    /// roomos, wear.
     #[arg(
         long,
-        default_value = "throughput,batched,latency,idle,drain,store,roomos"
+        default_value = "throughput,batched,latency,idle,drain,store,roomos,wear"
     )]
     scenarios: String,
     /// Events in the store scenario.
@@ -44,6 +44,15 @@ struct Args {
     /// max_in_flight of the benchmark webhook.
     #[arg(long, default_value_t = 64)]
     max_in_flight: usize,
+    /// Steady rates (events/s) of the wear scenario.
+    #[arg(long, default_value = "1,20,200")]
+    wear_rates: String,
+    /// Seconds per rate in the wear scenario.
+    #[arg(long, default_value_t = 20)]
+    wear_seconds: u64,
+    /// `[gateway] commit_interval` values the wear scenario compares.
+    #[arg(long, default_value = "0s,250ms")]
+    wear_commit_intervals: String,
     /// Simulated RoomOS devices in the roomos scenario.
     #[arg(long, default_value_t = 50)]
     roomos_devices: usize,
@@ -430,6 +439,102 @@ async fn idle(binary: &Path) -> Result<serde_json::Value, String> {
     }))
 }
 
+/// CPU time of every thread of a process, nanoseconds (`/proc/PID/task/*/schedstat`).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Bytes a process caused to be written to storage (`/proc/PID/io` `write_bytes`).
+fn write_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// What a gateway writes to its SD card: at steady low rates (one MQTT message = one event,
+/// one webhook), bytes written to storage, daemon CPU and durable commits per event, for
+/// each `commit_interval`; and what an idle daemon writes.
+async fn wear(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
+    let s = setup().await?;
+    let admin = roomhook::testkit::free_port().map_err(|e| e.to_string())?;
+    let rates: Vec<u64> = args
+        .wear_rates
+        .split(',')
+        .filter_map(|r| r.trim().parse().ok())
+        .collect();
+    let mut rows = Vec::new();
+    for interval in args.wear_commit_intervals.split(',').map(str::trim) {
+        let path = config(&s, 1, 1, 8, "");
+        let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+        let text = text.replacen(
+            "org_id = \"bench\"\n",
+            &format!(
+                "org_id = \"bench\"\ncommit_interval = \"{interval}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"
+            ),
+            1,
+        );
+        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        let daemon = Daemon::start(binary, &path)?;
+        wait_ready(&s, s.receiver.requests().len()).await?;
+        let commits = || {
+            roomhook::testkit::metric(admin, "roomhook_store_commit_duration_seconds_count")
+                .unwrap_or(0.0)
+        };
+        // Idle first: once the start-up writes settled, nothing should be written.
+        std::thread::sleep(Duration::from_secs(2));
+        let (w0, c0) = (write_bytes(daemon.pid()), cpu_ns(daemon.pid()));
+        std::thread::sleep(Duration::from_secs(5));
+        let idle_bytes = write_bytes(daemon.pid()) - w0;
+        let idle_cpu_ms = (cpu_ns(daemon.pid()) - c0) as f64 / 1e6;
+        for &rate in &rates {
+            let n = (rate * args.wear_seconds).max(1) as usize;
+            let base = s.receiver.accepted_messages();
+            let (w0, c0, k0) = (write_bytes(daemon.pid()), cpu_ns(daemon.pid()), commits());
+            publish_all(
+                s.broker.port,
+                workload(10, n),
+                Some(Duration::from_secs_f64(1.0 / rate as f64)),
+            )
+            .await?;
+            s.receiver
+                .wait_accepted(base + n, Duration::from_secs(60))
+                .await;
+            // The removals of the last deliveries are committed too.
+            std::thread::sleep(Duration::from_millis(500));
+            let bytes = write_bytes(daemon.pid()) - w0;
+            let cpu_us = (cpu_ns(daemon.pid()) - c0) as f64 / 1e3;
+            let k = commits() - k0;
+            let per_event = bytes as f64 / n as f64;
+            rows.push(serde_json::json!({
+                "commit_interval": interval, "rate_per_second": rate, "events": n,
+                "delivered": s.receiver.accepted_messages() - base,
+                "written_kib_per_event": per_event / 1024.0,
+                "written_gb_per_day": per_event * rate as f64 * 86_400.0 / 1e9,
+                "daemon_cpu_us_per_event": cpu_us / n as f64,
+                "durable_commits_per_event": k / n as f64,
+            }));
+        }
+        daemon.stop();
+        rows.push(serde_json::json!({
+            "commit_interval": interval, "idle_written_bytes_in_5s": idle_bytes,
+            "idle_cpu_ms_in_5s": idle_cpu_ms,
+        }));
+    }
+    Ok(serde_json::json!({ "scenario": "wear", "runs": rows }))
+}
+
 /// Idle RSS with `n` RoomOS devices connected against none, and how their reconnects spread
 /// after every connection drops at once (a shared network outage).
 async fn roomos(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
@@ -716,6 +821,7 @@ fn main() -> std::process::ExitCode {
                 "latency" => latency(&args, &binary).await,
                 "idle" => idle(&binary).await,
                 "roomos" => roomos(&args, &binary).await,
+                "wear" => wear(&args, &binary).await,
                 "store" => store(&args).await,
                 other => Err(format!("unknown scenario {other:?}")),
             }

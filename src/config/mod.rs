@@ -68,6 +68,8 @@ pub struct RawGateway {
     pub max_store_bytes: Option<String>,
     /// Threads of the async runtime (default 1; the store writer has its own).
     pub threads: Option<usize>,
+    /// Group commits gather this long (default `"0s"`): fewer writes, later acks.
+    pub commit_interval: Option<String>,
 }
 
 /// `[admin]`.
@@ -285,6 +287,8 @@ pub struct Settings {
     pub webhooks: Vec<WebhookSettings>,
     /// Threads of the async runtime.
     pub threads: usize,
+    /// How long a group commit gathers before it is written (0: at once).
+    pub commit_interval: Duration,
     /// `[log] filter`, if set.
     pub log_filter: Option<String>,
     /// `[log] format`, if set.

@@ -212,6 +212,21 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
             "use a long random token, e.g. from: head -c 24 /dev/urandom | base64",
         );
     }
+    let commit_interval = {
+        let parsed = raw
+            .gateway
+            .commit_interval
+            .as_ref()
+            .map(|r| parse_duration(r));
+        cx.duration_or_zero("gateway.commit_interval", parsed, Duration::ZERO)
+    };
+    if commit_interval > Duration::from_secs(5) {
+        cx.err(
+            "gateway.commit_interval",
+            "must be at most 5s (MQTT acks and RoomOS reads wait for the commit)",
+            "write e.g. \"250ms\"",
+        );
+    }
     if raw.gateway.threads.is_some_and(|t| !(1..=64).contains(&t)) {
         cx.err(
             "gateway.threads",
@@ -275,6 +290,7 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
                 .unwrap_or_else(|| cx.path(&raw.gateway.data_dir).join("roomhook.sock")),
             admin_token,
             threads: raw.gateway.threads.unwrap_or(1),
+            commit_interval,
             log_filter: raw.log.filter.clone(),
             log_format: raw.log.format,
             mqtt,

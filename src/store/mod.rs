@@ -298,6 +298,9 @@ pub(crate) struct Shared {
     pub(crate) health: Health,
     /// Set by `close`: a writer that is reopening the database gives up.
     pub(crate) closing: std::sync::atomic::AtomicBool,
+    /// `[gateway] commit_interval` in nanoseconds: a group gathers ops this long after its
+    /// first one before it is committed (0: commit as soon as the writer is free).
+    pub(crate) commit_interval_ns: AtomicU64,
     /// Observes every group commit's duration, once the metrics are attached.
     pub(crate) commit_duration:
         std::sync::OnceLock<prometheus_client::metrics::histogram::Histogram>,
@@ -470,11 +473,21 @@ impl Store {
             health: Health::default(),
             closing: std::sync::atomic::AtomicBool::new(false),
             commit_duration: std::sync::OnceLock::new(),
+            commit_interval_ns: AtomicU64::new(0),
             finished: std::sync::Mutex::new(Some(finished_rx)),
         });
         let (tx, rx) = mpsc::channel(OP_CHANNEL);
         writer::spawn(db.clone(), shared.clone(), next, rx, finished_tx);
         Ok((Store { db, tx, shared }, ids))
+    }
+
+    /// Trades a bounded delay of every commit (and so of MQTT acks) for fewer, larger
+    /// durable commits: a group gathers ops for `interval` after its first one.
+    pub fn set_commit_interval(&self, interval: std::time::Duration) {
+        self.shared.commit_interval_ns.store(
+            u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// A random number fixed at store creation; part of every `webhook-id`.

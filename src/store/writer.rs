@@ -131,6 +131,12 @@ fn run(
             }
             continue;
         }
+        // commit_interval: let the group gather (an SD card then sees one durable commit per
+        // interval instead of one per message).
+        let linger = shared.commit_interval_ns.load(Ordering::Relaxed);
+        if linger > 0 {
+            std::thread::sleep(std::time::Duration::from_nanos(linger));
+        }
         let mut ops = vec![first];
         let mut closing = false;
         let mut then = None;

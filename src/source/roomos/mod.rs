@@ -21,7 +21,7 @@ use crate::ratelog::RateLog;
 use crate::source::status::SourceStatus;
 use crate::store::StoreError;
 use connect::{ConnectError, FailKind, PeerCert};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use rpc::Incoming;
@@ -59,6 +59,9 @@ const DECODE_REASONS: [&str; 7] = [
     "bad_value",
     "too_large",
 ];
+
+/// Frames already received that are handled (and committed) together.
+const FRAME_BATCH: usize = 256;
 
 /// Why a session ended.
 enum End {
@@ -241,6 +244,8 @@ struct Session<'a> {
     held: Vec<Event>,
     frame_log: RateLog,
     shutdown: CancellationToken,
+    /// Events decoded and not yet committed (committed together after a batch of frames).
+    outbox: Vec<Event>,
 }
 
 impl<'a> Session<'a> {
@@ -268,6 +273,7 @@ impl<'a> Session<'a> {
             held: Vec::new(),
             frame_log: RateLog::new(Duration::from_secs(10)),
             shutdown: CancellationToken::new(),
+            outbox: Vec::new(),
         }
     }
 
@@ -301,7 +307,8 @@ impl<'a> Session<'a> {
                 return End::Lost(format!("sending a request: {e}"));
             }
         }
-        if let Some(end) = self.maybe_finish_sync().await {
+        self.maybe_finish_sync();
+        if let Err(end) = self.flush().await {
             return end;
         }
         let keep_alive = self.s.keep_alive;
@@ -323,26 +330,29 @@ impl<'a> Session<'a> {
                 // Frames before the ping timer: a pong that already arrived is read first.
                 frame = rx.next() => {
                     awaiting_pong = false;
-                    match frame {
-                        None => return End::Lost("the device closed the connection".into()),
-                        Some(Err(tungstenite::Error::Capacity(e))) => {
-                            self.counters.decode_error("too_large");
-                            return End::Lost(format!("the device sent a frame over max_frame ({} bytes): {e}", self.s.max_frame));
-                        }
-                        Some(Err(e)) => return End::Lost(e.to_string()),
-                        Some(Ok(Message::Text(text))) => {
-                            match self.on_text(text.as_str(), &mut out).await {
-                                Ok(retry) => {
-                                    if retry && retry_at.is_none() {
-                                        retry_at = Some(tokio::time::Instant::now() + SUBSCRIBE_RETRY);
-                                    }
-                                }
-                                Err(end) => return end,
+                    // Whatever else has already arrived is handled with it, and committed
+                    // together (with commit_interval set, a commit takes that long).
+                    let mut next = Some(frame);
+                    let mut batch = 0;
+                    while let Some(frame) = next.take() {
+                        match self.on_frame(frame, &mut out) {
+                            Ok(true) if retry_at.is_none() => {
+                                retry_at = Some(tokio::time::Instant::now() + SUBSCRIBE_RETRY);
+                            }
+                            Ok(_) => {}
+                            Err(end) => {
+                                // What the frames before it brought is still committed.
+                                let _ = self.flush().await;
+                                return end;
                             }
                         }
-                        Some(Ok(Message::Binary(_))) => self.bad_frame("binary", "a binary frame (the xAPI speaks text)"),
-                        Some(Ok(Message::Close(_))) => return End::Lost("the device closed the connection".into()),
-                        Some(Ok(_)) => {}
+                        batch += 1;
+                        if batch < FRAME_BATCH {
+                            next = rx.next().now_or_never();
+                        }
+                    }
+                    if let Err(end) = self.flush().await {
+                        return end;
                     }
                 }
                 _ = ping.tick() => {
@@ -357,7 +367,8 @@ impl<'a> Session<'a> {
                 _ = tokio::time::sleep_until(sync_deadline), if self.syncing => {
                     tracing::warn!(source = %self.s.name, "the device did not answer every subscription and query within {SYNC_DEADLINE:?}; sending the full sync with what arrived");
                     self.pending.retain(|_, p| !matches!(p, Pending::Query(_)));
-                    if let Some(end) = self.finish_sync().await {
+                    self.finish_sync();
+                    if let Err(end) = self.flush().await {
                         return end;
                     }
                 }
@@ -378,6 +389,34 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Handles one frame (or the end of the stream); `Ok(true)`: retry a subscription later.
+    fn on_frame(
+        &mut self,
+        frame: Option<Result<Message, tungstenite::Error>>,
+        out: &mut Vec<String>,
+    ) -> Result<bool, End> {
+        match frame {
+            None => Err(End::Lost("the device closed the connection".into())),
+            Some(Err(tungstenite::Error::Capacity(e))) => {
+                self.counters.decode_error("too_large");
+                Err(End::Lost(format!(
+                    "the device sent a frame over max_frame ({} bytes): {e}",
+                    self.s.max_frame
+                )))
+            }
+            Some(Err(e)) => Err(End::Lost(e.to_string())),
+            Some(Ok(Message::Text(text))) => self.on_text(text.as_str(), out),
+            Some(Ok(Message::Binary(_))) => {
+                self.bad_frame("binary", "a binary frame (the xAPI speaks text)");
+                Ok(false)
+            }
+            Some(Ok(Message::Close(_))) => {
+                Err(End::Lost("the device closed the connection".into()))
+            }
+            Some(Ok(_)) => Ok(false),
+        }
+    }
+
     fn bad_frame(&mut self, reason: &str, what: &str) {
         self.counters.decode_error(reason);
         self.status.message(1);
@@ -387,7 +426,7 @@ impl<'a> Session<'a> {
     }
 
     /// Handles one text frame; `Ok(true)` when a subscription should be retried later.
-    async fn on_text(&mut self, text: &str, out: &mut Vec<String>) -> Result<bool, End> {
+    fn on_text(&mut self, text: &str, out: &mut Vec<String>) -> Result<bool, End> {
         self.counters.messages.inc();
         let mut retry = false;
         match rpc::parse(text) {
@@ -426,7 +465,8 @@ impl<'a> Session<'a> {
                             ),
                         );
                         self.publish_failures();
-                        return self.maybe_finish_sync().await.map_or(Ok(false), Err);
+                        self.maybe_finish_sync();
+                        return Ok(false);
                     };
                     self.subs.insert(sub, q);
                     if self.failed.remove(&q).is_some() {
@@ -442,7 +482,7 @@ impl<'a> Session<'a> {
                     if let Some(tree) = result.get("Status") {
                         tree::decode_status(tree, self.sel, &mut d);
                     }
-                    self.absorb(d).await?;
+                    self.absorb(d);
                 }
             },
             Ok(Incoming::Error { id, code, message }) => {
@@ -491,10 +531,11 @@ impl<'a> Session<'a> {
                     "Event" => tree::decode_events(&tree, self.sel, &mut d),
                     _ => {}
                 }
-                self.absorb(d).await?;
+                self.absorb(d);
             }
         }
-        self.maybe_finish_sync().await.map_or(Ok(retry), Err)
+        self.maybe_finish_sync();
+        Ok(retry)
     }
 
     /// Publishes the refused subscriptions to `status` and the metric.
@@ -511,7 +552,7 @@ impl<'a> Session<'a> {
     }
 
     /// Takes decoded values: into the snapshot while syncing, out as messages after.
-    async fn absorb(&mut self, d: Decoded) -> Result<(), End> {
+    fn absorb(&mut self, d: Decoded) {
         for (path, why) in &d.bad_values {
             self.counters.decode_error("bad_value");
             if let Some(suppressed) = self.frame_log.check(Instant::now()) {
@@ -544,7 +585,7 @@ impl<'a> Session<'a> {
                 self.snapshot.remove(p);
             }
             self.held.extend(events);
-            return Ok(());
+            return;
         }
         let mut out: Vec<Event> = d
             .updated
@@ -561,10 +602,10 @@ impl<'a> Session<'a> {
             out.push(gone);
         }
         out.extend(events);
-        self.emit(out).await
+        self.outbox.append(&mut out);
     }
 
-    async fn maybe_finish_sync(&mut self) -> Option<End> {
+    fn maybe_finish_sync(&mut self) {
         let waiting = self.pending.values().any(|p| {
             matches!(
                 p,
@@ -572,13 +613,12 @@ impl<'a> Session<'a> {
             )
         });
         if self.syncing && !waiting {
-            return self.finish_sync().await;
+            self.finish_sync();
         }
-        None
     }
 
     /// Sends the full sync (every current value, one message) and the events held meanwhile.
-    async fn finish_sync(&mut self) -> Option<End> {
+    fn finish_sync(&mut self) {
         self.syncing = false;
         let values = std::mem::take(&mut self.snapshot);
         let n = values.len();
@@ -595,14 +635,16 @@ impl<'a> Session<'a> {
         }
         out.append(&mut self.held);
         tracing::info!(source = %self.s.name, "subscribed to {} of {} path(s); full sync of {n} value(s)", self.queries.len() - self.failed.len(), self.queries.len());
-        self.emit(out).await.err()
+        self.outbox.append(&mut out);
     }
 
-    /// Commits events (retrying while the store refuses; the device will not send them again).
-    async fn emit(&mut self, events: Vec<Event>) -> Result<(), End> {
-        if events.is_empty() {
+    /// Commits the outbox (retrying while the store refuses; the device will not send the
+    /// events again).
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.outbox.is_empty() {
             return Ok(());
         }
+        let events = std::mem::take(&mut self.outbox);
         let mut wait = Duration::from_millis(200);
         loop {
             match self.ingest.accept(events.clone()).await {
