@@ -144,7 +144,7 @@ pub struct Supervisor {
     worker_stop: CancellationToken,
     source_stop: CancellationToken,
     /// Drop counts already added to the metrics, per webhook.
-    dropped_seen: std::sync::Mutex<std::collections::HashMap<WebhookId, [u64; 4]>>,
+    dropped_seen: std::sync::Mutex<std::collections::HashMap<WebhookId, [u64; 5]>>,
     store_errors_seen: std::sync::atomic::AtomicU64,
 }
 

@@ -733,10 +733,11 @@ async fn store(args: &Args) -> Result<serde_json::Value, String> {
     let mut pending = Vec::new();
     loop {
         let (s, a) = (store.clone(), after);
-        let window = tokio::task::spawn_blocking(move || s.read_after(id, a, 4096))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let window =
+            tokio::task::spawn_blocking(move || s.read_after(id, a, 4096).map(|w| w.entries))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
         let Some(last) = window.last() else { break };
         after = last.seq;
         for chunk in window.chunks(64) {

@@ -422,10 +422,16 @@ fn an_authorization_value_a_header_cannot_carry_is_refused() {
 fn commit_interval_is_bounded() {
     let s = load_str(
         Path::new("/x/r.toml"),
-        &GOOD.replace("org_id = \"my-org\"", "org_id = \"my-org\"\ncommit_interval = \"250ms\""),
+        &GOOD.replace(
+            "org_id = \"my-org\"",
+            "org_id = \"my-org\"\ncommit_interval = \"250ms\"",
+        ),
     )
     .unwrap();
     assert_eq!(s.commit_interval, Duration::from_millis(250));
-    let e = one(&GOOD.replace("org_id = \"my-org\"", "org_id = \"my-org\"\ncommit_interval = \"10s\""));
+    let e = one(&GOOD.replace(
+        "org_id = \"my-org\"",
+        "org_id = \"my-org\"\ncommit_interval = \"10s\"",
+    ));
     assert_eq!(e.key, "gateway.commit_interval");
 }

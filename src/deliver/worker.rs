@@ -193,9 +193,20 @@ impl Worker {
                     tokio::task::spawn_blocking(move || store.read_after(id, after, limit)).await
                 };
                 match read {
-                    Ok(Ok(entries)) => {
-                        for e in entries {
-                            loaded = e.seq;
+                    Ok(Ok(window)) => {
+                        for (seq, why) in window.undecodable {
+                            // A damaged entry is skipped (and counted), never retried forever.
+                            loaded = loaded.max(seq);
+                            removed.push(seq);
+                            self.store
+                                .count_dropped(self.id, DropReason::Undecodable, 1);
+                            if let Some(suppressed) = removal_log.check(Instant::now()) {
+                                tracing::error!(webhook = %self.settings.name, seq, suppressed, "queued entry does not decode, skipped (roomhook store check tells what else is damaged): {why}");
+                            }
+                        }
+                        self.store.set_window_end(self.id, loaded);
+                        for e in window.entries {
+                            loaded = loaded.max(e.seq);
                             self.store.set_window_end(self.id, loaded);
                             let lane = match p.ordering {
                                 Ordering::Device => e.event.device.clone(),

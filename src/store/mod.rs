@@ -68,15 +68,18 @@ pub enum DropReason {
     Expired,
     /// A dead letter pushed out by newer ones past [`MAX_DEAD_LETTERS`].
     DeadLetterEvicted,
+    /// A queued entry that does not decode (a damaged store): skipped so the queue goes on.
+    Undecodable,
 }
 
 impl DropReason {
     /// Every reason.
-    pub const ALL: [DropReason; 4] = [
+    pub const ALL: [DropReason; 5] = [
         DropReason::Overflow,
         DropReason::Coalesced,
         DropReason::Expired,
         DropReason::DeadLetterEvicted,
+        DropReason::Undecodable,
     ];
 
     /// The metric label.
@@ -86,6 +89,7 @@ impl DropReason {
             DropReason::Coalesced => "coalesced",
             DropReason::Expired => "expired",
             DropReason::DeadLetterEvicted => "dead_letter_evicted",
+            DropReason::Undecodable => "undecodable",
         }
     }
 
@@ -147,6 +151,15 @@ pub enum StoreError {
     },
 }
 
+/// A window of a queue as read back: the entries, and those that do not decode.
+#[derive(Debug, Default)]
+pub struct Window {
+    /// Decoded entries, in sequence order.
+    pub entries: Vec<Entry>,
+    /// Entries that do not decode: sequence number and why.
+    pub undecodable: Vec<(u64, String)>,
+}
+
 /// One queued entry as read back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
@@ -169,7 +182,7 @@ pub struct QueueStats {
     /// overflow unless nothing else is left).
     pub window_end: AtomicU64,
     /// Events dropped, by [`DropReason`].
-    pub dropped: [AtomicU64; 4],
+    pub dropped: [AtomicU64; 5],
     /// Every entry at or below this sequence number that is still unsent was dropped as
     /// oldest; the worker skips such entries it already holds.
     pub dropped_through: AtomicU64,
@@ -673,17 +686,18 @@ impl Store {
             .unwrap_or(0)
     }
 
-    /// Up to `limit` entries of a webhook's queue with a sequence number above `after`.
+    /// Up to `limit` entries of a webhook's queue with a sequence number above `after`; an
+    /// entry that does not decode is reported apart (one bad entry must not stop a queue).
     /// Blocking: call from a blocking context.
     pub fn read_after(
         &self,
         webhook: WebhookId,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<Entry>, StoreError> {
+    ) -> Result<Window, StoreError> {
         let read = self.db.get()?.begin_read().map_err(redb::Error::from)?;
         let q = read.open_table(QUEUE).map_err(redb::Error::from)?;
-        let mut out = Vec::new();
+        let mut out = Window::default();
         for item in q
             .range((webhook.0, after.saturating_add(1))..=(webhook.0, u64::MAX))
             .map_err(redb::Error::from)?
@@ -691,12 +705,10 @@ impl Store {
         {
             let (k, v) = item.map_err(redb::Error::from)?;
             let (_, seq) = k.value();
-            let event = Event::decode(v.value()).map_err(|e| StoreError::Corrupt {
-                webhook: webhook.0,
-                seq,
-                reason: e.to_string(),
-            })?;
-            out.push(Entry { seq, event });
+            match Event::decode(v.value()) {
+                Ok(event) => out.entries.push(Entry { seq, event }),
+                Err(e) => out.undecodable.push((seq, e.to_string())),
+            }
         }
         Ok(out)
     }

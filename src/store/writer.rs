@@ -669,6 +669,7 @@ fn commit(
                             DropReason::DeadLetterEvicted => {
                                 "dead letters past the 10,000 kept, oldest first"
                             }
+                            DropReason::Undecodable => "entries that do not decode",
                         };
                         format!("{n} from webhook #{} ({}: {why})", w.0, r.label())
                     })
