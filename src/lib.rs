@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod logging;
 pub mod metrics;
 pub mod ratelog;
+pub mod redact;
 pub mod route;
 pub mod source;
 pub mod store;

@@ -655,7 +655,9 @@ async fn the_tcp_control_api_needs_the_token_and_the_socket_is_private() {
     let token = "a-long-admin-token-0123456789";
     std::fs::write(dir.path().join("admin-token"), format!("{token}\n")).unwrap();
     let admin_port = free_port();
-    let text = standard_config(broker.port, &rx.url, &rx.ca_file, "").replace(
+    // A receiver that takes a key in its URL: the key is never shown.
+    let url = format!("{}?key=url-secret-123", rx.url);
+    let text = standard_config(broker.port, &url, &rx.ca_file, "").replace(
         "[gateway]",
         &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_file = \"admin-token\"\n\n[gateway]"),
     );
@@ -672,6 +674,16 @@ async fn the_tcp_control_api_needs_the_token_and_the_socket_is_private() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"facilities\""), "{body}");
     assert!(!body.contains("s3cr3t"), "{body}");
+    assert!(body.contains("/hook?key=***"), "{body}");
+    assert!(!body.contains("url-secret-123"), "{body}");
+    let (_, status, _) = run_cli(&["status", "--json", "-c", config.to_str().unwrap()]).await;
+    assert!(
+        status.contains("/hook?key=***") && !status.contains("url-secret-123"),
+        "{status}"
+    );
+    publish(broker.port, &[("keyed".to_string(), 1)]).await;
+    assert!(rx.receiver.wait_accepted(1, Duration::from_secs(20)).await);
+    assert!(!daemon.logs().contains("url-secret-123"));
     // Metrics stay open without a token.
     assert_eq!(
         roomhook::testkit::http_get(admin_port, "/metrics", None).0,

@@ -150,7 +150,7 @@ pub fn describe(store: &crate::store::Store, w: &WebhookView) -> Value {
         .collect();
     json!({
         "name": s.name,
-        "url": s.url.to_string(),
+        "url": crate::redact::url(&s.url.to_string()),
         "enabled": s.enabled,
         "auth": auth,
         "signed": s.signer.is_some(),

@@ -97,7 +97,7 @@ pub fn status(sup: &Supervisor) -> Value {
         let oldest = store.oldest_ts(w.id);
         webhooks.push(json!({
             "name": w.settings.name,
-            "url": w.settings.url.to_string(),
+            "url": crate::redact::url(&w.settings.url.to_string()),
             "enabled": w.settings.enabled,
             "state": state,
             "state_age_s": state_age_s,

@@ -435,3 +435,29 @@ fn commit_interval_is_bounded() {
     ));
     assert_eq!(e.key, "gateway.commit_interval");
 }
+
+#[test]
+fn broker_credentials_in_the_url_are_credentials_not_a_host_name() {
+    let s = load_str(
+        Path::new("/x/r.toml"),
+        &GOOD.replace(
+            "mqtt://127.0.0.1:1883",
+            "mqtt://gw%2F1:p%40ss@broker.lan:1884",
+        ),
+    )
+    .unwrap();
+    let m = &s.mqtt[0];
+    assert_eq!((m.host.as_str(), m.port), ("broker.lan", 1884));
+    assert_eq!(
+        m.credentials,
+        Some(("gw/1".to_string(), Secret::new("p@ss")))
+    );
+    let e = one(&GOOD.replace("mqtt://127.0.0.1:1883", "http://user:pw-secret@broker.lan"));
+    assert_eq!(e.key, "sources.mqtt[0].url");
+    assert!(!e.to_string().contains("pw-secret"), "{e}");
+    let e = one(&GOOD.replace(
+        "https://hooks.example.com/rooms",
+        "http://u:pw-secret@hooks.example.com/rooms?token=abc-secret",
+    ));
+    assert!(e.problem.contains("***@hooks.example.com"), "{e}");
+}

@@ -311,35 +311,52 @@ fn mqtt_source(
     let before = cx.errs.len();
     cx.unique_name(&format!("{key}.name"), names, &m.name, "source");
     let url_key = format!("{key}.url");
-    let (tls, rest) = if let Some(r) = m.url.strip_prefix("mqtts://") {
-        (true, r)
-    } else if let Some(r) = m.url.strip_prefix("mqtt://") {
-        (false, r)
-    } else {
-        cx.err(
-            &url_key,
-            format!("{:?} is not an MQTT URL", m.url),
-            "write mqtt://host:1883, or mqtts://host:8883 for TLS",
-        );
-        (false, "")
+    // A real URL parser: `mqtt://user:pw@host` must not become a host name with the
+    // password in it. User-info in the URL is taken as the credentials.
+    let parsed = url::Url::parse(&m.url).ok();
+    let tls = match parsed.as_ref().map(|u| u.scheme()) {
+        Some("mqtts") => true,
+        Some("mqtt") => false,
+        _ => {
+            cx.err(
+                &url_key,
+                format!("{:?} is not an MQTT URL", crate::redact::url(&m.url)),
+                "write mqtt://host:1883, or mqtts://host:8883 for TLS",
+            );
+            false
+        }
     };
-    let hostport = rest.trim_end_matches('/');
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() => match p.parse::<u16>() {
-            Ok(p) => (h.trim_matches(|c| c == '[' || c == ']').to_string(), p),
-            Err(_) => {
-                cx.err(
-                    &url_key,
-                    format!("bad port in {:?}", m.url),
-                    "write a port number 1-65535",
-                );
-                (String::new(), 0)
-            }
-        },
-        _ => (hostport.to_string(), if tls { 8883 } else { 1883 }),
-    };
+    let host = parsed
+        .as_ref()
+        .and_then(|u| u.host_str())
+        .unwrap_or("")
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_string();
+    let port = parsed
+        .as_ref()
+        .and_then(|u| u.port())
+        .unwrap_or(if tls { 8883 } else { 1883 });
     if host.is_empty() && cx.errs.len() == before {
         cx.err(&url_key, "has no host", "write mqtt://host:port");
+    }
+    let decode = |t: &str| {
+        percent_encoding::percent_decode_str(t)
+            .decode_utf8_lossy()
+            .to_string()
+    };
+    let url_user = parsed
+        .as_ref()
+        .map(|u| decode(u.username()))
+        .filter(|u| !u.is_empty());
+    let url_password = parsed.as_ref().and_then(|u| u.password()).map(decode);
+    if url_user.is_some()
+        && (m.username.is_some() || m.password.is_some() || m.password_file.is_some())
+    {
+        cx.err(
+            &url_key,
+            "has credentials in it, and username/password are set too",
+            "keep one: prefer username and password_file (the URL is shown in logs, redacted)",
+        );
     }
     let ca_file = m
         .ca_file
@@ -352,8 +369,11 @@ fn mqtt_source(
             "use an mqtts:// URL, or remove ca_file",
         );
     }
-    let password = cx.secret(key, "password", &m.password, &m.password_file);
-    let credentials = match (&m.username, password) {
+    let password = cx
+        .secret(key, "password", &m.password, &m.password_file)
+        .or(url_password.map(Secret::new));
+    let username = m.username.clone().or(url_user);
+    let credentials = match (&username, password) {
         (Some(u), p) => Some((u.clone(), p.unwrap_or_else(|| Secret::new("")))),
         (None, Some(_)) => {
             cx.err(
@@ -485,7 +505,10 @@ fn roomos_source(
         "ws" => {
             cx.err(
                 &url_key,
-                format!("{:?} is plain ws:// (credentials and data unencrypted)", r.url),
+                format!(
+                    "{:?} is plain ws:// (credentials and data unencrypted)",
+                    crate::redact::url(&r.url)
+                ),
                 "use wss://<device>/ws (device: xConfiguration NetworkServices HTTP Mode: HTTPS), or set allow_plaintext = true for a lab",
             );
             false
@@ -493,7 +516,10 @@ fn roomos_source(
         _ => {
             cx.err(
                 &url_key,
-                format!("{:?} is not a RoomOS WebSocket URL", r.url),
+                format!(
+                    "{:?} is not a RoomOS WebSocket URL",
+                    crate::redact::url(&r.url)
+                ),
                 "write wss://<device address>/ws",
             );
             true
@@ -675,7 +701,7 @@ fn roomos_source(
     }
     Some(RoomosSettings {
         name: r.name.clone(),
-        url: r.url.clone(),
+        url: crate::redact::url(&r.url),
         host,
         port,
         path,
@@ -875,7 +901,7 @@ fn webhook(
         Ok(u) if u.scheme_str() == Some("http") => {
             cx.err(
                 &url_key,
-                format!("{:?} is plain http", w.url),
+                format!("{:?} is plain http", crate::redact::url(&w.url)),
                 "use an https:// URL: webhooks are only sent over TLS with a trusted certificate",
             );
             None
@@ -883,7 +909,7 @@ fn webhook(
         _ => {
             cx.err(
                 &url_key,
-                format!("{:?} is not an https URL", w.url),
+                format!("{:?} is not an https URL", crate::redact::url(&w.url)),
                 "write https://host[:port]/path",
             );
             None
