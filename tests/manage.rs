@@ -800,3 +800,100 @@ async fn mutual_tls_static_headers_and_systemd_credentials() {
         daemon.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_api_surface_is_careful() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker();
+    let rx = receiver(dir.path(), false).await;
+    let admin_port = free_port();
+    let token = "a-long-admin-token-0123456789";
+    // The config is a symlink to the real file (as configuration managers lay it out).
+    std::fs::create_dir(dir.path().join("etc")).unwrap();
+    let real = dir.path().join("etc/real.toml");
+    std::fs::write(
+        &real,
+        standard_config(broker.port, &rx.url, &rx.ca_file, "").replace(
+            "[gateway]",
+            &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = \"{token}\"\n\n[gateway]\n# data beside the link\n"),
+        )
+        .replace("data_dir = \"data\"", &format!("data_dir = \"{}\"", dir.path().join("data").display())),
+    )
+    .unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let config = dir.path().join("roomhook.toml");
+    std::os::unix::fs::symlink(&real, &config).unwrap();
+
+    // A file that is not a socket where the socket goes: refused, not deleted.
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let socket = dir.path().join("data/roomhook.sock");
+    std::fs::write(&socket, "precious").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_roomhook"))
+        .args(["run", "-c", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a socket"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&socket).unwrap(), "precious");
+    std::fs::remove_file(&socket).unwrap();
+
+    let daemon = Daemon::start(&config);
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // A name with a space, a slash and a percent sign works end to end.
+    let name = "lobby east/2 50%";
+    let (code, out, err) = webhook_cli(
+        &config,
+        &[
+            "add",
+            "--name",
+            name,
+            "--url",
+            &rx.url,
+            "--authorization",
+            TOKEN,
+            "--ca-file",
+            rx.ca_file.to_str().unwrap(),
+            "--statuses",
+            "RoomAnalytics.*",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = webhook_cli(&config, &["show", name]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("lobby east/2 50%"), "{out}");
+    let (code, out, err) = webhook_cli(&config, &["delete", name]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    // The edits went to the link's target, which kept its mode; the link is still a link.
+    assert!(std::fs::symlink_metadata(&config)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let mode = std::fs::metadata(&real).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+    assert!(std::fs::read_to_string(&real)
+        .unwrap()
+        .contains("# data beside the link"));
+
+    // Idle TCP clients (no request headers) cannot take every place of the admin listener.
+    let idle: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", admin_port)).unwrap())
+        .collect();
+    let t = std::time::Instant::now();
+    let (status, _) = tokio::task::spawn_blocking(move || {
+        roomhook::testkit::http_get(admin_port, "/metrics", None)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    drop(idle);
+    drop(daemon);
+}

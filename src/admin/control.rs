@@ -39,13 +39,21 @@ pub enum SocketError {
     },
 }
 
-/// Binds the socket: a stale file from a crashed daemon is removed; the socket is 0600.
+/// Binds the socket, mode 0600 from its creation (never briefly open to others). Only a
+/// stale *socket* left by a crashed daemon is removed; any other file there is an error.
 pub async fn bind(path: &Path) -> Result<UnixListener, SocketError> {
+    use std::os::unix::fs::FileTypeExt;
     let io = |source| SocketError::Io {
         path: path.to_path_buf(),
         source,
     };
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way; move it, or choose another [admin] socket",
+            )));
+        }
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             return Err(SocketError::InUse(path.to_path_buf()));
         }
@@ -54,10 +62,11 @@ pub async fn bind(path: &Path) -> Result<UnixListener, SocketError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    let listener = UnixListener::bind(path).map_err(io)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    Ok(listener)
+    // The umask is process-wide: the daemon creates no other file while it binds (start-up).
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    bound.map_err(io)
 }
 
 /// Serves the control API until shutdown, then removes the socket file.
@@ -204,7 +213,17 @@ pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let method = req.method().clone();
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // Segments are percent-decoded once: a webhook named "lobby east", "a/b" or "50%" works.
+    let decoded: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(|p| {
+            percent_encoding::percent_decode_str(p)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let sup = &c.supervisor;
     let store = sup.store();
     let verify = query_flag(&query, "verify", true);

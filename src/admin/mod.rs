@@ -27,9 +27,24 @@ pub struct Admin {
     pub token: Option<Secret>,
 }
 
+/// Connections the TCP listener serves at once; more wait for a place.
+const MAX_CONNECTIONS: usize = 32;
+/// A client must send its request headers within this (a slow client cannot pin a place).
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// A connection is closed after this long, whatever it does.
+const CONNECTION_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Serves the admin endpoints on `listener` until shutdown.
 pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationToken) {
+    let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let place = tokio::select! {
+            p = places.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = shutdown.cancelled() => return,
+        };
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -44,11 +59,15 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationTo
         let admin = admin.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move {
+            let _place = place;
             let svc = hyper::service::service_fn(move |req| handle(req, admin.clone()));
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
                 _ = conn => {}
+                _ = tokio::time::sleep(CONNECTION_LIMIT) => {}
                 _ = stop.cancelled() => {}
             }
         });
@@ -65,8 +84,12 @@ fn authorized(req: &Request<Incoming>, token: &Secret) -> bool {
     else {
         return false;
     };
-    let (a, b) = (given.trim().as_bytes(), token.expose().as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    given
+        .trim()
+        .as_bytes()
+        .ct_eq(token.expose().as_bytes())
+        .into()
 }
 
 async fn handle(req: Request<Incoming>, admin: Admin) -> Result<Response<Full<Bytes>>, Infallible> {

@@ -176,16 +176,23 @@ fn to_toml(key: &str, v: &Value) -> Result<toml_edit::Value, EditError> {
     })
 }
 
-/// Replaces `path` with `text`: written to a temporary file beside it (same permissions),
-/// flushed to disk, renamed over it, and the directory synced.
+/// Replaces `path` with `text`: written to a temporary file beside it (same mode, owner
+/// and group), flushed to disk, renamed over it, and the directory synced. A symlinked
+/// config is followed: its target is replaced, the link stays.
 pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let path = target.as_path();
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::MetadataExt;
         tmp.as_file().set_permissions(meta.permissions())?;
+        // Keeping owner and group needs the right to; a daemon editing its own file has it
+        // for its own group, root for any.
+        let _ = std::os::unix::fs::fchown(tmp.as_file(), Some(meta.uid()), Some(meta.gid()));
     }
     tmp.write_all(text.as_bytes())?;
     tmp.as_file().sync_all()?;
