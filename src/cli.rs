@@ -63,6 +63,35 @@ pub async fn source(config: PathBuf, action: SourceAction) -> ExitCode {
     }
 }
 
+/// The daemon takes files only relative to its config directory (or from
+/// `$CREDENTIALS_DIRECTORY`): a `--*-file` inside that directory is sent relative to it; one
+/// elsewhere is refused here, with the fix.
+fn relative_files(config: &Path, m: &mut Map<String, Value>) -> Result<(), String> {
+    let dir = config
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    for (key, v) in m.iter_mut() {
+        let Some(p) = v.as_str().filter(|_| key.ends_with("_file")) else {
+            continue;
+        };
+        let full = std::fs::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p));
+        match full.strip_prefix(&dir) {
+            Ok(rel) => *v = Value::from(rel.to_string_lossy().to_string()),
+            Err(_) if Path::new(p).is_relative() => {}
+            Err(_) => {
+                return Err(format!(
+                    "--{}: {p} is outside {} (the config file's directory); copy it there, or under $CREDENTIALS_DIRECTORY, and name it from there",
+                    key.replace('_', "-"),
+                    dir.display()
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What to do with webhooks.
 #[derive(Subcommand)]
 pub enum WebhookAction {
@@ -202,7 +231,13 @@ impl Fields {
     /// The config keys these flags set.
     fn into_map(self) -> Result<Map<String, Value>, String> {
         let mut m = Map::new();
+        // A path that exists from here is made absolute (then relative to the config
+        // directory); one that does not is a name in that directory or in
+        // $CREDENTIALS_DIRECTORY, sent as written.
         let path = |p: PathBuf| -> Value {
+            if p.is_relative() && !p.exists() {
+                return Value::from(p.to_string_lossy().to_string());
+            }
             Value::from(
                 std::path::absolute(&p)
                     .unwrap_or(p)
@@ -323,7 +358,13 @@ pub async fn webhook(config: PathBuf, socket: Option<PathBuf>, action: WebhookAc
             return ExitCode::from(2);
         }
     };
-    let (method, path, body) = request;
+    let (method, path, mut body) = request;
+    if let Some(Value::Object(m)) = body.as_mut() {
+        if let Err(e) = relative_files(&config, m) {
+            eprintln!("roomhook webhook: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let (status, body) = match crate::admin::control::call(&socket, method, &path, body).await {
         Ok(r) => r,
         Err(e) => {

@@ -24,8 +24,17 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
+/// Largest PEM file (CA bundle, certificate chain) read.
+const MAX_PEM_FILE: u64 = 1024 * 1024;
+
 /// Reads every certificate of a PEM file (at least one).
 pub fn load_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    crate::config::secret::check_regular_file(path, MAX_PEM_FILE).map_err(|e| {
+        TlsError::CaFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }
+    })?;
     let bytes = std::fs::read(path).map_err(|e| TlsError::CaFile {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -63,6 +72,11 @@ pub fn load_identity(
     key: &Path,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let certs = load_pem_certs(cert)?;
+    crate::config::secret::check_regular_file(key, crate::config::secret::MAX_SECRET_FILE)
+        .map_err(|e| TlsError::CaFile {
+            path: key.to_path_buf(),
+            reason: e.to_string(),
+        })?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::CaFile {
         path: key.to_path_buf(),
         reason: format!("no readable PEM private key: {e}"),

@@ -882,6 +882,36 @@ async fn the_control_api_surface_is_careful() {
         .unwrap()
         .contains("# data beside the link"));
 
+    // Through the API, files stay inside the config directory: no absolute path, no '..'.
+    let auth = format!("Bearer {token}");
+    for bad in ["/etc/hostname", "../../etc/hostname"] {
+        let body = format!(
+            r#"{{"name":"leak","url":"{}","authorization_file":"{bad}","statuses":["RoomAnalytics.*"]}}"#,
+            rx.url
+        );
+        let (status, answer) = post(admin_port, "/v1/webhooks", &auth, &body);
+        assert_eq!(status, 400, "{bad}: {answer}");
+        assert!(answer.contains("outside the config directory"), "{answer}");
+    }
+    let (code, _, err) = webhook_cli(
+        &config,
+        &[
+            "add",
+            "--name",
+            "leak",
+            "--url",
+            &rx.url,
+            "--authorization-file",
+            "/etc/hostname",
+            "--statuses",
+            "RoomAnalytics.*",
+        ],
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is outside"), "{err}");
+    assert!(!std::fs::read_to_string(&real).unwrap().contains("leak"));
+
     // Idle TCP clients (no request headers) cannot take every place of the admin listener.
     let idle: Vec<std::net::TcpStream> = (0..40)
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", admin_port)).unwrap())
@@ -896,4 +926,24 @@ async fn the_control_api_surface_is_careful() {
     assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
     drop(idle);
     drop(daemon);
+}
+
+/// A POST on the admin listener: (status, body).
+fn post(port: u16, path: &str, authorization: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {authorization}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, out)
 }

@@ -201,6 +201,28 @@ async fn json_body(req: Request<Incoming>) -> Result<serde_json::Map<String, Val
     }
 }
 
+/// File references made through the API stay inside the config directory and
+/// `$CREDENTIALS_DIRECTORY`: relative, without `..` (otherwise an API caller could have any
+/// file the daemon can read sent to a URL of its choosing as a header).
+fn confine_files(values: &serde_json::Map<String, Value>) -> Result<(), String> {
+    for (key, v) in values {
+        let Some(p) = v.as_str().filter(|_| key.ends_with("_file")) else {
+            continue;
+        };
+        let path = Path::new(p);
+        if path.is_absolute()
+            || path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(format!(
+                "{key}: {p:?} is outside the config directory; through the control API, files are named relative to the config file's directory (or $CREDENTIALS_DIRECTORY), without '..' — put the file there"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn query_flag(query: &str, key: &str, default: bool) -> bool {
     query
         .split('&')
@@ -233,7 +255,10 @@ pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
             reply(StatusCode::OK, json!({ "webhooks": list }))
         }
         (&Method::POST, ["v1", "webhooks"]) => {
-            let values = match json_body(req).await {
+            let values = match json_body(req)
+                .await
+                .and_then(|v| confine_files(&v).map(|()| v))
+            {
                 Ok(v) => v,
                 Err(e) => return reply(StatusCode::BAD_REQUEST, json!({ "error": e })),
             };
@@ -258,7 +283,10 @@ pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
         },
         (&Method::PATCH, ["v1", "webhooks", name]) => {
             let name = name.to_string();
-            let changes = match json_body(req).await {
+            let changes = match json_body(req)
+                .await
+                .and_then(|v| confine_files(&v).map(|()| v))
+            {
                 Ok(v) => v,
                 Err(e) => return reply(StatusCode::BAD_REQUEST, json!({ "error": e })),
             };

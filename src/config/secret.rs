@@ -30,14 +30,54 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Reads a secret file; surrounding whitespace (a trailing newline) is trimmed.
+/// Largest secret file read.
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Checks that `path` is a regular file of at most `max` bytes (never a device, a FIFO or a
+/// directory, which could block or feed endless data).
+pub fn check_regular_file(path: &std::path::Path, max: u64) -> std::io::Result<()> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (devices, FIFOs and directories are refused)",
+        ));
+    }
+    if meta.len() > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{} bytes, more than the {max} a file here may have",
+                meta.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a secret file (a regular file of at most 64 KiB); surrounding whitespace (a
+/// trailing newline) is trimmed.
 pub fn read_secret_file(path: &std::path::Path) -> std::io::Result<Secret> {
+    check_regular_file(path, MAX_SECRET_FILE)?;
     let text = std::fs::read_to_string(path)?;
     Ok(Secret::new(text.trim()))
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_small_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'a'; 70 * 1024]).unwrap();
+        assert!(super::read_secret_file(&big).is_err());
+        assert!(super::read_secret_file(std::path::Path::new("/dev/zero")).is_err());
+        assert!(super::read_secret_file(dir.path()).is_err());
+        let ok = dir.path().join("ok");
+        std::fs::write(&ok, "s3cret\n").unwrap();
+        assert_eq!(super::read_secret_file(&ok).unwrap().expose(), "s3cret");
+    }
+
     #[test]
     fn never_prints_the_value() {
         let s = super::Secret::new("hunter2");
