@@ -82,3 +82,81 @@ async fn every_acked_message_survives_kill_9() {
 async fn every_acked_message_survives_20_kill_9_cycles() {
     crash_cycles(20, 3000).await;
 }
+
+/// The bound on what a crash sends again: delivery pauses while more than the removal slack
+/// (256 with `commit_interval`) of delivered events wait for their removal's commit. Removal
+/// commits are made slow (`commit_interval = "2s"`) so that without the bound thousands of
+/// delivered events would be waiting when the daemon is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_redelivers_at_most_the_removal_slack() {
+    use roomhook::store::{Limits, Overflow, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker();
+    let rx = receiver(dir.path(), false).await;
+    let base = standard_config(broker.port, &rx.url, &rx.ca_file, "max_in_flight = 16");
+    let slow = base.replace(
+        "org_id = \"test-org\"\n",
+        "org_id = \"test-org\"\ncommit_interval = \"2s\"\n",
+    );
+    let config = write_config(dir.path(), &slow);
+    // A backlog of 5,000 events, written straight into the store.
+    let n: i64 = 5000;
+    {
+        let limits = Limits {
+            max_bytes: 1 << 30,
+            queues: vec![("facilities".into(), Overflow::DropOldest)],
+        };
+        let (store, ids) = Store::open(&dir.path().join("data"), &limits).unwrap();
+        let items = (1..=n)
+            .map(|v| {
+                let device = format!("room-{}", v % 10);
+                let e = roomhook::event::Event {
+                    workspace: Some(format!("ws-{device}")),
+                    device,
+                    path: "RoomAnalytics.PeopleCount.Current".into(),
+                    kind: roomhook::catalog::Kind::Status,
+                    value: v.into(),
+                    ts_ms: roomhook::timefmt::now_ms(),
+                    full_sync: false,
+                    more: Vec::new(),
+                };
+                (ids[0], e.encode())
+            })
+            .collect();
+        store.append(items).await.unwrap();
+        store.close().await;
+    }
+    let mut daemon = Daemon::start(&config);
+    assert!(
+        rx.receiver
+            .wait_accepted(1000, Duration::from_secs(30))
+            .await,
+        "{}",
+        daemon.logs()
+    );
+    daemon.kill9();
+    let before_restart = accepted_messages(&rx.receiver);
+    std::fs::write(&config, &base).unwrap();
+    let mut daemon = Daemon::start(&config);
+    let seen = || {
+        let mut m: HashMap<i64, usize> = HashMap::new();
+        for r in rx.receiver.accepted() {
+            for v in r.messages() {
+                if let Some(x) =
+                    v["changes"]["updated"]["RoomAnalytics.PeopleCount.Current"].as_i64()
+                {
+                    *m.entry(x).or_insert(0) += 1;
+                }
+            }
+        }
+        m
+    };
+    assert!(wait_until(Duration::from_secs(60), || seen().len() as i64 >= n));
+    assert_eq!(daemon.stop(), Some(0));
+    let duplicates: usize = seen().values().map(|c| c - 1).sum();
+    eprintln!("killed after {before_restart} deliveries: {duplicates} sent again");
+    assert!(
+        duplicates <= roomhook::deliver::worker::REMOVAL_SLACK_GROUPED + 16,
+        "{duplicates} events delivered again after one crash (bound: removal slack + in flight)"
+    );
+}

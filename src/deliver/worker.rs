@@ -31,7 +31,10 @@ use tokio_util::sync::CancellationToken;
 pub const WINDOW: usize = 4096;
 /// Most delivered entries whose removal is not yet durable; sending pauses beyond it, so a
 /// crash redelivers at most this many (plus the requests in flight).
-const REMOVAL_SLACK: usize = 64;
+pub const REMOVAL_SLACK: usize = 64;
+/// The same with `[gateway] commit_interval` set (a removal then waits up to that long for
+/// its commit; 64 per interval would cap delivery at 256 events/s with 250 ms).
+pub const REMOVAL_SLACK_GROUPED: usize = 256;
 
 /// Everything one webhook's delivery loop needs.
 pub struct Worker {
@@ -90,6 +93,8 @@ struct Pace {
     partial_since: Option<Instant>,
     /// Delivered entries whose removal is not yet committed.
     unremoved: usize,
+    /// Most of those before sending pauses.
+    removal_slack: usize,
     /// Messages per request now: `batch_max_messages`, halved by each 413 on a batch.
     batch_cap: usize,
     /// Permanent refusals (dead letters) in a row.
@@ -130,6 +135,7 @@ impl Worker {
             start_at: now + jitter,
             partial_since: None,
             unremoved: 0,
+            removal_slack: REMOVAL_SLACK,
             batch_cap: p.batch_max_messages,
             refusals: 0,
             refusing: false,
@@ -169,8 +175,13 @@ impl Worker {
         let mut in_flight: InFlight = FuturesUnordered::new();
         let mut removal_log = RateLog::new(Duration::from_secs(10));
         let mut removals: FuturesUnordered<
-            futures_util::future::BoxFuture<'static, (usize, bool)>,
+            futures_util::future::BoxFuture<'static, (Vec<u64>, bool)>,
         > = FuturesUnordered::new();
+        pace.removal_slack = if self.store.commit_interval().is_zero() {
+            REMOVAL_SLACK
+        } else {
+            REMOVAL_SLACK_GROUPED
+        };
 
         loop {
             // 1. Refill the window from the store.
@@ -235,15 +246,20 @@ impl Worker {
             }
             // 2. Send what pacing allows now (expired entries leave without a request).
             let mut wake = self.dispatch(&mut pace, &mut in_flight, &mut removed);
-            // 3. Hand results back to the store.
-            if !removed.is_empty()
-                && self
-                    .store
-                    .remove(self.id, std::mem::take(&mut removed))
-                    .await
-                    .is_err()
-            {
-                break;
+            // 3. Hand results back to the store. Removals are counted until their commit:
+            //    past the slack, sending pauses (the bound on what a crash sends again).
+            if !removed.is_empty() {
+                let seqs = std::mem::take(&mut removed);
+                match self.store.remove(self.id, seqs.clone()).await {
+                    Ok(commit) => {
+                        pace.unremoved += seqs.len();
+                        removals.push(Box::pin(async move {
+                            let ok = commit.await.is_ok();
+                            (seqs, ok)
+                        }));
+                    }
+                    Err(_) => break,
+                }
             }
             if !dead.is_empty()
                 && self
@@ -264,12 +280,14 @@ impl Worker {
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                     self.finish(&mut pace, &mut counters, &mut removed, &mut dead, done);
                 }
-                Some((n, ok)) = removals.next(), if !removals.is_empty() => {
-                    pace.unremoved -= n;
+                Some((seqs, ok)) = removals.next(), if !removals.is_empty() => {
+                    pace.unremoved -= seqs.len();
                     if !ok {
+                        // Retried with the next removal; until then they count as queued.
                         if let Some(suppressed) = removal_log.check(Instant::now()) {
-                            tracing::error!(webhook = %self.settings.name, suppressed, "removing delivered messages failed; they may be delivered again");
+                            tracing::error!(webhook = %self.settings.name, suppressed, "removing {} delivered message(s) failed; retrying (a crash meanwhile would deliver them again)", seqs.len());
                         }
+                        removed.extend(seqs);
                     }
                 }
                 changed = committed.changed(), if want_more => {
@@ -316,7 +334,7 @@ impl Worker {
                 _ => pace.controller.limit(),
             };
             if pace.in_flight >= limit
-                || pace.unremoved >= REMOVAL_SLACK
+                || pace.unremoved >= pace.removal_slack
                 || !pace.sched.has_ready(now)
             {
                 return None;

@@ -503,6 +503,11 @@ impl Store {
         );
     }
 
+    /// The `commit_interval` in force.
+    pub fn commit_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.shared.commit_interval_ns.load(Ordering::Relaxed))
+    }
+
     /// A random number fixed at store creation; part of every `webhook-id`.
     pub fn store_id(&self) -> u64 {
         self.shared.store_id
