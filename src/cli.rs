@@ -681,6 +681,23 @@ pub fn render_status(s: &Value) -> String {
             let _ = writeln!(out, "  refused subscription {}", f.as_str().unwrap_or(""));
         }
     }
+    let orphans = s["orphans"].as_array().cloned().unwrap_or_default();
+    if !orphans.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "ORPHANED QUEUES (their webhook left the config; kept, not delivered; a webhook of that name takes one back)"
+        );
+        for o in orphans {
+            let _ = writeln!(
+                out,
+                "- {}: {} event(s), since {}",
+                o["name"].as_str().unwrap_or(""),
+                o["events"],
+                o["since"].as_str().unwrap_or("")
+            );
+        }
+    }
     let problems: Vec<&str> = s["problems"]
         .as_array()
         .into_iter()

@@ -140,6 +140,10 @@ pub struct Metrics {
     pub queue_oldest_age: Family<WebhookLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Failed store commits.
     pub store_errors: Counter,
+    /// Queues kept after their webhook left the config.
+    pub orphaned_queues: Gauge,
+    /// Events in those queues.
+    pub orphaned_events: Gauge,
     /// Duration of each group commit (fsync included).
     pub store_commit_duration: Histogram,
 }
@@ -161,6 +165,8 @@ impl Metrics {
             source_reconnects: Family::default(),
             source_redelivered: Family::default(),
             source_subscriptions_failed: Family::default(),
+            orphaned_queues: Gauge::default(),
+            orphaned_events: Gauge::default(),
             events_enqueued: Family::default(),
             events_delivered: Family::default(),
             events_filtered: Family::default(),
@@ -268,6 +274,16 @@ impl Metrics {
             "source_redelivered",
             "Broker redeliveries of already committed messages (acked again, not stored twice)",
             m.source_redelivered.clone(),
+        );
+        registry.register(
+            "orphaned_queues",
+            "Queues kept after their webhook left the config (orphan_retention)",
+            m.orphaned_queues.clone(),
+        );
+        registry.register(
+            "orphaned_events",
+            "Events in orphaned queues (not delivered)",
+            m.orphaned_events.clone(),
         );
         registry.register(
             "source_subscriptions_failed",

@@ -1,7 +1,8 @@
 //! The running set of webhooks and sources (MQTT brokers, RoomOS devices), changed while the daemon runs: control API
 //! edits and SIGHUP reloads both end in [`Supervisor::apply`], which compares the new
 //! settings with the running ones and starts, restarts, renames or removes only what
-//! changed. A webhook keeps its queue through every change except deletion.
+//! changed. A webhook keeps its queue through every change except an explicit delete; a
+//! queue whose webhook left the config is kept as an orphan for `orphan_retention`.
 
 use crate::config::edit::{self, Edit};
 use crate::config::{MqttSettings, RoomosSettings, Settings, WebhookSettings};
@@ -145,6 +146,10 @@ pub struct Supervisor {
     source_stop: CancellationToken,
     /// Drop counts already added to the metrics, per webhook.
     dropped_seen: std::sync::Mutex<std::collections::HashMap<WebhookId, [u64; 5]>>,
+    /// Queues whose webhook left the config: name, store id, since when (unix ms).
+    orphans: std::sync::Mutex<Vec<(String, WebhookId, i64)>>,
+    /// How long orphans are kept, in milliseconds (follows reloads).
+    orphan_retention_ms: std::sync::atomic::AtomicU64,
     store_errors_seen: std::sync::atomic::AtomicU64,
 }
 
@@ -178,6 +183,10 @@ impl Supervisor {
             worker_stop: CancellationToken::new(),
             source_stop: CancellationToken::new(),
             dropped_seen: Default::default(),
+            orphans: Default::default(),
+            orphan_retention_ms: std::sync::atomic::AtomicU64::new(
+                u64::try_from(settings.orphan_retention.as_millis()).unwrap_or(u64::MAX),
+            ),
             store_errors_seen: Default::default(),
         });
         sup.store
@@ -188,8 +197,9 @@ impl Supervisor {
                 sup.refresh_metrics();
             }
         });
-        // Queues in the store that no configured webhook names any more were deleted from
-        // the file while the daemon was stopped: purge them so they do not hold disk.
+        // Queues in the store that no configured webhook names any more (the name went out
+        // of the file while the daemon was stopped, perhaps by a typo): kept as orphans for
+        // orphan_retention, never silently deleted.
         let known = {
             let store = sup.store.clone();
             tokio::task::spawn_blocking(move || store.names())
@@ -197,19 +207,39 @@ impl Supervisor {
                 .map_err(|e| ActionError::Runtime(e.to_string()))?
                 .map_err(|e| ActionError::Runtime(e.to_string()))?
         };
+        let marked = {
+            let store = sup.store.clone();
+            tokio::task::spawn_blocking(move || store.orphans())
+                .await
+                .map_err(|e| ActionError::Runtime(e.to_string()))?
+                .map_err(|e| ActionError::Runtime(e.to_string()))?
+        };
+        let configured = |name: &str| settings.webhooks.iter().any(|w| w.name == name);
         for (name, _) in known {
-            if !settings.webhooks.iter().any(|w| w.name == name) {
-                let n = sup
-                    .store
-                    .purge(&name)
-                    .await
-                    .map_err(|e| ActionError::Runtime(e.to_string()))?;
-                tracing::warn!(
-                    webhook = %name,
-                    "webhook is no longer in the config: its queue was deleted ({n} queued events discarded)"
-                );
+            if !configured(&name) {
+                sup.orphan(&name).await?;
             }
         }
+        for (name, _) in marked {
+            if configured(&name) {
+                sup.store
+                    .set_orphan(&name, false)
+                    .await
+                    .map_err(|e| ActionError::Runtime(e.to_string()))?;
+            }
+        }
+        sup.expire_orphans().await?;
+        // Orphans age while the daemon runs, too: looked at once an hour.
+        let weak = Arc::downgrade(&sup);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                let Some(sup) = weak.upgrade() else { break };
+                if let Err(e) = sup.expire_orphans().await {
+                    tracing::warn!("orphaned queues: {e}");
+                }
+            }
+        });
         {
             let mut inner = sup.inner.lock().await;
             sup.apply_locked(&mut inner, settings, &[]).await?;
@@ -274,6 +304,10 @@ impl Supervisor {
             }
         }
         m.store_bytes.set(store.total_bytes() as i64);
+        let orphans = self.orphans();
+        m.orphaned_queues.set(orphans.len() as i64);
+        m.orphaned_events
+            .set(orphans.iter().map(|o| o.1).sum::<u64>() as i64);
         let errors = store.health().errors;
         let before = self
             .store_errors_seen
@@ -321,7 +355,9 @@ impl Supervisor {
         let file = inner.settings.file.clone();
         let settings =
             crate::config::load(&file).map_err(|e| ActionError::Invalid(e.to_string()))?;
-        self.apply_locked(&mut inner, settings, &[]).await
+        let applied = self.apply_locked(&mut inner, settings, &[]).await?;
+        self.expire_orphans().await?;
+        Ok(applied)
     }
 
     /// Edits the config file and applies the result. A webhook whose URL or credentials
@@ -395,8 +431,109 @@ impl Supervisor {
             path: file.clone(),
             reason: e.to_string(),
         })?;
-        let applied = self.apply_locked(&mut inner, settings, &renames).await?;
+        let purge = match &change {
+            Edit::Remove(name) => vec![name.clone()],
+            _ => Vec::new(),
+        };
+        let applied = self
+            .apply_locked_purging(&mut inner, settings, &renames, &purge)
+            .await?;
         Ok(Edited { verified, applied })
+    }
+
+    /// Keeps the queue of a webhook that left the config as an orphan (not delivered).
+    async fn orphan(&self, name: &str) -> Result<(), ActionError> {
+        let rt = |e: crate::store::StoreError| ActionError::Runtime(e.to_string());
+        // Registered, so that its bytes count against max_store_bytes like any queue's.
+        let id = self
+            .store
+            .register(name, crate::store::Overflow::DropOldest)
+            .await
+            .map_err(rt)?;
+        if self.store.depth(id) == 0 && self.store.dead_count(id) == 0 {
+            // Nothing to keep.
+            self.store.purge(name).await.map_err(rt)?;
+            tracing::info!(webhook = %name, "webhook is no longer in the config (its queue was empty)");
+            return Ok(());
+        }
+        let since = self.store.set_orphan(name, true).await.map_err(rt)?;
+        let mut orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+        if !orphans.iter().any(|o| o.0 == name) {
+            let keep = self.orphan_retention();
+            tracing::warn!(
+                webhook = %name,
+                "webhook is no longer in the config: its queue ({} events) is kept as an orphan for {} (orphan_retention), not delivered; a webhook of that name takes it back",
+                self.store.depth(id),
+                crate::timefmt::human_duration(keep)
+            );
+            orphans.push((
+                name.to_string(),
+                id,
+                since.unwrap_or_else(crate::timefmt::now_ms),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A name is back in the config: its queue is no orphan any more. Whether it was one.
+    async fn unorphan(&self, name: &str) -> Result<bool, ActionError> {
+        let was = {
+            let mut orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+            let before = orphans.len();
+            orphans.retain(|o| o.0 != name);
+            orphans.len() != before
+        };
+        if was {
+            self.store
+                .set_orphan(name, false)
+                .await
+                .map_err(|e| ActionError::Runtime(e.to_string()))?;
+        }
+        Ok(was)
+    }
+
+    fn orphan_retention(&self) -> Duration {
+        Duration::from_millis(
+            self.orphan_retention_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Purges orphans older than `orphan_retention`.
+    pub async fn expire_orphans(&self) -> Result<(), ActionError> {
+        let now = crate::timefmt::now_ms();
+        let keep_ms = i64::try_from(self.orphan_retention().as_millis()).unwrap_or(i64::MAX);
+        let expired: Vec<String> = self
+            .orphans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|o| now.saturating_sub(o.2) >= keep_ms)
+            .map(|o| o.0.clone())
+            .collect();
+        for name in expired {
+            let n = self
+                .store
+                .purge(&name)
+                .await
+                .map_err(|e| ActionError::Runtime(e.to_string()))?;
+            tracing::warn!(webhook = %name, "orphaned queue dropped after orphan_retention: {n} events discarded");
+            self.orphans
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|o| o.0 != name);
+        }
+        Ok(())
+    }
+
+    /// The orphaned queues: name, queued events, since when (unix ms).
+    pub fn orphans(&self) -> Vec<(String, u64, i64)> {
+        self.orphans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(n, id, since)| (n.clone(), self.store.depth(*id), *since))
+            .collect()
     }
 
     /// Sends a `healthCheck` to a webhook now, outside its queue.
@@ -441,7 +578,23 @@ impl Supervisor {
         new: Settings,
         renames: &[(String, String)],
     ) -> Result<Applied, ActionError> {
+        self.apply_locked_purging(inner, new, renames, &[]).await
+    }
+
+    /// Applies settings; webhooks gone from them are purged when named in `purge` (an
+    /// explicit `webhook delete`), else their queues are kept as orphans.
+    async fn apply_locked_purging(
+        &self,
+        inner: &mut Inner,
+        new: Settings,
+        renames: &[(String, String)],
+        purge: &[String],
+    ) -> Result<Applied, ActionError> {
         let mut applied = Applied::default();
+        self.orphan_retention_ms.store(
+            u64::try_from(new.orphan_retention.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let old = &inner.settings;
         let restart_only = [
             ("gateway.data_dir", old.data_dir != new.data_dir),
@@ -498,11 +651,15 @@ impl Supervisor {
                     next.push(self.spawn_webhook(r.view.id, w, Some(r.view.status))?);
                 }
                 None => {
+                    // A name that comes back takes its orphaned queue again.
                     let id = self
                         .store
                         .register(&w.name, w.overflow)
                         .await
                         .map_err(|e| ActionError::Runtime(e.to_string()))?;
+                    if self.unorphan(&w.name).await? {
+                        tracing::info!(webhook = %w.name, "webhook is back: it takes its kept queue ({} events)", self.store.depth(id));
+                    }
                     self.ingest.upsert_webhook(id, w);
                     if !inner.webhooks.is_empty() || !next.is_empty() || !old_hooks.is_empty() {
                         tracing::info!(webhook = %w.name, "webhook added");
@@ -516,12 +673,19 @@ impl Supervisor {
             r.stop.cancel();
             let _ = r.task.await;
             self.ingest.remove_webhook(r.view.id);
-            let n = self
-                .store
-                .purge(&r.view.settings.name)
-                .await
-                .map_err(|e| ActionError::Runtime(e.to_string()))?;
-            tracing::info!(webhook = %r.view.settings.name, "webhook deleted: {n} queued events discarded");
+            let name = &r.view.settings.name;
+            let n = if purge.contains(name) {
+                let n = self
+                    .store
+                    .purge(name)
+                    .await
+                    .map_err(|e| ActionError::Runtime(e.to_string()))?;
+                tracing::info!(webhook = %name, "webhook deleted: {n} queued events discarded");
+                n
+            } else {
+                self.orphan(name).await?;
+                0
+            };
             self.metrics.forget_webhook(&r.view.settings.name);
             self.dropped_seen
                 .lock()

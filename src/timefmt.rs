@@ -11,7 +11,19 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Formats unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC).
+/// A duration for people: `45s`, `12m`, `5h`, `7d`.
+pub fn human_duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{}ms", d.as_millis()),
+        _ if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        _ if s % 3600 == 0 => format!("{}h", s / 3600),
+        _ if s % 60 == 0 => format!("{}m", s / 60),
+        _ => format!("{s}s"),
+    }
+}
+
+/// Unix milliseconds as RFC 3339 UTC with milliseconds (`2026-11-27T10:15:30.123Z`).
 pub fn rfc3339_ms(ms: i64) -> String {
     let fmt = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"

@@ -947,3 +947,99 @@ fn post(port: u16, path: &str, authorization: &str, body: &str) -> (u16, String)
         .unwrap_or(0);
     (status, out)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_dropped_from_the_file_keeps_its_queue_as_an_orphan() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker();
+    let rx = receiver(dir.path(), false).await;
+    rx.receiver.set_behaviour(Behaviour::Status(503));
+    let admin = free_port();
+    let with_hook = standard_config(broker.port, &rx.url, &rx.ca_file, "").replace(
+        "org_id = \"test-org\"\n",
+        &format!("org_id = \"test-org\"\norphan_retention = \"1h\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
+    );
+    // The same file after a hand edit that lost the webhook (a typo in its name, say).
+    let without = with_hook.replace("name = \"facilities\"", "name = \"facilites\"");
+    let config = write_config(dir.path(), &with_hook);
+    let mut daemon = Daemon::start(&config);
+    publish(broker.port, &workload(5, 10)).await;
+    assert!(wait_until(Duration::from_secs(20), || {
+        metric(admin, "roomhook_queue_events{webhook=\"facilities\"}") == Some(50.0)
+    }));
+    std::fs::write(&config, &without).unwrap();
+    let hup = |pid: i32| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap()
+    };
+    hup(daemon.pid());
+    assert!(
+        wait_until(Duration::from_secs(10), || metric(
+            admin,
+            "roomhook_orphaned_events"
+        ) == Some(50.0)),
+        "{}",
+        daemon.logs()
+    );
+    let cfg = config.to_str().unwrap().to_string();
+    let (_, out, _) = run_cli(&["status", "-c", &cfg]).await;
+    assert!(
+        out.contains("ORPHANED QUEUES") && out.contains("- facilities: 50 event(s)"),
+        "{out}"
+    );
+    assert!(daemon.logs().contains("kept as an orphan for 1h"));
+    assert_eq!(daemon.stop(), Some(0));
+    // Across a restart too: still kept, listed by `store check`.
+    let (code, out, err) = run_cli(&["store", "check", "-c", &cfg]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("webhook facilities: 50 queued, 0 dead letters (orphaned since"),
+        "{out}"
+    );
+    let mut daemon = Daemon::start(&config);
+    assert_eq!(metric(admin, "roomhook_orphaned_events"), Some(50.0));
+    // The name is fixed: the webhook takes its queue back, and everything arrives.
+    rx.receiver.set_behaviour(Behaviour::Accept);
+    std::fs::write(&config, &with_hook).unwrap();
+    hup(daemon.pid());
+    assert!(
+        rx.receiver.wait_accepted(50, Duration::from_secs(30)).await,
+        "{}",
+        daemon.logs()
+    );
+    assert_complete_and_ordered(&rx.receiver.accepted(), 5, 10);
+    assert_eq!(metric(admin, "roomhook_orphaned_queues"), Some(0.0));
+    // With a short retention, an orphan goes at the next look (here: a reload).
+    rx.receiver.set_behaviour(Behaviour::Status(503));
+    publish(broker.port, &[("late".to_string(), 1)]).await;
+    assert!(wait_until(Duration::from_secs(20), || {
+        metric(admin, "roomhook_queue_events{webhook=\"facilities\"}") == Some(1.0)
+    }));
+    std::fs::write(
+        &config,
+        without.replace("orphan_retention = \"1h\"", "orphan_retention = \"1s\""),
+    )
+    .unwrap();
+    hup(daemon.pid());
+    assert!(wait_until(Duration::from_secs(10), || metric(
+        admin,
+        "roomhook_orphaned_queues"
+    ) == Some(1.0)));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    hup(daemon.pid());
+    assert!(
+        wait_until(Duration::from_secs(10), || metric(
+            admin,
+            "roomhook_orphaned_queues"
+        ) == Some(0.0)),
+        "{}",
+        daemon.logs()
+    );
+    assert!(daemon
+        .logs()
+        .contains("orphaned queue dropped after orphan_retention: 1 events discarded"));
+    assert_eq!(daemon.stop(), Some(0));
+}

@@ -131,5 +131,10 @@ pub fn status(sup: &Supervisor) -> Value {
         },
         "sources": sources,
         "webhooks": webhooks,
+        "orphans": sup.orphans().into_iter().map(|(name, events, since)| json!({
+            "name": name,
+            "events": events,
+            "since": crate::timefmt::rfc3339_ms(since),
+        })).collect::<Vec<_>>(),
     })
 }

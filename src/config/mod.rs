@@ -70,6 +70,8 @@ pub struct RawGateway {
     pub threads: Option<usize>,
     /// Group commits gather this long (default `"0s"`): fewer writes, later acks.
     pub commit_interval: Option<String>,
+    /// How long the queue of a webhook that left the config is kept (default `"7d"`).
+    pub orphan_retention: Option<String>,
 }
 
 /// `[admin]`.
@@ -289,6 +291,8 @@ pub struct Settings {
     pub threads: usize,
     /// How long a group commit gathers before it is written (0: at once).
     pub commit_interval: Duration,
+    /// How long an orphaned queue is kept.
+    pub orphan_retention: Duration,
     /// `[log] filter`, if set.
     pub log_filter: Option<String>,
     /// `[log] format`, if set.

@@ -227,6 +227,18 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
             "write e.g. \"250ms\"",
         );
     }
+    let orphan_retention = {
+        let parsed = raw
+            .gateway
+            .orphan_retention
+            .as_ref()
+            .map(|r| parse_duration(r));
+        cx.duration_or_zero(
+            "gateway.orphan_retention",
+            parsed,
+            Duration::from_secs(7 * 86_400),
+        )
+    };
     if raw.gateway.threads.is_some_and(|t| !(1..=64).contains(&t)) {
         cx.err(
             "gateway.threads",
@@ -291,6 +303,7 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
             admin_token,
             threads: raw.gateway.threads.unwrap_or(1),
             commit_interval,
+            orphan_retention,
             log_filter: raw.log.filter.clone(),
             log_format: raw.log.format,
             mqtt,

@@ -26,6 +26,8 @@ pub(crate) const NEXT_SEQ: TableDefinition<u32, u64> = TableDefinition::new("nex
 pub(crate) const MQTT_SEEN: TableDefinition<(&str, u16), u64> = TableDefinition::new("mqtt_seen");
 /// Webhook name → id.
 pub(crate) const WEBHOOKS: TableDefinition<&str, u32> = TableDefinition::new("webhooks");
+/// Queues no configured webhook names any more (orphans): name → since when (unix ms).
+pub(crate) const ORPHANS: TableDefinition<&str, i64> = TableDefinition::new("orphans");
 /// Store-wide values (`store_id`).
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -249,6 +251,14 @@ pub(crate) enum Op {
         to: String,
         done: oneshot::Sender<Result<(), String>>,
     },
+    /// Marks a queue as an orphan (keeping the first time it was marked) or clears the mark;
+    /// answers since when it is an orphan (None: not one now).
+    Orphan {
+        name: String,
+        orphan: bool,
+        at_ms: i64,
+        done: oneshot::Sender<Result<Option<i64>, String>>,
+    },
     /// Delete a webhook's queue and dead letters; answers how many queued events went.
     Purge {
         name: String,
@@ -263,7 +273,7 @@ impl Op {
     pub(crate) fn is_manage(&self) -> bool {
         matches!(
             self,
-            Op::Register { .. } | Op::Rename { .. } | Op::Purge { .. }
+            Op::Register { .. } | Op::Rename { .. } | Op::Purge { .. } | Op::Orphan { .. }
         )
     }
 }
@@ -749,6 +759,35 @@ impl Store {
             done,
         };
         self.manage(op, rx).await
+    }
+
+    /// Marks a queue as an orphan (its webhook left the config; the queue is kept), or clears
+    /// the mark (a webhook of that name is back). Answers since when it is an orphan.
+    pub async fn set_orphan(&self, name: &str, orphan: bool) -> Result<Option<i64>, StoreError> {
+        let (done, rx) = oneshot::channel();
+        let op = Op::Orphan {
+            name: name.to_string(),
+            orphan,
+            at_ms: crate::timefmt::now_ms(),
+            done,
+        };
+        self.manage(op, rx).await
+    }
+
+    /// The orphaned queues: name and since when (unix ms). Blocking.
+    pub fn orphans(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let read = self.db.get()?.begin_read().map_err(redb::Error::from)?;
+        let t = match read.open_table(ORPHANS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(redb::Error::from(e).into()),
+        };
+        let mut out = Vec::new();
+        for item in t.iter().map_err(redb::Error::from)? {
+            let (k, v) = item.map_err(redb::Error::from)?;
+            out.push((k.value().to_string(), v.value()));
+        }
+        Ok(out)
     }
 
     async fn manage<T>(

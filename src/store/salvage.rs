@@ -3,7 +3,7 @@
 //! decodes every entry; `salvage` moves the damaged file aside and copies every readable
 //! queue entry, dead letter and webhook mapping into a fresh store.
 
-use super::{DEAD, FILE_NAME, META, NEXT_SEQ, QUEUE, WEBHOOKS};
+use super::{DEAD, FILE_NAME, META, NEXT_SEQ, ORPHANS, QUEUE, WEBHOOKS};
 use crate::event::Event;
 use redb::{Database, ReadableDatabase, ReadableTable};
 use std::collections::BTreeMap;
@@ -21,6 +21,8 @@ pub struct Report {
     pub integrity_ok: bool,
     /// Webhook name → (queued entries, dead letters).
     pub webhooks: BTreeMap<String, (u64, u64)>,
+    /// Queues kept after their webhook left the config: name → since (unix ms).
+    pub orphans: BTreeMap<String, i64>,
     /// Entries whose value does not decode as an event.
     pub undecodable: u64,
     /// Read errors met while walking the tables.
@@ -54,7 +56,14 @@ impl fmt::Display for Report {
             }
         )?;
         for (name, (q, d)) in &self.webhooks {
-            writeln!(f, "  webhook {name}: {q} queued, {d} dead letters")?;
+            match self.orphans.get(name) {
+                Some(since) => writeln!(
+                    f,
+                    "  webhook {name}: {q} queued, {d} dead letters (orphaned since {}: no webhook of that name in the config)",
+                    crate::timefmt::rfc3339_ms(*since)
+                )?,
+                None => writeln!(f, "  webhook {name}: {q} queued, {d} dead letters")?,
+            }
         }
         if self.undecodable > 0 {
             writeln!(f, "  {} entries do not decode", self.undecodable)?;
@@ -163,6 +172,11 @@ fn walk(
             .push("cannot begin a read transaction".into());
         return;
     };
+    if let Ok(t) = read.open_table(ORPHANS) {
+        for (k, v) in t.iter().into_iter().flatten().flatten() {
+            report.orphans.insert(k.value().to_string(), v.value());
+        }
+    }
     let names: Vec<(String, u32)> = match read.open_table(WEBHOOKS) {
         Ok(t) => match t.iter() {
             Ok(it) => it
@@ -311,6 +325,14 @@ pub fn salvage(data_dir: &Path) -> Result<(Report, PathBuf), SalvageError> {
         if let Ok(t) = read.open_table(NEXT_SEQ) {
             for (k, v) in t.iter().into_iter().flatten().flatten() {
                 seqs.insert(k.value(), v.value())
+                    .map_err(redb::Error::from)?;
+            }
+        }
+        let mut orphans = txn.open_table(ORPHANS).map_err(redb::Error::from)?;
+        if let Ok(t) = read.open_table(ORPHANS) {
+            for (k, v) in t.iter().into_iter().flatten().flatten() {
+                orphans
+                    .insert(k.value(), v.value())
                     .map_err(redb::Error::from)?;
             }
         }

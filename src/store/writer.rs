@@ -3,7 +3,7 @@
 
 use super::{
     DbCell, DropReason, Op, Overflow, Shared, WebhookId, DEAD, ENTRY_OVERHEAD, MAX_DEAD_LETTERS,
-    META, MQTT_SEEN, NEXT_SEQ, QUEUE, WEBHOOKS,
+    META, MQTT_SEEN, NEXT_SEQ, ORPHANS, QUEUE, WEBHOOKS,
 };
 use crate::catalog::Kind;
 use crate::event::Event;
@@ -262,10 +262,38 @@ fn manage(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op
                 Err(e.to_string())
             }));
         }
+        Op::Orphan {
+            name,
+            orphan,
+            at_ms,
+            done,
+        } => {
+            let r = (|| -> Result<Option<i64>, redb::Error> {
+                let txn = db.begin_write()?;
+                let since = {
+                    let mut t = txn.open_table(ORPHANS)?;
+                    if orphan {
+                        let since = t.get(name.as_str())?.map_or(at_ms, |v| v.value());
+                        t.insert(name.as_str(), since)?;
+                        Some(since)
+                    } else {
+                        t.remove(name.as_str())?;
+                        None
+                    }
+                };
+                txn.commit()?;
+                Ok(since)
+            })();
+            let _ = done.send(r.map_err(|e| {
+                check(&e);
+                e.to_string()
+            }));
+        }
         Op::Purge { name, done } => {
             let r = (|| -> Result<Option<(WebhookId, u64)>, redb::Error> {
                 let mut txn = db.begin_write()?;
                 txn.set_durability(Durability::Immediate)?;
+                txn.open_table(ORPHANS)?.remove(name.as_str())?;
                 let purged = {
                     let mut names = txn.open_table(WEBHOOKS)?;
                     let Some(id) = names.remove(name.as_str())?.map(|v| v.value()) else {
