@@ -103,6 +103,7 @@ impl Ingest {
                     }
                     Ok(())
                 }
+                Err(StoreError::Redelivered) => Err(StoreError::Redelivered),
                 Err(e) => {
                     // The change-only memory already counts these values as forwarded;
                     // forget it so the redelivered input is not filtered as unchanged.

@@ -125,8 +125,19 @@ pub async fn run(
     // PUBACKs ready to go, in arrival order; handed to the client as its queue has room
     // (the event loop below sends them).
     let mut to_ack: VecDeque<Publish> = VecDeque::new();
+    // Packet ids whose PUBACK was written: their redelivery marks can go.
+    let mut written: Vec<u16> = Vec::new();
 
     loop {
+        if !written.is_empty()
+            && ingest
+                .store()
+                .clear_marks(&s.name, std::mem::take(&mut written))
+                .await
+                .is_err()
+        {
+            break;
+        }
         while let Some(p) = to_ack.front() {
             if client.try_ack(p).is_err() {
                 break;
@@ -144,6 +155,12 @@ pub async fn run(
                 }
                 match result {
                     Ok(()) => to_ack.push_back(held.publish),
+                    Err(StoreError::Redelivered) => {
+                        // Committed before a crash or disconnect, but its PUBACK was lost.
+                        tracing::debug!(source = %s.name, pkid = held.publish.pkid, "redelivery of a committed message: acked, not stored again");
+                        redelivered.inc();
+                        to_ack.push_back(held.publish);
+                    }
                     Err(StoreError::Closed) => break,
                     Err(e) => {
                         if retry.is_empty() {
@@ -166,7 +183,7 @@ pub async fn run(
                     }
                 };
                 match result {
-                    Ok(()) => {
+                    Ok(()) | Err(StoreError::Redelivered) => {
                         to_ack.push_back(head.publish);
                         retry_wait = Duration::from_millis(500);
                         retry_at = None;
@@ -214,7 +231,9 @@ pub async fn run(
                 }
                 Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                     messages.inc();
-                    let mark = Mark { source: s.name.clone(), pkid: p.pkid, digest: digest(&p), resume: false };
+                    // With DUP set, the store recognises (in the same transaction as the
+                    // append) a message it committed before whose PUBACK was never written.
+                    let mark = Mark { source: s.name.clone(), pkid: p.pkid, digest: digest(&p), resume: false, dup: p.dup };
                     let events = if p.payload.len() > s.max_payload {
                         metrics
                             .source_decode_errors
@@ -224,11 +243,6 @@ pub async fn run(
                             tracing::warn!(source = %s.name, topic = %p.topic, suppressed, "message of {} bytes skipped: over max_payload ({} bytes)", p.payload.len(), s.max_payload);
                         }
                         (Vec::new(), 1)
-                    } else if p.dup && already_committed(&ingest, &mark).await {
-                        // Committed before a crash or disconnect, but the PUBACK was lost.
-                        tracing::debug!(source = %s.name, pkid = p.pkid, "redelivery of a committed message: acked, not stored again");
-                        redelivered.inc();
-                        (Vec::new(), 0)
                     } else {
                         decode(&s, &p, &metrics, &mut decode_log)
                     };
@@ -243,6 +257,7 @@ pub async fn run(
                         pending.push_back(Box::pin(async move { (held, Err(StoreError::Full)) }));
                     }
                 }
+                Ok(MqttEvent::Outgoing(rumqttc::Outgoing::PubAck(pkid))) => written.push(pkid),
                 Ok(_) => {}
                 Err(e) => {
                     connected.set(0);
@@ -266,7 +281,7 @@ pub async fn run(
     // Commit and ack what was already submitted, then leave (the session stays on the broker).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while let Ok(Some((held, result))) = tokio::time::timeout_at(deadline, pending.next()).await {
-        if held.gen == generation && result.is_ok() {
+        if held.gen == generation && matches!(result, Ok(()) | Err(StoreError::Redelivered)) {
             to_ack.push_back(held.publish);
         } else {
             break;
@@ -278,12 +293,17 @@ pub async fn run(
     let _ = client.try_disconnect();
     let flush = async {
         while let Ok(ev) = eventloop.poll().await {
-            if matches!(ev, MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                break;
+            match ev {
+                MqttEvent::Outgoing(rumqttc::Outgoing::PubAck(pkid)) => written.push(pkid),
+                MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect) => break,
+                _ => {}
             }
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+    // The store commits these before it closes (a mark left behind could swallow a new
+    // message that reuses the packet id with DUP set and the same payload).
+    let _ = ingest.store().clear_marks(&s.name, written).await;
     connected.set(0);
     Ok(())
 }
@@ -321,15 +341,6 @@ fn digest(p: &Publish) -> u64 {
     p.topic.hash(&mut h);
     p.payload.hash(&mut h);
     h.finish()
-}
-
-/// Whether a redelivered message (DUP set) was already committed under its packet id.
-async fn already_committed(ingest: &Ingest, mark: &Mark) -> bool {
-    let (store, source, pkid) = (ingest.store().clone(), mark.source.clone(), mark.pkid);
-    match tokio::task::spawn_blocking(move || store.mqtt_seen(&source, pkid)).await {
-        Ok(Ok(Some(d))) => d == mark.digest,
-        _ => false,
-    }
 }
 
 fn decode(

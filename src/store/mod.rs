@@ -138,6 +138,9 @@ pub enum StoreError {
     /// The writer thread is gone (the store was closed).
     #[error("the store is closed")]
     Closed,
+    /// An MQTT redelivery (DUP) of a message committed before: nothing was stored; ack it.
+    #[error("already committed (a broker redelivery)")]
+    Redelivered,
     /// The store is being opened again after an I/O error; try again shortly.
     #[error("the store is being reopened after an I/O error")]
     Reopening,
@@ -215,6 +218,9 @@ pub struct Mark {
     pub digest: u64,
     /// A retry of a message the store refused: it may lift the source's refusal.
     pub resume: bool,
+    /// The broker set DUP: if this packet id's mark holds the same digest, the message was
+    /// committed before and its PUBACK never written: nothing is stored again.
+    pub dup: bool,
 }
 
 pub(crate) enum Op {
@@ -228,6 +234,9 @@ pub(crate) enum Op {
         seqs: Vec<u64>,
         done: oneshot::Sender<Result<(), String>>,
     },
+    /// The PUBACKs of these packet ids were written: their marks go (with the next commit,
+    /// never in a commit of their own).
+    ClearMarks { source: String, pkids: Vec<u16> },
     /// Move entries from the queue to the dead letters.
     DeadLetter {
         webhook: WebhookId,
@@ -417,6 +426,7 @@ async fn committed(rx: oneshot::Receiver<Result<(), String>>) -> Result<(), Stor
     match rx.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) if e == FULL => Err(StoreError::Full),
+        Ok(Err(e)) if e == REDELIVERED => Err(StoreError::Redelivered),
         Ok(Err(e)) => Err(StoreError::Commit(e)),
         Err(_) => Err(StoreError::Closed),
     }
@@ -424,6 +434,8 @@ async fn committed(rx: oneshot::Receiver<Result<(), String>>) -> Result<(), Stor
 
 /// The writer's answer to an append refused by the `block` policy.
 pub(crate) const FULL: &str = "full";
+/// The writer's answer to an append that is a redelivery of a committed message.
+pub(crate) const REDELIVERED: &str = "redelivered";
 
 /// Commits the writer has outstanding at most (ops waiting in its channel).
 const OP_CHANNEL: usize = 1024;
@@ -546,6 +558,18 @@ impl Store {
     /// Appends and waits for the commit.
     pub async fn append(&self, items: Vec<(WebhookId, Vec<u8>)>) -> Result<(), StoreError> {
         self.submit(items, None).await?.await
+    }
+
+    /// The PUBACKs of these packet ids of `source` were written: their redelivery marks are
+    /// cleared with the next commit.
+    pub async fn clear_marks(&self, source: &str, pkids: Vec<u16>) -> Result<(), StoreError> {
+        self.tx
+            .send(Op::ClearMarks {
+                source: source.to_string(),
+                pkids,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)
     }
 
     /// The digest of the last message committed with this MQTT packet id. Blocking.

@@ -118,8 +118,11 @@ fn run(
     // Sources whose append was refused: everything after it from them is refused too, until
     // the refused message comes again (marked `resume`) and fits; this keeps their order.
     let mut blocked: HashSet<String> = HashSet::new();
+    // Redelivery marks to clear, waiting for a commit that has other work to do.
+    let mut clears: Vec<(String, u16)> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         if matches!(first, Op::Close) {
+            flush_clears(&db, &mut clears);
             break;
         }
         if first.is_manage() {
@@ -158,7 +161,37 @@ fn run(
                 Err(_) => break,
             }
         }
-        let mut poisoned = commit(&db, shared, &mut next, ops, &mut log, &mut blocked);
+        // Clearing marks alone is no reason for a durable commit (an SD card write).
+        let (clear_ops, ops): (Vec<Op>, Vec<Op>) = ops
+            .into_iter()
+            .partition(|op| matches!(op, Op::ClearMarks { .. }));
+        if ops.is_empty() && then.is_none() && !closing {
+            for op in clear_ops {
+                if let Op::ClearMarks { source, pkids } = op {
+                    clears.extend(pkids.into_iter().map(|p| (source.clone(), p)));
+                }
+            }
+            continue;
+        }
+        // Marks cleared before this group's appends: those ops came first in the channel.
+        for op in clear_ops {
+            if let Op::ClearMarks { source, pkids } = op {
+                clears.extend(pkids.into_iter().map(|p| (source.clone(), p)));
+            }
+        }
+        let mut poisoned = if ops.is_empty() {
+            false
+        } else {
+            commit(
+                &db,
+                shared,
+                &mut next,
+                ops,
+                &mut log,
+                &mut blocked,
+                &mut clears,
+            )
+        };
         if let Some(op) = then {
             poisoned |= manage(&db, shared, &mut next, op);
         }
@@ -169,8 +202,33 @@ fn run(
             }
         }
         if closing {
+            flush_clears(&db, &mut clears);
             break;
         }
+    }
+}
+
+/// Commits the redelivery marks still to clear (at close: a mark left behind would mean
+/// "PUBACK not written" for a message whose PUBACK was written).
+fn flush_clears(db: &Database, clears: &mut Vec<(String, u16)>) {
+    if clears.is_empty() {
+        return;
+    }
+    let r = (|| -> Result<(), redb::Error> {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut seen = txn.open_table(MQTT_SEEN)?;
+            for (source, pkid) in clears.iter() {
+                seen.remove((source.as_str(), *pkid))?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    })();
+    match r {
+        Ok(()) => clears.clear(),
+        Err(e) => tracing::warn!("clearing MQTT redelivery marks at close failed: {e}"),
     }
 }
 
@@ -507,17 +565,25 @@ fn commit(
     ops: Vec<Op>,
     log: &mut RateLog,
     blocked: &mut HashSet<String>,
+    clears: &mut Vec<(String, u16)>,
 ) -> bool {
     let queues = shared.queues();
     let queues = &*queues;
     let mut new_next = next.clone();
     let mut delta = Delta::default();
     let mut refused = vec![false; ops.len()];
+    let mut redelivered = vec![false; ops.len()];
     let mut replayed = vec![0u64; ops.len()];
     let started = std::time::Instant::now();
     let result = (|| -> Result<(), redb::Error> {
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
+        if !clears.is_empty() {
+            let mut seen = txn.open_table(MQTT_SEEN)?;
+            for (source, pkid) in clears.iter() {
+                seen.remove((source.as_str(), *pkid))?;
+            }
+        }
         {
             let mut q = txn.open_table(QUEUE)?;
             for (i, op) in ops.iter().enumerate() {
@@ -545,8 +611,17 @@ fn commit(
                             blocked.remove(src);
                         }
                         if let Some(m) = mark {
-                            txn.open_table(MQTT_SEEN)?
-                                .insert((m.source.as_str(), m.pkid), m.digest)?;
+                            let mut seen = txn.open_table(MQTT_SEEN)?;
+                            // Checked and marked in one transaction: a mark means "committed,
+                            // PUBACK not yet written".
+                            let same = seen
+                                .get((m.source.as_str(), m.pkid))?
+                                .is_some_and(|v| v.value() == m.digest);
+                            if m.dup && same {
+                                redelivered[i] = true;
+                                continue;
+                            }
+                            seen.insert((m.source.as_str(), m.pkid), m.digest)?;
                         }
                         for (w, bytes) in items {
                             let seq = new_next.entry(*w).or_insert(1);
@@ -719,7 +794,12 @@ fn commit(
         }
         *next = new_next;
     }
-    for ((op, refused), replayed) in ops.into_iter().zip(refused).zip(replayed) {
+    if failure.is_none() {
+        clears.clear();
+    }
+    for (((op, refused), replayed), redelivered) in
+        ops.into_iter().zip(refused).zip(replayed).zip(redelivered)
+    {
         if let Op::Replay { done, .. } = op {
             let _ = done.send(match &failure {
                 None => Ok(replayed),
@@ -729,6 +809,7 @@ fn commit(
         }
         let answer = match &failure {
             None if refused => Err(super::FULL.to_string()),
+            None if redelivered => Err(super::REDELIVERED.to_string()),
             None => Ok(()),
             Some(e) => Err(e.clone()),
         };
