@@ -265,15 +265,12 @@ async fn handle(
             text
         );
     }
-    if (200..300).contains(&status) {
-        let n = match body.first() {
-            Some(b'[') => {
-                serde_json::from_slice::<Vec<serde_json::Value>>(&body).map_or(1, |v| v.len())
-            }
-            _ => 1,
-        };
-        st.accepted_messages.fetch_add(n, SeqCst);
-    }
+    let n = match body.first() {
+        Some(b'[') => {
+            serde_json::from_slice::<Vec<serde_json::Value>>(&body).map_or(1, |v| v.len())
+        }
+        _ => 1,
+    };
     if let Ok(mut g) = st.requests.lock() {
         g.push(Received {
             path: parts.uri.path().to_string(),
@@ -282,6 +279,11 @@ async fn handle(
             status,
             at: arrived,
         });
+        // Counted once listed (under the same lock): whoever sees the count also finds the
+        // request in `requests()`.
+        if (200..300).contains(&status) {
+            st.accepted_messages.fetch_add(n, SeqCst);
+        }
     }
     st.notify.notify_waiters();
     let answer = match status {
