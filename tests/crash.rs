@@ -89,7 +89,6 @@ async fn every_acked_message_survives_20_kill_9_cycles() {
 /// delivered events would be waiting when the daemon is killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_redelivers_at_most_the_removal_slack() {
-    use roomhook::store::{Limits, Overflow, Store};
     let dir = tempfile::tempdir().unwrap();
     let broker = broker();
     let rx = receiver(dir.path(), false).await;
@@ -101,31 +100,14 @@ async fn a_crash_redelivers_at_most_the_removal_slack() {
     let config = write_config(dir.path(), &slow);
     // A backlog of 5,000 events, written straight into the store.
     let n: i64 = 5000;
-    {
-        let limits = Limits {
-            max_bytes: 1 << 30,
-            queues: vec![("facilities".into(), Overflow::DropOldest)],
-        };
-        let (store, ids) = Store::open(&dir.path().join("data"), &limits).unwrap();
-        let items = (1..=n)
-            .map(|v| {
-                let device = format!("room-{}", v % 10);
-                let e = roomhook::event::Event {
-                    workspace: Some(format!("ws-{device}")),
-                    device,
-                    path: "RoomAnalytics.PeopleCount.Current".into(),
-                    kind: roomhook::catalog::Kind::Status,
-                    value: v.into(),
-                    ts_ms: roomhook::timefmt::now_ms(),
-                    full_sync: false,
-                    more: Vec::new(),
-                };
-                (ids[0], e.encode())
-            })
-            .collect();
-        store.append(items).await.unwrap();
-        store.close().await;
-    }
+    prefill(
+        &dir.path().join("data"),
+        "facilities",
+        (1..=n)
+            .map(|v| people_event(&format!("room-{}", v % 10), v))
+            .collect(),
+    )
+    .await;
     let mut daemon = Daemon::start(&config);
     assert!(
         rx.receiver

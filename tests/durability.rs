@@ -221,49 +221,24 @@ async fn events_older_than_max_queue_age_are_dropped_not_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_entry_is_skipped_and_the_queue_goes_on() {
-    use roomhook::store::{DropReason, Limits, Overflow, Store};
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    let admin = free_port();
-    let config = write_config(
-        dir.path(),
-        &standard_config(broker.port, &rx.url, &rx.ca_file, "").replace(
-            "org_id = \"test-org\"\n",
-            &format!("org_id = \"test-org\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
-        ),
-    );
+    let Env {
+        dir,
+        rx,
+        admin,
+        config,
+        broker: _broker,
+    } = env("", "").await;
     // A store whose queue holds a damaged entry between two good ones.
-    {
-        let limits = Limits {
-            max_bytes: 1 << 30,
-            queues: vec![("facilities".into(), Overflow::DropOldest)],
-        };
-        let (store, ids) = Store::open(&dir.path().join("data"), &limits).unwrap();
-        let good = |device: &str| {
-            roomhook::event::Event {
-                device: device.into(),
-                workspace: Some(format!("ws-{device}")),
-                path: "RoomAnalytics.PeopleCount.Current".into(),
-                kind: roomhook::catalog::Kind::Status,
-                value: 0.into(),
-                ts_ms: roomhook::timefmt::now_ms(),
-                full_sync: false,
-                more: Vec::new(),
-            }
-            .encode()
-        };
-        store
-            .append(vec![
-                (ids[0], good("first")),
-                (ids[0], b"\x00 not an event".to_vec()),
-                (ids[0], good("last")),
-            ])
-            .await
-            .unwrap();
-        assert_eq!(store.dropped(ids[0], DropReason::Undecodable), 0);
-        store.close().await;
-    }
+    prefill(
+        &dir.path().join("data"),
+        "facilities",
+        vec![
+            people_event("first", 0),
+            b"\x00 not an event".to_vec(),
+            people_event("last", 0),
+        ],
+    )
+    .await;
     let mut daemon = Daemon::start(&config);
     assert!(
         rx.receiver.wait_accepted(2, Duration::from_secs(20)).await,

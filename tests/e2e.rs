@@ -301,17 +301,13 @@ async fn requests_carry_standard_webhooks_headers_stable_across_retries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_over_max_payload_is_skipped_and_the_source_goes_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    let admin = free_port();
-    let config = write_config(
-        dir.path(),
-        &standard_config(broker.port, &rx.url, &rx.ca_file, "").replace(
-            "org_id = \"test-org\"\n",
-            &format!("org_id = \"test-org\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
-        ),
-    );
+    let Env {
+        dir: _dir,
+        broker,
+        rx,
+        admin,
+        config,
+    } = env("", "").await;
     let mut daemon = Daemon::start(&config);
     // A 3 MB message between two good ones, all QoS 1 (the broker would redeliver a
     // message that was not acked on every reconnect, forever).
@@ -360,19 +356,13 @@ async fn a_message_over_max_payload_is_skipped_and_the_source_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_interval_groups_commits_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    let admin = free_port();
-    let config = write_config(
-        dir.path(),
-        &standard_config(broker.port, &rx.url, &rx.ca_file, "").replace(
-            "org_id = \"test-org\"\n",
-            &format!(
-                "org_id = \"test-org\"\ncommit_interval = \"250ms\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"
-            ),
-        ),
-    );
+    let Env {
+        dir: _dir,
+        broker,
+        rx,
+        admin,
+        config,
+    } = env("commit_interval = \"250ms\"", "").await;
     let mut daemon = Daemon::start(&config);
     let commits = || metric(admin, "roomhook_store_commit_duration_seconds_count").unwrap_or(0.0);
     let before = commits();

@@ -8,31 +8,20 @@ use common::*;
 use roomhook::demo::receiver::Behaviour;
 use std::time::Duration;
 
-fn with_admin(text: String, admin: u16) -> String {
-    text.replace(
-        "org_id = \"test-org\"\n",
-        &format!("org_id = \"test-org\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
-    )
-}
-
 fn dead_letters(admin: u16) -> Option<f64> {
     metric(admin, "roomhook_dead_letters{webhook=\"facilities\"}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_answering_404_during_a_deploy_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
+    let Env {
+        dir: _dir,
+        broker,
+        rx,
+        admin,
+        config,
+    } = env("", "").await;
     rx.receiver.set_behaviour(Behaviour::Status(404));
-    let admin = free_port();
-    let config = write_config(
-        dir.path(),
-        &with_admin(
-            standard_config(broker.port, &rx.url, &rx.ca_file, ""),
-            admin,
-        ),
-    );
     let mut daemon = Daemon::start(&config);
     let (devices, per_device) = (5, 20);
     publish(broker.port, &workload(devices, per_device)).await;
@@ -61,18 +50,14 @@ async fn a_proxy_answering_404_during_a_deploy_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_refusing_everything_does_not_empty_the_queue() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
+    let Env {
+        dir: _dir,
+        broker,
+        rx,
+        admin,
+        config,
+    } = env("", "").await;
     rx.receiver.set_behaviour(Behaviour::Status(422));
-    let admin = free_port();
-    let config = write_config(
-        dir.path(),
-        &with_admin(
-            standard_config(broker.port, &rx.url, &rx.ca_file, ""),
-            admin,
-        ),
-    );
     let mut daemon = Daemon::start(&config);
     let n = 100;
     publish(broker.port, &workload(1, n)).await;
@@ -124,7 +109,7 @@ async fn a_413_on_a_batch_is_retried_in_smaller_batches() {
     let config = write_config(
         dir.path(),
         &with_admin(
-            standard_config(
+            &standard_config(
                 broker.port,
                 &rx.url,
                 &rx.ca_file,

@@ -298,3 +298,90 @@ pub async fn webhook_list(config: &Path) -> Vec<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_str(&out).expect("list json");
     v["webhooks"].as_array().cloned().unwrap_or_default()
 }
+
+/// `text` with `lines` added to its `[gateway]` table (after `org_id`).
+pub fn with_gateway(text: &str, lines: &str) -> String {
+    text.replacen(
+        "org_id = \"test-org\"\n",
+        &format!("org_id = \"test-org\"\n{lines}\n"),
+        1,
+    )
+}
+
+/// `text` with an `[admin]` listener on `port` (for /metrics, /readyz).
+pub fn with_admin(text: &str, port: u16) -> String {
+    text.replacen(
+        "[gateway]",
+        &format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n\n[gateway]"),
+        1,
+    )
+}
+
+/// What most tests start from: a broker, a receiver, and a standard config with an admin
+/// listener (not started yet).
+pub struct Env {
+    /// The test's directory (config, store, CA file).
+    pub dir: tempfile::TempDir,
+    /// The broker.
+    pub broker: Mosquitto,
+    /// The receiver.
+    pub rx: TestReceiver,
+    /// The admin listener's port.
+    pub admin: u16,
+    /// The config file.
+    pub config: PathBuf,
+}
+
+/// An [`Env`]; `gateway` adds lines to `[gateway]`, `webhook` to the webhook's table.
+pub async fn env(gateway: &str, webhook: &str) -> Env {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = broker();
+    let rx = receiver(dir.path(), false).await;
+    let admin = free_port();
+    let text = with_admin(
+        &with_gateway(
+            &standard_config(broker.port, &rx.url, &rx.ca_file, webhook),
+            gateway,
+        ),
+        admin,
+    );
+    let config = write_config(dir.path(), &text);
+    Env {
+        dir,
+        broker,
+        rx,
+        admin,
+        config,
+    }
+}
+
+/// A stored event: a people count of `device` (as the standard config's source makes them).
+pub fn people_event(device: &str, value: i64) -> Vec<u8> {
+    roomhook::event::Event {
+        device: device.into(),
+        workspace: Some(format!("ws-{device}")),
+        path: "RoomAnalytics.PeopleCount.Current".into(),
+        kind: roomhook::catalog::Kind::Status,
+        value: value.into(),
+        ts_ms: roomhook::timefmt::now_ms(),
+        full_sync: false,
+        more: Vec::new(),
+    }
+    .encode()
+}
+
+/// Writes encoded entries straight into the queue of webhook `name` of the store in
+/// `data_dir` (the daemon stopped), as a backlog or a damaged entry would be.
+pub async fn prefill(data_dir: &Path, name: &str, entries: Vec<Vec<u8>>) {
+    use roomhook::store::{Limits, Overflow, Store};
+    let limits = Limits {
+        max_bytes: 1 << 30,
+        queues: vec![(name.into(), Overflow::DropOldest)],
+    };
+    let (store, ids) = Store::open(data_dir, &limits).expect("store");
+    store
+        .append(entries.into_iter().map(|e| (ids[0], e)).collect())
+        .await
+        .expect("append");
+    store.close().await;
+}
