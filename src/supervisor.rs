@@ -146,6 +146,10 @@ pub struct Supervisor {
     source_stop: CancellationToken,
     /// Drop counts already added to the metrics, per webhook.
     dropped_seen: std::sync::Mutex<std::collections::HashMap<WebhookId, [u64; 5]>>,
+    /// The config file (control-API file references may not name it).
+    config_file: PathBuf,
+    /// The store directory (control-API file references may not point into it).
+    data_dir: PathBuf,
     /// Queues whose webhook left the config: name, store id, since when (unix ms).
     orphans: std::sync::Mutex<Vec<(String, WebhookId, i64)>>,
     /// How long orphans are kept, in milliseconds (follows reloads).
@@ -184,6 +188,8 @@ impl Supervisor {
             source_stop: CancellationToken::new(),
             dropped_seen: Default::default(),
             orphans: Default::default(),
+            config_file: settings.file.clone(),
+            data_dir: settings.data_dir.clone(),
             orphan_retention_ms: std::sync::atomic::AtomicU64::new(
                 u64::try_from(settings.orphan_retention.as_millis()).unwrap_or(u64::MAX),
             ),
@@ -235,6 +241,9 @@ impl Supervisor {
             loop {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 let Some(sup) = weak.upgrade() else { break };
+                // Under the lock every apply takes: a name that comes back meanwhile is
+                // taken off the orphans before this looks.
+                let _inner = sup.inner.lock().await;
                 if let Err(e) = sup.expire_orphans().await {
                     tracing::warn!("orphaned queues: {e}");
                 }
@@ -524,6 +533,11 @@ impl Supervisor {
                 .retain(|o| o.0 != name);
         }
         Ok(())
+    }
+
+    /// The config file and the store directory.
+    pub fn paths(&self) -> (&std::path::Path, &std::path::Path) {
+        (&self.config_file, &self.data_dir)
     }
 
     /// The orphaned queues: name, queued events, since when (unix ms).

@@ -884,14 +884,24 @@ async fn the_control_api_surface_is_careful() {
 
     // Through the API, files stay inside the config directory: no absolute path, no '..'.
     let auth = format!("Bearer {token}");
-    for bad in ["/etc/hostname", "../../etc/hostname"] {
+    // A link inside the config directory that points outside, and the config itself.
+    std::os::unix::fs::symlink("/etc/hostname", dir.path().join("innocent")).unwrap();
+    for bad in [
+        "/etc/hostname",
+        "../../etc/hostname",
+        "innocent",
+        "roomhook.toml",
+    ] {
         let body = format!(
             r#"{{"name":"leak","url":"{}","authorization_file":"{bad}","statuses":["RoomAnalytics.*"]}}"#,
             rx.url
         );
         let (status, answer) = post(admin_port, "/v1/webhooks", &auth, &body);
         assert_eq!(status, 400, "{bad}: {answer}");
-        assert!(answer.contains("outside the config directory"), "{answer}");
+        assert!(
+            answer.contains("outside the config directory") || answer.contains("own config"),
+            "{answer}"
+        );
     }
     let (code, _, err) = webhook_cli(
         &config,

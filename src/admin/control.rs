@@ -204,10 +204,29 @@ async fn json_body(req: Request<Incoming>) -> Result<serde_json::Map<String, Val
 /// File references made through the API stay inside the config directory and
 /// `$CREDENTIALS_DIRECTORY`: relative, without `..` (otherwise an API caller could have any
 /// file the daemon can read sent to a URL of its choosing as a header).
-fn confine_files(values: &serde_json::Map<String, Value>) -> Result<(), String> {
+fn confine_files(values: &serde_json::Map<String, Value>, sup: &Supervisor) -> Result<(), String> {
+    let (config_file, data_dir) = sup.paths();
+    let canon = |p: &Path| std::fs::canonicalize(p).ok();
+    let config_dir = config_file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let allowed: Vec<PathBuf> = std::iter::once(canon(config_dir))
+        .chain(std::iter::once(
+            std::env::var_os("CREDENTIALS_DIRECTORY").and_then(|d| canon(Path::new(&d))),
+        ))
+        .flatten()
+        .collect();
+    let forbidden_file = canon(config_file);
+    let forbidden_dir = canon(data_dir);
     for (key, v) in values {
         let Some(p) = v.as_str().filter(|_| key.ends_with("_file")) else {
             continue;
+        };
+        let outside = || {
+            format!(
+                "{key}: {p:?} is outside the config directory; through the control API, files are named relative to the config file's directory (or $CREDENTIALS_DIRECTORY), without '..' — put the file there"
+            )
         };
         let path = Path::new(p);
         if path.is_absolute()
@@ -215,8 +234,24 @@ fn confine_files(values: &serde_json::Map<String, Value>) -> Result<(), String> 
                 .components()
                 .any(|c| matches!(c, std::path::Component::ParentDir))
         {
+            return Err(outside());
+        }
+        // Where it really is (symlinks followed), the way the config resolves it.
+        let cred = std::env::var_os("CREDENTIALS_DIRECTORY").map(|d| Path::new(&d).join(path));
+        let resolved = cred
+            .filter(|c| c.exists())
+            .unwrap_or_else(|| config_dir.join(path));
+        let Some(real) = canon(&resolved) else {
+            continue; // missing: the config check says so, and there is nothing to read
+        };
+        if !allowed.iter().any(|a| real.starts_with(a)) {
+            return Err(outside());
+        }
+        if Some(&real) == forbidden_file.as_ref()
+            || forbidden_dir.as_ref().is_some_and(|d| real.starts_with(d))
+        {
             return Err(format!(
-                "{key}: {p:?} is outside the config directory; through the control API, files are named relative to the config file's directory (or $CREDENTIALS_DIRECTORY), without '..' — put the file there"
+                "{key}: {p:?} is roomhook's own config or store, not a secret file"
             ));
         }
     }
@@ -257,7 +292,7 @@ pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
         (&Method::POST, ["v1", "webhooks"]) => {
             let values = match json_body(req)
                 .await
-                .and_then(|v| confine_files(&v).map(|()| v))
+                .and_then(|v| confine_files(&v, sup).map(|()| v))
             {
                 Ok(v) => v,
                 Err(e) => return reply(StatusCode::BAD_REQUEST, json!({ "error": e })),
@@ -285,7 +320,7 @@ pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
             let name = name.to_string();
             let changes = match json_body(req)
                 .await
-                .and_then(|v| confine_files(&v).map(|()| v))
+                .and_then(|v| confine_files(&v, sup).map(|()| v))
             {
                 Ok(v) => v,
                 Err(e) => return reply(StatusCode::BAD_REQUEST, json!({ "error": e })),

@@ -492,8 +492,9 @@ async fn wear(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
             roomhook::testkit::metric(admin, "roomhook_store_commit_duration_seconds_count")
                 .unwrap_or(0.0)
         };
-        // Idle first: once the start-up writes settled, nothing should be written.
-        std::thread::sleep(Duration::from_secs(2));
+        // Idle first: once the start-up writes settled (and the redelivery marks of the
+        // probe were committed, 5 s after its ack), nothing should be written.
+        std::thread::sleep(Duration::from_secs(7));
         let (w0, c0) = (write_bytes(daemon.pid()), cpu_ns(daemon.pid()));
         std::thread::sleep(Duration::from_secs(5));
         let idle_bytes = write_bytes(daemon.pid()) - w0;

@@ -60,7 +60,14 @@ pub fn check_regular_file(path: &std::path::Path, max: u64) -> std::io::Result<(
 pub fn read_secret_file(path: &std::path::Path) -> std::io::Result<Secret> {
     check_regular_file(path, MAX_SECRET_FILE)?;
     let text = std::fs::read_to_string(path)?;
-    Ok(Secret::new(text.trim()))
+    let secret = text.trim();
+    if secret.contains(['\n', '\r']) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "more than one line: a secret file holds the secret alone",
+        ));
+    }
+    Ok(Secret::new(secret))
 }
 
 #[cfg(test)]

@@ -304,10 +304,15 @@ impl Worker {
         while let Ok(Some(done)) = tokio::time::timeout_at(deadline, in_flight.next()).await {
             self.finish(&mut pace, &mut counters, &mut removed, &mut dead, done);
         }
-        if let Ok(commit) = self.store.remove(self.id, removed).await {
-            let _ = commit.await;
+        // Removals already handed over get what is left of the grace period: a store that
+        // cannot commit (a failing disk) must not hold the shutdown.
+        let deadline = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+        if let Ok(Ok(commit)) =
+            tokio::time::timeout_at(deadline, self.store.remove(self.id, removed)).await
+        {
+            let _ = tokio::time::timeout_at(deadline, commit).await;
         }
-        while removals.next().await.is_some() {}
+        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, removals.next()).await {}
         let _ = self.store.dead_letter(self.id, dead).await;
         self.publish_status(&pace, &mut counters);
     }
@@ -513,14 +518,20 @@ impl Worker {
                 Action::Gone => {
                     "the receiver answered 410 Gone; the webhook is disabled, its queue kept"
                 }
-                Action::DeadLetter if pace.refusals + 1 >= REFUSING_AFTER => {
+                Action::DeadLetter | Action::TooLarge
+                    if pace.refusals + 1 >= REFUSING_AFTER
+                        && !(matches!(action, Action::TooLarge) && request.entries.len() > 1) =>
+                {
                     "the receiver refuses every message for good; the queue is held (state refusing) and retried every retry_max"
                 }
                 Action::DeadLetter => {
                     "the receiver refused the message for good; it moves to the dead letters"
                 }
-                Action::TooLarge => {
+                Action::TooLarge if request.entries.len() > 1 => {
                     "the receiver answered 413 (body too large); retried in smaller batches"
+                }
+                Action::TooLarge => {
+                    "the receiver answered 413 for a single message; it moves to the dead letters"
                 }
                 _ => "delivery failed, the message stays queued and is retried",
             };
@@ -540,11 +551,22 @@ impl Worker {
                 st.recent.record(at_ms, 0, 1);
             }
         }
+        // A refusal for good: a 4xx the receiver means, or a 413 on a single message (it
+        // never will fit). Past the streak, the queue is held instead.
+        let batch = request.entries.len() > 1;
+        let permanent = match action {
+            Action::DeadLetter => true,
+            Action::TooLarge => !batch,
+            _ => false,
+        };
+        let streak = permanent && pace.refusals + 1 >= REFUSING_AFTER;
         match action {
             Action::Delivered => {
                 pace.auth_failed = false;
                 pace.refusals = 0;
                 pace.refusing = false;
+                // A batch limit halved by a 413 grows back (the receiver's limit may be gone).
+                pace.batch_cap = (pace.batch_cap * 2).min(self.settings.pacing.batch_max_messages);
                 let done = pace
                     .sched
                     .complete(&request.lanes, Verdict::Done, now, unit);
@@ -560,22 +582,20 @@ impl Worker {
                     removed.push(e.seq);
                 }
             }
-            Action::DeadLetter if pace.refusals + 1 >= REFUSING_AFTER => {
+            Action::DeadLetter | Action::TooLarge if streak => {
                 pace.refusals += 1;
                 pace.refusing = true;
                 let pause = Some(self.settings.retry_max);
                 pace.sched
                     .complete(&request.lanes, Verdict::Retry { pause }, now, unit);
             }
-            Action::TooLarge => {
-                let n = request.entries.len();
-                if n > 1 {
-                    pace.batch_cap = (n / 2).max(1);
-                }
+            Action::TooLarge if batch => {
+                pace.batch_cap = (request.entries.len() / 2).max(1);
                 pace.sched
                     .complete(&request.lanes, Verdict::Retry { pause: None }, now, unit);
             }
-            Action::DeadLetter => {
+            // One message too large for the receiver: it never will be taken.
+            Action::DeadLetter | Action::TooLarge => {
                 pace.refusals += 1;
                 let reason = match &outcome {
                     Outcome::Failed(f) => f.message.clone(),

@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 const MAX_PENDING: usize = 2048;
 /// The largest packet MQTT can carry (remaining length 268,435,455 plus the fixed header).
 const MQTT_MAX_PACKET: usize = 268_435_460;
+/// A quiet source's cleared redelivery marks are committed this long after the last ack.
+const MARKS_FLUSH_AFTER: Duration = Duration::from_secs(5);
 /// Reconnect backoff bounds.
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
@@ -127,16 +129,15 @@ pub async fn run(
     let mut to_ack: VecDeque<Publish> = VecDeque::new();
     // Packet ids whose PUBACK was written: their redelivery marks can go.
     let mut written: Vec<u16> = Vec::new();
+    // When the cleared marks are committed even if no message comes (a quiet source).
+    let mut marks_flush_at: Option<tokio::time::Instant> = None;
 
     loop {
-        if !written.is_empty()
-            && ingest
+        if !written.is_empty() {
+            ingest
                 .store()
-                .clear_marks(&s.name, std::mem::take(&mut written))
-                .await
-                .is_err()
-        {
-            break;
+                .clear_marks(&s.name, std::mem::take(&mut written));
+            marks_flush_at = Some(tokio::time::Instant::now() + MARKS_FLUSH_AFTER);
         }
         while let Some(p) = to_ack.front() {
             if client.try_ack(p).is_err() {
@@ -170,6 +171,10 @@ pub async fn run(
                         retry.push_back(held);
                     }
                 }
+            }
+            _ = sleep_until_opt(marks_flush_at), if marks_flush_at.is_some() => {
+                marks_flush_at = None;
+                ingest.store().clear_marks(&s.name, Vec::new());
             }
             _ = sleep_until_opt(retry_at), if can_retry => {
                 let Some(mut head) = retry.pop_front() else { continue };
@@ -303,7 +308,7 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
     // The store commits these before it closes (a mark left behind could swallow a new
     // message that reuses the packet id with DUP set and the same payload).
-    let _ = ingest.store().clear_marks(&s.name, written).await;
+    ingest.store().clear_marks(&s.name, written);
     connected.set(0);
     Ok(())
 }

@@ -561,15 +561,13 @@ impl Store {
     }
 
     /// The PUBACKs of these packet ids of `source` were written: their redelivery marks are
-    /// cleared with the next commit.
-    pub async fn clear_marks(&self, source: &str, pkids: Vec<u16>) -> Result<(), StoreError> {
-        self.tx
-            .send(Op::ClearMarks {
-                source: source.to_string(),
-                pkids,
-            })
-            .await
-            .map_err(|_| StoreError::Closed)
+    /// cleared with the next commit (an empty list: commit what waits now). Never waits: a
+    /// full channel keeps the marks (a later redelivery would then be a duplicate at worst).
+    pub fn clear_marks(&self, source: &str, pkids: Vec<u16>) {
+        let _ = self.tx.try_send(Op::ClearMarks {
+            source: source.to_string(),
+            pkids,
+        });
     }
 
     /// The digest of the last message committed with this MQTT packet id. Blocking.

@@ -166,10 +166,17 @@ fn run(
             .into_iter()
             .partition(|op| matches!(op, Op::ClearMarks { .. }));
         if ops.is_empty() && then.is_none() && !closing {
+            let mut flush = false;
             for op in clear_ops {
                 if let Op::ClearMarks { source, pkids } = op {
+                    // An empty list: the source has been quiet for a while; commit the
+                    // stash now rather than at the next message.
+                    flush |= pkids.is_empty();
                     clears.extend(pkids.into_iter().map(|p| (source.clone(), p)));
                 }
+            }
+            if flush {
+                flush_clears(&db, &mut clears);
             }
             continue;
         }
@@ -596,6 +603,17 @@ fn commit(
                                 continue;
                             }
                         }
+                        // A redelivery of a committed message takes no room: checked first.
+                        if let Some(m) = mark.as_ref().filter(|m| m.dup) {
+                            let seen = txn.open_table(MQTT_SEEN)?;
+                            if seen
+                                .get((m.source.as_str(), m.pkid))?
+                                .is_some_and(|v| v.value() == m.digest)
+                            {
+                                redelivered[i] = true;
+                                continue;
+                            }
+                        }
                         let incoming: u64 = items
                             .iter()
                             .map(|(_, b)| b.len() as u64 + ENTRY_OVERHEAD)
@@ -611,17 +629,10 @@ fn commit(
                             blocked.remove(src);
                         }
                         if let Some(m) = mark {
-                            let mut seen = txn.open_table(MQTT_SEEN)?;
-                            // Checked and marked in one transaction: a mark means "committed,
-                            // PUBACK not yet written".
-                            let same = seen
-                                .get((m.source.as_str(), m.pkid))?
-                                .is_some_and(|v| v.value() == m.digest);
-                            if m.dup && same {
-                                redelivered[i] = true;
-                                continue;
-                            }
-                            seen.insert((m.source.as_str(), m.pkid), m.digest)?;
+                            // Marked in the transaction that checked it: a mark means
+                            // "committed, PUBACK not yet written".
+                            txn.open_table(MQTT_SEEN)?
+                                .insert((m.source.as_str(), m.pkid), m.digest)?;
                         }
                         for (w, bytes) in items {
                             let seq = new_next.entry(*w).or_insert(1);
