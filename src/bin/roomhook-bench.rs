@@ -439,16 +439,10 @@ async fn idle(binary: &Path) -> Result<serde_json::Value, String> {
     }))
 }
 
-/// CPU time of every thread of a process, nanoseconds (`/proc/PID/task/*/schedstat`).
+/// CPU time of a process in nanoseconds, threads that already ended included
+/// (`/proc/PID/stat`: clock-tick resolution, so the wear windows are long).
 fn cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .filter_map(|t| t.ok())
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+    (cpu_seconds(pid).unwrap_or(0.0) * 1e9) as u64
 }
 
 /// Bytes a process caused to be written to storage (`/proc/PID/io` `write_bytes`).
@@ -498,7 +492,7 @@ async fn wear(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
         let (w0, c0) = (write_bytes(daemon.pid()), cpu_ns(daemon.pid()));
         std::thread::sleep(Duration::from_secs(5));
         let idle_bytes = write_bytes(daemon.pid()) - w0;
-        let idle_cpu_ms = (cpu_ns(daemon.pid()) - c0) as f64 / 1e6;
+        let idle_cpu_ms = cpu_ns(daemon.pid()).saturating_sub(c0) as f64 / 1e6;
         for &rate in &rates {
             let n = (rate * args.wear_seconds).max(1) as usize;
             let base = s.receiver.accepted_messages();
@@ -515,7 +509,7 @@ async fn wear(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
             // The removals of the last deliveries are committed too.
             std::thread::sleep(Duration::from_millis(500));
             let bytes = write_bytes(daemon.pid()) - w0;
-            let cpu_us = (cpu_ns(daemon.pid()) - c0) as f64 / 1e3;
+            let cpu_us = cpu_ns(daemon.pid()).saturating_sub(c0) as f64 / 1e3;
             let k = commits() - k0;
             let per_event = bytes as f64 / n as f64;
             rows.push(serde_json::json!({
