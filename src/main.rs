@@ -182,6 +182,22 @@ fn stop_on_signals(token: CancellationToken) {
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
         token.cancel();
+        // Whatever state the daemon is in (a failing disk, a store reopening), it ends within
+        // the grace period and a few seconds: what is committed is safe on disk, and nothing
+        // uncommitted was acknowledged to anyone.
+        let backstop = roomhook::daemon::SHUTDOWN_GRACE + Duration::from_secs(5);
+        std::thread::spawn(move || {
+            std::thread::sleep(backstop);
+            tracing::error!("shutdown did not finish within {backstop:?}; exiting now (committed events are safe)");
+            std::process::exit(1);
+        });
+        // A second signal: at once.
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: exiting now (committed events are safe)");
+        std::process::exit(1);
     });
 }
 

@@ -131,3 +131,40 @@ async fn a_full_disk_pauses_input_and_resumes_when_space_returns() {
     received.dedup_by(|a, b| a.headers.get("webhook-id") == b.headers.get("webhook-id"));
     assert_complete_and_ordered(&received, devices, per_device);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: mounts a tmpfs (.ci/run runs it)"]
+async fn sigterm_ends_the_daemon_in_time_while_the_disk_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _mount = Mount::tmpfs(&data, "8m");
+    let broker = broker();
+    let rx = receiver(dir.path(), false).await;
+    rx.receiver.set_behaviour(Behaviour::Status(503));
+    let config = write_config(
+        dir.path(),
+        &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
+    );
+    let mut daemon = Daemon::start(&config);
+    let _ballast = fill(&data, 1024 * 1024);
+    let port = broker.port;
+    let publisher = tokio::spawn(async move { publish(port, &workload(10, 2000)).await });
+    assert!(
+        wait_until(Duration::from_secs(60), || daemon
+            .logs()
+            .contains("store commit failed")),
+        "the disk never filled; log:\n{}",
+        daemon.logs()
+    );
+    // Input held, commits failing, the store reopening: SIGTERM still ends it in time.
+    let t = std::time::Instant::now();
+    let code = daemon.stop();
+    let took = t.elapsed();
+    assert!(
+        took < roomhook::daemon::SHUTDOWN_GRACE + Duration::from_secs(7),
+        "SIGTERM took {took:?}; log:\n{}",
+        daemon.logs()
+    );
+    assert!(code.is_some(), "{}", daemon.logs());
+    publisher.abort();
+}
