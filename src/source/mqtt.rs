@@ -25,6 +25,10 @@ const MAX_PENDING: usize = 2048;
 const MQTT_MAX_PACKET: usize = 268_435_460;
 /// A quiet source's cleared redelivery marks are committed this long after the last ack.
 const MARKS_FLUSH_AFTER: Duration = Duration::from_secs(5);
+/// Acks whose marks are handed to the store together, at most.
+const MARKS_BATCH: usize = 256;
+/// How long acks wait for more before their marks are handed over.
+const MARKS_DELAY: Duration = Duration::from_millis(100);
 /// Reconnect backoff bounds.
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
@@ -131,13 +135,20 @@ pub async fn run(
     let mut written: Vec<u16> = Vec::new();
     // When the cleared marks are committed even if no message comes (a quiet source).
     let mut marks_flush_at: Option<tokio::time::Instant> = None;
+    // When the acks gathered so far are handed to the store.
+    let mut marks_due: Option<tokio::time::Instant> = None;
 
     loop {
-        if !written.is_empty() {
+        // Cleared marks go to the store in batches (one op per 256 acks or 100 ms), not one
+        // op per message: at full speed that is thousands of writer wake-ups saved.
+        if written.len() >= MARKS_BATCH {
             ingest
                 .store()
                 .clear_marks(&s.name, std::mem::take(&mut written));
+            marks_due = None;
             marks_flush_at = Some(tokio::time::Instant::now() + MARKS_FLUSH_AFTER);
+        } else if !written.is_empty() && marks_due.is_none() {
+            marks_due = Some(tokio::time::Instant::now() + MARKS_DELAY);
         }
         while let Some(p) = to_ack.front() {
             if client.try_ack(p).is_err() {
@@ -171,6 +182,11 @@ pub async fn run(
                         retry.push_back(held);
                     }
                 }
+            }
+            _ = sleep_until_opt(marks_due), if marks_due.is_some() => {
+                marks_due = None;
+                ingest.store().clear_marks(&s.name, std::mem::take(&mut written));
+                marks_flush_at = Some(tokio::time::Instant::now() + MARKS_FLUSH_AFTER);
             }
             _ = sleep_until_opt(marks_flush_at), if marks_flush_at.is_some() => {
                 marks_flush_at = None;
@@ -236,6 +252,13 @@ pub async fn run(
                 }
                 Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                     messages.inc();
+                    if written.contains(&p.pkid) {
+                        // The broker reuses an id whose PUBACK went out: its old mark must be
+                        // cleared before this message is checked against it (channel order).
+                        ingest.store().clear_marks(&s.name, std::mem::take(&mut written));
+                        marks_due = None;
+                        marks_flush_at = Some(tokio::time::Instant::now() + MARKS_FLUSH_AFTER);
+                    }
                     // With DUP set, the store recognises (in the same transaction as the
                     // append) a message it committed before whose PUBACK was never written.
                     let mark = Mark { source: s.name.clone(), pkid: p.pkid, digest: digest(&p), resume: false, dup: p.dup };
