@@ -51,37 +51,73 @@ fn fill(dir: &Path, leave: u64) -> PathBuf {
     path
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs root: mounts a tmpfs (.ci/run runs it)"]
-async fn a_full_disk_pauses_input_and_resumes_when_space_returns() {
+/// A daemon whose store sits on a full 8 MiB tmpfs while 10 × 2,000 messages come in and
+/// the receiver answers 503: returned once a commit failed.
+struct FullDisk {
+    daemon: Daemon,
+    publisher: tokio::task::JoinHandle<()>,
+    ballast: PathBuf,
+    rx: TestReceiver,
+    admin: u16,
+    _broker: Mosquitto,
+    _mount: Mount,
+    _dir: tempfile::TempDir,
+}
+
+const DEVICES: usize = 10;
+const PER_DEVICE: usize = 2000;
+
+async fn full_disk() -> FullDisk {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let _mount = Mount::tmpfs(&data, "8m");
+    let mount = Mount::tmpfs(&data, "8m");
     let broker = broker();
     let rx = receiver(dir.path(), false).await;
     rx.receiver.set_behaviour(Behaviour::Status(503));
     let admin = free_port();
-    let text = standard_config(broker.port, &rx.url, &rx.ca_file, "")
-        .replace(
-            "[gateway]",
-            &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[gateway]"),
-        )
-        .replace(
-            "org_id = \"test-org\"",
-            "org_id = \"test-org\"\nmax_store_bytes = \"64MiB\"",
-        );
+    let text = with_admin(
+        &with_gateway(
+            &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
+            "max_store_bytes = \"64MiB\"",
+        ),
+        admin,
+    );
     let config = write_config(dir.path(), &text);
     let daemon = Daemon::start(&config);
     let ballast = fill(&data, 1024 * 1024);
-
-    let (devices, per_device) = (10, 2000);
     let port = broker.port;
     let publisher =
-        tokio::spawn(async move { publish(port, &workload(devices, per_device)).await });
+        tokio::spawn(async move { publish(port, &workload(DEVICES, PER_DEVICE)).await });
     let failed = wait_until(Duration::from_secs(60), || {
         daemon.logs().contains("store commit failed")
     });
     assert!(failed, "the disk never filled; log:\n{}", daemon.logs());
+    FullDisk {
+        daemon,
+        publisher,
+        ballast,
+        rx,
+        admin,
+        _broker: broker,
+        _mount: mount,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: mounts a tmpfs (.ci/run runs it)"]
+async fn a_full_disk_pauses_input_and_resumes_when_space_returns() {
+    let FullDisk {
+        daemon,
+        publisher,
+        ballast,
+        rx,
+        admin,
+        _broker,
+        _mount,
+        _dir,
+    } = full_disk().await;
+    let (devices, per_device) = (DEVICES, PER_DEVICE);
     let (status, body) = roomhook::testkit::http_get(admin, "/readyz", None);
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("store"), "{body}");
@@ -135,27 +171,16 @@ async fn a_full_disk_pauses_input_and_resumes_when_space_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: mounts a tmpfs (.ci/run runs it)"]
 async fn sigterm_ends_the_daemon_in_time_while_the_disk_is_full() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let _mount = Mount::tmpfs(&data, "8m");
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    rx.receiver.set_behaviour(Behaviour::Status(503));
-    let config = write_config(
-        dir.path(),
-        &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
-    );
-    let mut daemon = Daemon::start(&config);
-    let _ballast = fill(&data, 1024 * 1024);
-    let port = broker.port;
-    let publisher = tokio::spawn(async move { publish(port, &workload(10, 2000)).await });
-    assert!(
-        wait_until(Duration::from_secs(60), || daemon
-            .logs()
-            .contains("store commit failed")),
-        "the disk never filled; log:\n{}",
-        daemon.logs()
-    );
+    let FullDisk {
+        mut daemon,
+        publisher,
+        ballast: _ballast,
+        rx: _rx,
+        admin: _admin,
+        _broker,
+        _mount,
+        _dir,
+    } = full_disk().await;
     // Input held, commits failing, the store reopening: SIGTERM still ends it in time.
     let t = std::time::Instant::now();
     let code = daemon.stop();

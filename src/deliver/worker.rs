@@ -502,6 +502,16 @@ impl Worker {
                 .inc();
         }
         let action = policy::classify(&outcome);
+        // A refusal for good: a 4xx the receiver means, or a 413 on a single message (it
+        // never will fit). Past the streak, the queue is held instead.
+        let batch = request.entries.len() > 1;
+        let permanent = match action {
+            Action::DeadLetter => true,
+            Action::TooLarge => !batch,
+            _ => false,
+        };
+        let streak = permanent && pace.refusals + 1 >= REFUSING_AFTER;
+
         pace.controller.on_response(took, action.signal(), now);
         if let Outcome::Failed(f) = &outcome {
             self.metrics
@@ -518,20 +528,14 @@ impl Worker {
                 Action::Gone => {
                     "the receiver answered 410 Gone; the webhook is disabled, its queue kept"
                 }
-                Action::DeadLetter | Action::TooLarge
-                    if pace.refusals + 1 >= REFUSING_AFTER
-                        && !(matches!(action, Action::TooLarge) && request.entries.len() > 1) =>
-                {
+                _ if streak => {
                     "the receiver refuses every message for good; the queue is held (state refusing) and retried every retry_max"
                 }
-                Action::DeadLetter => {
-                    "the receiver refused the message for good; it moves to the dead letters"
-                }
-                Action::TooLarge if request.entries.len() > 1 => {
+                Action::TooLarge if batch => {
                     "the receiver answered 413 (body too large); retried in smaller batches"
                 }
-                Action::TooLarge => {
-                    "the receiver answered 413 for a single message; it moves to the dead letters"
+                _ if permanent => {
+                    "the receiver refused the message for good (4xx, or 413 for a single message); it moves to the dead letters"
                 }
                 _ => "delivery failed, the message stays queued and is retried",
             };
@@ -551,15 +555,6 @@ impl Worker {
                 st.recent.record(at_ms, 0, 1);
             }
         }
-        // A refusal for good: a 4xx the receiver means, or a 413 on a single message (it
-        // never will fit). Past the streak, the queue is held instead.
-        let batch = request.entries.len() > 1;
-        let permanent = match action {
-            Action::DeadLetter => true,
-            Action::TooLarge => !batch,
-            _ => false,
-        };
-        let streak = permanent && pace.refusals + 1 >= REFUSING_AFTER;
         match action {
             Action::Delivered => {
                 pace.auth_failed = false;

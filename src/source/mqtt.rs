@@ -131,24 +131,12 @@ pub async fn run(
     // PUBACKs ready to go, in arrival order; handed to the client as its queue has room
     // (the event loop below sends them).
     let mut to_ack: VecDeque<Publish> = VecDeque::new();
-    // Packet ids whose PUBACK was written: their redelivery marks can go.
-    let mut written: Vec<u16> = Vec::new();
-    // When the cleared marks are committed even if no message comes (a quiet source).
-    let mut marks_flush_at: Option<tokio::time::Instant> = None;
-    // When the acks gathered so far are handed to the store.
-    let mut marks_due: Option<tokio::time::Instant> = None;
+    // Packet ids whose PUBACK was written, on their way to the store.
+    let mut acked = AckedMarks::default();
 
     loop {
-        // Cleared marks go to the store in batches (one op per 256 acks or 100 ms), not one
-        // op per message: at full speed that is thousands of writer wake-ups saved.
-        if written.len() >= MARKS_BATCH {
-            ingest
-                .store()
-                .clear_marks(&s.name, std::mem::take(&mut written));
-            marks_due = None;
-            marks_flush_at = Some(tokio::time::Instant::now() + MARKS_FLUSH_AFTER);
-        } else if !written.is_empty() && marks_due.is_none() {
-            marks_due = Some(tokio::time::Instant::now() + MARKS_DELAY);
+        if acked.full() {
+            acked.hand_over(ingest.store(), &s.name);
         }
         while let Some(p) = to_ack.front() {
             if client.try_ack(p).is_err() {
@@ -183,14 +171,8 @@ pub async fn run(
                     }
                 }
             }
-            _ = sleep_until_opt(marks_due), if marks_due.is_some() => {
-                marks_due = None;
-                ingest.store().clear_marks(&s.name, std::mem::take(&mut written));
-                marks_flush_at = Some(tokio::time::Instant::now() + MARKS_FLUSH_AFTER);
-            }
-            _ = sleep_until_opt(marks_flush_at), if marks_flush_at.is_some() => {
-                marks_flush_at = None;
-                ingest.store().clear_marks(&s.name, Vec::new());
+            _ = sleep_until_opt(acked.next_wakeup()), if acked.next_wakeup().is_some() => {
+                acked.on_wakeup(ingest.store(), &s.name);
             }
             _ = sleep_until_opt(retry_at), if can_retry => {
                 let Some(mut head) = retry.pop_front() else { continue };
@@ -252,13 +234,7 @@ pub async fn run(
                 }
                 Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                     messages.inc();
-                    if written.contains(&p.pkid) {
-                        // The broker reuses an id whose PUBACK went out: its old mark must be
-                        // cleared before this message is checked against it (channel order).
-                        ingest.store().clear_marks(&s.name, std::mem::take(&mut written));
-                        marks_due = None;
-                        marks_flush_at = Some(tokio::time::Instant::now() + MARKS_FLUSH_AFTER);
-                    }
+                    acked.before_publish(p.pkid, ingest.store(), &s.name);
                     // With DUP set, the store recognises (in the same transaction as the
                     // append) a message it committed before whose PUBACK was never written.
                     let mark = Mark { source: s.name.clone(), pkid: p.pkid, digest: digest(&p), resume: false, dup: p.dup };
@@ -285,7 +261,7 @@ pub async fn run(
                         pending.push_back(Box::pin(async move { (held, Err(StoreError::Full)) }));
                     }
                 }
-                Ok(MqttEvent::Outgoing(rumqttc::Outgoing::PubAck(pkid))) => written.push(pkid),
+                Ok(MqttEvent::Outgoing(rumqttc::Outgoing::PubAck(pkid))) => acked.push(pkid),
                 Ok(_) => {}
                 Err(e) => {
                     connected.set(0);
@@ -322,7 +298,7 @@ pub async fn run(
     let flush = async {
         while let Ok(ev) = eventloop.poll().await {
             match ev {
-                MqttEvent::Outgoing(rumqttc::Outgoing::PubAck(pkid)) => written.push(pkid),
+                MqttEvent::Outgoing(rumqttc::Outgoing::PubAck(pkid)) => acked.push(pkid),
                 MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect) => break,
                 _ => {}
             }
@@ -331,9 +307,62 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
     // The store commits these before it closes (a mark left behind could swallow a new
     // message that reuses the packet id with DUP set and the same payload).
-    ingest.store().clear_marks(&s.name, written);
+    acked.hand_over(ingest.store(), &s.name);
     connected.set(0);
     Ok(())
+}
+
+/// Packet ids whose PUBACK was written, on their way to the store, where their redelivery
+/// marks are cleared: handed over in batches (one op per 256 acks or 100 ms, not one per
+/// message: thousands of writer wake-ups saved at full speed), at once when the broker
+/// reuses one of them (its old mark must go before the new message is checked: channel
+/// order), and with a flush request once the source has been quiet for a while.
+#[derive(Default)]
+struct AckedMarks {
+    written: Vec<u16>,
+    /// When the ones gathered so far are handed over.
+    due: Option<tokio::time::Instant>,
+    /// When the store is asked to commit what it holds of them.
+    flush_at: Option<tokio::time::Instant>,
+}
+
+impl AckedMarks {
+    fn push(&mut self, pkid: u16) {
+        self.written.push(pkid);
+        self.due
+            .get_or_insert_with(|| tokio::time::Instant::now() + MARKS_DELAY);
+    }
+
+    fn full(&self) -> bool {
+        self.written.len() >= MARKS_BATCH
+    }
+
+    fn hand_over(&mut self, store: &crate::store::Store, source: &str) {
+        if !self.written.is_empty() {
+            store.clear_marks(source, std::mem::take(&mut self.written));
+        }
+        self.due = None;
+        self.flush_at = Some(tokio::time::Instant::now() + MARKS_FLUSH_AFTER);
+    }
+
+    fn before_publish(&mut self, pkid: u16, store: &crate::store::Store, source: &str) {
+        if self.written.contains(&pkid) {
+            self.hand_over(store, source);
+        }
+    }
+
+    fn next_wakeup(&self) -> Option<tokio::time::Instant> {
+        self.due.or(self.flush_at)
+    }
+
+    fn on_wakeup(&mut self, store: &crate::store::Store, source: &str) {
+        if self.due.is_some() {
+            self.hand_over(store, source);
+        } else {
+            self.flush_at = None;
+            store.clear_marks(source, Vec::new());
+        }
+    }
 }
 
 /// Submits a held message (waiting for room in the store's queue) and returns the future

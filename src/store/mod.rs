@@ -570,15 +570,6 @@ impl Store {
         });
     }
 
-    /// The digest of the last message committed with this MQTT packet id. Blocking.
-    pub fn mqtt_seen(&self, source: &str, pkid: u16) -> Result<Option<u64>, StoreError> {
-        let read = self.db.get()?.begin_read().map_err(redb::Error::from)?;
-        let t = read.open_table(MQTT_SEEN).map_err(redb::Error::from)?;
-        Ok(t.get((source, pkid))
-            .map_err(redb::Error::from)?
-            .map(|v| v.value()))
-    }
-
     /// Removes delivered entries (committed with the next group); the returned future
     /// resolves once the removal is durable.
     pub async fn remove(

@@ -161,30 +161,23 @@ fn run(
                 Err(_) => break,
             }
         }
-        // Clearing marks alone is no reason for a durable commit (an SD card write).
-        let (clear_ops, ops): (Vec<Op>, Vec<Op>) = ops
-            .into_iter()
-            .partition(|op| matches!(op, Op::ClearMarks { .. }));
-        if ops.is_empty() && then.is_none() && !closing {
-            let mut flush = false;
-            for op in clear_ops {
-                if let Op::ClearMarks { source, pkids } = op {
-                    // An empty list: the source has been quiet for a while; commit the
-                    // stash now rather than at the next message.
-                    flush |= pkids.is_empty();
-                    clears.extend(pkids.into_iter().map(|p| (source.clone(), p)));
-                }
+        // Cleared marks join the stash, applied first in the next commit (they came before
+        // this group's appends in the channel). Alone they are no reason for a durable
+        // commit (an SD card write), unless a quiet source asks (an empty list).
+        let mut flush = false;
+        ops.retain_mut(|op| match op {
+            Op::ClearMarks { source, pkids } => {
+                flush |= pkids.is_empty();
+                clears.extend(pkids.drain(..).map(|p| (source.clone(), p)));
+                false
             }
+            _ => true,
+        });
+        if ops.is_empty() && then.is_none() && !closing {
             if flush {
                 flush_clears(&db, &mut clears);
             }
             continue;
-        }
-        // Marks cleared before this group's appends: those ops came first in the channel.
-        for op in clear_ops {
-            if let Op::ClearMarks { source, pkids } = op {
-                clears.extend(pkids.into_iter().map(|p| (source.clone(), p)));
-            }
         }
         let mut poisoned = if ops.is_empty() {
             false
@@ -585,14 +578,12 @@ fn commit(
     let result = (|| -> Result<(), redb::Error> {
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
-        if !clears.is_empty() {
+        {
+            let mut q = txn.open_table(QUEUE)?;
             let mut seen = txn.open_table(MQTT_SEEN)?;
             for (source, pkid) in clears.iter() {
                 seen.remove((source.as_str(), *pkid))?;
             }
-        }
-        {
-            let mut q = txn.open_table(QUEUE)?;
             for (i, op) in ops.iter().enumerate() {
                 match op {
                     Op::Append { items, mark, .. } => {
@@ -605,7 +596,6 @@ fn commit(
                         }
                         // A redelivery of a committed message takes no room: checked first.
                         if let Some(m) = mark.as_ref().filter(|m| m.dup) {
-                            let seen = txn.open_table(MQTT_SEEN)?;
                             if seen
                                 .get((m.source.as_str(), m.pkid))?
                                 .is_some_and(|v| v.value() == m.digest)
@@ -631,8 +621,7 @@ fn commit(
                         if let Some(m) = mark {
                             // Marked in the transaction that checked it: a mark means
                             // "committed, PUBACK not yet written".
-                            txn.open_table(MQTT_SEEN)?
-                                .insert((m.source.as_str(), m.pkid), m.digest)?;
+                            seen.insert((m.source.as_str(), m.pkid), m.digest)?;
                         }
                         for (w, bytes) in items {
                             let seq = new_next.entry(*w).or_insert(1);

@@ -606,13 +606,8 @@ impl<'a> Session<'a> {
     }
 
     fn maybe_finish_sync(&mut self) {
-        let waiting = self.pending.values().any(|p| {
-            matches!(
-                p,
-                Pending::Identity | Pending::Subscribe(_) | Pending::Query(_)
-            )
-        });
-        if self.syncing && !waiting {
+        // Every pending request is part of the sync: identity, subscriptions, their queries.
+        if self.syncing && self.pending.is_empty() {
             self.finish_sync();
         }
     }
