@@ -89,6 +89,9 @@ async fn every_counter_is_exact_for_a_known_mix() {
         m("roomhook_events_delivered_total{webhook=\"main\"}") == Some(4.0)
             && m("roomhook_dead_letters{webhook=\"strict\"}") == Some(2.0)
             && m("roomhook_events_dropped_total{webhook=\"stale\",reason=\"expired\"}") == Some(1.0)
+            // Removals are written with the next append, or within a second (LAZY_WAIT).
+            && m("roomhook_queue_events{webhook=\"stale\"}") == Some(0.0)
+            && m("roomhook_queue_events{webhook=\"main\"}") == Some(0.0)
     });
     assert!(settled, "{}\n{}", scrape(admin), daemon.logs());
     let text = scrape(admin);

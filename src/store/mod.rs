@@ -1,8 +1,11 @@
-//! The durable per-webhook FIFO queues on redb. One writer thread group-commits appends and
-//! removals (many events per transaction); readers take ordered windows of a queue; every
-//! commit wakes the delivery workers of the webhooks it touched.
+//! The durable per-webhook FIFO queues on redb, with a write-ahead log in front. One writer
+//! thread group-commits appends and removals (many events per transaction, one log record
+//! each); readers take ordered windows of a queue; every commit wakes the delivery workers
+//! of the webhooks it touched.
 
+mod redo;
 pub mod salvage;
+pub mod wal;
 mod writer;
 
 use crate::event::Event;
@@ -28,8 +31,10 @@ pub(crate) const MQTT_SEEN: TableDefinition<(&str, u16), u64> = TableDefinition:
 pub(crate) const WEBHOOKS: TableDefinition<&str, u32> = TableDefinition::new("webhooks");
 /// Queues no configured webhook names any more (orphans): name → since when (unix ms).
 pub(crate) const ORPHANS: TableDefinition<&str, i64> = TableDefinition::new("orphans");
-/// Store-wide values (`store_id`).
+/// Store-wide values (`store_id`, [`WAL_GEN`]).
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The write-ahead log generation whose records are not yet in redb's durable state.
+pub(crate) const WAL_GEN: &str = "wal_gen";
 
 /// The store file inside `data_dir`.
 pub const FILE_NAME: &str = "roomhook.redb";
@@ -114,6 +119,14 @@ pub enum StoreError {
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
         /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The write-ahead log could not be made, read or written.
+    #[error("the store's write-ahead log {path}: {source}")]
+    Wal {
+        /// The file.
         path: PathBuf,
         /// The cause.
         source: std::io::Error,
@@ -467,7 +480,8 @@ impl Store {
                 source: other.into(),
             },
         })?;
-        let (store_id, ids, next) = init(&db, &webhooks)?;
+        let (mut wal, records) = open_wal(&db, data_dir, limits.max_bytes)?;
+        let (store_id, ids, next) = init(&db, &webhooks, &mut wal, &records)?;
         let read = db.begin_read().map_err(redb::Error::from)?;
         let q = read.open_table(QUEUE).map_err(redb::Error::from)?;
         let d = read.open_table(DEAD).map_err(redb::Error::from)?;
@@ -512,7 +526,7 @@ impl Store {
             finished: std::sync::Mutex::new(Some(finished_rx)),
         });
         let (tx, rx) = mpsc::channel(OP_CHANNEL);
-        writer::spawn(db.clone(), shared.clone(), next, rx, finished_tx);
+        writer::spawn(db.clone(), shared.clone(), next, rx, wal, finished_tx);
         Ok((Store { db, tx, shared }, ids))
     }
 
@@ -946,8 +960,104 @@ fn compact_if_bloated(db: &mut Database, path: &Path, queued: u64) {
 /// What opening found: the store id, the webhooks' ids, and their next sequence numbers.
 type Opened = (u64, Vec<WebhookId>, HashMap<WebhookId, u64>);
 
-fn init(db: &Database, webhooks: &[String]) -> Result<Opened, StoreError> {
+/// Opens the write-ahead log at the generation redb's durable state names, and returns the
+/// records redb does not have yet (a crash came before their checkpoint).
+fn open_wal(
+    db: &Database,
+    dir: &Path,
+    max_bytes: u64,
+) -> Result<(wal::Wal, Vec<Vec<u8>>), StoreError> {
+    let known = {
+        let read = db.begin_read().map_err(redb::Error::from)?;
+        match read.open_table(META) {
+            Ok(t) => t
+                .get(WAL_GEN)
+                .map_err(redb::Error::from)?
+                .map(|v| v.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(redb::Error::from(e).into()),
+        }
+    };
+    // A store without a generation yet (new, or made before the log existed) starts at a
+    // random one, so that a log left over from another store is never replayed into it.
+    let generation = known.unwrap_or_else(|| rand::random::<u64>() >> 1);
+    let (wal, records, tail) =
+        wal::Wal::open(dir, wal::size_for(max_bytes), generation).map_err(|source| {
+            StoreError::Wal {
+                path: dir.join(wal::WAL_FILE),
+                source,
+            }
+        })?;
+    if let wal::Tail::Torn { offset, reason } = &tail {
+        tracing::warn!(
+            "the store's write-ahead log ends in a torn record at byte {offset} ({reason}): a write cut short by a crash or power loss, never acknowledged; it is discarded"
+        );
+    }
+    Ok((wal, if known.is_some() { records } else { Vec::new() }))
+}
+
+/// Applies write-ahead log records in `txn`; stops at one that does not parse (a bug: its
+/// checksum matched), saying so. Returns how many were applied.
+fn replay_all(txn: &redb::WriteTransaction, records: &[Vec<u8>]) -> Result<usize, StoreError> {
+    for (i, r) in records.iter().enumerate() {
+        match redo::replay(txn, r) {
+            Ok(()) => {}
+            Err(redo::ReplayError::Db(e)) => return Err(e.into()),
+            Err(e) => {
+                tracing::error!(
+                    "write-ahead log record {} of {} cannot be replayed ({e}); it and the {} after it are skipped",
+                    i + 1,
+                    records.len(),
+                    records.len() - i - 1
+                );
+                return Ok(i);
+            }
+        }
+    }
+    Ok(records.len())
+}
+
+/// Commits `txn` durably and starts the write-ahead log's next generation: everything the
+/// log held is in redb's durable state now.
+pub(crate) fn checkpoint(
+    mut txn: redb::WriteTransaction,
+    wal: &mut wal::Wal,
+) -> Result<(), redb::Error> {
+    let next = wal.generation().wrapping_add(1);
+    txn.open_table(META)?.insert(WAL_GEN, next)?;
+    txn.set_durability(redb::Durability::Immediate)?;
+    txn.commit()?;
+    wal.restart(next);
+    Ok(())
+}
+
+/// Brings a database opened again (after an I/O error) up to date with the log; returns how
+/// many records were replayed.
+pub(crate) fn recover(db: &Database, wal: &mut wal::Wal) -> Result<usize, StoreError> {
+    let records = wal.records().map_err(|source| StoreError::Wal {
+        path: wal.path().to_path_buf(),
+        source,
+    })?;
     let txn = db.begin_write().map_err(redb::Error::from)?;
+    let n = replay_all(&txn, &records)?;
+    checkpoint(txn, wal)?;
+    Ok(n)
+}
+
+fn init(
+    db: &Database,
+    webhooks: &[String],
+    wal: &mut wal::Wal,
+    records: &[Vec<u8>],
+) -> Result<Opened, StoreError> {
+    let txn = db.begin_write().map_err(redb::Error::from)?;
+    let replayed = replay_all(&txn, records)?;
+    if replayed > 0 {
+        tracing::info!(
+            replayed,
+            "store: replayed the write-ahead log (the last stop was not clean)"
+        );
+    }
     let mut ids = Vec::new();
     let mut next = HashMap::new();
     let store_id;
@@ -975,7 +1085,7 @@ fn init(db: &Database, webhooks: &[String]) -> Result<Opened, StoreError> {
             next.insert(id, n);
         }
     }
-    txn.commit().map_err(redb::Error::from)?;
+    checkpoint(txn, wal)?;
     Ok((store_id, ids, next))
 }
 

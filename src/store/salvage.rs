@@ -1,6 +1,6 @@
 //! `roomhook store check` and `roomhook store salvage`: what an operator runs when the store
 //! cannot be opened or reads fail. `check` verifies the file (redb's integrity check) and
-//! decodes every entry; `salvage` moves the damaged file aside and copies every readable
+//! decodes every entry, and reads the write-ahead log; `salvage` moves the damaged file aside and copies every readable
 //! queue entry, dead letter and webhook mapping into a fresh store.
 
 use super::{DEAD, FILE_NAME, META, NEXT_SEQ, ORPHANS, QUEUE, WEBHOOKS};
@@ -29,6 +29,9 @@ pub struct Report {
     pub read_errors: Vec<String>,
     /// This is the report of a salvage (what was copied), not of a check.
     pub salvaged: bool,
+    /// The write-ahead log: records not yet in the store file (the next start applies
+    /// them), and where it ends torn, if it does.
+    pub wal: Option<(usize, Option<String>)>,
 }
 
 impl Report {
@@ -67,6 +70,17 @@ impl fmt::Display for Report {
         }
         if self.undecodable > 0 {
             writeln!(f, "  {} entries do not decode", self.undecodable)?;
+        }
+        match &self.wal {
+            Some((0, None)) | None => {}
+            Some((n, torn)) => {
+                if *n > 0 {
+                    writeln!(f, "  write-ahead log: {n} group commit(s) not yet in the store file (the next start applies them)")?;
+                }
+                if let Some(t) = torn {
+                    writeln!(f, "  write-ahead log: {t}")?;
+                }
+            }
         }
         for e in &self.read_errors {
             writeln!(f, "  read error: {e}")?;
@@ -156,6 +170,26 @@ pub fn check(data_dir: &Path) -> Result<Report, SalvageError> {
         }
     };
     walk(&db, &mut report, |_, _, _| Ok(()));
+    let generation = db
+        .begin_read()
+        .ok()
+        .and_then(|r| r.open_table(META).ok())
+        .and_then(|t| t.get(super::WAL_GEN).ok().flatten().map(|v| v.value()));
+    if let Some(generation) = generation {
+        match super::wal::inspect(data_dir, generation) {
+            Ok(Some((n, _, tail))) => {
+                let torn = match tail {
+                    super::wal::Tail::Clean => None,
+                    super::wal::Tail::Torn { offset, reason } => Some(format!(
+                        "ends in a torn record at byte {offset} ({reason}): a write cut short, never acknowledged; the next start discards it"
+                    )),
+                };
+                report.wal = Some((n, torn));
+            }
+            Ok(None) => {}
+            Err(e) => report.read_errors.push(format!("write-ahead log: {e}")),
+        }
+    }
     Ok(report)
 }
 

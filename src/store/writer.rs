@@ -1,6 +1,12 @@
 //! The store's single writer thread: drains whatever ops are waiting, applies them in one
-//! write transaction (group commit), answers the appenders, and publishes the new state.
+//! write transaction (group commit), makes the group durable with one write-ahead log record
+//! (or, for a large group, a durable redb commit that is also a checkpoint), answers the
+//! appenders, and publishes the new state. Removals of delivered entries wait for a group
+//! with other work (or for [`LAZY_REMOVALS`] of them, or [`LAZY_WAIT`]), so that at a room's
+//! pace an event costs one durable write, not two.
 
+use super::redo::Redo;
+use super::wal::Wal;
 use super::{
     DbCell, DropReason, Op, Overflow, Shared, WebhookId, DEAD, ENTRY_OVERHEAD, MAX_DEAD_LETTERS,
     META, MQTT_SEEN, NEXT_SEQ, ORPHANS, QUEUE, WEBHOOKS,
@@ -17,19 +23,25 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Most events appended in one transaction.
 const MAX_GROUP: usize = 8192;
+/// Delivered entries whose removal waits for a group with other work at most; this many
+/// are committed on their own (half the worker's `REMOVAL_SLACK`, so delivery never stalls).
+pub const LAZY_REMOVALS: usize = 32;
+/// How long a removal waits for a group with other work at most.
+pub const LAZY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(super) fn spawn(
     cell: Arc<DbCell>,
     shared: Arc<Shared>,
     next: HashMap<WebhookId, u64>,
     rx: mpsc::Receiver<Op>,
+    wal: Wal,
     finished: oneshot::Sender<()>,
 ) {
     let spawned = std::thread::Builder::new()
         .name("roomhook-store".into())
         .spawn(move || {
             if let Ok(db) = cell.get() {
-                run(&cell, db, &shared, next, rx);
+                run(&cell, db, &shared, next, rx, wal);
             }
             cell.clear();
             let _ = finished.send(());
@@ -48,7 +60,16 @@ fn poisoning(e: &redb::Error) -> bool {
 /// Opens the database again after an I/O error: waits for readers to let go of the old
 /// handle, then retries the open with backoff (the disk may still be full) until it works
 /// or the store is closing. `None`: closing.
-fn reopen(cell: &DbCell, db: Arc<Database>, shared: &Shared) -> Option<Arc<Database>> {
+/// What redb lost (the groups committed since the last checkpoint, which live in the
+/// write-ahead log) is replayed into the reopened database, and the sequence numbers are
+/// read back from it.
+fn reopen(
+    cell: &DbCell,
+    db: Arc<Database>,
+    shared: &Shared,
+    wal: &mut Wal,
+    next: &mut HashMap<WebhookId, u64>,
+) -> Option<Arc<Database>> {
     cell.clear();
     let mut db = db;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -80,12 +101,28 @@ fn reopen(cell: &DbCell, db: Arc<Database>, shared: &Shared) -> Option<Arc<Datab
                 .create(&shared.path)
         });
         match opened {
-            Some(Ok(d)) => {
-                let d = Arc::new(d);
-                cell.set(d.clone());
-                tracing::info!("store reopened after the I/O error; commits resume");
-                return Some(d);
-            }
+            Some(Ok(d)) => match super::recover(&d, wal).and_then(|n| {
+                reload_next(&d, next)?;
+                Ok(n)
+            }) {
+                Ok(replayed) => {
+                    let d = Arc::new(d);
+                    cell.set(d.clone());
+                    tracing::info!(
+                        replayed,
+                        "store reopened after the I/O error; commits resume"
+                    );
+                    return Some(d);
+                }
+                Err(e) => {
+                    if let Some(suppressed) = log.check(std::time::Instant::now()) {
+                        tracing::error!(
+                            suppressed,
+                            "cannot bring the reopened store up to date yet, retrying: {e}"
+                        );
+                    }
+                }
+            },
             Some(Err(e)) => {
                 if let Some(suppressed) = log.check(std::time::Instant::now()) {
                     tracing::error!(suppressed, "cannot reopen the store yet, retrying: {e}");
@@ -105,130 +142,162 @@ fn reopen(cell: &DbCell, db: Arc<Database>, shared: &Shared) -> Option<Arc<Datab
     }
 }
 
+/// Reads every open queue's next sequence number back from the database.
+fn reload_next(db: &Database, next: &mut HashMap<WebhookId, u64>) -> Result<(), redb::Error> {
+    let read = redb::ReadableDatabase::begin_read(db)?;
+    let t = read.open_table(NEXT_SEQ)?;
+    for (w, n) in next.iter_mut() {
+        if let Some(v) = t.get(w.0)? {
+            *n = v.value();
+        }
+    }
+    Ok(())
+}
+
+/// The writer's own state between groups.
+struct State {
+    next: HashMap<WebhookId, u64>,
+    log: RateLog,
+    /// Sources whose append was refused: everything after it from them is refused too, until
+    /// the refused message comes again (marked `resume`) and fits; this keeps their order.
+    blocked: HashSet<String>,
+    /// Redelivery marks to clear, waiting for a commit that has other work to do.
+    clears: Vec<(String, u16)>,
+    wal: Wal,
+}
+
+/// What woke the writer.
+enum Wake {
+    Op(Op),
+    /// Removals waited [`LAZY_WAIT`] for other work.
+    Due,
+    /// Every handle is gone.
+    Closed,
+}
+
 fn run(
     cell: &DbCell,
     mut db: Arc<Database>,
     shared: &Shared,
-    mut next: HashMap<WebhookId, u64>,
+    next: HashMap<WebhookId, u64>,
     mut rx: mpsc::Receiver<Op>,
+    wal: Wal,
 ) {
-    // Every group is committed durably: removals too, so that after a power cut at most
-    // the requests of one group are delivered again.
-    let mut log = RateLog::new(std::time::Duration::from_secs(10));
-    // Sources whose append was refused: everything after it from them is refused too, until
-    // the refused message comes again (marked `resume`) and fits; this keeps their order.
-    let mut blocked: HashSet<String> = HashSet::new();
-    // Redelivery marks to clear, waiting for a commit that has other work to do.
-    let mut clears: Vec<(String, u16)> = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
-        if matches!(first, Op::Close) {
-            flush_clears(&db, &mut clears);
-            break;
+    // A timer for the wait of lazy removals (the op channel is a tokio one).
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the store writer's timer: {e}");
+            return;
         }
-        if first.is_manage() {
-            if manage(&db, shared, &mut next, first) {
-                match reopen(cell, db, shared) {
-                    Some(d) => db = d,
-                    None => return,
+    };
+    let mut st = State {
+        next,
+        log: RateLog::new(std::time::Duration::from_secs(10)),
+        blocked: HashSet::new(),
+        clears: Vec::new(),
+        wal,
+    };
+    // Removals waiting for a group with other work: the ops, how many entries, since when.
+    let mut lazy: Vec<Op> = Vec::new();
+    let mut lazy_entries = 0usize;
+    let mut lazy_since: Option<std::time::Instant> = None;
+    loop {
+        let wake = match lazy_since {
+            None => rx.blocking_recv().map_or(Wake::Closed, Wake::Op),
+            Some(since) => {
+                let left = (since + LAZY_WAIT).saturating_duration_since(std::time::Instant::now());
+                match rt.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
+                    Ok(Some(op)) => Wake::Op(op),
+                    Ok(None) => Wake::Closed,
+                    Err(_) => Wake::Due,
                 }
             }
-            continue;
-        }
-        // commit_interval: let the group gather (an SD card then sees one durable commit per
-        // interval instead of one per message).
-        let linger = shared.commit_interval_ns.load(Ordering::Relaxed);
-        if linger > 0 {
-            std::thread::sleep(std::time::Duration::from_nanos(linger));
-        }
-        let mut ops = vec![first];
+        };
+        let mut ops = Vec::new();
         let mut closing = false;
         let mut then = None;
-        let mut appended = op_len(&ops[0]);
-        while appended < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(Op::Close) => {
-                    closing = true;
-                    break;
+        let mut due = false;
+        match wake {
+            Wake::Closed | Wake::Op(Op::Close) => closing = true,
+            Wake::Due => due = true,
+            Wake::Op(op) if op.is_manage() => then = Some(op),
+            Wake::Op(first) => {
+                // commit_interval: let the group gather (an SD card then sees one durable
+                // write per interval instead of one per message).
+                let linger = shared.commit_interval_ns.load(Ordering::Relaxed);
+                if linger > 0 && !matches!(first, Op::Remove { .. } | Op::ClearMarks { .. }) {
+                    std::thread::sleep(std::time::Duration::from_nanos(linger));
                 }
-                Ok(op) if op.is_manage() => {
-                    then = Some(op);
-                    break;
+                let mut appended = op_len(&first);
+                ops.push(first);
+                while appended < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(Op::Close) => {
+                            closing = true;
+                            break;
+                        }
+                        Ok(op) if op.is_manage() => {
+                            then = Some(op);
+                            break;
+                        }
+                        Ok(op) => {
+                            appended += op_len(&op);
+                            ops.push(op);
+                        }
+                        Err(_) => break,
+                    }
                 }
-                Ok(op) => {
-                    appended += op_len(&op);
-                    ops.push(op);
-                }
-                Err(_) => break,
             }
         }
         // Cleared marks join the stash, applied first in the next commit (they came before
         // this group's appends in the channel). Alone they are no reason for a durable
-        // commit (an SD card write), unless a quiet source asks (an empty list).
-        let mut flush = false;
+        // write, unless a quiet source asks (an empty list).
         ops.retain_mut(|op| match op {
             Op::ClearMarks { source, pkids } => {
-                flush |= pkids.is_empty();
-                clears.extend(pkids.drain(..).map(|p| (source.clone(), p)));
+                due |= pkids.is_empty();
+                st.clears
+                    .extend(pkids.drain(..).map(|p| (source.clone(), p)));
                 false
             }
             _ => true,
         });
-        if ops.is_empty() && then.is_none() && !closing {
-            if flush {
-                flush_clears(&db, &mut clears);
+        // Removals alone wait for other work (they ride on its write), a while at most.
+        let work = ops.iter().any(|op| !matches!(op, Op::Remove { .. }));
+        for op in ops {
+            lazy_entries += op_len(&op);
+            lazy.push(op);
+        }
+        due |= work || closing || then.is_some() || lazy_entries >= LAZY_REMOVALS;
+        if !due {
+            if !lazy.is_empty() && lazy_since.is_none() {
+                lazy_since = Some(std::time::Instant::now());
             }
             continue;
         }
-        let mut poisoned = if ops.is_empty() {
-            false
-        } else {
-            commit(
-                &db,
-                shared,
-                &mut next,
-                ops,
-                &mut log,
-                &mut blocked,
-                &mut clears,
-            )
-        };
+        let mut poisoned = false;
+        if !lazy.is_empty() || !st.clears.is_empty() || (closing && st.wal.used() > 0) {
+            let group = std::mem::take(&mut lazy);
+            lazy_entries = 0;
+            // At close the last group is a checkpoint: the log is empty after a clean stop.
+            poisoned = commit(&db, shared, &mut st, group, closing);
+        }
+        lazy_since = None;
         if let Some(op) = then {
-            poisoned |= manage(&db, shared, &mut next, op);
+            poisoned |= manage(&db, shared, &mut st.next, &mut st.wal, op);
         }
         if poisoned {
-            match reopen(cell, db, shared) {
+            match reopen(cell, db, shared, &mut st.wal, &mut st.next) {
                 Some(d) => db = d,
                 None => return,
             }
         }
         if closing {
-            flush_clears(&db, &mut clears);
             break;
         }
-    }
-}
-
-/// Commits the redelivery marks still to clear (at close: a mark left behind would mean
-/// "PUBACK not written" for a message whose PUBACK was written).
-fn flush_clears(db: &Database, clears: &mut Vec<(String, u16)>) {
-    if clears.is_empty() {
-        return;
-    }
-    let r = (|| -> Result<(), redb::Error> {
-        let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        {
-            let mut seen = txn.open_table(MQTT_SEEN)?;
-            for (source, pkid) in clears.iter() {
-                seen.remove((source.as_str(), *pkid))?;
-            }
-        }
-        txn.commit()?;
-        Ok(())
-    })();
-    match r {
-        Ok(()) => clears.clear(),
-        Err(e) => tracing::warn!("clearing MQTT redelivery marks at close failed: {e}"),
     }
 }
 
@@ -245,9 +314,15 @@ fn op_len(op: &Op) -> usize {
 /// A registered queue: id, next sequence number, and (depth, bytes, dead letters).
 type Registered = (WebhookId, u64, (u64, u64, u64));
 
-/// Registers, renames or purges a queue, in a transaction of its own; `true` when an I/O
-/// error poisoned the database.
-fn manage(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op: Op) -> bool {
+/// Registers, renames or purges a queue, in a durable transaction of its own (a checkpoint);
+/// `true` when an I/O error poisoned the database.
+fn manage(
+    db: &Database,
+    shared: &Shared,
+    next: &mut HashMap<WebhookId, u64>,
+    wal: &mut Wal,
+    op: Op,
+) -> bool {
     let mut poisoned = false;
     let mut check = |e: &redb::Error| poisoned |= poisoning(e);
     match op {
@@ -270,7 +345,7 @@ fn manage(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op
                         (id, n, super::scan(&q, &d, id)?)
                     }
                 };
-                txn.commit()?;
+                super::checkpoint(txn, wal)?;
                 Ok(found)
             })();
             if let Err(e) = &r {
@@ -312,7 +387,7 @@ fn manage(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op
                     };
                     names.insert(to.as_str(), id)?;
                 }
-                txn.commit()?;
+                super::checkpoint(txn, wal)?;
                 Ok(Ok(()))
             })();
             let _ = done.send(r.unwrap_or_else(|e| {
@@ -339,7 +414,7 @@ fn manage(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op
                         None
                     }
                 };
-                txn.commit()?;
+                super::checkpoint(txn, wal)?;
                 Ok(since)
             })();
             let _ = done.send(r.map_err(|e| {
@@ -349,8 +424,7 @@ fn manage(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op
         }
         Op::Purge { name, done } => {
             let r = (|| -> Result<Option<(WebhookId, u64)>, redb::Error> {
-                let mut txn = db.begin_write()?;
-                txn.set_durability(Durability::Immediate)?;
+                let txn = db.begin_write()?;
                 txn.open_table(ORPHANS)?.remove(name.as_str())?;
                 let purged = {
                     let mut names = txn.open_table(WEBHOOKS)?;
@@ -368,7 +442,7 @@ fn manage(db: &Database, shared: &Shared, next: &mut HashMap<WebhookId, u64>, op
                     txn.open_table(NEXT_SEQ)?.remove(id)?;
                     (WebhookId(id), n)
                 };
-                txn.commit()?;
+                super::checkpoint(txn, wal)?;
                 Ok(Some(purged))
             })();
             let answer = match r {
@@ -441,6 +515,7 @@ fn drop_oldest(
     w: WebhookId,
     need: i64,
     delta: &mut Delta,
+    redo: &mut Redo,
 ) -> Result<i64, redb::Error> {
     let mut freed = 0i64;
     let mut victims = Vec::new();
@@ -455,6 +530,7 @@ fn drop_oldest(
     }
     for (seq, len) in victims {
         q.remove((w.0, seq))?;
+        redo.del(w.0, seq);
         delta.removed(w, len);
         *delta.dropped.entry((w, DropReason::Overflow)).or_default() += 1;
         let through = delta.dropped_through.entry(w).or_default();
@@ -471,6 +547,7 @@ fn coalesce(
     w: WebhookId,
     need: i64,
     delta: &mut Delta,
+    redo: &mut Redo,
 ) -> Result<i64, redb::Error> {
     let window_end = queues
         .get(&w)
@@ -501,6 +578,7 @@ fn coalesce(
     }
     for (seq, len) in victims {
         q.remove((w.0, seq))?;
+        redo.del(w.0, seq);
         delta.removed(w, len);
         *delta.dropped.entry((w, DropReason::Coalesced)).or_default() += 1;
     }
@@ -514,6 +592,7 @@ fn make_room(
     queues: &Queues,
     incoming: u64,
     delta: &mut Delta,
+    redo: &mut Redo,
 ) -> Result<bool, redb::Error> {
     let max = shared.max_bytes as i64;
     if max == 0 {
@@ -538,11 +617,11 @@ fn make_room(
         };
         let freed = match overflow {
             Overflow::Block => return Ok(delta.total_bytes(queues) + incoming as i64 <= max),
-            Overflow::DropOldest => drop_oldest(q, w, need, delta)?,
+            Overflow::DropOldest => drop_oldest(q, w, need, delta, redo)?,
             Overflow::Coalesce => {
-                let f = coalesce(q, queues, w, need, delta)?;
+                let f = coalesce(q, queues, w, need, delta, redo)?;
                 if f < need {
-                    f + drop_oldest(q, w, need - f, delta)?
+                    f + drop_oldest(q, w, need - f, delta, redo)?
                 } else {
                     f
                 }
@@ -556,17 +635,74 @@ fn make_room(
     Ok(delta.total_bytes(queues) + incoming as i64 <= max)
 }
 
+/// Why a group was not committed.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// redb refused (nothing of the group is stored).
+    #[error("{0}")]
+    Db(redb::Error),
+    /// The log record could not be written (nothing of the group is stored).
+    #[error("write-ahead log {path}: {source}")]
+    Wal {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Largest group written to the log; larger ones are committed to redb durably (a
+/// checkpoint), which costs about as much at that size.
+fn wal_record_max(wal: &Wal) -> usize {
+    (wal.size() / 4) as usize
+}
+
+/// Makes an applied group durable: a log record (then redb commits without a durable write
+/// of its own), or, when asked or when the record does not fit, a durable redb commit that
+/// is a checkpoint of the log.
+fn finish(
+    txn: redb::WriteTransaction,
+    wal: &mut Wal,
+    redo: &Redo,
+    durable: bool,
+) -> Result<(), Failure> {
+    if durable || redo.len() > wal_record_max(wal) || !wal.fits(redo.len()) {
+        return super::checkpoint(txn, wal).map_err(Failure::Db);
+    }
+    if redo.is_empty() {
+        // Nothing changed (a group of refused appends).
+        return txn.abort().map_err(|e| Failure::Db(e.into()));
+    }
+    let mut txn = txn;
+    txn.set_durability(Durability::None)
+        .map_err(|e| Failure::Db(e.into()))?;
+    if let Err(source) = wal.append(redo.bytes()) {
+        let _ = wal.void_last();
+        let _ = txn.abort();
+        return Err(Failure::Wal {
+            path: wal.path().display().to_string(),
+            source,
+        });
+    }
+    if let Err(e) = txn.commit() {
+        // The record must not be replayed: the group is answered as not stored.
+        if let Err(v) = wal.void_last() {
+            tracing::error!("cannot take back a write-ahead log record that redb did not apply (a restart may store that group although it was answered as not stored): {v}");
+        }
+        return Err(Failure::Db(e.into()));
+    }
+    Ok(())
+}
+
 /// Applies a group in one durable transaction and answers its ops; `true` when an I/O
 /// error poisoned the database (it must be reopened).
-fn commit(
-    db: &Database,
-    shared: &Shared,
-    next: &mut HashMap<WebhookId, u64>,
-    ops: Vec<Op>,
-    log: &mut RateLog,
-    blocked: &mut HashSet<String>,
-    clears: &mut Vec<(String, u16)>,
-) -> bool {
+fn commit(db: &Database, shared: &Shared, st: &mut State, ops: Vec<Op>, durable: bool) -> bool {
+    let State {
+        next,
+        log,
+        blocked,
+        clears,
+        wal,
+    } = st;
+    let mut redo = Redo::default();
     let queues = shared.queues();
     let queues = &*queues;
     let mut new_next = next.clone();
@@ -575,14 +711,14 @@ fn commit(
     let mut redelivered = vec![false; ops.len()];
     let mut replayed = vec![0u64; ops.len()];
     let started = std::time::Instant::now();
-    let result = (|| -> Result<(), redb::Error> {
-        let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
+    let applied = (|| -> Result<redb::WriteTransaction, redb::Error> {
+        let txn = db.begin_write()?;
         {
             let mut q = txn.open_table(QUEUE)?;
             let mut seen = txn.open_table(MQTT_SEEN)?;
             for (source, pkid) in clears.iter() {
                 seen.remove((source.as_str(), *pkid))?;
+                redo.seen_del(source, *pkid);
             }
             for (i, op) in ops.iter().enumerate() {
                 match op {
@@ -608,7 +744,7 @@ fn commit(
                             .iter()
                             .map(|(_, b)| b.len() as u64 + ENTRY_OVERHEAD)
                             .sum();
-                        if !make_room(&mut q, shared, queues, incoming, &mut delta)? {
+                        if !make_room(&mut q, shared, queues, incoming, &mut delta, &mut redo)? {
                             refused[i] = true;
                             if let Some((src, _)) = source {
                                 blocked.insert(src.to_string());
@@ -622,14 +758,22 @@ fn commit(
                             // Marked in the transaction that checked it: a mark means
                             // "committed, PUBACK not yet written".
                             seen.insert((m.source.as_str(), m.pkid), m.digest)?;
+                            redo.seen_put(&m.source, m.pkid, m.digest);
                         }
-                        for (w, bytes) in items {
+                        // The same event for several webhooks goes into the log once.
+                        let mut keys: Vec<(u32, u64)> = Vec::new();
+                        for (i, (w, bytes)) in items.iter().enumerate() {
                             let seq = new_next.entry(*w).or_insert(1);
                             q.insert((w.0, *seq), bytes.as_slice())?;
+                            keys.push((w.0, *seq));
                             *seq += 1;
                             *delta.depth.entry(*w).or_default() += 1;
                             *delta.bytes.entry(*w).or_default() +=
                                 bytes.len() as i64 + ENTRY_OVERHEAD as i64;
+                            if items.get(i + 1).is_none_or(|(_, b)| b != bytes) {
+                                redo.put(&keys, bytes);
+                                keys.clear();
+                            }
                         }
                     }
                     Op::Remove { webhook, seqs, .. } => {
@@ -638,6 +782,7 @@ fn commit(
                                 let len = v.value().len();
                                 drop(v);
                                 delta.removed(*webhook, len);
+                                redo.del(webhook.0, *s);
                             }
                         }
                     }
@@ -648,7 +793,9 @@ fn commit(
                                 let len = v.value().len();
                                 drop(v);
                                 delta.removed(*webhook, len);
+                                redo.del(webhook.0, *seq);
                                 dead.insert((webhook.0, *seq), bytes.as_slice())?;
+                                redo.dead_put(webhook.0, *seq, bytes);
                                 *delta.dead.entry(*webhook).or_default() += 1;
                             }
                         }
@@ -666,6 +813,7 @@ fn commit(
                                 .collect();
                             for s in old {
                                 dead.remove((webhook.0, s))?;
+                                redo.dead_del(webhook.0, s);
                                 *delta.dead.entry(*webhook).or_default() -= 1;
                                 *delta
                                     .dropped
@@ -689,9 +837,11 @@ fn commit(
                         }
                         for (old, bytes) in &back {
                             dead.remove((webhook.0, *old))?;
+                            redo.dead_del(webhook.0, *old);
                             *delta.dead.entry(*webhook).or_default() -= 1;
                             let seq = new_next.entry(*webhook).or_insert(1);
                             q.insert((webhook.0, *seq), bytes.as_slice())?;
+                            redo.put(&[(webhook.0, *seq)], bytes);
                             *seq += 1;
                             *delta.depth.entry(*webhook).or_default() += 1;
                             *delta.bytes.entry(*webhook).or_default() +=
@@ -706,12 +856,16 @@ fn commit(
             for (w, seq) in &new_next {
                 if next.get(w) != Some(seq) {
                     n.insert(w.0, *seq)?;
+                    redo.next_seq(w.0, *seq);
                 }
             }
         }
-        txn.commit()?;
-        Ok(())
+        Ok(txn)
     })();
+    let result = match applied {
+        Ok(txn) => finish(txn, wal, &redo, durable),
+        Err(e) => Err(Failure::Db(e)),
+    };
     let took = started.elapsed();
     if let Some(h) = shared.commit_duration.get() {
         h.observe(took.as_secs_f64());
@@ -721,7 +875,7 @@ fn commit(
         .health
         .commit_nanos
         .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
-    let poisoned = result.as_ref().err().is_some_and(poisoning);
+    let poisoned = matches!(&result, Err(Failure::Db(e)) if poisoning(e));
     let failure = result.err().map(|e| e.to_string());
     let health = &shared.health;
     if let Some(e) = &failure {
