@@ -323,6 +323,42 @@ impl DbCell {
     pub(crate) fn clear(&self) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = None;
     }
+
+    /// Runs `f` with the database to itself: readers arriving meanwhile wait, readers
+    /// already reading get until `patience` to finish (else `f` does not run). `own` is the
+    /// caller's handle, given up for it; the returned handle replaces it.
+    pub(crate) fn exclusive<T>(
+        &self,
+        own: Arc<Database>,
+        patience: std::time::Duration,
+        f: impl FnOnce(&mut Database) -> T,
+    ) -> (Arc<Database>, Option<T>) {
+        let mut guard = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let Some(shared) = guard.take() else {
+            return (own, None);
+        };
+        drop(own);
+        let deadline = std::time::Instant::now() + patience;
+        let mut db = shared;
+        loop {
+            match Arc::try_unwrap(db) {
+                Ok(mut alone) => {
+                    let r = f(&mut alone);
+                    let back = Arc::new(alone);
+                    *guard = Some(back.clone());
+                    return (back, Some(r));
+                }
+                Err(still) if std::time::Instant::now() < deadline => {
+                    db = still;
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(still) => {
+                    *guard = Some(still.clone());
+                    return (still, None);
+                }
+            }
+        }
+    }
 }
 
 /// A handle to the store; cheap to clone.
@@ -934,12 +970,17 @@ pub(crate) fn quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
     r
 }
 
+/// Whether a store file of `size` bytes holding `queued` bytes of queues is worth
+/// compacting: it is more than twice what it holds, plus 4 MiB.
+pub(crate) fn bloated(size: u64, queued: u64) -> bool {
+    size > queued.saturating_mul(2) + 4 * 1024 * 1024
+}
+
 /// Gives free pages back to the file system when the file is much larger than what it
 /// holds (after a drained backlog): redb keeps freed pages in the file until compacted.
-fn compact_if_bloated(db: &mut Database, path: &Path, queued: u64) {
+pub(crate) fn compact_if_bloated(db: &mut Database, path: &Path, queued: u64) {
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let steady = queued.saturating_mul(2) + 4 * 1024 * 1024;
-    if size <= steady {
+    if !bloated(size, queued) {
         return;
     }
     let started = std::time::Instant::now();
@@ -1180,6 +1221,47 @@ mod tests {
         names.sort();
         assert_eq!(names, vec![("a".to_string(), a), ("d".to_string(), d)]);
         assert_eq!(store.depth(a), 1);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_file_shrinks_after_a_drain_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_bytes: 1 << 30,
+            queues: vec![("a".into(), Overflow::DropOldest)],
+        };
+        let (store, ids) = Store::open(dir.path(), &limits).unwrap();
+        let a = ids[0];
+        let padded = |n: i64| {
+            let mut e = Event::decode(&event(n)).unwrap();
+            e.device = format!("{n:0>400}");
+            e.encode()
+        };
+        const N: u64 = 40_000;
+        for chunk in 0..N / 1000 {
+            let base = (chunk * 1000) as i64;
+            store
+                .append((0..1000).map(|i| (a, padded(base + i))).collect())
+                .await
+                .unwrap();
+        }
+        let size = || std::fs::metadata(store.path()).unwrap().len();
+        let full = size();
+        assert!(full > 16 << 20, "{full}");
+        let seqs: Vec<u64> = (1..=N).collect();
+        for part in seqs.chunks(1000) {
+            store.remove(a, part.to_vec()).await.unwrap().await.unwrap();
+        }
+        assert_eq!(store.depth(a), 0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while size() > full / 4 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(size() <= full / 4, "{} of {full} bytes", size());
+        // Still a working store.
+        store.append(vec![(a, event(1))]).await.unwrap();
+        assert_eq!(store.read_after(a, 0, 10).unwrap().entries.len(), 1);
         store.close().await;
     }
 

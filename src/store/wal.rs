@@ -203,6 +203,27 @@ pub fn read(file: &File, size: u64, generation: u64) -> io::Result<(Vec<Vec<u8>>
     Ok((records, at as u64, tail))
 }
 
+/// What a power cut in the middle of a write leaves (for the tests): after the last whole
+/// record of `generation`, the start of one more, its header whole, its payload cut short.
+/// Returns where it was put.
+pub fn tear_tail(dir: &Path, generation: u64) -> io::Result<u64> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join(WAL_FILE))?;
+    let size = file.metadata()?.len();
+    let (_, end, _) = read(&file, size, generation)?;
+    let mut torn = Vec::new();
+    torn.extend_from_slice(&generation.to_le_bytes());
+    torn.extend_from_slice(&4000u32.to_le_bytes());
+    torn.extend_from_slice(&0x5eed_u32.to_le_bytes());
+    torn.extend_from_slice(&[0xab; 300]);
+    let n = torn.len().min((size - end) as usize);
+    file.write_all_at(&torn[..n], end)?;
+    file.sync_data()?;
+    Ok(end)
+}
+
 fn crc(header: &[u8], payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(header);

@@ -166,6 +166,64 @@ struct State {
     wal: Wal,
 }
 
+/// Gives the disk back after a drain, without a restart: redb keeps freed pages in its file
+/// until it is compacted.
+#[derive(Default)]
+struct Shrink {
+    /// When the file size was last looked at.
+    checked: Option<std::time::Instant>,
+    /// The queues held something then.
+    was_queued: bool,
+}
+
+impl Shrink {
+    /// How often the file size is looked at, at most, while queues hold something.
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Looks at the file once the queues ran empty (and once a minute otherwise), and
+    /// compacts it when it is much larger than what it holds.
+    fn after_commit(
+        &mut self,
+        cell: &DbCell,
+        db: Arc<Database>,
+        shared: &Shared,
+        wal: &mut Wal,
+    ) -> Arc<Database> {
+        let queued: u64 = shared
+            .queues()
+            .values()
+            .map(|q| q.stats.bytes.load(Ordering::Relaxed))
+            .sum();
+        let ran_empty = queued == 0 && self.was_queued;
+        let due = self.checked.is_none_or(|t| t.elapsed() >= Self::EVERY);
+        self.was_queued = queued > 0;
+        if !ran_empty && !due {
+            return db;
+        }
+        self.checked = Some(std::time::Instant::now());
+        let size = std::fs::metadata(&shared.path).map_or(0, |m| m.len());
+        if !super::bloated(size, queued) {
+            return db;
+        }
+        // Compaction works on the durable state: everything goes there first.
+        let durable = db
+            .begin_write()
+            .map_err(redb::Error::from)
+            .and_then(|txn| super::checkpoint(txn, wal));
+        if let Err(e) = durable {
+            tracing::warn!("store: cannot compact now (checkpoint failed): {e}");
+            return db;
+        }
+        let (db, done) = cell.exclusive(db, std::time::Duration::from_secs(2), |d| {
+            super::compact_if_bloated(d, &shared.path, queued)
+        });
+        if done.is_none() {
+            tracing::debug!("store: compaction skipped, readers kept the database busy");
+        }
+        db
+    }
+}
+
 /// What woke the writer.
 enum Wake {
     Op(Op),
@@ -205,6 +263,7 @@ fn run(
     let mut lazy: Vec<Op> = Vec::new();
     let mut lazy_entries = 0usize;
     let mut lazy_since: Option<std::time::Instant> = None;
+    let mut shrink = Shrink::default();
     loop {
         let wake = match lazy_since {
             None => rx.blocking_recv().map_or(Wake::Closed, Wake::Op),
@@ -284,6 +343,9 @@ fn run(
             lazy_entries = 0;
             // At close the last group is a checkpoint: the log is empty after a clean stop.
             poisoned = commit(&db, shared, &mut st, group, closing);
+            if !poisoned && !closing {
+                db = shrink.after_commit(cell, db, shared, &mut st.wal);
+            }
         }
         lazy_since = None;
         if let Some(op) = then {

@@ -385,3 +385,19 @@ pub async fn prefill(data_dir: &Path, name: &str, entries: Vec<Vec<u8>>) {
         .expect("append");
     store.close().await;
 }
+
+/// Simulates a power cut in the middle of a write-ahead log record of the stopped daemon's
+/// store in `data_dir` (a record started after the last whole one, cut short).
+pub fn tear_wal(data_dir: &Path) {
+    let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+    let generation = {
+        let db = redb::Database::open(data_dir.join(roomhook::store::FILE_NAME)).expect("store");
+        let read = redb::ReadableDatabase::begin_read(&db).expect("read");
+        let t = read.open_table(meta).expect("meta");
+        t.get("wal_gen")
+            .expect("get")
+            .expect("a log generation")
+            .value()
+    };
+    roomhook::store::wal::tear_tail(data_dir, generation).expect("tear the log");
+}
