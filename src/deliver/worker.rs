@@ -31,10 +31,11 @@ use tokio_util::sync::CancellationToken;
 pub const WINDOW: usize = 4096;
 /// Most delivered entries whose removal is not yet durable; sending pauses beyond it, so a
 /// crash redelivers at most this many (plus the requests in flight).
-pub const REMOVAL_SLACK: usize = 64;
+/// Twice what the store lets wait for a group with other work (`LAZY_REMOVALS`).
+pub const REMOVAL_SLACK: usize = 2 * crate::store::LAZY_REMOVALS;
 /// The same with `[gateway] commit_interval` set (a removal then waits up to that long for
 /// its commit; 64 per interval would cap delivery at 256 events/s with 250 ms).
-pub const REMOVAL_SLACK_GROUPED: usize = 256;
+pub const REMOVAL_SLACK_GROUPED: usize = 2 * crate::store::LAZY_REMOVALS_GROUPED;
 
 /// Everything one webhook's delivery loop needs.
 pub struct Worker {

@@ -8,6 +8,8 @@ pub mod salvage;
 pub mod wal;
 mod writer;
 
+pub use writer::{LAZY_REMOVALS, LAZY_REMOVALS_GROUPED, LAZY_WAIT};
+
 use crate::event::Event;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::HashMap;

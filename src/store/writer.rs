@@ -26,6 +26,8 @@ const MAX_GROUP: usize = 8192;
 /// Delivered entries whose removal waits for a group with other work at most; this many
 /// are committed on their own (half the worker's `REMOVAL_SLACK`, so delivery never stalls).
 pub const LAZY_REMOVALS: usize = 32;
+/// The same with `[gateway] commit_interval` set (half the worker's `REMOVAL_SLACK_GROUPED`).
+pub const LAZY_REMOVALS_GROUPED: usize = 128;
 /// How long a removal waits for a group with other work at most.
 pub const LAZY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -330,7 +332,12 @@ fn run(
             lazy_entries += op_len(&op);
             lazy.push(op);
         }
-        due |= work || closing || then.is_some() || lazy_entries >= LAZY_REMOVALS;
+        let lazy_max = if shared.commit_interval_ns.load(Ordering::Relaxed) > 0 {
+            LAZY_REMOVALS_GROUPED
+        } else {
+            LAZY_REMOVALS
+        };
+        due |= work || closing || then.is_some() || lazy_entries >= lazy_max;
         if !due {
             if !lazy.is_empty() && lazy_since.is_none() {
                 lazy_since = Some(std::time::Instant::now());
