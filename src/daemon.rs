@@ -174,6 +174,7 @@ impl Running {
         } = self;
         shutdown.cancelled().await;
         tracing::info!("stopping: no new input, finishing in-flight requests");
+        store.stopping();
         source_stop.cancel();
         while extra_sources.join_next().await.is_some() {}
         supervisor.stop_sources().await;

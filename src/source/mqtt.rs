@@ -133,6 +133,11 @@ pub async fn run(
     let mut to_ack: VecDeque<Publish> = VecDeque::new();
     // Packet ids whose PUBACK was written, on their way to the store.
     let mut acked = AckedMarks::default();
+    // When the event loop was last polled: while input is held at the cap it is still
+    // polled every half keep-alive, so that pings go out and the broker keeps the session
+    // (else it drops the connection after 1.5 keep-alives and redelivers everything).
+    let mut polled = tokio::time::Instant::now();
+    let ping_every = (s.keep_alive / 2).max(Duration::from_secs(1));
 
     loop {
         if acked.full() {
@@ -145,6 +150,9 @@ pub async fn run(
             to_ack.pop_front();
         }
         let can_retry = !retry.is_empty() && pending.is_empty();
+        let room = pending.len() + retry.len() < MAX_PENDING || !to_ack.is_empty();
+        let ping_due = polled + ping_every;
+        let can_poll = room || tokio::time::Instant::now() >= ping_due;
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -180,9 +188,17 @@ pub async fn run(
                 let result = if head.events.is_empty() {
                     Ok(())
                 } else {
-                    match ingest.submit(head.events.clone(), Some(head.mark.clone())).await {
-                        Ok(commit) => commit.await,
-                        Err(e) => Err(e),
+                    // A store that is reopening may take long to answer: a shutdown must
+                    // not wait for it (the message stays with the broker).
+                    let attempt = async {
+                        match ingest.submit(head.events.clone(), Some(head.mark.clone())).await {
+                            Ok(commit) => commit.await,
+                            Err(e) => Err(e),
+                        }
+                    };
+                    match unless_shutdown(&shutdown, attempt).await {
+                        Some(r) => r,
+                        None => break,
                     }
                 };
                 match result {
@@ -192,7 +208,10 @@ pub async fn run(
                         retry_at = None;
                         tracing::info!(source = %s.name, "the store takes messages again; {} held message(s) follow in order", retry.len());
                         while let Some(h) = retry.pop_front() {
-                            pending.push_back(submit(&ingest, h).await);
+                            match unless_shutdown(&shutdown, submit(&ingest, h)).await {
+                                Some(p) => pending.push_back(p),
+                                None => break,
+                            }
                         }
                     }
                     Err(e) => {
@@ -203,7 +222,8 @@ pub async fn run(
                     }
                 }
             }
-            ev = eventloop.poll(), if pending.len() + retry.len() < MAX_PENDING || !to_ack.is_empty() => match ev {
+            _ = tokio::time::sleep_until(ping_due), if !can_poll => {}
+            ev = eventloop.poll(), if can_poll => { polled = tokio::time::Instant::now(); match ev {
                 Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
                     generation += 1;
                     // Packet ids of the old connection mean nothing on this one; the broker
@@ -254,7 +274,11 @@ pub async fn run(
                     let events = events.0;
                     let held = Held { gen: generation, publish: p, events, mark };
                     if retry.is_empty() {
-                        pending.push_back(submit(&ingest, held).await);
+                        // Waits for room in the store's queue of ops, unless shutting down.
+                        match unless_shutdown(&shutdown, submit(&ingest, held)).await {
+                            Some(p) => pending.push_back(p),
+                            None => break,
+                        }
                     } else {
                         // Holding: not submitted, but it takes its place behind the older
                         // messages still in `pending`, so the held queue stays in order.
@@ -279,7 +303,7 @@ pub async fn run(
                     }
                     backoff = (backoff * 2).min(RECONNECT_MAX);
                 }
-            }
+            }}
         }
     }
     // Commit and ack what was already submitted, then leave (the session stays on the broker).
@@ -367,6 +391,18 @@ impl AckedMarks {
 
 /// Submits a held message (waiting for room in the store's queue) and returns the future
 /// that resolves at its commit.
+/// `fut`'s output, or `None` when the shutdown comes first.
+async fn unless_shutdown<T>(
+    shutdown: &CancellationToken,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => None,
+        v = fut => Some(v),
+    }
+}
+
 async fn submit(ingest: &Ingest, held: Held) -> PendingAck {
     if held.events.is_empty() {
         // Nothing to keep (malformed, unselected, already committed): ack in turn.

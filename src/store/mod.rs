@@ -198,8 +198,10 @@ pub struct QueueStats {
     pub dead: AtomicU64,
     /// Bytes charged for the queued entries.
     pub bytes: AtomicU64,
-    /// Highest sequence number the delivery worker holds in memory (never dropped on
-    /// overflow unless nothing else is left).
+    /// Highest sequence number the delivery worker holds in memory. `coalesce` leaves
+    /// these entries alone; `drop_oldest` drops the oldest whatever the worker holds (that is
+    /// what oldest means) and publishes [`QueueStats::dropped_through`], so that the worker
+    /// does not send what was dropped.
     pub window_end: AtomicU64,
     /// Events dropped, by [`DropReason`].
     pub dropped: [AtomicU64; 5],
@@ -948,6 +950,13 @@ impl Store {
             .queue(webhook)
             .map(|q| q.stats.depth.load(Ordering::Relaxed))
             .unwrap_or(0)
+    }
+
+    /// The daemon is stopping: a writer that is reopening the database after an I/O error
+    /// gives up (nothing can be committed then; unacknowledged input stays with its
+    /// sender) instead of holding the shutdown up.
+    pub fn stopping(&self) {
+        self.shared.closing.store(true, Ordering::Relaxed);
     }
 
     /// Commits everything sent so far, stops the writer and waits for it. Later calls on

@@ -139,7 +139,11 @@ fn reopen(
                 }
             }
         }
-        std::thread::sleep(wait);
+        // Sleeps in small steps: a shutdown must not wait for the backoff.
+        let until = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < until && !shared.closing.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         wait = (wait * 2).min(std::time::Duration::from_secs(30));
     }
 }
