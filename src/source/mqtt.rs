@@ -229,6 +229,7 @@ pub async fn run(
                     // Packet ids of the old connection mean nothing on this one; the broker
                     // redelivers whatever was not acknowledged.
                     to_ack.clear();
+                    acked.reconnected();
                     retry.clear();
                     retry_at = None;
                     backoff = RECONNECT_MIN;
@@ -286,6 +287,7 @@ pub async fn run(
                     }
                 }
                 Ok(MqttEvent::Outgoing(rumqttc::Outgoing::PubAck(pkid))) => acked.push(pkid),
+                Ok(MqttEvent::Incoming(Packet::PingResp)) => acked.confirm_all(),
                 Ok(_) => {}
                 Err(e) => {
                     connected.set(0);
@@ -343,6 +345,12 @@ pub async fn run(
 /// order), and with a flush request once the source has been quiet for a while.
 #[derive(Default)]
 struct AckedMarks {
+    /// PUBACKs written on this connection that the broker is not yet known to have read
+    /// (a PUBACK written just before the connection breaks may be lost in transit: its mark
+    /// must stay, or the broker's redelivery would be stored twice).
+    unconfirmed: Vec<u16>,
+    /// PUBACKs the broker has read (a later ping answered, or the packet id reused): their
+    /// marks go to the store.
     written: Vec<u16>,
     /// When the ones gathered so far are handed over.
     due: Option<tokio::time::Instant>,
@@ -352,9 +360,23 @@ struct AckedMarks {
 
 impl AckedMarks {
     fn push(&mut self, pkid: u16) {
-        self.written.push(pkid);
+        self.unconfirmed.push(pkid);
+    }
+
+    /// The broker answered a ping sent after these PUBACKs (one TCP stream, in order): it
+    /// has read them.
+    fn confirm_all(&mut self) {
+        if self.unconfirmed.is_empty() {
+            return;
+        }
+        self.written.append(&mut self.unconfirmed);
         self.due
             .get_or_insert_with(|| tokio::time::Instant::now() + MARKS_DELAY);
+    }
+
+    /// A new connection: what was not confirmed may not have arrived; those marks stay.
+    fn reconnected(&mut self) {
+        self.unconfirmed.clear();
     }
 
     fn full(&self) -> bool {
@@ -370,6 +392,11 @@ impl AckedMarks {
     }
 
     fn before_publish(&mut self, pkid: u16, store: &crate::store::Store, source: &str) {
+        // The broker reuses a packet id only once it has read our PUBACK for it (and so
+        // every PUBACK written before that one).
+        if let Some(i) = self.unconfirmed.iter().position(|p| *p == pkid) {
+            self.written.extend(self.unconfirmed.drain(..=i));
+        }
         if self.written.contains(&pkid) {
             self.hand_over(store, source);
         }

@@ -2,6 +2,8 @@
 //! child process, an HTTPS receiver behind a private CA, and an MQTT publisher.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use roomhook::demo::pki::{self, ServerIdentity};
 use roomhook::demo::receiver::Receiver;
 use std::io::Write;

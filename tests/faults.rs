@@ -1,0 +1,206 @@
+//! Network faults between roomhook and its peers, injected by a TCP proxy (the kernel here has
+//! no `netem`): a slow receiver path, a black hole, resets mid-request, a TLS handshake that
+//! never finishes, a broker gone for a minute. Each scenario ends with every event delivered,
+//! in order per device (a request whose answer was lost may arrive twice in a row: at least
+//! once).
+
+mod common;
+
+use common::proxy::{Fault, Proxy};
+use common::*;
+use roomhook::demo::receiver::Behaviour;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+struct Rig {
+    dir: tempfile::TempDir,
+    broker: Mosquitto,
+    rx: TestReceiver,
+    /// Between roomhook and the receiver.
+    to_receiver: Proxy,
+    /// Between roomhook and the broker.
+    to_broker: Proxy,
+    daemon: Daemon,
+    admin: u16,
+}
+
+async fn rig(webhook_extra: &str) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker();
+    let rx = receiver(dir.path(), false).await;
+    let rport: u16 = rx
+        .url
+        .trim_start_matches("https://127.0.0.1:")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let to_receiver = Proxy::start(rport).await;
+    let to_broker = Proxy::start(broker.port).await;
+    let url = rx
+        .url
+        .replace(&rport.to_string(), &to_receiver.port.to_string());
+    let admin = free_port();
+    let text = with_admin(
+        &standard_config(to_broker.port, &url, &rx.ca_file, webhook_extra),
+        admin,
+    );
+    let config = write_config(dir.path(), &text);
+    let daemon = Daemon::start(&config);
+    Rig {
+        dir,
+        broker,
+        rx,
+        to_receiver,
+        to_broker,
+        daemon,
+        admin,
+    }
+}
+
+const DEVICES: usize = 10;
+
+/// Every value 0..per_device of every device arrived, in order; a value may repeat right
+/// after itself (its first request reached the receiver, the answer did not come back).
+fn assert_all_in_order(r: &Rig, per_device: usize) {
+    let mut per: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for req in r.rx.receiver.accepted() {
+        for v in req.messages() {
+            let d = v["deviceId"].as_str().unwrap_or("").to_string();
+            let x = v["changes"]["updated"]["RoomAnalytics.PeopleCount.Current"]
+                .as_i64()
+                .expect("value");
+            per.entry(d).or_default().push(x);
+        }
+    }
+    assert_eq!(per.len(), DEVICES, "devices seen");
+    let want: Vec<i64> = (0..per_device as i64).collect();
+    for (device, mut values) in per {
+        values.dedup();
+        assert_eq!(values, want, "values of {device}: lost or out of order");
+    }
+}
+
+/// Distinct events arrived (repeats not counted).
+fn distinct(r: &Rig) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    for req in r.rx.receiver.accepted() {
+        for v in req.messages() {
+            seen.insert((
+                v["deviceId"].as_str().unwrap_or("").to_string(),
+                v["changes"]["updated"]["RoomAnalytics.PeopleCount.Current"].as_i64(),
+            ));
+        }
+    }
+    seen.len()
+}
+
+fn request_errors(r: &Rig) -> f64 {
+    scrape(r.admin)
+        .lines()
+        .filter(|l| l.starts_with("roomhook_request_errors_total{webhook=\"facilities\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn wait_all(r: &Rig, n: usize, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while distinct(r) < n && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(distinct(r), n, "{}\n{}", scrape(r.admin), r.daemon.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_seconds_of_latency_with_a_one_second_timeout() {
+    let mut r = rig("request_timeout = \"1s\"").await;
+    r.to_receiver.set(Fault::Latency(Duration::from_secs(2)));
+    publish(r.broker.port, &workload(DEVICES, 50)).await;
+    // Requests time out (and are retried) while the path is slow.
+    assert!(
+        wait_until(Duration::from_secs(30), || request_errors(&r) >= 3.0),
+        "{}",
+        scrape(r.admin)
+    );
+    r.to_receiver.set(Fault::Pass);
+    wait_all(&r, DEVICES * 50, Duration::from_secs(60)).await;
+    assert_eq!(r.daemon.stop(), Some(0));
+    assert_all_in_order(&r, 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_hole_for_a_minute() {
+    let mut r = rig("").await;
+    r.to_receiver.set(Fault::BlackHole);
+    publish(r.broker.port, &workload(DEVICES, 100)).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(distinct(&r), 0, "nothing passes a black hole");
+    assert!(request_errors(&r) >= 1.0, "{}", scrape(r.admin));
+    r.to_receiver.set(Fault::Pass);
+    wait_all(&r, DEVICES * 100, Duration::from_secs(90)).await;
+    assert_eq!(r.daemon.stop(), Some(0));
+    assert_all_in_order(&r, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_reset_in_the_middle_of_requests() {
+    let mut r = rig("").await;
+    // The TLS handshake passes, then a request or two, then a reset mid-stream: on every
+    // connection, for the whole run.
+    r.to_receiver.set(Fault::ResetAfter(4000));
+    publish(r.broker.port, &workload(DEVICES, 100)).await;
+    wait_all(&r, DEVICES * 100, Duration::from_secs(120)).await;
+    assert!(request_errors(&r) >= 1.0, "{}", scrape(r.admin));
+    assert_eq!(r.daemon.stop(), Some(0));
+    assert_all_in_order(&r, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_finishes_the_tls_handshake() {
+    let mut r = rig("connect_timeout = \"2s\"").await;
+    r.to_receiver.set(Fault::Silent);
+    publish(r.broker.port, &workload(DEVICES, 50)).await;
+    // The handshake times out (it is not waited on forever), again and again.
+    assert!(
+        wait_until(Duration::from_secs(40), || request_errors(&r) >= 2.0),
+        "{}\n{}",
+        scrape(r.admin),
+        r.daemon.logs()
+    );
+    assert_eq!(distinct(&r), 0);
+    r.to_receiver.set(Fault::Pass);
+    wait_all(&r, DEVICES * 50, Duration::from_secs(90)).await;
+    assert_eq!(r.daemon.stop(), Some(0));
+    assert_all_in_order(&r, 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_gone_for_a_minute_while_the_receiver_is_slow() {
+    let mut r = rig("").await;
+    r.rx.receiver
+        .set_behaviour(Behaviour::SlowPerConcurrent(10));
+    let first: Vec<(String, i64)> = workload(DEVICES, 200)
+        .into_iter()
+        .filter(|(_, v)| *v < 100)
+        .collect();
+    let second: Vec<(String, i64)> = workload(DEVICES, 200)
+        .into_iter()
+        .filter(|(_, v)| *v >= 100)
+        .collect();
+    publish(r.broker.port, &first).await;
+    // roomhook's way to the broker goes; the broker keeps its session and queues what is
+    // published meanwhile.
+    r.to_broker.set(Fault::Down);
+    assert!(wait_until(Duration::from_secs(10), || metric(
+        r.admin,
+        "roomhook_source_connected{source=\"sensors\"}"
+    ) == Some(0.0)));
+    publish(r.broker.port, &second).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    r.to_broker.set(Fault::Pass);
+    wait_all(&r, DEVICES * 200, Duration::from_secs(120)).await;
+    assert_eq!(r.daemon.stop(), Some(0));
+    assert_all_in_order(&r, 200);
+    let _ = &r.dir;
+}
