@@ -287,7 +287,8 @@ pub async fn run(
                     }
                 }
                 Ok(MqttEvent::Outgoing(rumqttc::Outgoing::PubAck(pkid))) => acked.push(pkid),
-                Ok(MqttEvent::Incoming(Packet::PingResp)) => acked.confirm_all(),
+                Ok(MqttEvent::Outgoing(rumqttc::Outgoing::PingReq)) => acked.ping_sent(),
+                Ok(MqttEvent::Incoming(Packet::PingResp)) => acked.ping_answered(),
                 Ok(_) => {}
                 Err(e) => {
                     connected.set(0);
@@ -349,6 +350,9 @@ struct AckedMarks {
     /// (a PUBACK written just before the connection breaks may be lost in transit: its mark
     /// must stay, or the broker's redelivery would be stored twice).
     unconfirmed: Vec<u16>,
+    /// How many of `unconfirmed` were written before the ping in flight: its answer
+    /// confirms those, not the PUBACKs written after it.
+    before_ping: Option<usize>,
     /// PUBACKs the broker has read (a later ping answered, or the packet id reused): their
     /// marks go to the store.
     written: Vec<u16>,
@@ -363,13 +367,23 @@ impl AckedMarks {
         self.unconfirmed.push(pkid);
     }
 
-    /// The broker answered a ping sent after these PUBACKs (one TCP stream, in order): it
-    /// has read them.
-    fn confirm_all(&mut self) {
-        if self.unconfirmed.is_empty() {
+    /// A ping was written: the PUBACKs written so far come before it on the stream.
+    fn ping_sent(&mut self) {
+        self.before_ping = Some(self.unconfirmed.len());
+    }
+
+    /// The broker answered the ping (one TCP stream, in order): it has read the PUBACKs
+    /// written before the ping.
+    fn ping_answered(&mut self) {
+        let n = self
+            .before_ping
+            .take()
+            .unwrap_or(0)
+            .min(self.unconfirmed.len());
+        if n == 0 {
             return;
         }
-        self.written.append(&mut self.unconfirmed);
+        self.written.extend(self.unconfirmed.drain(..n));
         self.due
             .get_or_insert_with(|| tokio::time::Instant::now() + MARKS_DELAY);
     }
@@ -377,6 +391,7 @@ impl AckedMarks {
     /// A new connection: what was not confirmed may not have arrived; those marks stay.
     fn reconnected(&mut self) {
         self.unconfirmed.clear();
+        self.before_ping = None;
     }
 
     fn full(&self) -> bool {
@@ -392,14 +407,20 @@ impl AckedMarks {
     }
 
     fn before_publish(&mut self, pkid: u16, store: &crate::store::Store, source: &str) {
-        // The broker reuses a packet id only once it has read our PUBACK for it (and so
-        // every PUBACK written before that one).
-        if let Some(i) = self.unconfirmed.iter().position(|p| *p == pkid) {
-            self.written.extend(self.unconfirmed.drain(..=i));
-        }
-        if self.written.contains(&pkid) {
+        if self.reused(pkid) {
             self.hand_over(store, source);
         }
+    }
+
+    /// A publish with `pkid` arrived: whether its old mark must go to the store first. The
+    /// broker reuses a packet id only once it has read our PUBACK for it (and so every
+    /// PUBACK written before that one).
+    fn reused(&mut self, pkid: u16) -> bool {
+        if let Some(i) = self.unconfirmed.iter().position(|p| *p == pkid) {
+            self.written.extend(self.unconfirmed.drain(..=i));
+            self.before_ping = self.before_ping.map(|n| n.saturating_sub(i + 1));
+        }
+        self.written.contains(&pkid)
     }
 
     fn next_wakeup(&self) -> Option<tokio::time::Instant> {
@@ -494,5 +515,33 @@ fn decode(
 fn decode_with(sub: &SubscriptionSettings, topic: &str, payload: &[u8]) -> json::Decoded {
     match &sub.format {
         Format::Json(fields) => json::decode(sub, fields, topic, payload, crate::timefmt::now_ms()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AckedMarks;
+
+    #[test]
+    fn a_ping_answer_confirms_only_the_pubacks_written_before_the_ping() {
+        let mut m = AckedMarks::default();
+        m.push(1);
+        m.ping_sent();
+        m.push(2);
+        m.ping_answered();
+        assert_eq!(m.written, vec![1]);
+        assert_eq!(m.unconfirmed, vec![2]);
+        // The broker reuses 2: it has read its PUBACK (and every one before it).
+        m.push(3);
+        m.ping_sent();
+        assert!(m.reused(2));
+        m.ping_answered();
+        assert_eq!(m.written, vec![1, 2, 3]);
+        // A new connection forgets what it could not confirm: those marks stay.
+        m.push(4);
+        m.reconnected();
+        m.ping_answered();
+        assert!(m.unconfirmed.is_empty());
+        assert_eq!(m.written, vec![1, 2, 3]);
     }
 }

@@ -843,7 +843,9 @@ fn commit(db: &Database, shared: &Shared, st: &mut State, ops: Vec<Op>, durable:
                             *delta.depth.entry(*w).or_default() += 1;
                             *delta.bytes.entry(*w).or_default() +=
                                 bytes.len() as i64 + ENTRY_OVERHEAD as i64;
-                            if items.get(i + 1).is_none_or(|(_, b)| b != bytes) {
+                            if keys.len() == usize::from(u16::MAX)
+                                || items.get(i + 1).is_none_or(|(_, b)| b != bytes)
+                            {
                                 redo.put(&keys, bytes);
                                 keys.clear();
                             }
