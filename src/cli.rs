@@ -67,10 +67,7 @@ pub async fn source(config: PathBuf, action: SourceAction) -> ExitCode {
 /// `$CREDENTIALS_DIRECTORY`): a `--*-file` inside that directory is sent relative to it; one
 /// elsewhere is refused here, with the fix.
 fn relative_files(config: &Path, m: &mut Map<String, Value>) -> Result<(), String> {
-    let dir = config
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = crate::config::base_dir(config);
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     for (key, v) in m.iter_mut() {
         let Some(p) = v.as_str().filter(|_| key.ends_with("_file")) else {

@@ -190,7 +190,12 @@ impl Router {
             }
         } else {
             let generic: Vec<String> = e.changes().map(|(p, _)| catalog::generic_path(p)).collect();
-            let present: std::collections::HashSet<&str> = e.changes().map(|(p, _)| p).collect();
+            // Only a full sync needs the set of paths it carries.
+            let present: std::collections::HashSet<&str> = if e.full_sync {
+                e.changes().map(|(p, _)| p).collect()
+            } else {
+                std::collections::HashSet::new()
+            };
             for r in &mut self.routes {
                 if !r.selects_device(e) {
                     continue;

@@ -10,6 +10,15 @@ use common::*;
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// How many times each value (unique across devices here) arrived.
+fn times_seen(requests: &[roomhook::demo::receiver::Received]) -> HashMap<i64, usize> {
+    let mut m = HashMap::new();
+    for (_, v) in people_counts(requests) {
+        *m.entry(v).or_insert(0) += 1;
+    }
+    m
+}
+
 async fn crash_cycles(cycles: usize, per_cycle: usize) {
     let dir = tempfile::tempdir().unwrap();
     let broker = broker();
@@ -54,19 +63,7 @@ async fn crash_cycles(cycles: usize, per_cycle: usize) {
     let mut daemon = Daemon::start(&config);
     assert_eq!(torn(), cycles, "{}", daemon.logs());
     let total = seq as usize;
-    let seen = |rx: &TestReceiver| -> HashMap<i64, usize> {
-        let mut m = HashMap::new();
-        for r in rx.receiver.accepted() {
-            for v in r.messages() {
-                if let Some(x) =
-                    v["changes"]["updated"]["RoomAnalytics.PeopleCount.Current"].as_i64()
-                {
-                    *m.entry(x).or_insert(0) += 1;
-                }
-            }
-        }
-        m
-    };
+    let seen = |rx: &TestReceiver| times_seen(&rx.receiver.accepted());
     let all = wait_until(Duration::from_secs(120), || seen(&rx).len() >= total);
     assert_eq!(daemon.stop(), Some(0));
     let counts = seen(&rx);
@@ -135,19 +132,7 @@ async fn a_crash_redelivers_at_most_the_removal_slack() {
     let before_restart = accepted_messages(&rx.receiver);
     std::fs::write(&config, &base).unwrap();
     let mut daemon = Daemon::start(&config);
-    let seen = || {
-        let mut m: HashMap<i64, usize> = HashMap::new();
-        for r in rx.receiver.accepted() {
-            for v in r.messages() {
-                if let Some(x) =
-                    v["changes"]["updated"]["RoomAnalytics.PeopleCount.Current"].as_i64()
-                {
-                    *m.entry(x).or_insert(0) += 1;
-                }
-            }
-        }
-        m
-    };
+    let seen = || times_seen(&rx.receiver.accepted());
     assert!(wait_until(Duration::from_secs(60), || seen().len() as i64 >= n));
     assert_eq!(daemon.stop(), Some(0));
     let duplicates: usize = seen().values().map(|c| c - 1).sum();

@@ -52,16 +52,7 @@ fn dropped(r: &Rig, reason: &str) -> f64 {
 
 /// Values delivered per device (batches flattened), in arrival order.
 fn delivered(r: &Rig) -> BTreeMap<String, Vec<i64>> {
-    let mut per: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for req in r.rx.receiver.accepted() {
-        for v in req.messages() {
-            let d = v["deviceId"].as_str().unwrap_or("").to_string();
-            if let Some(x) = v["changes"]["updated"]["RoomAnalytics.PeopleCount.Current"].as_i64() {
-                per.entry(d).or_default().push(x);
-            }
-        }
-    }
-    per
+    per_device(&r.rx.receiver.accepted())
 }
 
 const BUDGET: f64 = 1024.0 * 1024.0;

@@ -9,7 +9,6 @@ mod common;
 use common::proxy::{Fault, Proxy};
 use common::*;
 use roomhook::demo::receiver::Behaviour;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 struct Rig {
@@ -28,19 +27,9 @@ async fn rig(webhook_extra: &str) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let broker = broker();
     let rx = receiver(dir.path(), false).await;
-    let rport: u16 = rx
-        .url
-        .trim_start_matches("https://127.0.0.1:")
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let to_receiver = Proxy::start(rport).await;
+    let to_receiver = Proxy::start(rx.receiver.addr().port()).await;
     let to_broker = Proxy::start(broker.port).await;
-    let url = rx
-        .url
-        .replace(&rport.to_string(), &to_receiver.port.to_string());
+    let url = format!("https://127.0.0.1:{}/hook", to_receiver.port);
     let admin = free_port();
     let text = with_admin(
         &standard_config(to_broker.port, &url, &rx.ca_file, webhook_extra),
@@ -63,19 +52,17 @@ const DEVICES: usize = 10;
 
 /// Every value 0..per_device of every device arrived, in order; a value may repeat right
 /// after itself (its first request reached the receiver, the answer did not come back).
-fn assert_all_in_order(r: &Rig, per_device: usize) {
-    let mut per: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for req in r.rx.receiver.accepted() {
-        for v in req.messages() {
-            let d = v["deviceId"].as_str().unwrap_or("").to_string();
-            let x = v["changes"]["updated"]["RoomAnalytics.PeopleCount.Current"]
-                .as_i64()
-                .expect("value");
-            per.entry(d).or_default().push(x);
-        }
-    }
+fn assert_all_in_order(r: &Rig, each: usize) {
+    let accepted = r.rx.receiver.accepted();
+    let messages: usize = accepted.iter().map(|q| q.messages().len()).sum();
+    assert_eq!(
+        people_counts(&accepted).len(),
+        messages,
+        "a message without a value"
+    );
+    let per = per_device(&accepted);
     assert_eq!(per.len(), DEVICES, "devices seen");
-    let want: Vec<i64> = (0..per_device as i64).collect();
+    let want: Vec<i64> = (0..each as i64).collect();
     for (device, mut values) in per {
         values.dedup();
         assert_eq!(values, want, "values of {device}: lost or out of order");
@@ -84,16 +71,10 @@ fn assert_all_in_order(r: &Rig, per_device: usize) {
 
 /// Distinct events arrived (repeats not counted).
 fn distinct(r: &Rig) -> usize {
-    let mut seen = std::collections::HashSet::new();
-    for req in r.rx.receiver.accepted() {
-        for v in req.messages() {
-            seen.insert((
-                v["deviceId"].as_str().unwrap_or("").to_string(),
-                v["changes"]["updated"]["RoomAnalytics.PeopleCount.Current"].as_i64(),
-            ));
-        }
-    }
-    seen.len()
+    people_counts(&r.rx.receiver.accepted())
+        .into_iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len()
 }
 
 fn request_errors(r: &Rig) -> f64 {
@@ -105,10 +86,14 @@ fn request_errors(r: &Rig) -> f64 {
 }
 
 async fn wait_all(r: &Rig, n: usize, within: Duration) {
-    let deadline = std::time::Instant::now() + within;
-    while distinct(r) < n && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let all = |reqs: &[roomhook::demo::receiver::Received]| {
+        people_counts(reqs)
+            .into_iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            >= n
+    };
+    r.rx.receiver.wait_for(within, all).await;
     assert_eq!(distinct(r), n, "{}\n{}", scrape(r.admin), r.daemon.logs());
 }
 

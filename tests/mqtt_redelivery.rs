@@ -120,5 +120,6 @@ async fn a_reused_packet_id_with_dup_and_the_same_payload_is_a_new_message() {
         .collect();
     assert_eq!(values, vec![1, 2, 1]);
     daemon.kill9();
-    let _ = server.join();
+    // The mock broker's own checks (CONNECT, SUBSCRIBE) fail the test here.
+    server.join().expect("the mock broker");
 }

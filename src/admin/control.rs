@@ -207,10 +207,7 @@ async fn json_body(req: Request<Incoming>) -> Result<serde_json::Map<String, Val
 fn confine_files(values: &serde_json::Map<String, Value>, sup: &Supervisor) -> Result<(), String> {
     let (config_file, data_dir) = sup.paths();
     let canon = |p: &Path| std::fs::canonicalize(p).ok();
-    let config_dir = config_file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let config_dir = crate::config::base_dir(config_file);
     let allowed: Vec<PathBuf> = std::iter::once(canon(config_dir))
         .chain(std::iter::once(
             std::env::var_os("CREDENTIALS_DIRECTORY").and_then(|d| canon(Path::new(&d))),

@@ -467,6 +467,7 @@ async fn wear(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
         .wear_rates
         .split(',')
         .filter_map(|r| r.trim().parse().ok())
+        .filter(|r| *r > 0)
         .collect();
     let mut rows = Vec::new();
     for interval in args.wear_commit_intervals.split(',').map(str::trim) {
@@ -491,7 +492,7 @@ async fn wear(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
         std::thread::sleep(Duration::from_secs(7));
         let (w0, c0) = (write_bytes(daemon.pid()), cpu_ns(daemon.pid()));
         std::thread::sleep(Duration::from_secs(5));
-        let idle_bytes = write_bytes(daemon.pid()) - w0;
+        let idle_bytes = write_bytes(daemon.pid()).saturating_sub(w0);
         let idle_cpu_ms = cpu_ns(daemon.pid()).saturating_sub(c0) as f64 / 1e6;
         for &rate in &rates {
             let n = (rate * args.wear_seconds).max(1) as usize;
@@ -508,7 +509,7 @@ async fn wear(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
                 .await;
             // The removals of the last deliveries are committed too.
             std::thread::sleep(Duration::from_millis(500));
-            let bytes = write_bytes(daemon.pid()) - w0;
+            let bytes = write_bytes(daemon.pid()).saturating_sub(w0);
             let cpu_us = cpu_ns(daemon.pid()).saturating_sub(c0) as f64 / 1e3;
             let k = commits() - k0;
             let per_event = bytes as f64 / n as f64;

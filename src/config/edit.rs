@@ -182,10 +182,7 @@ fn to_toml(key: &str, v: &Value) -> Result<toml_edit::Value, EditError> {
 pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let path = target.as_path();
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = super::base_dir(path);
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     if let Ok(meta) = std::fs::metadata(path) {
         use std::os::unix::fs::MetadataExt;

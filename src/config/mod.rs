@@ -629,7 +629,7 @@ pub fn locations(file: &Path) -> Result<(PathBuf, PathBuf), ConfigErrors> {
     Ok((data_dir, socket))
 }
 
-fn base_dir(file: &Path) -> &Path {
+pub(crate) fn base_dir(file: &Path) -> &Path {
     file.parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))

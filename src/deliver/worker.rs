@@ -100,8 +100,14 @@ struct Pace {
     batch_cap: usize,
     /// Permanent refusals (dead letters) in a row.
     refusals: u32,
-    /// Past [`REFUSING_AFTER`] refusals in a row: the queue is held instead of emptied.
-    refusing: bool,
+}
+
+impl Pace {
+    /// Past [`REFUSING_AFTER`] permanent refusals in a row: the queue is held instead of
+    /// emptied (state `refusing`).
+    fn refusing(&self) -> bool {
+        self.refusals >= REFUSING_AFTER
+    }
 }
 
 /// Permanent refusals in a row after which the queue is held (state `refusing`) rather
@@ -139,7 +145,6 @@ impl Worker {
             removal_slack: REMOVAL_SLACK,
             batch_cap: p.batch_max_messages,
             refusals: 0,
-            refusing: false,
         };
         let label = Metrics::webhook(&self.settings.name);
         let m = &self.metrics;
@@ -178,11 +183,8 @@ impl Worker {
         let mut removals: FuturesUnordered<
             futures_util::future::BoxFuture<'static, (Vec<u64>, bool)>,
         > = FuturesUnordered::new();
-        pace.removal_slack = if self.store.commit_interval().is_zero() {
-            REMOVAL_SLACK
-        } else {
-            REMOVAL_SLACK_GROUPED
-        };
+        // Twice what the store lets wait for a group with other work: never a stall.
+        pace.removal_slack = 2 * self.store.lazy_removals();
 
         loop {
             // 1. Refill the window from the store.
@@ -560,7 +562,6 @@ impl Worker {
             Action::Delivered => {
                 pace.auth_failed = false;
                 pace.refusals = 0;
-                pace.refusing = false;
                 // A batch limit halved by a 413 grows back (the receiver's limit may be gone).
                 pace.batch_cap = (pace.batch_cap * 2).min(self.settings.pacing.batch_max_messages);
                 let done = pace
@@ -580,7 +581,6 @@ impl Worker {
             }
             Action::DeadLetter | Action::TooLarge if streak => {
                 pace.refusals += 1;
-                pace.refusing = true;
                 let pause = Some(self.settings.retry_max);
                 pace.sched
                     .complete(&request.lanes, Verdict::Retry { pause }, now, unit);
@@ -638,7 +638,7 @@ impl Worker {
         let now = Instant::now();
         let state = if pace.disabled {
             State::Disabled
-        } else if pace.refusing {
+        } else if pace.refusing() {
             State::Refusing
         } else if pace.auth_failed {
             State::AuthFailed

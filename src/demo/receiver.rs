@@ -234,6 +234,13 @@ async fn handle(
                 == Some(want.as_str())
         }
     };
+    // Messages in the body (a JSON array is a batch), counted once.
+    let n = match body.first() {
+        Some(b'[') => {
+            serde_json::from_slice::<Vec<serde_json::Value>>(&body).map_or(1, |v| v.len())
+        }
+        _ => 1,
+    };
     let (status, retry_after) = match behaviour {
         _ if !auth_ok => (401, None),
         Behaviour::Accept | Behaviour::SlowPerConcurrent(_) => (200, None),
@@ -247,13 +254,7 @@ async fn handle(
         ),
         Behaviour::Status(s) => (s, None),
         Behaviour::StatusRetryAfter(s, secs) => (s, Some(secs)),
-        Behaviour::MaxMessages(n) => {
-            let count = match serde_json::from_slice::<serde_json::Value>(&body) {
-                Ok(serde_json::Value::Array(items)) => items.len(),
-                _ => 1,
-            };
-            (if count > n { 413 } else { 200 }, None)
-        }
+        Behaviour::MaxMessages(max) => (if n > max { 413 } else { 200 }, None),
     };
     if st.print {
         let text = String::from_utf8_lossy(&body);
@@ -265,12 +266,6 @@ async fn handle(
             text
         );
     }
-    let n = match body.first() {
-        Some(b'[') => {
-            serde_json::from_slice::<Vec<serde_json::Value>>(&body).map_or(1, |v| v.len())
-        }
-        _ => 1,
-    };
     if let Ok(mut g) = st.requests.lock() {
         g.push(Received {
             path: parts.uri.path().to_string(),

@@ -196,19 +196,22 @@ pub async fn run(
                             Err(e) => Err(e),
                         }
                     };
-                    match unless_shutdown(&shutdown, attempt).await {
+                    match shutdown.run_until_cancelled(attempt).await {
                         Some(r) => r,
                         None => break,
                     }
                 };
                 match result {
                     Ok(()) | Err(StoreError::Redelivered) => {
+                        if matches!(result, Err(StoreError::Redelivered)) {
+                            redelivered.inc();
+                        }
                         to_ack.push_back(head.publish);
                         retry_wait = Duration::from_millis(500);
                         retry_at = None;
                         tracing::info!(source = %s.name, "the store takes messages again; {} held message(s) follow in order", retry.len());
                         while let Some(h) = retry.pop_front() {
-                            match unless_shutdown(&shutdown, submit(&ingest, h)).await {
+                            match shutdown.run_until_cancelled(submit(&ingest, h)).await {
                                 Some(p) => pending.push_back(p),
                                 None => break,
                             }
@@ -276,7 +279,7 @@ pub async fn run(
                     let held = Held { gen: generation, publish: p, events, mark };
                     if retry.is_empty() {
                         // Waits for room in the store's queue of ops, unless shutting down.
-                        match unless_shutdown(&shutdown, submit(&ingest, held)).await {
+                        match shutdown.run_until_cancelled(submit(&ingest, held)).await {
                             Some(p) => pending.push_back(p),
                             None => break,
                         }
@@ -350,6 +353,9 @@ struct AckedMarks {
     /// (a PUBACK written just before the connection breaks may be lost in transit: its mark
     /// must stay, or the broker's redelivery would be stored twice).
     unconfirmed: Vec<u16>,
+    /// The packet ids in `unconfirmed`, for a check per publish that does not scan it (it
+    /// holds every PUBACK since the last ping answer: up to 65,535 at full speed).
+    unconfirmed_set: PkidSet,
     /// How many of `unconfirmed` were written before the ping in flight: its answer
     /// confirms those, not the PUBACKs written after it.
     before_ping: Option<usize>,
@@ -365,6 +371,16 @@ struct AckedMarks {
 impl AckedMarks {
     fn push(&mut self, pkid: u16) {
         self.unconfirmed.push(pkid);
+        self.unconfirmed_set.insert(pkid);
+    }
+
+    /// The first `n` unconfirmed PUBACKs are known to have arrived.
+    fn confirm(&mut self, n: usize) {
+        for p in self.unconfirmed.drain(..n) {
+            self.unconfirmed_set.remove(p);
+            self.written.push(p);
+        }
+        self.before_ping = self.before_ping.map(|b| b.saturating_sub(n));
     }
 
     /// A ping was written: the PUBACKs written so far come before it on the stream.
@@ -383,7 +399,7 @@ impl AckedMarks {
         if n == 0 {
             return;
         }
-        self.written.extend(self.unconfirmed.drain(..n));
+        self.confirm(n);
         self.due
             .get_or_insert_with(|| tokio::time::Instant::now() + MARKS_DELAY);
     }
@@ -391,6 +407,7 @@ impl AckedMarks {
     /// A new connection: what was not confirmed may not have arrived; those marks stay.
     fn reconnected(&mut self) {
         self.unconfirmed.clear();
+        self.unconfirmed_set.clear();
         self.before_ping = None;
     }
 
@@ -416,9 +433,11 @@ impl AckedMarks {
     /// broker reuses a packet id only once it has read our PUBACK for it (and so every
     /// PUBACK written before that one).
     fn reused(&mut self, pkid: u16) -> bool {
-        if let Some(i) = self.unconfirmed.iter().position(|p| *p == pkid) {
-            self.written.extend(self.unconfirmed.drain(..=i));
-            self.before_ping = self.before_ping.map(|n| n.saturating_sub(i + 1));
+        if self.unconfirmed_set.contains(pkid) {
+            // Reuse follows the broker's own order: the id is near the front.
+            if let Some(i) = self.unconfirmed.iter().position(|p| *p == pkid) {
+                self.confirm(i + 1);
+            }
         }
         self.written.contains(&pkid)
     }
@@ -439,18 +458,6 @@ impl AckedMarks {
 
 /// Submits a held message (waiting for room in the store's queue) and returns the future
 /// that resolves at its commit.
-/// `fut`'s output, or `None` when the shutdown comes first.
-async fn unless_shutdown<T>(
-    shutdown: &CancellationToken,
-    fut: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    tokio::select! {
-        biased;
-        _ = shutdown.cancelled() => None,
-        v = fut => Some(v),
-    }
-}
-
 async fn submit(ingest: &Ingest, held: Held) -> PendingAck {
     if held.events.is_empty() {
         // Nothing to keep (malformed, unselected, already committed): ack in turn.
@@ -515,6 +522,35 @@ fn decode(
 fn decode_with(sub: &SubscriptionSettings, topic: &str, payload: &[u8]) -> json::Decoded {
     match &sub.format {
         Format::Json(fields) => json::decode(sub, fields, topic, payload, crate::timefmt::now_ms()),
+    }
+}
+
+/// A set of MQTT packet ids (one bit each).
+#[derive(Default)]
+struct PkidSet(Vec<u64>);
+
+impl PkidSet {
+    fn insert(&mut self, p: u16) {
+        if self.0.is_empty() {
+            self.0 = vec![0; 1024];
+        }
+        self.0[usize::from(p) / 64] |= 1 << (p % 64);
+    }
+
+    fn remove(&mut self, p: u16) {
+        if let Some(w) = self.0.get_mut(usize::from(p) / 64) {
+            *w &= !(1 << (p % 64));
+        }
+    }
+
+    fn contains(&self, p: u16) -> bool {
+        self.0
+            .get(usize::from(p) / 64)
+            .is_some_and(|w| w >> (p % 64) & 1 == 1)
+    }
+
+    fn clear(&mut self) {
+        self.0.fill(0);
     }
 }
 

@@ -102,6 +102,17 @@ impl DropReason {
         }
     }
 
+    /// What it means, for the log.
+    pub fn describe(self) -> &'static str {
+        match self {
+            DropReason::Overflow => "store full (max_store_bytes), oldest first",
+            DropReason::Coalesced => "store full, superseded status values",
+            DropReason::Expired => "older than max_queue_age",
+            DropReason::DeadLetterEvicted => "dead letters past the 10,000 kept, oldest first",
+            DropReason::Undecodable => "entries that do not decode",
+        }
+    }
+
     fn index(self) -> usize {
         self as usize
     }
@@ -342,25 +353,36 @@ impl DbCell {
             return (own, None);
         };
         drop(own);
-        let deadline = std::time::Instant::now() + patience;
-        let mut db = shared;
-        loop {
-            match Arc::try_unwrap(db) {
-                Ok(mut alone) => {
-                    let r = f(&mut alone);
-                    let back = Arc::new(alone);
-                    *guard = Some(back.clone());
-                    return (back, Some(r));
-                }
-                Err(still) if std::time::Instant::now() < deadline => {
-                    db = still;
-                    std::thread::sleep(std::time::Duration::from_millis(2));
-                }
-                Err(still) => {
-                    *guard = Some(still.clone());
-                    return (still, None);
-                }
+        match sole(shared, patience) {
+            Ok(mut alone) => {
+                let r = f(&mut alone);
+                let back = Arc::new(alone);
+                *guard = Some(back.clone());
+                (back, Some(r))
             }
+            Err(still) => {
+                *guard = Some(still.clone());
+                (still, None)
+            }
+        }
+    }
+}
+
+/// The database itself, once every other handle is gone (readers finish within
+/// `patience`); the handle back if they do not.
+pub(crate) fn sole(
+    mut db: Arc<Database>,
+    patience: std::time::Duration,
+) -> Result<Database, Arc<Database>> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match Arc::try_unwrap(db) {
+            Ok(alone) => return Ok(alone),
+            Err(still) if std::time::Instant::now() < deadline => {
+                db = still;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(still) => return Err(still),
         }
     }
 }
@@ -435,6 +457,23 @@ impl Shared {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Bytes charged for all queues.
+    pub(crate) fn queued_bytes(&self) -> u64 {
+        self.queues()
+            .values()
+            .map(|q| q.stats.bytes.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// See [`Store::lazy_removals`].
+    pub(crate) fn lazy_removals(&self) -> usize {
+        if self.commit_interval_ns.load(Ordering::Relaxed) > 0 {
+            LAZY_REMOVALS_GROUPED
+        } else {
+            LAZY_REMOVALS
+        }
     }
 
     /// One queue.
@@ -551,7 +590,10 @@ impl Store {
             .values()
             .map(|q| q.stats.bytes.load(Ordering::Relaxed))
             .sum();
-        compact_if_bloated(&mut db, &path, queued);
+        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+        if bloated(size, queued) {
+            compact(&mut db, &path, size);
+        }
         let db = Arc::new(DbCell(std::sync::RwLock::new(Some(Arc::new(db)))));
         let (finished_tx, finished_rx) = oneshot::channel();
         let shared = Arc::new(Shared {
@@ -577,6 +619,13 @@ impl Store {
             u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+    }
+
+    /// Removals of delivered entries the writer lets wait for a group with other work
+    /// (more are committed on their own): [`LAZY_REMOVALS`], or [`LAZY_REMOVALS_GROUPED`]
+    /// with a `commit_interval`.
+    pub fn lazy_removals(&self) -> usize {
+        self.shared.lazy_removals()
     }
 
     /// The `commit_interval` in force.
@@ -723,11 +772,7 @@ impl Store {
 
     /// Bytes charged for all queues (what `max_store_bytes` bounds).
     pub fn total_bytes(&self) -> u64 {
-        self.shared
-            .queues()
-            .values()
-            .map(|q| q.stats.bytes.load(Ordering::Relaxed))
-            .sum()
+        self.shared.queued_bytes()
     }
 
     /// Events dropped from a webhook's queue for a reason, since start.
@@ -987,13 +1032,9 @@ pub(crate) fn bloated(size: u64, queued: u64) -> bool {
     size > queued.saturating_mul(2) + 4 * 1024 * 1024
 }
 
-/// Gives free pages back to the file system when the file is much larger than what it
-/// holds (after a drained backlog): redb keeps freed pages in the file until compacted.
-pub(crate) fn compact_if_bloated(db: &mut Database, path: &Path, queued: u64) {
-    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    if !bloated(size, queued) {
-        return;
-    }
+/// Gives free pages back to the file system (the file of `size` bytes is much larger than
+/// what it holds, after a drained backlog): redb keeps freed pages in it until compacted.
+pub(crate) fn compact(db: &mut Database, path: &Path, size: u64) {
     let started = std::time::Instant::now();
     match db.compact() {
         Ok(_) => {
@@ -1019,17 +1060,7 @@ fn open_wal(
     dir: &Path,
     max_bytes: u64,
 ) -> Result<(wal::Wal, Vec<Vec<u8>>), StoreError> {
-    let known = {
-        let read = db.begin_read().map_err(redb::Error::from)?;
-        match read.open_table(META) {
-            Ok(t) => t
-                .get(WAL_GEN)
-                .map_err(redb::Error::from)?
-                .map(|v| v.value()),
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(e) => return Err(redb::Error::from(e).into()),
-        }
-    };
+    let known = wal_generation(db)?;
     // A store without a generation yet (new, or made before the log existed) starts at a
     // random one, so that a log left over from another store is never replayed into it.
     let generation = known.unwrap_or_else(|| rand::random::<u64>() >> 1);
@@ -1046,6 +1077,17 @@ fn open_wal(
         );
     }
     Ok((wal, if known.is_some() { records } else { Vec::new() }))
+}
+
+/// The write-ahead log generation redb's durable state names (`None`: a store made before
+/// the log, or a new one).
+pub(crate) fn wal_generation(db: &Database) -> Result<Option<u64>, redb::Error> {
+    let read = db.begin_read()?;
+    match read.open_table(META) {
+        Ok(t) => Ok(t.get(WAL_GEN)?.map(|v| v.value())),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Applies write-ahead log records in `txn`; stops at one that does not parse (a bug: its
@@ -1202,6 +1244,16 @@ mod tests {
         .encode()
     }
 
+    /// A store in `dir` with one queue, "a", and a budget that never binds.
+    fn one_queue(dir: &Path) -> (Store, WebhookId) {
+        let limits = Limits {
+            max_bytes: 1 << 30,
+            queues: vec![("a".into(), Overflow::DropOldest)],
+        };
+        let (store, ids) = Store::open(dir, &limits).unwrap();
+        (store, ids[0])
+    }
+
     #[tokio::test]
     async fn queues_come_go_and_keep_their_ids() {
         let dir = tempfile::tempdir().unwrap();
@@ -1238,12 +1290,7 @@ mod tests {
     #[tokio::test]
     async fn the_file_shrinks_after_a_drain_without_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = Limits {
-            max_bytes: 1 << 30,
-            queues: vec![("a".into(), Overflow::DropOldest)],
-        };
-        let (store, ids) = Store::open(dir.path(), &limits).unwrap();
-        let a = ids[0];
+        let (store, a) = one_queue(dir.path());
         let padded = |n: i64| {
             let mut e = Event::decode(&event(n)).unwrap();
             e.device = format!("{n:0>400}");
@@ -1279,12 +1326,7 @@ mod tests {
     #[tokio::test]
     async fn dead_letters_past_the_cap_are_counted_as_evicted() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = Limits {
-            max_bytes: 1 << 30,
-            queues: vec![("a".into(), Overflow::DropOldest)],
-        };
-        let (store, ids) = Store::open(dir.path(), &limits).unwrap();
-        let a = ids[0];
+        let (store, a) = one_queue(dir.path());
         let n = MAX_DEAD_LETTERS + 5;
         store
             .append((0..n).map(|i| (a, event(i as i64))).collect())

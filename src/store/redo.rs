@@ -25,6 +25,12 @@ pub struct Redo {
 }
 
 impl Redo {
+    /// Starts the next record (the buffer is kept).
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.open_range = None;
+    }
+
     /// Nothing recorded.
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()

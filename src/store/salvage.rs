@@ -170,11 +170,15 @@ pub fn check(data_dir: &Path) -> Result<Report, SalvageError> {
         }
     };
     walk(&db, &mut report, |_, _, _| Ok(()));
-    let generation = db
-        .begin_read()
-        .ok()
-        .and_then(|r| r.open_table(META).ok())
-        .and_then(|t| t.get(super::WAL_GEN).ok().flatten().map(|v| v.value()));
+    let generation = match super::wal_generation(&db) {
+        Ok(g) => g,
+        Err(e) => {
+            report
+                .read_errors
+                .push(format!("write-ahead log generation: {e}"));
+            None
+        }
+    };
     if let Some(generation) = generation {
         match super::wal::inspect(data_dir, generation) {
             Ok(Some((n, _, tail))) => {

@@ -54,6 +54,8 @@ pub struct Wal {
     offset: u64,
     /// Offset of the last record appended (for [`Wal::void_last`]).
     last: Option<u64>,
+    /// The record being written (its buffer kept between records).
+    scratch: Vec<u8>,
 }
 
 impl Wal {
@@ -80,6 +82,7 @@ impl Wal {
                 generation,
                 offset: end,
                 last: None,
+                scratch: Vec::new(),
             },
             records,
             tail,
@@ -120,16 +123,22 @@ impl Wal {
 
     /// Appends a record and makes it durable (`fdatasync`). The caller checked [`fits`].
     pub fn append(&mut self, payload: &[u8]) -> io::Result<()> {
-        let mut buf = Vec::with_capacity(HEADER as usize + payload.len());
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
         buf.extend_from_slice(&self.generation.to_le_bytes());
         buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         buf.extend_from_slice(&crc(&buf[..12], payload).to_le_bytes());
         buf.extend_from_slice(payload);
         // Known before the write: a record that failed half-way can be taken back too.
         self.last = Some(self.offset);
-        self.file.write_all_at(&buf, self.offset)?;
-        self.file.sync_data()?;
-        self.offset += buf.len() as u64;
+        let written = self
+            .file
+            .write_all_at(&buf, self.offset)
+            .and_then(|()| self.file.sync_data());
+        let len = buf.len() as u64;
+        self.scratch = buf;
+        written?;
+        self.offset += len;
         Ok(())
     }
 

@@ -73,22 +73,11 @@ fn reopen(
     next: &mut HashMap<WebhookId, u64>,
 ) -> Option<Arc<Database>> {
     cell.clear();
-    let mut db = db;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match Arc::try_unwrap(db) {
-            Ok(d) => {
-                drop(d);
-                break;
-            }
-            Err(back) if std::time::Instant::now() < deadline => {
-                db = back;
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            Err(_) => {
-                tracing::error!("the store is still in use by a reader; it cannot be reopened");
-                return None;
-            }
+    match super::sole(db, std::time::Duration::from_secs(10)) {
+        Ok(d) => drop(d),
+        Err(_) => {
+            tracing::error!("the store is still in use by a reader; it cannot be reopened");
+            return None;
         }
     }
     let mut wait = std::time::Duration::from_millis(200);
@@ -170,6 +159,8 @@ struct State {
     /// Redelivery marks to clear, waiting for a commit that has other work to do.
     clears: Vec<(String, u16)>,
     wal: Wal,
+    /// The log record of the group being committed (its buffer kept between groups).
+    redo: Redo,
 }
 
 /// Gives the disk back after a drain, without a restart: redb keeps freed pages in its file
@@ -195,11 +186,7 @@ impl Shrink {
         shared: &Shared,
         wal: &mut Wal,
     ) -> Arc<Database> {
-        let queued: u64 = shared
-            .queues()
-            .values()
-            .map(|q| q.stats.bytes.load(Ordering::Relaxed))
-            .sum();
+        let queued = shared.queued_bytes();
         let ran_empty = queued == 0 && self.was_queued;
         let due = self.checked.is_none_or(|t| t.elapsed() >= Self::EVERY);
         self.was_queued = queued > 0;
@@ -221,7 +208,7 @@ impl Shrink {
             return db;
         }
         let (db, done) = cell.exclusive(db, std::time::Duration::from_secs(2), |d| {
-            super::compact_if_bloated(d, &shared.path, queued)
+            super::compact(d, &shared.path, size)
         });
         if done.is_none() {
             tracing::debug!("store: compaction skipped, readers kept the database busy");
@@ -264,6 +251,7 @@ fn run(
         blocked: HashSet::new(),
         clears: Vec::new(),
         wal,
+        redo: Redo::default(),
     };
     // Removals waiting for a group with other work: the ops, how many entries, since when.
     let mut lazy: Vec<Op> = Vec::new();
@@ -336,12 +324,7 @@ fn run(
             lazy_entries += op_len(&op);
             lazy.push(op);
         }
-        let lazy_max = if shared.commit_interval_ns.load(Ordering::Relaxed) > 0 {
-            LAZY_REMOVALS_GROUPED
-        } else {
-            LAZY_REMOVALS
-        };
-        due |= work || closing || then.is_some() || lazy_entries >= lazy_max;
+        due |= work || closing || then.is_some() || lazy_entries >= shared.lazy_removals();
         if !due {
             if !lazy.is_empty() && lazy_since.is_none() {
                 lazy_since = Some(std::time::Instant::now());
@@ -774,8 +757,11 @@ fn commit(db: &Database, shared: &Shared, st: &mut State, ops: Vec<Op>, durable:
         blocked,
         clears,
         wal,
+        redo,
     } = st;
-    let mut redo = Redo::default();
+    redo.clear();
+    // Keys of the run of identical bodies being appended (kept across items and ops).
+    let mut keys: Vec<(u32, u64)> = Vec::new();
     let queues = shared.queues();
     let queues = &*queues;
     let mut new_next = next.clone();
@@ -817,7 +803,7 @@ fn commit(db: &Database, shared: &Shared, st: &mut State, ops: Vec<Op>, durable:
                             .iter()
                             .map(|(_, b)| b.len() as u64 + ENTRY_OVERHEAD)
                             .sum();
-                        if !make_room(&mut q, shared, queues, incoming, &mut delta, &mut redo)? {
+                        if !make_room(&mut q, shared, queues, incoming, &mut delta, redo)? {
                             refused[i] = true;
                             if let Some((src, _)) = source {
                                 blocked.insert(src.to_string());
@@ -834,7 +820,6 @@ fn commit(db: &Database, shared: &Shared, st: &mut State, ops: Vec<Op>, durable:
                             redo.seen_put(&m.source, m.pkid, m.digest);
                         }
                         // The same event for several webhooks goes into the log once.
-                        let mut keys: Vec<(u32, u64)> = Vec::new();
                         for (i, (w, bytes)) in items.iter().enumerate() {
                             let seq = new_next.entry(*w).or_insert(1);
                             q.insert((w.0, *seq), bytes.as_slice())?;
@@ -938,7 +923,7 @@ fn commit(db: &Database, shared: &Shared, st: &mut State, ops: Vec<Op>, durable:
         Ok(txn)
     })();
     let result = match applied {
-        Ok(txn) => finish(txn, wal, &redo, durable),
+        Ok(txn) => finish(txn, wal, redo, durable),
         Err(e) => Err(Failure::Db(e)),
     };
     let took = started.elapsed();
@@ -994,16 +979,12 @@ fn commit(db: &Database, shared: &Shared, st: &mut State, ops: Vec<Op>, durable:
                     .dropped
                     .iter()
                     .map(|((w, r), n)| {
-                        let why = match r {
-                            DropReason::Overflow => "store full (max_store_bytes), oldest first",
-                            DropReason::Coalesced => "store full, superseded status values",
-                            DropReason::Expired => "older than max_queue_age",
-                            DropReason::DeadLetterEvicted => {
-                                "dead letters past the 10,000 kept, oldest first"
-                            }
-                            DropReason::Undecodable => "entries that do not decode",
-                        };
-                        format!("{n} from webhook #{} ({}: {why})", w.0, r.label())
+                        format!(
+                            "{n} from webhook #{} ({}: {})",
+                            w.0,
+                            r.label(),
+                            r.describe()
+                        )
                     })
                     .collect();
                 tracing::warn!(suppressed, "events dropped: {}", what.join(", "));

@@ -403,3 +403,27 @@ pub fn tear_wal(data_dir: &Path) {
     };
     roomhook::store::wal::tear_tail(data_dir, generation).expect("tear the log");
 }
+
+/// The (device, people count) of every message in `requests`, batches flattened, in
+/// arrival order; messages without a people count are left out.
+pub fn people_counts(requests: &[roomhook::demo::receiver::Received]) -> Vec<(String, i64)> {
+    requests
+        .iter()
+        .flat_map(|r| r.messages())
+        .filter_map(|m| {
+            let v = m["changes"]["updated"]["RoomAnalytics.PeopleCount.Current"].as_i64()?;
+            Some((m["deviceId"].as_str().unwrap_or("").to_string(), v))
+        })
+        .collect()
+}
+
+/// The people counts in `requests` per device, in arrival order.
+pub fn per_device(
+    requests: &[roomhook::demo::receiver::Received],
+) -> std::collections::BTreeMap<String, Vec<i64>> {
+    let mut per: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for (d, v) in people_counts(requests) {
+        per.entry(d).or_default().push(v);
+    }
+    per
+}

@@ -155,11 +155,12 @@ pub async fn run(s: RoomosSettings, ingest: Ingest, shutdown: CancellationToken)
                         tracing::warn!(source = %s.name, "connection to the device at {} lost: {why}; reconnecting", s.url);
                         // A connection that dies young (a device that drops it at once, a
                         // frame over max_frame every time) backs off like a failed connect.
-                        if started.elapsed() >= STABLE_AFTER {
+                        let young = started.elapsed() < STABLE_AFTER;
+                        if !young {
                             backoff = BACKOFF_MIN;
                         }
                         let d = jitter(backoff);
-                        if started.elapsed() < STABLE_AFTER {
+                        if young {
                             backoff = (backoff * 2).min(BACKOFF_MAX);
                         }
                         d
@@ -489,7 +490,7 @@ impl<'a> Session<'a> {
                 let what = id.as_ref().and_then(|i| self.pending.remove(i));
                 let why = rpc::explain(code, &message);
                 match what {
-                    Some(Pending::Identity) if code == -31997 => {
+                    Some(Pending::Identity) if code == rpc::NOT_READY => {
                         // Just after a reboot: the identity comes once the device is ready.
                         return Err(End::Lost(format!(
                             "cannot read the device's serial number yet: {why}"

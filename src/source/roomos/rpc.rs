@@ -161,13 +161,18 @@ pub fn parse(text: &str) -> Result<Incoming, FrameError> {
     }
 }
 
+/// The xAPI error of a device that is still starting up (retried).
+pub const NOT_READY: i64 = -31997;
+/// The xAPI error for too many feedback subscriptions on the device.
+pub const TOO_MANY_SUBSCRIPTIONS: i64 = -31998;
+
 /// What an xAPI error code means, in words an operator can act on.
 pub fn explain(code: i64, message: &str) -> String {
     let what = match code {
         3 => "invalid path: the device has no such status or event (check the path; some exist only on certain models or RoomOS versions)",
         -31999 => "permission denied: the device user's role may not read this (an Integrator may read people count, presence and a Navigator's sensors, but not the main unit's temperature, humidity or air quality: use a User or Admin account for those, or read them from a Room Navigator)",
-        -31998 => "subscriber count exceeded: the device has too many feedback subscriptions (close other integrations, or select fewer paths)",
-        -31997 => "the device is not ready yet (retried)",
+        TOO_MANY_SUBSCRIPTIONS => "subscriber count exceeded: the device has too many feedback subscriptions (close other integrations, or select fewer paths)",
+        NOT_READY => "the device is not ready yet (retried)",
         -32601 => "method not found: this RoomOS version does not offer it",
         -32602 => "invalid parameter",
         1 => "command error",
@@ -182,7 +187,7 @@ pub fn explain(code: i64, message: &str) -> String {
 
 /// Whether a failed subscription is worth trying again later on the same connection.
 pub fn retryable(code: i64) -> bool {
-    matches!(code, -31997 | -31998)
+    matches!(code, NOT_READY | TOO_MANY_SUBSCRIPTIONS)
 }
 
 #[cfg(test)]
