@@ -396,3 +396,39 @@ impl Metrics {
         }
     }
 }
+
+/// `roomhook_source_decode_errors_total` of one source: the known reasons are exported at
+/// 0 from the start and counted through handles resolved once (no label built per error).
+pub struct DecodeErrors {
+    known: Vec<(&'static str, Counter)>,
+}
+
+impl DecodeErrors {
+    /// The counters of `source` for `reasons`.
+    pub fn new(metrics: &Metrics, source: &str, reasons: &[&'static str]) -> Self {
+        let known = reasons
+            .iter()
+            .map(|r| {
+                let c = metrics
+                    .source_decode_errors
+                    .get_or_create(&SourceReasonLabel {
+                        source: source.to_string(),
+                        reason: r.to_string(),
+                    })
+                    .clone();
+                (*r, c)
+            })
+            .collect();
+        Self { known }
+    }
+
+    /// Counts one error of a known reason (an unknown one is a bug: not counted).
+    pub fn inc(&self, reason: &str) {
+        match self.known.iter().find(|(r, _)| *r == reason) {
+            Some((_, c)) => {
+                c.inc();
+            }
+            None => debug_assert!(false, "unregistered decode-error reason {reason}"),
+        }
+    }
+}

@@ -234,10 +234,7 @@ fn confine_files(values: &serde_json::Map<String, Value>, sup: &Supervisor) -> R
             return Err(outside());
         }
         // Where it really is (symlinks followed), the way the config resolves it.
-        let cred = std::env::var_os("CREDENTIALS_DIRECTORY").map(|d| Path::new(&d).join(path));
-        let resolved = cred
-            .filter(|c| c.exists())
-            .unwrap_or_else(|| config_dir.join(path));
+        let resolved = crate::config::secret::secret_path(config_dir, path);
         let Some(real) = canon(&resolved) else {
             continue; // missing: the config check says so, and there is nothing to read
         };

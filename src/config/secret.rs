@@ -33,6 +33,21 @@ impl fmt::Display for Secret {
 /// Largest secret file read.
 pub const MAX_SECRET_FILE: u64 = 64 * 1024;
 
+/// Where a secret file named `p` in a config whose directory is `base` is: a relative path
+/// is looked up first in systemd's `$CREDENTIALS_DIRECTORY` (`LoadCredential=`), then
+/// relative to `base`.
+pub fn secret_path(base: &std::path::Path, p: &std::path::Path) -> std::path::PathBuf {
+    if p.is_relative() {
+        if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+            let cred = std::path::Path::new(&dir).join(p);
+            if cred.exists() {
+                return cred;
+            }
+        }
+    }
+    base.join(p)
+}
+
 /// Checks that `path` is a regular file of at most `max` bytes (never a device, a FIFO or a
 /// directory, which could block or feed endless data).
 pub fn check_regular_file(path: &std::path::Path, max: u64) -> std::io::Result<()> {

@@ -36,15 +36,7 @@ impl Ctx<'_> {
     /// Where a secret file is: a relative path is looked up first in systemd's
     /// `$CREDENTIALS_DIRECTORY` (`LoadCredential=`), then relative to the config file.
     fn secret_path(&self, p: &Path) -> PathBuf {
-        if p.is_relative() {
-            if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
-                let cred = Path::new(&dir).join(p);
-                if cred.exists() {
-                    return cred;
-                }
-            }
-        }
-        self.path(p)
+        super::secret::secret_path(self.base, p)
     }
 
     fn secret_file(&mut self, key: &str, p: &Path) -> Option<Secret> {

@@ -29,6 +29,9 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// Every metric label.
+    pub const LABELS: [&'static str; 4] = ["not_json", "no_device", "no_known_field", "bad_value"];
+
     /// The metric label.
     pub fn label(&self) -> &'static str {
         match self {

@@ -4,9 +4,10 @@
 
 use crate::config::{Format, MqttSettings, SubscriptionSettings};
 use crate::ingest::Ingest;
-use crate::metrics::{Metrics, SourceReasonLabel};
+use crate::metrics::{DecodeErrors, Metrics};
 use crate::ratelog::RateLog;
 use crate::source::json;
+use crate::source::json::DecodeError;
 use crate::store::{Mark, StoreError};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, StreamExt};
@@ -102,20 +103,9 @@ pub async fn run(
     let connected = metrics.source_connected.get_or_create(&label).clone();
     let reconnects = metrics.source_reconnects.get_or_create(&label).clone();
     let redelivered = metrics.source_redelivered.get_or_create(&label).clone();
-    for reason in [
-        "not_json",
-        "no_device",
-        "no_known_field",
-        "bad_value",
-        "too_large",
-    ] {
-        let _ = metrics
-            .source_decode_errors
-            .get_or_create(&SourceReasonLabel {
-                source: s.name.clone(),
-                reason: reason.to_string(),
-            });
-    }
+    let mut reasons = DecodeError::LABELS.to_vec();
+    reasons.push("too_large");
+    let decode_errors = DecodeErrors::new(&metrics, &s.name, &reasons);
     let status = ingest.sources().get(&s.name);
     let mut decode_log = RateLog::new(Duration::from_secs(10));
     let mut conn_log = RateLog::new(Duration::from_secs(30));
@@ -263,16 +253,13 @@ pub async fn run(
                     // append) a message it committed before whose PUBACK was never written.
                     let mark = Mark { source: s.name.clone(), pkid: p.pkid, digest: digest(&p), resume: false, dup: p.dup };
                     let events = if p.payload.len() > s.max_payload {
-                        metrics
-                            .source_decode_errors
-                            .get_or_create(&SourceReasonLabel { source: s.name.clone(), reason: "too_large".into() })
-                            .inc();
+                        decode_errors.inc("too_large");
                         if let Some(suppressed) = decode_log.check(Instant::now()) {
                             tracing::warn!(source = %s.name, topic = %p.topic, suppressed, "message of {} bytes skipped: over max_payload ({} bytes)", p.payload.len(), s.max_payload);
                         }
                         (Vec::new(), 1)
                     } else {
-                        decode(&s, &p, &metrics, &mut decode_log)
+                        decode(&s, &p, &decode_errors, &mut decode_log)
                     };
                     status.message(events.1);
                     let events = events.0;
@@ -494,7 +481,7 @@ fn digest(p: &Publish) -> u64 {
 fn decode(
     s: &MqttSettings,
     p: &Publish,
-    metrics: &std::sync::Arc<Metrics>,
+    decode_errors: &DecodeErrors,
     log: &mut RateLog,
 ) -> (Vec<crate::event::Event>, u64) {
     let topic = p.topic.as_str();
@@ -503,13 +490,7 @@ fn decode(
     };
     let decoded = decode_with(sub, topic, &p.payload);
     for err in &decoded.errors {
-        metrics
-            .source_decode_errors
-            .get_or_create(&SourceReasonLabel {
-                source: s.name.clone(),
-                reason: err.label().to_string(),
-            })
-            .inc();
+        decode_errors.inc(err.label());
     }
     if let Some(first) = decoded.errors.first() {
         if let Some(suppressed) = log.check(Instant::now()) {

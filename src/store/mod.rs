@@ -255,12 +255,12 @@ pub(crate) enum Op {
     Append {
         items: Vec<(WebhookId, Vec<u8>)>,
         mark: Option<Mark>,
-        done: oneshot::Sender<Result<(), String>>,
+        done: oneshot::Sender<Result<(), StoreError>>,
     },
     Remove {
         webhook: WebhookId,
         seqs: Vec<u64>,
-        done: oneshot::Sender<Result<(), String>>,
+        done: oneshot::Sender<Result<(), StoreError>>,
     },
     /// The PUBACKs of these packet ids were written: their marks go (with the next commit,
     /// never in a commit of their own).
@@ -514,20 +514,9 @@ impl Queue {
 }
 
 /// Resolves when the writer answers an op: committed, refused (`block`), or failed.
-async fn committed(rx: oneshot::Receiver<Result<(), String>>) -> Result<(), StoreError> {
-    match rx.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) if e == FULL => Err(StoreError::Full),
-        Ok(Err(e)) if e == REDELIVERED => Err(StoreError::Redelivered),
-        Ok(Err(e)) => Err(StoreError::Commit(e)),
-        Err(_) => Err(StoreError::Closed),
-    }
+async fn committed(rx: oneshot::Receiver<Result<(), StoreError>>) -> Result<(), StoreError> {
+    rx.await.unwrap_or(Err(StoreError::Closed))
 }
-
-/// The writer's answer to an append refused by the `block` policy.
-pub(crate) const FULL: &str = "full";
-/// The writer's answer to an append that is a redelivery of a committed message.
-pub(crate) const REDELIVERED: &str = "redelivered";
 
 /// Commits the writer has outstanding at most (ops waiting in its channel).
 const OP_CHANNEL: usize = 1024;

@@ -8,8 +8,8 @@
 use super::redo::Redo;
 use super::wal::Wal;
 use super::{
-    DbCell, DropReason, Op, Overflow, Shared, WebhookId, DEAD, ENTRY_OVERHEAD, MAX_DEAD_LETTERS,
-    META, MQTT_SEEN, NEXT_SEQ, ORPHANS, QUEUE, WEBHOOKS,
+    DbCell, DropReason, Op, Overflow, Shared, StoreError, WebhookId, DEAD, ENTRY_OVERHEAD,
+    MAX_DEAD_LETTERS, META, MQTT_SEEN, NEXT_SEQ, ORPHANS, QUEUE, WEBHOOKS,
 };
 use crate::catalog::Kind;
 use crate::event::Event;
@@ -1018,10 +1018,10 @@ fn commit(db: &Database, shared: &Shared, st: &mut State, ops: Vec<Op>, durable:
             continue;
         }
         let answer = match &failure {
-            None if refused => Err(super::FULL.to_string()),
-            None if redelivered => Err(super::REDELIVERED.to_string()),
+            None if refused => Err(StoreError::Full),
+            None if redelivered => Err(StoreError::Redelivered),
             None => Ok(()),
-            Some(e) => Err(e.clone()),
+            Some(e) => Err(StoreError::Commit(e.clone())),
         };
         match op {
             Op::Append { done, .. } | Op::Remove { done, .. } => {

@@ -16,7 +16,7 @@ use crate::catalog::Kind;
 use crate::config::RoomosSettings;
 use crate::event::Event;
 use crate::ingest::Ingest;
-use crate::metrics::{Metrics, SourceReasonLabel};
+use crate::metrics::Metrics;
 use crate::ratelog::RateLog;
 use crate::source::status::SourceStatus;
 use crate::store::StoreError;
@@ -79,21 +79,12 @@ struct Counters {
     connected: Gauge,
     reconnects: Counter,
     subscriptions_failed: Gauge,
-    metrics: Arc<Metrics>,
-    name: String,
+    decode_errors: crate::metrics::DecodeErrors,
 }
 
 impl Counters {
     fn new(metrics: &Arc<Metrics>, name: &str) -> Self {
         let label = Metrics::source(name);
-        for reason in DECODE_REASONS {
-            let _ = metrics
-                .source_decode_errors
-                .get_or_create(&SourceReasonLabel {
-                    source: name.to_string(),
-                    reason: reason.to_string(),
-                });
-        }
         Self {
             messages: metrics.source_messages.get_or_create(&label).clone(),
             connected: metrics.source_connected.get_or_create(&label).clone(),
@@ -102,19 +93,12 @@ impl Counters {
                 .source_subscriptions_failed
                 .get_or_create(&label)
                 .clone(),
-            metrics: metrics.clone(),
-            name: name.to_string(),
+            decode_errors: crate::metrics::DecodeErrors::new(metrics, name, &DECODE_REASONS),
         }
     }
 
     fn decode_error(&self, reason: &str) {
-        self.metrics
-            .source_decode_errors
-            .get_or_create(&SourceReasonLabel {
-                source: self.name.clone(),
-                reason: reason.to_string(),
-            })
-            .inc();
+        self.decode_errors.inc(reason);
     }
 }
 
