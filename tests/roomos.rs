@@ -87,9 +87,20 @@ fn messages(rx: &TestReceiver) -> Vec<Value> {
 
 /// Waits for the `n`th accepted message (1-based) that `f` matches, and returns it.
 async fn wait_nth(rx: &TestReceiver, what: &str, n: usize, f: impl Fn(&Value) -> bool) -> Value {
+    wait_nth_within(rx, Duration::from_secs(20), what, n, f).await
+}
+
+/// [`wait_nth`] with its own timeout.
+async fn wait_nth_within(
+    rx: &TestReceiver,
+    timeout: Duration,
+    what: &str,
+    n: usize,
+    f: impl Fn(&Value) -> bool,
+) -> Value {
     let found = rx
         .receiver
-        .wait_for(Duration::from_secs(20), |r| {
+        .wait_for(timeout, |r| {
             r.iter()
                 .filter(|x| x.status == 200)
                 .flat_map(|x| x.messages())
@@ -699,7 +710,16 @@ async fn a_rebooting_or_rate_limiting_device_is_waited_for() {
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(switched.elapsed())).await;
     let attempts = dev.handshakes() - before;
     dev.set_handshake_status(None);
-    wait_message(&rx, "full sync once the device is back", is_sync).await;
+    // The back-off may have reached its ceiling (60 s, fully jittered) by now: the next
+    // attempt can be up to a minute away.
+    wait_nth_within(
+        &rx,
+        Duration::from_secs(80),
+        "full sync once the device is back",
+        1,
+        is_sync,
+    )
+    .await;
     assert!(
         attempts <= 6,
         "not backed off: {attempts} attempts in 10 s of 503"
