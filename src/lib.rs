@@ -13,6 +13,7 @@ pub mod event;
 pub mod ingest;
 pub mod logging;
 pub mod metrics;
+pub mod pulse;
 pub mod ratelog;
 pub mod redact;
 pub mod route;

@@ -167,40 +167,6 @@ fn store_command(action: StoreAction) -> ExitCode {
     }
 }
 
-fn stop_on_signals(token: CancellationToken) {
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
-        }
-        token.cancel();
-        // Whatever state the daemon is in (a failing disk, a store reopening), it ends within
-        // the grace period and a few seconds: what is committed is safe on disk, and nothing
-        // uncommitted was acknowledged to anyone.
-        let backstop = roomhook::daemon::SHUTDOWN_GRACE + Duration::from_secs(5);
-        std::thread::spawn(move || {
-            std::thread::sleep(backstop);
-            tracing::error!("shutdown did not finish within {backstop:?}; exiting now (committed events are safe)");
-            std::process::exit(1);
-        });
-        // A second signal: at once.
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::warn!("second signal: exiting now (committed events are safe)");
-        std::process::exit(1);
-    });
-}
-
 fn duration_arg(name: &str, raw: &str) -> Result<Duration, ExitCode> {
     roomhook::config::units::parse_duration(raw).map_err(|e| {
         eprintln!("--{name}: {e} (write e.g. \"20s\")");
@@ -293,7 +259,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 };
                 let shutdown = CancellationToken::new();
-                stop_on_signals(shutdown.clone());
+                roomhook::daemon::signals::stop_on_signals(shutdown.clone(), settings.shutdown_grace);
                 match roomhook::daemon::start(&settings, shutdown).await {
                     Ok(running) => {
                         tracing::info!(config = %config.display(), "roomhook {} running", env!("CARGO_PKG_VERSION"));
@@ -317,7 +283,7 @@ fn main() -> ExitCode {
                     Err(c) => return c,
                 };
                 let shutdown = CancellationToken::new();
-                stop_on_signals(shutdown.clone());
+                roomhook::daemon::signals::stop_on_signals(shutdown.clone(), roomhook::config::SHUTDOWN_GRACE);
                 let opts = roomhook::demo::DemoOptions { duration, rooms, interval };
                 match roomhook::demo::run(opts, shutdown).await {
                     Ok(()) => ExitCode::SUCCESS,

@@ -12,6 +12,7 @@ use crate::deliver::status::{SharedStatus, State};
 use crate::deliver::worker::Worker;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::pulse::Pulses;
 use crate::store::{Store, WebhookId};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -155,6 +156,8 @@ pub struct Supervisor {
     /// How long orphans are kept, in milliseconds (follows reloads).
     orphan_retention_ms: std::sync::atomic::AtomicU64,
     store_errors_seen: std::sync::atomic::AtomicU64,
+    /// The loops that must turn (store writer, delivery loops, sources), for the watchdog.
+    pulses: Pulses,
 }
 
 impl Supervisor {
@@ -194,7 +197,9 @@ impl Supervisor {
                 u64::try_from(settings.orphan_retention.as_millis()).unwrap_or(u64::MAX),
             ),
             store_errors_seen: Default::default(),
+            pulses: Pulses::default(),
         });
+        sup.pulses.add(&sup.store.pulse());
         sup.store
             .observe_commits(sup.metrics.store_commit_duration.clone());
         let weak = Arc::downgrade(&sup);
@@ -322,6 +327,11 @@ impl Supervisor {
             .store_errors_seen
             .swap(errors, std::sync::atomic::Ordering::Relaxed);
         m.store_errors.inc_by(errors.saturating_sub(before));
+    }
+
+    /// The register of the loops that must turn (store writer, delivery loops, sources).
+    pub fn pulses(&self) -> &Pulses {
+        &self.pulses
     }
 
     /// The sources' live status.
@@ -776,6 +786,9 @@ impl Supervisor {
             status: status.clone(),
             shutdown: stop.clone(),
             grace: self.grace,
+            pulse: self
+                .pulses
+                .register(format!("the delivery loop of webhook {}", w.name)),
         };
         Ok(RunningWebhook {
             view: WebhookView {
@@ -791,16 +804,17 @@ impl Supervisor {
     fn spawn_source(&self, m: SourceSettings) -> RunningSource {
         let stop = self.source_stop.child_token();
         let (settings, ingest, token) = (m.clone(), self.ingest.clone(), stop.clone());
+        let pulse = self.pulses.register(format!("source {}", m.name()));
         let task = tokio::spawn(async move {
             match settings {
                 SourceSettings::Mqtt(settings) => {
                     let name = settings.name.clone();
-                    if let Err(e) = crate::source::mqtt::run(settings, ingest, token).await {
+                    if let Err(e) = crate::source::mqtt::run(settings, ingest, token, pulse).await {
                         tracing::error!(source = %name, "{e}");
                     }
                 }
                 SourceSettings::Roomos(settings) => {
-                    crate::source::roomos::run(settings, ingest, token).await
+                    crate::source::roomos::run(settings, ingest, token, pulse).await
                 }
             }
         });

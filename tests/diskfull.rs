@@ -188,7 +188,7 @@ async fn sigterm_ends_the_daemon_in_time_while_the_disk_is_full() {
     let code = daemon.stop();
     let took = t.elapsed();
     assert!(
-        took < roomhook::daemon::SHUTDOWN_GRACE + Duration::from_secs(7),
+        took < roomhook::config::SHUTDOWN_GRACE + Duration::from_secs(7),
         "SIGTERM took {took:?}; log:\n{}",
         daemon.logs()
     );

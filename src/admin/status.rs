@@ -11,16 +11,31 @@ pub const SOURCE_DOWN_LIMIT_S: f64 = 60.0;
 /// the daemon not ready.
 pub const WEBHOOK_STUCK_LIMIT_S: f64 = 300.0;
 
-/// What stopped that must run: the store writer, every worker and source task.
-fn dead_parts(sup: &Supervisor) -> Vec<String> {
+/// A loop in one step for longer than this makes `/healthz` fail (the systemd watchdog
+/// uses its own period).
+pub const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What stopped or hangs that must run: the store writer, every worker and source task,
+/// and any of their loops in one step for longer than `limit`.
+pub fn stuck_parts(sup: &Supervisor, limit: std::time::Duration) -> Vec<String> {
     let mut problems = sup.dead_tasks();
     if !sup.store().writer_alive() {
         problems.push("the store writer thread stopped".into());
     }
+    for (name, busy) in sup.pulses().stalled(limit) {
+        problems.push(format!(
+            "{name} has been in one step for {:.1} s",
+            busy.as_secs_f64()
+        ));
+    }
     problems
 }
 
-/// Liveness: the store writer and every worker and source task run.
+fn dead_parts(sup: &Supervisor) -> Vec<String> {
+    stuck_parts(sup, STALL_LIMIT)
+}
+
+/// Liveness: the store writer and every worker and source task run, none of them hangs.
 pub fn alive(sup: &Supervisor) -> (bool, Value) {
     let problems = dead_parts(sup);
     let ok = problems.is_empty();

@@ -56,6 +56,12 @@ pub struct RawLog {
     pub format: Option<crate::logging::LogFormat>,
 }
 
+/// `[gateway] shutdown_grace` when not set: how long in-flight requests may finish after a
+/// stop signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// The longest `[gateway] shutdown_grace` accepted.
+pub const SHUTDOWN_GRACE_MAX: Duration = Duration::from_secs(300);
+
 /// `[gateway]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +78,8 @@ pub struct RawGateway {
     pub commit_interval: Option<String>,
     /// How long the queue of a webhook that left the config is kept (default `"7d"`).
     pub orphan_retention: Option<String>,
+    /// How long in-flight requests may finish after SIGTERM (default `"5s"`).
+    pub shutdown_grace: Option<String>,
 }
 
 /// `[admin]`.
@@ -293,6 +301,8 @@ pub struct Settings {
     pub commit_interval: Duration,
     /// How long an orphaned queue is kept.
     pub orphan_retention: Duration,
+    /// How long in-flight requests may finish after a stop signal.
+    pub shutdown_grace: Duration,
     /// `[log] filter`, if set.
     pub log_filter: Option<String>,
     /// `[log] format`, if set.

@@ -461,3 +461,26 @@ fn broker_credentials_in_the_url_are_credentials_not_a_host_name() {
     ));
     assert!(e.problem.contains("***@hooks.example.com"), "{e}");
 }
+
+#[test]
+fn shutdown_grace_defaults_to_5s_and_is_bounded() {
+    let file = Path::new("/x/r.toml");
+    assert_eq!(
+        load_str(file, GOOD).unwrap().shutdown_grace,
+        Duration::from_secs(5)
+    );
+    let with = |v: &str| {
+        GOOD.replace(
+            "org_id = \"my-org\"",
+            &format!("org_id = \"my-org\"\nshutdown_grace = \"{v}\""),
+        )
+    };
+    let s = load_str(file, &with("12s")).unwrap();
+    assert_eq!(s.shutdown_grace, Duration::from_secs(12));
+    let e = one(&with("10m"));
+    assert_eq!(e.key, "gateway.shutdown_grace");
+    assert!(e.problem.contains("at most 5m"), "{e}");
+    assert!(e.fix.contains("TimeoutStopSec"), "{e}");
+    let e = one(&with("soon"));
+    assert_eq!(e.key, "gateway.shutdown_grace");
+}

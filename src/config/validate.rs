@@ -102,22 +102,37 @@ impl Ctx<'_> {
     }
 
     fn duration(&mut self, key: &str, raw: Option<&String>, default: Duration) -> Duration {
-        match raw.map(|r| parse_duration(r)) {
-            Some(Ok(d)) if d.is_zero() => {
-                self.err(key, "must be longer than zero", "write e.g. \"5s\"");
-                default
-            }
-            other => self.duration_or_zero(key, other, default),
+        let d = self.duration_or_zero(key, raw, default);
+        if d.is_zero() && raw.is_some_and(|r| parse_duration(r).is_ok()) {
+            self.err(key, "must be longer than zero", "write e.g. \"5s\"");
+            return default;
         }
+        d
     }
 
-    fn duration_or_zero(
+    /// A duration that may be zero; [`duration_or_zero`](Self::duration_or_zero) with an
+    /// upper bound: `bounds` is (default, most).
+    fn duration_at_most(
         &mut self,
         key: &str,
-        parsed: Option<Result<Duration, String>>,
-        default: Duration,
+        raw: Option<&String>,
+        (default, most): (Duration, Duration),
+        fix: &str,
     ) -> Duration {
-        match parsed {
+        let d = self.duration_or_zero(key, raw, default);
+        if d > most {
+            self.err(
+                key,
+                format!("must be at most {}", crate::timefmt::human_duration(most)),
+                fix,
+            );
+            return default;
+        }
+        d
+    }
+
+    fn duration_or_zero(&mut self, key: &str, raw: Option<&String>, default: Duration) -> Duration {
+        match raw.map(|r| parse_duration(r)) {
             None => default,
             Some(Ok(d)) => d,
             Some(Err(e)) => {
@@ -204,33 +219,24 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
             "use a long random token, e.g. from: head -c 24 /dev/urandom | base64",
         );
     }
-    let commit_interval = {
-        let parsed = raw
-            .gateway
-            .commit_interval
-            .as_ref()
-            .map(|r| parse_duration(r));
-        cx.duration_or_zero("gateway.commit_interval", parsed, Duration::ZERO)
-    };
-    if commit_interval > Duration::from_secs(5) {
-        cx.err(
-            "gateway.commit_interval",
-            "must be at most 5s (MQTT acks and RoomOS reads wait for the commit)",
-            "write e.g. \"250ms\"",
-        );
-    }
-    let orphan_retention = {
-        let parsed = raw
-            .gateway
-            .orphan_retention
-            .as_ref()
-            .map(|r| parse_duration(r));
-        cx.duration_or_zero(
-            "gateway.orphan_retention",
-            parsed,
-            Duration::from_secs(7 * 86_400),
-        )
-    };
+    let g = &raw.gateway;
+    let commit_interval = cx.duration_at_most(
+        "gateway.commit_interval",
+        g.commit_interval.as_ref(),
+        (Duration::ZERO, Duration::from_secs(5)),
+        "MQTT acks and RoomOS reads wait for the commit; write e.g. \"250ms\"",
+    );
+    let orphan_retention = cx.duration_or_zero(
+        "gateway.orphan_retention",
+        g.orphan_retention.as_ref(),
+        Duration::from_secs(7 * 86_400),
+    );
+    let shutdown_grace = cx.duration_at_most(
+        "gateway.shutdown_grace",
+        g.shutdown_grace.as_ref(),
+        (SHUTDOWN_GRACE, SHUTDOWN_GRACE_MAX),
+        "write e.g. \"10s\", and keep it 5s or more below TimeoutStopSec of the systemd unit (30s)",
+    );
     if raw.gateway.threads.is_some_and(|t| !(1..=64).contains(&t)) {
         cx.err(
             "gateway.threads",
@@ -296,6 +302,7 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
             threads: raw.gateway.threads.unwrap_or(1),
             commit_interval,
             orphan_retention,
+            shutdown_grace,
             log_filter: raw.log.filter.clone(),
             log_format: raw.log.format,
             mqtt,
@@ -1158,8 +1165,11 @@ fn pacing(cx: &mut Ctx<'_>, key: &str, w: &RawWebhook) -> Pacing {
         );
     }
     let jitter_key = format!("{key}.drain_start_jitter");
-    let parsed = w.drain_start_jitter.as_ref().map(|r| parse_duration(r));
-    let drain_start_jitter = cx.duration_or_zero(&jitter_key, parsed, Duration::from_secs(3));
+    let drain_start_jitter = cx.duration_or_zero(
+        &jitter_key,
+        w.drain_start_jitter.as_ref(),
+        Duration::from_secs(3),
+    );
     let ordering = match w.ordering.as_deref() {
         None | Some("device") => Ordering::Device,
         Some("none") => Ordering::None,
@@ -1201,8 +1211,11 @@ fn pacing(cx: &mut Ctx<'_>, key: &str, w: &RawWebhook) -> Pacing {
         }
     };
     let linger_key = format!("{key}.batch_linger");
-    let parsed = w.batch_linger.as_ref().map(|r| parse_duration(r));
-    let batch_linger = cx.duration_or_zero(&linger_key, parsed, Duration::from_millis(50));
+    let batch_linger = cx.duration_or_zero(
+        &linger_key,
+        w.batch_linger.as_ref(),
+        Duration::from_millis(50),
+    );
     let circuit_breaker_threshold = w.circuit_breaker_threshold.unwrap_or(5);
     if circuit_breaker_threshold == 0 {
         cx.err(

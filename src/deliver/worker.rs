@@ -57,6 +57,8 @@ pub struct Worker {
     pub shutdown: CancellationToken,
     /// How long in-flight requests may finish after shutdown.
     pub grace: Duration,
+    /// Liveness mark for the watchdog: busy in a turn of the loop, resting while it waits.
+    pub pulse: crate::pulse::Pulse,
 }
 
 /// One request in flight: which lanes it carries and the entries in it.
@@ -187,6 +189,7 @@ impl Worker {
         pace.removal_slack = 2 * self.store.lazy_removals();
 
         loop {
+            self.pulse.step();
             // 1. Refill the window from the store.
             // Mark a commit as seen only when reading it: with a full window the commit must
             // still wake the loop once there is room (input may have stopped by then).
@@ -279,6 +282,8 @@ impl Worker {
                 wake = Some(wake.map_or(w, |x| x.min(w)));
             }
             let want_more = pace.sched.len() < WINDOW;
+            // Waiting for requests (each bounded by the webhook's timeout), commits, a timer.
+            self.pulse.rest();
             tokio::select! {
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                     self.finish(&mut pace, &mut counters, &mut removed, &mut dead, done);

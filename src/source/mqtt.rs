@@ -5,6 +5,7 @@
 use crate::config::{Format, MqttSettings, SubscriptionSettings};
 use crate::ingest::Ingest;
 use crate::metrics::{DecodeErrors, Metrics};
+use crate::pulse::Pulse;
 use crate::ratelog::RateLog;
 use crate::source::json;
 use crate::source::json::DecodeError;
@@ -94,6 +95,7 @@ pub async fn run(
     s: MqttSettings,
     ingest: Ingest,
     shutdown: CancellationToken,
+    pulse: Pulse,
 ) -> Result<(), MqttSetupError> {
     let opts = options(&s)?;
     let (client, mut eventloop) = AsyncClient::new(opts, MAX_PENDING * 2);
@@ -130,6 +132,7 @@ pub async fn run(
     let ping_every = (s.keep_alive / 2).max(Duration::from_secs(1));
 
     loop {
+        pulse.step();
         if acked.full() {
             acked.hand_over(ingest.store(), &s.name);
         }
@@ -143,6 +146,8 @@ pub async fn run(
         let room = pending.len() + retry.len() < MAX_PENDING || !to_ack.is_empty();
         let ping_due = polled + ping_every;
         let can_poll = room || tokio::time::Instant::now() >= ping_due;
+        // Waiting for the broker (its keep-alive bounds that), commits and timers.
+        pulse.rest();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -173,6 +178,7 @@ pub async fn run(
                 acked.on_wakeup(ingest.store(), &s.name);
             }
             _ = sleep_until_opt(retry_at), if can_retry => {
+                pulse.step();
                 let Some(mut head) = retry.pop_front() else { continue };
                 head.mark.resume = true;
                 let result = if head.events.is_empty() {
@@ -216,7 +222,7 @@ pub async fn run(
                 }
             }
             _ = tokio::time::sleep_until(ping_due), if !can_poll => {}
-            ev = eventloop.poll(), if can_poll => { polled = tokio::time::Instant::now(); match ev {
+            ev = eventloop.poll(), if can_poll => { pulse.step(); polled = tokio::time::Instant::now(); match ev {
                 Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
                     generation += 1;
                     // Packet ids of the old connection mean nothing on this one; the broker
@@ -290,6 +296,7 @@ pub async fn run(
                     if let Some(suppressed) = conn_log.check(Instant::now()) {
                         tracing::warn!(source = %s.name, suppressed, "MQTT connection to {}:{} failed, retrying in {:?}: {e}", s.host, s.port, backoff);
                     }
+                    pulse.rest();
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.cancelled() => break,

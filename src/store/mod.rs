@@ -411,6 +411,8 @@ pub(crate) struct Shared {
     /// Observes every group commit's duration, once the metrics are attached.
     pub(crate) commit_duration:
         std::sync::OnceLock<prometheus_client::metrics::histogram::Histogram>,
+    /// The writer's liveness mark (for the systemd watchdog).
+    pub(crate) pulse: crate::pulse::Pulse,
 }
 
 /// Whether commits succeed, kept by the writer.
@@ -595,6 +597,7 @@ impl Store {
             commit_duration: std::sync::OnceLock::new(),
             commit_interval_ns: AtomicU64::new(0),
             finished: std::sync::Mutex::new(Some(finished_rx)),
+            pulse: crate::pulse::Pulse::new("the store writer"),
         });
         let (tx, rx) = mpsc::channel(OP_CHANNEL);
         writer::spawn(db.clone(), shared.clone(), next, rx, wal, finished_tx);
@@ -907,6 +910,12 @@ impl Store {
     /// Whether the writer thread still runs.
     pub fn writer_alive(&self) -> bool {
         !self.tx.is_closed()
+    }
+
+    /// The writer's liveness mark: busy while it applies a group, resting while it waits
+    /// for work (or for a full disk to take writes again).
+    pub fn pulse(&self) -> crate::pulse::Pulse {
+        self.shared.pulse.clone()
     }
 
     /// The byte budget (`max_store_bytes`).

@@ -128,11 +128,14 @@ fn reopen(
                 }
             }
         }
-        // Sleeps in small steps: a shutdown must not wait for the backoff.
+        // Sleeps in small steps: a shutdown must not wait for the backoff. Waiting for the
+        // disk is a rest for the watchdog: a restart would not make room.
+        shared.pulse.rest();
         let until = std::time::Instant::now() + wait;
         while std::time::Instant::now() < until && !shared.closing.load(Ordering::Relaxed) {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        shared.pulse.step();
         wait = (wait * 2).min(std::time::Duration::from_secs(30));
     }
 }
@@ -258,7 +261,9 @@ fn run(
     let mut lazy_entries = 0usize;
     let mut lazy_since: Option<std::time::Instant> = None;
     let mut shrink = Shrink::default();
+    let wedge = test_wedge();
     loop {
+        shared.pulse.rest();
         let wake = match lazy_since {
             None => rx.blocking_recv().map_or(Wake::Closed, Wake::Op),
             Some(since) => {
@@ -270,6 +275,10 @@ fn run(
                 }
             }
         };
+        shared.pulse.step();
+        if let Some(file) = &wedge {
+            wedged(file, shared);
+        }
         let mut ops = Vec::new();
         let mut closing = false;
         let mut then = None;
@@ -354,6 +363,24 @@ fn run(
         if closing {
             break;
         }
+    }
+}
+
+/// `ROOMHOOK_TEST_WEDGE_FILE`: a test hook. While the file it names exists, the writer
+/// hangs in its step as on a storage device that stopped answering (the watchdog test).
+fn test_wedge() -> Option<std::path::PathBuf> {
+    std::env::var_os("ROOMHOOK_TEST_WEDGE_FILE").map(Into::into)
+}
+
+fn wedged(file: &std::path::Path, shared: &Shared) {
+    if file.exists() {
+        tracing::warn!(
+            "test hook: the store writer hangs while {} exists",
+            file.display()
+        );
+    }
+    while file.exists() && !shared.closing.load(Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

@@ -17,6 +17,7 @@ use crate::config::RoomosSettings;
 use crate::event::Event;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::pulse::Pulse;
 use crate::ratelog::RateLog;
 use crate::source::status::SourceStatus;
 use crate::store::StoreError;
@@ -103,7 +104,7 @@ impl Counters {
 }
 
 /// Runs one RoomOS source until shutdown.
-pub async fn run(s: RoomosSettings, ingest: Ingest, shutdown: CancellationToken) {
+pub async fn run(s: RoomosSettings, ingest: Ingest, shutdown: CancellationToken, pulse: Pulse) {
     let counters = Counters::new(ingest.metrics(), &s.name);
     let status = ingest.sources().get(&s.name);
     let sel = Selection {
@@ -115,11 +116,14 @@ pub async fn run(s: RoomosSettings, ingest: Ingest, shutdown: CancellationToken)
     let mut last_failure: Option<String> = None;
     let mut backoff = BACKOFF_MIN;
     loop {
+        // Connecting is bounded by CONNECT_TIMEOUT; the session marks its own steps.
+        pulse.rest();
         let seen = Arc::new(Mutex::new(PeerCert::default()));
         let attempt = tokio::select! {
             r = connect::connect(&s, CONNECT_TIMEOUT, seen) => r,
             _ = shutdown.cancelled() => break,
         };
+        pulse.step();
         let delay = match attempt {
             Ok(ws) => {
                 let started = Instant::now();
@@ -127,6 +131,7 @@ pub async fn run(s: RoomosSettings, ingest: Ingest, shutdown: CancellationToken)
                 status.connected();
                 tracing::info!(source = %s.name, "connected to the device at {}", s.url);
                 let mut session = Session::new(&s, &sel, &ingest, &counters, &status);
+                session.pulse = pulse.clone();
                 let end = session.run(ws, &shutdown).await;
                 counters.connected.set(0);
                 counters.subscriptions_failed.set(0);
@@ -179,6 +184,7 @@ pub async fn run(s: RoomosSettings, ingest: Ingest, shutdown: CancellationToken)
                 delay
             }
         };
+        pulse.rest();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.cancelled() => break,
@@ -229,6 +235,8 @@ struct Session<'a> {
     held: Vec<Event>,
     frame_log: RateLog,
     shutdown: CancellationToken,
+    /// Liveness mark of the source (for the watchdog).
+    pulse: Pulse,
     /// Events decoded and not yet committed (committed together after a batch of frames).
     outbox: Vec<Event>,
 }
@@ -259,6 +267,7 @@ impl<'a> Session<'a> {
             frame_log: RateLog::new(Duration::from_secs(10)),
             shutdown: CancellationToken::new(),
             outbox: Vec::new(),
+            pulse: Pulse::new("RoomOS session"),
         }
     }
 
@@ -306,6 +315,8 @@ impl<'a> Session<'a> {
         let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
             let mut out: Vec<String> = Vec::new();
+            // Waiting for the device (the keep-alive bounds that) and timers.
+            self.pulse.rest();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -314,6 +325,7 @@ impl<'a> Session<'a> {
                 }
                 // Frames before the ping timer: a pong that already arrived is read first.
                 frame = rx.next() => {
+                    self.pulse.step();
                     awaiting_pong = false;
                     // Whatever else has already arrived is handled with it, and committed
                     // together (with commit_interval set, a commit takes that long).
@@ -341,15 +353,19 @@ impl<'a> Session<'a> {
                     }
                 }
                 _ = ping.tick() => {
+                    self.pulse.step();
                     if awaiting_pong {
                         return End::Lost(format!("no pong within keep_alive ({keep_alive:?}): the device stopped answering"));
                     }
                     awaiting_pong = true;
-                    if let Err(e) = tx.send(Message::Ping(Vec::new().into())).await {
-                        return End::Lost(format!("sending a ping: {e}"));
+                    match tokio::time::timeout(keep_alive, tx.send(Message::Ping(Vec::new().into()))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return End::Lost(format!("sending a ping: {e}")),
+                        Err(_) => return End::Lost(format!("a ping could not be sent within keep_alive ({keep_alive:?}): the device stopped reading")),
                     }
                 }
                 _ = tokio::time::sleep_until(sync_deadline), if self.syncing => {
+                    self.pulse.step();
                     tracing::warn!(source = %self.s.name, "the device did not answer every subscription and query within {SYNC_DEADLINE:?}; sending the full sync with what arrived");
                     self.pending.retain(|_, p| !matches!(p, Pending::Query(_)));
                     self.finish_sync();
@@ -358,6 +374,7 @@ impl<'a> Session<'a> {
                     }
                 }
                 _ = sleep_until_opt(retry_at), if retry_at.is_some() => {
+                    self.pulse.step();
                     retry_at = None;
                     let asked: Vec<usize> = self.pending.values().filter_map(|p| match p { Pending::Subscribe(q) => Some(*q), _ => None }).collect();
                     let again: Vec<usize> = self.failed.iter().filter(|(q, (c, _))| rpc::retryable(*c) && !asked.contains(q)).map(|(q, _)| *q).collect();
@@ -367,8 +384,10 @@ impl<'a> Session<'a> {
                 }
             }
             for frame in out {
-                if let Err(e) = tx.send(Message::text(frame)).await {
-                    return End::Lost(format!("sending a request: {e}"));
+                match tokio::time::timeout(keep_alive, tx.send(Message::text(frame))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return End::Lost(format!("sending a request: {e}")),
+                    Err(_) => return End::Lost(format!("a request could not be sent within keep_alive ({keep_alive:?}): the device stopped reading")),
                 }
             }
         }
@@ -632,10 +651,12 @@ impl<'a> Session<'a> {
                 Err(StoreError::Closed) => return Err(End::StoreClosed),
                 Err(e) => {
                     tracing::warn!(source = %self.s.name, "the store refused {} event(s), retrying in {wait:?}: {e}", events.len());
+                    self.pulse.rest();
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = self.shutdown.cancelled() => return Err(End::Shutdown),
                     }
+                    self.pulse.step();
                     wait = (wait * 2).min(Duration::from_secs(10));
                 }
             }

@@ -1,6 +1,10 @@
 //! Wiring: opens the store, hands webhooks and sources to the supervisor, starts the admin
-//! listener, the control API and the SIGHUP reload, and stops them in order (sources, then
-//! workers, then the listeners, then the store).
+//! listener, the control API, the SIGHUP reload and the systemd notifications, and stops
+//! them in order (sources, then workers, then the listeners, then the store).
+
+pub mod notify;
+pub mod signals;
+pub mod watchdog;
 
 use crate::config::Settings;
 use crate::ingest::Ingest;
@@ -10,12 +14,8 @@ use crate::supervisor::Supervisor;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-
-/// How long in-flight requests may finish after a stop signal.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// A started daemon.
 pub struct Running {
@@ -64,7 +64,7 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
         store.clone(),
         ingest.clone(),
         metrics.clone(),
-        SHUTDOWN_GRACE,
+        settings.shutdown_grace,
     )
     .await?;
 
@@ -102,7 +102,25 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
         control,
         service_stop.clone(),
     ));
-    services.spawn(reload_on_sighup(supervisor.clone(), service_stop.clone()));
+    services.spawn(signals::reload_on_sighup(
+        supervisor.clone(),
+        service_stop.clone(),
+    ));
+    if notify::enabled() {
+        services.spawn(notify::keep_status(
+            supervisor.clone(),
+            service_stop.clone(),
+        ));
+        if let Some(period) = notify::watchdog_period() {
+            services.spawn(watchdog::run(
+                supervisor.clone(),
+                period,
+                service_stop.clone(),
+            ));
+        }
+        // The store is open, the control socket listens, every source has been started.
+        notify::ready(&notify::status_line(&supervisor));
+    }
 
     Ok(Running {
         ingest,
@@ -116,32 +134,6 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
         service_stop,
         shutdown,
     })
-}
-
-/// SIGHUP re-reads the config file; an invalid file keeps the running config.
-async fn reload_on_sighup(supervisor: Arc<Supervisor>, stop: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler: reloads need a restart");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = hup.recv() => {}
-            _ = stop.cancelled() => return,
-        }
-        tracing::info!("SIGHUP: reloading the config");
-        match supervisor.reload().await {
-            Ok(a) => tracing::info!(
-                added = ?a.added,
-                changed = ?a.changed,
-                removed = ?a.removed,
-                sources = ?a.sources,
-                "config reloaded"
-            ),
-            Err(e) => tracing::error!("config not reloaded, the running config stays: {e}"),
-        }
-    }
 }
 
 impl Running {
@@ -174,6 +166,7 @@ impl Running {
         } = self;
         shutdown.cancelled().await;
         tracing::info!("stopping: no new input, finishing in-flight requests");
+        notify::stopping("stopping: no new input, finishing requests in flight");
         store.stopping();
         source_stop.cancel();
         while extra_sources.join_next().await.is_some() {}
