@@ -20,6 +20,7 @@ pub mod route;
 pub mod source;
 pub mod store;
 pub mod supervisor;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod timefmt;
 pub mod tls;

@@ -143,7 +143,8 @@ async fn connections_reset_in_the_middle_of_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_never_finishes_the_tls_handshake() {
-    let mut r = rig("connect_timeout = \"2s\"").await;
+    // The handshake is bounded by request_timeout (connect_timeout covers TCP only).
+    let mut r = rig("connect_timeout = \"2s\"\nrequest_timeout = \"3s\"").await;
     r.to_receiver.set(Fault::Silent);
     publish(r.broker.port, &workload(DEVICES, 50)).await;
     // The handshake times out (it is not waited on forever), again and again.

@@ -109,19 +109,18 @@ async fn a_413_on_a_batch_is_retried_in_smaller_batches() {
     let config = write_config(
         dir.path(),
         &with_admin(
-            &standard_config(
-                broker.port,
-                &rx.url,
-                &rx.ca_file,
-                "batch_max_messages = 50\ndrain_start_jitter = \"2s\"",
-            )
-            .replace("drain_start_jitter = \"0s\"\n", ""),
+            &standard_config(broker.port, &rx.url, &rx.ca_file, "batch_max_messages = 50"),
             admin,
         ),
     );
-    let mut daemon = Daemon::start(&config);
+    // A backlog in the store before the start: the first batches are full (50 > 10).
     let (devices, per_device) = (10, 20);
-    publish(broker.port, &workload(devices, per_device)).await;
+    let backlog = workload(devices, per_device)
+        .iter()
+        .map(|(d, v)| people_event(d, *v))
+        .collect();
+    prefill(&dir.path().join("data"), "facilities", backlog).await;
+    let mut daemon = Daemon::start(&config);
     assert!(
         rx.receiver
             .wait_for(Duration::from_secs(60), |r| {

@@ -165,6 +165,8 @@ async fn a_wedged_store_writer_stops_the_watchdog_pings_and_a_restart_loses_noth
     );
 
     // The storage stops answering: the next group hangs in the writer.
+    let stuck = "the store writer has been in one step for";
+    let before = daemon.logs().matches(stuck).count();
     std::fs::write(&wedge, b"").unwrap();
     let second: Vec<(String, i64)> = (5..10)
         .flat_map(|v| (0..3).map(move |d| (format!("room-{d}"), v)))
@@ -174,17 +176,11 @@ async fn a_wedged_store_writer_stops_the_watchdog_pings_and_a_restart_loses_noth
         let second = second.clone();
         async move { publish(port, &second).await }
     });
+    // The watchdog's own check names the writer (each stop of the pings is logged once).
     let said = wait_until(Duration::from_secs(20), || {
-        daemon.logs().contains("watchdog: not pinging systemd")
+        daemon.logs().matches(stuck).count() > before
     });
     assert!(said, "{}", daemon.logs());
-    assert!(
-        daemon
-            .logs()
-            .contains("the store writer has been in one step for"),
-        "{}",
-        daemon.logs()
-    );
     // No ping for a whole period (systemd would send SIGABRT now) while the process lives.
     let pings = manager.count("WATCHDOG=1");
     std::thread::sleep(Duration::from_millis(2500));
@@ -291,7 +287,8 @@ async fn sigint_stops_like_sigterm_and_a_request_that_ends_in_the_grace_is_not_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once_and_the_event_is_sent_again_after_the_restart() {
     for second in [Signal::SIGTERM, Signal::SIGINT] {
-        let e = slow_receiver_env("60s", Duration::from_secs(30)).await;
+        // Held longer than the test runs: the first request is never recorded as accepted.
+        let e = slow_receiver_env("60s", Duration::from_secs(600)).await;
         let mut daemon = request_in_flight(&e).await;
         daemon.signal(Signal::SIGTERM);
         assert!(

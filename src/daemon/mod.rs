@@ -41,6 +41,8 @@ pub struct Running {
 
 /// Starts everything the settings describe; `shutdown` stops it.
 pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    // Before anything runs: a SIGHUP that comes early must reload, not end the process.
+    let hangups = signals::hangups();
     let metrics = Arc::new(Metrics::new());
     let limits = Limits {
         max_bytes: settings.max_store_bytes,
@@ -103,10 +105,14 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
         service_stop.clone(),
     ));
     services.spawn(signals::reload_on_sighup(
+        hangups,
         supervisor.clone(),
         service_stop.clone(),
     ));
     if notify::enabled() {
+        // The store is open, the control socket listens, every source has been started
+        // (READY goes out before the first watchdog ping).
+        notify::ready(&notify::status_line(&supervisor));
         services.spawn(notify::keep_status(
             supervisor.clone(),
             service_stop.clone(),
@@ -118,8 +124,6 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
                 service_stop.clone(),
             ));
         }
-        // The store is open, the control socket listens, every source has been started.
-        notify::ready(&notify::status_line(&supervisor));
     }
 
     Ok(Running {

@@ -5,7 +5,7 @@
 use crate::supervisor::Supervisor;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 /// What the daemon may take beyond the grace period to close the store and exit.
@@ -44,12 +44,24 @@ pub fn stop_on_signals(token: CancellationToken, grace: Duration) {
     });
 }
 
+/// The SIGHUP handler, installed at once (a SIGHUP before it would end the process).
+pub fn hangups() -> Option<Signal> {
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!("cannot install the SIGHUP handler: reloads need a restart: {e}");
+            None
+        }
+    }
+}
+
 /// SIGHUP re-reads the config file until `stop`; systemd hears `RELOADING=1` … `READY=1`.
-pub async fn reload_on_sighup(supervisor: Arc<Supervisor>, stop: CancellationToken) {
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler: reloads need a restart");
-        return;
-    };
+pub async fn reload_on_sighup(
+    hangups: Option<Signal>,
+    supervisor: Arc<Supervisor>,
+    stop: CancellationToken,
+) {
+    let Some(mut hup) = hangups else { return };
     loop {
         tokio::select! {
             _ = hup.recv() => {}

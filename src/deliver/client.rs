@@ -114,7 +114,6 @@ impl WebhookClient {
             .with_tls_config((*tls).clone())
             .https_only()
             .enable_http1()
-            .enable_http2()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())

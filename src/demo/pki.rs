@@ -113,7 +113,7 @@ pub fn client_identity(name: &str) -> Result<ClientIdentity, PkiError> {
 }
 
 impl ServerIdentity {
-    /// A rustls server configuration offering h2 and http/1.1.
+    /// A rustls server configuration offering http/1.1.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
         self.config(None)
     }
@@ -147,7 +147,7 @@ impl ServerIdentity {
             }
         };
         let mut cfg = builder.with_single_cert(self.chain.clone(), key)?;
-        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(cfg))
     }
 }

@@ -62,6 +62,22 @@ pub async fn receiver(dir: &Path, self_signed: bool) -> TestReceiver {
     }
 }
 
+/// The `roomhook` binary the tests run: this build's, or `ROOMHOOK_TEST_BINARY` (a cross
+/// build) under `ROOMHOOK_TEST_RUNNER` (e.g. `qemu-aarch64`) when those are set.
+pub fn roomhook_command() -> Command {
+    let binary = std::env::var_os("ROOMHOOK_TEST_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_roomhook")));
+    match std::env::var_os("ROOMHOOK_TEST_RUNNER") {
+        Some(runner) => {
+            let mut c = Command::new(runner);
+            c.arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    }
+}
+
 /// The `roomhook` binary running as a child process.
 pub struct Daemon {
     child: Option<Child>,
@@ -88,7 +104,7 @@ impl Daemon {
             .append(true)
             .open(&log)
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_roomhook"))
+        let child = roomhook_command()
             .args(["--log", "info,roomhook=debug", "run", "-c"])
             .arg(config)
             .stdout(Stdio::null())
@@ -100,9 +116,16 @@ impl Daemon {
             child: Some(child),
             log,
         };
-        let before = d.logs().matches("subscribed to").count();
+        // Subscribed, and the listeners bound (the control API is logged after both).
+        let logs = d.logs();
+        let before = (
+            logs.matches("subscribed to").count(),
+            logs.matches("control API listening").count(),
+        );
         let ready = wait_until(Duration::from_secs(20), || {
-            d.logs().matches("subscribed to").count() > before
+            let logs = d.logs();
+            logs.matches("subscribed to").count() > before.0
+                && logs.matches("control API listening").count() > before.1
         });
         assert!(
             ready,

@@ -1,0 +1,85 @@
+//! What ships, run as a gateway would run it: `--version`, the README's example config and
+//! the package's config through `check-config`, and a short end-to-end run (Mosquitto →
+//! roomhook → HTTPS receiver, nothing lost). CI runs this file a second time against the
+//! aarch64 build under qemu (`ROOMHOOK_TEST_BINARY`, `ROOMHOOK_TEST_RUNNER`).
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = roomhook_command()
+        .args(args)
+        .output()
+        .expect("run roomhook");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The TOML block that follows `heading` in README.md.
+fn readme_toml(heading: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let after = &readme[readme.find(heading).expect("heading in README")..];
+    let start = after.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let end = after[start..].find("```").expect("the end of the block");
+    after[start..start + end].to_string()
+}
+
+#[test]
+fn version() {
+    let (code, out, err) = run(&["--version"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        format!("roomhook {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn the_readme_example_config_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("roomhook.toml");
+    std::fs::write(&path, readme_toml("### Example")).unwrap();
+    // The file it names for the device's password (relative to the config).
+    std::fs::write(dir.path().join("boardroom.pass"), "device-password\n").unwrap();
+    let (code, out, err) = run(&["check-config", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("OK (1 MQTT source(s), 1 RoomOS device(s), 1 webhook(s)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_packaged_config_checks() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/roomhook.toml");
+    let (code, out, err) = run(&["check-config", "-c", path]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("store in /var/lib/roomhook"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_run_end_to_end_loses_nothing() {
+    let e = env("", "").await;
+    let mut daemon = Daemon::start(&e.config);
+    let (devices, per_device) = (4, 75);
+    publish(e.broker.port, &workload(devices, per_device)).await;
+    let all =
+        e.rx.receiver
+            .wait_accepted(devices * per_device, Duration::from_secs(60))
+            .await;
+    assert!(
+        all,
+        "{} of {} delivered\n{}",
+        accepted_messages(&e.rx.receiver),
+        devices * per_device,
+        daemon.logs()
+    );
+    assert_eq!(daemon.stop(), Some(0));
+    assert_complete_and_ordered(&e.rx.receiver.accepted(), devices, per_device);
+}
