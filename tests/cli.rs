@@ -1,18 +1,8 @@
-//! The command line as a user meets it: `check-config`, `demo`, `--version`.
+//! The command line as a user meets it: `check-config`, `demo` (`--version`: tests/shipped.rs).
 
-use std::process::Command;
+mod common;
 
-fn roomhook(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_roomhook"))
-        .args(args)
-        .output()
-        .expect("run roomhook");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::run_roomhook as roomhook;
 
 #[test]
 fn check_config_reports_every_problem_with_key_line_and_fix() {
@@ -64,16 +54,6 @@ fn check_config_accepts_a_good_file_and_a_missing_file_is_an_error() {
     assert!(err.contains("cannot read the config file"), "{err}");
     let (code, _, err) = roomhook(&["run", "-c", "/nonexistent/roomhook.toml"]);
     assert_eq!(code, 2, "{err}");
-}
-
-#[test]
-fn version_is_printed() {
-    let (code, out, _) = roomhook(&["--version"]);
-    assert_eq!(code, 0);
-    assert_eq!(
-        out.trim(),
-        format!("roomhook {}", env!("CARGO_PKG_VERSION"))
-    );
 }
 
 #[test]

@@ -8,18 +8,6 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = roomhook_command()
-        .args(args)
-        .output()
-        .expect("run roomhook");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// The TOML block that follows `heading` in README.md.
 fn readme_toml(heading: &str) -> String {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
@@ -32,7 +20,7 @@ fn readme_toml(heading: &str) -> String {
 
 #[test]
 fn version() {
-    let (code, out, err) = run(&["--version"]);
+    let (code, out, err) = run_roomhook(&["--version"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         out.trim(),
@@ -47,7 +35,7 @@ fn the_readme_example_config_checks() {
     std::fs::write(&path, readme_toml("### Example")).unwrap();
     // The file it names for the device's password (relative to the config).
     std::fs::write(dir.path().join("boardroom.pass"), "device-password\n").unwrap();
-    let (code, out, err) = run(&["check-config", "-c", path.to_str().unwrap()]);
+    let (code, out, err) = run_roomhook(&["check-config", "-c", path.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("OK (1 MQTT source(s), 1 RoomOS device(s), 1 webhook(s)"),
@@ -58,7 +46,7 @@ fn the_readme_example_config_checks() {
 #[test]
 fn the_packaged_config_checks() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/roomhook.toml");
-    let (code, out, err) = run(&["check-config", "-c", path]);
+    let (code, out, err) = run_roomhook(&["check-config", "-c", path]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("store in /var/lib/roomhook"), "{out}");
 }

@@ -312,19 +312,25 @@ pub fn assert_complete_and_ordered(
     }
 }
 
-/// Runs `roomhook <args>` to completion off the async runtime: (exit code, stdout, stderr).
+/// Runs `roomhook <args>` to completion: (exit code, stdout, stderr).
+pub fn run_roomhook(args: &[&str]) -> (i32, String, String) {
+    let out = roomhook_command()
+        .args(args)
+        .output()
+        .expect("run roomhook");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// [`run_roomhook`] off the async runtime.
 pub async fn run_cli(args: &[&str]) -> (i32, String, String) {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     tokio::task::spawn_blocking(move || {
-        let out = Command::new(env!("CARGO_BIN_EXE_roomhook"))
-            .args(&args)
-            .output()
-            .expect("run roomhook");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_roomhook(&args)
     })
     .await
     .expect("cli task")
