@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs a roomhook .deb on this machine and checks what an admin relies on, then purges
+# it again: the user, the files and their modes, check-config on the installed config,
+# systemd-analyze on the installed unit, an upgrade that keeps the store and the config,
+# remove that keeps them, purge that removes them and the user. Needs root. CI runs it.
+#   packaging/check.sh target/debian/roomhook_0.1.0-1_amd64.deb
+set -euo pipefail
+deb=${1:?usage: packaging/check.sh PACKAGE.deb}
+fail() { echo "packaging/check.sh: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || fail "needs root (it installs the package)"
+if dpkg -s roomhook >/dev/null 2>&1; then fail "roomhook is installed already; purge it first"; fi
+
+dpkg -i "$deb" >/dev/null
+getent passwd roomhook >/dev/null || fail "no roomhook user after install"
+[ "$(stat -c %a:%U /etc/roomhook/roomhook.toml)" = "640:roomhook" ] || fail "config mode/owner: $(stat -c %a:%U /etc/roomhook/roomhook.toml)"
+[ "$(stat -c %U /etc/roomhook)" = roomhook ] || fail "/etc/roomhook not owned by roomhook"
+grep -qx /etc/roomhook/roomhook.toml /var/lib/dpkg/info/roomhook.conffiles || fail "the config is not a conffile"
+/usr/bin/roomhook --version
+/usr/bin/roomhook check-config -c /etc/roomhook/roomhook.toml
+unit=$(dpkg -L roomhook | grep '/systemd/system/roomhook.service$') || fail "no unit installed"
+systemd-analyze verify "$unit"
+systemd-analyze security --offline=true "$unit" | tail -1
+
+# An upgrade (the same package again) keeps the store and an edited config.
+mkdir -p /var/lib/roomhook && echo store > /var/lib/roomhook/marker
+chown -R roomhook:roomhook /var/lib/roomhook
+sed -i 's/^org_id = "my-org"/org_id = "edited-org"/' /etc/roomhook/roomhook.toml
+dpkg -i --force-confold "$deb" >/dev/null
+[ -f /var/lib/roomhook/marker ] || fail "the upgrade removed the store"
+grep -q edited-org /etc/roomhook/roomhook.toml || fail "the upgrade replaced the edited config"
+
+# Remove keeps config, store and user; purge removes them.
+dpkg -r roomhook >/dev/null
+[ ! -e /usr/bin/roomhook ] || fail "remove left the binary"
+[ -f /var/lib/roomhook/marker ] && [ -f /etc/roomhook/roomhook.toml ] || fail "remove took the store or the config"
+getent passwd roomhook >/dev/null || fail "remove took the user"
+dpkg -P roomhook >/dev/null
+[ ! -e /var/lib/roomhook ] || fail "purge left /var/lib/roomhook"
+[ ! -e /etc/roomhook ] || fail "purge left /etc/roomhook"
+if getent passwd roomhook >/dev/null; then fail "purge left the roomhook user"; fi
+echo "package $deb: install, check-config, unit, upgrade, remove and purge OK"
