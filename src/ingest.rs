@@ -21,8 +21,8 @@ pub struct Ingest {
     metrics: Arc<Metrics>,
     /// `roomhook_events_enqueued_total` per webhook, resolved once per webhook.
     enqueued: Arc<std::sync::RwLock<HashMap<WebhookId, Counter>>>,
-    /// `roomhook_events_filtered_total` for not_selected and unchanged, resolved once.
-    filtered: Arc<[Counter; 2]>,
+    /// `roomhook_events_filtered_total` for not_selected, unchanged and deadband, resolved once.
+    filtered: Arc<[Counter; 3]>,
     /// What each source is doing.
     sources: crate::source::status::Sources,
 }
@@ -31,7 +31,12 @@ impl Ingest {
     /// An ingest path into a store, routing to no webhook until they are added with
     /// [`Ingest::upsert_webhook`].
     pub fn new(store: Store, metrics: Arc<Metrics>) -> Self {
-        let filtered = [Filtered::NotSelected, Filtered::Unchanged].map(|f| {
+        let filtered = [
+            Filtered::NotSelected,
+            Filtered::Unchanged,
+            Filtered::Deadband,
+        ]
+        .map(|f| {
             metrics
                 .events_filtered
                 .get_or_create(&ReasonLabel {

@@ -1,5 +1,6 @@
-//! Which webhooks want an event: device globs, status and event selections, and the
-//! change-only filter (a status equal to the last one forwarded is not forwarded again).
+//! Which webhooks want an event: device globs, status and event selections, the
+//! change-only filter (a status equal to the last one forwarded is not forwarded again) and
+//! per-path deadbands (a number that moved less than the deadband is not forwarded).
 
 use crate::catalog::{self, Kind};
 use crate::config::WebhookSettings;
@@ -67,7 +68,17 @@ struct Route {
     devices: DeviceSelector,
     statuses: Vec<String>,
     events: Vec<String>,
+    /// Generic status pattern → least change forwarded.
+    deadbands: Vec<(String, f64)>,
     last: HashMap<(String, String), Value>,
+}
+
+/// What the change-only and deadband filters say of one value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    Yes,
+    Unchanged,
+    Deadband,
 }
 
 impl Route {
@@ -84,23 +95,45 @@ impl Route {
         .any(|p| catalog::pattern_matches(p, generic))
     }
 
-    /// Whether a status value goes out (change-only), remembering it when it does. A full
-    /// sync always goes out (it is the receiver's resync point); a removal (`null`) goes out
-    /// and is forgotten, so the path's next value is new again.
-    fn admit(&mut self, device: &str, path: &str, value: &Value, full_sync: bool) -> bool {
+    /// Whether a status value goes out (change-only, deadband), remembering it when it
+    /// does. A full sync always goes out (it is the receiver's resync point); a removal
+    /// (`null`) goes out and is forgotten, so the path's next value is new again.
+    fn admit(
+        &mut self,
+        device: &str,
+        path: &str,
+        generic: &str,
+        value: &Value,
+        full_sync: bool,
+    ) -> Admit {
         let key = (device.to_string(), path.to_string());
         if value.is_null() {
             self.last.remove(&key);
-            return true;
+            return Admit::Yes;
         }
-        if !full_sync && self.last.get(&key) == Some(value) {
-            return false;
+        if !full_sync {
+            if let Some(last) = self.last.get(&key) {
+                if last == value {
+                    return Admit::Unchanged;
+                }
+                let band = self
+                    .deadbands
+                    .iter()
+                    .find(|(p, _)| catalog::pattern_matches(p, generic))
+                    .map(|(_, d)| *d);
+                if let (Some(band), Some(a), Some(b)) = (band, last.as_f64(), value.as_f64()) {
+                    // (A hair of tolerance: 22.5 → 22.8 is a change of 0.3.)
+                    if (a - b).abs() < band - 1e-9 {
+                        return Admit::Deadband;
+                    }
+                }
+            }
         }
         if self.last.len() >= MAX_REMEMBERED && !self.last.contains_key(&key) {
             self.last.clear();
         }
         self.last.insert(key, value.clone());
-        true
+        Admit::Yes
     }
 }
 
@@ -111,6 +144,8 @@ pub enum Filtered {
     NotSelected = 0,
     /// Every webhook that selects it already got this value.
     Unchanged = 1,
+    /// It moved less than the deadband of every webhook that selects it.
+    Deadband = 2,
 }
 
 impl Filtered {
@@ -119,8 +154,16 @@ impl Filtered {
         match self {
             Filtered::NotSelected => "not_selected",
             Filtered::Unchanged => "unchanged",
+            Filtered::Deadband => "deadband",
         }
     }
+}
+
+fn deadbands(w: &WebhookSettings) -> Vec<(String, f64)> {
+    w.filters
+        .iter()
+        .filter_map(|f| f.deadband.map(|d| (f.pattern.clone(), d)))
+        .collect()
 }
 
 /// Routes events to webhooks; owns the change-only memory.
@@ -146,6 +189,7 @@ impl Router {
                 r.devices = w.devices.clone();
                 r.statuses = w.statuses.clone();
                 r.events = w.events.clone();
+                r.deadbands = deadbands(w);
             }
             None => self.routes.push(Route {
                 id,
@@ -153,6 +197,7 @@ impl Router {
                 devices: w.devices.clone(),
                 statuses: w.statuses.clone(),
                 events: w.events.clone(),
+                deadbands: deadbands(w),
                 last: HashMap::new(),
             }),
         }
@@ -176,6 +221,7 @@ impl Router {
     pub fn route(&mut self, e: &Event) -> Result<Vec<(WebhookId, Option<Event>)>, Filtered> {
         let mut targets = Vec::new();
         let mut selected = false;
+        let mut banded = false;
         if e.more.is_empty() && !e.full_sync {
             let generic = catalog::generic_path(&e.path);
             for r in &mut self.routes {
@@ -183,8 +229,15 @@ impl Router {
                     continue;
                 }
                 selected = true;
-                if e.kind == Kind::Status && !r.admit(&e.device, &e.path, &e.value, e.full_sync) {
-                    continue;
+                if e.kind == Kind::Status {
+                    match r.admit(&e.device, &e.path, &generic, &e.value, e.full_sync) {
+                        Admit::Yes => {}
+                        Admit::Unchanged => continue,
+                        Admit::Deadband => {
+                            banded = true;
+                            continue;
+                        }
+                    }
                 }
                 targets.push((r.id, None));
             }
@@ -212,8 +265,10 @@ impl Router {
                         continue;
                     }
                     selected = true;
-                    if r.admit(&e.device, path, value, e.full_sync) {
-                        part.push((path.to_string(), value.clone()));
+                    match r.admit(&e.device, path, g, value, e.full_sync) {
+                        Admit::Yes => part.push((path.to_string(), value.clone())),
+                        Admit::Unchanged => {}
+                        Admit::Deadband => banded = true,
                     }
                 }
                 if part.len() == generic.len() {
@@ -231,6 +286,7 @@ impl Router {
         }
         match (targets.is_empty(), selected) {
             (false, _) => Ok(targets),
+            (true, true) if banded => Err(Filtered::Deadband),
             (true, true) => Err(Filtered::Unchanged),
             (true, false) => Err(Filtered::NotSelected),
         }
@@ -278,6 +334,34 @@ mod tests {
         r: Result<Vec<(WebhookId, Option<Event>)>, Filtered>,
     ) -> Result<Vec<WebhookId>, Filtered> {
         r.map(|t| t.into_iter().map(|(id, _)| id).collect())
+    }
+
+    #[test]
+    fn a_deadband_holds_small_moves_of_a_number_per_webhook() {
+        let text = "[gateway]\ndata_dir='d'\n[[webhooks]]\nname='a'\nurl='https://x/'\nauth='none'\nstatuses=['RoomAnalytics.*']\n[webhooks.filters.'RoomAnalytics.AmbientTemperature']\ndeadband = 0.3\n";
+        let a = crate::config::load_str(std::path::Path::new("t.toml"), text).unwrap();
+        let b = settings(&["*"], &["RoomAnalytics.AmbientTemperature"]);
+        let mut r = Router::new([(WebhookId(1), &a.webhooks[0]), (WebhookId(2), &b)]);
+        let t = "RoomAnalytics.AmbientTemperature";
+        let temp = |v: f64| Event {
+            value: Value::from(v),
+            ..ev("room-1", t, 0)
+        };
+        let both = Ok(vec![WebhookId(1), WebhookId(2)]);
+        assert_eq!(ids(r.route(&temp(22.5))), both);
+        // Within the band for webhook 1 (measured from the last value it got).
+        assert_eq!(ids(r.route(&temp(22.6))), Ok(vec![WebhookId(2)]));
+        assert_eq!(ids(r.route(&temp(22.7))), Ok(vec![WebhookId(2)]));
+        assert_eq!(ids(r.route(&temp(22.8))), both);
+        assert_eq!(ids(r.route(&temp(22.8))), Err(Filtered::Unchanged));
+        assert_eq!(ids(r.route(&temp(22.6))), Ok(vec![WebhookId(2)]));
+        let mut only_a = Router::new([(WebhookId(1), &a.webhooks[0])]);
+        assert!(only_a.route(&temp(20.0)).is_ok());
+        assert_eq!(ids(only_a.route(&temp(20.1))), Err(Filtered::Deadband));
+        // Other paths of the webhook are change-only as before.
+        let pc = "RoomAnalytics.PeopleCount.Current";
+        assert!(only_a.route(&ev("room-1", pc, 3)).is_ok());
+        assert!(only_a.route(&ev("room-1", pc, 4)).is_ok());
     }
 
     #[test]

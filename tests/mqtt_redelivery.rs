@@ -1,7 +1,7 @@
-//! The MQTT redelivery guard against a broker that reuses packet ids: a tiny MQTT 3.1.1
-//! server in the test (real TCP, real packets) sends a message, takes its PUBACK, and later
-//! sends another message with the same packet id, the same payload and DUP set — a new
-//! message, which must be stored and delivered, not taken for a redelivery.
+//! The MQTT redelivery guard, against a tiny MQTT 3.1.1 server in the test (real TCP, real
+//! packets) that plays a broker through a disconnect: a new message that reuses the
+//! packet id and the payload of an acknowledged one and comes back with DUP set after a
+//! reconnect must be stored; a resend that crossed our PUBACK must not be stored twice.
 
 mod common;
 
@@ -67,58 +67,119 @@ fn await_puback(s: &mut TcpStream, pkid: u16) {
     }
 }
 
+/// Takes a CONNECT and answers it (`session_present`), then the SUBSCRIBE.
+fn handshake(s: &mut TcpStream, session_present: bool) {
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let (h, body) = read_packet(s).unwrap();
+    assert_eq!(h >> 4, 1, "CONNECT");
+    // Protocol name (6) + level (1), then the flags: clean session must be off.
+    assert_eq!(body[7] & 0x02, 0, "roomhook asks for a clean session");
+    s.write_all(&[0x20, 0x02, u8::from(session_present), 0x00])
+        .unwrap();
+    let (h, body) = read_packet(s).unwrap();
+    assert_eq!(h >> 4, 8, "SUBSCRIBE");
+    s.write_all(&[0x90, 0x03, body[0], body[1], 0x01]).unwrap();
+}
+
+/// Reads until a PINGREQ and answers it.
+fn await_ping(s: &mut TcpStream) {
+    loop {
+        let (h, _) = read_packet(s).expect("roomhook closed the connection");
+        if h >> 4 == 12 {
+            s.write_all(&[0xd0, 0x00]).unwrap();
+            return;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reused_packet_id_with_dup_and_the_same_payload_is_a_new_message() {
+async fn a_reused_packet_id_after_a_reconnect_is_a_new_message_and_a_crossed_resend_is_not() {
     let dir = tempfile::tempdir().unwrap();
     let rx = receiver(dir.path(), false).await;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let (h, _) = read_packet(&mut s).unwrap();
-        assert_eq!(h >> 4, 1, "CONNECT");
-        s.write_all(&[0x20, 0x02, 0x00, 0x00]).unwrap();
-        let (h, body) = read_packet(&mut s).unwrap();
-        assert_eq!(h >> 4, 8, "SUBSCRIBE");
-        s.write_all(&[0x90, 0x03, body[0], body[1], 0x01]).unwrap();
         let topic = "bench/room-1/status";
-        // A: packet id 7, acked.
+        let (mut s, _) = listener.accept().unwrap();
+        handshake(&mut s, false);
+        // A: packet id 7, acked; B: another value, acked; a ping answered after both
+        // PUBACKs tells roomhook they arrived.
         publish(&mut s, 7, false, topic, r#"{"people":1}"#);
         await_puback(&mut s, 7);
-        // B: another value.
         publish(&mut s, 8, false, topic, r#"{"people":2}"#);
         await_puback(&mut s, 8);
-        // C: packet id 7 again, DUP set, the same payload as A — but a new message (A was
-        // acknowledged): the sensor went back to 1 person.
+        await_ping(&mut s);
+        // C reuses packet id 7 (free again: A was acked) with A's payload — the sensor
+        // went back to 1 person — and is lost with the connection, a moment later (the
+        // script's pace: roomhook reads the ping answer before the connection goes).
+        std::thread::sleep(Duration::from_millis(500));
+        drop(s);
+        let (mut s, _) = listener.accept().unwrap();
+        handshake(&mut s, true);
+        // The broker resends C, DUP set: a new message, not A again.
         publish(&mut s, 7, true, topic, r#"{"people":1}"#);
         await_puback(&mut s, 7);
+        // D and E, acked; then D resent with DUP as if the resend had crossed our PUBACK
+        // (a PUBACK queued before a break and written after it): the same message. (E
+        // between them keeps change-only from hiding a second D.)
+        publish(&mut s, 9, false, topic, r#"{"people":3}"#);
+        await_puback(&mut s, 9);
+        publish(&mut s, 10, false, topic, r#"{"people":4}"#);
+        await_puback(&mut s, 10);
+        publish(&mut s, 9, true, topic, r#"{"people":3}"#);
+        await_puback(&mut s, 9);
+        // F shows the end: everything before it was handled.
+        publish(&mut s, 11, false, topic, r#"{"people":5}"#);
+        await_puback(&mut s, 11);
         // Keep the connection until the test is done with it.
         let _ = read_packet(&mut s);
     });
-    let config = write_config(dir.path(), &standard_config(port, &rx.url, &rx.ca_file, ""));
+    let config = standard_config(port, &rx.url, &rx.ca_file, "").replace(
+        "client_id = \"roomhook-test\"",
+        "client_id = \"roomhook-test\"\nkeep_alive = \"5s\"",
+    );
+    let admin = free_port();
+    let config = write_config(dir.path(), &with_admin(&config, admin));
     let mut daemon = Daemon::start(&config);
-    assert!(
-        rx.receiver.wait_accepted(3, Duration::from_secs(20)).await,
-        "the third message was swallowed as a redelivery; got {:?}; log:\n{}",
+    let values = || {
         rx.receiver
             .accepted()
             .iter()
-            .map(|r| r.json()["changes"]["updated"].clone())
-            .collect::<Vec<_>>(),
+            .map(|r| {
+                r.json()["changes"]["updated"]["RoomAnalytics.PeopleCount.Current"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        rx.receiver
+            .wait_for(Duration::from_secs(40), |r| r.iter().any(|x| x
+                .messages()
+                .iter()
+                .any(|m| m["changes"]["updated"]
+                    ["RoomAnalytics.PeopleCount.Current"]
+                    == 5)))
+            .await,
+        "F never arrived; got {:?}; log:\n{}",
+        values(),
         daemon.logs()
     );
-    let values: Vec<i64> = rx
-        .receiver
-        .accepted()
-        .iter()
-        .map(|r| {
-            r.json()["changes"]["updated"]["RoomAnalytics.PeopleCount.Current"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(values, vec![1, 2, 1]);
+    assert_eq!(
+        values(),
+        vec![1, 2, 1, 3, 4, 5],
+        "C swallowed or D stored twice; log:\n{}",
+        daemon.logs()
+    );
+    // The source recognised D's resend (and did not store it).
+    assert_eq!(
+        metric(
+            admin,
+            "roomhook_source_redelivered_total{source=\"sensors\"}"
+        ),
+        Some(1.0),
+        "the resend of D was not recognised"
+    );
     daemon.kill9();
     // The mock broker's own checks (CONNECT, SUBSCRIBE) fail the test here.
     server.join().expect("the mock broker");

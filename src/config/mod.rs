@@ -15,6 +15,7 @@ pub use validate::{parse_pin, validate};
 
 use crate::catalog::Entry;
 use crate::route::DeviceSelector;
+use crate::source::decode::transform::Transform;
 use crate::source::topic::{Template, TopicFilter};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -44,6 +45,9 @@ pub struct RawConfig {
     /// `[log]`: log filter and format.
     #[serde(default)]
     pub log: RawLog,
+    /// `[[devices]]`: sensor ids → device and workspace ids.
+    #[serde(default)]
+    pub devices: Vec<RawDevice>,
 }
 
 /// `[log]`.
@@ -177,16 +181,56 @@ pub struct RawMqtt {
 pub struct RawSubscription {
     /// MQTT filter.
     pub topic: String,
-    /// Payload decoder; `"json"` (generic JSON with `fields`).
+    /// Payload decoder: `"json"` (generic, with `fields`), `"zigbee2mqtt"`, `"meraki-mt"`,
+    /// `"meraki-mv"`.
     #[serde(default = "default_format")]
     pub format: String,
-    /// Device id: a literal or `{n}` topic levels.
-    pub device: String,
+    /// Device id: a literal or `{n}` topic levels (default for the built-in formats: the
+    /// sensor's own id).
+    pub device: Option<String>,
     /// Workspace id: a literal or `{n}` topic levels.
     pub workspace: Option<String>,
-    /// JSON pointer in the payload → catalog path.
+    /// JSON pointer in the payload whose value is the device id.
+    pub device_field: Option<String>,
+    /// JSON pointer in the payload whose value is the workspace id.
+    pub workspace_field: Option<String>,
+    /// `json`: JSON pointer → catalog path. Built-in formats: property (metric, object
+    /// class) → catalog path, overriding the defaults; `""` drops a default.
     #[serde(default)]
     pub fields: BTreeMap<String, String>,
+    /// Value transforms, by the same keys as `fields`.
+    #[serde(default)]
+    pub transforms: BTreeMap<String, RawTransform>,
+    /// `meraki-mv`: count the `person` objects of `…/raw_detections` (default false).
+    pub raw_detections: Option<bool>,
+}
+
+/// `[sources.mqtt.subscriptions.transforms."<key>"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTransform {
+    /// Replacements by the value's text, e.g. `{ "true" = "Yes", "false" = "No" }`.
+    #[serde(default)]
+    pub map: BTreeMap<String, serde_json::Value>,
+    /// Multiply numbers by this.
+    pub scale: Option<f64>,
+    /// Then add this.
+    pub offset: Option<f64>,
+    /// Then round to this many decimals.
+    pub round: Option<u32>,
+}
+
+/// `[[devices]]`: a sensor's id (friendly name, MAC, camera serial, or the id its
+/// subscription gives) → the device (and workspace) its events carry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDevice {
+    /// The sensor's id as its format gives it (case does not matter).
+    pub sensor: String,
+    /// Device id in payloads.
+    pub device: String,
+    /// Workspace id in payloads.
+    pub workspace: Option<String>,
 }
 
 fn default_format() -> String {
@@ -267,6 +311,20 @@ pub struct RawWebhook {
     pub client_cert_file: Option<PathBuf>,
     /// Its private key (PEM).
     pub client_key_file: Option<PathBuf>,
+    /// Per-path noise filters: `[webhooks.filters."<status or pattern>"]`.
+    #[serde(default)]
+    pub filters: BTreeMap<String, RawFilter>,
+}
+
+/// `[webhooks.filters."<status>"]`: what of a noisy status this webhook wants.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFilter {
+    /// A numeric value goes out only when it moved at least this far from the last one sent.
+    pub deadband: Option<f64>,
+    /// At most one value per device and path per interval: always the latest, the final one
+    /// never dropped.
+    pub min_interval: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -330,6 +388,8 @@ pub struct MqttSettings {
     pub max_payload: usize,
     /// What to subscribe to and how to decode it.
     pub subscriptions: Vec<SubscriptionSettings>,
+    /// The `[[devices]]` table.
+    pub devices: std::sync::Arc<DeviceMap>,
 }
 
 /// One RoomOS device read over its xAPI WebSocket.
@@ -402,28 +462,73 @@ pub struct SubscriptionSettings {
     pub filter: TopicFilter,
     /// The payload decoder.
     pub format: Format,
-    /// Device id template.
-    pub device: Template,
+    /// Device id template (`None`: the sensor's own id).
+    pub device: Option<Template>,
     /// Workspace id template.
     pub workspace: Option<Template>,
+    /// JSON pointer of the device id in the payload.
+    pub device_field: Option<String>,
+    /// JSON pointer of the workspace id in the payload.
+    pub workspace_field: Option<String>,
 }
 
-/// A payload decoder and its settings.
+/// A payload decoder and its mapping (defaults merged with the config's `fields`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Format {
     /// Generic JSON: each JSON pointer gives one catalog path.
     Json(Vec<FieldMap>),
+    /// Zigbee2MQTT device state objects.
+    Zigbee2Mqtt(Vec<FieldMap>),
+    /// Meraki MT sensor metrics.
+    MerakiMt(Vec<FieldMap>),
+    /// Meraki MV people counts.
+    MerakiMv {
+        /// Object class → path.
+        fields: Vec<FieldMap>,
+        /// Count `person` objects of `raw_detections`.
+        raw_detections: bool,
+    },
 }
 
-/// One `fields` entry of the generic JSON decoder.
+/// One mapped field: where its value is, which catalog path it becomes, how it changes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FieldMap {
-    /// JSON pointer into the payload (`/people`).
-    pub pointer: String,
+    /// JSON pointer (`json`) or property name (built-in formats).
+    pub key: String,
     /// Catalog path, possibly with `{n}` array ids from the topic.
     pub path: Template,
     /// The catalog entry (type and kind).
     pub entry: &'static Entry,
+    /// Applied before the value is coerced to the entry's type.
+    pub transform: Transform,
+}
+
+/// A device (and workspace) that a sensor's events carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedDevice {
+    /// Device id.
+    pub device: String,
+    /// Workspace id.
+    pub workspace: Option<String>,
+}
+
+/// The `[[devices]]` table: sensor id (case folded) → device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceMap(std::collections::HashMap<String, NamedDevice>);
+
+impl DeviceMap {
+    /// Adds an entry; `false` when the sensor was named already.
+    pub fn insert(&mut self, sensor: &str, d: NamedDevice) -> bool {
+        self.0.insert(sensor.to_lowercase(), d).is_none()
+    }
+
+    /// The device a sensor id names.
+    pub fn get(&self, sensor: &str) -> Option<&NamedDevice> {
+        if self.0.is_empty() {
+            return None;
+        }
+        self.0.get(&sensor.to_lowercase())
+    }
 }
 
 /// How a webhook authenticates to its receiver.
@@ -499,6 +604,28 @@ pub struct WebhookSettings {
     pub signer: Option<crate::deliver::signing::Signer>,
     /// Static extra headers (names lower-case, checked).
     pub headers: Vec<(String, String)>,
+    /// Per-path noise filters, in config order (the first matching pattern applies).
+    pub filters: Vec<PathFilter>,
+}
+
+/// One webhook's noise filter for the statuses a pattern matches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PathFilter {
+    /// Generic status path or `…*` pattern.
+    pub pattern: String,
+    /// Least change of a numeric value that goes out (0: any change).
+    pub deadband: Option<f64>,
+    /// Least time between two values of one device and path.
+    pub min_interval: Option<Duration>,
+}
+
+impl WebhookSettings {
+    /// The filter for a generic status path, if one applies.
+    pub fn filter_for(&self, generic: &str) -> Option<&PathFilter> {
+        self.filters
+            .iter()
+            .find(|f| crate::catalog::pattern_matches(&f.pattern, generic))
+    }
 }
 
 /// Whether a device's messages must stay in order.

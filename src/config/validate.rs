@@ -253,13 +253,19 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
             );
         }
     }
+    let devices = std::sync::Arc::new(device_map(&mut cx, &raw.devices));
     let mut names = HashSet::new();
     let mqtt = raw
         .sources
         .mqtt
         .iter()
         .enumerate()
-        .filter_map(|(i, m)| mqtt_source(&mut cx, &mut names, &format!("sources.mqtt[{i}]"), m))
+        .filter_map(|(i, m)| {
+            let key = format!("sources.mqtt[{i}]");
+            let mut m = mqtt_source(&mut cx, &mut names, &key, m)?;
+            m.devices = devices.clone();
+            Some(m)
+        })
         .collect();
 
     let mut hook_names = HashSet::new();
@@ -466,7 +472,36 @@ fn mqtt_source(
         keep_alive,
         max_payload,
         subscriptions,
+        devices: Default::default(),
     })
+}
+
+/// The `[[devices]]` table.
+fn device_map(cx: &mut Ctx<'_>, raw: &[RawDevice]) -> DeviceMap {
+    let mut map = DeviceMap::default();
+    for (i, d) in raw.iter().enumerate() {
+        let key = format!("devices[{i}]");
+        if d.sensor.trim().is_empty() || d.device.trim().is_empty() {
+            cx.err(
+                &key,
+                "sensor and device must both be set",
+                "write sensor = \"<friendly name, MAC or serial>\" and device = \"<device id>\"",
+            );
+            continue;
+        }
+        let named = NamedDevice {
+            device: d.device.clone(),
+            workspace: d.workspace.clone(),
+        };
+        if !map.insert(&d.sensor, named) {
+            cx.err(
+                format!("{key}.sensor"),
+                format!("the sensor {:?} is named twice", d.sensor),
+                "keep one [[devices]] entry per sensor (several sensors may name one device)",
+            );
+        }
+    }
+    map
 }
 
 /// Parses a SHA-256 fingerprint: 64 hex digits, any case, colons (or spaces) optional.
@@ -731,6 +766,7 @@ fn roomos_source(
 }
 
 fn subscription(cx: &mut Ctx<'_>, key: &str, s: &RawSubscription) -> Option<SubscriptionSettings> {
+    use crate::source::decode::{meraki_mt, meraki_mv, zigbee2mqtt};
     let before = cx.errs.len();
     let filter = match TopicFilter::parse(&s.topic) {
         Ok(f) => f,
@@ -743,34 +779,57 @@ fn subscription(cx: &mut Ctx<'_>, key: &str, s: &RawSubscription) -> Option<Subs
             return None;
         }
     };
-    let device = Template::parse(&s.device, &filter)
-        .map_err(|e| {
+    let template = |cx: &mut Ctx<'_>, what: &str, raw: &str| {
+        if raw.trim().is_empty() {
             cx.err(
-                format!("{key}.device"),
-                format!("{:?}: {e}", s.device),
-                "write a literal id or {n} with n a level of the topic filter (0-based)",
-            )
-        })
-        .ok();
-    if s.device.trim().is_empty() {
-        cx.err(
-            format!("{key}.device"),
-            "is empty",
-            "write a literal id or \"{1}\" for topic level 1",
-        );
-    }
-    let workspace = s.workspace.as_ref().and_then(|w| {
-        Template::parse(w, &filter)
+                format!("{key}.{what}"),
+                "is empty",
+                "write a literal id or \"{1}\" for topic level 1, or leave it out",
+            );
+            return None;
+        }
+        Template::parse(raw, &filter)
             .map_err(|e| {
                 cx.err(
-                    format!("{key}.workspace"),
-                    format!("{w:?}: {e}"),
+                    format!("{key}.{what}"),
+                    format!("{raw:?}: {e}"),
                     "write a literal id or {n} with n a level of the topic filter (0-based)",
                 )
             })
             .ok()
-    });
-    let format = match s.format.as_str() {
+    };
+    let device = s.device.as_ref().and_then(|d| template(cx, "device", d));
+    let workspace = s
+        .workspace
+        .as_ref()
+        .and_then(|w| template(cx, "workspace", w));
+    for (what, pointer) in [
+        ("device_field", &s.device_field),
+        ("workspace_field", &s.workspace_field),
+    ] {
+        if let Some(p) = pointer.as_ref().filter(|p| !p.starts_with('/')) {
+            cx.err(
+                format!("{key}.{what}"),
+                format!("{p:?} is not a JSON pointer"),
+                format!("write \"/{p}\" (JSON pointers start with '/')"),
+            );
+        }
+    }
+    let builtin = |defaults: &[(&str, &str)]| -> Vec<(String, String)> {
+        let mut m: Vec<(String, String)> = defaults
+            .iter()
+            .filter(|(k, _)| !s.fields.contains_key(*k))
+            .map(|(k, p)| (k.to_string(), p.to_string()))
+            .collect();
+        m.extend(
+            s.fields
+                .iter()
+                .filter(|(_, p)| !p.is_empty())
+                .map(|(k, p)| (k.clone(), p.clone())),
+        );
+        m
+    };
+    let pairs: Vec<(String, String)> = match s.format.as_str() {
         "json" => {
             if s.fields.is_empty() {
                 cx.err(
@@ -779,56 +838,107 @@ fn subscription(cx: &mut Ctx<'_>, key: &str, s: &RawSubscription) -> Option<Subs
                     "add [sources.mqtt.subscriptions.fields] with \"/pointer\" = \"Catalog.Path\"",
                 );
             }
-            let mut maps = Vec::new();
-            for (pointer, path) in &s.fields {
-                let fkey = format!("{key}.fields.{pointer}");
+            if s.device.is_none() && s.device_field.is_none() {
+                cx.err(
+                    format!("{key}.device"),
+                    "the json format needs a device id",
+                    "write device = \"{1}\" (a topic level), a literal id, or device_field = \"/pointer\"",
+                );
+            }
+            for pointer in s.fields.keys() {
                 if !(pointer.is_empty() || pointer.starts_with('/')) {
                     cx.err(
-                        &fkey,
+                        format!("{key}.fields.{pointer}"),
                         format!("{pointer:?} is not a JSON pointer"),
                         format!("write \"/{pointer}\" (JSON pointers start with '/')"),
                     );
-                    continue;
-                }
-                let template = match Template::parse(path, &filter) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        cx.err(
-                            &fkey,
-                            format!("{path:?}: {e}"),
-                            "use {n} only inside [..] array ids",
-                        );
-                        continue;
-                    }
-                };
-                match catalog::lookup(path) {
-                    Some(entry) => maps.push(FieldMap {
-                        pointer: pointer.clone(),
-                        path: template,
-                        entry,
-                    }),
-                    None => {
-                        let near = catalog::suggest(path, None);
-                        cx.err(
-                            &fkey,
-                            format!(
-                                "{path:?} is not in the catalog of approved statuses and events"
-                            ),
-                            did_you_mean(&near),
-                        );
-                    }
                 }
             }
-            Format::Json(maps)
+            s.fields
+                .iter()
+                .filter(|(p, _)| p.is_empty() || p.starts_with('/'))
+                .map(|(k, p)| (k.clone(), p.clone()))
+                .collect()
         }
+        "zigbee2mqtt" => builtin(zigbee2mqtt::DEFAULTS),
+        "meraki-mt" => builtin(meraki_mt::DEFAULTS),
+        "meraki-mv" => builtin(meraki_mv::DEFAULTS),
         other => {
             cx.err(
                 format!("{key}.format"),
                 format!("unknown format {other:?}"),
-                "use format = \"json\"",
+                "use \"json\", \"zigbee2mqtt\", \"meraki-mt\" or \"meraki-mv\"",
             );
-            Format::Json(Vec::new())
+            Vec::new()
         }
+    };
+    if s.raw_detections.is_some() && s.format != "meraki-mv" {
+        cx.err(
+            format!("{key}.raw_detections"),
+            "only the meraki-mv format has raw detections",
+            "remove raw_detections, or set format = \"meraki-mv\"",
+        );
+    }
+    for t in s.transforms.keys() {
+        if !pairs.iter().any(|(k, _)| k == t) {
+            cx.err(
+                format!("{key}.transforms.{t}"),
+                format!("{t:?} is not a mapped field of this subscription"),
+                "name a key of fields (or of the format's defaults, see README.md)",
+            );
+        }
+    }
+    let mut maps = Vec::new();
+    for (k, path) in pairs {
+        let fkey = format!("{key}.fields.{k}");
+        let template = match Template::parse(&path, &filter) {
+            Ok(t) => t,
+            Err(e) => {
+                cx.err(
+                    &fkey,
+                    format!("{path:?}: {e}"),
+                    "use {n} only inside [..] array ids",
+                );
+                continue;
+            }
+        };
+        let Some(entry) = catalog::lookup(&path) else {
+            let near = catalog::suggest(&path, None);
+            cx.err(
+                &fkey,
+                format!("{path:?} is not in the catalog of approved statuses and events"),
+                did_you_mean(&near),
+            );
+            continue;
+        };
+        let transform = match s.transforms.get(&k) {
+            Some(t) => Transform {
+                map: t.map.clone(),
+                scale: t.scale,
+                offset: t.offset,
+                round: t.round,
+            },
+            // Whole numbers for integer paths (sensors send 41.5 % humidity).
+            None if entry.value == catalog::ValueType::Integer && s.format != "json" => {
+                Transform::round(0)
+            }
+            None => Transform::default(),
+        };
+        maps.push(FieldMap {
+            key: k,
+            path: template,
+            entry,
+            transform,
+        });
+    }
+    let format = match s.format.as_str() {
+        "zigbee2mqtt" => Format::Zigbee2Mqtt(maps),
+        "meraki-mt" => Format::MerakiMt(maps),
+        "meraki-mv" => Format::MerakiMv {
+            fields: maps,
+            raw_detections: s.raw_detections.unwrap_or(false),
+        },
+        _ => Format::Json(maps),
     };
     if cx.errs.len() != before {
         return None;
@@ -836,8 +946,10 @@ fn subscription(cx: &mut Ctx<'_>, key: &str, s: &RawSubscription) -> Option<Subs
     Some(SubscriptionSettings {
         filter,
         format,
-        device: device?,
+        device,
         workspace,
+        device_field: s.device_field.clone(),
+        workspace_field: s.workspace_field.clone(),
     })
 }
 
@@ -1037,6 +1149,7 @@ fn webhook(
             Duration::ZERO,
         )
     });
+    let filters = path_filters(cx, key, w);
     if cx.errs.len() != before {
         return None;
     }
@@ -1059,7 +1172,67 @@ fn webhook(
         max_queue_age,
         signer,
         headers,
+        filters,
     })
+}
+
+/// `[webhooks.filters."<status>"]`: patterns of numeric (deadband) statuses.
+fn path_filters(cx: &mut Ctx<'_>, key: &str, w: &RawWebhook) -> Vec<PathFilter> {
+    let mut out = Vec::new();
+    for (pattern, f) in &w.filters {
+        let fkey = format!("{key}.filters.{pattern}");
+        let generic = catalog::generic_path(pattern);
+        let entries = catalog::expand(&generic, Kind::Status);
+        if entries.is_empty() {
+            cx.err(
+                &fkey,
+                format!("{pattern:?} is not an approved status (wildcards only as a last \".*\")"),
+                did_you_mean(&catalog::suggest(pattern, Some(Kind::Status))),
+            );
+            continue;
+        }
+        if f.deadband.is_none() && f.min_interval.is_none() {
+            cx.err(
+                &fkey,
+                "the filter sets nothing",
+                "set deadband = 0.5 and/or min_interval = \"30s\", or remove the table",
+            );
+        }
+        if let Some(d) = f.deadband {
+            let numeric = entries.iter().any(|e| {
+                matches!(
+                    e.value,
+                    catalog::ValueType::Integer | catalog::ValueType::Decimal
+                )
+            });
+            if !d.is_finite() || d < 0.0 {
+                cx.err(
+                    format!("{fkey}.deadband"),
+                    format!("{d} is not a distance"),
+                    "write a number of 0 or more, e.g. 0.3",
+                );
+            } else if !numeric {
+                cx.err(
+                    format!("{fkey}.deadband"),
+                    format!("{pattern:?} has no numeric values"),
+                    "use deadband only for numbers (temperature, humidity, people count, noise); change-only applies to every status anyway",
+                );
+            }
+        }
+        let min_interval = f.min_interval.as_ref().map(|raw| {
+            cx.duration(
+                &format!("{fkey}.min_interval"),
+                Some(raw),
+                Duration::from_secs(1),
+            )
+        });
+        out.push(PathFilter {
+            pattern: generic,
+            deadband: f.deadband,
+            min_interval,
+        });
+    }
+    out
 }
 
 /// `client_cert_file` + `client_key_file` for mutual TLS: both or neither, both loadable.

@@ -1,7 +1,7 @@
 //! Inputs: each source turns what it receives into normalised events and hands them to
 //! [`crate::ingest::Ingest`], acknowledging its input only after the commit.
 
-pub mod json;
+pub mod decode;
 pub mod mqtt;
 pub mod roomos;
 pub mod simulator;

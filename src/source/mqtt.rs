@@ -2,13 +2,12 @@
 //! acks). Each message is decoded, routed and committed; its PUBACK goes out only after the
 //! commit, in arrival order. Reconnects with backoff and subscribes on every connection.
 
-use crate::config::{Format, MqttSettings, SubscriptionSettings};
+use crate::config::MqttSettings;
 use crate::ingest::Ingest;
 use crate::metrics::{DecodeErrors, Metrics};
 use crate::pulse::Pulse;
 use crate::ratelog::RateLog;
-use crate::source::json;
-use crate::source::json::DecodeError;
+use crate::source::decode::DecodeError;
 use crate::store::{Mark, StoreError};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, StreamExt};
@@ -134,7 +133,7 @@ pub async fn run(
     loop {
         pulse.step();
         if acked.full() {
-            acked.hand_over(ingest.store(), &s.name);
+            acked.hand_over(ingest.store(), &s.name).await;
         }
         while let Some(p) = to_ack.front() {
             if client.try_ack(p).is_err() {
@@ -175,7 +174,7 @@ pub async fn run(
                 }
             }
             _ = sleep_until_opt(acked.next_wakeup()), if acked.next_wakeup().is_some() => {
-                acked.on_wakeup(ingest.store(), &s.name);
+                acked.on_wakeup(ingest.store(), &s.name).await;
             }
             _ = sleep_until_opt(retry_at), if can_retry => {
                 pulse.step();
@@ -254,7 +253,9 @@ pub async fn run(
                 }
                 Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                     messages.inc();
-                    acked.before_publish(p.pkid, ingest.store(), &s.name);
+                    if !p.dup {
+                        acked.before_publish(p.pkid, ingest.store(), &s.name).await;
+                    }
                     // With DUP set, the store recognises (in the same transaction as the
                     // append) a message it committed before whose PUBACK was never written.
                     let mark = Mark { source: s.name.clone(), pkid: p.pkid, digest: digest(&p), resume: false, dup: p.dup };
@@ -331,7 +332,7 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
     // The store commits these before it closes (a mark left behind could swallow a new
     // message that reuses the packet id with DUP set and the same payload).
-    acked.hand_over(ingest.store(), &s.name);
+    acked.hand_over(ingest.store(), &s.name).await;
     connected.set(0);
     Ok(())
 }
@@ -353,6 +354,11 @@ struct AckedMarks {
     /// How many of `unconfirmed` were written before the ping in flight: its answer
     /// confirms those, not the PUBACKs written after it.
     before_ping: Option<usize>,
+    /// PUBACKs of earlier connections not known to have arrived. The first ping answered
+    /// on this connection confirms them all: a broker resends what it has not seen acked
+    /// right after CONNACK, before it reads anything of ours, so every such redelivery
+    /// came (and met its mark) before that answer; whatever did not come was acked.
+    carried: Vec<u16>,
     /// PUBACKs the broker has read (a later ping answered, or the packet id reused): their
     /// marks go to the store.
     written: Vec<u16>,
@@ -390,17 +396,19 @@ impl AckedMarks {
             .take()
             .unwrap_or(0)
             .min(self.unconfirmed.len());
-        if n == 0 {
+        if n == 0 && self.carried.is_empty() {
             return;
         }
+        self.written.append(&mut self.carried);
         self.confirm(n);
         self.due
             .get_or_insert_with(|| tokio::time::Instant::now() + MARKS_DELAY);
     }
 
-    /// A new connection: what was not confirmed may not have arrived; those marks stay.
+    /// A new connection: what was not confirmed may not have arrived; those marks stay
+    /// until the first ping of the new connection is answered.
     fn reconnected(&mut self) {
-        self.unconfirmed.clear();
+        self.carried.append(&mut self.unconfirmed);
         self.unconfirmed_set.clear();
         self.before_ping = None;
     }
@@ -409,24 +417,32 @@ impl AckedMarks {
         self.written.len() >= MARKS_BATCH
     }
 
-    fn hand_over(&mut self, store: &crate::store::Store, source: &str) {
+    async fn hand_over(&mut self, store: &crate::store::Store, source: &str) {
         if !self.written.is_empty() {
-            store.clear_marks(source, std::mem::take(&mut self.written));
+            store
+                .clear_marks(source, std::mem::take(&mut self.written))
+                .await;
         }
         self.due = None;
         self.flush_at = Some(tokio::time::Instant::now() + MARKS_FLUSH_AFTER);
     }
 
-    fn before_publish(&mut self, pkid: u16, store: &crate::store::Store, source: &str) {
+    async fn before_publish(&mut self, pkid: u16, store: &crate::store::Store, source: &str) {
         if self.reused(pkid) {
-            self.hand_over(store, source);
+            self.hand_over(store, source).await;
         }
     }
 
-    /// A publish with `pkid` arrived: whether its old mark must go to the store first. The
-    /// broker reuses a packet id only once it has read our PUBACK for it (and so every
-    /// PUBACK written before that one).
+    /// A publish with `pkid` and DUP unset arrived: whether its old mark must go to the
+    /// store first. The broker reuses a packet id only once it has read our PUBACK for it
+    /// (and so every PUBACK written before that one). A DUP publish proves nothing: it is
+    /// the broker's resend after a reconnect, sent before it read any PUBACK written on
+    /// this connection (one queued before the break and written after it, say), so it is
+    /// checked against its mark.
     fn reused(&mut self, pkid: u16) -> bool {
+        if let Some(i) = self.carried.iter().position(|p| *p == pkid) {
+            self.written.extend(self.carried.drain(..=i));
+        }
         if self.unconfirmed_set.contains(pkid) {
             // Reuse follows the broker's own order: the id is near the front.
             if let Some(i) = self.unconfirmed.iter().position(|p| *p == pkid) {
@@ -440,12 +456,12 @@ impl AckedMarks {
         self.due.or(self.flush_at)
     }
 
-    fn on_wakeup(&mut self, store: &crate::store::Store, source: &str) {
+    async fn on_wakeup(&mut self, store: &crate::store::Store, source: &str) {
         if self.due.is_some() {
-            self.hand_over(store, source);
+            self.hand_over(store, source).await;
         } else {
             self.flush_at = None;
-            store.clear_marks(source, Vec::new());
+            store.clear_marks(source, Vec::new()).await;
         }
     }
 }
@@ -495,7 +511,8 @@ fn decode(
     let Some(sub) = s.subscriptions.iter().find(|sub| sub.filter.matches(topic)) else {
         return (Vec::new(), 0);
     };
-    let decoded = decode_with(sub, topic, &p.payload);
+    let decoded =
+        crate::source::decode::decode(sub, &s.devices, topic, &p.payload, crate::timefmt::now_ms());
     for err in &decoded.errors {
         decode_errors.inc(err.label());
     }
@@ -505,12 +522,6 @@ fn decode(
         }
     }
     (decoded.events, decoded.errors.len() as u64)
-}
-
-fn decode_with(sub: &SubscriptionSettings, topic: &str, payload: &[u8]) -> json::Decoded {
-    match &sub.format {
-        Format::Json(fields) => json::decode(sub, fields, topic, payload, crate::timefmt::now_ms()),
-    }
 }
 
 /// A set of MQTT packet ids (one bit each).
@@ -561,11 +572,24 @@ mod tests {
         assert!(m.reused(2));
         m.ping_answered();
         assert_eq!(m.written, vec![1, 2, 3]);
-        // A new connection forgets what it could not confirm: those marks stay.
+        // A new connection: 4 may not have arrived; its mark stays while the broker's
+        // resends come, and goes with the first ping answered on the new connection.
         m.push(4);
+        m.push(5);
         m.reconnected();
-        m.ping_answered();
         assert!(m.unconfirmed.is_empty());
         assert_eq!(m.written, vec![1, 2, 3]);
+        assert!(!m.reused(6));
+        m.push(6);
+        m.ping_answered();
+        assert_eq!(m.written, vec![1, 2, 3, 4, 5]);
+        assert_eq!(m.unconfirmed, vec![6]);
+        // A reuse of a carried id confirms it and the ones before it.
+        m.push(7);
+        m.push(8);
+        m.reconnected();
+        assert!(m.reused(7));
+        assert_eq!(m.written, vec![1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(m.carried, vec![8]);
     }
 }

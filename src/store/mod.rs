@@ -656,13 +656,27 @@ impl Store {
     }
 
     /// The PUBACKs of these packet ids of `source` were written: their redelivery marks are
-    /// cleared with the next commit (an empty list: commit what waits now). Never waits: a
-    /// full channel keeps the marks (a later redelivery would then be a duplicate at worst).
-    pub fn clear_marks(&self, source: &str, pkids: Vec<u16>) {
-        let _ = self.tx.try_send(Op::ClearMarks {
-            source: source.to_string(),
-            pkids,
-        });
+    /// cleared with the next commit (an empty list: commit what waits now). Waits for room
+    /// in the op channel: a mark left behind could swallow a new message that reuses the
+    /// packet id with the same payload.
+    pub async fn clear_marks(&self, source: &str, pkids: Vec<u16>) {
+        if pkids.is_empty() {
+            // Only a request to commit what waits (a quiet source): never worth a wait.
+            let _ = self.tx.try_send(Op::ClearMarks {
+                source: source.to_string(),
+                pkids,
+            });
+            return;
+        }
+        // Waits for room: a clear must reach the writer before the next append of the
+        // source is checked against its marks (channel order).
+        let _ = self
+            .tx
+            .send(Op::ClearMarks {
+                source: source.to_string(),
+                pkids,
+            })
+            .await;
     }
 
     /// Removes delivered entries (committed with the next group); the returned future

@@ -1,0 +1,285 @@
+//! Payload decoders of MQTT subscriptions (`format = …`). Each format reads a message into
+//! a [`Reading`]: the sensor's own id, its properties, its timestamp — or says the message
+//! is not sensor data (availability, bridge state, commands). What is common lives here:
+//! properties to catalog paths (the format's defaults, the config's overrides), value
+//! transforms, device and workspace (topic levels, payload fields, the `[[devices]]`
+//! table), and the reasons a payload (or part of it) is rejected.
+
+pub mod json;
+pub mod meraki_mt;
+pub mod meraki_mv;
+pub mod transform;
+pub mod zigbee2mqtt;
+
+use crate::catalog::CoerceError;
+use crate::config::{DeviceMap, FieldMap, Format, SubscriptionSettings};
+use crate::event::Event;
+use serde_json::Value;
+
+/// Why (part of) a payload was rejected: the `reason` label of decode errors.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not a JSON document.
+    #[error("payload is not JSON: {0}")]
+    NotJson(String),
+    /// JSON, but not the shape the format has (an array where an object belongs, …).
+    #[error("payload is not what this format sends: {0}")]
+    WrongType(String),
+    /// No device id: the template names a missing topic level, or the field is absent.
+    #[error("no device id for topic {0:?}")]
+    NoDevice(String),
+    /// None of the mapped (or known) fields is in the payload.
+    #[error("none of the mapped fields is in the payload")]
+    NoKnownField,
+    /// A value does not fit its catalog type.
+    #[error("{path}: {err}")]
+    BadValue {
+        /// The catalog path.
+        path: String,
+        /// Why.
+        err: CoerceError,
+    },
+}
+
+impl DecodeError {
+    /// Every metric label.
+    pub const LABELS: [&'static str; 5] = [
+        "not_json",
+        "wrong_type",
+        "no_device",
+        "no_known_field",
+        "bad_value",
+    ];
+
+    /// The metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            DecodeError::NotJson(_) => "not_json",
+            DecodeError::WrongType(_) => "wrong_type",
+            DecodeError::NoDevice(_) => "no_device",
+            DecodeError::NoKnownField => "no_known_field",
+            DecodeError::BadValue { .. } => "bad_value",
+        }
+    }
+}
+
+/// What one payload gave: events, and problems with some of its fields.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// Good events.
+    pub events: Vec<Event>,
+    /// Rejected fields (or the whole payload).
+    pub errors: Vec<DecodeError>,
+}
+
+impl Decoded {
+    fn error(e: DecodeError) -> Self {
+        Decoded {
+            events: Vec::new(),
+            errors: vec![e],
+        }
+    }
+}
+
+/// What a format found in one message.
+#[derive(Debug, Default)]
+pub struct Reading {
+    /// The sensor's own id (friendly name, MAC, camera serial), when the format has one.
+    pub sensor: Option<String>,
+    /// Property (or JSON pointer) → raw value, in payload order.
+    pub values: Vec<(String, Value)>,
+    /// When the sensor measured it (unix ms), if the payload says.
+    pub ts_ms: Option<i64>,
+    /// Properties the format knows but that map to nothing (battery, link quality, …).
+    pub known: usize,
+    /// The parsed payload (for `device_field` / `workspace_field`).
+    pub doc: Value,
+}
+
+/// What a format made of a message.
+#[derive(Debug)]
+pub enum Read {
+    /// Sensor data.
+    Reading(Reading),
+    /// Recognised, and not sensor data (availability, bridge state, commands).
+    NotData,
+    /// Rejected.
+    Rejected(DecodeError),
+}
+
+/// Parses a payload as one JSON object.
+pub fn object(payload: &[u8]) -> Result<Value, DecodeError> {
+    let doc: Value =
+        serde_json::from_slice(payload).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    if !doc.is_object() {
+        return Err(DecodeError::WrongType(format!(
+            "a JSON {} where an object belongs",
+            kind_of(&doc)
+        )));
+    }
+    Ok(doc)
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// A timestamp as sensors write it: RFC 3339 text, or a number of epoch seconds or
+/// milliseconds. `None` when it is neither (then the receive time is used).
+pub fn timestamp(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => {
+            let f = n.as_f64()?;
+            if f > 1.0e12 {
+                Some(f as i64)
+            } else if f > 1.0e9 {
+                Some((f * 1000.0) as i64)
+            } else {
+                None
+            }
+        }
+        Value::String(s) => {
+            if let Ok(t) =
+                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            {
+                return i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok();
+            }
+            s.parse::<f64>()
+                .ok()
+                .and_then(|f| timestamp(&Value::from(f)))
+        }
+        _ => None,
+    }
+}
+
+/// The first of `ts`, `time`, `timestamp`, `last_seen` in an object that is a timestamp.
+pub fn payload_time(doc: &Value) -> Option<i64> {
+    ["ts", "time", "timestamp", "last_seen"]
+        .iter()
+        .find_map(|k| doc.get(*k).and_then(timestamp))
+}
+
+/// Decodes one message of a subscription into events.
+pub fn decode(
+    sub: &SubscriptionSettings,
+    devices: &DeviceMap,
+    topic: &str,
+    payload: &[u8],
+    now_ms: i64,
+) -> Decoded {
+    let (read, map) = match &sub.format {
+        Format::Json(map) => (json::read(map, payload), map),
+        Format::Zigbee2Mqtt(map) => (zigbee2mqtt::read(topic, payload), map),
+        Format::MerakiMt(map) => (meraki_mt::read(topic, payload), map),
+        Format::MerakiMv {
+            fields,
+            raw_detections,
+        } => (meraki_mv::read(topic, payload, *raw_detections), fields),
+    };
+    match read {
+        Read::NotData => Decoded::default(),
+        Read::Rejected(e) => Decoded::error(e),
+        Read::Reading(r) => to_events(sub, map, devices, topic, r, now_ms),
+    }
+}
+
+/// A text field of the payload (a number counts as its text).
+fn field_text(doc: &Value, pointer: &str) -> Option<String> {
+    match doc.pointer(pointer)? {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The mapping step every format shares.
+fn to_events(
+    sub: &SubscriptionSettings,
+    map: &[FieldMap],
+    devices: &DeviceMap,
+    topic: &str,
+    r: Reading,
+    now_ms: i64,
+) -> Decoded {
+    let mut out = Decoded::default();
+    // The id the sensor goes by: a payload field, the device template, or its own id.
+    let id = match (&sub.device_field, &sub.device) {
+        (Some(p), _) => field_text(&r.doc, p),
+        (None, Some(t)) => t.render(topic),
+        (None, None) => r.sensor.clone(),
+    };
+    let Some(id) = id else {
+        out.errors.push(DecodeError::NoDevice(topic.to_string()));
+        return out;
+    };
+    // The [[devices]] table names devices (and workspaces) by that id or the sensor's.
+    let named = devices
+        .get(&id)
+        .or_else(|| r.sensor.as_deref().and_then(|s| devices.get(s)));
+    let device = named.map_or(id, |d| d.device.clone());
+    let workspace = named
+        .and_then(|d| d.workspace.clone())
+        .or_else(|| {
+            sub.workspace_field
+                .as_ref()
+                .and_then(|p| field_text(&r.doc, p))
+        })
+        .or_else(|| sub.workspace.as_ref().and_then(|w| w.render(topic)));
+    let ts_ms = r.ts_ms.unwrap_or(now_ms);
+    let mut found = r.known > 0;
+    for (key, raw) in &r.values {
+        let Some(f) = map.iter().find(|f| &f.key == key) else {
+            continue;
+        };
+        found = true;
+        let Some(path) = f.path.render(topic) else {
+            out.errors.push(DecodeError::NoDevice(topic.to_string()));
+            continue;
+        };
+        let value = f.transform.apply(raw);
+        match f.entry.value.coerce(&value) {
+            Ok(value) => out.events.push(Event {
+                device: device.clone(),
+                workspace: workspace.clone(),
+                path,
+                kind: f.entry.kind,
+                value,
+                ts_ms,
+                full_sync: false,
+                more: Vec::new(),
+            }),
+            Err(err) => out.errors.push(DecodeError::BadValue { path, err }),
+        }
+    }
+    if !found {
+        out.errors.push(DecodeError::NoKnownField);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_in_the_forms_sensors_send() {
+        let want = 1_764_460_800_000; // 2025-11-30T00:00:00Z
+        assert_eq!(timestamp(&Value::from("2025-11-30T00:00:00Z")), Some(want));
+        assert_eq!(
+            timestamp(&Value::from("2025-11-30T01:00:00.000+01:00")),
+            Some(want)
+        );
+        assert_eq!(timestamp(&Value::from(want)), Some(want));
+        assert_eq!(timestamp(&Value::from(want / 1000)), Some(want));
+        assert_eq!(timestamp(&Value::from(1_764_460_800.5)), Some(want + 500));
+        assert_eq!(timestamp(&Value::from("soon")), None);
+        assert_eq!(timestamp(&Value::from(42)), None);
+    }
+}

@@ -1,0 +1,66 @@
+//! Zigbee2MQTT (`format = "zigbee2mqtt"`): `<base>/<friendly name>` carries one JSON object
+//! of the device's exposed properties (`{"occupancy":true,"temperature":22.4,…}`); friendly
+//! names may contain `/`. `…/availability`, `<base>/bridge/…` and the `…/set`, `…/get`
+//! commands are recognised and are not sensor data.
+
+use super::{object, payload_time, Read, Reading};
+
+/// Properties Zigbee2MQTT sensors expose that no catalog path carries: not mapped by
+/// default, and not a reason to count a payload as unknown.
+pub const KNOWN: &[&str] = &[
+    "battery",
+    "battery_low",
+    "voltage",
+    "linkquality",
+    "illuminance",
+    "illuminance_lux",
+    "co2",
+    "voc",
+    "pm25",
+    "formaldehyd",
+    "tamper",
+    "update",
+    "update_available",
+    "last_seen",
+    "device_temperature",
+    "power_outage_count",
+];
+
+/// Default mapping: property → catalog path (the config's `fields` override it).
+pub const DEFAULTS: &[(&str, &str)] = &[
+    ("occupancy", "RoomAnalytics.PeoplePresence"),
+    ("presence", "RoomAnalytics.PeoplePresence"),
+    ("temperature", "RoomAnalytics.AmbientTemperature"),
+    ("humidity", "RoomAnalytics.RelativeHumidity"),
+];
+
+/// Reads one message.
+pub fn read(topic: &str, payload: &[u8]) -> Read {
+    let Some((_, name)) = topic.split_once('/') else {
+        return Read::NotData;
+    };
+    let last = name.rsplit('/').next().unwrap_or("");
+    if name == "bridge"
+        || name.starts_with("bridge/")
+        || matches!(last, "availability" | "set" | "get")
+        || name.contains("/set/")
+        || name.contains("/get/")
+        || name.is_empty()
+    {
+        return Read::NotData;
+    }
+    let doc = match object(payload) {
+        Ok(d) => d,
+        Err(e) => return Read::Rejected(e),
+    };
+    let map = doc.as_object().expect("an object");
+    let values = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let known = map.keys().filter(|k| KNOWN.contains(&k.as_str())).count();
+    Read::Reading(Reading {
+        sensor: Some(name.to_string()),
+        values,
+        ts_ms: payload_time(&doc),
+        known,
+        doc,
+    })
+}
