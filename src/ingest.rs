@@ -44,6 +44,11 @@ impl Ingest {
                 })
                 .clone()
         });
+        // Counted by the delivery loops (values superseded within a min_interval); shown
+        // at 0 from the start like the others.
+        let _ = metrics.events_filtered.get_or_create(&ReasonLabel {
+            reason: "min_interval".into(),
+        });
         Self {
             router: Arc::new(Mutex::new(Router::new([]))),
             store,

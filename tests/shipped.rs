@@ -43,6 +43,41 @@ fn the_readme_example_config_checks() {
     );
 }
 
+/// Every TOML block of a README section.
+fn readme_section_tomls(heading: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let start = readme.find(heading).expect("heading in README");
+    let section = &readme[start + heading.len()..];
+    let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+    section
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b[..b.find("```").expect("end of block")].to_string())
+        .collect()
+}
+
+#[test]
+fn the_readme_sensor_format_examples_check() {
+    let blocks = readme_section_tomls("## Sensor formats");
+    assert!(blocks.len() >= 5, "{} blocks", blocks.len());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("facilities.token"), "Bearer x\n").unwrap();
+    for block in blocks {
+        // A subscription needs its source; a webhook its gateway.
+        let source = if block.contains("[[sources.mqtt.subscriptions]]") {
+            "[[sources.mqtt]]\nname = \"sensors\"\nurl = \"mqtt://127.0.0.1:1883\"\n\n"
+        } else {
+            ""
+        };
+        let text = format!("[gateway]\ndata_dir = \"data\"\n\n{source}{block}");
+        let path = dir.path().join("roomhook.toml");
+        std::fs::write(&path, &text).unwrap();
+        let (code, out, err) = run_roomhook(&["check-config", "-c", path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{text}\n{out}{err}");
+    }
+}
+
 #[test]
 fn the_packaged_config_checks() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/roomhook.toml");

@@ -11,4 +11,5 @@ pub mod rate;
 pub mod scheduler;
 pub mod signing;
 pub mod status;
+pub mod throttle;
 pub mod worker;

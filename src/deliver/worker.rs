@@ -13,6 +13,7 @@ use super::rate::TokenBucket;
 use super::scheduler::{Circuit, Scheduler, Verdict};
 use super::signing;
 use super::status::{LastError, SharedStatus, State};
+use super::throttle::{Throttle, Turn};
 use crate::config::{Ordering, WebhookSettings};
 use crate::metrics::{Metrics, WebhookCodeLabel, WebhookKindLabel, WebhookStateLabel};
 use crate::ratelog::RateLog;
@@ -102,6 +103,8 @@ struct Pace {
     batch_cap: usize,
     /// Permanent refusals (dead letters) in a row.
     refusals: u32,
+    /// Per-status minimum intervals.
+    throttle: Throttle,
 }
 
 impl Pace {
@@ -147,6 +150,7 @@ impl Worker {
             removal_slack: REMOVAL_SLACK,
             batch_cap: p.batch_max_messages,
             refusals: 0,
+            throttle: Throttle::new(&self.settings.filters),
         };
         let label = Metrics::webhook(&self.settings.name);
         let m = &self.metrics;
@@ -233,6 +237,7 @@ impl Worker {
                                     e.seq % self.settings.max_in_flight as u64
                                 ),
                             };
+                            pace.throttle.queued(e.seq, &e.event);
                             pace.sched.push(&lane, Arc::new(e));
                         }
                     }
@@ -430,14 +435,49 @@ impl Worker {
                     continue;
                 }
             }
+            // Minimum intervals: superseded values at the head leave without a request; a
+            // head value whose turn has not come holds its lane until then.
+            if !pace.throttle.is_off() {
+                let mut superseded = 0;
+                let mut wait = None;
+                for e in &items {
+                    match pace.throttle.turn(e.seq, &e.event, now) {
+                        Turn::Superseded => superseded += 1,
+                        Turn::Now => break,
+                        Turn::At(t) => {
+                            wait = Some(t);
+                            break;
+                        }
+                    }
+                }
+                if superseded > 0 {
+                    let gone = pace.sched.discard(&lane, superseded);
+                    self.metrics
+                        .events_filtered
+                        .get_or_create(&crate::metrics::ReasonLabel {
+                            reason: "min_interval".into(),
+                        })
+                        .inc_by(gone.len() as u64);
+                    removed.extend(gone.iter().map(|e| e.seq));
+                    continue;
+                }
+                if let Some(t) = wait {
+                    pace.sched.defer(&lane, t);
+                    continue;
+                }
+            }
             let mut kept = 0;
             for item in items {
+                if kept > 0 && pace.throttle.turn(item.seq, &item.event, now) != Turn::Now {
+                    break;
+                }
                 let body = payload::message(&item.event, &self.org_id);
                 if !request.entries.is_empty()
                     && (bytes + body.len() + 1) as u64 > p.batch_max_bytes
                 {
                     break;
                 }
+                pace.throttle.sent(&item.event, now);
                 bytes += body.len() + 1;
                 bodies.push(body);
                 request.entries.push(item);

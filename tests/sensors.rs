@@ -1,0 +1,220 @@
+//! Third-party sensors end to end: Zigbee2MQTT and Meraki MV payloads published to a real
+//! Mosquitto, decoded, named by `[[devices]]`, filtered per webhook (deadband, min_interval)
+//! and delivered to the HTTPS receiver; junk counted and acknowledged.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+const PC: &str = "RoomAnalytics.PeopleCount.Current";
+const T: &str = "RoomAnalytics.AmbientTemperature";
+const P: &str = "RoomAnalytics.PeoplePresence";
+
+async fn send(port: u16, msgs: &[(&str, &str)]) {
+    roomhook::testkit::publish_all(
+        port,
+        msgs.iter()
+            .map(|(t, p)| (t.to_string(), p.to_string()))
+            .collect(),
+        None,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// (device, path, value) of every message the receiver accepted, in order, and when.
+fn received(rx: &TestReceiver) -> Vec<(String, String, serde_json::Value, Instant)> {
+    rx.receiver
+        .accepted()
+        .iter()
+        .flat_map(|r| {
+            let at = r.at;
+            r.messages().into_iter().flat_map(move |m| {
+                let device = m["deviceId"].as_str().unwrap_or("").to_string();
+                m["changes"]["updated"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |(p, v)| (device.clone(), p, v, at))
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zigbee2mqtt_and_meraki_mv_through_mosquitto_with_identity_and_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker();
+    let rx = receiver(dir.path(), false).await;
+    let admin = free_port();
+    let text = format!(
+        r#"[admin]
+listen = "127.0.0.1:{admin}"
+
+[gateway]
+data_dir = "data"
+org_id = "test-org"
+
+[[sources.mqtt]]
+name = "sensors"
+url = "mqtt://127.0.0.1:{port}"
+client_id = "roomhook-sensors"
+
+[[sources.mqtt.subscriptions]]
+topic = "zigbee2mqtt/#"
+format = "zigbee2mqtt"
+
+[[sources.mqtt.subscriptions]]
+topic = "/merakimv/#"
+format = "meraki-mv"
+
+[[devices]]
+sensor = "Room 12/PIR"
+device = "room-12"
+workspace = "ws-12"
+
+[[devices]]
+sensor = "0x00158d0001a2b3c4"
+device = "room-12"
+workspace = "ws-12"
+
+[[devices]]
+sensor = "Q2GV-ABCD-1234"
+device = "room-12"
+workspace = "ws-12"
+
+[[webhooks]]
+name = "facilities"
+url = "{url}"
+authorization = "{TOKEN}"
+ca_file = "{ca}"
+statuses = ["RoomAnalytics.*"]
+retry_base = "100ms"
+drain_start_jitter = "0s"
+[webhooks.filters."RoomAnalytics.AmbientTemperature"]
+deadband = 0.3
+[webhooks.filters."RoomAnalytics.PeopleCount.Current"]
+min_interval = "2s"
+"#,
+        port = broker.port,
+        url = rx.url,
+        ca = rx.ca_file.display()
+    );
+    let config = write_config(dir.path(), &text);
+    let mut daemon = Daemon::start(&config);
+
+    // Zigbee2MQTT: a PIR, a climate sensor with small moves, availability, the bridge, junk.
+    let climate = "zigbee2mqtt/0x00158d0001a2b3c4";
+    send(
+        broker.port,
+        &[
+            ("zigbee2mqtt/bridge/state", r#"{"state":"online"}"#),
+            (
+                "zigbee2mqtt/Room 12/PIR/availability",
+                r#"{"state":"online"}"#,
+            ),
+            (
+                "zigbee2mqtt/Room 12/PIR",
+                r#"{"battery":100,"illuminance_lux":53,"linkquality":120,"occupancy":true}"#,
+            ),
+            (
+                climate,
+                r#"{"battery":91,"humidity":41.57,"temperature":22.5}"#,
+            ),
+            (
+                climate,
+                r#"{"battery":91,"humidity":41.57,"temperature":22.6}"#,
+            ),
+            (
+                climate,
+                r#"{"battery":91,"humidity":41.57,"temperature":22.7}"#,
+            ),
+            (
+                climate,
+                r#"{"battery":91,"humidity":41.57,"temperature":22.9}"#,
+            ),
+            ("zigbee2mqtt/Room 12/PIR", "\u{0}garbage"),
+        ],
+    )
+    .await;
+    // Meraki MV: a noisy count. The first goes out; four more within a fraction of the
+    // interval: only the last of them, one interval after the first.
+    let count = |n: i64| {
+        format!(
+            r#"{{"ts":{},"counts":{{"person":{n}}}}}"#,
+            roomhook::timefmt::now_ms()
+        )
+    };
+    let camera = "/merakimv/Q2GV-ABCD-1234/0";
+    send(broker.port, &[(camera, &count(1))]).await;
+    let first = rx
+        .receiver
+        .wait_for(Duration::from_secs(20), |r| {
+            r.iter()
+                .flat_map(|x| x.messages())
+                .any(|m| m["changes"]["updated"][PC] == 1)
+        })
+        .await;
+    assert!(first, "{:?}\n{}", received(&rx), daemon.logs());
+    let more: Vec<String> = (2..=5).map(count).collect();
+    let more: Vec<(&str, &str)> = more.iter().map(|p| (camera, p.as_str())).collect();
+    send(broker.port, &more).await;
+
+    // The final count arrives, after the interval.
+    let last = rx
+        .receiver
+        .wait_for(Duration::from_secs(20), |r| {
+            r.iter()
+                .flat_map(|x| x.messages())
+                .any(|m| m["changes"]["updated"][PC] == 5)
+        })
+        .await;
+    assert!(last, "{:?}\n{}", received(&rx), daemon.logs());
+    let got = received(&rx);
+    let of = |path: &str| -> Vec<serde_json::Value> {
+        got.iter()
+            .filter(|(_, p, _, _)| p == path)
+            .map(|(_, _, v, _)| v.clone())
+            .collect()
+    };
+    // Everything is the one device the [[devices]] table names.
+    assert!(got.iter().all(|(d, _, _, _)| d == "room-12"), "{got:?}");
+    assert_eq!(of(P), vec![serde_json::json!("Yes")]);
+    // 22.6 and 22.7 are within 0.3 of 22.5; 22.9 is not.
+    assert_eq!(
+        of(T),
+        vec![serde_json::json!(22.5), serde_json::json!(22.9)]
+    );
+    assert_eq!(
+        of("RoomAnalytics.RelativeHumidity"),
+        vec![serde_json::json!(42)]
+    );
+    // The first count at once, then only the latest, one interval later.
+    assert_eq!(of(PC), vec![serde_json::json!(1), serde_json::json!(5)]);
+    let at: Vec<Instant> = got
+        .iter()
+        .filter(|(_, p, _, _)| p == PC)
+        .map(|(_, _, _, t)| *t)
+        .collect();
+    assert!(
+        at[1].duration_since(at[0]) >= Duration::from_millis(1900),
+        "two counts {:?} apart",
+        at[1].duration_since(at[0])
+    );
+    let m = |s: &str| metric(admin, s).unwrap_or(-1.0);
+    assert_eq!(
+        m(r#"roomhook_source_decode_errors_total{source="sensors",reason="not_json"}"#),
+        1.0
+    );
+    assert_eq!(
+        m(r#"roomhook_events_filtered_total{reason="deadband"}"#),
+        2.0
+    );
+    assert_eq!(
+        m(r#"roomhook_events_filtered_total{reason="min_interval"}"#),
+        3.0
+    );
+    assert_eq!(daemon.stop(), Some(0));
+}
