@@ -176,7 +176,10 @@ pub fn decode(
 ) -> Decoded {
     let (read, map) = match &sub.format {
         Format::Json(map) => (json::read(map, payload), map),
-        Format::Zigbee2Mqtt(map) => (zigbee2mqtt::read(topic, payload), map),
+        Format::Zigbee2Mqtt(map) => (
+            zigbee2mqtt::read(topic, sub.filter.literal_prefix(), payload),
+            map,
+        ),
         Format::MerakiMt(map) => (meraki_mt::read(topic, payload), map),
         Format::MerakiMv {
             fields,

@@ -1,6 +1,7 @@
 //! Zigbee2MQTT (`format = "zigbee2mqtt"`): `<base>/<friendly name>` carries one JSON object
-//! of the device's exposed properties (`{"occupancy":true,"temperature":22.4,…}`); friendly
-//! names may contain `/`. `…/availability`, `<base>/bridge/…` and the `…/set`, `…/get`
+//! of the device's exposed properties (`{"occupancy":true,"temperature":22.4,…}`); the base
+//! topic is what the subscription's filter names before its wildcard (`zigbee2mqtt/#`,
+//! `site-7/z2m/#`), and friendly names may contain `/`. `…/availability`, `<base>/bridge/…` and the `…/set`, `…/get`
 //! commands are recognised and are not sensor data.
 
 use super::{object, payload_time, Read, Reading};
@@ -34,9 +35,9 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("humidity", "RoomAnalytics.RelativeHumidity"),
 ];
 
-/// Reads one message.
-pub fn read(topic: &str, payload: &[u8]) -> Read {
-    let Some((_, name)) = topic.split_once('/') else {
+/// Reads one message; `base` is the number of topic levels of the base topic.
+pub fn read(topic: &str, base: usize, payload: &[u8]) -> Read {
+    let Some(name) = topic.splitn(base.max(1) + 1, '/').nth(base.max(1)) else {
         return Read::NotData;
     };
     let last = name.rsplit('/').next().unwrap_or("");
@@ -63,4 +64,22 @@ pub fn read(topic: &str, payload: &[u8]) -> Read {
         known,
         doc,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_base_topic_comes_from_the_filter_and_names_keep_their_slashes() {
+        let Read::Reading(r) = read("site-7/z2m/Room 1/PIR", 2, br#"{"occupancy":true}"#) else {
+            panic!("not a reading");
+        };
+        assert_eq!(r.sensor.as_deref(), Some("Room 1/PIR"));
+        assert!(matches!(
+            read("site-7/z2m/bridge/state", 2, b"{}"),
+            Read::NotData
+        ));
+        assert!(matches!(read("zigbee2mqtt", 1, b"{}"), Read::NotData));
+    }
 }
