@@ -55,7 +55,7 @@ for target in "${targets[@]}"; do
   strip=strip
   if [ "$target" != "$host" ]; then
     read -r package prefix < <(toolchain "$target")
-    if ! rustup target list --installed | grep -qx "$target"; then
+    if ! grep -qx "$target" < <(rustup target list --installed); then
       if $install; then
         rustup target add "$target"
       else
@@ -65,6 +65,7 @@ for target in "${targets[@]}"; do
     fi
     if ! command -v "$prefix-gcc" >/dev/null; then
       if $install; then
+        apt-get update -qq
         apt-get install -y -qq --no-install-recommends "$package" >/dev/null
       else
         echo "$target: the cross compiler is missing: apt-get install $package (or pass --install)" >&2

@@ -10,6 +10,8 @@ fail() { echo "packaging/check.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || fail "needs root (it installs the package)"
 if dpkg -s roomhook >/dev/null 2>&1; then fail "roomhook is installed already; purge it first"; fi
 
+# Whatever fails below, the machine is left without the package.
+trap 'dpkg -P roomhook >/dev/null 2>&1 || true' EXIT
 dpkg -i "$deb" >/dev/null
 getent passwd roomhook >/dev/null || fail "no roomhook user after install"
 [ "$(stat -c %a:%U /etc/roomhook/roomhook.toml)" = "640:roomhook" ] || fail "config mode/owner: $(stat -c %a:%U /etc/roomhook/roomhook.toml)"

@@ -45,6 +45,16 @@ impl Pulse {
         self.0.busy_since.store(0, Ordering::Relaxed);
     }
 
+    /// Awaits `f` resting: a wait on another part (the store writer, a bounded network
+    /// send) whose own mark, or own timeout, tells whether it hangs. A full disk that the
+    /// writer waits out must not make every loop waiting on it look stuck.
+    pub async fn waiting<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rest();
+        let out = f.await;
+        self.step();
+        out
+    }
+
     /// How long the current step has lasted (`None` while resting).
     pub fn busy_for(&self) -> Option<Duration> {
         match self.0.busy_since.load(Ordering::Relaxed) {

@@ -630,6 +630,15 @@ impl Supervisor {
             ("admin.listen", old.admin_listen != new.admin_listen),
             ("admin.socket", old.control_socket != new.control_socket),
             ("admin.token", old.admin_token != new.admin_token),
+            (
+                "gateway.commit_interval",
+                old.commit_interval != new.commit_interval,
+            ),
+            (
+                "gateway.shutdown_grace",
+                old.shutdown_grace != new.shutdown_grace,
+            ),
+            ("gateway.threads", old.threads != new.threads),
         ];
         if !inner.webhooks.is_empty() || !inner.sources.is_empty() {
             for (key, changed) in restart_only {

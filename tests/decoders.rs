@@ -7,7 +7,8 @@ use roomhook::source::decode::decode;
 use serde_json::{json, Value};
 use std::path::Path;
 
-const NOW: i64 = 1_000;
+/// The receive time (2025-12-01T00:00:00Z; the fixtures' sensor times are before it).
+const NOW: i64 = 1_764_547_200_000;
 
 fn run_fixtures(format: &str) -> usize {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decoders");

@@ -184,3 +184,79 @@ async fn a_reused_packet_id_after_a_reconnect_is_a_new_message_and_a_crossed_res
     // The mock broker's own checks (CONNECT, SUBSCRIBE) fail the test here.
     server.join().expect("the mock broker");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marks_of_pubacks_unconfirmed_at_a_break_meet_the_resends_then_go_at_the_first_ping() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = receiver(dir.path(), false).await;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let topic = "bench/room-1/status";
+        // X: A and B acked, and the connection breaks before any ping.
+        let (mut s, _) = listener.accept().unwrap();
+        handshake(&mut s, false);
+        publish(&mut s, 7, false, topic, r#"{"people":1}"#);
+        await_puback(&mut s, 7);
+        publish(&mut s, 8, false, topic, r#"{"people":2}"#);
+        await_puback(&mut s, 8);
+        drop(s);
+        // Y: the broker never read A's PUBACK: A comes again (DUP) and must meet its mark.
+        // It did read B's. A ping answered, then D, then another break.
+        let (mut s, _) = listener.accept().unwrap();
+        handshake(&mut s, true);
+        publish(&mut s, 7, true, topic, r#"{"people":1}"#);
+        await_puback(&mut s, 7);
+        await_ping(&mut s);
+        publish(&mut s, 9, false, topic, r#"{"people":3}"#);
+        await_puback(&mut s, 9);
+        std::thread::sleep(Duration::from_millis(500));
+        drop(s);
+        // Z: C reused B's packet id 8 with B's payload and was lost with Y: it comes with
+        // DUP and is new (B's mark went with Y's first ping answer).
+        let (mut s, _) = listener.accept().unwrap();
+        handshake(&mut s, true);
+        publish(&mut s, 8, true, topic, r#"{"people":2}"#);
+        await_puback(&mut s, 8);
+        publish(&mut s, 10, false, topic, r#"{"people":4}"#);
+        await_puback(&mut s, 10);
+        let _ = read_packet(&mut s);
+    });
+    let admin = free_port();
+    let config = standard_config(port, &rx.url, &rx.ca_file, "").replace(
+        "client_id = \"roomhook-test\"",
+        "client_id = \"roomhook-test\"\nkeep_alive = \"5s\"",
+    );
+    let config = write_config(dir.path(), &with_admin(&config, admin));
+    let mut daemon = Daemon::start(&config);
+    let values = || people_counts(&rx.receiver.accepted());
+    let end = rx
+        .receiver
+        .wait_for(Duration::from_secs(40), |r| {
+            people_counts(r).iter().any(|(_, v)| *v == 4)
+        })
+        .await;
+    assert!(
+        end,
+        "the last message never arrived; got {:?}; log:\n{}",
+        values(),
+        daemon.logs()
+    );
+    let got: Vec<i64> = values().into_iter().map(|(_, v)| v).collect();
+    assert_eq!(
+        got,
+        vec![1, 2, 3, 2, 4],
+        "A stored twice or C swallowed; log:\n{}",
+        daemon.logs()
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "roomhook_source_redelivered_total{source=\"sensors\"}"
+        ),
+        Some(1.0),
+        "A's resend was not recognised"
+    );
+    daemon.kill9();
+    server.join().expect("the mock broker");
+}

@@ -159,7 +159,12 @@ min_interval = "2s"
         .await;
     assert!(first, "{:?}\n{}", received(&rx), daemon.logs());
     let more: Vec<String> = (2..=5).map(count).collect();
-    let more: Vec<(&str, &str)> = more.iter().map(|p| (camera, p.as_str())).collect();
+    let mut more: Vec<(&str, &str)> = more.iter().map(|p| (camera, p.as_str())).collect();
+    // The same device's temperature right behind the held count: not held with it.
+    more.push((
+        climate,
+        r#"{"battery":91,"humidity":41.57,"temperature":23.5}"#,
+    ));
     send(broker.port, &more).await;
 
     // The final count arrives, after the interval.
@@ -185,7 +190,20 @@ min_interval = "2s"
     // 22.6 and 22.7 are within 0.3 of 22.5; 22.9 is not.
     assert_eq!(
         of(T),
-        vec![serde_json::json!(22.5), serde_json::json!(22.9)]
+        vec![
+            serde_json::json!(22.5),
+            serde_json::json!(22.9),
+            serde_json::json!(23.5)
+        ]
+    );
+    let pos = |path: &str, v: serde_json::Value| {
+        got.iter()
+            .position(|(_, p, x, _)| p == path && *x == v)
+            .unwrap()
+    };
+    assert!(
+        pos(T, serde_json::json!(23.5)) < pos(PC, serde_json::json!(5)),
+        "the temperature waited behind the held count: {got:?}"
     );
     assert_eq!(
         of("RoomAnalytics.RelativeHumidity"),

@@ -137,9 +137,21 @@ async fn ready_status_watchdog_reloading_and_stopping_arrive_in_order() {
         l[stopping..].iter().all(|x| x != "READY=1"),
         "READY after STOPPING: {l:#?}"
     );
-    // The status line is sent when it changes, not every second.
-    let statuses = l.iter().filter(|x| x.starts_with("STATUS=")).count();
-    assert!(statuses < 15, "{statuses} STATUS lines: {l:#?}");
+    // The status line is sent when it changes (never the same line twice in a row), and
+    // the updates between READY and RELOADING at most once a second.
+    let timed = manager.lines();
+    let updates: Vec<&(Instant, String)> = timed[ready + 1..reloading]
+        .iter()
+        .filter(|(_, x)| x.starts_with("STATUS="))
+        .collect();
+    for w in updates.windows(2) {
+        assert_ne!(w[0].1, w[1].1, "the same status twice: {l:#?}");
+        assert!(
+            w[1].0.duration_since(w[0].0) >= Duration::from_millis(900),
+            "two status updates {:?} apart",
+            w[1].0.duration_since(w[0].0)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,8 +202,9 @@ async fn a_wedged_store_writer_stops_the_watchdog_pings_and_a_restart_loses_noth
         "the daemon died"
     );
 
-    // What systemd does then: SIGABRT, and a new start (the storage answers again).
-    daemon.signal(Signal::SIGABRT);
+    // What systemd does then: kill it (SIGABRT by default; SIGKILL here, no core file),
+    // and start it again (the storage answers again).
+    daemon.signal(Signal::SIGKILL);
     assert!(daemon.wait_exit(Duration::from_secs(10)).is_some());
     std::fs::remove_file(&wedge).unwrap();
     let mut daemon = start(&e.config, &manager.env(Duration::from_secs(2)));
@@ -254,7 +267,8 @@ async fn sigterm_waits_for_requests_in_flight_up_to_shutdown_grace() {
         .expect("did not stop after shutdown_grace");
     let took = asked.elapsed();
     assert_eq!(status.code(), Some(0), "{}", daemon.logs());
-    assert!(took < Duration::from_secs(6), "took {took:?}");
+    // The configured 2 s, not the default 5 s.
+    assert!(took < Duration::from_secs(4), "took {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,7 +302,7 @@ async fn sigint_stops_like_sigterm_and_a_request_that_ends_in_the_grace_is_not_s
 async fn a_second_signal_exits_at_once_and_the_event_is_sent_again_after_the_restart() {
     for second in [Signal::SIGTERM, Signal::SIGINT] {
         // Held longer than the test runs: the first request is never recorded as accepted.
-        let e = slow_receiver_env("60s", Duration::from_secs(600)).await;
+        let e = slow_receiver_env("20s", Duration::from_secs(600)).await;
         let mut daemon = request_in_flight(&e).await;
         daemon.signal(Signal::SIGTERM);
         assert!(

@@ -63,8 +63,9 @@ pub struct RawLog {
 /// `[gateway] shutdown_grace` when not set: how long in-flight requests may finish after a
 /// stop signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// The longest `[gateway] shutdown_grace` accepted.
-pub const SHUTDOWN_GRACE_MAX: Duration = Duration::from_secs(300);
+/// The longest `[gateway] shutdown_grace` accepted: the unit's `TimeoutStopSec` (30 s)
+/// less the time the stop takes beside the grace (sources draining, the store closing).
+pub const SHUTDOWN_GRACE_MAX: Duration = Duration::from_secs(20);
 
 /// `[gateway]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -203,6 +204,8 @@ pub struct RawSubscription {
     pub transforms: BTreeMap<String, RawTransform>,
     /// `meraki-mv`: count the `person` objects of `…/raw_detections` (default false).
     pub raw_detections: Option<bool>,
+    /// `zigbee2mqtt`: Zigbee2MQTT's base topic (default: the filter's first level).
+    pub base_topic: Option<String>,
 }
 
 /// `[sources.mqtt.subscriptions.transforms."<key>"]`.
@@ -478,7 +481,12 @@ pub enum Format {
     /// Generic JSON: each JSON pointer gives one catalog path.
     Json(Vec<FieldMap>),
     /// Zigbee2MQTT device state objects.
-    Zigbee2Mqtt(Vec<FieldMap>),
+    Zigbee2Mqtt {
+        /// Property → path.
+        fields: Vec<FieldMap>,
+        /// Topic levels of Zigbee2MQTT's base topic (what comes before the friendly name).
+        base_levels: usize,
+    },
     /// Meraki MT sensor metrics.
     MerakiMt(Vec<FieldMap>),
     /// Meraki MV people counts.
@@ -604,7 +612,8 @@ pub struct WebhookSettings {
     pub signer: Option<crate::deliver::signing::Signer>,
     /// Static extra headers (names lower-case, checked).
     pub headers: Vec<(String, String)>,
-    /// Per-path noise filters, in config order (the first matching pattern applies).
+    /// Per-path noise filters, the most specific pattern first (the first that matches
+    /// applies).
     pub filters: Vec<PathFilter>,
 }
 

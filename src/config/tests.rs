@@ -477,9 +477,9 @@ fn shutdown_grace_defaults_to_5s_and_is_bounded() {
     };
     let s = load_str(file, &with("12s")).unwrap();
     assert_eq!(s.shutdown_grace, Duration::from_secs(12));
-    let e = one(&with("10m"));
+    let e = one(&with("25s"));
     assert_eq!(e.key, "gateway.shutdown_grace");
-    assert!(e.problem.contains("at most 5m"), "{e}");
+    assert!(e.problem.contains("at most 20s"), "{e}");
     assert!(e.fix.contains("TimeoutStopSec"), "{e}");
     let e = one(&with("soon"));
     assert_eq!(e.key, "gateway.shutdown_grace");

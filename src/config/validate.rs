@@ -235,7 +235,7 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
         "gateway.shutdown_grace",
         g.shutdown_grace.as_ref(),
         (SHUTDOWN_GRACE, SHUTDOWN_GRACE_MAX),
-        "write e.g. \"10s\", and keep it 5s or more below TimeoutStopSec of the systemd unit (30s)",
+        "write e.g. \"10s\" (with TimeoutStopSec of the systemd unit, 30s, leave 10s for the rest of the stop)",
     );
     if raw.gateway.threads.is_some_and(|t| !(1..=64).contains(&t)) {
         cx.err(
@@ -872,6 +872,22 @@ fn subscription(cx: &mut Ctx<'_>, key: &str, s: &RawSubscription) -> Option<Subs
             Vec::new()
         }
     };
+    if let Some(base) = &s.base_topic {
+        let starts = s.topic == *base || s.topic.starts_with(&format!("{base}/"));
+        if s.format != "zigbee2mqtt" {
+            cx.err(
+                format!("{key}.base_topic"),
+                "only the zigbee2mqtt format has a base topic",
+                "remove base_topic, or set format = \"zigbee2mqtt\"",
+            );
+        } else if base.is_empty() || base.contains(['+', '#']) || !starts {
+            cx.err(
+                format!("{key}.base_topic"),
+                format!("{base:?} is not the start of the topic filter {:?}", s.topic),
+                "write Zigbee2MQTT's base_topic setting, e.g. \"site-7/zigbee2mqtt\" with topic = \"site-7/zigbee2mqtt/#\"",
+            );
+        }
+    }
     if s.raw_detections.is_some() && s.format != "meraki-mv" {
         cx.err(
             format!("{key}.raw_detections"),
@@ -932,7 +948,10 @@ fn subscription(cx: &mut Ctx<'_>, key: &str, s: &RawSubscription) -> Option<Subs
         });
     }
     let format = match s.format.as_str() {
-        "zigbee2mqtt" => Format::Zigbee2Mqtt(maps),
+        "zigbee2mqtt" => Format::Zigbee2Mqtt {
+            fields: maps,
+            base_levels: s.base_topic.as_ref().map_or(1, |b| b.split('/').count()),
+        },
         "meraki-mt" => Format::MerakiMt(maps),
         "meraki-mv" => Format::MerakiMv {
             fields: maps,
@@ -1226,12 +1245,24 @@ fn path_filters(cx: &mut Ctx<'_>, key: &str, w: &RawWebhook) -> Vec<PathFilter> 
                 Duration::from_secs(1),
             )
         });
+        if let (Some(m), Some(age)) = (min_interval, w.max_queue_age.as_ref()) {
+            if parse_duration(age).is_ok_and(|age| m * 2 > age) {
+                cx.err(
+                    format!("{fkey}.min_interval"),
+                    format!("{raw} is more than half of max_queue_age ({age}): the latest value could expire while it waits its turn", raw = f.min_interval.as_deref().unwrap_or_default()),
+                    "shorten min_interval or lengthen max_queue_age",
+                );
+            }
+        }
         out.push(PathFilter {
             pattern: generic,
             deadband: f.deadband,
             min_interval,
         });
     }
+    // The most specific pattern first (an exact path before `RoomAnalytics.*`): the first
+    // that matches applies.
+    out.sort_by_key(|f| std::cmp::Reverse((!f.pattern.ends_with('*'), f.pattern.len())));
     out
 }
 

@@ -107,7 +107,7 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
     services.spawn(signals::reload_on_sighup(
         hangups,
         supervisor.clone(),
-        service_stop.clone(),
+        shutdown.clone(),
     ));
     if notify::enabled() {
         // The store is open, the control socket listens, every source has been started

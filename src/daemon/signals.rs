@@ -8,8 +8,10 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-/// What the daemon may take beyond the grace period to close the store and exit.
-pub const CLOSE_MARGIN: Duration = Duration::from_secs(5);
+/// What the daemon may take beyond the grace period: the sources drain first (an MQTT
+/// source commits and acks what it took, 5 s at most, and says goodbye, 2 s at most), then
+/// the requests in flight get the grace, then the store closes.
+pub const CLOSE_MARGIN: Duration = Duration::from_secs(10);
 
 /// Cancels `token` on the first SIGTERM or SIGINT; exits at once (status 1) on a second
 /// one, or when the shutdown outlasts `grace` + [`CLOSE_MARGIN`]. Either way nothing
@@ -59,13 +61,14 @@ pub fn hangups() -> Option<Signal> {
 pub async fn reload_on_sighup(
     hangups: Option<Signal>,
     supervisor: Arc<Supervisor>,
-    stop: CancellationToken,
+    shutdown: CancellationToken,
 ) {
     let Some(mut hup) = hangups else { return };
     loop {
+        // Not once the daemon stops: a reload would start the sources it has drained.
         tokio::select! {
             _ = hup.recv() => {}
-            _ = stop.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         }
         tracing::info!("SIGHUP: reloading the config");
         super::notify::reloading();

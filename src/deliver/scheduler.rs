@@ -162,15 +162,6 @@ impl<T: Clone> Scheduler<T> {
         }
     }
 
-    /// Hands back every item taken from a lane and holds the lane until `until` (its head
-    /// waits for a per-status minimum interval); failure counts are untouched.
-    pub fn defer(&mut self, lane: &Arc<str>, until: Instant) {
-        if let Some(l) = self.lanes.get_mut(lane) {
-            l.taken = 0;
-            self.waiting.insert((until, lane.clone()));
-        }
-    }
-
     /// Takes the first `n` items handed out from a lane out of the queue without a request
     /// (expired); failure counts and the circuit are untouched.
     pub fn discard(&mut self, lane: &Arc<str>, n: usize) -> Vec<T> {
@@ -277,27 +268,6 @@ mod tests {
 
     fn lanes(names: &[&str]) -> Vec<Arc<str>> {
         names.iter().map(|n| Arc::from(*n)).collect()
-    }
-
-    #[test]
-    fn a_deferred_lane_waits_and_keeps_its_items() {
-        let mut s = sched();
-        let t0 = Instant::now();
-        s.push("a", 1);
-        s.push("a", 2);
-        s.push("b", 3);
-        let (lane, items) = s.next(t0, 1).unwrap();
-        assert_eq!((&*lane, items), ("a", vec![1]));
-        let until = t0 + Duration::from_secs(5);
-        s.defer(&lane, until);
-        assert_eq!(s.next_wakeup(), Some(until));
-        let (lane, _) = s.next(t0, 1).unwrap();
-        assert_eq!(&*lane, "b");
-        assert!(s.next(t0 + Duration::from_secs(1), 1).is_none());
-        let (lane, items) = s.next(until, 2).unwrap();
-        assert_eq!((&*lane, items), ("a", vec![1, 2]));
-        assert_eq!(s.consecutive_failures(), 0);
-        assert_eq!(s.len(), 3);
     }
 
     #[test]

@@ -97,6 +97,13 @@ impl Throttle {
         }
     }
 
+    /// An attempt failed and is retried: it does not count.
+    pub fn unsent(&mut self, e: &Event) {
+        if let Some((key, _)) = self.rule(e) {
+            self.sent.remove(&key);
+        }
+    }
+
     /// An entry goes out now.
     pub fn sent(&mut self, e: &Event, now: Instant) {
         if let Some((key, _)) = self.rule(e) {

@@ -105,6 +105,9 @@ struct Pace {
     refusals: u32,
     /// Per-status minimum intervals.
     throttle: Throttle,
+    /// Values waiting for their minimum interval, out of their lanes (the rest of a lane
+    /// goes on): when, which lane, the entry.
+    parked: Vec<(Instant, Arc<str>, Arc<Entry>)>,
 }
 
 impl Pace {
@@ -151,6 +154,7 @@ impl Worker {
             batch_cap: p.batch_max_messages,
             refusals: 0,
             throttle: Throttle::new(&self.settings.filters),
+            parked: Vec::new(),
         };
         let label = Metrics::webhook(&self.settings.name);
         let m = &self.metrics;
@@ -211,7 +215,11 @@ impl Worker {
                 let read = if (last_committed - loaded).min(limit as u64) <= INLINE_READ {
                     Ok(store.read_after(id, after, limit))
                 } else {
-                    tokio::task::spawn_blocking(move || store.read_after(id, after, limit)).await
+                    self.pulse
+                        .waiting(tokio::task::spawn_blocking(move || {
+                            store.read_after(id, after, limit)
+                        }))
+                        .await
                 };
                 match read {
                     Ok(Ok(window)) => {
@@ -255,13 +263,28 @@ impl Worker {
                     }
                 }
             }
+            // Parked values whose minimum interval has passed go back to their lanes.
+            if !pace.parked.is_empty() {
+                let now = Instant::now();
+                let (due, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut pace.parked)
+                    .into_iter()
+                    .partition(|(t, _, _)| *t <= now);
+                pace.parked = wait;
+                for (_, lane, e) in due {
+                    pace.sched.push(&lane, e);
+                }
+            }
             // 2. Send what pacing allows now (expired entries leave without a request).
             let mut wake = self.dispatch(&mut pace, &mut in_flight, &mut removed);
             // 3. Hand results back to the store. Removals are counted until their commit:
             //    past the slack, sending pauses (the bound on what a crash sends again).
             if !removed.is_empty() {
                 let seqs = std::mem::take(&mut removed);
-                match self.store.remove(self.id, seqs.clone()).await {
+                match self
+                    .pulse
+                    .waiting(self.store.remove(self.id, seqs.clone()))
+                    .await
+                {
                     Ok(commit) => {
                         pace.unremoved += seqs.len();
                         removals.push(Box::pin(async move {
@@ -274,8 +297,8 @@ impl Worker {
             }
             if !dead.is_empty()
                 && self
-                    .store
-                    .dead_letter(self.id, std::mem::take(&mut dead))
+                    .pulse
+                    .waiting(self.store.dead_letter(self.id, std::mem::take(&mut dead)))
                     .await
                     .is_err()
             {
@@ -284,6 +307,9 @@ impl Worker {
             self.publish_status(&pace, &mut counters);
             // 4. Wait for something to do.
             if let Some(w) = pace.sched.next_wakeup() {
+                wake = Some(wake.map_or(w, |x| x.min(w)));
+            }
+            if let Some(w) = pace.parked.iter().map(|(t, _, _)| *t).min() {
                 wake = Some(wake.map_or(w, |x| x.min(w)));
             }
             let want_more = pace.sched.len() < WINDOW;
@@ -462,7 +488,10 @@ impl Worker {
                     continue;
                 }
                 if let Some(t) = wait {
-                    pace.sched.defer(&lane, t);
+                    // Out of its lane until its turn: the device's other values go on.
+                    for e in pace.sched.discard(&lane, 1) {
+                        pace.parked.push((t, lane.clone(), e));
+                    }
                     continue;
                 }
             }
@@ -603,8 +632,12 @@ impl Worker {
                 st.recent.record(at_ms, 0, 1);
             }
         }
+        // Whether the entries go back to their lanes (a retry): their minimum interval
+        // does not count a failed attempt.
+        let mut retried = true;
         match action {
             Action::Delivered => {
+                retried = false;
                 pace.auth_failed = false;
                 pace.refusals = 0;
                 // A batch limit halved by a 413 grows back (the receiver's limit may be gone).
@@ -637,6 +670,7 @@ impl Worker {
             }
             // One message too large for the receiver: it never will be taken.
             Action::DeadLetter | Action::TooLarge => {
+                retried = false;
                 pace.refusals += 1;
                 let reason = match &outcome {
                     Outcome::Failed(f) => f.message.clone(),
@@ -672,6 +706,11 @@ impl Worker {
                 pace.disabled = true;
                 pace.sched
                     .complete(&request.lanes, Verdict::Retry { pause: None }, now, unit);
+            }
+        }
+        if retried {
+            for e in &request.entries {
+                pace.throttle.unsent(&e.event);
             }
         }
     }

@@ -111,6 +111,9 @@ pub async fn run(
     let mut decode_log = RateLog::new(Duration::from_secs(10));
     let mut conn_log = RateLog::new(Duration::from_secs(30));
     let mut generation = 0u64;
+    // Resends (DUP) of this connection not yet through the store's check: marks carried
+    // over from the last connection stay until there are none.
+    let mut dups_open = 0usize;
     let mut backoff = RECONNECT_MIN;
     let mut was_connected = false;
     // Submitted, waiting for the commit, in arrival order.
@@ -133,7 +136,9 @@ pub async fn run(
     loop {
         pulse.step();
         if acked.full() {
-            acked.hand_over(ingest.store(), &s.name).await;
+            pulse
+                .waiting(acked.hand_over(ingest.store(), &s.name))
+                .await;
         }
         while let Some(p) = to_ack.front() {
             if client.try_ack(p).is_err() {
@@ -155,6 +160,9 @@ pub async fn run(
                     // Its packet id belongs to an old connection; the broker redelivers it.
                     continue;
                 }
+                if held.publish.dup && matches!(result, Ok(()) | Err(StoreError::Redelivered)) {
+                    dups_open = dups_open.saturating_sub(1);
+                }
                 match result {
                     Ok(()) => to_ack.push_back(held.publish),
                     Err(StoreError::Redelivered) => {
@@ -174,7 +182,7 @@ pub async fn run(
                 }
             }
             _ = sleep_until_opt(acked.next_wakeup()), if acked.next_wakeup().is_some() => {
-                acked.on_wakeup(ingest.store(), &s.name).await;
+                pulse.waiting(acked.on_wakeup(ingest.store(), &s.name)).await;
             }
             _ = sleep_until_opt(retry_at), if can_retry => {
                 pulse.step();
@@ -191,7 +199,7 @@ pub async fn run(
                             Err(e) => Err(e),
                         }
                     };
-                    match shutdown.run_until_cancelled(attempt).await {
+                    match pulse.waiting(shutdown.run_until_cancelled(attempt)).await {
                         Some(r) => r,
                         None => break,
                     }
@@ -201,12 +209,15 @@ pub async fn run(
                         if matches!(result, Err(StoreError::Redelivered)) {
                             redelivered.inc();
                         }
+                        if head.publish.dup {
+                            dups_open = dups_open.saturating_sub(1);
+                        }
                         to_ack.push_back(head.publish);
                         retry_wait = Duration::from_millis(500);
                         retry_at = None;
                         tracing::info!(source = %s.name, "the store takes messages again; {} held message(s) follow in order", retry.len());
                         while let Some(h) = retry.pop_front() {
-                            match shutdown.run_until_cancelled(submit(&ingest, h)).await {
+                            match pulse.waiting(shutdown.run_until_cancelled(submit(&ingest, h))).await {
                                 Some(p) => pending.push_back(p),
                                 None => break,
                             }
@@ -224,6 +235,7 @@ pub async fn run(
             ev = eventloop.poll(), if can_poll => { pulse.step(); polled = tokio::time::Instant::now(); match ev {
                 Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
                     generation += 1;
+                    dups_open = 0;
                     // Packet ids of the old connection mean nothing on this one; the broker
                     // redelivers whatever was not acknowledged.
                     to_ack.clear();
@@ -253,9 +265,10 @@ pub async fn run(
                 }
                 Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                     messages.inc();
-                    if !p.dup {
-                        acked.before_publish(p.pkid, ingest.store(), &s.name).await;
+                    if p.dup {
+                        dups_open += 1;
                     }
+                    pulse.waiting(acked.before_publish(p.pkid, p.dup, ingest.store(), &s.name)).await;
                     // With DUP set, the store recognises (in the same transaction as the
                     // append) a message it committed before whose PUBACK was never written.
                     let mark = Mark { source: s.name.clone(), pkid: p.pkid, digest: digest(&p), resume: false, dup: p.dup };
@@ -273,7 +286,7 @@ pub async fn run(
                     let held = Held { gen: generation, publish: p, events, mark };
                     if retry.is_empty() {
                         // Waits for room in the store's queue of ops, unless shutting down.
-                        match shutdown.run_until_cancelled(submit(&ingest, held)).await {
+                        match pulse.waiting(shutdown.run_until_cancelled(submit(&ingest, held))).await {
                             Some(p) => pending.push_back(p),
                             None => break,
                         }
@@ -285,7 +298,7 @@ pub async fn run(
                 }
                 Ok(MqttEvent::Outgoing(rumqttc::Outgoing::PubAck(pkid))) => acked.push(pkid),
                 Ok(MqttEvent::Outgoing(rumqttc::Outgoing::PingReq)) => acked.ping_sent(),
-                Ok(MqttEvent::Incoming(Packet::PingResp)) => acked.ping_answered(),
+                Ok(MqttEvent::Incoming(Packet::PingResp)) => acked.ping_answered(dups_open == 0),
                 Ok(_) => {}
                 Err(e) => {
                     connected.set(0);
@@ -390,16 +403,21 @@ impl AckedMarks {
 
     /// The broker answered the ping (one TCP stream, in order): it has read the PUBACKs
     /// written before the ping.
-    fn ping_answered(&mut self) {
+    /// `settled`: every resend (DUP) of this connection has met the store's check (one
+    /// held back while the store refuses must still find its mark).
+    fn ping_answered(&mut self, settled: bool) {
         let n = self
             .before_ping
             .take()
             .unwrap_or(0)
             .min(self.unconfirmed.len());
-        if n == 0 && self.carried.is_empty() {
+        let carried = settled && !self.carried.is_empty();
+        if n == 0 && !carried {
             return;
         }
-        self.written.append(&mut self.carried);
+        if carried {
+            self.written.append(&mut self.carried);
+        }
         self.confirm(n);
         self.due
             .get_or_insert_with(|| tokio::time::Instant::now() + MARKS_DELAY);
@@ -427,8 +445,21 @@ impl AckedMarks {
         self.flush_at = Some(tokio::time::Instant::now() + MARKS_FLUSH_AFTER);
     }
 
-    async fn before_publish(&mut self, pkid: u16, store: &crate::store::Store, source: &str) {
-        if self.reused(pkid) {
+    async fn before_publish(
+        &mut self,
+        pkid: u16,
+        dup: bool,
+        store: &crate::store::Store,
+        source: &str,
+    ) {
+        // A DUP whose id the broker is known to have freed (a ping answered after our
+        // PUBACK) is a new message: the old mark goes first.
+        let old_mark = if dup {
+            self.written.contains(&pkid)
+        } else {
+            self.reused(pkid)
+        };
+        if old_mark {
             self.hand_over(store, source).await;
         }
     }
@@ -563,14 +594,14 @@ mod tests {
         m.push(1);
         m.ping_sent();
         m.push(2);
-        m.ping_answered();
+        m.ping_answered(true);
         assert_eq!(m.written, vec![1]);
         assert_eq!(m.unconfirmed, vec![2]);
         // The broker reuses 2: it has read its PUBACK (and every one before it).
         m.push(3);
         m.ping_sent();
         assert!(m.reused(2));
-        m.ping_answered();
+        m.ping_answered(true);
         assert_eq!(m.written, vec![1, 2, 3]);
         // A new connection: 4 may not have arrived; its mark stays while the broker's
         // resends come, and goes with the first ping answered on the new connection.
@@ -581,7 +612,7 @@ mod tests {
         assert_eq!(m.written, vec![1, 2, 3]);
         assert!(!m.reused(6));
         m.push(6);
-        m.ping_answered();
+        m.ping_answered(true);
         assert_eq!(m.written, vec![1, 2, 3, 4, 5]);
         assert_eq!(m.unconfirmed, vec![6]);
         // A reuse of a carried id confirms it and the ones before it.

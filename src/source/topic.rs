@@ -62,15 +62,6 @@ impl TopicFilter {
         })
     }
 
-    /// How many levels the filter starts with before its first wildcard (`zigbee2mqtt/#`:
-    /// 1, `site/+/z2m/#`: 1).
-    pub fn literal_prefix(&self) -> usize {
-        self.levels
-            .iter()
-            .take_while(|l| *l != "+" && *l != "#")
-            .count()
-    }
-
     /// The filter as written.
     pub fn as_str(&self) -> &str {
         &self.raw

@@ -315,15 +315,22 @@ fn run(
                 }
             }
         }
-        // Cleared marks join the stash, applied first in the next commit (they came before
-        // this group's appends in the channel). Alone they are no reason for a durable
-        // write, unless a quiet source asks (an empty list).
+        // Cleared marks join the stash, applied first in the next commit. Those that came
+        // after an append of this group wait for the commit after it: a resend's check must
+        // still see a mark that a later op clears (channel order). Alone they are no reason
+        // for a durable write, unless a quiet source asks (an empty list).
+        let mut appended = false;
+        let mut after: Vec<(String, u16)> = Vec::new();
         ops.retain_mut(|op| match op {
             Op::ClearMarks { source, pkids } => {
                 due |= pkids.is_empty();
-                st.clears
-                    .extend(pkids.drain(..).map(|p| (source.clone(), p)));
+                let into = if appended { &mut after } else { &mut st.clears };
+                into.extend(pkids.drain(..).map(|p| (source.clone(), p)));
                 false
+            }
+            Op::Append { .. } => {
+                appended = true;
+                true
             }
             _ => true,
         });
@@ -335,6 +342,7 @@ fn run(
         }
         due |= work || closing || then.is_some() || lazy_entries >= shared.lazy_removals();
         if !due {
+            st.clears.append(&mut after);
             if !lazy.is_empty() && lazy_since.is_none() {
                 lazy_since = Some(std::time::Instant::now());
             }
@@ -347,12 +355,20 @@ fn run(
             // At close the last group is a checkpoint: the log is empty after a clean stop.
             poisoned = commit(&db, shared, &mut st, group, closing);
             if !poisoned && !closing {
+                // Compaction and purges are long but make progress (an SD card may take
+                // tens of seconds on a big file): not a hang for the watchdog.
+                shared.pulse.rest();
                 db = shrink.after_commit(cell, db, shared, &mut st.wal);
+                shared.pulse.step();
             }
         }
+        // For the next commit (it is written when the source goes quiet at the latest).
+        st.clears.append(&mut after);
         lazy_since = None;
         if let Some(op) = then {
+            shared.pulse.rest();
             poisoned |= manage(&db, shared, &mut st.next, &mut st.wal, op);
+            shared.pulse.step();
         }
         if poisoned {
             match reopen(cell, db, shared, &mut st.wal, &mut st.next) {
@@ -810,19 +826,20 @@ fn commit(db: &Database, shared: &Shared, st: &mut State, ops: Vec<Op>, durable:
                 match op {
                     Op::Append { items, mark, .. } => {
                         let source = mark.as_ref().map(|m| (m.source.as_str(), m.resume));
-                        if let Some((src, false)) = source {
-                            if blocked.contains(src) {
-                                refused[i] = true;
-                                continue;
-                            }
-                        }
-                        // A redelivery of a committed message takes no room: checked first.
+                        // A redelivery of a committed message takes no room: checked first,
+                        // even while the source is held back (it must meet its mark now).
                         if let Some(m) = mark.as_ref().filter(|m| m.dup) {
                             if seen
                                 .get((m.source.as_str(), m.pkid))?
                                 .is_some_and(|v| v.value() == m.digest)
                             {
                                 redelivered[i] = true;
+                                continue;
+                            }
+                        }
+                        if let Some((src, false)) = source {
+                            if blocked.contains(src) {
+                                refused[i] = true;
                                 continue;
                             }
                         }

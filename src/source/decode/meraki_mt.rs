@@ -55,7 +55,10 @@ pub fn read(topic: &str, payload: &[u8]) -> Read {
         .map_or(metric, |(_, f)| *f);
     let map = doc.as_object().expect("an object");
     let value: Option<&Value> = map.get(field).or_else(|| map.get(metric)).or_else(|| {
-        let mut others = map.iter().filter(|(k, _)| k.as_str() != "ts");
+        // (Never a value in another unit: `fahrenheit` is not `celsius`.)
+        let mut others = map
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "ts" | "fahrenheit"));
         match (others.next(), others.next()) {
             (Some((_, v)), None) => Some(v),
             _ => None,

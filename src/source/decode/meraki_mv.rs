@@ -18,7 +18,14 @@ pub fn read(topic: &str, payload: &[u8], raw_detections: bool) -> Read {
         return Read::Rejected(DecodeError::NoDevice(topic.to_string()));
     }
     let (serial, zone) = (levels[n - 2], levels[n - 1]);
-    if zone == "raw_detections" && !raw_detections {
+    // Zones are numbers; other topics of a camera (light levels, …) are not counts. With
+    // raw_detections the boxes are counted instead of the zones (not both).
+    let counted = if raw_detections {
+        zone == "raw_detections"
+    } else {
+        !zone.is_empty() && zone.bytes().all(|b| b.is_ascii_digit())
+    };
+    if !counted {
         return Read::NotData;
     }
     let doc = match object(payload) {
@@ -59,4 +66,33 @@ pub fn read(topic: &str, payload: &[u8], raw_detections: bool) -> Read {
         known: 0,
         doc,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_detections_count_people_instead_of_the_zones() {
+        let boxes = br#"{"ts":1764494100000,"objects":[{"type":"person","oid":1},{"type":"person","oid":2},{"type":"car","oid":3}]}"#;
+        let Read::Reading(r) = read("/merakimv/Q2GV-1/raw_detections", boxes, true) else {
+            panic!("not a reading");
+        };
+        assert_eq!(r.sensor.as_deref(), Some("Q2GV-1"));
+        assert_eq!(r.values, vec![("person".to_string(), Value::from(2))]);
+        // With raw detections asked for, the zone counts are not read (not both).
+        let zone = br#"{"ts":1764494100000,"counts":{"person":5}}"#;
+        assert!(matches!(
+            read("/merakimv/Q2GV-1/0", zone, true),
+            Read::NotData
+        ));
+        assert!(matches!(
+            read("/merakimv/Q2GV-1/0", zone, false),
+            Read::Reading(_)
+        ));
+        assert!(matches!(
+            read("/merakimv/Q2GV-1/raw_detections", boxes, false),
+            Read::NotData
+        ));
+    }
 }

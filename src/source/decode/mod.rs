@@ -131,19 +131,25 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-/// A timestamp as sensors write it: RFC 3339 text, or a number of epoch seconds or
-/// milliseconds. `None` when it is neither (then the receive time is used).
+/// A timestamp as sensors write it: RFC 3339 text, or a number of epoch seconds,
+/// milliseconds, microseconds or nanoseconds (told apart by size). `None` when it is
+/// neither (then the receive time is used).
 pub fn timestamp(v: &Value) -> Option<i64> {
     match v {
         Value::Number(n) => {
             let f = n.as_f64()?;
-            if f > 1.0e12 {
-                Some(f as i64)
-            } else if f > 1.0e9 {
-                Some((f * 1000.0) as i64)
+            let ms = if f > 1.0e17 {
+                f / 1.0e6
+            } else if f > 1.0e14 {
+                f / 1.0e3
+            } else if f > 1.0e11 {
+                f
+            } else if f > 1.0e8 {
+                f * 1000.0
             } else {
-                None
-            }
+                return None;
+            };
+            Some(ms as i64)
         }
         Value::String(s) => {
             if let Ok(t) =
@@ -176,10 +182,10 @@ pub fn decode(
 ) -> Decoded {
     let (read, map) = match &sub.format {
         Format::Json(map) => (json::read(map, payload), map),
-        Format::Zigbee2Mqtt(map) => (
-            zigbee2mqtt::read(topic, sub.filter.literal_prefix(), payload),
-            map,
-        ),
+        Format::Zigbee2Mqtt {
+            fields,
+            base_levels,
+        } => (zigbee2mqtt::read(topic, *base_levels, payload), fields),
         Format::MerakiMt(map) => (meraki_mt::read(topic, payload), map),
         Format::MerakiMv {
             fields,
@@ -235,7 +241,11 @@ fn to_events(
                 .and_then(|p| field_text(&r.doc, p))
         })
         .or_else(|| sub.workspace.as_ref().and_then(|w| w.render(topic)));
-    let ts_ms = r.ts_ms.unwrap_or(now_ms);
+    // A sensor clock far ahead (or a time before 2001) is not believed: receive time.
+    let ts_ms = r
+        .ts_ms
+        .filter(|t| *t > 978_307_200_000 && *t <= now_ms.saturating_add(86_400_000))
+        .unwrap_or(now_ms);
     let mut found = r.known > 0;
     for (key, raw) in &r.values {
         let Some(f) = map.iter().find(|f| &f.key == key) else {
@@ -282,6 +292,8 @@ mod tests {
         assert_eq!(timestamp(&Value::from(want)), Some(want));
         assert_eq!(timestamp(&Value::from(want / 1000)), Some(want));
         assert_eq!(timestamp(&Value::from(1_764_460_800.5)), Some(want + 500));
+        assert_eq!(timestamp(&Value::from(want * 1000)), Some(want));
+        assert_eq!(timestamp(&Value::from(want * 1_000_000)), Some(want));
         assert_eq!(timestamp(&Value::from("soon")), None);
         assert_eq!(timestamp(&Value::from(42)), None);
     }

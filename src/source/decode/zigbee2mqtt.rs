@@ -1,7 +1,7 @@
 //! Zigbee2MQTT (`format = "zigbee2mqtt"`): `<base>/<friendly name>` carries one JSON object
 //! of the device's exposed properties (`{"occupancy":true,"temperature":22.4,…}`); the base
-//! topic is what the subscription's filter names before its wildcard (`zigbee2mqtt/#`,
-//! `site-7/z2m/#`), and friendly names may contain `/`. `…/availability`, `<base>/bridge/…` and the `…/set`, `…/get`
+//! topic is the filter's first level unless `base_topic` says more (`site-7/z2m`), and
+//! friendly names may contain `/` (`zigbee2mqtt/Floor 3/PIR` is the device `Floor 3/PIR`). `…/availability`, `<base>/bridge/…` and the `…/set`, `…/get`
 //! commands are recognised and are not sensor data.
 
 use super::{object, payload_time, Read, Reading};

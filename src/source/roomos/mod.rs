@@ -358,7 +358,7 @@ impl<'a> Session<'a> {
                         return End::Lost(format!("no pong within keep_alive ({keep_alive:?}): the device stopped answering"));
                     }
                     awaiting_pong = true;
-                    match tokio::time::timeout(keep_alive, tx.send(Message::Ping(Vec::new().into()))).await {
+                    match self.pulse.waiting(tokio::time::timeout(keep_alive, tx.send(Message::Ping(Vec::new().into())))).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => return End::Lost(format!("sending a ping: {e}")),
                         Err(_) => return End::Lost(format!("a ping could not be sent within keep_alive ({keep_alive:?}): the device stopped reading")),
@@ -384,7 +384,7 @@ impl<'a> Session<'a> {
                 }
             }
             for frame in out {
-                match tokio::time::timeout(keep_alive, tx.send(Message::text(frame))).await {
+                match self.pulse.waiting(tokio::time::timeout(keep_alive, tx.send(Message::text(frame)))).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return End::Lost(format!("sending a request: {e}")),
                     Err(_) => return End::Lost(format!("a request could not be sent within keep_alive ({keep_alive:?}): the device stopped reading")),
@@ -646,7 +646,7 @@ impl<'a> Session<'a> {
         let events = std::mem::take(&mut self.outbox);
         let mut wait = Duration::from_millis(200);
         loop {
-            match self.ingest.accept(events.clone()).await {
+            match self.pulse.waiting(self.ingest.accept(events.clone())).await {
                 Ok(()) => return Ok(()),
                 Err(StoreError::Closed) => return Err(End::StoreClosed),
                 Err(e) => {
