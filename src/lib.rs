@@ -24,6 +24,7 @@ pub mod supervisor;
 pub mod testkit;
 pub mod timefmt;
 pub mod tls;
+pub mod value;
 
 /// Installs the ring crypto provider for rustls once per process (idempotent).
 pub fn install_crypto_provider() {

@@ -6,61 +6,13 @@ use crate::catalog::{self, Kind};
 use crate::config::WebhookSettings;
 use crate::event::Event;
 use crate::store::WebhookId;
+use crate::value::devices::DeviceSelector;
 use serde_json::Value;
 use std::collections::HashMap;
 
 /// Most (device, path) values remembered per webhook for change-only filtering; past it
 /// the memory is cleared (the next value of each path is forwarded once more).
 const MAX_REMEMBERED: usize = 100_000;
-
-/// A list of device ids and globs (`*` any run, `?` one character).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceSelector(Vec<String>);
-
-impl DeviceSelector {
-    /// Checks a list of patterns.
-    pub fn parse(patterns: Vec<String>) -> Result<Self, String> {
-        if patterns.is_empty() {
-            return Err("the device list is empty, so the webhook would get nothing".into());
-        }
-        if let Some(p) = patterns.iter().find(|p| p.trim().is_empty()) {
-            return Err(format!("{p:?} is an empty device pattern"));
-        }
-        Ok(Self(patterns))
-    }
-
-    /// The patterns as written.
-    pub fn patterns(&self) -> &[String] {
-        &self.0
-    }
-
-    /// Whether a device id is selected.
-    pub fn matches(&self, device: &str) -> bool {
-        self.0.iter().any(|p| glob(p.as_bytes(), device.as_bytes()))
-    }
-}
-
-fn glob(p: &[u8], s: &[u8]) -> bool {
-    let (mut pi, mut si) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while si < s.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
-            pi += 1;
-            si += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some(pi);
-            pi += 1;
-            mark = si;
-        } else if let Some(st) = star {
-            pi = st + 1;
-            mark += 1;
-            si = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
-}
 
 struct Route {
     id: WebhookId,
@@ -296,16 +248,6 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs() {
-        let d = DeviceSelector::parse(vec!["room-*".into(), "lobby-?".into()]).unwrap();
-        assert!(d.matches("room-12"));
-        assert!(d.matches("lobby-1"));
-        assert!(!d.matches("lobby-12"));
-        assert!(!d.matches("hall"));
-        assert!(DeviceSelector::parse(vec![]).is_err());
-    }
 
     fn ev(device: &str, path: &str, v: i64) -> Event {
         Event {

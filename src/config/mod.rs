@@ -14,9 +14,9 @@ pub use secret::Secret;
 pub use validate::{parse_pin, validate};
 
 use crate::catalog::Entry;
-use crate::route::DeviceSelector;
-use crate::source::decode::transform::Transform;
-use crate::source::topic::{Template, TopicFilter};
+use crate::value::devices::DeviceSelector;
+use crate::value::topic::{Template, TopicFilter};
+use crate::value::transform::Transform;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -605,7 +605,7 @@ pub struct WebhookSettings {
     /// Pacing and batching.
     pub pacing: Pacing,
     /// What gives way when the store is full.
-    pub overflow: crate::store::Overflow,
+    pub overflow: crate::value::overflow::Overflow,
     /// Events older than this are dropped.
     pub max_queue_age: Option<Duration>,
     /// Signs every request (Standard Webhooks) when set.

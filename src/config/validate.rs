@@ -5,7 +5,7 @@ use super::secret::read_secret_file;
 use super::units::parse_duration;
 use super::*;
 use crate::catalog::{self, Kind};
-use crate::route::DeviceSelector;
+use crate::value::devices::DeviceSelector;
 use std::collections::HashSet;
 
 struct Ctx<'a> {
@@ -1125,16 +1125,16 @@ fn webhook(
     }
     let pacing = pacing(cx, key, w);
     let overflow = match w.overflow.as_deref() {
-        None | Some("drop_oldest") => crate::store::Overflow::DropOldest,
-        Some("coalesce") => crate::store::Overflow::Coalesce,
-        Some("block") => crate::store::Overflow::Block,
+        None | Some("drop_oldest") => crate::value::overflow::Overflow::DropOldest,
+        Some("coalesce") => crate::value::overflow::Overflow::Coalesce,
+        Some("block") => crate::value::overflow::Overflow::Block,
         Some(other) => {
             cx.err(
                 format!("{key}.overflow"),
                 format!("unknown policy {other:?}"),
                 "write \"drop_oldest\" (default), \"coalesce\" or \"block\"",
             );
-            crate::store::Overflow::DropOldest
+            crate::value::overflow::Overflow::DropOldest
         }
     };
     let secret = cx.secret(

@@ -6,4 +6,3 @@ pub mod mqtt;
 pub mod roomos;
 pub mod simulator;
 pub mod status;
-pub mod topic;

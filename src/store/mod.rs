@@ -41,18 +41,7 @@ pub(crate) const WAL_GEN: &str = "wal_gen";
 /// The store file inside `data_dir`.
 pub const FILE_NAME: &str = "roomhook.redb";
 
-/// What gives way when the store reaches its byte budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Overflow {
-    /// The oldest queued events go first.
-    DropOldest,
-    /// Status values superseded by a newer value of the same device and path go first
-    /// (events never), then the oldest.
-    Coalesce,
-    /// Input stops (appends fail with [`StoreError::Full`]; MQTT stops acking).
-    Block,
-}
+pub use crate::value::overflow::Overflow;
 
 /// How the store is bounded.
 #[derive(Debug, Clone)]

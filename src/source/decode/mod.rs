@@ -8,7 +8,6 @@
 pub mod json;
 pub mod meraki_mt;
 pub mod meraki_mv;
-pub mod transform;
 pub mod zigbee2mqtt;
 
 use crate::catalog::CoerceError;

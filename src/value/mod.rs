@@ -1,0 +1,8 @@
+//! Value types shared by the config and the parts it configures (a leaf: it imports none
+//! of them): topic filters and templates, device selections, value transforms, overflow
+//! policies.
+
+pub mod devices;
+pub mod overflow;
+pub mod topic;
+pub mod transform;
