@@ -609,7 +609,7 @@ pub struct WebhookSettings {
     /// Events older than this are dropped.
     pub max_queue_age: Option<Duration>,
     /// Signs every request (Standard Webhooks) when set.
-    pub signer: Option<crate::deliver::signing::Signer>,
+    pub signer: Option<crate::value::signing::Signer>,
     /// Static extra headers (names lower-case, checked).
     pub headers: Vec<(String, String)>,
     /// Per-path noise filters, the most specific pattern first (the first that matches

@@ -1144,8 +1144,8 @@ fn webhook(
         &w.signing_secret_file,
     );
     let signer = secret.and_then(
-        |sec| match crate::deliver::signing::parse_secret(sec.expose()) {
-            Ok(k) => Some(crate::deliver::signing::Signer::new(&k)),
+        |sec| match crate::value::signing::parse_secret(sec.expose()) {
+            Ok(k) => Some(crate::value::signing::Signer::new(&k)),
             Err(e) => {
                 let which = if w.signing_secret_file.is_some() {
                     "signing_secret_file"
