@@ -1,6 +1,7 @@
 //! The local admin HTTP listener (`GET /metrics`, `GET /healthz`, and the control API under
 //! `/v1/` for callers with the `[admin] token`) and the control API itself.
 
+pub mod console;
 pub mod control;
 pub mod status;
 
@@ -25,6 +26,8 @@ pub struct Admin {
     pub control: Arc<control::Control>,
     /// `[admin] token`: without it the control API is not served on TCP.
     pub token: Option<Secret>,
+    /// The web console (`[admin] console = true`).
+    pub console: Option<Arc<console::Console>>,
 }
 
 /// Connections the TCP listener serves at once; more wait for a place.
@@ -45,7 +48,7 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationTo
             },
             _ = shutdown.cancelled() => return,
         };
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
@@ -60,7 +63,7 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationTo
         let stop = shutdown.clone();
         tokio::spawn(async move {
             let _place = place;
-            let svc = hyper::service::service_fn(move |req| handle(req, admin.clone()));
+            let svc = hyper::service::service_fn(move |req| handle(req, admin.clone(), peer.ip()));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
@@ -92,7 +95,18 @@ fn authorized(req: &Request<Incoming>, token: &Secret) -> bool {
         .into()
 }
 
-async fn handle(req: Request<Incoming>, admin: Admin) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    admin: Admin,
+    peer: std::net::IpAddr,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(console) = admin
+        .console
+        .as_ref()
+        .filter(|_| console::Console::owns(req.uri().path()))
+    {
+        return Ok(console.handle(req, peer, &admin.control.supervisor).await);
+    }
     if req.uri().path().starts_with("/v1/") {
         let ok = admin.token.as_ref().is_some_and(|t| authorized(&req, t));
         if !ok {

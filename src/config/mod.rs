@@ -99,6 +99,8 @@ pub struct RawAdmin {
     pub token: Option<String>,
     /// File holding the token.
     pub token_file: Option<PathBuf>,
+    /// Serve the web console under `/` (needs `listen` and `token`; default false).
+    pub console: Option<bool>,
 }
 
 /// `[sources]`.
@@ -350,6 +352,8 @@ pub struct Settings {
     pub control_socket: PathBuf,
     /// Token that opens the control API on the TCP listener; without it `/v1/…` answers 401.
     pub admin_token: Option<Secret>,
+    /// Serve the web console on the TCP listener.
+    pub admin_console: bool,
     /// MQTT sources.
     pub mqtt: Vec<MqttSettings>,
     /// RoomOS devices.

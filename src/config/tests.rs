@@ -484,3 +484,10 @@ fn shutdown_grace_defaults_to_5s_and_is_bounded() {
     let e = one(&with("soon"));
     assert_eq!(e.key, "gateway.shutdown_grace");
 }
+
+#[test]
+fn the_console_needs_a_listener_and_a_token() {
+    let e = one(&GOOD.replace("[gateway]", "[admin]\nconsole = true\n\n[gateway]"));
+    assert_eq!(e.key, "admin.console");
+    assert!(e.fix.contains("token"), "{e}");
+}

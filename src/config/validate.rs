@@ -212,6 +212,14 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
     });
 
     let admin_token = cx.secret("admin", "token", &raw.admin.token, &raw.admin.token_file);
+    let admin_console = raw.admin.console.unwrap_or(false);
+    if admin_console && (raw.admin.listen.is_none() || admin_token.is_none()) {
+        cx.err(
+            "admin.console",
+            "the console needs [admin] listen and [admin] token (it signs in with the token)",
+            "set listen = \"127.0.0.1:9750\" and token_file = \"admin.token\", or remove console",
+        );
+    }
     if admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
         cx.err(
             "admin.token",
@@ -305,6 +313,7 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
                 .map(|p| cx.path(p))
                 .unwrap_or_else(|| cx.path(&raw.gateway.data_dir).join("roomhook.sock")),
             admin_token,
+            admin_console,
             threads: raw.gateway.threads.unwrap_or(1),
             commit_interval,
             orphan_retention,

@@ -88,6 +88,11 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
                     metrics: metrics.clone(),
                     control: control.clone(),
                     token: settings.admin_token.clone(),
+                    console: settings
+                        .admin_token
+                        .clone()
+                        .filter(|_| settings.admin_console)
+                        .map(|t| Arc::new(crate::admin::console::Console::new(t))),
                 },
                 service_stop.clone(),
             ));

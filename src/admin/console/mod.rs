@@ -1,0 +1,226 @@
+//! The web console on the admin listener (`[admin] console = true`, with `[admin] token`):
+//! a sign-in page, a live view of webhooks, sources and the store (a small script polls
+//! `/console/state`), and sign-out. Nothing but the sign-in page answers without a session;
+//! every form posts its session's CSRF token. HTML, CSS and script are compiled in.
+
+pub mod sessions;
+
+use crate::config::Secret;
+use crate::supervisor::Supervisor;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use hyper::{Request, Response, StatusCode};
+use sessions::{csrf_ok, Refused, Session, Sessions};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+const COOKIE_NAME: &str = "roomhook_session";
+const STYLE: &str = include_str!("style.css");
+const LOGIN: &str = include_str!("login.html");
+const APP: &str = include_str!("app.html");
+const SCRIPT: &str = include_str!("app.js");
+/// Largest form body read.
+const MAX_FORM: usize = 4096;
+
+/// The console's state: the token that opens it and the open sessions.
+pub struct Console {
+    token: Secret,
+    sessions: Mutex<Sessions>,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, ctype: &'static str, body: String) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'self'; style-src 'unsafe-inline' 'self'; frame-ancestors 'none'",
+        ),
+    );
+    r
+}
+
+fn redirect(to: &'static str, cookie: Option<String>) -> Reply {
+    let mut r = reply(StatusCode::SEE_OTHER, "text/plain", String::new());
+    r.headers_mut()
+        .insert(LOCATION, HeaderValue::from_static(to));
+    if let Some(c) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        r.headers_mut().insert(SET_COOKIE, c);
+    }
+    r
+}
+
+fn login_page(status: StatusCode, message: &str) -> Reply {
+    let html = LOGIN
+        .replace("__STYLE__", STYLE)
+        .replace("__MESSAGE__", &html_escape(message));
+    reply(status, "text/html; charset=utf-8", html)
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The session cookie's value in a request.
+fn cookie(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == COOKIE_NAME).then(|| v.to_string())
+        })
+}
+
+/// Whether the browser reached us over TLS (a reverse proxy says so).
+fn behind_tls(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
+async fn form(req: Request<Incoming>) -> Vec<(String, String)> {
+    let Ok(body) = Limited::new(req.into_body(), MAX_FORM).collect().await else {
+        return Vec::new();
+    };
+    url::form_urlencoded::parse(&body.to_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    form.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+impl Console {
+    /// A console opened by `token`.
+    pub fn new(token: Secret) -> Self {
+        Console {
+            token,
+            sessions: Mutex::new(Sessions::default()),
+        }
+    }
+
+    fn session(&self, req: &Request<Incoming>) -> Option<(String, Session)> {
+        let id = cookie(req)?;
+        let s = self.sessions.lock().ok()?.get(&id, Instant::now())?;
+        Some((id, s))
+    }
+
+    /// Whether a path is the console's.
+    pub fn owns(path: &str) -> bool {
+        matches!(path, "/" | "/login" | "/logout") || path.starts_with("/console/")
+    }
+
+    /// Answers a console request from `peer`.
+    pub async fn handle(&self, req: Request<Incoming>, peer: IpAddr, sup: &Supervisor) -> Reply {
+        let method = req.method().as_str().to_string();
+        let path = req.uri().path().to_string();
+        let tls = behind_tls(&req);
+        let session = self.session(&req);
+        match (method.as_str(), path.as_str(), session) {
+            ("POST", "/login", _) => self.login(req, peer, tls).await,
+            ("GET", "/", None) => login_page(StatusCode::OK, ""),
+            ("GET", "/", Some((_, s))) => {
+                let html = APP.replace("__STYLE__", STYLE).replace("__CSRF__", &s.csrf);
+                reply(StatusCode::OK, "text/html; charset=utf-8", html)
+            }
+            ("GET", "/console/app.js", Some(_)) => reply(
+                StatusCode::OK,
+                "text/javascript; charset=utf-8",
+                SCRIPT.to_string(),
+            ),
+            ("GET", "/console/state", Some(_)) => reply(
+                StatusCode::OK,
+                "application/json",
+                crate::admin::status::status(sup).to_string(),
+            ),
+            ("POST", "/logout", Some((id, s))) => {
+                let f = form(req).await;
+                if !csrf_ok(&s, field(&f, "csrf")) {
+                    return reply(
+                        StatusCode::FORBIDDEN,
+                        "text/plain; charset=utf-8",
+                        "the form's CSRF token is missing or wrong; reload the page\n".into(),
+                    );
+                }
+                if let Ok(mut all) = self.sessions.lock() {
+                    all.logout(&id);
+                }
+                redirect(
+                    "/",
+                    Some(format!(
+                        "{COOKIE_NAME}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",
+                        if tls { "; Secure" } else { "" }
+                    )),
+                )
+            }
+            (_, _, None) => reply(
+                StatusCode::UNAUTHORIZED,
+                "application/json",
+                r#"{"error":"sign in first"}"#.into(),
+            ),
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                "not found\n".into(),
+            ),
+        }
+    }
+
+    async fn login(&self, req: Request<Incoming>, peer: IpAddr, tls: bool) -> Reply {
+        let f = form(req).await;
+        let good = field(&f, "token").is_some_and(|t| {
+            use subtle::ConstantTimeEq;
+            t.trim()
+                .as_bytes()
+                .ct_eq(self.token.expose().as_bytes())
+                .into()
+        });
+        let result = match self.sessions.lock() {
+            Ok(mut s) => s.login(peer, good, Instant::now()),
+            Err(_) => Err(Refused::WrongToken),
+        };
+        match result {
+            Ok(id) => redirect(
+                "/",
+                Some(format!(
+                    "{COOKIE_NAME}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+                    sessions::SESSION_IDLE.as_secs(),
+                    if tls { "; Secure" } else { "" }
+                )),
+            ),
+            Err(Refused::WrongToken) => {
+                tracing::warn!(%peer, "console: a sign-in with a wrong token");
+                login_page(StatusCode::UNAUTHORIZED, "That is not the admin token.")
+            }
+            Err(Refused::TooMany(until)) => {
+                let wait = until.saturating_duration_since(Instant::now()).as_secs() + 1;
+                let mut r = login_page(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &format!("Too many wrong tokens from this address; try again in {wait} s."),
+                );
+                if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+                    r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+                }
+                r
+            }
+        }
+    }
+}
