@@ -487,7 +487,7 @@ fn shutdown_grace_defaults_to_5s_and_is_bounded() {
 
 #[test]
 fn the_console_needs_a_listener_and_a_token() {
-    let e = one(&GOOD.replace("[gateway]", "[admin]\nconsole = true\n\n[gateway]"));
+    let e = one(&GOOD.replace("[admin]\n", "[admin]\nconsole = true\n"));
     assert_eq!(e.key, "admin.console");
     assert!(e.fix.contains("token"), "{e}");
 }
