@@ -25,6 +25,17 @@ impl Answer {
 }
 
 fn http(port: u16, method: &str, path: &str, cookie: Option<&str>, form: Option<&str>) -> Answer {
+    http_with(port, method, path, cookie, form, None)
+}
+
+fn http_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+    csrf: Option<&str>,
+) -> Answer {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let body = form.unwrap_or("");
@@ -34,6 +45,9 @@ fn http(port: u16, method: &str, path: &str, cookie: Option<&str>, form: Option<
     }
     if form.is_some() {
         req.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
+    }
+    if let Some(t) = csrf {
+        req.push_str(&format!("X-CSRF-Token: {t}\r\n"));
     }
     req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     s.write_all(req.as_bytes()).unwrap();
@@ -114,6 +128,39 @@ async fn sign_in_live_state_csrf_sign_out_and_the_rate_limit() {
         v["webhooks"][0]["recent"]["delivered_5m"].as_u64() == Some(10)
     });
     assert!(delivered);
+
+    // Actions are the control API, behind the session and its CSRF token.
+    let disable = "/console/v1/webhooks/facilities/disable";
+    assert_eq!(http(port, "POST", disable, Some(&cookie), None).status, 403);
+    assert_eq!(
+        http_with(port, "POST", disable, None, None, Some(&csrf)).status,
+        401
+    );
+    let done = http_with(port, "POST", disable, Some(&cookie), None, Some(&csrf));
+    assert_eq!(done.status, 200, "{}", done.body);
+    let list = http(port, "GET", "/console/v1/webhooks", Some(&cookie), None);
+    assert_eq!(list.status, 200);
+    assert!(list.body.contains("\"enabled\":false"), "{}", list.body);
+    assert!(
+        !list.body.contains("s3cr3t-token-for-tests"),
+        "a secret echoed: {}",
+        list.body
+    );
+    let enable = "/console/v1/webhooks/facilities/enable";
+    assert_eq!(
+        http_with(port, "POST", enable, Some(&cookie), None, Some(&csrf)).status,
+        200
+    );
+    let test = http_with(
+        port,
+        "POST",
+        "/console/v1/webhooks/facilities/test",
+        Some(&cookie),
+        None,
+        Some(&csrf),
+    );
+    assert_eq!(test.status, 200, "{}", test.body);
+    assert!(test.body.contains("\"status\":200"), "{}", test.body);
 
     // Sign-out needs the form's CSRF token.
     assert_eq!(

@@ -105,7 +105,7 @@ async fn handle(
         .as_ref()
         .filter(|_| console::Console::owns(req.uri().path()))
     {
-        return Ok(console.handle(req, peer, &admin.control.supervisor).await);
+        return Ok(console.handle(req, peer, admin.control.clone()).await);
     }
     if req.uri().path().starts_with("/v1/") {
         let ok = admin.token.as_ref().is_some_and(|t| authorized(&req, t));

@@ -34,6 +34,7 @@ function draw(s) {
     cell(tr, age(w.queue.oldest_age_s));
     cell(tr, w.in_flight + " of " + w.in_flight_limit);
     cell(tr, w.last_error ? w.last_error.message : "");
+    actions(tr, w);
     hooks.appendChild(tr);
   }
   const sources = document.getElementById("sources");
@@ -59,6 +60,59 @@ function draw(s) {
     li.textContent = p;
     problems.appendChild(li);
   }
+}
+const csrf = () => document.querySelector('meta[name="csrf"]').content;
+// A control API call (the same code path as `roomhook webhook …`); says how it went.
+async function act(method, path, what) {
+  const out = document.getElementById("outcome");
+  out.textContent = what + " …";
+  try {
+    const r = await fetch("/console" + path, {
+      method, credentials: "same-origin", headers: { "X-CSRF-Token": csrf() },
+    });
+    const body = await r.json();
+    out.textContent = what + ": " + (r.ok ? summary(body) : (body.error || r.status));
+    out.className = r.ok ? "ok" : "bad";
+  } catch (e) {
+    out.textContent = what + ": no answer from the gateway";
+    out.className = "bad";
+  }
+  poll();
+}
+function summary(b) {
+  if (b.test) {
+    const t = b.test;
+    return "HTTP " + text(t.status) + " in " + Number(t.latency_ms).toFixed(1) + " ms over " +
+      text(t.tls_version) + "; certificate " + text(t.peer_subject) + " (issuer " + text(t.peer_issuer) +
+      "), expires " + text(t.peer_not_after);
+  }
+  if (b.deleted !== undefined) return "deleted; " + b.discarded + " queued event(s) went with it";
+  if (b.replayed !== undefined) return b.replayed + " dead letter(s) queued again";
+  return "done";
+}
+function button(row, label, onclick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = label;
+  b.addEventListener("click", onclick);
+  row.appendChild(b);
+}
+function actions(tr, w) {
+  const td = document.createElement("td");
+  const n = encodeURIComponent(w.name);
+  button(td, "Test", () => act("POST", "/v1/webhooks/" + n + "/test", "Test " + w.name));
+  button(td, w.enabled ? "Disable" : "Enable", () =>
+    act("POST", "/v1/webhooks/" + n + (w.enabled ? "/disable" : "/enable"), (w.enabled ? "Disable " : "Enable ") + w.name));
+  if (w.queue.dead_letters > 0) {
+    button(td, "Replay " + w.queue.dead_letters + " dead letter(s)", () =>
+      act("POST", "/v1/webhooks/" + n + "/replay", "Replay " + w.name));
+  }
+  button(td, "Delete", () => {
+    if (confirm("Delete " + w.name + "? " + w.queue.events + " queued event(s) go with it.")) {
+      act("DELETE", "/v1/webhooks/" + n, "Delete " + w.name);
+    }
+  });
+  tr.appendChild(td);
 }
 async function poll() {
   try {

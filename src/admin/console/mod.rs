@@ -1,12 +1,14 @@
 //! The web console on the admin listener (`[admin] console = true`, with `[admin] token`):
 //! a sign-in page, a live view of webhooks, sources and the store (a small script polls
-//! `/console/state`), and sign-out. Nothing but the sign-in page answers without a session;
-//! every form posts its session's CSRF token. HTML, CSS and script are compiled in.
+//! `/console/state`), the webhook actions (`/console/v1/…` is the control API itself, the
+//! same code path as `roomhook webhook …`), and sign-out. Nothing but the sign-in page
+//! answers without a session; every form and every action carries its session's CSRF
+//! token. HTML, CSS and script are compiled in.
 
 pub mod sessions;
 
+use crate::admin::control::Control;
 use crate::config::Secret;
-use crate::supervisor::Supervisor;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -14,6 +16,7 @@ use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, 
 use hyper::{Request, Response, StatusCode};
 use sessions::{csrf_ok, Refused, Session, Sessions};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -129,11 +132,22 @@ impl Console {
     }
 
     /// Answers a console request from `peer`.
-    pub async fn handle(&self, req: Request<Incoming>, peer: IpAddr, sup: &Supervisor) -> Reply {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: IpAddr,
+        control: Arc<Control>,
+    ) -> Reply {
         let method = req.method().as_str().to_string();
         let path = req.uri().path().to_string();
         let tls = behind_tls(&req);
         let session = self.session(&req);
+        let sup = &control.supervisor;
+        if let (Some(rest), Some((_, s))) = (path.strip_prefix("/console"), session.as_ref()) {
+            if rest.starts_with("/v1/") {
+                return self.action(req, rest.to_string(), s, control.clone()).await;
+            }
+        }
         match (method.as_str(), path.as_str(), session) {
             ("POST", "/login", _) => self.login(req, peer, tls).await,
             ("GET", "/", None) => login_page(StatusCode::OK, ""),
@@ -181,6 +195,49 @@ impl Console {
                 "text/plain; charset=utf-8",
                 "not found\n".into(),
             ),
+        }
+    }
+
+    /// A control API call of the console's script: the session's CSRF token in
+    /// `X-CSRF-Token` on anything but GET, then the control API as the CLI reaches it.
+    async fn action(
+        &self,
+        req: Request<Incoming>,
+        path: String,
+        s: &Session,
+        control: Arc<Control>,
+    ) -> Reply {
+        if req.method() != hyper::Method::GET {
+            let given = req
+                .headers()
+                .get("x-csrf-token")
+                .and_then(|v| v.to_str().ok());
+            if !csrf_ok(s, given) {
+                return reply(
+                    StatusCode::FORBIDDEN,
+                    "application/json",
+                    r#"{"error":"the CSRF token is missing or wrong; reload the page"}"#.into(),
+                );
+            }
+        }
+        let (mut parts, body) = req.into_parts();
+        let pq = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        match pq.parse::<hyper::Uri>() {
+            Ok(uri) => parts.uri = uri,
+            Err(_) => {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    "application/json",
+                    r#"{"error":"bad path"}"#.into(),
+                )
+            }
+        }
+        match crate::admin::control::handle(Request::from_parts(parts, body), control).await {
+            Ok(r) => r,
+            Err(never) => match never {},
         }
     }
 
