@@ -108,6 +108,8 @@ struct Pace {
     /// Values waiting for their minimum interval, out of their lanes (the rest of a lane
     /// goes on): when, which lane, the entry.
     parked: Vec<(Instant, Arc<str>, Arc<Entry>)>,
+    /// `roomhook_events_filtered_total{reason="min_interval"}`, resolved once.
+    superseded: Counter,
 }
 
 impl Pace {
@@ -155,6 +157,13 @@ impl Worker {
             refusals: 0,
             throttle: Throttle::new(&self.settings.filters),
             parked: Vec::new(),
+            superseded: self
+                .metrics
+                .events_filtered
+                .get_or_create(&crate::metrics::ReasonLabel {
+                    reason: "min_interval".into(),
+                })
+                .clone(),
         };
         let label = Metrics::webhook(&self.settings.name);
         let m = &self.metrics;
@@ -478,12 +487,7 @@ impl Worker {
                 }
                 if superseded > 0 {
                     let gone = pace.sched.discard(&lane, superseded);
-                    self.metrics
-                        .events_filtered
-                        .get_or_create(&crate::metrics::ReasonLabel {
-                            reason: "min_interval".into(),
-                        })
-                        .inc_by(gone.len() as u64);
+                    pace.superseded.inc_by(gone.len() as u64);
                     removed.extend(gone.iter().map(|e| e.seq));
                     continue;
                 }

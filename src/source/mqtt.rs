@@ -492,7 +492,7 @@ impl AckedMarks {
             self.hand_over(store, source).await;
         } else {
             self.flush_at = None;
-            store.clear_marks(source, Vec::new()).await;
+            store.flush_marks(source);
         }
     }
 }

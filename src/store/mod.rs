@@ -645,20 +645,12 @@ impl Store {
     }
 
     /// The PUBACKs of these packet ids of `source` were written: their redelivery marks are
-    /// cleared with the next commit (an empty list: commit what waits now). Waits for room
-    /// in the op channel: a mark left behind could swallow a new message that reuses the
-    /// packet id with the same payload.
+    /// cleared with the next commit. Waits for room in the op channel: a mark left behind
+    /// could swallow a new message that reuses the packet id with the same payload.
     pub async fn clear_marks(&self, source: &str, pkids: Vec<u16>) {
         if pkids.is_empty() {
-            // Only a request to commit what waits (a quiet source): never worth a wait.
-            let _ = self.tx.try_send(Op::ClearMarks {
-                source: source.to_string(),
-                pkids,
-            });
             return;
         }
-        // Waits for room: a clear must reach the writer before the next append of the
-        // source is checked against its marks (channel order).
         let _ = self
             .tx
             .send(Op::ClearMarks {
@@ -666,6 +658,15 @@ impl Store {
                 pkids,
             })
             .await;
+    }
+
+    /// A quiet source asks for the cleared marks that wait to be committed now (an op
+    /// with no packet ids; never worth a wait: a full channel means commits are coming).
+    pub fn flush_marks(&self, source: &str) {
+        let _ = self.tx.try_send(Op::ClearMarks {
+            source: source.to_string(),
+            pkids: Vec::new(),
+        });
     }
 
     /// Removes delivered entries (committed with the next group); the returned future

@@ -49,6 +49,10 @@ fn random_id() -> String {
 impl Sessions {
     /// A login from `from`; `good` says whether the token was right. The session id.
     pub fn login(&mut self, from: IpAddr, good: bool, now: Instant) -> Result<String, Refused> {
+        // Addresses whose window is over are forgotten: the map stays as small as the
+        // number of addresses that failed in the last minute.
+        self.failures
+            .retain(|_, (since, _)| now.duration_since(*since) < LOGIN_WINDOW);
         let entry = self.failures.entry(from).or_insert((now, 0));
         if now.duration_since(entry.0) >= LOGIN_WINDOW {
             *entry = (now, 0);

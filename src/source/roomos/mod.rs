@@ -130,8 +130,7 @@ pub async fn run(s: RoomosSettings, ingest: Ingest, shutdown: CancellationToken,
                 counters.connected.set(1);
                 status.connected();
                 tracing::info!(source = %s.name, "connected to the device at {}", s.url);
-                let mut session = Session::new(&s, &sel, &ingest, &counters, &status);
-                session.pulse = pulse.clone();
+                let mut session = Session::new(&s, &sel, &ingest, &counters, &status, &pulse);
                 let end = session.run(ws, &shutdown).await;
                 counters.connected.set(0);
                 counters.subscriptions_failed.set(0);
@@ -248,6 +247,7 @@ impl<'a> Session<'a> {
         ingest: &'a Ingest,
         counters: &'a Counters,
         status: &'a SourceStatus,
+        pulse: &Pulse,
     ) -> Self {
         Self {
             s,
@@ -267,7 +267,7 @@ impl<'a> Session<'a> {
             frame_log: RateLog::new(Duration::from_secs(10)),
             shutdown: CancellationToken::new(),
             outbox: Vec::new(),
-            pulse: Pulse::new("RoomOS session"),
+            pulse: pulse.clone(),
         }
     }
 
