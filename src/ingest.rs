@@ -25,6 +25,8 @@ pub struct Ingest {
     filtered: Arc<[Counter; 3]>,
     /// What each source is doing.
     sources: crate::source::status::Sources,
+    /// The devices seen and their latest values (only while the console is on).
+    seen: Option<Arc<crate::seen::Seen>>,
 }
 
 impl Ingest {
@@ -56,7 +58,14 @@ impl Ingest {
             enqueued: Default::default(),
             filtered: Arc::new(filtered),
             sources: Default::default(),
+            seen: None,
         }
+    }
+
+    /// Also notes every device and its latest values in `seen` (for the console).
+    pub fn recording_seen(mut self, seen: Arc<crate::seen::Seen>) -> Self {
+        self.seen = Some(seen);
+        self
     }
 
     /// Routes and submits events. Waits while the store is busy (backpressure); the
@@ -67,6 +76,9 @@ impl Ingest {
         events: Vec<Event>,
         mark: Option<Mark>,
     ) -> Result<impl Future<Output = Result<(), StoreError>> + Send + 'static, StoreError> {
+        if let Some(seen) = &self.seen {
+            seen.record(&events);
+        }
         let mut items = Vec::new();
         let mut per_webhook: HashMap<WebhookId, u64> = HashMap::new();
         // Routing takes the lock briefly and never across an await: a source's own pending

@@ -17,6 +17,7 @@ pub mod pulse;
 pub mod ratelog;
 pub mod redact;
 pub mod route;
+pub mod seen;
 pub mod source;
 pub mod store;
 pub mod supervisor;

@@ -399,6 +399,7 @@ impl Metrics {
 
 /// `roomhook_source_decode_errors_total` of one source: the known reasons are exported at
 /// 0 from the start and counted through handles resolved once (no label built per error).
+#[derive(Clone, Debug)]
 pub struct DecodeErrors {
     known: Vec<(&'static str, Counter)>,
 }
@@ -430,5 +431,14 @@ impl DecodeErrors {
             }
             None => debug_assert!(false, "unregistered decode-error reason {reason}"),
         }
+    }
+
+    /// Each reason counted so far, with its count (reasons never seen left out).
+    pub fn counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.known
+            .iter()
+            .map(|(r, c)| (*r, c.get()))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 }

@@ -73,6 +73,7 @@ pub fn status(sup: &Supervisor) -> Value {
         }
     }
     let mut webhooks = Vec::new();
+    let mut dropped_total = std::collections::BTreeMap::<&str, u64>::new();
     for w in sup.webhooks().iter() {
         let st = w.status.lock().map(|g| g.clone()).ok();
         let Some(st) = st else { continue };
@@ -110,6 +111,14 @@ pub fn status(sup: &Supervisor) -> Value {
             ));
         }
         let oldest = store.oldest_ts(w.id);
+        let mut dropped = serde_json::Map::new();
+        for reason in crate::store::DropReason::ALL {
+            let n = store.dropped(w.id, reason);
+            if n > 0 {
+                dropped.insert(reason.label().into(), n.into());
+                *dropped_total.entry(reason.label()).or_default() += n;
+            }
+        }
         webhooks.push(json!({
             "name": w.settings.name,
             "url": crate::redact::url(&w.settings.url.to_string()),
@@ -122,6 +131,7 @@ pub fn status(sup: &Supervisor) -> Value {
                 "bytes": store.bytes(w.id),
                 "oldest_age_s": oldest.map(|t| (now - t).max(0) as f64 / 1000.0),
                 "dead_letters": store.dead_count(w.id),
+                "dropped": dropped,
             },
             "in_flight": st.in_flight,
             "in_flight_limit": st.in_flight_limit,
@@ -143,6 +153,7 @@ pub fn status(sup: &Supervisor) -> Value {
             "last_error_at": health.last_error_at,
             "bytes": store.total_bytes(),
             "max_bytes": store.max_bytes(),
+            "dropped": dropped_total,
         },
         "sources": sources,
         "webhooks": webhooks,

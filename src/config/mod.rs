@@ -641,6 +641,25 @@ impl WebhookSettings {
     }
 }
 
+/// The defaults of a webhook's optional keys that have a fixed default, as config values
+/// (a number, or the text of a string): what the console's forms show. A test checks them
+/// against the validator.
+pub const WEBHOOK_DEFAULTS: &[(&str, &str)] = &[
+    ("max_in_flight", "8"),
+    ("connect_timeout", "5s"),
+    ("request_timeout", "15s"),
+    ("retry_base", "1s"),
+    ("retry_max", "5m"),
+    ("drain_start_jitter", "3s"),
+    ("ordering", "device"),
+    ("circuit_breaker_threshold", "5"),
+    ("auth_retry", "60s"),
+    ("batch_max_messages", "1"),
+    ("batch_max_bytes", "1MiB"),
+    ("batch_linger", "50ms"),
+    ("overflow", "drop_oldest"),
+];
+
 /// Whether a device's messages must stay in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ordering {
@@ -648,6 +667,16 @@ pub enum Ordering {
     Device,
     /// No ordering: a device's messages may be in flight together.
     None,
+}
+
+impl Ordering {
+    /// The config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ordering::Device => "device",
+            Ordering::None => "none",
+        }
+    }
 }
 
 /// How a webhook paces its receiver.

@@ -491,3 +491,25 @@ fn the_console_needs_a_listener_and_a_token() {
     assert_eq!(e.key, "admin.console");
     assert!(e.fix.contains("token"), "{e}");
 }
+
+#[test]
+fn the_webhook_defaults_the_console_shows_are_the_validators() {
+    let plain = load_str(Path::new("/etc/roomhook/roomhook.toml"), GOOD).unwrap();
+    let mut text = GOOD.to_string();
+    for (key, value) in WEBHOOK_DEFAULTS {
+        if value.parse::<f64>().is_ok() {
+            text.push_str(&format!("{key} = {value}\n"));
+        } else {
+            text.push_str(&format!("{key} = {value:?}\n"));
+        }
+    }
+    let explicit = load_str(Path::new("/etc/roomhook/roomhook.toml"), &text).unwrap();
+    assert_eq!(plain.webhooks[0], explicit.webhooks[0]);
+    // And the test can fail: a value other than the default changes the settings.
+    let other = load_str(
+        Path::new("/etc/roomhook/roomhook.toml"),
+        &format!("{GOOD}max_in_flight = 7\n"),
+    )
+    .unwrap();
+    assert_ne!(plain.webhooks[0], other.webhooks[0]);
+}

@@ -60,7 +60,13 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
     };
     store.set_commit_interval(settings.commit_interval);
     tracing::info!(store = %store.path().display(), "store open");
-    let ingest = Ingest::new(store.clone(), metrics.clone());
+    // The console shows the devices seen and their latest values: noted only when it is on.
+    let console_on = settings.admin_console && settings.admin_token.is_some();
+    let seen = console_on.then(|| Arc::new(crate::seen::Seen::default()));
+    let ingest = match &seen {
+        Some(s) => Ingest::new(store.clone(), metrics.clone()).recording_seen(s.clone()),
+        None => Ingest::new(store.clone(), metrics.clone()),
+    };
     let supervisor = Supervisor::start(
         settings.clone(),
         store.clone(),
@@ -91,8 +97,8 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
                     console: settings
                         .admin_token
                         .clone()
-                        .filter(|_| settings.admin_console)
-                        .map(|t| Arc::new(crate::admin::console::Console::new(t))),
+                        .zip(seen.clone())
+                        .map(|(t, seen)| Arc::new(crate::admin::console::Console::new(t, seen))),
                 },
                 service_stop.clone(),
             ));

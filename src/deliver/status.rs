@@ -143,25 +143,36 @@ impl Recent {
         b.1 = b.1.saturating_add(errors.min(u64::from(u32::MAX)) as u32);
     }
 
+    /// (delivered, errors) of each of the last `n` minutes as of `now_ms`, oldest first
+    /// (the current minute last): what the console's chart draws.
+    pub fn minutes(&self, now_ms: i64, n: usize) -> Vec<(u32, u32)> {
+        let now = now_ms / 60_000;
+        let n = n.min(MINUTES) as i64;
+        ((now - n + 1)..=now)
+            .map(|m| {
+                if m > self.head || m + (MINUTES as i64) <= self.head {
+                    (0, 0)
+                } else {
+                    self.buckets[m.rem_euclid(MINUTES as i64) as usize]
+                }
+            })
+            .collect()
+    }
+
     /// The sums of the last 5 minutes, hour and day as of `now_ms` (the current minute
     /// included).
     pub fn counts(&self, now_ms: i64) -> RecentCounts {
-        let now = now_ms / 60_000;
-        let sum = |minutes: i64| {
-            let mut out = (0u64, 0u64);
-            for m in (now - minutes + 1)..=now {
-                if m > self.head || m + (MINUTES as i64) <= self.head {
-                    continue;
-                }
-                let b = self.buckets[m.rem_euclid(MINUTES as i64) as usize];
-                out.0 += u64::from(b.0);
-                out.1 += u64::from(b.1);
-            }
-            out
+        let day = self.minutes(now_ms, MINUTES);
+        let sum = |minutes: usize| {
+            day[MINUTES - minutes..]
+                .iter()
+                .fold((0u64, 0u64), |(d, e), b| {
+                    (d + u64::from(b.0), e + u64::from(b.1))
+                })
         };
         let (d5, e5) = sum(5);
         let (d60, e60) = sum(60);
-        let (d24, e24) = sum(MINUTES as i64);
+        let (d24, e24) = sum(MINUTES);
         RecentCounts {
             delivered_5m: d5,
             errors_5m: e5,
@@ -204,6 +215,10 @@ mod tests {
         assert_eq!((c.delivered_5m, c.errors_5m), (7, 2));
         assert_eq!((c.delivered_1h, c.errors_1h), (22, 3));
         assert_eq!(c.delivered_24h, 22);
+        // The chart's minutes: oldest first, the current one last.
+        let m = r.minutes(t0 + 30 * 60_000, 31);
+        assert_eq!((m[0], m[2], m[30]), ((10, 1), (5, 0), (7, 2)));
+        assert_eq!(m.iter().map(|b| b.0).sum::<u32>(), 22);
         // A day later the first minute has left every window.
         let later = t0 + 24 * 60 * 60_000;
         r.record(later, 1, 0);

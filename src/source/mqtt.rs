@@ -108,6 +108,7 @@ pub async fn run(
     reasons.push("too_large");
     let decode_errors = DecodeErrors::new(&metrics, &s.name, &reasons);
     let status = ingest.sources().get(&s.name);
+    status.count_reasons(decode_errors.clone());
     let mut decode_log = RateLog::new(Duration::from_secs(10));
     let mut conn_log = RateLog::new(Duration::from_secs(30));
     let mut generation = 0u64;

@@ -19,6 +19,8 @@ pub struct SourceStatus {
     started_ms: AtomicI64,
     /// Subscriptions the device refused, each "path: reason" (RoomOS sources).
     failed_subscriptions: Mutex<Vec<String>>,
+    /// The source's decode-error counters, read for the by-reason view.
+    decode_reasons: Mutex<Option<crate::metrics::DecodeErrors>>,
 }
 
 impl SourceStatus {
@@ -48,6 +50,13 @@ impl SourceStatus {
             .store(crate::timefmt::now_ms(), Ordering::Relaxed);
     }
 
+    /// The counters of the source's decode errors by reason (set once at its start).
+    pub fn count_reasons(&self, counters: crate::metrics::DecodeErrors) {
+        if let Ok(mut g) = self.decode_reasons.lock() {
+            *g = Some(counters);
+        }
+    }
+
     /// The subscriptions the device refuses now.
     pub fn set_failed_subscriptions(&self, failed: Vec<String>) {
         if let Ok(mut g) = self.failed_subscriptions.lock() {
@@ -75,6 +84,12 @@ impl SourceStatus {
                 / 1000.0,
             messages: self.messages.load(Ordering::Relaxed),
             decode_errors: self.decode_errors.load(Ordering::Relaxed),
+            decode_errors_by_reason: self
+                .decode_reasons
+                .lock()
+                .ok()
+                .and_then(|g| g.as_ref().map(|d| d.counts()))
+                .unwrap_or_default(),
             last_message_age_s: (last > 0).then(|| (now - last).max(0) as f64 / 1000.0),
             last_error: self.last_error.lock().ok().and_then(|g| g.clone()),
             failed_subscriptions: self
@@ -99,6 +114,9 @@ pub struct SourceView {
     pub messages: u64,
     /// Payload errors since start.
     pub decode_errors: u64,
+    /// The same by reason (`roomhook_source_decode_errors_total`'s, since start).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub decode_errors_by_reason: BTreeMap<&'static str, u64>,
     /// Seconds since the last message.
     pub last_message_age_s: Option<f64>,
     /// The last connection error.

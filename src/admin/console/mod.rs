@@ -5,6 +5,7 @@
 //! answers without a session; every form and every action carries its session's CSRF
 //! token. HTML, CSS and script are compiled in.
 
+pub mod chart;
 pub mod sessions;
 
 use crate::admin::control::Control;
@@ -28,10 +29,11 @@ const SCRIPT: &str = include_str!("app.js");
 /// Largest form body read.
 const MAX_FORM: usize = 4096;
 
-/// The console's state: the token that opens it and the open sessions.
+/// The console's state: the token that opens it, the open sessions, and the devices seen.
 pub struct Console {
     token: Secret,
     sessions: Mutex<Sessions>,
+    seen: Arc<crate::seen::Seen>,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -111,12 +113,43 @@ fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// What the add and edit forms offer: the catalog grouped by its first level (statuses with
+/// their value types, events), the defaults of the pacing keys, and the devices seen so far.
+fn catalog(devices: Vec<String>) -> serde_json::Value {
+    use crate::catalog::{Kind, ValueType, ENTRIES};
+    let entry = |e: &crate::catalog::Entry| {
+        let value = match e.value {
+            ValueType::Integer => "integer".to_string(),
+            ValueType::Decimal => "decimal".to_string(),
+            ValueType::Enum(values) => values.join(" | "),
+            ValueType::Text => "text".to_string(),
+            ValueType::Object => "event".to_string(),
+        };
+        let group = match e.path.split_once('.') {
+            Some((first, _)) => first,
+            None if e.kind == Kind::Event => "Calls and system",
+            None => "Other",
+        };
+        serde_json::json!({ "path": e.path, "type": value, "group": group })
+    };
+    serde_json::json!({
+        "statuses": ENTRIES.iter().filter(|e| e.kind == Kind::Status).map(entry).collect::<Vec<_>>(),
+        "events": ENTRIES.iter().filter(|e| e.kind == Kind::Event).map(entry).collect::<Vec<_>>(),
+        "defaults": crate::config::WEBHOOK_DEFAULTS
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect::<serde_json::Map<_, _>>(),
+        "devices": devices,
+    })
+}
+
 impl Console {
-    /// A console opened by `token`.
-    pub fn new(token: Secret) -> Self {
+    /// A console opened by `token`, showing the devices `seen` noted.
+    pub fn new(token: Secret, seen: Arc<crate::seen::Seen>) -> Self {
         Console {
             token,
             sessions: Mutex::new(Sessions::default()),
+            seen,
         }
     }
 
@@ -165,6 +198,35 @@ impl Console {
                 "application/json",
                 crate::admin::status::status(sup).to_string(),
             ),
+            ("GET", "/console/catalog", Some(_)) => reply(
+                StatusCode::OK,
+                "application/json",
+                catalog(self.seen.ids()).to_string(),
+            ),
+            ("GET", "/console/devices", Some(_)) => reply(
+                StatusCode::OK,
+                "application/json",
+                self.seen.view(crate::timefmt::now_ms()).to_string(),
+            ),
+            ("GET", p, Some(_)) if p.starts_with("/console/chart/") && p.ends_with(".svg") => {
+                let name = &p["/console/chart/".len()..p.len() - ".svg".len()];
+                let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+                match sup.webhook(&name) {
+                    Some(w) => {
+                        let minutes = w
+                            .status
+                            .lock()
+                            .map(|st| st.recent.minutes(crate::timefmt::now_ms(), chart::MINUTES))
+                            .unwrap_or_default();
+                        reply(StatusCode::OK, "image/svg+xml", chart::svg(&name, &minutes))
+                    }
+                    None => reply(
+                        StatusCode::NOT_FOUND,
+                        "text/plain; charset=utf-8",
+                        format!("no webhook named {name:?}\n"),
+                    ),
+                }
+            }
             ("POST", "/logout", Some((id, s))) => {
                 let f = form(req).await;
                 if !csrf_ok(&s, field(&f, "csrf")) {

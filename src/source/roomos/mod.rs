@@ -107,6 +107,7 @@ impl Counters {
 pub async fn run(s: RoomosSettings, ingest: Ingest, shutdown: CancellationToken, pulse: Pulse) {
     let counters = Counters::new(ingest.metrics(), &s.name);
     let status = ingest.sources().get(&s.name);
+    status.count_reasons(counters.decode_errors.clone());
     let sel = Selection {
         statuses: s.statuses.clone(),
         events: s.events.clone(),
