@@ -77,7 +77,7 @@ impl Ingest {
         mark: Option<Mark>,
     ) -> Result<impl Future<Output = Result<(), StoreError>> + Send + 'static, StoreError> {
         if let Some(seen) = &self.seen {
-            seen.record(&events);
+            seen.record(&events, crate::timefmt::now_ms());
         }
         let mut items = Vec::new();
         let mut per_webhook: HashMap<WebhookId, u64> = HashMap::new();

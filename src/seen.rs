@@ -1,7 +1,8 @@
 //! The devices seen so far and the latest value of each of their statuses and events, as
 //! the sources handed them to ingest (whether or not a webhook selects them): what the
 //! console shows as "what the rooms report right now" and offers in the device picker.
-//! Kept only while the console is on; bounded in devices and paths.
+//! Kept only while the console is on; bounded in devices, paths and value size. Times are
+//! when roomhook received a value (a sensor's clock may be off).
 
 use crate::event::Event;
 use serde_json::{json, Value};
@@ -12,8 +13,10 @@ use std::sync::Mutex;
 pub const MAX_DEVICES: usize = 1000;
 /// Most paths remembered per device; past it new paths are not added.
 pub const MAX_PATHS: usize = 64;
+/// A value longer than this (as JSON) is shown by its size only.
+pub const MAX_VALUE: usize = 256;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Device {
     workspace: Option<String>,
     last_ms: i64,
@@ -28,31 +31,33 @@ pub struct Seen {
 }
 
 impl Seen {
-    /// Notes the values of `events` (one lock for the lot).
-    pub fn record(&self, events: &[Event]) {
+    /// Notes the values of `events`, received at `now_ms` (one lock for the lot).
+    pub fn record(&self, events: &[Event], now_ms: i64) {
         let mut all = self.devices.lock().unwrap_or_else(|p| p.into_inner());
         for e in events {
-            if !all.contains_key(&e.device) && all.len() >= MAX_DEVICES {
-                let oldest = all
-                    .iter()
-                    .min_by_key(|(_, d)| d.last_ms)
-                    .map(|(k, _)| k.clone());
-                if let Some(k) = oldest {
-                    all.remove(&k);
+            if !all.contains_key(&e.device) {
+                if all.len() >= MAX_DEVICES {
+                    forget_oldest(&mut all);
                 }
+                all.insert(e.device.clone(), Device::default());
             }
-            let d = all.entry(e.device.clone()).or_default();
+            let Some(d) = all.get_mut(&e.device) else {
+                continue;
+            };
             if e.workspace.is_some() {
                 d.workspace.clone_from(&e.workspace);
             }
-            d.last_ms = d.last_ms.max(e.ts_ms);
+            d.last_ms = now_ms;
             for (path, value) in e.changes() {
                 if value.is_null() {
                     d.values.remove(path);
-                } else if let Some(slot) = d.values.get_mut(path) {
-                    *slot = (value.clone(), e.ts_ms);
+                    continue;
+                }
+                let value = shown(value);
+                if let Some(slot) = d.values.get_mut(path) {
+                    *slot = (value, now_ms);
                 } else if d.values.len() < MAX_PATHS {
-                    d.values.insert(path.to_string(), (value.clone(), e.ts_ms));
+                    d.values.insert(path.to_string(), (value, now_ms));
                 }
             }
         }
@@ -68,9 +73,12 @@ impl Seen {
 
     /// Every device with its latest values and their ages as of `now_ms`, sorted by id.
     pub fn view(&self, now_ms: i64) -> Value {
-        let all = self.devices.lock().unwrap_or_else(|p| p.into_inner());
-        let mut devices: Vec<(&String, &Device)> = all.iter().collect();
-        devices.sort_by(|a, b| a.0.cmp(b.0));
+        // Copied out under the lock, the JSON built after it (ingest waits on the lock).
+        let mut devices: Vec<(String, Device)> = {
+            let all = self.devices.lock().unwrap_or_else(|p| p.into_inner());
+            all.iter().map(|(k, d)| (k.clone(), d.clone())).collect()
+        };
+        devices.sort_by(|a, b| a.0.cmp(&b.0));
         let age = |t: i64| (now_ms - t).max(0) as f64 / 1000.0;
         Value::Array(
             devices
@@ -87,6 +95,32 @@ impl Seen {
                 })
                 .collect(),
         )
+    }
+}
+
+/// Forgets the tenth of the devices heard from longest ago (at once, so a stream of new
+/// devices does not scan the map for each).
+fn forget_oldest(all: &mut HashMap<String, Device>) {
+    let mut by_age: Vec<(i64, String)> = all.iter().map(|(k, d)| (d.last_ms, k.clone())).collect();
+    by_age.sort_unstable();
+    for (_, k) in by_age.into_iter().take((MAX_DEVICES / 10).max(1)) {
+        all.remove(&k);
+    }
+}
+
+/// A value as kept: itself, or its size when it is long (a text or an event's payload).
+fn shown(value: &Value) -> Value {
+    match value {
+        Value::Number(_) | Value::Bool(_) => value.clone(),
+        Value::String(s) if s.len() <= MAX_VALUE => value.clone(),
+        _ => {
+            let len = value.to_string().len();
+            if len <= MAX_VALUE {
+                value.clone()
+            } else {
+                Value::from(format!("({len} bytes)"))
+            }
+        }
     }
 }
 
@@ -112,30 +146,49 @@ mod tests {
     fn keeps_the_latest_value_per_device_and_path() {
         let s = Seen::default();
         let pc = "RoomAnalytics.PeopleCount.Current";
-        s.record(&[ev("b", pc, json!(1), 1000), ev("a", pc, json!(2), 1000)]);
-        s.record(&[ev("b", pc, json!(3), 2000)]);
+        s.record(
+            &[ev("b", pc, json!(1), 1000), ev("a", pc, json!(2), 1000)],
+            1000,
+        );
+        // The receive time counts, not the sensor's clock.
+        s.record(&[ev("b", pc, json!(3), 9_999_999)], 2000);
         assert_eq!(s.ids(), ["a", "b"]);
         let v = s.view(5000);
         assert_eq!(v[1]["device"], "b");
         assert_eq!(v[1]["values"][0]["value"], 3);
         assert_eq!(v[1]["values"][0]["age_s"], 3.0);
         // A removal (null) forgets the path.
-        s.record(&[ev("b", pc, Value::Null, 3000)]);
+        s.record(&[ev("b", pc, Value::Null, 3000)], 3000);
         assert_eq!(s.view(5000)[1]["values"], json!([]));
+        // A long value is shown by its size.
+        s.record(
+            &[ev(
+                "a",
+                "UserInterface.Message.TextInput.Response",
+                json!("x".repeat(300)),
+                1,
+            )],
+            4000,
+        );
+        assert_eq!(s.view(5000)[0]["values"][1]["value"], "(302 bytes)");
     }
 
     #[test]
     fn bounded_in_devices_and_paths() {
         let s = Seen::default();
         for i in 0..MAX_DEVICES + 5 {
-            s.record(&[ev(&format!("d{i}"), "p", json!(1), i as i64)]);
+            s.record(&[ev(&format!("d{i}"), "p", json!(1), 0)], i as i64);
         }
         let ids = s.ids();
-        assert_eq!(ids.len(), MAX_DEVICES);
+        assert!(
+            ids.len() <= MAX_DEVICES && ids.len() >= MAX_DEVICES * 9 / 10,
+            "{}",
+            ids.len()
+        );
         assert!(!ids.contains(&"d0".to_string()), "the oldest went first");
         assert!(ids.contains(&format!("d{}", MAX_DEVICES + 4)));
         for i in 0..MAX_PATHS + 5 {
-            s.record(&[ev("x", &format!("p{i}"), json!(i), 1)]);
+            s.record(&[ev("x", &format!("p{i}"), json!(i), 1)], 1);
         }
         assert_eq!(
             s.view(0)

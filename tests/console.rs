@@ -1,5 +1,5 @@
 //! The web console over plain HTTP as a browser speaks it (sign-in form, session cookie,
-//! CSRF token, rate limit, sign-out); the real-browser tests are to come (issue #15).
+//! CSRF token, rate limit, sign-out); `console_browser.rs` drives it in a real browser.
 
 mod common;
 

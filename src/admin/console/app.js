@@ -269,7 +269,7 @@ async function loadCatalog() {
     box.addEventListener("change", () => {
       const list = splitList($("f-devices").value).filter((x) => x !== d && x !== "*");
       if (box.checked) list.push(d);
-      $("f-devices").value = list.length ? list.join(", ") : "*";
+      $("f-devices").value = list.join(", ");
     });
     seen.appendChild(el("label", { class: "inline" }, [box, document.createTextNode(" " + d)]));
   }
@@ -309,6 +309,7 @@ function checked(kind) {
   return [...document.querySelectorAll('input[data-kind="' + kind + '"]:checked')].map((b) => b.value);
 }
 async function openEditor(name) {
+  delete $("editor").dataset.ready;
   await loadCatalog();
   $("form-result").textContent = "";
   $("webhook-form").reset();
@@ -350,23 +351,32 @@ async function openEditor(name) {
   }
   showAuth();
   $("editor").hidden = false;
+  $("editor").dataset.ready = "1";
   $("f-name").focus();
   $("editor").scrollIntoView();
 }
 function pacingValue(input) {
+  const key = input.dataset.key;
+  if (input.validity && input.validity.badInput) throw new Error(key + ": not a number.");
   const v = input.value.trim();
   if (v === "") return null;
   const t = input.dataset.type;
-  if (t === "int") return parseInt(v, 10);
-  if (t === "float") return parseFloat(v);
-  if (t === "size" && /^\d+$/.test(v)) return parseInt(v, 10);
-  return v;
+  if (t === "int" || t === "float") {
+    const n = Number(v);
+    if (!Number.isFinite(n) || (t === "int" && !Number.isInteger(n))) {
+      throw new Error(key + ": " + v + " is not a " + (t === "int" ? "whole number." : "number."));
+    }
+    return n;
+  }
+  return v; // durations, sizes and words go as the config writes them ("50ms", "1MiB")
 }
 function headers() {
   const out = {};
   for (const line of $("f-headers").value.split("\n")) {
+    if (!line.trim()) continue;
     const i = line.indexOf(":");
-    if (i > 0) out[line.slice(0, i).trim()] = line.slice(i + 1).trim();
+    if (i <= 0) throw new Error("Extra headers: " + JSON.stringify(line) + " is not \"Name: value\".");
+    out[line.slice(0, i).trim()] = line.slice(i + 1).trim();
   }
   return out;
 }
@@ -375,12 +385,18 @@ function headers() {
 function formValues() {
   const w = editing;
   const v = {};
+  // Lists compare as sets: the config's order is kept unless the selection changed.
+  const same = (a, b) => JSON.stringify(Array.isArray(a) ? [...a].sort() : a) ===
+    JSON.stringify(Array.isArray(b) ? [...b].sort() : (b === undefined ? null : b));
   const put = (key, value, before) => {
     if (!w) { if (value !== null && value !== "" && !(Array.isArray(value) && !value.length)) v[key] = value; return; }
-    if (JSON.stringify(value) !== JSON.stringify(before === undefined ? null : before)) v[key] = value;
+    if (!same(value, before)) v[key] = value;
   };
   put("name", $("f-name").value.trim(), w && w.name);
   put("url", $("f-url").value.trim(), w && w.url);
+  if (v.url !== undefined && v.url.includes("***")) {
+    throw new Error("Type the whole URL again: parts of it are hidden as ***.");
+  }
   if (!w ? !$("f-enabled").checked : $("f-enabled").checked !== w.enabled) v.enabled = $("f-enabled").checked;
   const kind = authKind();
   const was = w ? (w.auth.kind === "authorization" ? "token" : w.auth.kind) : null;
@@ -407,7 +423,9 @@ function formValues() {
   put("client_key_file", file("f-key"), w && w.client_key_file);
   const h = headers();
   if (Object.keys(h).length) v.headers = h;
-  put("devices", splitList($("f-devices").value), w && w.devices);
+  const devices = splitList($("f-devices").value);
+  if (!devices.length) throw new Error("Choose the devices (or type * for every device).");
+  put("devices", devices, w && w.devices);
   put("statuses", checked("status").concat(splitList($("f-statuses-more").value)), w && w.statuses);
   put("events", checked("event").concat(splitList($("f-events-more").value)), w && w.events);
   for (const [key] of PACING) {
@@ -415,6 +433,8 @@ function formValues() {
     if (!w) { if (value !== null) v[key] = value; continue; }
     if (norm(value) !== norm(setting(w, key))) v[key] = value;
   }
+  // A burst left to its default follows a new rate.
+  if (w && v.rate_limit !== undefined && v.burst === undefined && $("p-burst").value.trim() === "") v.burst = null;
   return v;
 }
 async function save(ev) {

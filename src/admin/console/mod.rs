@@ -46,6 +46,10 @@ fn reply(status: StatusCode, ctype: &'static str, body: String) -> Reply {
     r.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r.headers_mut().insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    r.headers_mut().insert(
         "content-security-policy",
         HeaderValue::from_static(
             "default-src 'self'; style-src 'unsafe-inline' 'self'; frame-ancestors 'none'",
