@@ -59,7 +59,13 @@ struct Args {
     /// The daemon binary (default: `roomhook` next to this one).
     #[arg(long)]
     binary: Option<PathBuf>,
+    /// Extra `[gateway]` lines of the daemon's config, e.g. "threads = 2".
+    #[arg(long, default_value = "")]
+    gateway: String,
 }
+
+/// `--gateway`: extra `[gateway]` lines of every config the benchmark writes.
+static GATEWAY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 const TOKEN: &str = "Bearer bench-token";
 
@@ -100,7 +106,10 @@ fn config(
     max_in_flight: usize,
     extra: &str,
 ) -> PathBuf {
-    let mut text = String::from("[gateway]\ndata_dir = \"data\"\norg_id = \"bench\"\n");
+    let mut text = format!(
+        "[gateway]\ndata_dir = \"data\"\norg_id = \"bench\"\n{}\n",
+        GATEWAY.get().map_or("", String::as_str)
+    );
     for i in 0..sources {
         text += &format!(
             "\n[[sources.mqtt]]\nname = \"s{i}\"\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"roomhook-bench-{i}\"\n\
@@ -769,6 +778,7 @@ async fn store(args: &Args) -> Result<serde_json::Value, String> {
 fn main() -> std::process::ExitCode {
     roomhook::install_crypto_provider();
     let args = Args::parse();
+    let _ = GATEWAY.set(args.gateway.clone());
     let binary = args.binary.clone().unwrap_or_else(|| {
         std::env::current_exe()
             .ok()

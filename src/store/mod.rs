@@ -402,6 +402,21 @@ pub(crate) struct Shared {
         std::sync::OnceLock<prometheus_client::metrics::histogram::Histogram>,
     /// The writer's liveness mark (for the systemd watchdog).
     pub(crate) pulse: crate::pulse::Pulse,
+    /// Removals of delivered entries waiting for the writer's next group. They do not wake
+    /// it: at a room's pace they ride on the next append's write. Only a writer asleep
+    /// without a deadline ([`Shared::writer_idle`]), or enough of them gathered, is woken.
+    pub(crate) removals: std::sync::Mutex<Removals>,
+    /// Set by the writer while it sleeps with no removal waiting (and so no deadline).
+    pub(crate) writer_idle: std::sync::atomic::AtomicBool,
+}
+
+/// See [`Shared::removals`].
+#[derive(Default)]
+pub(crate) struct Removals {
+    /// `Op::Remove`s, in the order they came.
+    pub(crate) ops: Vec<Op>,
+    /// Entries they remove.
+    pub(crate) entries: usize,
 }
 
 /// Whether commits succeed, kept by the writer.
@@ -442,6 +457,13 @@ pub(crate) struct Queue {
 }
 
 impl Shared {
+    /// Takes the removals waiting for the writer.
+    pub(crate) fn take_removals(&self) -> Vec<Op> {
+        let mut r = self.removals.lock().unwrap_or_else(|p| p.into_inner());
+        r.entries = 0;
+        std::mem::take(&mut r.ops)
+    }
+
     /// The queues as of now.
     pub(crate) fn queues(&self) -> Arc<HashMap<WebhookId, Arc<Queue>>> {
         self.queues
@@ -587,6 +609,8 @@ impl Store {
             commit_interval_ns: AtomicU64::new(0),
             finished: std::sync::Mutex::new(Some(finished_rx)),
             pulse: crate::pulse::Pulse::new("the store writer"),
+            removals: Default::default(),
+            writer_idle: std::sync::atomic::AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(OP_CHANNEL);
         writer::spawn(db.clone(), shared.clone(), next, rx, wal, finished_tx);
@@ -682,12 +706,36 @@ impl Store {
         let (done, rx) = oneshot::channel();
         if seqs.is_empty() {
             let _ = done.send(Ok(()));
-        } else {
+            return Ok(committed(rx));
+        }
+        // Left for the writer's next group; the writer is woken only when it sleeps with
+        // none waiting (it then commits them within LAZY_WAIT), or when enough gathered.
+        let n = seqs.len();
+        let gathered = {
+            let mut r = self
+                .shared
+                .removals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            r.ops.push(Op::Remove {
+                webhook,
+                seqs,
+                done,
+            });
+            let before = r.entries;
+            r.entries += n;
+            let enough = self.shared.lazy_removals();
+            before < enough && r.entries >= enough
+        };
+        let idle = self.shared.writer_idle.swap(false, Ordering::SeqCst);
+        if idle || gathered {
+            // An empty removal: a wake-up that carries nothing itself.
+            let (nudge, _) = oneshot::channel();
             self.tx
                 .send(Op::Remove {
                     webhook,
-                    seqs,
-                    done,
+                    seqs: Vec::new(),
+                    done: nudge,
                 })
                 .await
                 .map_err(|_| StoreError::Closed)?;
@@ -1254,6 +1302,92 @@ mod tests {
         };
         let (store, ids) = Store::open(dir, &limits).unwrap();
         (store, ids[0])
+    }
+
+    fn commits(store: &Store) -> u64 {
+        store.shared.health.commits.load(Ordering::Relaxed)
+    }
+
+    fn seqs(store: &Store, w: WebhookId) -> Vec<u64> {
+        let window = store.read_after(w, 0, 1000).unwrap();
+        window.entries.iter().map(|e| e.seq).collect()
+    }
+
+    #[tokio::test]
+    async fn a_removal_between_appends_rides_on_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, a) = one_queue(dir.path());
+        store.append(vec![(a, event(1))]).await.unwrap();
+        let before = commits(&store);
+        let first = seqs(&store, a);
+        // Delivered: removed while the writer waits for the next event (room pace).
+        let removed = store.remove(a, first.clone()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        store.append(vec![(a, event(2))]).await.unwrap();
+        // Committed with the append, in the same write: not a commit of its own.
+        tokio::time::timeout(std::time::Duration::from_millis(100), removed)
+            .await
+            .expect("the removal was committed with the append")
+            .unwrap();
+        assert_eq!(commits(&store) - before, 1);
+        assert_eq!(store.depth(a), 1);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_removal_alone_is_committed_within_the_lazy_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, a) = one_queue(dir.path());
+        store
+            .append(vec![(a, event(1)), (a, event(2))])
+            .await
+            .unwrap();
+        let all = seqs(&store, a);
+        // Right after the commit (the writer expects removals) and long after it (the
+        // writer sleeps without a deadline and must be woken): both are written within
+        // LAZY_WAIT, in one commit each.
+        for (i, pause) in [0u64, 1500].into_iter().enumerate() {
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            let before = commits(&store);
+            let started = std::time::Instant::now();
+            let removed = store.remove(a, vec![all[i]]).await.unwrap();
+            tokio::time::timeout(LAZY_WAIT * 3, removed)
+                .await
+                .expect("the removal was committed within the lazy wait")
+                .unwrap();
+            assert!(started.elapsed() <= LAZY_WAIT + std::time::Duration::from_millis(500));
+            assert_eq!(commits(&store) - before, 1);
+        }
+        assert_eq!(store.depth(a), 0);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn many_removals_are_committed_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, a) = one_queue(dir.path());
+        let n = LAZY_REMOVALS as i64 + 8;
+        store
+            .append((0..n).map(|i| (a, event(i))).collect())
+            .await
+            .unwrap();
+        tokio::time::sleep(LAZY_WAIT + std::time::Duration::from_millis(200)).await;
+        let all = seqs(&store, a);
+        let started = std::time::Instant::now();
+        let mut pending = Vec::new();
+        for s in &all[..LAZY_REMOVALS] {
+            pending.push(store.remove(a, vec![*s]).await.unwrap());
+        }
+        for p in pending {
+            p.await.unwrap();
+        }
+        assert!(
+            started.elapsed() < LAZY_WAIT / 2,
+            "{:?}: enough removals wake the writer",
+            started.elapsed()
+        );
+        assert_eq!(store.depth(a), 8);
+        store.close().await;
     }
 
     #[tokio::test]

@@ -260,20 +260,54 @@ fn run(
     let mut lazy: Vec<Op> = Vec::new();
     let mut lazy_entries = 0usize;
     let mut lazy_since: Option<std::time::Instant> = None;
+    // Until when the removals of what was just committed are expected: the writer sleeps
+    // with this deadline instead of being woken by each of them (they ride on the next
+    // append, or are committed at the deadline).
+    let mut expect_until: Option<std::time::Instant> = None;
     let mut shrink = Shrink::default();
     let wedge = test_wedge();
     loop {
         shared.pulse.rest();
-        let wake = match lazy_since {
-            None => rx.blocking_recv().map_or(Wake::Closed, Wake::Op),
-            Some(since) => {
-                let left = (since + LAZY_WAIT).saturating_duration_since(std::time::Instant::now());
+        let now = std::time::Instant::now();
+        if expect_until.is_some_and(|t| t <= now) {
+            expect_until = None;
+        }
+        if lazy_since.is_none() && expect_until.is_none() {
+            // About to sleep without a deadline: from now on a removal wakes the writer
+            // (set before looking, so that one pushed meanwhile is seen or wakes it).
+            shared.writer_idle.store(true, Ordering::SeqCst);
+            let waiting = shared.take_removals();
+            if !waiting.is_empty() {
+                shared.writer_idle.store(false, Ordering::SeqCst);
+                for op in waiting {
+                    lazy_entries += op_len(&op);
+                    lazy.push(op);
+                }
+                lazy_since = Some(std::time::Instant::now());
+            }
+        }
+        let deadline = match (lazy_since, expect_until) {
+            (Some(since), _) => Some(since + LAZY_WAIT),
+            (None, until) => until,
+        };
+        let wake = match deadline {
+            None => {
+                let op = rx.blocking_recv();
+                shared.writer_idle.store(false, Ordering::SeqCst);
+                op.map_or(Wake::Closed, Wake::Op)
+            }
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
                 match rt.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
                     Ok(Some(op)) => Wake::Op(op),
                     Ok(None) => Wake::Closed,
                     Err(_) => Wake::Due,
                 }
             }
+        };
+        let wake_was = match &wake {
+            Wake::Due => WakeKind::Due,
+            _ => WakeKind::Other,
         };
         shared.pulse.step();
         if let Some(file) = &wedge {
@@ -285,7 +319,9 @@ fn run(
         let mut due = false;
         match wake {
             Wake::Closed | Wake::Op(Op::Close) => closing = true,
-            Wake::Due => due = true,
+            // A deadline: the lazy removals' (due), or the end of the expected ones (due
+            // if any came; nothing else is a reason for a write).
+            Wake::Due => due = lazy_since.is_some(),
             Wake::Op(op) if op.is_manage() => then = Some(op),
             Wake::Op(first) => {
                 // commit_interval: let the group gather (an SD card then sees one durable
@@ -315,6 +351,10 @@ fn run(
                 }
             }
         }
+        // The removals left for this group ride on it.
+        let removals = shared.take_removals();
+        due |= matches!(wake_was, WakeKind::Due) && !removals.is_empty();
+        ops.extend(removals);
         // Cleared marks join the stash, applied first in the next commit. Those that came
         // after an append of this group wait for the commit after it: a resend's check must
         // still see a mark that a later op clears (channel order). Alone they are no reason
@@ -365,6 +405,9 @@ fn run(
         // For the next commit (it is written when the source goes quiet at the latest).
         st.clears.append(&mut after);
         lazy_since = None;
+        if appended && !poisoned {
+            expect_until = Some(std::time::Instant::now() + LAZY_WAIT);
+        }
         if let Some(op) = then {
             shared.pulse.rest();
             poisoned |= manage(&db, shared, &mut st.next, &mut st.wal, op);
@@ -398,6 +441,12 @@ fn wedged(file: &std::path::Path, shared: &Shared) {
     while file.exists() && !shared.closing.load(Ordering::Relaxed) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// What ended the writer's wait, kept past the match that consumes the wake.
+enum WakeKind {
+    Due,
+    Other,
 }
 
 fn op_len(op: &Op) -> usize {
