@@ -727,6 +727,11 @@ impl Store {
             let enough = self.shared.lazy_removals();
             before < enough && r.entries >= enough
         };
+        if self.tx.is_closed() {
+            // The writer is gone (it answers what it left when it goes): answer this too.
+            drop(self.shared.take_removals());
+            return Ok(committed(rx));
+        }
         let idle = self.shared.writer_idle.swap(false, Ordering::SeqCst);
         if idle || gathered {
             // An empty removal: a wake-up that carries nothing itself.
@@ -1360,6 +1365,20 @@ mod tests {
         }
         assert_eq!(store.depth(a), 0);
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_removal_after_the_writer_stopped_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, a) = one_queue(dir.path());
+        store.append(vec![(a, event(1))]).await.unwrap();
+        let all = seqs(&store, a);
+        store.clone().close().await;
+        let removed = store.remove(a, all).await.unwrap();
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(5), removed)
+            .await
+            .expect("answered, not left waiting");
+        assert!(answer.is_err(), "{answer:?}");
     }
 
     #[tokio::test]

@@ -45,6 +45,8 @@ pub(super) fn spawn(
             if let Ok(db) = cell.get() {
                 run(&cell, db, &shared, next, rx, wal);
             }
+            // Removals left unwritten are answered (closed), not left waiting forever.
+            drop(shared.take_removals());
             cell.clear();
             let _ = finished.send(());
         });
