@@ -413,9 +413,10 @@ pub(crate) struct Shared {
 /// See [`Shared::removals`].
 #[derive(Default)]
 pub(crate) struct Removals {
-    /// `Op::Remove`s, in the order they came.
+    /// `Op::Remove`s not yet taken by the writer, in the order they came.
     pub(crate) ops: Vec<Op>,
-    /// Entries they remove.
+    /// Entries removed but not yet written: those waiting here and those the writer took
+    /// and holds for a group.
     pub(crate) entries: usize,
 }
 
@@ -426,6 +427,8 @@ pub(crate) struct Health {
     pub(crate) errors: AtomicU64,
     /// Group commits attempted, since start.
     pub(crate) commits: AtomicU64,
+    /// Times the writer woke (an op, or a deadline), since start.
+    pub(crate) wakes: AtomicU64,
     /// Time spent in them, nanoseconds.
     pub(crate) commit_nanos: AtomicU64,
     /// Set by a failed commit, cleared by the next good one.
@@ -460,8 +463,29 @@ impl Shared {
     /// Takes the removals waiting for the writer.
     pub(crate) fn take_removals(&self) -> Vec<Op> {
         let mut r = self.removals.lock().unwrap_or_else(|p| p.into_inner());
-        r.entries = 0;
         std::mem::take(&mut r.ops)
+    }
+
+    /// `n` removed entries were written (or answered): they no longer count towards the
+    /// number that wakes the writer.
+    pub(crate) fn removals_written(&self, n: usize) {
+        let mut r = self.removals.lock().unwrap_or_else(|p| p.into_inner());
+        r.entries = r.entries.saturating_sub(n);
+    }
+
+    /// Removed entries not yet written (waiting here, or held by the writer).
+    pub(crate) fn removals_waiting(&self) -> usize {
+        self.removals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entries
+    }
+
+    /// Answers (closed) every removal left waiting: the writer is gone.
+    pub(crate) fn answer_removals(&self) {
+        let mut r = self.removals.lock().unwrap_or_else(|p| p.into_inner());
+        r.entries = 0;
+        r.ops.clear();
     }
 
     /// The queues as of now.
@@ -727,23 +751,23 @@ impl Store {
             let enough = self.shared.lazy_removals();
             before < enough && r.entries >= enough
         };
-        if self.tx.is_closed() {
-            // The writer is gone (it answers what it left when it goes): answer this too.
-            drop(self.shared.take_removals());
-            return Ok(committed(rx));
-        }
         let idle = self.shared.writer_idle.swap(false, Ordering::SeqCst);
         if idle || gathered {
-            // An empty removal: a wake-up that carries nothing itself.
+            // An empty removal: a wake-up that carries nothing itself. Never awaited (a
+            // dropped future must not leave the writer asleep with the flag cleared): a
+            // full channel wakes the writer anyway, and it takes the removals then.
             let (nudge, _) = oneshot::channel();
-            self.tx
-                .send(Op::Remove {
-                    webhook,
-                    seqs: Vec::new(),
-                    done: nudge,
-                })
-                .await
-                .map_err(|_| StoreError::Closed)?;
+            let wake = Op::Remove {
+                webhook,
+                seqs: Vec::new(),
+                done: nudge,
+            };
+            if let Err(mpsc::error::TrySendError::Closed(_)) = self.tx.try_send(wake) {
+                self.shared.answer_removals();
+            }
+        } else if self.tx.is_closed() {
+            // The writer is gone (it answers what it left when it goes): answer this too.
+            self.shared.answer_removals();
         }
         Ok(committed(rx))
     }
@@ -1326,15 +1350,18 @@ mod tests {
         let before = commits(&store);
         let first = seqs(&store, a);
         // Delivered: removed while the writer waits for the next event (room pace).
+        let woke = store.shared.health.wakes.load(Ordering::Relaxed);
         let removed = store.remove(a, first.clone()).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         store.append(vec![(a, event(2))]).await.unwrap();
-        // Committed with the append, in the same write: not a commit of its own.
+        // Committed with the append, in the same write: not a commit of its own, and the
+        // writer was not woken for it (only for the append).
         tokio::time::timeout(std::time::Duration::from_millis(100), removed)
             .await
             .expect("the removal was committed with the append")
             .unwrap();
         assert_eq!(commits(&store) - before, 1);
+        assert_eq!(store.shared.health.wakes.load(Ordering::Relaxed) - woke, 1);
         assert_eq!(store.depth(a), 1);
         store.close().await;
     }
@@ -1390,8 +1417,10 @@ mod tests {
             .append((0..n).map(|i| (a, event(i))).collect())
             .await
             .unwrap();
-        tokio::time::sleep(LAZY_WAIT + std::time::Duration::from_millis(200)).await;
+        // Right after a commit the writer sleeps until its deadline: only the number of
+        // removals gathered wakes it early.
         let all = seqs(&store, a);
+        let before = commits(&store);
         let started = std::time::Instant::now();
         let mut pending = Vec::new();
         for s in &all[..LAZY_REMOVALS] {
@@ -1405,6 +1434,7 @@ mod tests {
             "{:?}: enough removals wake the writer",
             started.elapsed()
         );
+        assert_eq!(commits(&store) - before, 1);
         assert_eq!(store.depth(a), 8);
         store.close().await;
     }

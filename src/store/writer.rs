@@ -42,11 +42,19 @@ pub(super) fn spawn(
     let spawned = std::thread::Builder::new()
         .name("roomhook-store".into())
         .spawn(move || {
+            // Removals left unwritten are answered (closed) when the writer goes, even by a
+            // panic: never left waiting.
+            struct Answer<'a>(&'a Shared);
+            impl Drop for Answer<'_> {
+                fn drop(&mut self) {
+                    self.0.answer_removals();
+                }
+            }
+            let answer = Answer(&shared);
             if let Ok(db) = cell.get() {
                 run(&cell, db, &shared, next, rx, wal);
             }
-            // Removals left unwritten are answered (closed), not left waiting forever.
-            drop(shared.take_removals());
+            drop(answer);
             cell.clear();
             let _ = finished.send(());
         });
@@ -266,6 +274,7 @@ fn run(
     // with this deadline instead of being woken by each of them (they ride on the next
     // append, or are committed at the deadline).
     let mut expect_until: Option<std::time::Instant> = None;
+    let mut removals_flow = true;
     let mut shrink = Shrink::default();
     let wedge = test_wedge();
     loop {
@@ -274,7 +283,10 @@ fn run(
         if expect_until.is_some_and(|t| t <= now) {
             expect_until = None;
         }
-        if lazy_since.is_none() && expect_until.is_none() {
+        // Enough removals came while the last group was written (no wake-up announces
+        // those): no sleep, they are written now.
+        let enough = shared.removals_waiting() >= shared.lazy_removals();
+        if lazy_since.is_none() && expect_until.is_none() && !enough {
             // About to sleep without a deadline: from now on a removal wakes the writer
             // (set before looking, so that one pushed meanwhile is seen or wakes it).
             shared.writer_idle.store(true, Ordering::SeqCst);
@@ -288,8 +300,12 @@ fn run(
                 lazy_since = Some(std::time::Instant::now());
             }
         }
+        // Anything drained while removals were expected came after the commit that set the
+        // expectation: its end bounds them too.
         let deadline = match (lazy_since, expect_until) {
-            (Some(since), _) => Some(since + LAZY_WAIT),
+            _ if enough => Some(now),
+            (Some(since), Some(until)) => Some((since + LAZY_WAIT).min(until)),
+            (Some(since), None) => Some(since + LAZY_WAIT),
             (None, until) => until,
         };
         let wake = match deadline {
@@ -307,6 +323,7 @@ fn run(
                 }
             }
         };
+        shared.health.wakes.fetch_add(1, Ordering::Relaxed);
         let wake_was = match &wake {
             Wake::Due => WakeKind::Due,
             _ => WakeKind::Other,
@@ -356,6 +373,13 @@ fn run(
         // The removals left for this group ride on it.
         let removals = shared.take_removals();
         due |= matches!(wake_was, WakeKind::Due) && !removals.is_empty();
+        // Whether removals follow the appends (a disabled webhook's queue, or none routed,
+        // gets none): only then is it worth a deadline to wait for them.
+        if !removals.is_empty() {
+            removals_flow = true;
+        } else if matches!(wake_was, WakeKind::Due) && lazy.is_empty() {
+            removals_flow = false;
+        }
         ops.extend(removals);
         // Cleared marks join the stash, applied first in the next commit. Those that came
         // after an append of this group wait for the commit after it: a resend's check must
@@ -394,8 +418,16 @@ fn run(
         if !lazy.is_empty() || !st.clears.is_empty() || (closing && st.wal.used() > 0) {
             let group = std::mem::take(&mut lazy);
             lazy_entries = 0;
+            let removed: usize = group
+                .iter()
+                .map(|op| match op {
+                    Op::Remove { seqs, .. } => seqs.len(),
+                    _ => 0,
+                })
+                .sum();
             // At close the last group is a checkpoint: the log is empty after a clean stop.
             poisoned = commit(&db, shared, &mut st, group, closing);
+            shared.removals_written(removed);
             if !poisoned && !closing {
                 // Compaction and purges are long but make progress (an SD card may take
                 // tens of seconds on a big file): not a hang for the watchdog.
@@ -407,7 +439,7 @@ fn run(
         // For the next commit (it is written when the source goes quiet at the latest).
         st.clears.append(&mut after);
         lazy_since = None;
-        if appended && !poisoned {
+        if appended && !poisoned && removals_flow {
             expect_until = Some(std::time::Instant::now() + LAZY_WAIT);
         }
         if let Some(op) = then {
