@@ -62,9 +62,9 @@ impl Ingest {
         }
     }
 
-    /// Also notes every device and its latest values in `seen` (for the console).
-    pub fn recording_seen(mut self, seen: Arc<crate::seen::Seen>) -> Self {
-        self.seen = Some(seen);
+    /// Also notes every device and its latest values in `seen`, when given (the console).
+    pub fn recording_seen(mut self, seen: Option<Arc<crate::seen::Seen>>) -> Self {
+        self.seen = seen;
         self
     }
 

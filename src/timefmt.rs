@@ -11,8 +11,11 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// A duration for people: `45s`, `12m`, `5h`, `7d`.
+/// A duration for people, as the config writes it: `50ms`, `1500ms`, `45s`, `12m`, `5h`, `7d`.
 pub fn human_duration(d: std::time::Duration) -> String {
+    if d.subsec_millis() != 0 {
+        return format!("{}ms", d.as_millis());
+    }
     let s = d.as_secs();
     match s {
         0 => format!("{}ms", d.as_millis()),
@@ -43,5 +46,17 @@ mod tests {
             "2025-11-27T10:15:30.123Z"
         );
         assert_eq!(super::rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn durations_as_the_config_writes_them() {
+        use std::time::Duration;
+        let h = super::human_duration;
+        assert_eq!(h(Duration::ZERO), "0ms");
+        assert_eq!(h(Duration::from_millis(50)), "50ms");
+        assert_eq!(h(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(h(Duration::from_secs(45)), "45s");
+        assert_eq!(h(Duration::from_secs(60)), "1m");
+        assert_eq!(h(Duration::from_secs(7 * 86_400)), "7d");
     }
 }

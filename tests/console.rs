@@ -74,11 +74,7 @@ fn http_with(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_live_state_csrf_sign_out_and_the_rate_limit() {
     let e = env("", "").await;
-    let text = std::fs::read_to_string(&e.config).unwrap().replacen(
-        "[admin]\n",
-        &format!("[admin]\nconsole = true\ntoken = \"{ADMIN_TOKEN}\"\n"),
-        1,
-    );
+    let text = with_console(&std::fs::read_to_string(&e.config).unwrap(), ADMIN_TOKEN);
     std::fs::write(&e.config, text).unwrap();
     let mut daemon = Daemon::start(&e.config);
     let port = e.admin;

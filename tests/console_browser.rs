@@ -134,18 +134,6 @@ async fn editor_ready(c: &Client) {
     .await;
 }
 
-/// The text of the first element matching `css` ("" when there is none).
-async fn text_of(c: &Client, css: &str) -> String {
-    c.execute(
-        "const e = document.querySelector(arguments[0]); return e ? e.textContent : '';",
-        vec![json!(css)],
-    )
-    .await
-    .ok()
-    .and_then(|v| v.as_str().map(str::to_string))
-    .unwrap_or_default()
-}
-
 /// Waits until the element `css` contains `needle`; returns its text.
 async fn wait_text(c: &Client, css: &str, needle: &str) -> String {
     let script = format!(
@@ -240,18 +228,11 @@ async fn a_person_does_in_a_browser_what_the_control_hub_page_does() {
     let e = env("", "").await;
     let bi = receiver(e.dir.path(), false).await;
     let self_signed = receiver(e.dir.path(), true).await;
-    let text = std::fs::read_to_string(&e.config)
-        .unwrap()
-        .replacen(
-            "[admin]\n",
-            &format!("[admin]\nconsole = true\ntoken = \"{ADMIN_TOKEN}\"\n"),
-            1,
-        )
-        .replacen(
-            &format!("\"/people\" = \"{PC}\"\n"),
-            &format!("\"/people\" = \"{PC}\"\n\"/temperature\" = \"{TEMP}\"\n"),
-            1,
-        );
+    let text = with_console(&std::fs::read_to_string(&e.config).unwrap(), ADMIN_TOKEN).replacen(
+        &format!("\"/people\" = \"{PC}\"\n"),
+        &format!("\"/people\" = \"{PC}\"\n\"/temperature\" = \"{TEMP}\"\n"),
+        1,
+    );
     std::fs::write(&e.config, text).unwrap();
     let mut daemon = Daemon::start(&e.config);
     let base = format!("http://127.0.0.1:{}", e.admin);
@@ -486,7 +467,7 @@ async fn a_person_does_in_a_browser_what_the_control_hub_page_does() {
         .await
         .unwrap();
     c.goto(&format!("{base}/console/state")).await.unwrap();
-    assert!(text_of(&c, "body").await.contains("sign in first"));
+    wait_text(&c, "body", "sign in first").await;
 
     c.close().await.unwrap();
     assert_eq!(daemon.stop(), Some(0));

@@ -5,6 +5,7 @@
 use crate::config::edit::{Edit, EditError};
 use crate::config::Auth;
 use crate::supervisor::{ActionError, Edited, Supervisor, WebhookView};
+use crate::timefmt::human_duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -136,15 +137,6 @@ fn failed(e: &ActionError) -> Reply {
     reply(status, body)
 }
 
-/// A duration as the config writes it (`"50ms"`, `"15s"`, `"5m"`).
-fn duration(d: std::time::Duration) -> String {
-    if d.subsec_millis() != 0 || d.is_zero() {
-        format!("{}ms", d.as_millis())
-    } else {
-        crate::timefmt::human_duration(d)
-    }
-}
-
 /// A webhook's settings and live figures, secrets redacted (header values too: they often
 /// carry API keys).
 pub fn describe(store: &crate::store::Store, w: &WebhookView) -> Value {
@@ -183,18 +175,18 @@ pub fn describe(store: &crate::store::Store, w: &WebhookView) -> Value {
         "rate_limit": s.pacing.rate_limit,
         "batch_max_messages": s.pacing.batch_max_messages,
         "max_in_flight": s.max_in_flight,
-        "connect_timeout": duration(s.connect_timeout),
-        "request_timeout": duration(s.request_timeout),
-        "retry_base": duration(s.retry_base),
-        "retry_max": duration(s.retry_max),
+        "connect_timeout": human_duration(s.connect_timeout),
+        "request_timeout": human_duration(s.request_timeout),
+        "retry_base": human_duration(s.retry_base),
+        "retry_max": human_duration(s.retry_max),
         "burst": s.pacing.burst,
-        "drain_start_jitter": duration(s.pacing.drain_start_jitter),
+        "drain_start_jitter": human_duration(s.pacing.drain_start_jitter),
         "ordering": s.pacing.ordering.as_str(),
         "circuit_breaker_threshold": s.pacing.circuit_breaker_threshold,
-        "auth_retry": duration(s.pacing.auth_retry),
+        "auth_retry": human_duration(s.pacing.auth_retry),
         "batch_max_bytes": s.pacing.batch_max_bytes,
-        "batch_linger": duration(s.pacing.batch_linger),
-        "max_queue_age": s.max_queue_age.map(duration),
+        "batch_linger": human_duration(s.pacing.batch_linger),
+        "max_queue_age": s.max_queue_age.map(human_duration),
         "status": status,
         "queue": {
             "events": store.depth(w.id),

@@ -87,6 +87,11 @@ fn authorized(req: &Request<Incoming>, token: &Secret) -> bool {
     else {
         return false;
     };
+    token_matches(token, given)
+}
+
+/// Whether `given` (trimmed) is the admin token, compared in constant time.
+pub(crate) fn token_matches(token: &Secret, given: &str) -> bool {
     use subtle::ConstantTimeEq;
     given
         .trim()

@@ -64,9 +64,6 @@ struct Args {
     gateway: String,
 }
 
-/// `--gateway`: extra `[gateway]` lines of every config the benchmark writes.
-static GATEWAY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
 const TOKEN: &str = "Bearer bench-token";
 
 struct Setup {
@@ -74,9 +71,11 @@ struct Setup {
     broker: Mosquitto,
     receiver: Receiver,
     ca_file: PathBuf,
+    /// `--gateway`: extra `[gateway]` lines of every config written for this setup.
+    gateway: String,
 }
 
-async fn setup() -> Result<Setup, String> {
+async fn setup(args: &Args) -> Result<Setup, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let broker = Mosquitto::start().map_err(|e| e.to_string())?;
     let id = pki::private_ca(&["127.0.0.1"]).map_err(|e| e.to_string())?;
@@ -96,6 +95,7 @@ async fn setup() -> Result<Setup, String> {
         broker,
         receiver,
         ca_file,
+        gateway: args.gateway.clone(),
     })
 }
 
@@ -108,7 +108,7 @@ fn config(
 ) -> PathBuf {
     let mut text = format!(
         "[gateway]\ndata_dir = \"data\"\norg_id = \"bench\"\n{}\n",
-        GATEWAY.get().map_or("", String::as_str)
+        s.gateway
     );
     for i in 0..sources {
         text += &format!(
@@ -204,7 +204,7 @@ fn workload(devices: usize, n: usize) -> Vec<(String, String)> {
 }
 
 async fn throughput(args: &Args, binary: &Path, batch: usize) -> Result<serde_json::Value, String> {
-    let s = setup().await?;
+    let s = setup(args).await?;
     let extra = format!("batch_max_messages = {batch}\nbatch_linger = \"5ms\"");
     let daemon = Daemon::start(binary, &config(&s, 1, 1, args.max_in_flight, &extra))?;
     wait_ready(&s, 0).await?;
@@ -266,7 +266,7 @@ async fn throughput(args: &Args, binary: &Path, batch: usize) -> Result<serde_js
 }
 
 async fn latency(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
-    let s = setup().await?;
+    let s = setup(args).await?;
     let daemon = Daemon::start(binary, &config(&s, 1, 1, args.max_in_flight, ""))?;
     wait_ready(&s, 0).await?;
     let base = s.receiver.requests().len();
@@ -309,7 +309,7 @@ async fn latency(args: &Args, binary: &Path) -> Result<serde_json::Value, String
 }
 
 async fn drain(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
-    let s = setup().await?;
+    let s = setup(args).await?;
     s.receiver
         .set_behaviour(roomhook::demo::receiver::Behaviour::Status(503));
     let rate = args.drain_rate;
@@ -429,8 +429,8 @@ async fn drain(args: &Args, binary: &Path) -> Result<serde_json::Value, String> 
     }))
 }
 
-async fn idle(binary: &Path) -> Result<serde_json::Value, String> {
-    let s = setup().await?;
+async fn idle(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
+    let s = setup(args).await?;
     let daemon = Daemon::start(binary, &config(&s, 3, 2, 8, ""))?;
     let ok = wait_until(Duration::from_secs(15), || {
         status_kib(daemon.pid(), "VmRSS").is_some()
@@ -470,7 +470,7 @@ fn write_bytes(pid: u32) -> u64 {
 /// one webhook), bytes written to storage, daemon CPU and durable commits per event, for
 /// each `commit_interval`; and what an idle daemon writes.
 async fn wear(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
-    let s = setup().await?;
+    let s = setup(args).await?;
     let admin = roomhook::testkit::free_port().map_err(|e| e.to_string())?;
     let rates: Vec<u64> = args
         .wear_rates
@@ -544,7 +544,7 @@ async fn wear(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
 /// after every connection drops at once (a shared network outage).
 async fn roomos(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
     use roomhook::demo::device::{DeviceSim, DeviceSimOptions};
-    let s = setup().await?;
+    let s = setup(args).await?;
     let n = args.roomos_devices;
     let mut devices = Vec::new();
     for i in 0..n {
@@ -778,7 +778,6 @@ async fn store(args: &Args) -> Result<serde_json::Value, String> {
 fn main() -> std::process::ExitCode {
     roomhook::install_crypto_provider();
     let args = Args::parse();
-    let _ = GATEWAY.set(args.gateway.clone());
     let binary = args.binary.clone().unwrap_or_else(|| {
         std::env::current_exe()
             .ok()
@@ -826,7 +825,7 @@ fn main() -> std::process::ExitCode {
                 "batched" => throughput(&args, &binary, 100).await,
                 "drain" => drain(&args, &binary).await,
                 "latency" => latency(&args, &binary).await,
-                "idle" => idle(&binary).await,
+                "idle" => idle(&args, &binary).await,
                 "roomos" => roomos(&args, &binary).await,
                 "wear" => wear(&args, &binary).await,
                 "store" => store(&args).await,

@@ -63,10 +63,7 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
     // The console shows the devices seen and their latest values: noted only when it is on.
     let console_on = settings.admin_console && settings.admin_token.is_some();
     let seen = console_on.then(|| Arc::new(crate::seen::Seen::default()));
-    let ingest = match &seen {
-        Some(s) => Ingest::new(store.clone(), metrics.clone()).recording_seen(s.clone()),
-        None => Ingest::new(store.clone(), metrics.clone()),
-    };
+    let ingest = Ingest::new(store.clone(), metrics.clone()).recording_seen(seen.clone());
     let supervisor = Supervisor::start(
         settings.clone(),
         store.clone(),

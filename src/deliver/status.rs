@@ -146,29 +146,29 @@ impl Recent {
     /// (delivered, errors) of each of the last `n` minutes as of `now_ms`, oldest first
     /// (the current minute last): what the console's chart draws.
     pub fn minutes(&self, now_ms: i64, n: usize) -> Vec<(u32, u32)> {
+        self.last(now_ms, n).collect()
+    }
+
+    /// The last `n` minutes as of `now_ms`, oldest first.
+    fn last(&self, now_ms: i64, n: usize) -> impl Iterator<Item = (u32, u32)> + '_ {
         let now = now_ms / 60_000;
         let n = n.min(MINUTES) as i64;
-        ((now - n + 1)..=now)
-            .map(|m| {
-                if m > self.head || m + (MINUTES as i64) <= self.head {
-                    (0, 0)
-                } else {
-                    self.buckets[m.rem_euclid(MINUTES as i64) as usize]
-                }
-            })
-            .collect()
+        ((now - n + 1)..=now).map(move |m| {
+            if m > self.head || m + (MINUTES as i64) <= self.head {
+                (0, 0)
+            } else {
+                self.buckets[m.rem_euclid(MINUTES as i64) as usize]
+            }
+        })
     }
 
     /// The sums of the last 5 minutes, hour and day as of `now_ms` (the current minute
     /// included).
     pub fn counts(&self, now_ms: i64) -> RecentCounts {
-        let day = self.minutes(now_ms, MINUTES);
         let sum = |minutes: usize| {
-            day[MINUTES - minutes..]
-                .iter()
-                .fold((0u64, 0u64), |(d, e), b| {
-                    (d + u64::from(b.0), e + u64::from(b.1))
-                })
+            self.last(now_ms, minutes).fold((0u64, 0u64), |(d, e), b| {
+                (d + u64::from(b.0), e + u64::from(b.1))
+            })
         };
         let (d5, e5) = sum(5);
         let (d60, e60) = sum(60);

@@ -269,7 +269,9 @@ pub async fn run(
                     if p.dup {
                         dups_open += 1;
                     }
-                    pulse.waiting(acked.before_publish(p.pkid, p.dup, ingest.store(), &s.name)).await;
+                    if acked.old_mark(p.pkid, p.dup) {
+                        pulse.waiting(acked.hand_over(ingest.store(), &s.name)).await;
+                    }
                     // With DUP set, the store recognises (in the same transaction as the
                     // append) a message it committed before whose PUBACK was never written.
                     let mark = Mark { source: s.name.clone(), pkid: p.pkid, digest: digest(&p), resume: false, dup: p.dup };
@@ -446,22 +448,14 @@ impl AckedMarks {
         self.flush_at = Some(tokio::time::Instant::now() + MARKS_FLUSH_AFTER);
     }
 
-    async fn before_publish(
-        &mut self,
-        pkid: u16,
-        dup: bool,
-        store: &crate::store::Store,
-        source: &str,
-    ) {
-        // A DUP whose id the broker is known to have freed (a ping answered after our
-        // PUBACK) is a new message: the old mark goes first.
-        let old_mark = if dup {
+    /// A publish with `pkid` arrived: whether the marks must go to the store before it (a
+    /// mark of its packet id is old). A DUP whose id the broker is known to have freed (a
+    /// ping answered after our PUBACK) is a new message too.
+    fn old_mark(&mut self, pkid: u16, dup: bool) -> bool {
+        if dup {
             self.written.contains(&pkid)
         } else {
             self.reused(pkid)
-        };
-        if old_mark {
-            self.hand_over(store, source).await;
         }
     }
 

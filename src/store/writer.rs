@@ -324,10 +324,7 @@ fn run(
             }
         };
         shared.health.wakes.fetch_add(1, Ordering::Relaxed);
-        let wake_was = match &wake {
-            Wake::Due => WakeKind::Due,
-            _ => WakeKind::Other,
-        };
+        let timed_out = matches!(wake, Wake::Due);
         shared.pulse.step();
         if let Some(file) = &wedge {
             wedged(file, shared);
@@ -372,12 +369,12 @@ fn run(
         }
         // The removals left for this group ride on it.
         let removals = shared.take_removals();
-        due |= matches!(wake_was, WakeKind::Due) && !removals.is_empty();
+        due |= timed_out && !removals.is_empty();
         // Whether removals follow the appends (a disabled webhook's queue, or none routed,
         // gets none): only then is it worth a deadline to wait for them.
         if !removals.is_empty() {
             removals_flow = true;
-        } else if matches!(wake_was, WakeKind::Due) && lazy.is_empty() {
+        } else if timed_out && lazy.is_empty() {
             removals_flow = false;
         }
         ops.extend(removals);
@@ -420,10 +417,8 @@ fn run(
             lazy_entries = 0;
             let removed: usize = group
                 .iter()
-                .map(|op| match op {
-                    Op::Remove { seqs, .. } => seqs.len(),
-                    _ => 0,
-                })
+                .filter(|op| matches!(op, Op::Remove { .. }))
+                .map(op_len)
                 .sum();
             // At close the last group is a checkpoint: the log is empty after a clean stop.
             poisoned = commit(&db, shared, &mut st, group, closing);
@@ -475,12 +470,6 @@ fn wedged(file: &std::path::Path, shared: &Shared) {
     while file.exists() && !shared.closing.load(Ordering::Relaxed) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-}
-
-/// What ended the writer's wait, kept past the match that consumes the wake.
-enum WakeKind {
-    Due,
-    Other,
 }
 
 fn op_len(op: &Op) -> usize {

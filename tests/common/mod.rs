@@ -371,6 +371,15 @@ pub fn with_admin(text: &str, port: u16) -> String {
     )
 }
 
+/// `text` (with an `[admin]` table) with the web console on, opened by `token`.
+pub fn with_console(text: &str, token: &str) -> String {
+    text.replacen(
+        "[admin]\n",
+        &format!("[admin]\nconsole = true\ntoken = \"{token}\"\n"),
+        1,
+    )
+}
+
 /// What most tests start from: a broker, a receiver, and a standard config with an admin
 /// listener (not started yet).
 pub struct Env {

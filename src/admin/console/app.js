@@ -37,9 +37,7 @@ function labelCells(tbody) {
 }
 
 // ---- the live view ----
-let state = null;
 function draw(s) {
-  state = s;
   $("version").textContent = s.version;
   $("verdict").textContent = s.ready ? "ready" : "not ready";
   $("verdict").className = s.ready ? "ok" : "bad";
@@ -217,7 +215,7 @@ const PACING = [
   ["rate_limit", "Requests per second at most", "float", "unlimited"],
   ["burst", "Burst (requests saved up)", "int", "one second's worth"],
   ["batch_max_messages", "Messages per request", "int"],
-  ["batch_max_bytes", "Largest batch body", "size"],
+  ["batch_max_bytes", "Largest batch body", "text"],
   ["batch_linger", "Batch linger", "text"],
   ["ordering", "Ordering (device or none)", "text"],
   ["connect_timeout", "Connect timeout", "text"],
@@ -237,7 +235,7 @@ function groups(box, entries, kind) {
   for (const [g, list] of Object.entries(by)) {
     const fs = el("fieldset", { class: "group" }, [el("legend", { text: g })]);
     if (list.length > 1 && g.indexOf(" ") < 0) {
-      fs.appendChild(el("label", { class: "inline branch" }, [
+      fs.appendChild(el("label", { class: "inline" }, [
         el("input", { type: "checkbox", "data-kind": kind, value: g + ".*" }), document.createTextNode(" all of " + g + " (" + g + ".*)")]));
     }
     for (const e of list) {
@@ -337,7 +335,7 @@ async function openEditor(name) {
     const hn = Object.keys(w.headers || {});
     if (hn.length) { $("headers-hint").hidden = false; $("headers-hint").textContent = "Now: " + hn.join(", ") + " (values ***). Leave empty to keep them; anything typed replaces them all."; }
     $("f-devices").value = w.devices.join(", ");
-    for (const b of document.querySelectorAll('input[data-kind="device"]')) b.checked = w.devices.includes(b.value);
+    setChecks("device", w.devices);
     $("f-statuses-more").value = setChecks("status", w.statuses).join(", ");
     $("f-events-more").value = setChecks("event", w.events).join(", ");
     for (const [key] of PACING) $("p-" + key).value = text(setting(w, key));
@@ -346,8 +344,6 @@ async function openEditor(name) {
     $("f-authorization").placeholder = "Bearer …";
     $("f-password").placeholder = "";
     $("f-signing").placeholder = "";
-    setChecks("status", []);
-    setChecks("event", []);
   }
   showAuth();
   $("editor").hidden = false;

@@ -29,7 +29,7 @@ pub fn svg(name: &str, minutes: &[(u32, u32)]) -> String {
     let _ = write!(
         out,
         r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" role="img" aria-labelledby="t"><title id="t">{}: {delivered} delivered and {errors} failed requests in the last hour, per minute (peak {peak})</title><rect width="100%" height="100%" fill="#fff"/>"##,
-        escape(name)
+        super::html_escape(name)
     );
     // Delivered: bars; errors: a red line over them.
     for (i, &(d, _)) in minutes.iter().enumerate() {
@@ -66,13 +66,6 @@ pub fn svg(name: &str, minutes: &[(u32, u32)]) -> String {
         HEIGHT - 2
     );
     out
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]

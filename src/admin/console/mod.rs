@@ -18,13 +18,16 @@ use hyper::{Request, Response, StatusCode};
 use sessions::{csrf_ok, Refused, Session, Sessions};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 use std::time::Instant;
 
 const COOKIE_NAME: &str = "roomhook_session";
 const STYLE: &str = include_str!("style.css");
-const LOGIN: &str = include_str!("login.html");
-const APP: &str = include_str!("app.html");
+/// The sign-in page and the app page with the style in place (filled in once).
+static LOGIN: LazyLock<String> =
+    LazyLock::new(|| include_str!("login.html").replace("__STYLE__", STYLE));
+static APP: LazyLock<String> =
+    LazyLock::new(|| include_str!("app.html").replace("__STYLE__", STYLE));
 const SCRIPT: &str = include_str!("app.js");
 /// Largest form body read.
 const MAX_FORM: usize = 4096;
@@ -58,23 +61,28 @@ fn reply(status: StatusCode, ctype: &'static str, body: String) -> Reply {
     r
 }
 
-fn redirect(to: &'static str, cookie: Option<String>) -> Reply {
+/// A redirect to `/` that sets the session cookie to `value` for `max_age` seconds (0: ends
+/// it); `Secure` when the browser came over TLS.
+fn redirect_with_session(value: &str, max_age: u64, tls: bool) -> Reply {
     let mut r = reply(StatusCode::SEE_OTHER, "text/plain", String::new());
     r.headers_mut()
-        .insert(LOCATION, HeaderValue::from_static(to));
-    if let Some(c) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        .insert(LOCATION, HeaderValue::from_static("/"));
+    let cookie = format!(
+        "{COOKIE_NAME}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{}",
+        if tls { "; Secure" } else { "" }
+    );
+    if let Ok(c) = HeaderValue::from_str(&cookie) {
         r.headers_mut().insert(SET_COOKIE, c);
     }
     r
 }
 
 fn login_page(status: StatusCode, message: &str) -> Reply {
-    let html = LOGIN
-        .replace("__STYLE__", STYLE)
-        .replace("__MESSAGE__", &html_escape(message));
+    let html = LOGIN.replace("__MESSAGE__", &html_escape(message));
     reply(status, "text/html; charset=utf-8", html)
 }
 
+/// Text made safe for HTML (and SVG) text and attributes.
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -118,8 +126,16 @@ fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// What the add and edit forms offer: the catalog grouped by its first level (statuses with
-/// their value types, events), the defaults of the pacing keys, and the devices seen so far.
+/// their value types, events) and the defaults of the pacing keys (built once), and the
+/// devices seen so far.
 fn catalog(devices: Vec<String>) -> serde_json::Value {
+    static FIXED: LazyLock<serde_json::Value> = LazyLock::new(fixed_catalog);
+    let mut c = FIXED.clone();
+    c["devices"] = devices.into();
+    c
+}
+
+fn fixed_catalog() -> serde_json::Value {
     use crate::catalog::{Kind, ValueType, ENTRIES};
     let entry = |e: &crate::catalog::Entry| {
         let value = match e.value {
@@ -143,7 +159,6 @@ fn catalog(devices: Vec<String>) -> serde_json::Value {
             .iter()
             .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
             .collect::<serde_json::Map<_, _>>(),
-        "devices": devices,
     })
 }
 
@@ -189,7 +204,7 @@ impl Console {
             ("POST", "/login", _) => self.login(req, peer, tls).await,
             ("GET", "/", None) => login_page(StatusCode::OK, ""),
             ("GET", "/", Some((_, s))) => {
-                let html = APP.replace("__STYLE__", STYLE).replace("__CSRF__", &s.csrf);
+                let html = APP.replace("__CSRF__", &s.csrf);
                 reply(StatusCode::OK, "text/html; charset=utf-8", html)
             }
             ("GET", "/console/app.js", Some(_)) => reply(
@@ -243,13 +258,7 @@ impl Console {
                 if let Ok(mut all) = self.sessions.lock() {
                     all.logout(&id);
                 }
-                redirect(
-                    "/",
-                    Some(format!(
-                        "{COOKIE_NAME}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",
-                        if tls { "; Secure" } else { "" }
-                    )),
-                )
+                redirect_with_session("", 0, tls)
             }
             (_, _, None) => reply(
                 StatusCode::UNAUTHORIZED,
@@ -309,26 +318,13 @@ impl Console {
 
     async fn login(&self, req: Request<Incoming>, peer: IpAddr, tls: bool) -> Reply {
         let f = form(req).await;
-        let good = field(&f, "token").is_some_and(|t| {
-            use subtle::ConstantTimeEq;
-            t.trim()
-                .as_bytes()
-                .ct_eq(self.token.expose().as_bytes())
-                .into()
-        });
+        let good = field(&f, "token").is_some_and(|t| super::token_matches(&self.token, t));
         let result = match self.sessions.lock() {
             Ok(mut s) => s.login(peer, good, Instant::now()),
             Err(_) => Err(Refused::WrongToken),
         };
         match result {
-            Ok(id) => redirect(
-                "/",
-                Some(format!(
-                    "{COOKIE_NAME}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
-                    sessions::SESSION_IDLE.as_secs(),
-                    if tls { "; Secure" } else { "" }
-                )),
-            ),
+            Ok(id) => redirect_with_session(&id, sessions::SESSION_IDLE.as_secs(), tls),
             Err(Refused::WrongToken) => {
                 tracing::warn!(%peer, "console: a sign-in with a wrong token");
                 login_page(StatusCode::UNAUTHORIZED, "That is not the admin token.")

@@ -54,9 +54,6 @@ impl Sessions {
         self.failures
             .retain(|_, (since, _)| now.duration_since(*since) < LOGIN_WINDOW);
         let entry = self.failures.entry(from).or_insert((now, 0));
-        if now.duration_since(entry.0) >= LOGIN_WINDOW {
-            *entry = (now, 0);
-        }
         if entry.1 >= LOGIN_ATTEMPTS {
             return Err(Refused::TooMany(entry.0 + LOGIN_WINDOW));
         }
