@@ -13,6 +13,7 @@ use crate::deliver::worker::Worker;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::pulse::Pulses;
+use crate::store::change::{Done, Step};
 use crate::store::{Store, WebhookId};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -32,10 +33,69 @@ pub struct WebhookView {
     pub status: SharedStatus,
 }
 
+/// A delivery loop the supervisor started and tracks until it has ended.
 struct RunningWebhook {
     view: WebhookView,
+    /// Its client, kept so that a rolled-back change starts the same loop again.
+    client: WebhookClient,
     stop: CancellationToken,
     task: JoinHandle<()>,
+}
+
+/// What becomes of one webhook of the new settings.
+enum Fate {
+    /// Runs on, unchanged (index into the running set).
+    Keep(usize),
+    /// Restarted with new settings, perhaps a new name; the queue stays.
+    Restart { old: usize, client: WebhookClient },
+    /// New, or back (`back`: it takes the kept queue of its name).
+    Add { client: WebhookClient, back: bool },
+}
+
+/// A change checked against the running set, ready to apply.
+struct Plan {
+    settings: Settings,
+    /// One per webhook of `settings`, in order.
+    fates: Vec<Fate>,
+    /// Running webhooks that go (index, and whether their queue is purged).
+    gone: Vec<(usize, bool)>,
+}
+
+/// A queue kept after its webhook left the config.
+#[derive(Debug, Clone)]
+struct Orphan {
+    name: String,
+    id: WebhookId,
+    since_ms: i64,
+    /// The URL its events were routed for (`None`: kept before that was recorded).
+    url: Option<String>,
+}
+
+/// The keys that only a restart applies, as far as they changed.
+fn restart_only(old: &Settings, new: &Settings) -> Vec<&'static str> {
+    [
+        ("gateway.data_dir", old.data_dir != new.data_dir),
+        ("gateway.org_id", old.org_id != new.org_id),
+        (
+            "gateway.max_store_bytes",
+            old.max_store_bytes != new.max_store_bytes,
+        ),
+        ("admin.listen", old.admin_listen != new.admin_listen),
+        ("admin.socket", old.control_socket != new.control_socket),
+        ("admin.token", old.admin_token != new.admin_token),
+        (
+            "gateway.commit_interval",
+            old.commit_interval != new.commit_interval,
+        ),
+        (
+            "gateway.shutdown_grace",
+            old.shutdown_grace != new.shutdown_grace,
+        ),
+        ("gateway.threads", old.threads != new.threads),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
 }
 
 /// The settings of one source of any kind.
@@ -120,6 +180,12 @@ pub enum ActionError {
     /// No such webhook.
     #[error("no webhook named {0:?}")]
     Unknown(String),
+    /// The change conflicts with what the store keeps (nothing was changed).
+    #[error("{0}")]
+    Conflict(String),
+    /// The store refused the change (a full disk); nothing was changed.
+    #[error("the store refused the change, nothing was changed (the running webhooks go on as before, the config file is as it was): {0}")]
+    Store(String),
     /// Starting or stopping a part failed.
     #[error("{0}")]
     Runtime(String),
@@ -151,8 +217,8 @@ pub struct Supervisor {
     config_file: PathBuf,
     /// The store directory (control-API file references may not point into it).
     data_dir: PathBuf,
-    /// Queues whose webhook left the config: name, store id, since when (unix ms).
-    orphans: std::sync::Mutex<Vec<(String, WebhookId, i64)>>,
+    /// Queues whose webhook left the config.
+    orphans: std::sync::Mutex<Vec<Orphan>>,
     /// How long orphans are kept, in milliseconds (follows reloads).
     orphan_retention_ms: std::sync::atomic::AtomicU64,
     store_errors_seen: std::sync::atomic::AtomicU64,
@@ -208,37 +274,7 @@ impl Supervisor {
                 sup.refresh_metrics();
             }
         });
-        // Queues in the store that no configured webhook names any more (the name went out
-        // of the file while the daemon was stopped, perhaps by a typo): kept as orphans for
-        // orphan_retention, never silently deleted.
-        let known = {
-            let store = sup.store.clone();
-            tokio::task::spawn_blocking(move || store.names())
-                .await
-                .map_err(|e| ActionError::Runtime(e.to_string()))?
-                .map_err(|e| ActionError::Runtime(e.to_string()))?
-        };
-        let marked = {
-            let store = sup.store.clone();
-            tokio::task::spawn_blocking(move || store.orphans())
-                .await
-                .map_err(|e| ActionError::Runtime(e.to_string()))?
-                .map_err(|e| ActionError::Runtime(e.to_string()))?
-        };
-        let configured = |name: &str| settings.webhooks.iter().any(|w| w.name == name);
-        for (name, _) in known {
-            if !configured(&name) {
-                sup.orphan(&name).await?;
-            }
-        }
-        for (name, _) in marked {
-            if configured(&name) {
-                sup.store
-                    .set_orphan(&name, false)
-                    .await
-                    .map_err(|e| ActionError::Runtime(e.to_string()))?;
-            }
-        }
+        sup.adopt_store(&settings).await?;
         sup.expire_orphans().await?;
         // Orphans age while the daemon runs, too: looked at once an hour.
         let weak = Arc::downgrade(&sup);
@@ -256,9 +292,92 @@ impl Supervisor {
         });
         {
             let mut inner = sup.inner.lock().await;
-            sup.apply_locked(&mut inner, settings, &[]).await?;
+            sup.apply_locked(&mut inner, settings, &[], &[]).await?;
         }
         Ok(sup)
+    }
+
+    /// Reads the kept queues at start. Queues that no configured webhook names (the name
+    /// went out of the file while the daemon was stopped, perhaps by a typo) are kept as
+    /// orphans for orphan_retention, never silently deleted; empty ones go.
+    async fn adopt_store(&self, settings: &Settings) -> Result<(), ActionError> {
+        let rt = |e: crate::store::StoreError| ActionError::Runtime(e.to_string());
+        let store = self.store.clone();
+        let (known, kept) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>((store.names()?, store.orphans()?))
+        })
+        .await
+        .map_err(|e| ActionError::Runtime(e.to_string()))?
+        .map_err(rt)?;
+        let configured = |name: &str| settings.webhooks.iter().any(|w| w.name == name);
+        // Kept queues whose name is configured again: the first apply takes them back (if
+        // the url is the one they were kept for).
+        for k in kept.iter().filter(|k| configured(&k.name)) {
+            if let Some((_, id)) = known.iter().find(|(n, _)| n == &k.name) {
+                self.orphans
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(Orphan {
+                        name: k.name.clone(),
+                        id: *id,
+                        since_ms: k.since_ms,
+                        url: k.url.clone(),
+                    });
+            }
+        }
+        let unconfigured: Vec<String> = known
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| !configured(name))
+            .collect();
+        if unconfigured.is_empty() {
+            return Ok(());
+        }
+        // Opened (so that their bytes count against max_store_bytes like any queue's), then
+        // kept, or purged when empty.
+        let now = crate::timefmt::now_ms();
+        let mut steps: Vec<Step> = unconfigured
+            .iter()
+            .map(|name| Step::Register {
+                name: name.clone(),
+                overflow: crate::store::Overflow::DropOldest,
+            })
+            .collect();
+        steps.extend(unconfigured.iter().map(|name| {
+            Step::Release {
+                name: name.clone(),
+                url: kept
+                    .iter()
+                    .find(|k| &k.name == name)
+                    .and_then(|k| k.url.clone()),
+                at_ms: now,
+            }
+        }));
+        let done = self.store.change(steps).await.map_err(rt)?;
+        let (ids, fates) = done.split_at(unconfigured.len());
+        let mut orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+        for ((name, id), fate) in unconfigured.iter().zip(ids).zip(fates) {
+            let (Done::Registered(id), Done::Orphaned(since)) = (id, fate) else {
+                tracing::info!(webhook = %name, "webhook is no longer in the config (its queue was empty)");
+                continue;
+            };
+            tracing::warn!(
+                webhook = %name,
+                "webhook is not in the config: its queue ({} events) is kept as an orphan for {} (orphan_retention), not delivered; a webhook of that name takes it back",
+                self.store.depth(*id),
+                crate::timefmt::human_duration(self.orphan_retention())
+            );
+            orphans.push(Orphan {
+                name: name.clone(),
+                id: *id,
+                since_ms: *since,
+                url: kept
+                    .iter()
+                    .find(|k| &k.name == name)
+                    .and_then(|k| k.url.clone()),
+            });
+        }
+        Ok(())
     }
 
     /// The webhooks as of now, in config order.
@@ -374,15 +493,21 @@ impl Supervisor {
         let file = inner.settings.file.clone();
         let settings =
             crate::config::load(&file).map_err(|e| ActionError::Invalid(e.to_string()))?;
-        let applied = self.apply_locked(&mut inner, settings, &[]).await?;
-        self.expire_orphans().await?;
+        let applied = self.apply_locked(&mut inner, settings, &[], &[]).await?;
+        if let Err(e) = self.expire_orphans().await {
+            tracing::warn!("orphaned queues: {e}");
+        }
         Ok(applied)
     }
 
-    /// Edits the config file and applies the result. A webhook whose URL or credentials
-    /// change (or a new one) is verified first when `verify` is set and it is enabled: a
-    /// `healthCheck` must be answered 200, or nothing is saved. A new webhook added with
-    /// `verify` unset is saved disabled (until `enable` verifies it).
+    /// Edits the config file and applies the result, all or nothing: the edit is checked
+    /// (validation, name conflicts with kept queues, TLS files) and, when `verify` is set and
+    /// the webhook is enabled and reaches a new receiver, verified by a `healthCheck` that must
+    /// be answered 200, before the file is written or a loop stopped. A refused edit leaves
+    /// the file byte for byte as it was. Should applying still fail (the store refuses the
+    /// change: a full disk), the file is written back and the running set restored. A new
+    /// webhook added with `verify` unset is saved disabled (until `enable` verifies it).
+    /// `Remove` of a name that is only a kept queue deletes that queue.
     pub async fn edit(&self, mut change: Edit, verify: bool) -> Result<Edited, ActionError> {
         let mut inner = self.inner.lock().await;
         let file = inner.settings.file.clone();
@@ -396,7 +521,13 @@ impl Supervisor {
             path: file.clone(),
             reason: e.to_string(),
         })?;
-        let new_text = edit::apply(&text, &change)?;
+        let new_text = match edit::apply(&text, &change) {
+            Ok(t) => t,
+            Err(edit::EditError::Unknown(name)) if matches!(&change, Edit::Remove(_)) => {
+                return self.delete_kept(&name).await;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let settings = crate::config::load_str(&file, &new_text)
             .map_err(|e| ActionError::Invalid(e.to_string()))?;
         let (target, renames) = match &change {
@@ -419,8 +550,13 @@ impl Supervisor {
             }
             Edit::Remove(_) => (None, vec![]),
         };
+        let purge = match &change {
+            Edit::Remove(name) => vec![name.clone()],
+            _ => Vec::new(),
+        };
+        let plan = self.plan(&inner, settings, &renames, &purge)?;
         let mut verified = None;
-        if let Some(w) = target.and_then(|t| settings.webhooks.iter().find(|w| w.name == t)) {
+        if let Some(w) = target.and_then(|t| plan.settings.webhooks.iter().find(|w| w.name == t)) {
             let running = match &change {
                 Edit::Set { name, .. } => inner
                     .webhooks
@@ -450,65 +586,57 @@ impl Supervisor {
             path: file.clone(),
             reason: e.to_string(),
         })?;
-        let purge = match &change {
-            Edit::Remove(name) => vec![name.clone()],
-            _ => Vec::new(),
-        };
-        let applied = self
-            .apply_locked_purging(&mut inner, settings, &renames, &purge)
-            .await?;
-        Ok(Edited { verified, applied })
+        match self.execute(&mut inner, plan).await {
+            Ok(applied) => Ok(Edited { verified, applied }),
+            Err(e) => {
+                // The running set is as it was: so is the file.
+                if let Err(w) = edit::write_atomically(&file, &text) {
+                    tracing::error!(
+                        "the change was not applied, but the config file {} could not be written back: {w}; it holds the refused change",
+                        file.display()
+                    );
+                }
+                Err(e)
+            }
+        }
     }
 
-    /// Keeps the queue of a webhook that left the config as an orphan (not delivered).
-    async fn orphan(&self, name: &str) -> Result<(), ActionError> {
-        let rt = |e: crate::store::StoreError| ActionError::Runtime(e.to_string());
-        // Registered, so that its bytes count against max_store_bytes like any queue's.
-        let id = self
-            .store
-            .register(name, crate::store::Overflow::DropOldest)
-            .await
-            .map_err(rt)?;
-        if self.store.depth(id) == 0 && self.store.dead_count(id) == 0 {
-            // Nothing to keep.
-            self.store.purge(name).await.map_err(rt)?;
-            tracing::info!(webhook = %name, "webhook is no longer in the config (its queue was empty)");
-            return Ok(());
-        }
-        let since = self.store.set_orphan(name, true).await.map_err(rt)?;
-        let mut orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
-        if !orphans.iter().any(|o| o.0 == name) {
-            let keep = self.orphan_retention();
-            tracing::warn!(
-                webhook = %name,
-                "webhook is no longer in the config: its queue ({} events) is kept as an orphan for {} (orphan_retention), not delivered; a webhook of that name takes it back",
-                self.store.depth(id),
-                crate::timefmt::human_duration(keep)
-            );
-            orphans.push((
+    /// `webhook delete NAME` for a name that is only a kept queue: the queue goes.
+    async fn delete_kept(&self, name: &str) -> Result<Edited, ActionError> {
+        let kept = self
+            .orphans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|o| o.name == name);
+        if !kept {
+            return Err(ActionError::Edit(edit::EditError::Unknown(
                 name.to_string(),
-                id,
-                since.unwrap_or_else(crate::timefmt::now_ms),
-            ));
+            )));
         }
-        Ok(())
-    }
-
-    /// A name is back in the config: its queue is no orphan any more. Whether it was one.
-    async fn unorphan(&self, name: &str) -> Result<bool, ActionError> {
-        let was = {
-            let mut orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
-            let before = orphans.len();
-            orphans.retain(|o| o.0 != name);
-            orphans.len() != before
+        let done = self
+            .store
+            .change(vec![Step::Purge {
+                name: name.to_string(),
+            }])
+            .await
+            .map_err(|e| ActionError::Store(e.to_string()))?;
+        let n = match done.first() {
+            Some(Done::Purged(n)) => *n,
+            _ => 0,
         };
-        if was {
-            self.store
-                .set_orphan(name, false)
-                .await
-                .map_err(|e| ActionError::Runtime(e.to_string()))?;
-        }
-        Ok(was)
+        self.orphans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|o| o.name != name);
+        tracing::info!(webhook = %name, "kept queue deleted: {n} queued events discarded");
+        Ok(Edited {
+            verified: None,
+            applied: Applied {
+                removed: vec![(name.to_string(), n)],
+                ..Applied::default()
+            },
+        })
     }
 
     fn orphan_retention(&self) -> Duration {
@@ -527,8 +655,8 @@ impl Supervisor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|o| now.saturating_sub(o.2) >= keep_ms)
-            .map(|o| o.0.clone())
+            .filter(|o| now.saturating_sub(o.since_ms) >= keep_ms)
+            .map(|o| o.name.clone())
             .collect();
         for name in expired {
             let n = self
@@ -540,7 +668,7 @@ impl Supervisor {
             self.orphans
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .retain(|o| o.0 != name);
+                .retain(|o| o.name != name);
         }
         Ok(())
     }
@@ -556,7 +684,7 @@ impl Supervisor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(n, id, since)| (n.clone(), self.store.depth(*id), *since))
+            .map(|o| (o.name.clone(), self.store.depth(o.id), o.since_ms))
             .collect()
     }
 
@@ -596,141 +724,301 @@ impl Supervisor {
         }
     }
 
-    async fn apply_locked(
+    /// Checks a change of settings against the running set and the kept queues, without
+    /// changing anything: every refusal an apply can foresee comes from here, before the
+    /// config file is written or a loop is stopped.
+    fn plan(
         &self,
-        inner: &mut Inner,
-        new: Settings,
-        renames: &[(String, String)],
-    ) -> Result<Applied, ActionError> {
-        self.apply_locked_purging(inner, new, renames, &[]).await
-    }
-
-    /// Applies settings; webhooks gone from them are purged when named in `purge` (an
-    /// explicit `webhook delete`), else their queues are kept as orphans.
-    async fn apply_locked_purging(
-        &self,
-        inner: &mut Inner,
+        inner: &Inner,
         new: Settings,
         renames: &[(String, String)],
         purge: &[String],
-    ) -> Result<Applied, ActionError> {
-        let mut applied = Applied::default();
-        self.orphan_retention_ms.store(
-            u64::try_from(new.orphan_retention.as_millis()).unwrap_or(u64::MAX),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        let old = &inner.settings;
-        let restart_only = [
-            ("gateway.data_dir", old.data_dir != new.data_dir),
-            ("gateway.org_id", old.org_id != new.org_id),
-            (
-                "gateway.max_store_bytes",
-                old.max_store_bytes != new.max_store_bytes,
-            ),
-            ("admin.listen", old.admin_listen != new.admin_listen),
-            ("admin.socket", old.control_socket != new.control_socket),
-            ("admin.token", old.admin_token != new.admin_token),
-            (
-                "gateway.commit_interval",
-                old.commit_interval != new.commit_interval,
-            ),
-            (
-                "gateway.shutdown_grace",
-                old.shutdown_grace != new.shutdown_grace,
-            ),
-            ("gateway.threads", old.threads != new.threads),
-        ];
-        if !inner.webhooks.is_empty() || !inner.sources.is_empty() {
-            for (key, changed) in restart_only {
-                if changed {
-                    tracing::warn!("{key} changed: it takes effect after a restart");
-                    applied.need_restart.push(key.to_string());
-                }
-            }
-        }
-
-        // Webhooks: the old list, matched to the new by name (or by a rename).
-        let mut old_hooks: Vec<RunningWebhook> = std::mem::take(&mut inner.webhooks);
-        let mut next: Vec<RunningWebhook> = Vec::new();
+    ) -> Result<Plan, ActionError> {
+        let kept = self
+            .orphans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut claimed = vec![false; inner.webhooks.len()];
+        let mut fates = Vec::with_capacity(new.webhooks.len());
         for w in &new.webhooks {
             let old_name = renames
                 .iter()
                 .find(|(_, to)| to == &w.name)
                 .map_or(w.name.as_str(), |(from, _)| from.as_str());
-            let found = old_hooks
+            let found = inner
+                .webhooks
                 .iter()
                 .position(|r| r.view.settings.name == old_name);
-            match found.map(|i| old_hooks.remove(i)) {
-                // Unchanged, unless the receiver disabled it (410): any reconfiguration,
-                // `webhook enable` included, starts it again.
-                Some(r) if r.view.settings == *w && !(w.enabled && disabled(&r.view.status)) => {
-                    next.push(r)
+            let client = || {
+                WebhookClient::new(w).map_err(|e| {
+                    ActionError::Invalid(format!("webhook {}: {e}; nothing was changed", w.name))
+                })
+            };
+            let fate = match found {
+                Some(i) => {
+                    claimed[i] = true;
+                    let r = &inner.webhooks[i];
+                    // Unchanged, unless the receiver disabled it (410): any
+                    // reconfiguration, `webhook enable` included, starts it again.
+                    if r.view.settings == *w && !(w.enabled && disabled(&r.view.status)) {
+                        Fate::Keep(i)
+                    } else {
+                        if old_name != w.name {
+                            if let Some(k) = kept.iter().find(|k| k.name == w.name) {
+                                return Err(ActionError::Conflict(format!(
+                                    "cannot rename webhook {old_name:?} to {to:?}: a kept queue named {to:?} exists ({n} events, kept since {since} after its webhook left the config). Delete it with `roomhook webhook delete {to}` (its events are discarded), or pick another name; nothing was changed",
+                                    to = w.name,
+                                    n = self.store.depth(k.id),
+                                    since = crate::timefmt::rfc3339_ms(k.since_ms),
+                                )));
+                            }
+                        }
+                        Fate::Restart {
+                            old: i,
+                            client: client()?,
+                        }
+                    }
                 }
-                Some(r) => {
-                    r.stop.cancel();
-                    let _ = r.task.await;
-                    if old_name != w.name {
-                        self.store
-                            .rename(old_name, &w.name)
-                            .await
-                            .map_err(|e| ActionError::Runtime(e.to_string()))?;
-                        self.metrics.forget_webhook(old_name);
-                        tracing::info!(webhook = %w.name, "webhook renamed from {old_name}");
+                None => {
+                    let back = kept.iter().find(|k| k.name == w.name);
+                    if let Some(k) = back {
+                        let url = w.url.to_string();
+                        if let Some(was) = k.url.as_deref().filter(|was| *was != url) {
+                            return Err(ActionError::Conflict(format!(
+                                "webhook {name:?} would take the kept queue of that name ({n} events routed to {was}) to {url}. To deliver them to {was}, bring {name:?} back with that url (then change it); to discard them, `roomhook webhook delete {name}` first; or pick another name. Nothing was changed",
+                                name = w.name,
+                                n = self.store.depth(k.id),
+                            )));
+                        }
+                    }
+                    Fate::Add {
+                        client: client()?,
+                        back: back.is_some(),
+                    }
+                }
+            };
+            fates.push(fate);
+        }
+        let gone = (0..inner.webhooks.len())
+            .filter(|i| !claimed[*i])
+            .map(|i| (i, purge.contains(&inner.webhooks[i].view.settings.name)))
+            .collect();
+        Ok(Plan {
+            settings: new,
+            fates,
+            gone,
+        })
+    }
+
+    /// Applies a checked plan. The store's part of it (renames, new queues, kept and purged
+    /// ones) commits in one transaction; if that fails (a disk full), the loops stopped for
+    /// it start again as they were and nothing changed. The running set is always the one
+    /// the supervisor tracks: no early return leaves a loop behind.
+    async fn execute(&self, inner: &mut Inner, plan: Plan) -> Result<Applied, ActionError> {
+        let Plan {
+            settings: new,
+            fates,
+            gone,
+        } = plan;
+        let mut applied = Applied::default();
+        if !inner.webhooks.is_empty() || !inner.sources.is_empty() {
+            for key in restart_only(&inner.settings, &new) {
+                tracing::warn!("{key} changed: it takes effect after a restart");
+                applied.need_restart.push(key.to_string());
+            }
+        }
+
+        // 1. Stop the loops that restart or go. They stay in `old`, stopped, until the
+        //    store's part is committed (or they start again as they were).
+        let mut old: Vec<Option<RunningWebhook>> = std::mem::take(&mut inner.webhooks)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut stopped: Vec<usize> = fates
+            .iter()
+            .filter_map(|f| match f {
+                Fate::Restart { old, .. } => Some(*old),
+                _ => None,
+            })
+            .chain(gone.iter().map(|(i, _)| *i))
+            .collect();
+        stopped.sort_unstable();
+        for &i in &stopped {
+            if let Some(r) = old[i].as_mut() {
+                r.stop.cancel();
+                let _ = (&mut r.task).await;
+            }
+        }
+        // Nothing more is routed to a webhook that goes.
+        for (i, _) in &gone {
+            if let Some(r) = &old[*i] {
+                self.ingest.remove_webhook(r.view.id);
+            }
+        }
+
+        // 2. The store's part, all at once.
+        let now = crate::timefmt::now_ms();
+        let mut steps = Vec::new();
+        let mut register_at = vec![None; fates.len()];
+        for (k, (w, fate)) in new.webhooks.iter().zip(&fates).enumerate() {
+            match fate {
+                Fate::Keep(_) => {}
+                Fate::Restart { old: i, .. } => {
+                    let from = old[*i].as_ref().map(|r| r.view.settings.name.clone());
+                    if let Some(from) = from.filter(|f| f != &w.name) {
+                        steps.push(Step::Rename {
+                            from,
+                            to: w.name.clone(),
+                        });
+                    }
+                }
+                Fate::Add { back, .. } => {
+                    register_at[k] = Some(steps.len());
+                    steps.push(Step::Register {
+                        name: w.name.clone(),
+                        overflow: w.overflow,
+                    });
+                    if *back {
+                        steps.push(Step::Unorphan {
+                            name: w.name.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        let mut gone_at = Vec::new();
+        for (i, purge) in &gone {
+            let Some(r) = &old[*i] else { continue };
+            let name = r.view.settings.name.clone();
+            gone_at.push(steps.len());
+            steps.push(if *purge {
+                Step::Purge { name }
+            } else {
+                Step::Release {
+                    name,
+                    url: Some(r.view.settings.url.to_string()),
+                    at_ms: now,
+                }
+            });
+        }
+        let done = if steps.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.store.change(steps).await
+        };
+        let done = match done {
+            Ok(done) => done,
+            Err(e) => {
+                // Roll back: the stopped loops start again as they were.
+                for &i in &stopped {
+                    if let Some(r) = old[i].take() {
+                        self.ingest.upsert_webhook(r.view.id, &r.view.settings);
+                        old[i] = Some(self.spawn_webhook(
+                            r.view.id,
+                            &r.view.settings,
+                            Some(r.view.status.clone()),
+                            r.client,
+                        ));
+                    }
+                }
+                inner.webhooks = old.into_iter().flatten().collect();
+                self.publish_view(inner);
+                tracing::error!("the change was not applied, the running webhooks go on as before: the store refused it: {e}");
+                return Err(ActionError::Store(e.to_string()));
+            }
+        };
+
+        // 3. Committed: the new set takes effect.
+        let mut next = Vec::with_capacity(fates.len());
+        for (k, (w, fate)) in new.webhooks.iter().zip(fates).enumerate() {
+            match fate {
+                Fate::Keep(i) => {
+                    if let Some(r) = old[i].take() {
+                        next.push(r);
+                    }
+                }
+                Fate::Restart { old: i, client } => {
+                    let Some(r) = old[i].take() else { continue };
+                    let from = &r.view.settings.name;
+                    if from != &w.name {
+                        self.metrics.forget_webhook(from);
+                        tracing::info!(webhook = %w.name, "webhook renamed from {from}");
                     }
                     self.store.set_overflow(r.view.id, w.overflow);
                     self.ingest.upsert_webhook(r.view.id, w);
                     tracing::info!(webhook = %w.name, "webhook settings changed: restarted, queue kept");
                     applied.changed.push(w.name.clone());
-                    next.push(self.spawn_webhook(r.view.id, w, Some(r.view.status))?);
+                    next.push(self.spawn_webhook(r.view.id, w, Some(r.view.status), client));
                 }
-                None => {
-                    // A name that comes back takes its orphaned queue again.
-                    let id = self
-                        .store
-                        .register(&w.name, w.overflow)
-                        .await
-                        .map_err(|e| ActionError::Runtime(e.to_string()))?;
-                    if self.unorphan(&w.name).await? {
+                Fate::Add { client, back } => {
+                    let id = match register_at[k].and_then(|at| done.get(at)) {
+                        Some(Done::Registered(id)) => *id,
+                        other => {
+                            // The store answered out of step: a bug; the webhook does not run.
+                            tracing::error!(webhook = %w.name, "the store did not register the queue ({other:?})");
+                            continue;
+                        }
+                    };
+                    if back {
+                        self.orphans
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .retain(|o| o.name != w.name);
                         tracing::info!(webhook = %w.name, "webhook is back: it takes its kept queue ({} events)", self.store.depth(id));
                     }
                     self.ingest.upsert_webhook(id, w);
-                    if !inner.webhooks.is_empty() || !next.is_empty() || !old_hooks.is_empty() {
+                    if !inner.settings.webhooks.is_empty() || !old.is_empty() {
                         tracing::info!(webhook = %w.name, "webhook added");
                     }
                     applied.added.push(w.name.clone());
-                    next.push(self.spawn_webhook(id, w, None)?);
+                    next.push(self.spawn_webhook(id, w, None, client));
                 }
             }
         }
-        for r in old_hooks {
-            r.stop.cancel();
-            let _ = r.task.await;
-            self.ingest.remove_webhook(r.view.id);
-            let name = &r.view.settings.name;
-            let n = if purge.contains(name) {
-                let n = self
-                    .store
-                    .purge(name)
-                    .await
-                    .map_err(|e| ActionError::Runtime(e.to_string()))?;
-                tracing::info!(webhook = %name, "webhook deleted: {n} queued events discarded");
-                n
-            } else {
-                self.orphan(name).await?;
-                0
+        for ((i, purge), at) in gone.iter().zip(gone_at) {
+            let Some(r) = old[*i].take() else { continue };
+            let name = r.view.settings.name.clone();
+            let n = match (*purge, done.get(at)) {
+                (true, Some(Done::Purged(n))) => {
+                    tracing::info!(webhook = %name, "webhook deleted: {n} queued events discarded");
+                    *n
+                }
+                (false, Some(Done::Orphaned(since))) => {
+                    let keep = self.orphan_retention();
+                    tracing::warn!(
+                        webhook = %name,
+                        "webhook is no longer in the config: its queue ({} events) is kept as an orphan for {} (orphan_retention), not delivered; a webhook of that name and url takes it back",
+                        self.store.depth(r.view.id),
+                        crate::timefmt::human_duration(keep)
+                    );
+                    self.orphans
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(Orphan {
+                            name: name.clone(),
+                            id: r.view.id,
+                            since_ms: *since,
+                            url: Some(r.view.settings.url.to_string()),
+                        });
+                    0
+                }
+                _ => {
+                    tracing::info!(webhook = %name, "webhook is no longer in the config (its queue was empty)");
+                    0
+                }
             };
-            self.metrics.forget_webhook(&r.view.settings.name);
+            self.metrics.forget_webhook(&name);
             self.dropped_seen
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&r.view.id);
-            applied.removed.push((r.view.settings.name.clone(), n));
+            applied.removed.push((name, n));
         }
         inner.webhooks = next;
-        *self.view.write().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(inner.webhooks.iter().map(|r| r.view.clone()).collect());
+        self.publish_view(inner);
 
-        // Sources: restart the ones whose settings changed.
+        // 4. Sources: restart the ones whose settings changed.
         let mut old_sources: Vec<RunningSource> = std::mem::take(&mut inner.sources);
         let mut sources = Vec::new();
         for m in SourceSettings::all(&new) {
@@ -758,18 +1046,41 @@ impl Supervisor {
             applied.sources.push(s.settings.name().to_string());
         }
         inner.sources = sources;
+        self.orphan_retention_ms.store(
+            u64::try_from(new.orphan_retention.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         inner.settings = new;
         Ok(applied)
     }
 
+    /// Checks, then applies (see [`Supervisor::plan`] and [`Supervisor::execute`]).
+    async fn apply_locked(
+        &self,
+        inner: &mut Inner,
+        new: Settings,
+        renames: &[(String, String)],
+        purge: &[String],
+    ) -> Result<Applied, ActionError> {
+        let plan = self.plan(inner, new, renames, purge)?;
+        self.execute(inner, plan).await
+    }
+
+    /// The webhooks the control API and the status views see: the running set.
+    fn publish_view(&self, inner: &Inner) {
+        *self.view.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(inner.webhooks.iter().map(|r| r.view.clone()).collect());
+    }
+    /// Starts the delivery loop of queue `id`. It holds the queue's claim for as long as it
+    /// runs; should another loop still hold it (a bug), this one does not start, is logged,
+    /// and shows as a dead task (`/readyz` fails) instead of delivering twice.
     fn spawn_webhook(
         &self,
         id: WebhookId,
         w: &WebhookSettings,
         status: Option<SharedStatus>,
-    ) -> Result<RunningWebhook, ActionError> {
-        let client = WebhookClient::new(w)
-            .map_err(|e| ActionError::Runtime(format!("webhook {}: {e}", w.name)))?;
+        client: WebhookClient,
+    ) -> RunningWebhook {
         let state = if w.enabled {
             State::Active
         } else {
@@ -785,29 +1096,40 @@ impl Supervisor {
             None => crate::deliver::status::shared(state),
         };
         let stop = self.worker_stop.child_token();
-        let worker = Worker {
-            id,
-            settings: w.clone(),
-            client,
-            store: self.store.clone(),
-            org_id: self.org_id.clone(),
-            metrics: self.metrics.clone(),
-            status: status.clone(),
-            shutdown: stop.clone(),
-            grace: self.grace,
-            pulse: self
-                .pulses
-                .register(format!("the delivery loop of webhook {}", w.name)),
+        let task = match self.store.claim(id) {
+            Some(claim) => {
+                let worker = Worker {
+                    id,
+                    settings: w.clone(),
+                    client: client.clone(),
+                    store: self.store.clone(),
+                    org_id: self.org_id.clone(),
+                    metrics: self.metrics.clone(),
+                    status: status.clone(),
+                    shutdown: stop.clone(),
+                    grace: self.grace,
+                    pulse: self
+                        .pulses
+                        .register(format!("the delivery loop of webhook {}", w.name)),
+                    claim,
+                };
+                tokio::spawn(worker.run())
+            }
+            None => {
+                tracing::error!(webhook = %w.name, "bug: a second delivery loop for queue {} was refused (one runs already); this one does not start", id.0);
+                tokio::spawn(async {})
+            }
         };
-        Ok(RunningWebhook {
+        RunningWebhook {
             view: WebhookView {
                 id,
                 settings: w.clone(),
                 status,
             },
+            client,
             stop,
-            task: tokio::spawn(worker.run()),
-        })
+            task,
+        }
     }
 
     fn spawn_source(&self, m: SourceSettings) -> RunningSource {

@@ -127,7 +127,10 @@ fn failed(e: &ActionError) -> Reply {
         ActionError::Edit(EditError::Exists(_)) => StatusCode::CONFLICT,
         ActionError::Edit(_) | ActionError::Invalid(_) => StatusCode::BAD_REQUEST,
         ActionError::Verify(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        ActionError::NoFile | ActionError::File { .. } => StatusCode::CONFLICT,
+        ActionError::NoFile | ActionError::File { .. } | ActionError::Conflict(_) => {
+            StatusCode::CONFLICT
+        }
+        ActionError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         ActionError::Runtime(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let mut body = json!({ "error": e.to_string() });

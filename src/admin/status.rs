@@ -162,5 +162,11 @@ pub fn status(sup: &Supervisor) -> Value {
             "events": events,
             "since": crate::timefmt::rfc3339_ms(since),
         })).collect::<Vec<_>>(),
+        // The store's register of delivery loops: one per queue, each queue a webhook's.
+        "delivery_loops": store.claimed().into_iter().map(|id| json!({
+            "queue": id.0,
+            "webhook": sup.webhooks().iter().find(|w| w.id == id).map(|w| w.settings.name.clone()),
+        })).collect::<Vec<_>>(),
+        "delivery_loops_refused": store.claims_refused(),
     })
 }

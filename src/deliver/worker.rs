@@ -60,6 +60,9 @@ pub struct Worker {
     pub grace: Duration,
     /// Liveness mark for the watchdog: busy in a turn of the loop, resting while it waits.
     pub pulse: crate::pulse::Pulse,
+    /// The right to read the queue `id`, held for as long as the loop runs (one loop per
+    /// queue: the store refuses a second claim).
+    pub claim: crate::store::change::Claim,
 }
 
 /// One request in flight: which lanes it carries and the entries in it.

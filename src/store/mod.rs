@@ -3,6 +3,7 @@
 //! each); readers take ordered windows of a queue; every commit wakes the delivery workers
 //! of the webhooks it touched.
 
+pub mod change;
 mod redo;
 pub mod salvage;
 pub mod wal;
@@ -265,30 +266,10 @@ pub(crate) enum Op {
         since_ms: i64,
         done: oneshot::Sender<Result<u64, String>>,
     },
-    /// Open (or create) the queue of a webhook name.
-    Register {
-        name: String,
-        overflow: Overflow,
-        done: oneshot::Sender<Result<WebhookId, String>>,
-    },
-    /// Give a queue a new name (same id, same entries).
-    Rename {
-        from: String,
-        to: String,
-        done: oneshot::Sender<Result<(), String>>,
-    },
-    /// Marks a queue as an orphan (keeping the first time it was marked) or clears the mark;
-    /// answers since when it is an orphan (None: not one now).
-    Orphan {
-        name: String,
-        orphan: bool,
-        at_ms: i64,
-        done: oneshot::Sender<Result<Option<i64>, String>>,
-    },
-    /// Delete a webhook's queue and dead letters; answers how many queued events went.
-    Purge {
-        name: String,
-        done: oneshot::Sender<Result<u64, String>>,
+    /// Change the set of queues: every step commits together, or none does.
+    Change {
+        steps: change::Change,
+        done: oneshot::Sender<Result<Vec<change::Done>, String>>,
     },
     /// Commit what came before, then stop.
     Close,
@@ -297,10 +278,7 @@ pub(crate) enum Op {
 impl Op {
     /// Changes the set of queues: runs alone, in its own transaction.
     pub(crate) fn is_manage(&self) -> bool {
-        matches!(
-            self,
-            Op::Register { .. } | Op::Rename { .. } | Op::Purge { .. } | Op::Orphan { .. }
-        )
+        matches!(self, Op::Change { .. })
     }
 }
 
@@ -408,6 +386,8 @@ pub(crate) struct Shared {
     pub(crate) removals: std::sync::Mutex<Removals>,
     /// Set by the writer while it sleeps with no removal waiting (and so no deadline).
     pub(crate) writer_idle: std::sync::atomic::AtomicBool,
+    /// The delivery loop reading each queue (one at most).
+    pub(crate) claims: change::Claims,
 }
 
 /// See [`Shared::removals`].
@@ -541,6 +521,10 @@ impl Queue {
         }
     }
 
+    pub(crate) fn set_overflow(&self, overflow: Overflow) {
+        self.overflow.store(overflow as u8, Ordering::Relaxed);
+    }
+
     pub(crate) fn overflow(&self) -> Overflow {
         match self.overflow.load(Ordering::Relaxed) {
             1 => Overflow::Coalesce,
@@ -635,6 +619,7 @@ impl Store {
             pulse: crate::pulse::Pulse::new("the store writer"),
             removals: Default::default(),
             writer_idle: std::sync::atomic::AtomicBool::new(false),
+            claims: Default::default(),
         });
         let (tx, rx) = mpsc::channel(OP_CHANNEL);
         writer::spawn(db.clone(), shared.clone(), next, rx, wal, finished_tx);
@@ -913,66 +898,73 @@ impl Store {
         Ok(out)
     }
 
+    /// Applies a change to the set of queues: all its steps commit together or none does
+    /// (a refused step, a full disk), and the queues in memory follow only a commit.
+    pub async fn change(&self, steps: change::Change) -> Result<Vec<change::Done>, StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.manage(Op::Change { steps, done }, rx).await
+    }
+
+    async fn one(&self, step: change::Step) -> Result<change::Done, StoreError> {
+        let mut done = self.change(vec![step]).await?;
+        done.pop()
+            .ok_or_else(|| StoreError::Commit("the change answered nothing".into()))
+    }
+
     /// Opens the queue of a webhook (creating it for a new name) with an overflow policy.
     pub async fn register(&self, name: &str, overflow: Overflow) -> Result<WebhookId, StoreError> {
-        let (done, rx) = oneshot::channel();
-        let op = Op::Register {
+        let step = change::Step::Register {
             name: name.to_string(),
             overflow,
-            done,
         };
-        self.manage(op, rx).await
+        match self.one(step).await? {
+            change::Done::Registered(id) => Ok(id),
+            other => Err(StoreError::Commit(format!("unexpected answer {other:?}"))),
+        }
     }
 
     /// Renames a webhook's queue; its entries and sequence numbers stay.
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), StoreError> {
-        let (done, rx) = oneshot::channel();
-        let op = Op::Rename {
+        let step = change::Step::Rename {
             from: from.to_string(),
             to: to.to_string(),
-            done,
         };
-        self.manage(op, rx).await
+        self.one(step).await.map(|_| ())
     }
 
     /// Deletes a webhook's queue and dead letters; returns how many queued events were
     /// discarded. Stop its delivery worker first.
     pub async fn purge(&self, name: &str) -> Result<u64, StoreError> {
-        let (done, rx) = oneshot::channel();
-        let op = Op::Purge {
+        let step = change::Step::Purge {
             name: name.to_string(),
-            done,
         };
-        self.manage(op, rx).await
-    }
-
-    /// Marks a queue as an orphan (its webhook left the config; the queue is kept), or clears
-    /// the mark (a webhook of that name is back). Answers since when it is an orphan.
-    pub async fn set_orphan(&self, name: &str, orphan: bool) -> Result<Option<i64>, StoreError> {
-        let (done, rx) = oneshot::channel();
-        let op = Op::Orphan {
-            name: name.to_string(),
-            orphan,
-            at_ms: crate::timefmt::now_ms(),
-            done,
-        };
-        self.manage(op, rx).await
-    }
-
-    /// The orphaned queues: name and since when (unix ms). Blocking.
-    pub fn orphans(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let read = self.db.get()?.begin_read().map_err(redb::Error::from)?;
-        let t = match read.open_table(ORPHANS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(redb::Error::from(e).into()),
-        };
-        let mut out = Vec::new();
-        for item in t.iter().map_err(redb::Error::from)? {
-            let (k, v) = item.map_err(redb::Error::from)?;
-            out.push((k.value().to_string(), v.value()));
+        match self.one(step).await? {
+            change::Done::Purged(n) => Ok(n),
+            other => Err(StoreError::Commit(format!("unexpected answer {other:?}"))),
         }
-        Ok(out)
+    }
+
+    /// The kept (orphaned) queues: name, since when (unix ms), and the URL their events
+    /// were routed for. Blocking.
+    pub fn orphans(&self) -> Result<Vec<change::Kept>, StoreError> {
+        let db = self.db.get()?;
+        Ok(change::kept(&db)?)
+    }
+
+    /// Takes `webhook`'s queue for one delivery loop, which holds the claim for as long as
+    /// it runs; `None` (and counted) while another loop holds it: one loop per queue.
+    pub fn claim(&self, webhook: WebhookId) -> Option<change::Claim> {
+        change::Claims::take(&self.shared, webhook)
+    }
+
+    /// The queues held by a delivery loop now, in id order.
+    pub fn claimed(&self) -> Vec<WebhookId> {
+        self.shared.claims.held()
+    }
+
+    /// Second delivery loops refused since start (each one a bug; 0 expected).
+    pub fn claims_refused(&self) -> u64 {
+        self.shared.claims.refused()
     }
 
     async fn manage<T>(
@@ -1047,7 +1039,7 @@ impl Store {
     /// Changes what gives way in a webhook's queue when the store is full.
     pub fn set_overflow(&self, webhook: WebhookId, overflow: Overflow) {
         if let Some(q) = self.shared.queue(webhook) {
-            q.overflow.store(overflow as u8, Ordering::Relaxed);
+            q.set_overflow(overflow);
         }
     }
 
@@ -1252,8 +1244,9 @@ fn init(
             }
         };
         let mut names = txn.open_table(WEBHOOKS).map_err(redb::Error::from)?;
+        let seqs = txn.open_table(NEXT_SEQ).map_err(redb::Error::from)?;
         for name in webhooks {
-            let (id, n) = register_name(&mut names, &mut meta, &txn, name)?;
+            let (id, n) = register_name(&mut names, &mut meta, &seqs, name)?;
             ids.push(id);
             next.insert(id, n);
         }
@@ -1283,7 +1276,7 @@ pub(crate) fn scan(
 pub(crate) fn register_name(
     names: &mut redb::Table<'_, &'static str, u32>,
     meta: &mut redb::Table<'_, &'static str, u64>,
-    txn: &redb::WriteTransaction,
+    seqs: &impl ReadableTable<u32, u64>,
     name: &str,
 ) -> Result<(WebhookId, u64), redb::Error> {
     let found = names.get(name)?.map(|v| v.value());
@@ -1300,7 +1293,6 @@ pub(crate) fn register_name(
             max_id
         }
     };
-    let seqs = txn.open_table(NEXT_SEQ)?;
     let n = seqs.get(id)?.map_or(1, |v| v.value());
     Ok((WebhookId(id), n))
 }
@@ -1469,6 +1461,103 @@ mod tests {
         names.sort();
         assert_eq!(names, vec![("a".to_string(), a), ("d".to_string(), d)]);
         assert_eq!(store.depth(a), 1);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_change_commits_all_its_steps_or_none() {
+        use change::{Done, Step};
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_bytes: 0,
+            queues: vec![
+                ("a".into(), Overflow::DropOldest),
+                ("kept".into(), Overflow::DropOldest),
+            ],
+        };
+        let (store, ids) = Store::open(dir.path(), &limits).unwrap();
+        let (a, kept) = (ids[0], ids[1]);
+        store
+            .append(vec![(a, event(1)), (kept, event(2))])
+            .await
+            .unwrap();
+        let done = store
+            .change(vec![Step::Release {
+                name: "kept".into(),
+                url: Some("https://r.example/hook".into()),
+                at_ms: 7,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(done, vec![Done::Orphaned(7)]);
+        // A new queue, then a rename onto the kept one: refused, and the new queue with it.
+        let refused = store
+            .change(vec![
+                Step::Register {
+                    name: "new".into(),
+                    overflow: Overflow::Block,
+                },
+                Step::Rename {
+                    from: "a".into(),
+                    to: "kept".into(),
+                },
+            ])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("a kept queue named \"kept\""), "{refused}");
+        let mut names: Vec<String> = store.names().unwrap().into_iter().map(|n| n.0).collect();
+        names.sort();
+        assert_eq!(names, ["a", "kept"], "the refused change left no trace");
+        assert_eq!(store.depth(a), 1);
+        let kept_now = store.orphans().unwrap();
+        assert_eq!(kept_now.len(), 1);
+        assert_eq!(kept_now[0].url.as_deref(), Some("https://r.example/hook"));
+        // An empty queue that is released goes at once; a full one is kept.
+        let e = store.register("empty", Overflow::DropOldest).await.unwrap();
+        let done = store
+            .change(vec![Step::Release {
+                name: "empty".into(),
+                url: None,
+                at_ms: 8,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(done, vec![Done::Purged(0)]);
+        assert!(store.watch(e).is_none());
+        // Taking a kept queue back clears its mark and its url.
+        let done = store
+            .change(vec![
+                Step::Register {
+                    name: "kept".into(),
+                    overflow: Overflow::DropOldest,
+                },
+                Step::Unorphan {
+                    name: "kept".into(),
+                },
+            ])
+            .await
+            .unwrap();
+        assert_eq!(done, vec![Done::Registered(kept), Done::Unorphaned(true)]);
+        assert!(store.orphans().unwrap().is_empty());
+        assert_eq!(store.depth(kept), 1);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_queue_has_one_delivery_loop_at_most() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, a) = one_queue(dir.path());
+        let first = store.claim(a).expect("the first loop takes the queue");
+        assert!(store.claim(a).is_none(), "a second loop is refused");
+        assert_eq!(store.claims_refused(), 1);
+        assert_eq!(store.claimed(), vec![a]);
+        drop(first);
+        assert!(store.claimed().is_empty());
+        let again = store
+            .claim(a)
+            .expect("free again once the first loop ended");
+        assert_eq!(again.queue(), a);
         store.close().await;
     }
 

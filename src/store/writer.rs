@@ -9,7 +9,7 @@ use super::redo::Redo;
 use super::wal::Wal;
 use super::{
     DbCell, DropReason, Op, Overflow, Shared, StoreError, WebhookId, DEAD, ENTRY_OVERHEAD,
-    MAX_DEAD_LETTERS, META, MQTT_SEEN, NEXT_SEQ, ORPHANS, QUEUE, WEBHOOKS,
+    MAX_DEAD_LETTERS, MQTT_SEEN, NEXT_SEQ, QUEUE,
 };
 use crate::catalog::Kind;
 use crate::event::Event;
@@ -65,7 +65,7 @@ pub(super) fn spawn(
 
 /// Whether redb refuses every later operation after this error (it does after an I/O
 /// error, e.g. a full disk) until the database is opened again.
-fn poisoning(e: &redb::Error) -> bool {
+pub(super) fn poisoning(e: &redb::Error) -> bool {
     matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo)
 }
 
@@ -482,11 +482,8 @@ fn op_len(op: &Op) -> usize {
     }
 }
 
-/// A registered queue: id, next sequence number, and (depth, bytes, dead letters).
-type Registered = (WebhookId, u64, (u64, u64, u64));
-
-/// Registers, renames or purges a queue, in a durable transaction of its own (a checkpoint);
-/// `true` when an I/O error poisoned the database.
+/// Changes the set of queues, in a durable transaction of its own (a checkpoint); `true`
+/// when an I/O error poisoned the database.
 fn manage(
     db: &Database,
     shared: &Shared,
@@ -494,146 +491,11 @@ fn manage(
     wal: &mut Wal,
     op: Op,
 ) -> bool {
-    let mut poisoned = false;
-    let mut check = |e: &redb::Error| poisoned |= poisoning(e);
-    match op {
-        Op::Register {
-            name,
-            overflow,
-            done,
-        } => {
-            let r = (|| -> Result<Registered, redb::Error> {
-                let txn = db.begin_write()?;
-                let found = {
-                    let mut names = txn.open_table(WEBHOOKS)?;
-                    let mut meta = txn.open_table(META)?;
-                    let (id, n) = super::register_name(&mut names, &mut meta, &txn, &name)?;
-                    if shared.queue(id).is_some() {
-                        (id, n, (0, 0, 0))
-                    } else {
-                        let q = txn.open_table(QUEUE)?;
-                        let d = txn.open_table(DEAD)?;
-                        (id, n, super::scan(&q, &d, id)?)
-                    }
-                };
-                super::checkpoint(txn, wal)?;
-                Ok(found)
-            })();
-            if let Err(e) = &r {
-                check(e);
-            }
-            let answer = r.map(|(id, n, (depth, bytes, dead))| {
-                next.entry(id).or_insert(n);
-                let known = shared.queue(id);
-                match known {
-                    Some(q) => q.overflow.store(overflow as u8, Ordering::Relaxed),
-                    None => shared.update_queues(|m| {
-                        let stats = super::QueueStats {
-                            depth: depth.into(),
-                            dead: dead.into(),
-                            bytes: bytes.into(),
-                            ..Default::default()
-                        };
-                        m.insert(
-                            id,
-                            Arc::new(super::Queue::new(overflow, stats, n.saturating_sub(1))),
-                        );
-                    }),
-                }
-                id
-            });
-            let _ = done.send(answer.map_err(|e| e.to_string()));
-        }
-        Op::Rename { from, to, done } => {
-            let r = (|| -> Result<Result<(), String>, redb::Error> {
-                let txn = db.begin_write()?;
-                {
-                    let mut names = txn.open_table(WEBHOOKS)?;
-                    if names.get(to.as_str())?.is_some() {
-                        return Ok(Err(format!("a queue named {to:?} exists already")));
-                    }
-                    let id = match names.remove(from.as_str())? {
-                        Some(v) => v.value(),
-                        None => return Ok(Err(format!("no queue named {from:?}"))),
-                    };
-                    names.insert(to.as_str(), id)?;
-                }
-                super::checkpoint(txn, wal)?;
-                Ok(Ok(()))
-            })();
-            let _ = done.send(r.unwrap_or_else(|e| {
-                check(&e);
-                Err(e.to_string())
-            }));
-        }
-        Op::Orphan {
-            name,
-            orphan,
-            at_ms,
-            done,
-        } => {
-            let r = (|| -> Result<Option<i64>, redb::Error> {
-                let txn = db.begin_write()?;
-                let since = {
-                    let mut t = txn.open_table(ORPHANS)?;
-                    if orphan {
-                        let since = t.get(name.as_str())?.map_or(at_ms, |v| v.value());
-                        t.insert(name.as_str(), since)?;
-                        Some(since)
-                    } else {
-                        t.remove(name.as_str())?;
-                        None
-                    }
-                };
-                super::checkpoint(txn, wal)?;
-                Ok(since)
-            })();
-            let _ = done.send(r.map_err(|e| {
-                check(&e);
-                e.to_string()
-            }));
-        }
-        Op::Purge { name, done } => {
-            let r = (|| -> Result<Option<(WebhookId, u64)>, redb::Error> {
-                let txn = db.begin_write()?;
-                txn.open_table(ORPHANS)?.remove(name.as_str())?;
-                let purged = {
-                    let mut names = txn.open_table(WEBHOOKS)?;
-                    let Some(id) = names.remove(name.as_str())?.map(|v| v.value()) else {
-                        return Ok(None);
-                    };
-                    let mut n = 0u64;
-                    txn.open_table(QUEUE)?
-                        .retain_in((id, 0)..=(id, u64::MAX), |_, _| {
-                            n += 1;
-                            false
-                        })?;
-                    txn.open_table(DEAD)?
-                        .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
-                    txn.open_table(NEXT_SEQ)?.remove(id)?;
-                    (WebhookId(id), n)
-                };
-                super::checkpoint(txn, wal)?;
-                Ok(Some(purged))
-            })();
-            let answer = match r {
-                Ok(Some((id, n))) => {
-                    next.remove(&id);
-                    shared.update_queues(|m| {
-                        m.remove(&id);
-                    });
-                    Ok(n)
-                }
-                Ok(None) => Ok(0),
-                Err(e) => {
-                    check(&e);
-                    Err(e.to_string())
-                }
-            };
-            let _ = done.send(answer);
-        }
-        _ => {}
-    }
+    let Op::Change { steps, done } = op else {
+        return false;
+    };
+    let (answer, poisoned) = super::change::apply(db, shared, next, wal, &steps);
+    let _ = done.send(answer);
     poisoned
 }
 
