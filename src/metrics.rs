@@ -146,6 +146,17 @@ pub struct Metrics {
     pub orphaned_events: Gauge,
     /// Duration of each group commit (fsync included).
     pub store_commit_duration: Histogram,
+    /// Config reloads (SIGHUP, `POST /v1/reload`) by result: `applied` or `refused`.
+    pub config_reloads: Family<ResultLabel, Counter>,
+    /// 1 when the last reload was applied, 0 when it was refused (the running config stays).
+    pub config_last_reload_successful: Gauge,
+}
+
+/// `{result}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// How it ended.
+    pub result: String,
 }
 
 impl Default for Metrics {
@@ -185,6 +196,8 @@ impl Metrics {
             build_info: Family::default(),
             queue_oldest_age: Family::default(),
             store_errors: Counter::default(),
+            config_reloads: Family::default(),
+            config_last_reload_successful: Gauge::default(),
             // 50 µs … ~1.6 s.
             store_commit_duration: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             registry: Registry::default(),
@@ -311,6 +324,17 @@ impl Metrics {
             "Age of the oldest queued event per webhook",
             m.queue_oldest_age.clone(),
         );
+        registry.register(
+            "config_reloads",
+            "Config reloads (SIGHUP or the control API) by result: applied, refused",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "config_last_reload_successful",
+            "1 when the last config reload was applied (or none was tried), 0 when it was refused",
+            m.config_last_reload_successful.clone(),
+        );
+        m.config_last_reload_successful.set(1);
         registry.register(
             "store_errors",
             "Failed store commits (disk full, I/O errors)",

@@ -491,9 +491,21 @@ impl Supervisor {
     pub async fn reload(&self) -> Result<Applied, ActionError> {
         let mut inner = self.inner.lock().await;
         let file = inner.settings.file.clone();
-        let settings =
-            crate::config::load(&file).map_err(|e| ActionError::Invalid(e.to_string()))?;
-        let applied = self.apply_locked(&mut inner, settings, &[], &[]).await?;
+        let result = match crate::config::load(&file) {
+            Ok(settings) => self.apply_locked(&mut inner, settings, &[], &[]).await,
+            Err(e) => Err(ActionError::Invalid(e.to_string())),
+        };
+        let label = if result.is_ok() { "applied" } else { "refused" };
+        self.metrics
+            .config_reloads
+            .get_or_create(&crate::metrics::ResultLabel {
+                result: label.into(),
+            })
+            .inc();
+        self.metrics
+            .config_last_reload_successful
+            .set(i64::from(result.is_ok()));
+        let applied = result?;
         if let Err(e) = self.expire_orphans().await {
             tracing::warn!("orphaned queues: {e}");
         }
