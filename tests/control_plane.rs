@@ -786,9 +786,10 @@ drain_start_jitter = "0s"
         self.check().await;
     }
 
-    /// What each model queue's receiver accepted: (device, value) in arrival order.
+    /// What each model queue's receivers accepted: (device, value) in arrival order (over
+    /// every receiver: a queue moves between them with its url).
     fn delivered(&self) -> HashMap<usize, Vec<(usize, i64)>> {
-        let mut out: HashMap<usize, Vec<(usize, i64)>> = HashMap::new();
+        let mut all = Vec::new();
         for (i, rx) in self.rxs.iter().enumerate() {
             for r in rx.receiver.accepted() {
                 let Some(q) = r
@@ -811,9 +812,14 @@ drain_start_jitter = "0s"
                     let v = m["changes"]["updated"]["RoomAnalytics.PeopleCount.Current"]
                         .as_i64()
                         .unwrap_or_else(|| self.fail(format!("a message without a count: {m}")));
-                    out.entry(q).or_default().push((d, v));
+                    all.push((r.at, q, d, v));
                 }
             }
+        }
+        all.sort_by_key(|e| e.0);
+        let mut out: HashMap<usize, Vec<(usize, i64)>> = HashMap::new();
+        for (_, q, d, v) in all {
+            out.entry(q).or_default().push((d, v));
         }
         out
     }

@@ -197,3 +197,77 @@ async fn sigterm_ends_the_daemon_in_time_while_the_disk_is_full() {
     assert_eq!(code, Some(0), "{}", daemon.logs());
     publisher.abort();
 }
+
+/// An edit that the full disk refuses changes nothing: the answer says so, the config file is
+/// byte for byte as it was, the running webhook keeps its one delivery loop; once space
+/// returns the same edit goes through and every event arrives (#21).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: mounts a tmpfs (.ci/run runs it)"]
+async fn an_edit_the_full_disk_refuses_changes_nothing() {
+    let FullDisk {
+        daemon,
+        publisher,
+        ballast,
+        rx,
+        admin: _admin,
+        _broker,
+        _mount,
+        _dir,
+    } = full_disk().await;
+    let config = _dir.path().join("roomhook.toml");
+    let before = std::fs::read(&config).unwrap();
+    let (code, _, err) = webhook_cli(&config, &["set", "facilities", "--name", "renamed"]).await;
+    assert_ne!(code, 0, "a rename went through on a full disk");
+    assert!(
+        err.contains("the store refused the change, nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&config).unwrap(), before, "the file changed");
+    let names: Vec<String> = webhook_list(&config)
+        .await
+        .iter()
+        .map(|w| w["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(names, ["facilities"]);
+    let cfg = config.to_string_lossy().to_string();
+    let (_, out, _) = run_cli(&["status", "--json", "-c", &cfg]).await;
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let loops = status["delivery_loops"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(loops.len(), 1, "{status}");
+    assert_eq!(loops[0]["webhook"], "facilities", "{status}");
+    // Space returns: the rename goes through, and everything arrives once, in order.
+    std::fs::remove_file(&ballast).unwrap();
+    rx.receiver.set_behaviour(Behaviour::Accept);
+    let renamed = wait_until(Duration::from_secs(60), || {
+        run_roomhook(&[
+            "webhook",
+            "set",
+            "facilities",
+            "--name",
+            "renamed",
+            "-c",
+            &cfg,
+        ])
+        .0 == 0
+    });
+    assert!(renamed, "{}", daemon.logs());
+    tokio::time::timeout(Duration::from_secs(120), publisher)
+        .await
+        .expect("the broker got every PUBACK once space returned")
+        .unwrap();
+    assert!(
+        rx.receiver
+            .wait_accepted(DEVICES * PER_DEVICE, Duration::from_secs(120))
+            .await,
+        "{} of {} delivered; log:\n{}",
+        rx.receiver.accepted_messages(),
+        DEVICES * PER_DEVICE,
+        daemon.logs()
+    );
+    let mut received = rx.receiver.accepted();
+    received.dedup_by(|a, b| a.headers.get("webhook-id") == b.headers.get("webhook-id"));
+    assert_complete_and_ordered(&received, DEVICES, PER_DEVICE);
+}

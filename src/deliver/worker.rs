@@ -364,7 +364,12 @@ impl Worker {
             let _ = tokio::time::timeout_at(deadline, commit).await;
         }
         while let Ok(Some(_)) = tokio::time::timeout_at(deadline, removals.next()).await {}
-        let _ = self.store.dead_letter(self.id, dead).await;
+        // Within the same bound: a writer that reads no ops (reopening on a full disk) must
+        // not hold the stop, and so an edit that restarts this loop. Dead letters not handed
+        // over stay queued and are tried again by the next loop.
+        if !dead.is_empty() {
+            let _ = tokio::time::timeout_at(deadline, self.store.dead_letter(self.id, dead)).await;
+        }
         self.publish_status(&pace, &mut counters);
     }
 

@@ -900,7 +900,10 @@ impl Store {
 
     /// Applies a change to the set of queues: all its steps commit together or none does
     /// (a refused step, a full disk), and the queues in memory follow only a commit.
+    /// Refused at once while the writer reopens the database after an I/O error (a full
+    /// disk): an edit must not wait for the disk.
     pub async fn change(&self, steps: change::Change) -> Result<Vec<change::Done>, StoreError> {
+        self.db.get()?;
         let (done, rx) = oneshot::channel();
         self.manage(Op::Change { steps, done }, rx).await
     }
