@@ -350,7 +350,7 @@ drain_start_jitter = "0s"
             .wait_for(Duration::from_secs(30), |reqs| {
                 reqs.iter().any(|r| {
                     r.status == 200
-                        && r.path.starts_with(&witness)
+                        && r.path.starts_with(witness)
                         && r.messages().iter().any(|m| {
                             m["changes"]["updated"]["RoomAnalytics.PeopleCount.Current"].as_i64()
                                 == Some(last)
