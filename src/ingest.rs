@@ -24,7 +24,6 @@ pub struct Ingest {
     /// `roomhook_events_filtered_total` for not_selected, unchanged and deadband, resolved once.
     filtered: Arc<[Counter; 3]>,
     /// What each source is doing.
-    sources: crate::source::status::Sources,
     /// The devices seen and their latest values (only while the console is on).
     seen: Option<Arc<crate::seen::Seen>>,
 }
@@ -57,7 +56,6 @@ impl Ingest {
             metrics,
             enqueued: Default::default(),
             filtered: Arc::new(filtered),
-            sources: Default::default(),
             seen: None,
         }
     }
@@ -178,9 +176,15 @@ impl Ingest {
         &self.store
     }
 
-    /// The sources' live status.
-    pub fn sources(&self) -> &crate::source::status::Sources {
-        &self.sources
+    /// The PUBACKs of these packet ids of MQTT source `source` were written: their
+    /// redelivery marks go with the next commit ([`Store::clear_marks`]).
+    pub async fn clear_marks(&self, source: &str, pkids: Vec<u16>) {
+        self.store.clear_marks(source, pkids).await
+    }
+
+    /// A quiet source's cleared marks are written now ([`Store::flush_marks`]).
+    pub fn flush_marks(&self, source: &str) {
+        self.store.flush_marks(source)
     }
 
     /// The metrics.

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod deliver;
 pub mod demo;
 pub mod event;
+pub mod files;
 pub mod ingest;
 pub mod logging;
 pub mod metrics;
@@ -27,7 +28,4 @@ pub mod timefmt;
 pub mod tls;
 pub mod value;
 
-/// Installs the ring crypto provider for rustls once per process (idempotent).
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use tls::install_crypto_provider;

@@ -374,8 +374,9 @@ impl Metrics {
         out
     }
 
-    /// Removes every series of a webhook (deleted, or renamed: it reappears under the new name).
-    pub fn forget_webhook(&self, name: &str) {
+    /// Removes every series of a webhook (deleted, or renamed: it reappears under the new
+    /// name); `states` and `reasons` are the values its `state` and `reason` labels take.
+    pub fn forget_webhook(&self, name: &str, states: &[&str], reasons: &[&str]) {
         let label = Self::webhook(name);
         for f in [&self.events_enqueued, &self.events_delivered] {
             f.remove(&label);
@@ -392,16 +393,16 @@ impl Metrics {
         self.queue_oldest_age.remove(&label);
         self.request_duration.remove(&label);
         self.delivery_latency.remove(&label);
-        for s in crate::deliver::status::State::ALL {
+        for s in states {
             self.webhook_state.remove(&WebhookStateLabel {
                 webhook: name.to_string(),
-                state: s.as_str().to_string(),
+                state: s.to_string(),
             });
         }
-        for r in crate::store::DropReason::ALL {
+        for r in reasons {
             self.events_dropped.remove(&WebhookReasonLabel {
                 webhook: name.to_string(),
-                reason: r.label().to_string(),
+                reason: r.to_string(),
             });
         }
     }

@@ -224,6 +224,8 @@ pub struct Supervisor {
     store_errors_seen: std::sync::atomic::AtomicU64,
     /// The loops that must turn (store writer, delivery loops, sources), for the watchdog.
     pulses: Pulses,
+    /// Every source's live status, handed to each source when it starts.
+    source_status: crate::source::status::Sources,
 }
 
 impl Supervisor {
@@ -264,6 +266,7 @@ impl Supervisor {
             ),
             store_errors_seen: Default::default(),
             pulses: Pulses::default(),
+            source_status: Default::default(),
         });
         sup.pulses.add(&sup.store.pulse());
         sup.store
@@ -453,9 +456,14 @@ impl Supervisor {
         &self.pulses
     }
 
+    /// The live status of the source `name` (for a source started outside the config).
+    pub fn source_status(&self, name: &str) -> Arc<crate::source::status::SourceStatus> {
+        self.source_status.get(name)
+    }
+
     /// The sources' live status.
     pub fn sources(&self) -> Vec<crate::source::status::SourceView> {
-        self.ingest.sources().views()
+        self.source_status.views()
     }
 
     /// Names of webhooks and sources whose task ended while the daemon runs (a bug: they
@@ -954,7 +962,7 @@ impl Supervisor {
                     let Some(r) = old[i].take() else { continue };
                     let from = &r.view.settings.name;
                     if from != &w.name {
-                        self.metrics.forget_webhook(from);
+                        self.forget_metrics(from);
                         tracing::info!(webhook = %w.name, "webhook renamed from {from}");
                     }
                     self.store.set_overflow(r.view.id, w.overflow);
@@ -1020,7 +1028,7 @@ impl Supervisor {
                     0
                 }
             };
-            self.metrics.forget_webhook(&name);
+            self.forget_metrics(&name);
             self.dropped_seen
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -1053,7 +1061,7 @@ impl Supervisor {
         for s in old_sources {
             s.stop.cancel();
             let _ = s.task.await;
-            self.ingest.sources().remove(s.settings.name());
+            self.source_status.remove(s.settings.name());
             tracing::info!(source = %s.settings.name(), "source removed");
             applied.sources.push(s.settings.name().to_string());
         }
@@ -1076,6 +1084,13 @@ impl Supervisor {
     ) -> Result<Applied, ActionError> {
         let plan = self.plan(inner, new, renames, purge)?;
         self.execute(inner, plan).await
+    }
+
+    /// Removes a webhook's series from the metrics.
+    fn forget_metrics(&self, name: &str) {
+        let states = State::ALL.map(State::as_str);
+        let reasons = crate::store::DropReason::ALL.map(crate::store::DropReason::label);
+        self.metrics.forget_webhook(name, &states, &reasons);
     }
 
     /// The webhooks the control API and the status views see: the running set.
@@ -1148,16 +1163,19 @@ impl Supervisor {
         let stop = self.source_stop.child_token();
         let (settings, ingest, token) = (m.clone(), self.ingest.clone(), stop.clone());
         let pulse = self.pulses.register(format!("source {}", m.name()));
+        let status = self.source_status.get(m.name());
         let task = tokio::spawn(async move {
             match settings {
                 SourceSettings::Mqtt(settings) => {
                     let name = settings.name.clone();
-                    if let Err(e) = crate::source::mqtt::run(settings, ingest, token, pulse).await {
+                    if let Err(e) =
+                        crate::source::mqtt::run(settings, ingest, status, token, pulse).await
+                    {
                         tracing::error!(source = %name, "{e}");
                     }
                 }
                 SourceSettings::Roomos(settings) => {
-                    crate::source::roomos::run(settings, ingest, token, pulse).await
+                    crate::source::roomos::run(settings, ingest, status, token, pulse).await
                 }
             }
         });

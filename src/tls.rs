@@ -1,12 +1,26 @@
 //! TLS trust: the public web roots plus a private CA from a PEM file, as rustls client
 //! configurations (ring provider). Certificate checks are never switched off.
 
-use crate::config::TlsTrust;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// Trust anchors for a TLS connection: the public web roots plus an optional private CA;
+/// and, for mutual TLS, the certificate this side presents.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsTrust {
+    /// PEM file with extra CA certificates.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key files (PEM), both checked at load.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// Installs the ring crypto provider for rustls once per process (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 
 /// Why trust anchors could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -29,11 +43,9 @@ const MAX_PEM_FILE: u64 = 1024 * 1024;
 
 /// Reads every certificate of a PEM file (at least one).
 pub fn load_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    crate::config::secret::check_regular_file(path, MAX_PEM_FILE).map_err(|e| {
-        TlsError::CaFile {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        }
+    crate::files::check_regular_file(path, MAX_PEM_FILE).map_err(|e| TlsError::CaFile {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
     })?;
     let bytes = std::fs::read(path).map_err(|e| TlsError::CaFile {
         path: path.to_path_buf(),
@@ -72,11 +84,12 @@ pub fn load_identity(
     key: &Path,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let certs = load_pem_certs(cert)?;
-    crate::config::secret::check_regular_file(key, crate::config::secret::MAX_SECRET_FILE)
-        .map_err(|e| TlsError::CaFile {
+    crate::files::check_regular_file(key, crate::files::MAX_SECRET_FILE).map_err(|e| {
+        TlsError::CaFile {
             path: key.to_path_buf(),
             reason: e.to_string(),
-        })?;
+        }
+    })?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::CaFile {
         path: key.to_path_buf(),
         reason: format!("no readable PEM private key: {e}"),
@@ -87,7 +100,7 @@ pub fn load_identity(
 /// A client configuration that verifies the server against `trust`, offering `alpn`, and
 /// presenting the client certificate when `trust` has one.
 pub fn client_config(trust: &TlsTrust, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, TlsError> {
-    crate::install_crypto_provider();
+    install_crypto_provider();
     let builder = ClientConfig::builder().with_root_certificates(root_store(trust)?);
     let mut cfg = match &trust.client_identity {
         Some((cert, key)) => {
@@ -98,4 +111,25 @@ pub fn client_config(trust: &TlsTrust, alpn: &[&[u8]]) -> Result<Arc<ClientConfi
     };
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
+}
+
+/// Subject, issuer and expiry of a DER certificate.
+pub fn describe_cert(der: &[u8]) -> (String, String, String) {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok((_, cert)) => {
+            let not_after = cert.validity().not_after.to_datetime();
+            (
+                cert.subject().to_string(),
+                cert.issuer().to_string(),
+                not_after
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+            )
+        }
+        Err(e) => (
+            format!("(unreadable certificate: {e})"),
+            String::new(),
+            String::new(),
+        ),
+    }
 }

@@ -452,15 +452,7 @@ pub enum DeviceAuthMode {
     Subprotocol,
 }
 
-/// Trust anchors for a TLS connection: the public web roots plus an optional private CA;
-/// and, for mutual TLS, the certificate this side presents.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsTrust {
-    /// PEM file with extra CA certificates.
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate and key files (PEM), both checked at load.
-    pub client_identity: Option<(PathBuf, PathBuf)>,
-}
+pub use crate::tls::TlsTrust;
 
 /// One subscription of an MQTT source.
 #[derive(Debug, Clone, PartialEq)]

@@ -30,8 +30,7 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Largest secret file read.
-pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+pub use crate::files::MAX_SECRET_FILE;
 
 /// Where a secret file named `p` in a config whose directory is `base` is: a relative path
 /// is looked up first in systemd's `$CREDENTIALS_DIRECTORY` (`LoadCredential=`), then
@@ -48,27 +47,7 @@ pub fn secret_path(base: &std::path::Path, p: &std::path::Path) -> std::path::Pa
     base.join(p)
 }
 
-/// Checks that `path` is a regular file of at most `max` bytes (never a device, a FIFO or a
-/// directory, which could block or feed endless data).
-pub fn check_regular_file(path: &std::path::Path, max: u64) -> std::io::Result<()> {
-    let meta = std::fs::metadata(path)?;
-    if !meta.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file (devices, FIFOs and directories are refused)",
-        ));
-    }
-    if meta.len() > max {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!(
-                "{} bytes, more than the {max} a file here may have",
-                meta.len()
-            ),
-        ));
-    }
-    Ok(())
-}
+pub use crate::files::check_regular_file;
 
 /// Reads a secret file (a regular file of at most 64 KiB); surrounding whitespace (a
 /// trailing newline) is trimmed.

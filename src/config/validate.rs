@@ -775,7 +775,7 @@ fn roomos_source(
 }
 
 fn subscription(cx: &mut Ctx<'_>, key: &str, s: &RawSubscription) -> Option<SubscriptionSettings> {
-    use crate::source::decode::{meraki_mt, meraki_mv, zigbee2mqtt};
+    use crate::value::formats;
     let before = cx.errs.len();
     let filter = match TopicFilter::parse(&s.topic) {
         Ok(f) => f,
@@ -869,9 +869,9 @@ fn subscription(cx: &mut Ctx<'_>, key: &str, s: &RawSubscription) -> Option<Subs
                 .map(|(k, p)| (k.clone(), p.clone()))
                 .collect()
         }
-        "zigbee2mqtt" => builtin(zigbee2mqtt::DEFAULTS),
-        "meraki-mt" => builtin(meraki_mt::DEFAULTS),
-        "meraki-mv" => builtin(meraki_mv::DEFAULTS),
+        "zigbee2mqtt" => builtin(formats::ZIGBEE2MQTT),
+        "meraki-mt" => builtin(formats::MERAKI_MT),
+        "meraki-mv" => builtin(formats::MERAKI_MV),
         other => {
             cx.err(
                 format!("{key}.format"),

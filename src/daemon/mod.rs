@@ -150,11 +150,15 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
 
 impl Running {
     /// Adds a task that feeds the ingest path and stops with the sources.
-    pub fn spawn_source<F>(&mut self, f: impl FnOnce(Ingest, CancellationToken) -> F)
-    where
+    pub fn spawn_source<F>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(Ingest, Arc<crate::source::status::SourceStatus>, CancellationToken) -> F,
+    ) where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        let fut = f(self.ingest.clone(), self.source_stop.clone());
+        let status = self.supervisor.source_status(name);
+        let fut = f(self.ingest.clone(), status, self.source_stop.clone());
         self.extra_sources.spawn(fut);
     }
 

@@ -170,7 +170,7 @@ pub async fn probe(
         let peer = conn
             .peer_certificates()
             .and_then(|c| c.first())
-            .map(|c| describe_cert(c.as_ref()))
+            .map(|c| crate::tls::describe_cert(c.as_ref()))
             .unwrap_or_default();
         (version, peer)
     };
@@ -239,27 +239,6 @@ async fn within<T>(
         .map_err(|_| ProbeError::Timeout {
             what: format!("{what} took longer than {limit:?}"),
         })
-}
-
-/// Subject, issuer and expiry of a DER certificate.
-pub(crate) fn describe_cert(der: &[u8]) -> (String, String, String) {
-    match x509_parser::parse_x509_certificate(der) {
-        Ok((_, cert)) => {
-            let not_after = cert.validity().not_after.to_datetime();
-            (
-                cert.subject().to_string(),
-                cert.issuer().to_string(),
-                not_after
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default(),
-            )
-        }
-        Err(e) => (
-            format!("(unreadable certificate: {e})"),
-            String::new(),
-            String::new(),
-        ),
-    }
 }
 
 /// Says in words why a handshake failed.

@@ -96,7 +96,9 @@ drain_start_jitter = "0s"
         rooms: opts.rooms,
         interval: opts.interval,
     };
-    running.spawn_source(move |ingest, stop| simulator::run(sim, ingest, stop));
+    running.spawn_source("simulator", move |ingest, status, stop| {
+        simulator::run(sim, ingest, status, stop)
+    });
     tokio::spawn(drive_device(
         device.clone(),
         opts.interval * 4,

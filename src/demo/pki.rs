@@ -129,7 +129,7 @@ impl ServerIdentity {
 
     fn config(&self, client_ca_pem: Option<&str>) -> Result<Arc<rustls::ServerConfig>, PkiError> {
         use rustls::pki_types::pem::PemObject;
-        crate::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.clone()));
         let builder = rustls::ServerConfig::builder();
         let builder = match client_ca_pem {

@@ -8,6 +8,7 @@ use crate::metrics::{DecodeErrors, Metrics};
 use crate::pulse::Pulse;
 use crate::ratelog::RateLog;
 use crate::source::decode::DecodeError;
+use crate::source::status::SourceStatus;
 use crate::store::{Mark, StoreError};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, StreamExt};
@@ -16,6 +17,7 @@ use rumqttc::{
     Transport,
 };
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -93,6 +95,7 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 pub async fn run(
     s: MqttSettings,
     ingest: Ingest,
+    status: Arc<SourceStatus>,
     shutdown: CancellationToken,
     pulse: Pulse,
 ) -> Result<(), MqttSetupError> {
@@ -107,7 +110,6 @@ pub async fn run(
     let mut reasons = DecodeError::LABELS.to_vec();
     reasons.push("too_large");
     let decode_errors = DecodeErrors::new(&metrics, &s.name, &reasons);
-    let status = ingest.sources().get(&s.name);
     status.count_reasons(decode_errors.clone());
     let mut decode_log = RateLog::new(Duration::from_secs(10));
     let mut conn_log = RateLog::new(Duration::from_secs(30));
@@ -137,9 +139,7 @@ pub async fn run(
     loop {
         pulse.step();
         if acked.full() {
-            pulse
-                .waiting(acked.hand_over(ingest.store(), &s.name))
-                .await;
+            pulse.waiting(acked.hand_over(&ingest, &s.name)).await;
         }
         while let Some(p) = to_ack.front() {
             if client.try_ack(p).is_err() {
@@ -183,7 +183,7 @@ pub async fn run(
                 }
             }
             _ = sleep_until_opt(acked.next_wakeup()), if acked.next_wakeup().is_some() => {
-                pulse.waiting(acked.on_wakeup(ingest.store(), &s.name)).await;
+                pulse.waiting(acked.on_wakeup(&ingest, &s.name)).await;
             }
             _ = sleep_until_opt(retry_at), if can_retry => {
                 pulse.step();
@@ -270,7 +270,7 @@ pub async fn run(
                         dups_open += 1;
                     }
                     if acked.old_mark(p.pkid, p.dup) {
-                        pulse.waiting(acked.hand_over(ingest.store(), &s.name)).await;
+                        pulse.waiting(acked.hand_over(&ingest, &s.name)).await;
                     }
                     // With DUP set, the store recognises (in the same transaction as the
                     // append) a message it committed before whose PUBACK was never written.
@@ -348,7 +348,7 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
     // The store commits these before it closes (a mark left behind could swallow a new
     // message that reuses the packet id with DUP set and the same payload).
-    acked.hand_over(ingest.store(), &s.name).await;
+    acked.hand_over(&ingest, &s.name).await;
     connected.set(0);
     Ok(())
 }
@@ -438,7 +438,7 @@ impl AckedMarks {
         self.written.len() >= MARKS_BATCH
     }
 
-    async fn hand_over(&mut self, store: &crate::store::Store, source: &str) {
+    async fn hand_over(&mut self, store: &Ingest, source: &str) {
         if !self.written.is_empty() {
             store
                 .clear_marks(source, std::mem::take(&mut self.written))
@@ -482,7 +482,7 @@ impl AckedMarks {
         self.due.or(self.flush_at)
     }
 
-    async fn on_wakeup(&mut self, store: &crate::store::Store, source: &str) {
+    async fn on_wakeup(&mut self, store: &Ingest, source: &str) {
         if self.due.is_some() {
             self.hand_over(store, source).await;
         } else {

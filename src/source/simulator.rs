@@ -24,14 +24,18 @@ struct Room {
 }
 
 /// Runs the simulation until shutdown; each observation is committed before the next.
-pub async fn run(sim: Simulation, ingest: Ingest, shutdown: CancellationToken) {
+pub async fn run(
+    sim: Simulation,
+    ingest: Ingest,
+    status: std::sync::Arc<super::status::SourceStatus>,
+    shutdown: CancellationToken,
+) {
     let label = Metrics::source("simulator");
     let messages = ingest
         .metrics()
         .source_messages
         .get_or_create(&label)
         .clone();
-    let status = ingest.sources().get("simulator");
     status.connected();
     let mut rooms: Vec<Room> = (0..sim.rooms.max(1))
         .map(|i| Room {

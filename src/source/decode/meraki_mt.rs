@@ -29,13 +29,7 @@ pub const KNOWN: &[&str] = &[
     "indoorAirQuality",
 ];
 
-/// Default mapping: metric → catalog path (the config's `fields` override it).
-pub const DEFAULTS: &[(&str, &str)] = &[
-    ("temperature", "RoomAnalytics.AmbientTemperature"),
-    ("humidity", "RoomAnalytics.RelativeHumidity"),
-    ("ambientNoise", "RoomAnalytics.AmbientNoise.Level.A"),
-    ("noise", "RoomAnalytics.AmbientNoise.Level.A"),
-];
+pub use crate::value::formats::MERAKI_MT as DEFAULTS;
 
 /// Reads one message.
 pub fn read(topic: &str, payload: &[u8]) -> Read {

@@ -7,8 +7,7 @@
 use super::{object, payload_time, DecodeError, Read, Reading};
 use serde_json::Value;
 
-/// Default mapping: object class → catalog path (the config's `fields` override it).
-pub const DEFAULTS: &[(&str, &str)] = &[("person", "RoomAnalytics.PeopleCount.Current")];
+pub use crate::value::formats::MERAKI_MV as DEFAULTS;
 
 /// Reads one message.
 pub fn read(topic: &str, payload: &[u8], raw_detections: bool) -> Read {

@@ -27,13 +27,7 @@ pub const KNOWN: &[&str] = &[
     "power_outage_count",
 ];
 
-/// Default mapping: property → catalog path (the config's `fields` override it).
-pub const DEFAULTS: &[(&str, &str)] = &[
-    ("occupancy", "RoomAnalytics.PeoplePresence"),
-    ("presence", "RoomAnalytics.PeoplePresence"),
-    ("temperature", "RoomAnalytics.AmbientTemperature"),
-    ("humidity", "RoomAnalytics.RelativeHumidity"),
-];
+pub use crate::value::formats::ZIGBEE2MQTT as DEFAULTS;
 
 /// Reads one message; `base` is the number of topic levels of the base topic.
 pub fn read(topic: &str, base: usize, payload: &[u8]) -> Read {

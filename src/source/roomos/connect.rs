@@ -149,7 +149,7 @@ pub fn tls_config(
     trust: &DeviceTrust,
     seen: Arc<Mutex<PeerCert>>,
 ) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
-    crate::install_crypto_provider();
+    crate::tls::install_crypto_provider();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let trust_err = |e: String| ConnectError {
         kind: FailKind::Trust,

@@ -104,9 +104,14 @@ impl Counters {
 }
 
 /// Runs one RoomOS source until shutdown.
-pub async fn run(s: RoomosSettings, ingest: Ingest, shutdown: CancellationToken, pulse: Pulse) {
+pub async fn run(
+    s: RoomosSettings,
+    ingest: Ingest,
+    status: std::sync::Arc<crate::source::status::SourceStatus>,
+    shutdown: CancellationToken,
+    pulse: Pulse,
+) {
     let counters = Counters::new(ingest.metrics(), &s.name);
-    let status = ingest.sources().get(&s.name);
     status.count_reasons(counters.decode_errors.clone());
     let sel = Selection {
         statuses: s.statuses.clone(),

@@ -31,7 +31,7 @@ fn describe_peer(seen: &Arc<Mutex<PeerCert>>, report: &mut SourceReport) -> Opti
     let peer = seen.lock().ok()?.clone();
     let der = peer.der?;
     let fp = connect::fingerprint(&der);
-    let (subject, issuer, expires) = crate::deliver::probe::describe_cert(&der);
+    let (subject, issuer, expires) = crate::tls::describe_cert(&der);
     report.say(format!(
         "certificate: {subject} (issuer {issuer}), expires {expires}{}",
         peer.version.map(|v| format!(", {v}")).unwrap_or_default()

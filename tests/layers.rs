@@ -1,0 +1,167 @@
+//! The layers of `src/`, enforced: every `crate::` path in a module must name a module of a
+//! lower layer (or its own). The table below is the one the README's Layout section draws;
+//! an import that runs up or sideways fails this test, which prints the edge and where.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Each top-level module of `src/` and its layer: a module may import only from lower
+/// layers. Utilities at the bottom import nothing of the pipeline; the model comes next;
+/// then the event's path: config → store → route → ingest → source, deliver → supervisor →
+/// admin → daemon → demo → cli.
+const LAYERS: &[(&str, u32)] = &[
+    // Utilities.
+    ("files", 0),
+    ("logging", 0),
+    ("metrics", 0),
+    ("pulse", 0),
+    ("ratelog", 0),
+    ("redact", 0),
+    ("timefmt", 0),
+    ("tls", 1),
+    // The model: shared value types, the catalog, the event, the devices seen.
+    ("value", 2),
+    ("catalog", 2),
+    ("event", 3),
+    ("seen", 4),
+    // The event's path.
+    ("config", 5),
+    ("store", 6),
+    ("route", 7),
+    ("ingest", 8),
+    ("source", 9),
+    ("deliver", 9),
+    ("supervisor", 10),
+    ("admin", 11),
+    ("daemon", 12),
+    ("demo", 13),
+    ("testkit", 13),
+    ("cli", 14),
+];
+
+/// Edges the table allows as exceptions, each with its reason (none today).
+const EXCEPTIONS: &[(&str, &str, &str)] = &[];
+
+fn layer(module: &str) -> Option<u32> {
+    LAYERS.iter().find(|(m, _)| *m == module).map(|(_, l)| *l)
+}
+
+/// `crate::name` paths in `text`, comments left out.
+fn crate_paths(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let code = match line.find("//") {
+            Some(i) => &line[..i],
+            None => line,
+        };
+        let mut rest = code;
+        while let Some(i) = rest.find("crate::") {
+            let after = &rest[i + "crate::".len()..];
+            let name: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                out.push((n + 1, name));
+            }
+            rest = after;
+        }
+    }
+    out
+}
+
+fn walk(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read src") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            walk(&path, files);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_import_points_down() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    walk(&src, &mut files);
+    let mut wrong: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    let mut unknown = Vec::new();
+    for file in &files {
+        let rel = file.strip_prefix(&src).expect("under src");
+        let first = rel
+            .components()
+            .next()
+            .and_then(|c| c.as_os_str().to_str())
+            .unwrap_or("");
+        // The crate root and the binaries sit above every module.
+        if matches!(first, "lib.rs" | "main.rs" | "bin") {
+            continue;
+        }
+        let module = first.trim_end_matches(".rs");
+        let Some(own) = layer(module) else {
+            unknown.push(module.to_string());
+            continue;
+        };
+        let text = std::fs::read_to_string(file).expect("read");
+        for (line, target) in crate_paths(&text) {
+            if target == module {
+                continue;
+            }
+            let Some(theirs) = layer(&target) else {
+                // A crate-root item (a re-export) is not a module of the table.
+                if target.chars().next().is_some_and(|c| c.is_lowercase())
+                    && target != "install_crypto_provider"
+                {
+                    unknown.push(target.clone());
+                }
+                continue;
+            };
+            let excepted = EXCEPTIONS
+                .iter()
+                .any(|(from, to, _)| *from == module && *to == target);
+            if theirs >= own && !excepted {
+                wrong
+                    .entry((module.to_string(), target.clone()))
+                    .or_default()
+                    .push(format!("{}:{line}", rel.display()));
+            }
+        }
+    }
+    unknown.sort();
+    unknown.dedup();
+    assert!(
+        unknown.is_empty(),
+        "modules missing from the layer table in tests/layers.rs (and the README's Layout): {unknown:?}"
+    );
+    let report: Vec<String> = wrong
+        .iter()
+        .map(|((from, to), at)| {
+            format!(
+                "{from} (layer {}) -> {to} (layer {}): {}",
+                layer(from).unwrap_or(0),
+                layer(to).unwrap_or(0),
+                at.join(", ")
+            )
+        })
+        .collect();
+    assert!(
+        report.is_empty(),
+        "imports that run up or sideways:\n{}",
+        report.join("\n")
+    );
+}
+
+#[test]
+fn the_readme_draws_the_same_table() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README");
+    for (module, layer) in LAYERS {
+        let row = format!("| {layer} | `{module}`");
+        assert!(
+            readme.contains(&row),
+            "the README's Layout table has no row starting {row:?}"
+        );
+    }
+}
