@@ -10,6 +10,8 @@
 #            same code with fewer LTO passes, to keep its time down).
 # --install: also install the Debian cross compilers and the Rust standard libraries
 #            (needs root and apt); without it, missing ones are named with the command.
+# --with-demo: keep the demo (`roomhook demo`, its PKI and device simulator) in the binary;
+#            gateway builds leave it out (`roomhook --version` says which).
 #
 # Linkers and C compilers (ring compiles C) are passed by environment for each target
 # only: there is no .cargo/config.toml that could break the host build.
@@ -19,12 +21,14 @@ cd "$(dirname "$0")/.."
 
 profile=gateway
 install=false
+features=(--no-default-features)
 targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) profile="$2"; shift 2 ;;
     --install) install=true; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --with-demo) features=(); shift ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) targets+=("$1"); shift ;;
   esac
 done
@@ -78,7 +82,7 @@ for target in "${targets[@]}"; do
     strip=$prefix-strip
   fi
   echo "building roomhook $version for $target (profile $profile)" >&2
-  env "${envs[@]}" cargo build --locked --profile "$profile" --target "$target" --bin roomhook
+  env "${envs[@]}" cargo build --locked --profile "$profile" --target "$target" "${features[@]}" --bin roomhook
   dir=$profile
   [ "$profile" = dev ] && dir=debug
   out=dist/roomhook-$version-$target

@@ -6,9 +6,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// `--version`: the version and the optional parts built in.
+const VERSION: &str = if cfg!(feature = "demo") {
+    concat!(env!("CARGO_PKG_VERSION"), " (features: demo)")
+} else {
+    concat!(env!("CARGO_PKG_VERSION"), " (features: none; no demo)")
+};
+
 /// Forwards meeting-room status and events as durable, paced HTTPS webhooks.
 #[derive(Parser)]
-#[command(name = "roomhook", version, about)]
+#[command(name = "roomhook", version = VERSION, about)]
 struct Cli {
     /// Log filter (RUST_LOG syntax), e.g. "info" or "roomhook=debug" [default: [log] filter, else info].
     #[arg(long, global = true, env = "ROOMHOOK_LOG")]
@@ -88,6 +95,7 @@ enum Command {
         action: StoreAction,
     },
     /// Run the whole path on this machine: simulated rooms, the real store, a local HTTPS receiver.
+    #[cfg(feature = "demo")]
     Demo {
         /// Stop after this long ("0" runs until Ctrl-C).
         #[arg(long, default_value = "20s")]
@@ -167,6 +175,7 @@ fn store_command(action: StoreAction) -> ExitCode {
     }
 }
 
+#[cfg(feature = "demo")]
 fn duration_arg(name: &str, raw: &str) -> Result<Duration, ExitCode> {
     roomhook::config::units::parse_duration(raw).map_err(|e| {
         eprintln!("--{name}: {e} (write e.g. \"20s\")");
@@ -272,6 +281,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            #[cfg(feature = "demo")]
             Command::Demo { duration, rooms, interval } => {
                 let duration = match duration_arg("duration", &duration) {
                     Ok(d) => (!d.is_zero()).then_some(d),

@@ -4,5 +4,6 @@
 pub mod decode;
 pub mod mqtt;
 pub mod roomos;
+#[cfg(feature = "demo")]
 pub mod simulator;
 pub mod status;

@@ -457,7 +457,10 @@ fn run(
 /// `ROOMHOOK_TEST_WEDGE_FILE`: a test hook. While the file it names exists, the writer
 /// hangs in its step as on a storage device that stopped answering (the watchdog test).
 fn test_wedge() -> Option<std::path::PathBuf> {
-    std::env::var_os("ROOMHOOK_TEST_WEDGE_FILE").map(Into::into)
+    #[cfg(feature = "testkit")]
+    return std::env::var_os("ROOMHOOK_TEST_WEDGE_FILE").map(Into::into);
+    #[cfg(not(feature = "testkit"))]
+    None
 }
 
 fn wedged(file: &std::path::Path, shared: &Shared) {
