@@ -44,8 +44,8 @@ mkdir -p dist
 # The Debian package and tool prefix that cross-compile for a target.
 toolchain() {
   case "$1" in
-    aarch64-unknown-linux-musl|aarch64-unknown-linux-gnu) echo "gcc-aarch64-linux-gnu aarch64-linux-gnu" ;;
-    armv7-unknown-linux-gnueabihf) echo "gcc-arm-linux-gnueabihf arm-linux-gnueabihf" ;;
+    aarch64-unknown-linux-musl|aarch64-unknown-linux-gnu) echo "gcc-aarch64-linux-gnu aarch64-linux-gnu libc6-dev-arm64-cross" ;;
+    armv7-unknown-linux-gnueabihf) echo "gcc-arm-linux-gnueabihf arm-linux-gnueabihf libc6-dev-armhf-cross" ;;
     armv7-unknown-linux-musleabihf)
       echo "$1: Rust's standard library for this target cannot be installed on these build machines (rustup answers 404); use armv7-unknown-linux-gnueabihf" >&2
       exit 1 ;;
@@ -58,7 +58,7 @@ for target in "${targets[@]}"; do
   envs=()
   strip=strip
   if [ "$target" != "$host" ]; then
-    read -r package prefix < <(toolchain "$target")
+    read -r package prefix headers < <(toolchain "$target")
     if ! grep -qx "$target" < <(rustup target list --installed); then
       if $install; then
         rustup target add "$target"
@@ -67,12 +67,12 @@ for target in "${targets[@]}"; do
         exit 1
       fi
     fi
-    if ! command -v "$prefix-gcc" >/dev/null; then
+    if ! command -v "$prefix-gcc" >/dev/null || [ ! -e "/usr/$prefix/include/stdio.h" ]; then
       if $install; then
         apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "$package" >/dev/null
+        apt-get install -y -qq --no-install-recommends "$package" "$headers" >/dev/null
       else
-        echo "$target: the cross compiler is missing: apt-get install $package (or pass --install)" >&2
+        echo "$target: the cross compiler or its C library headers are missing: apt-get install $package $headers (or pass --install)" >&2
         exit 1
       fi
     fi

@@ -193,7 +193,8 @@ pub fn suggest(wanted: &str, kind: Option<Kind>) -> Vec<&'static str> {
             let p = e.path.to_ascii_lowercase();
             let last = p.rsplit('.').next().unwrap_or(&p);
             let wanted_last = wanted_lower.rsplit('.').next().unwrap_or(&wanted_lower);
-            let d = levenshtein(&wanted_lower, &p).min(levenshtein(wanted_last, last) + 3);
+            let d = strsim::levenshtein(&wanted_lower, &p)
+                .min(strsim::levenshtein(wanted_last, last) + 3);
             (d, e.path)
         })
         .collect();
@@ -205,20 +206,6 @@ pub fn suggest(wanted: &str, kind: Option<Kind>) -> Vec<&'static str> {
         .take(3)
         .map(|(_, p)| p)
         .collect()
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 /// Why a source value could not be coerced to its catalog type.
