@@ -3,6 +3,7 @@
 //! HTTPS webhooks. `main.rs` is the command line; this crate root only lists the modules.
 
 pub mod admin;
+pub mod backoff;
 pub mod catalog;
 pub mod cli;
 pub mod config;

@@ -11,6 +11,7 @@ use std::path::Path;
 /// admin → daemon → demo → cli.
 const LAYERS: &[(&str, u32)] = &[
     // Utilities.
+    ("backoff", 0),
     ("files", 0),
     ("logging", 0),
     ("metrics", 0),

@@ -1,7 +1,7 @@
 //! Delivery: one worker per webhook takes its queue from the store and POSTs each message
 //! to the receiver, paced by the scheduler, retried with backoff, removed on 2xx.
 
-pub mod backoff;
+pub use crate::backoff;
 pub mod client;
 pub mod concurrency;
 pub mod payload;

@@ -2,6 +2,7 @@
 //! acks). Each message is decoded, routed and committed; its PUBACK goes out only after the
 //! commit, in arrival order. Reconnects with backoff and subscribes on every connection.
 
+use crate::backoff::Doubling;
 use crate::config::MqttSettings;
 use crate::ingest::Ingest;
 use crate::metrics::{DecodeErrors, Metrics};
@@ -117,13 +118,13 @@ pub async fn run(
     // Resends (DUP) of this connection not yet through the store's check: marks carried
     // over from the last connection stay until there are none.
     let mut dups_open = 0usize;
-    let mut backoff = RECONNECT_MIN;
+    let mut backoff = Doubling::new(RECONNECT_MIN, RECONNECT_MAX);
     let mut was_connected = false;
     // Submitted, waiting for the commit, in arrival order.
     let mut pending: FuturesOrdered<PendingAck> = FuturesOrdered::new();
     // Refused by the store (or behind a refused one), in arrival order.
     let mut retry: VecDeque<Held> = VecDeque::new();
-    let mut retry_wait = Duration::from_millis(500);
+    let mut retry_wait = Doubling::new(Duration::from_millis(500), RETRY_MAX);
     let mut retry_at: Option<tokio::time::Instant> = None;
     // PUBACKs ready to go, in arrival order; handed to the client as its queue has room
     // (the event loop below sends them).
@@ -176,7 +177,7 @@ pub async fn run(
                     Err(e) => {
                         if retry.is_empty() {
                             tracing::warn!(source = %s.name, "the store refused a message, holding it and everything after it unacked (the broker keeps them): {e}");
-                            retry_at = Some(tokio::time::Instant::now() + retry_wait);
+                            retry_at = Some(tokio::time::Instant::now() + retry_wait.current());
                         }
                         retry.push_back(held);
                     }
@@ -214,7 +215,7 @@ pub async fn run(
                             dups_open = dups_open.saturating_sub(1);
                         }
                         to_ack.push_back(head.publish);
-                        retry_wait = Duration::from_millis(500);
+                        retry_wait.reset();
                         retry_at = None;
                         tracing::info!(source = %s.name, "the store takes messages again; {} held message(s) follow in order", retry.len());
                         while let Some(h) = retry.pop_front() {
@@ -225,10 +226,10 @@ pub async fn run(
                         }
                     }
                     Err(e) => {
-                        tracing::debug!(source = %s.name, "still refused, retrying in {retry_wait:?}: {e}");
+                        tracing::debug!(source = %s.name, "still refused, retrying in {:?}: {e}", retry_wait.current());
                         retry.push_front(head);
-                        retry_wait = (retry_wait * 2).min(RETRY_MAX);
-                        retry_at = Some(tokio::time::Instant::now() + retry_wait);
+                        retry_wait.failed();
+                        retry_at = Some(tokio::time::Instant::now() + retry_wait.current());
                     }
                 }
             }
@@ -243,7 +244,7 @@ pub async fn run(
                     acked.reconnected();
                     retry.clear();
                     retry_at = None;
-                    backoff = RECONNECT_MIN;
+                    backoff.reset();
                     was_connected = true;
                     connected.set(1);
                     status.connected();
@@ -311,14 +312,14 @@ pub async fn run(
                         was_connected = false;
                     }
                     if let Some(suppressed) = conn_log.check(Instant::now()) {
-                        tracing::warn!(source = %s.name, suppressed, "MQTT connection to {}:{} failed, retrying in {:?}: {e}", s.host, s.port, backoff);
+                        tracing::warn!(source = %s.name, suppressed, "MQTT connection to {}:{} failed, retrying in {:?}: {e}", s.host, s.port, backoff.current());
                     }
                     pulse.rest();
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(backoff.current()) => {}
                         _ = shutdown.cancelled() => break,
                     }
-                    backoff = (backoff * 2).min(RECONNECT_MAX);
+                    backoff.failed();
                 }
             }}
         }

@@ -90,7 +90,10 @@ fn reopen(
             return None;
         }
     }
-    let mut wait = std::time::Duration::from_millis(200);
+    let mut wait = crate::backoff::Doubling::new(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(30),
+    );
     let mut log = RateLog::new(std::time::Duration::from_secs(30));
     loop {
         if shared.closing.load(Ordering::Relaxed) {
@@ -141,12 +144,12 @@ fn reopen(
         // Sleeps in small steps: a shutdown must not wait for the backoff. Waiting for the
         // disk is a rest for the watchdog: a restart would not make room.
         shared.pulse.rest();
-        let until = std::time::Instant::now() + wait;
+        let until = std::time::Instant::now() + wait.current();
         while std::time::Instant::now() < until && !shared.closing.load(Ordering::Relaxed) {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         shared.pulse.step();
-        wait = (wait * 2).min(std::time::Duration::from_secs(30));
+        wait.failed();
     }
 }
 

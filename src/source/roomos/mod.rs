@@ -12,6 +12,7 @@ pub mod probe;
 pub mod rpc;
 pub mod tree;
 
+use crate::backoff::Doubling;
 use crate::catalog::Kind;
 use crate::config::RoomosSettings;
 use crate::event::Event;
@@ -120,7 +121,7 @@ pub async fn run(
     let mut conn_log = RateLog::new(Duration::from_secs(30));
     // A new kind of failure is logged at once; the same one again at most every 30 s.
     let mut last_failure: Option<String> = None;
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Doubling::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {
         // Connecting is bounded by CONNECT_TIMEOUT; the session marks its own steps.
         pulse.rest();
@@ -151,11 +152,11 @@ pub async fn run(
                         // frame over max_frame every time) backs off like a failed connect.
                         let young = started.elapsed() < STABLE_AFTER;
                         if !young {
-                            backoff = BACKOFF_MIN;
+                            backoff.reset();
                         }
-                        let d = jitter(backoff);
+                        let d = jitter(backoff.current());
                         if young {
-                            backoff = (backoff * 2).min(BACKOFF_MAX);
+                            backoff.failed();
                         }
                         d
                     }
@@ -171,7 +172,7 @@ pub async fn run(
                         SLOW_RETRY + jitter(Duration::from_secs(10))
                     }
                     _ => {
-                        let d = jitter(backoff);
+                        let d = jitter(backoff.current());
                         let new = last_failure.as_deref() != Some(message.as_str());
                         let check = conn_log.check(Instant::now());
                         if new || check.is_some() {
@@ -179,12 +180,12 @@ pub async fn run(
                             tracing::warn!(source = %s.name, suppressed, "device at {}: {message}; retrying in {:.1}s", s.url, d.as_secs_f64());
                         }
                         if kind == FailKind::RateLimited {
-                            backoff = (backoff * 2).min(BACKOFF_MAX);
+                            backoff.failed();
                         }
                         d
                     }
                 };
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                backoff.failed();
                 last_failure = Some(failure);
                 delay
             }
@@ -650,20 +651,20 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         let events = std::mem::take(&mut self.outbox);
-        let mut wait = Duration::from_millis(200);
+        let mut wait = Doubling::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
             match self.pulse.waiting(self.ingest.accept(events.clone())).await {
                 Ok(()) => return Ok(()),
                 Err(StoreError::Closed) => return Err(End::StoreClosed),
                 Err(e) => {
-                    tracing::warn!(source = %self.s.name, "the store refused {} event(s), retrying in {wait:?}: {e}", events.len());
+                    tracing::warn!(source = %self.s.name, "the store refused {} event(s), retrying in {:?}: {e}", events.len(), wait.current());
                     self.pulse.rest();
                     tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
+                        _ = tokio::time::sleep(wait.current()) => {}
                         _ = self.shutdown.cancelled() => return Err(End::Shutdown),
                     }
                     self.pulse.step();
-                    wait = (wait * 2).min(Duration::from_secs(10));
+                    wait.failed();
                 }
             }
         }
