@@ -409,12 +409,13 @@ impl AckedMarks {
     /// written before the ping.
     /// `settled`: every resend (DUP) of this connection has met the store's check (one
     /// held back while the store refuses must still find its mark).
+    /// An answer to no ping of this connection is a stale one (rumqttc hands out a ping
+    /// answer read together with the break after the next CONNACK): it confirms nothing.
     fn ping_answered(&mut self, settled: bool) {
-        let n = self
-            .before_ping
-            .take()
-            .unwrap_or(0)
-            .min(self.unconfirmed.len());
+        let Some(before) = self.before_ping.take() else {
+            return;
+        };
+        let n = before.min(self.unconfirmed.len());
         let carried = settled && !self.carried.is_empty();
         if n == 0 && !carried {
             return;

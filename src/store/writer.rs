@@ -394,8 +394,21 @@ fn run(
                 into.extend(pkids.drain(..).map(|p| (source.clone(), p)));
                 false
             }
-            Op::Append { .. } => {
+            Op::Append { mark, .. } => {
                 appended = true;
+                // A clear of this packet id held back in this group came before this append
+                // (channel order): it cleared the old mark for this append, though it is
+                // written later. So the append is not checked against the old mark (its
+                // resend flag proves nothing then), and it writes its own mark, which the
+                // held-back clear must not delete at the next commit (a broker that reuses
+                // the id at once).
+                if let Some(m) = mark {
+                    let before = after.len();
+                    after.retain(|(source, pkid)| !(source == &m.source && *pkid == m.pkid));
+                    if after.len() != before {
+                        m.dup = false;
+                    }
+                }
                 true
             }
             _ => true,
