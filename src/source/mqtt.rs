@@ -608,6 +608,11 @@ mod tests {
         assert!(m.unconfirmed.is_empty());
         assert_eq!(m.written, vec![1, 2, 3]);
         assert!(!m.reused(6));
+        // A ping answer of the old connection handed out after the new CONNACK (no ping of
+        // this connection asked for it) confirms nothing.
+        m.ping_answered(true);
+        assert_eq!(m.written, vec![1, 2, 3]);
+        m.ping_sent();
         m.push(6);
         m.ping_answered(true);
         assert_eq!(m.written, vec![1, 2, 3, 4, 5]);
