@@ -328,10 +328,18 @@ impl Supervisor {
                     });
             }
         }
-        let unconfigured: Vec<String> = known
+        // Each with the url it was kept for, if it was kept before.
+        let unconfigured: Vec<(String, Option<String>)> = known
             .into_iter()
             .map(|(name, _)| name)
             .filter(|name| !configured(name))
+            .map(|name| {
+                let url = kept
+                    .iter()
+                    .find(|k| k.name == name)
+                    .and_then(|k| k.url.clone());
+                (name, url)
+            })
             .collect();
         if unconfigured.is_empty() {
             return Ok(());
@@ -341,25 +349,20 @@ impl Supervisor {
         let now = crate::timefmt::now_ms();
         let mut steps: Vec<Step> = unconfigured
             .iter()
-            .map(|name| Step::Register {
+            .map(|(name, _)| Step::Register {
                 name: name.clone(),
                 overflow: crate::store::Overflow::DropOldest,
             })
             .collect();
-        steps.extend(unconfigured.iter().map(|name| {
-            Step::Release {
-                name: name.clone(),
-                url: kept
-                    .iter()
-                    .find(|k| &k.name == name)
-                    .and_then(|k| k.url.clone()),
-                at_ms: now,
-            }
+        steps.extend(unconfigured.iter().map(|(name, url)| Step::Release {
+            name: name.clone(),
+            url: url.clone(),
+            at_ms: now,
         }));
         let done = self.store.change(steps).await.map_err(rt)?;
         let (ids, fates) = done.split_at(unconfigured.len());
         let mut orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
-        for ((name, id), fate) in unconfigured.iter().zip(ids).zip(fates) {
+        for (((name, url), id), fate) in unconfigured.iter().zip(ids).zip(fates) {
             let (Done::Registered(id), Done::Orphaned(since)) = (id, fate) else {
                 tracing::info!(webhook = %name, "webhook is no longer in the config (its queue was empty)");
                 continue;
@@ -374,10 +377,7 @@ impl Supervisor {
                 name: name.clone(),
                 id: *id,
                 since_ms: *since,
-                url: kept
-                    .iter()
-                    .find(|k| &k.name == name)
-                    .and_then(|k| k.url.clone()),
+                url: url.clone(),
             });
         }
         Ok(())
@@ -634,17 +634,11 @@ impl Supervisor {
                 name.to_string(),
             )));
         }
-        let done = self
+        let n = self
             .store
-            .change(vec![Step::Purge {
-                name: name.to_string(),
-            }])
+            .purge(name)
             .await
             .map_err(|e| ActionError::Store(e.to_string()))?;
-        let n = match done.first() {
-            Some(Done::Purged(n)) => *n,
-            _ => 0,
-        };
         self.orphans
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -842,7 +836,9 @@ impl Supervisor {
             gone,
         } = plan;
         let mut applied = Applied::default();
-        if !inner.webhooks.is_empty() || !inner.sources.is_empty() {
+        // The first apply (at start) starts everything: nothing to compare or announce.
+        let first = inner.webhooks.is_empty() && inner.sources.is_empty();
+        if !first {
             for key in restart_only(&inner.settings, &new) {
                 tracing::warn!("{key} changed: it takes effect after a restart");
                 applied.need_restart.push(key.to_string());
@@ -988,7 +984,7 @@ impl Supervisor {
                         tracing::info!(webhook = %w.name, "webhook is back: it takes its kept queue ({} events)", self.store.depth(id));
                     }
                     self.ingest.upsert_webhook(id, w);
-                    if !inner.settings.webhooks.is_empty() || !old.is_empty() {
+                    if !first {
                         tracing::info!(webhook = %w.name, "webhook added");
                     }
                     applied.added.push(w.name.clone());

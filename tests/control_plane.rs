@@ -64,6 +64,28 @@ struct Queue {
     fate: Fate,
 }
 
+/// A webhook as the file, `webhook list` and the model each describe it: name, url,
+/// devices, enabled.
+type Row = (String, String, BTreeSet<String>, bool);
+
+/// A webhook table of the file (as JSON) or an entry of `webhook list` as a [`Row`]
+/// (`enabled` is true unless written false).
+fn row(w: &serde_json::Value) -> Row {
+    (
+        w["name"].as_str().unwrap_or("").to_string(),
+        w["url"].as_str().unwrap_or("").to_string(),
+        w["devices"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        w["enabled"].as_bool().unwrap_or(true),
+    )
+}
+
 /// One step of a sequence.
 #[derive(Debug, Clone)]
 enum Op {
@@ -385,14 +407,18 @@ drain_start_jitter = "0s"
         count("applied") > before.0
     }
 
-    async fn kept_in_daemon(&self) -> Vec<String> {
+    /// `roomhook status --json`.
+    async fn status(&self) -> serde_json::Value {
         let cfg = self.config.to_string_lossy().to_string();
         let (code, out, err) = run_cli(&["status", "--json", "-c", &cfg]).await;
         if code != 0 {
             self.fail(format!("status: {err}"));
         }
-        let v: serde_json::Value = serde_json::from_str(&out).expect("status json");
-        v["orphans"]
+        serde_json::from_str(&out).unwrap_or_else(|e| self.fail(format!("status json: {e}")))
+    }
+
+    async fn kept_in_daemon(&self) -> Vec<String> {
+        self.status().await["orphans"]
             .as_array()
             .cloned()
             .unwrap_or_default()
@@ -830,29 +856,12 @@ drain_start_jitter = "0s"
         let text = std::fs::read_to_string(&self.config).expect("config");
         let file: toml::Table =
             toml::from_str(&text).unwrap_or_else(|e| self.fail(format!("config: {e}")));
-        let in_file: Vec<(String, String, BTreeSet<String>, bool)> = file
-            .get("webhooks")
-            .and_then(|w| w.as_array())
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|w| {
-                (
-                    w["name"].as_str().unwrap_or("").to_string(),
-                    w["url"].as_str().unwrap_or("").to_string(),
-                    w["devices"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|d| d.as_str().map(str::to_string))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    w.get("enabled").and_then(|e| e.as_bool()).unwrap_or(true),
-                )
-            })
-            .collect();
-        let mut model: Vec<(String, String, BTreeSet<String>, bool)> = self
+        let file = serde_json::to_value(&file).expect("toml as json");
+        let mut in_file: Vec<Row> = file["webhooks"]
+            .as_array()
+            .map(|a| a.iter().map(row).collect())
+            .unwrap_or_default();
+        let mut model: Vec<Row> = self
             .hooks
             .iter()
             .map(|h| {
@@ -864,47 +873,24 @@ drain_start_jitter = "0s"
                 )
             })
             .collect();
-        let mut sorted_file = in_file.clone();
-        sorted_file.sort();
+        in_file.sort();
         model.sort();
-        if sorted_file != model {
+        if in_file != model {
             self.fail(format!(
-                "the config file differs from the model:\nfile:  {sorted_file:?}\nmodel: {model:?}"
+                "the config file differs from the model:\nfile:  {in_file:?}\nmodel: {model:?}"
             ));
         }
         // `webhook list` equals the file.
         let list = webhook_list(&self.config).await;
-        let mut listed: Vec<(String, String, BTreeSet<String>, bool)> = list
-            .iter()
-            .map(|w| {
-                (
-                    w["name"].as_str().unwrap_or("").to_string(),
-                    w["url"].as_str().unwrap_or("").to_string(),
-                    w["devices"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|d| d.as_str().map(str::to_string))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    w["enabled"].as_bool().unwrap_or(false),
-                )
-            })
-            .collect();
+        let mut listed: Vec<Row> = list.iter().map(row).collect();
         listed.sort();
-        if listed != sorted_file {
+        if listed != in_file {
             self.fail(format!(
-                "`webhook list` differs from the file:\nlist: {listed:?}\nfile: {sorted_file:?}"
+                "`webhook list` differs from the file:\nlist: {listed:?}\nfile: {in_file:?}"
             ));
         }
         // One delivery loop per queue, each a configured webhook's.
-        let cfg = self.config.to_string_lossy().to_string();
-        let (code, out, err) = run_cli(&["status", "--json", "-c", &cfg]).await;
-        if code != 0 {
-            self.fail(format!("status: {err}"));
-        }
-        let status: serde_json::Value = serde_json::from_str(&out).expect("status json");
+        let status = self.status().await;
         let loops = status["delivery_loops"]
             .as_array()
             .cloned()

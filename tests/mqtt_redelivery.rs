@@ -5,54 +5,15 @@
 
 mod common;
 
+use common::mqtt_wire::*;
 use common::*;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-fn read_packet(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
-    let mut h = [0u8; 1];
-    s.read_exact(&mut h)?;
-    let (mut len, mut mult) = (0usize, 1usize);
-    loop {
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b)?;
-        len += (b[0] & 0x7f) as usize * mult;
-        mult *= 128;
-        if b[0] & 0x80 == 0 {
-            break;
-        }
-    }
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body)?;
-    Ok((h[0], body))
-}
-
-fn remaining(len: usize) -> Vec<u8> {
-    let (mut out, mut n) = (Vec::new(), len);
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            return out;
-        }
-    }
-}
-
 fn publish(s: &mut TcpStream, pkid: u16, dup: bool, topic: &str, payload: &str) {
-    let mut body = Vec::new();
-    body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-    body.extend_from_slice(topic.as_bytes());
-    body.extend_from_slice(&pkid.to_be_bytes());
-    body.extend_from_slice(payload.as_bytes());
-    let mut pkt = vec![0x32 | if dup { 0x08 } else { 0 }];
-    pkt.extend(remaining(body.len()));
-    pkt.extend(body);
-    s.write_all(&pkt).unwrap();
+    s.write_all(&publish_packet(pkid, dup, topic, payload))
+        .unwrap();
 }
 
 /// Reads until the PUBACK of `pkid`, answering pings.

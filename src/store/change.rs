@@ -33,18 +33,9 @@ pub enum Step {
         /// The new one.
         to: String,
     },
-    /// Keep a queue as an orphan (its webhook left the config) for the receiver at `url`;
-    /// a queue marked before keeps its first time and URL.
-    Orphan {
-        /// Webhook name.
-        name: String,
-        /// The URL its events were routed for (`None`: not known).
-        url: Option<String>,
-        /// Now, unix ms.
-        at_ms: i64,
-    },
-    /// A webhook left the config: keep its queue as an [`Step::Orphan`], or purge it when
-    /// it holds nothing (no queued event, no dead letter). Answers `Orphaned` or `Purged(0)`.
+    /// A webhook left the config: keep its queue as an orphan for the receiver at `url` (a
+    /// queue kept before keeps its first time and url), or purge it when it holds nothing
+    /// (no queued event, no dead letter). Answers `Orphaned` or `Purged(0)`.
     Release {
         /// Webhook name.
         name: String,
@@ -165,10 +156,6 @@ pub(super) fn apply(
                         };
                         names.insert(to.as_str(), id)?;
                         answers.push(Done::Renamed);
-                    }
-                    Step::Orphan { name, url, at_ms } => {
-                        let since = mark(&mut orphans, &mut urls, name, url, *at_ms)?;
-                        answers.push(Done::Orphaned(since));
                     }
                     Step::Release { name, url, at_ms } => {
                         let id = names.get(name.as_str())?.map(|v| v.value());

@@ -905,7 +905,15 @@ impl Store {
     pub async fn change(&self, steps: change::Change) -> Result<Vec<change::Done>, StoreError> {
         self.db.get()?;
         let (done, rx) = oneshot::channel();
-        self.manage(Op::Change { steps, done }, rx).await
+        self.tx
+            .send(Op::Change { steps, done })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        match rx.await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::Commit(e)),
+            Err(_) => Err(StoreError::Closed),
+        }
     }
 
     async fn one(&self, step: change::Step) -> Result<change::Done, StoreError> {
@@ -924,15 +932,6 @@ impl Store {
             change::Done::Registered(id) => Ok(id),
             other => Err(StoreError::Commit(format!("unexpected answer {other:?}"))),
         }
-    }
-
-    /// Renames a webhook's queue; its entries and sequence numbers stay.
-    pub async fn rename(&self, from: &str, to: &str) -> Result<(), StoreError> {
-        let step = change::Step::Rename {
-            from: from.to_string(),
-            to: to.to_string(),
-        };
-        self.one(step).await.map(|_| ())
     }
 
     /// Deletes a webhook's queue and dead letters; returns how many queued events were
@@ -968,19 +967,6 @@ impl Store {
     /// Second delivery loops refused since start (each one a bug; 0 expected).
     pub fn claims_refused(&self) -> u64 {
         self.shared.claims.refused()
-    }
-
-    async fn manage<T>(
-        &self,
-        op: Op,
-        rx: oneshot::Receiver<Result<T, String>>,
-    ) -> Result<T, StoreError> {
-        self.tx.send(op).await.map_err(|_| StoreError::Closed)?;
-        match rx.await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError::Commit(e)),
-            Err(_) => Err(StoreError::Closed),
-        }
     }
 
     /// Whether the writer thread still runs.
@@ -1450,8 +1436,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.depth(b), 2);
-        store.rename("b", "c").await.unwrap();
-        assert!(store.rename("a", "c").await.is_err());
+        let rename = |from: &str, to: &str| {
+            vec![change::Step::Rename {
+                from: from.into(),
+                to: to.into(),
+            }]
+        };
+        store.change(rename("b", "c")).await.unwrap();
+        assert!(store.change(rename("a", "c")).await.is_err());
         assert_eq!(store.register("c", Overflow::Block).await.unwrap(), b);
         assert_eq!(store.depth(b), 2);
         assert_eq!(store.purge("c").await.unwrap(), 2);

@@ -402,7 +402,7 @@ fn run(
                 // resend flag proves nothing then), and it writes its own mark, which the
                 // held-back clear must not delete at the next commit (a broker that reuses
                 // the id at once).
-                if let Some(m) = mark {
+                if let Some(m) = mark.as_mut().filter(|_| !after.is_empty()) {
                     let before = after.len();
                     after.retain(|(source, pkid)| !(source == &m.source && *pkid == m.pkid));
                     if after.len() != before {

@@ -2,6 +2,7 @@
 //! child process, an HTTPS receiver behind a private CA, and an MQTT publisher.
 #![allow(dead_code)]
 
+pub mod mqtt_wire;
 pub mod proxy;
 
 use roomhook::demo::pki::{self, ServerIdentity};
