@@ -35,7 +35,8 @@
 //! the mark of the message that reused its packet id (fixed in src/store/writer.rs), a
 //! ping answer read with a break confirmed the carried marks (fixed in src/source/mqtt.rs),
 //! and, the two together, a new message with the old topic and payload taken for a
-//! redelivery: still open, its test is `#[ignore]`d.
+//! redelivery (fixed in src/source/mqtt.rs: a late ping answer confirms exactly the
+//! PUBACKs written before its ping).
 
 mod common;
 
@@ -1118,7 +1119,7 @@ async fn a_reused_packet_id_keeps_the_new_mark_when_its_clear_opens_the_group() 
     .await;
 }
 
-/// BUG (src/store/writer.rs, the held-back clears). Source `a` publishes `a0` with packet
+/// Found by the model (fixed in src/store/writer.rs, the held-back clears). Source `a` publishes `a0` with packet
 /// id 1, roomhook commits it (mark (a, 1)) and acks it; the broker reads the PUBACK.
 /// Source `b` publishes `b0`, and `a` at once publishes a new message (DUP unset) that
 /// reuses packet id 1 with `a0`'s topic and payload. The PUBACK of that new message is
@@ -1170,7 +1171,7 @@ async fn a_held_back_clear_must_not_delete_the_mark_of_the_message_that_reused_t
     .await;
 }
 
-/// BUG (src/source/mqtt.rs with rumqttc 0.25's event queue). Source `a` has a ping in
+/// Found by the model (fixed in src/source/mqtt.rs; rumqttc 0.25's event queue). Source `a` has a ping in
 /// flight when `a0` arrives; `a0` is committed and acked (its PUBACK is written after the
 /// PINGREQ). The broker answers the ping and breaks the connection at once; the PUBACK of
 /// `a0` (after the ping) is lost with it, and `a0` is resent with DUP set after the
@@ -1209,22 +1210,21 @@ async fn a_ping_answer_read_with_the_break_must_not_clear_the_carried_marks() {
     .await;
 }
 
-/// BUG (the two above together): a new message taken for a redelivery. Source `a`
+/// Found by the model (the two above together): a new message taken for a redelivery. Source `a`
 /// publishes `a0` (packet id 1), reads its PUBACK and answers a ping that came after it
 /// (so the PUBACK is known to have arrived: not the window the README documents). A new
 /// message reuses packet id 1 with `a0`'s topic and payload and is lost in transit with a
 /// break right after the ping answer; while `a` reconnects, `b` publishes `b0`; `a`
 /// resends the new message with DUP set right after the CONNACK.
 ///
-/// Expected: `a0` arrives twice. Observed: once; roomhook logs "redelivery of a committed
+/// Expected: `a0` arrives twice. Was: once; roomhook logged "redelivery of a committed
 /// message … source=a pkid=1" for the new message.
 ///
-/// Why: the stale PingResp (above) puts (a, 1) in `written` after the ConnAck; the resend
-/// hands the clear over right before its append, `b0`'s append already opened the group,
-/// so the clear is held back (writer.rs) and the resend is checked against `a0`'s mark,
-/// which is still there with the same digest.
+/// Why: the ping answer was read together with the break and handed out after the next
+/// CONNACK; since the fix above it was ignored, so (a, 1) stayed carried and the resend
+/// met `a0`'s mark. The late answer proves the broker read every PUBACK written before
+/// that ping: it now confirms exactly those (mqtt.rs `AckedMarks::stale_ping`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a new message is taken for a redelivery (src/source/mqtt.rs + src/store/writer.rs)"]
 async fn a_new_message_with_the_old_topic_and_payload_must_not_be_taken_for_a_redelivery() {
     replay(
         true,

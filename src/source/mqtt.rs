@@ -376,6 +376,12 @@ struct AckedMarks {
     /// right after CONNACK, before it reads anything of ours, so every such redelivery
     /// came (and met its mark) before that answer; whatever did not come was acked.
     carried: Vec<u16>,
+    /// The packet ids in `carried`.
+    carried_set: PkidSet,
+    /// The part of `carried` written before the last connection's ping in flight when it
+    /// broke. rumqttc hands out a ping answer read together with the break only after the
+    /// next CONNACK; that answer proves the broker read these (one TCP stream, in order).
+    stale_ping: Option<std::ops::Range<usize>>,
     /// PUBACKs the broker has read (a later ping answered, or the packet id reused): their
     /// marks go to the store.
     written: Vec<u16>,
@@ -386,7 +392,28 @@ struct AckedMarks {
 }
 
 impl AckedMarks {
+    /// A PUBACK for `pkid` was written. It supersedes one written earlier for the same id
+    /// and not yet confirmed (on an earlier connection, say): the store holds one mark per
+    /// id, and it may go only once the broker has read this newest PUBACK. Confirming the
+    /// older one (by reuse of an id acked after it, or a ping) would clear the mark that
+    /// this one still needs (found by tests/mqtt_dupguard.rs, seed 2001).
     fn push(&mut self, pkid: u16) {
+        if self.carried_set.contains(pkid) {
+            self.carried_set.remove(pkid);
+            if let Some(i) = self.carried.iter().position(|p| *p == pkid) {
+                self.carried.remove(i);
+                self.stale_ping = self.stale_ping.take().map(|r| {
+                    let shift = |x: usize| if i < x { x - 1 } else { x };
+                    shift(r.start)..shift(r.end)
+                });
+            }
+        }
+        if self.unconfirmed_set.contains(pkid) {
+            if let Some(i) = self.unconfirmed.iter().position(|p| *p == pkid) {
+                self.unconfirmed.remove(i);
+                self.before_ping = self.before_ping.map(|b| if i < b { b - 1 } else { b });
+            }
+        }
         self.unconfirmed.push(pkid);
         self.unconfirmed_set.insert(pkid);
     }
@@ -402,6 +429,8 @@ impl AckedMarks {
 
     /// A ping was written: the PUBACKs written so far come before it on the stream.
     fn ping_sent(&mut self) {
+        // A stale answer is handed out before anything of this connection: none now.
+        self.stale_ping = None;
         self.before_ping = Some(self.unconfirmed.len());
     }
 
@@ -410,9 +439,18 @@ impl AckedMarks {
     /// `settled`: every resend (DUP) of this connection has met the store's check (one
     /// held back while the store refuses must still find its mark).
     /// An answer to no ping of this connection is a stale one (rumqttc hands out a ping
-    /// answer read together with the break after the next CONNACK): it confirms nothing.
+    /// answer read together with the break after the next CONNACK): it confirms the
+    /// PUBACKs the last connection wrote before its ping, and nothing else.
     fn ping_answered(&mut self, settled: bool) {
         let Some(before) = self.before_ping.take() else {
+            if let Some(r) = self.stale_ping.take().filter(|r| !r.is_empty()) {
+                for p in self.carried.drain(r) {
+                    self.carried_set.remove(p);
+                    self.written.push(p);
+                }
+                self.due
+                    .get_or_insert_with(|| tokio::time::Instant::now() + MARKS_DELAY);
+            }
             return;
         };
         let n = before.min(self.unconfirmed.len());
@@ -422,6 +460,8 @@ impl AckedMarks {
         }
         if carried {
             self.written.append(&mut self.carried);
+            self.carried_set.clear();
+            self.stale_ping = None;
         }
         self.confirm(n);
         self.due
@@ -431,9 +471,14 @@ impl AckedMarks {
     /// A new connection: what was not confirmed may not have arrived; those marks stay
     /// until the first ping of the new connection is answered.
     fn reconnected(&mut self) {
+        let base = self.carried.len();
+        let before = self.before_ping.take().map(|b| b.min(self.unconfirmed.len()));
+        self.stale_ping = before.map(|b| base..base + b);
+        for p in &self.unconfirmed {
+            self.carried_set.insert(*p);
+        }
         self.carried.append(&mut self.unconfirmed);
         self.unconfirmed_set.clear();
-        self.before_ping = None;
     }
 
     fn full(&self) -> bool {
@@ -468,8 +513,16 @@ impl AckedMarks {
     /// this connection (one queued before the break and written after it, say), so it is
     /// checked against its mark.
     fn reused(&mut self, pkid: u16) -> bool {
-        if let Some(i) = self.carried.iter().position(|p| *p == pkid) {
-            self.written.extend(self.carried.drain(..=i));
+        let found = self.carried_set.contains(pkid);
+        if let Some(i) = found.then(|| self.carried.iter().position(|p| *p == pkid)).flatten() {
+            for p in self.carried.drain(..=i) {
+                self.carried_set.remove(p);
+                self.written.push(p);
+            }
+            self.stale_ping = self
+                .stale_ping
+                .take()
+                .map(|r| r.start.saturating_sub(i + 1)..r.end.saturating_sub(i + 1));
         }
         if self.unconfirmed_set.contains(pkid) {
             // Reuse follows the broker's own order: the id is near the front.
@@ -609,7 +662,7 @@ mod tests {
         assert_eq!(m.written, vec![1, 2, 3]);
         assert!(!m.reused(6));
         // A ping answer of the old connection handed out after the new CONNACK (no ping of
-        // this connection asked for it) confirms nothing.
+        // this connection asked for it) confirms nothing: no ping was in flight.
         m.ping_answered(true);
         assert_eq!(m.written, vec![1, 2, 3]);
         m.ping_sent();
@@ -624,5 +677,80 @@ mod tests {
         assert!(m.reused(7));
         assert_eq!(m.written, vec![1, 2, 3, 4, 5, 6, 7]);
         assert_eq!(m.carried, vec![8]);
+    }
+
+    #[test]
+    fn a_stale_ping_answer_confirms_what_the_old_connection_wrote_before_its_ping() {
+        let mut m = AckedMarks::default();
+        m.push(1);
+        m.reconnected();
+        // 1 is carried from an earlier connection; 2 and 3 go out before the ping, 4 after.
+        m.push(2);
+        m.push(3);
+        m.ping_sent();
+        m.push(4);
+        m.reconnected();
+        assert_eq!(m.carried, vec![1, 2, 3, 4]);
+        // The answer read with the break, handed out after the next CONNACK.
+        m.ping_answered(false);
+        assert_eq!(m.written, vec![2, 3]);
+        assert_eq!(m.carried, vec![1, 4]);
+        // Only once.
+        m.ping_answered(false);
+        assert_eq!(m.written, vec![2, 3]);
+        // A reuse before the stale answer shifts what it covers.
+        let mut m = AckedMarks::default();
+        m.push(1);
+        m.push(2);
+        m.ping_sent();
+        m.push(3);
+        m.reconnected();
+        assert!(m.reused(1));
+        assert_eq!(m.carried, vec![2, 3]);
+        m.ping_answered(false);
+        assert_eq!(m.written, vec![1, 2]);
+        assert_eq!(m.carried, vec![3]);
+        // A ping of the new connection ends the wait for a stale answer.
+        let mut m = AckedMarks::default();
+        m.push(1);
+        m.ping_sent();
+        m.reconnected();
+        m.ping_sent();
+        m.ping_answered(false);
+        assert!(m.written.is_empty());
+        assert_eq!(m.carried, vec![1]);
+    }
+
+    #[test]
+    fn a_newer_puback_for_an_id_keeps_its_mark_until_it_is_confirmed() {
+        // Connection 1 acks 2 then 1, both lost with the break; connection 2 acks the
+        // resends (2, 1) and a new 3; the break loses 1 and 3.
+        let mut m = AckedMarks::default();
+        m.push(2);
+        m.push(1);
+        m.reconnected();
+        m.push(2);
+        m.push(1);
+        m.push(3);
+        assert_eq!(m.carried, Vec::<u16>::new());
+        m.reconnected();
+        assert_eq!(m.carried, vec![2, 1, 3]);
+        // Connection 3: the resends of 1 and 3 are acked again.
+        m.push(1);
+        m.push(3);
+        assert_eq!(m.carried, vec![2]);
+        // A new message reusing 2 confirms the carried 2, not the 1 acked after it.
+        assert!(m.reused(2));
+        assert_eq!(m.written, vec![2]);
+        assert_eq!(m.unconfirmed, vec![1, 3]);
+        // Within a connection: a newer PUBACK after the ping takes the older one's place.
+        let mut m = AckedMarks::default();
+        m.push(5);
+        m.push(6);
+        m.ping_sent();
+        m.push(5);
+        m.ping_answered(true);
+        assert_eq!(m.written, vec![6]);
+        assert_eq!(m.unconfirmed, vec![5]);
     }
 }
