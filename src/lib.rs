@@ -24,8 +24,6 @@ pub mod seen;
 pub mod source;
 pub mod store;
 pub mod supervisor;
-#[cfg(feature = "testkit")]
-pub mod testkit;
 pub mod timefmt;
 pub mod tls;
 pub mod value;

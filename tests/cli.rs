@@ -1,8 +1,7 @@
 //! The command line as a user meets it: `check-config`, `demo` (`--version`: tests/shipped.rs).
 
-mod common;
 
-use common::run_roomhook as roomhook;
+use roomhook_testkit::run_roomhook as roomhook;
 
 #[test]
 fn check_config_reports_every_problem_with_key_line_and_fix() {

@@ -1,28 +1,11 @@
 //! The web console over plain HTTP as a browser speaks it (sign-in form, session cookie,
 //! CSRF token, rate limit, sign-out); `console_browser.rs` drives it in a real browser.
 
-mod common;
 
-use common::*;
-use std::io::{Read, Write};
+use roomhook_testkit::*;
 use std::time::Duration;
 
 const ADMIN_TOKEN: &str = "console-test-token-0123456789";
-
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
 
 fn http(port: u16, method: &str, path: &str, cookie: Option<&str>, form: Option<&str>) -> Answer {
     http_with(port, method, path, cookie, form, None)
@@ -36,39 +19,17 @@ fn http_with(
     form: Option<&str>,
     csrf: Option<&str>,
 ) -> Answer {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let body = form.unwrap_or("");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    let mut headers = Vec::new();
     if let Some(c) = cookie {
-        req.push_str(&format!("Cookie: {c}\r\n"));
+        headers.push(("cookie", c));
     }
     if form.is_some() {
-        req.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
+        headers.push(("content-type", "application/x-www-form-urlencoded"));
     }
     if let Some(t) = csrf {
-        req.push_str(&format!("X-CSRF-Token: {t}\r\n"));
+        headers.push(("x-csrf-token", t));
     }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Answer {
-        status,
-        headers,
-        body: body.to_string(),
-    }
+    request(port, method, path, &headers, form.unwrap_or(""))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,9 +5,8 @@
 //! the events change, Test, dead letters and Replay, delete with the queue count, CSRF,
 //! sign-out. Screenshots of each page go to `$CARGO_TARGET_TMPDIR/console/`.
 
-mod common;
 
-use common::*;
+use roomhook_testkit::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use roomhook::demo::receiver::Behaviour;
 use serde_json::{json, Value};
@@ -194,7 +193,7 @@ async fn publish_values(port: u16, device: &str, values: &[(Option<i64>, Option<
             )
         })
         .collect();
-    roomhook::testkit::publish_all(port, msgs, None)
+    roomhook_testkit::publish_all(port, msgs, None)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -5,9 +5,8 @@
 //! It mounts a small tmpfs, so it needs root: `.ci/run` runs it (as root) with
 //! `cargo test --test diskfull -- --ignored`.
 
-mod common;
 
-use common::*;
+use roomhook_testkit::*;
 use roomhook::demo::receiver::Behaviour;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -120,7 +119,7 @@ async fn a_full_disk_pauses_input_and_resumes_when_space_returns() {
         _dir,
     } = full_disk().await;
     let (devices, per_device) = (DEVICES, PER_DEVICE);
-    let (status, body) = roomhook::testkit::http_get(admin, "/readyz", None);
+    let (status, body) = roomhook_testkit::http_get(admin, "/readyz", None);
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("store"), "{body}");
     assert!(
@@ -130,7 +129,7 @@ async fn a_full_disk_pauses_input_and_resumes_when_space_returns() {
     );
     // Still alive a while later, and not in a crash loop.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(roomhook::testkit::http_get(admin, "/healthz", None).0, 200);
+    assert_eq!(roomhook_testkit::http_get(admin, "/healthz", None).0, 200);
 
     std::fs::remove_file(&ballast).unwrap();
     rx.receiver.set_behaviour(Behaviour::Accept);
@@ -151,12 +150,12 @@ async fn a_full_disk_pauses_input_and_resumes_when_space_returns() {
     );
     // Ready again once no commit failed for 10 s.
     let ready = wait_until(Duration::from_secs(40), || {
-        roomhook::testkit::http_get(admin, "/readyz", None).0 == 200
+        roomhook_testkit::http_get(admin, "/readyz", None).0 == 200
     });
     assert!(
         ready,
         "{}",
-        roomhook::testkit::http_get(admin, "/readyz", None).1
+        roomhook_testkit::http_get(admin, "/readyz", None).1
     );
     // redb refuses everything after an I/O error until reopened: the writer did that.
     assert!(

@@ -1,9 +1,8 @@
 //! End to end through real parts: Mosquitto → roomhook (the binary) → HTTPS receiver with a
 //! private CA.
 
-mod common;
 
-use common::*;
+use roomhook_testkit::*;
 use roomhook::demo::receiver::Behaviour;
 use std::time::Duration;
 
@@ -312,7 +311,7 @@ async fn a_message_over_max_payload_is_skipped_and_the_source_goes_on() {
     // A 3 MB message between two good ones, all QoS 1 (the broker would redeliver a
     // message that was not acked on every reconnect, forever).
     let big = format!("{{\"people\":7,\"pad\":\"{}\"}}", "x".repeat(3_000_000));
-    roomhook::testkit::publish_all(
+    roomhook_testkit::publish_all(
         broker.port,
         vec![
             ("bench/before/status".into(), "{\"people\":1}".into()),
@@ -374,7 +373,7 @@ async fn commit_interval_groups_commits_and_loses_nothing() {
         .into_iter()
         .map(|(d, v)| (format!("bench/{d}/status"), format!("{{\"people\":{v}}}")))
         .collect();
-    roomhook::testkit::publish_all(broker.port, msgs, Some(Duration::from_millis(50)))
+    roomhook_testkit::publish_all(broker.port, msgs, Some(Duration::from_millis(50)))
         .await
         .unwrap();
     assert!(rx.receiver.wait_accepted(60, Duration::from_secs(30)).await);

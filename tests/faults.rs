@@ -4,10 +4,9 @@
 //! in order per device (a request whose answer was lost may arrive twice in a row: at least
 //! once).
 
-mod common;
 
-use common::proxy::{Fault, Proxy};
-use common::*;
+use roomhook_testkit::proxy::{Fault, Proxy};
+use roomhook_testkit::*;
 use roomhook::demo::receiver::Behaviour;
 use std::time::Duration;
 

@@ -36,7 +36,6 @@ const LAYERS: &[(&str, u32)] = &[
     ("admin", 11),
     ("daemon", 12),
     ("demo", 13),
-    ("testkit", 13),
     ("cli", 14),
 ];
 

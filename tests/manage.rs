@@ -3,9 +3,8 @@
 //! restart, SIGHUP reloads, the TCP control API's token, mutual TLS, static headers,
 //! systemd credentials — and no secret in any output.
 
-mod common;
 
-use common::*;
+use roomhook_testkit::*;
 use roomhook::demo::receiver::Behaviour;
 use std::path::Path;
 use std::time::Duration;
@@ -676,7 +675,7 @@ async fn the_tcp_control_api_needs_the_token_and_the_socket_is_private() {
     let config = write_config(dir.path(), &text);
     let daemon = Daemon::start(&config);
     let get = |auth: Option<String>| {
-        roomhook::testkit::http_get(admin_port, "/v1/webhooks", auth.as_deref())
+        roomhook_testkit::http_get(admin_port, "/v1/webhooks", auth.as_deref())
     };
     let (status, body) = get(None);
     assert_eq!(status, 401, "{body}");
@@ -698,7 +697,7 @@ async fn the_tcp_control_api_needs_the_token_and_the_socket_is_private() {
     assert!(!daemon.logs().contains("url-secret-123"));
     // Metrics stay open without a token.
     assert_eq!(
-        roomhook::testkit::http_get(admin_port, "/metrics", None).0,
+        roomhook_testkit::http_get(admin_port, "/metrics", None).0,
         200
     );
     let socket = dir.path().join("data/roomhook.sock");
@@ -943,7 +942,7 @@ async fn the_control_api_surface_is_careful() {
     let (status, _) = tokio::time::timeout(
         Duration::from_secs(15),
         tokio::task::spawn_blocking(move || {
-            roomhook::testkit::http_get(admin_port, "/metrics", None)
+            roomhook_testkit::http_get(admin_port, "/metrics", None)
         }),
     )
     .await
@@ -957,22 +956,14 @@ async fn the_control_api_surface_is_careful() {
 
 /// A POST on the admin listener: (status, body).
 fn post(port: u16, path: &str, authorization: &str, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {authorization}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, out)
+    let a = request(
+        port,
+        "POST",
+        path,
+        &[("authorization", authorization), ("content-type", "application/json")],
+        body,
+    );
+    (a.status, a.body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,9 +2,8 @@
 //! (delivered, filtered, malformed, rejected, expired) and every counter asserted exactly;
 //! `/readyz`; `roomhook status` (table and JSON); JSON logs without secrets.
 
-mod common;
 
-use common::*;
+use roomhook_testkit::*;
 use roomhook::demo::receiver::Behaviour;
 use std::time::Duration;
 
@@ -80,7 +79,7 @@ async fn every_counter_is_exact_for_a_known_mix() {
         msg("room-1", r#"{"people":"many"}"#), // decode error (bad value)
         msg("room-3", r#"{"people":7}"#),      // unchanged
     ];
-    roomhook::testkit::publish_all(broker.port, mix, None)
+    roomhook_testkit::publish_all(broker.port, mix, None)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
 
@@ -184,10 +183,10 @@ async fn every_counter_is_exact_for_a_known_mix() {
     assert_eq!(main.receiver.accepted_messages(), 4);
 
     // /readyz: ready (nothing failing for long); the body names the parts.
-    let (status, body) = roomhook::testkit::http_get(admin, "/readyz", None);
+    let (status, body) = roomhook_testkit::http_get(admin, "/readyz", None);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"ready\":true"), "{body}");
-    assert_eq!(roomhook::testkit::http_get(admin, "/healthz", None).0, 200);
+    assert_eq!(roomhook_testkit::http_get(admin, "/healthz", None).0, 200);
 
     // `roomhook status`: the table and the JSON agree with the metrics.
     let (code, out, err) = run_cli(&["status", "-c", path.to_str().unwrap()]).await;
@@ -245,7 +244,7 @@ async fn readyz_names_a_source_that_stays_disconnected() {
     );
     let path = write_config(dir.path(), &text);
     let _daemon = Daemon::start(&path);
-    assert_eq!(roomhook::testkit::http_get(admin, "/readyz", None).0, 200);
+    assert_eq!(roomhook_testkit::http_get(admin, "/readyz", None).0, 200);
     drop(broker);
     // Disconnected at once; not ready only after the allowance (60 s) — check the status
     // says "NO" now, without waiting a minute in a test.

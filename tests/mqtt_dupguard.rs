@@ -38,10 +38,9 @@
 //! redelivery (fixed in src/source/mqtt.rs: a late ping answer confirms exactly the
 //! PUBACKs written before its ping).
 
-mod common;
 
-use common::mqtt_wire::*;
-use common::*;
+use roomhook_testkit::mqtt_wire::*;
+use roomhook_testkit::*;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::Write;

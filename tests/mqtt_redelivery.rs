@@ -3,10 +3,9 @@
 //! packet id and the payload of an acknowledged one and comes back with DUP set after a
 //! reconnect must be stored; a resend that crossed our PUBACK must not be stored twice.
 
-mod common;
 
-use common::mqtt_wire::*;
-use common::*;
+use roomhook_testkit::mqtt_wire::*;
+use roomhook_testkit::*;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;

@@ -2,9 +2,8 @@
 //! rate limits while draining, adaptive concurrency, fairness, 401, 410, dead letters,
 //! batching.
 
-mod common;
 
-use common::*;
+use roomhook_testkit::*;
 use roomhook::demo::receiver::Behaviour;
 use std::time::Duration;
 

@@ -2,9 +2,8 @@
 //! deploy loses nothing; a receiver refusing every message does not empty the queue into
 //! the dead letters; a 413 on a batch is retried in smaller batches.
 
-mod common;
 
-use common::*;
+use roomhook_testkit::*;
 use roomhook::demo::receiver::Behaviour;
 use std::time::Duration;
 
@@ -82,7 +81,7 @@ async fn a_receiver_refusing_everything_does_not_empty_the_queue() {
         dead_letters(admin),
         queued()
     );
-    let (code, body) = roomhook::testkit::http_get(admin, "/readyz", None);
+    let (code, body) = roomhook_testkit::http_get(admin, "/readyz", None);
     assert_eq!(code, 503);
     assert!(body.contains("refused 20 messages in a row"), "{body}");
     // The receiver is fixed: the held queue goes out.

@@ -2,9 +2,8 @@
 //! Mosquitto, decoded, named by `[[devices]]`, filtered per webhook (deadband, min_interval)
 //! and delivered to the HTTPS receiver; junk counted and acknowledged.
 
-mod common;
 
-use common::*;
+use roomhook_testkit::*;
 use std::time::{Duration, Instant};
 
 const PC: &str = "RoomAnalytics.PeopleCount.Current";
@@ -12,7 +11,7 @@ const T: &str = "RoomAnalytics.AmbientTemperature";
 const P: &str = "RoomAnalytics.PeoplePresence";
 
 async fn send(port: u16, msgs: &[(&str, &str)]) {
-    roomhook::testkit::publish_all(
+    roomhook_testkit::publish_all(
         port,
         msgs.iter()
             .map(|(t, p)| (t.to_string(), p.to_string()))

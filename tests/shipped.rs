@@ -3,9 +3,8 @@
 //! roomhook → HTTPS receiver, nothing lost). CI runs this file a second time against the
 //! aarch64 build under qemu (`ROOMHOOK_TEST_BINARY`, `ROOMHOOK_TEST_RUNNER`).
 
-mod common;
 
-use common::*;
+use roomhook_testkit::*;
 use std::time::Duration;
 
 /// The TOML block that follows `heading` in README.md.

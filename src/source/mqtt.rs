@@ -242,6 +242,7 @@ pub async fn run(
                     // redelivers whatever was not acknowledged.
                     to_ack.clear();
                     acked.reconnected();
+                    tracing::debug!(source = %s.name, carried = ?acked.carried, stale = ?acked.stale_ping, "redelivery marks carried over the reconnect");
                     retry.clear();
                     retry_at = None;
                     backoff.reset();
@@ -398,16 +399,7 @@ impl AckedMarks {
     /// older one (by reuse of an id acked after it, or a ping) would clear the mark that
     /// this one still needs (found by tests/mqtt_dupguard.rs, seed 2001).
     fn push(&mut self, pkid: u16) {
-        if self.carried_set.contains(pkid) {
-            self.carried_set.remove(pkid);
-            if let Some(i) = self.carried.iter().position(|p| *p == pkid) {
-                self.carried.remove(i);
-                self.stale_ping = self.stale_ping.take().map(|r| {
-                    let shift = |x: usize| if i < x { x - 1 } else { x };
-                    shift(r.start)..shift(r.end)
-                });
-            }
-        }
+        self.arrived(pkid);
         if self.unconfirmed_set.contains(pkid) {
             if let Some(i) = self.unconfirmed.iter().position(|p| *p == pkid) {
                 self.unconfirmed.remove(i);
@@ -432,6 +424,26 @@ impl AckedMarks {
         // A stale answer is handed out before anything of this connection: none now.
         self.stale_ping = None;
         self.before_ping = Some(self.unconfirmed.len());
+    }
+
+    /// A publish with `pkid` arrived (a resend or a new message): a PUBACK carried over a
+    /// reconnect for an earlier message with that id no longer speaks for the store's mark,
+    /// which this publish checks or replaces; the PUBACK written for it will. Left carried,
+    /// it could be confirmed later (a reuse of an id acked after it) and its clear, handed
+    /// over after this publish's append, would delete the mark the append wrote (found by
+    /// tests/mqtt_dupguard.rs, seed 2005).
+    fn arrived(&mut self, pkid: u16) {
+        if !self.carried_set.contains(pkid) {
+            return;
+        }
+        self.carried_set.remove(pkid);
+        if let Some(i) = self.carried.iter().position(|p| *p == pkid) {
+            self.carried.remove(i);
+            self.stale_ping = self.stale_ping.take().map(|r| {
+                let shift = |x: usize| if i < x { x - 1 } else { x };
+                shift(r.start)..shift(r.end)
+            });
+        }
     }
 
     /// The broker answered the ping (one TCP stream, in order): it has read the PUBACKs
@@ -487,6 +499,7 @@ impl AckedMarks {
 
     async fn hand_over(&mut self, store: &Ingest, source: &str) {
         if !self.written.is_empty() {
+            tracing::debug!(source, pkids = ?self.written, carried = ?self.carried, unconfirmed = ?self.unconfirmed, "redelivery marks cleared");
             store
                 .clear_marks(source, std::mem::take(&mut self.written))
                 .await;
@@ -500,6 +513,7 @@ impl AckedMarks {
     /// ping answered after our PUBACK) is a new message too.
     fn old_mark(&mut self, pkid: u16, dup: bool) -> bool {
         if dup {
+            self.arrived(pkid);
             self.written.contains(&pkid)
         } else {
             self.reused(pkid)
@@ -752,5 +766,15 @@ mod tests {
         m.ping_answered(true);
         assert_eq!(m.written, vec![6]);
         assert_eq!(m.unconfirmed, vec![5]);
+        // A resend arriving takes its id out of the carried ones at once (before its
+        // PUBACK): a reuse of a later id must not confirm it while its append is in flight.
+        let mut m = AckedMarks::default();
+        m.push(4);
+        m.push(1);
+        m.reconnected();
+        assert!(!m.old_mark(4, true));
+        assert!(m.reused(1));
+        assert_eq!(m.written, vec![1]);
+        assert!(m.carried.is_empty());
     }
 }

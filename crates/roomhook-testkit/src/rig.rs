@@ -1,9 +1,5 @@
-//! Test harness: a real Mosquitto on a free loopback port, the real `roomhook` binary as a
-//! child process, an HTTPS receiver behind a private CA, and an MQTT publisher.
-#![allow(dead_code)]
-
-pub mod mqtt_wire;
-pub mod proxy;
+//! The test rig: the real `roomhook` binary as a child process, an HTTPS receiver behind a
+//! private CA, configs, workloads, and the checks on what a receiver got.
 
 use roomhook::demo::pki::{self, ServerIdentity};
 use roomhook::demo::receiver::Receiver;
@@ -12,13 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[allow(unused_imports)]
-pub use roomhook::testkit::{metric, scrape, wait_until, Mosquitto};
-
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    roomhook::testkit::free_port().expect("no free port")
-}
+use crate::{free_port, wait_until, Mosquitto};
 
 /// Starts a broker; a missing Mosquitto fails the test (never a skip).
 pub fn broker() -> Mosquitto {
@@ -68,7 +58,7 @@ pub async fn receiver(dir: &Path, self_signed: bool) -> TestReceiver {
 pub fn roomhook_command() -> Command {
     let binary = std::env::var_os("ROOMHOOK_TEST_BINARY")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_roomhook")));
+        .unwrap_or_else(daemon_binary);
     match std::env::var_os("ROOMHOOK_TEST_RUNNER") {
         Some(runner) => {
             let mut c = Command::new(runner);
@@ -77,6 +67,24 @@ pub fn roomhook_command() -> Command {
         }
         None => Command::new(binary),
     }
+}
+
+/// The `roomhook` binary cargo built beside the running test (`target/<profile>/roomhook`;
+/// a test runs from `target/<profile>/deps/`). Cargo builds a package's binaries before
+/// its integration tests run.
+pub fn daemon_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("a test runs from target/<profile>/deps");
+    let bin = profile.join("roomhook");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build`), or set ROOMHOOK_TEST_BINARY",
+        bin.display()
+    );
+    bin
 }
 
 /// The `roomhook` binary running as a child process.
@@ -253,7 +261,7 @@ pub async fn publish(port: u16, messages: &[(String, i64)]) {
         .iter()
         .map(|(d, v)| (format!("bench/{d}/status"), format!("{{\"people\":{v}}}")))
         .collect();
-    roomhook::testkit::publish_all(port, msgs, None)
+    crate::publish_all(port, msgs, None)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -1,10 +1,10 @@
 //! `roomhook-bench`: drives the real `roomhook` binary from outside — a Mosquitto broker, an
 //! HTTPS receiver behind a private CA, a publisher — and prints a table plus one JSON line
-//! per scenario. Build first: `cargo build --release --bins && target/release/roomhook-bench`.
+//! per scenario. Build first: `cargo build --release -p roomhook -p roomhook-bench && target/release/roomhook-bench`.
 
 use clap::Parser;
 use roomhook::demo::{pki, receiver::Receiver};
-use roomhook::testkit::{cpu_seconds, publish_all, status_kib, wait_until, Mosquitto};
+use roomhook_testkit::{cpu_seconds, publish_all, status_kib, wait_until, Mosquitto};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -344,7 +344,7 @@ async fn drain(args: &Args, binary: &Path) -> Result<serde_json::Value, String> 
     // Restart with the backlog: time to ready (the first request at the receiver) and
     // memory at that point. Every message the broker acked reaches the store eventually.
     let config_path = s.dir.path().join("roomhook.toml");
-    let admin_port = roomhook::testkit::free_port().map_err(|e| e.to_string())?;
+    let admin_port = roomhook_testkit::free_port();
     let mut text = std::fs::read_to_string(&config_path).map_err(|e| e.to_string())?;
     text = text.replacen(
         "[gateway]",
@@ -371,7 +371,7 @@ async fn drain(args: &Args, binary: &Path) -> Result<serde_json::Value, String> 
     if !ready {
         return Err("the daemon did not resume delivery within 120 s".into());
     }
-    let queued = roomhook::testkit::metric(admin_port, "roomhook_queue_events{webhook=\"w0\"}")
+    let queued = roomhook_testkit::metric(admin_port, "roomhook_queue_events{webhook=\"w0\"}")
         .unwrap_or(0.0);
     let rss_ready_mib = status_kib(daemon.pid(), "VmRSS").unwrap_or(0) as f64 / 1024.0;
     // The receiver comes back.
@@ -471,7 +471,7 @@ fn write_bytes(pid: u32) -> u64 {
 /// each `commit_interval`; and what an idle daemon writes.
 async fn wear(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
     let s = setup(args).await?;
-    let admin = roomhook::testkit::free_port().map_err(|e| e.to_string())?;
+    let admin = roomhook_testkit::free_port();
     let rates: Vec<u64> = args
         .wear_rates
         .split(',')
@@ -493,7 +493,7 @@ async fn wear(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
         let daemon = Daemon::start(binary, &path)?;
         wait_ready(&s, s.receiver.requests().len()).await?;
         let commits = || {
-            roomhook::testkit::metric(admin, "roomhook_store_commit_duration_seconds_count")
+            roomhook_testkit::metric(admin, "roomhook_store_commit_duration_seconds_count")
                 .unwrap_or(0.0)
         };
         // Idle first: once the start-up writes settled (and the redelivery marks of the

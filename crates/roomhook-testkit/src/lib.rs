@@ -1,5 +1,21 @@
-//! Harness shared by the integration tests and the benchmark (never used by the daemon):
-//! a real Mosquitto on a free loopback port, free ports, and waiting on conditions.
+//! `roomhook-testkit`: what the integration tests and the benchmark share, in a crate of
+//! its own so that none of it ships (the daemon's `cargo tree -e normal` has none of it).
+//!
+//! - this file: a real Mosquitto on a free loopback port, free ports, waiting on a
+//!   condition, /proc readings, a QoS 1 publisher;
+//! - [`rig`]: the daemon as a child process, an HTTPS receiver behind a private CA, configs
+//!   and workloads;
+//! - [`http`]: the one HTTP client of the tests (hyper), for the admin listener;
+//! - [`proxy`]: a fault-injecting TCP proxy (the kernel here has no `netem`);
+//! - [`mqtt_wire`]: MQTT 3.1.1 packets, for tests that play a broker themselves.
+
+pub mod http;
+pub mod mqtt_wire;
+pub mod proxy;
+pub mod rig;
+
+pub use http::{http_get, metric, request, scrape, Answer};
+pub use rig::*;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -7,8 +23,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1.
-pub fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
@@ -61,7 +80,7 @@ impl Mosquitto {
     pub fn start() -> Result<Mosquitto, BrokerError> {
         let bin = mosquitto_binary().ok_or(BrokerError::NotInstalled)?;
         let dir = tempfile::tempdir().map_err(|e| BrokerError::Start(e.to_string()))?;
-        let port = free_port().map_err(|e| BrokerError::Start(e.to_string()))?;
+        let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
@@ -140,7 +159,7 @@ pub async fn publish_all(
     pace: Option<Duration>,
 ) -> Result<Vec<Instant>, String> {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-    let id = format!("publisher-{}", free_port().map_err(|e| e.to_string())?);
+    let id = format!("publisher-{}", free_port());
     let mut opts = MqttOptions::new(id, "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_inflight(100);
@@ -181,42 +200,4 @@ pub async fn publish_all(
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("the broker did not acknowledge every message within 120 s".into()),
     }
-}
-
-/// `GET path` on 127.0.0.1:port with an optional Authorization header: the status code and
-/// the whole response text (status 0 when nothing answers).
-pub fn http_get(port: u16, path: &str, authorization: Option<&str>) -> (u16, String) {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    let auth = authorization
-        .map(|a| format!("Authorization: {a}\r\n"))
-        .unwrap_or_default();
-    let _ = write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, out)
-}
-
-/// The text of `GET /metrics` from a roomhook admin listener on 127.0.0.1 (empty on error).
-pub fn scrape(port: u16) -> String {
-    http_get(port, "/metrics", None).1
-}
-
-/// The value of one series (`name{labels}`, exactly as exposed) from `GET /metrics`.
-pub fn metric(port: u16, series: &str) -> Option<f64> {
-    scrape(port)
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
