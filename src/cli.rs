@@ -1,6 +1,7 @@
 //! `roomhook webhook …`: the operator's commands against a running daemon, sent to its
 //! control API over the Unix socket, with answers printed for people (or as JSON).
 
+use crate::admin::api::StatusReport;
 use clap::{Args, Subcommand};
 use hyper::Method;
 use serde_json::{Map, Value};
@@ -582,24 +583,19 @@ fn mib(bytes: u64) -> String {
 }
 
 /// The `roomhook status` table, from the control API's `/v1/status` answer.
-pub fn render_status(s: &Value) -> String {
+pub fn render_status(s: &StatusReport) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let ready = s["ready"].as_bool().unwrap_or(false);
-    let store = &s["store"];
+    let store = &s.store;
     let _ = writeln!(
         out,
         "roomhook {} — {}; store {} of {}, {} failed commit(s){}",
-        s["version"].as_str().unwrap_or("?"),
-        if ready { "ready" } else { "NOT READY" },
-        mib(store["bytes"].as_u64().unwrap_or(0)),
-        mib(store["max_bytes"].as_u64().unwrap_or(0)),
-        store["errors"],
-        if store["ok"].as_bool() == Some(false) {
-            " — FAILING NOW"
-        } else {
-            ""
-        },
+        s.version,
+        if s.ready { "ready" } else { "NOT READY" },
+        mib(store.bytes),
+        mib(store.max_bytes),
+        store.errors,
+        if store.ok { "" } else { " — FAILING NOW" },
     );
     let _ = writeln!(out);
     let _ = writeln!(
@@ -614,31 +610,23 @@ pub fn render_status(s: &Value) -> String {
         "OLDEST",
         "LIMIT"
     );
-    for w in s["webhooks"].as_array().into_iter().flatten() {
-        let r = &w["recent"];
-        let q = &w["queue"];
-        let last = match w["last_error"].as_object() {
-            Some(e) => format!(
-                "{} ago: {}",
-                human_age(e["age_s"].as_f64().unwrap_or(0.0)),
-                e["message"].as_str().unwrap_or("")
-            ),
+    for w in &s.webhooks {
+        let r = &w.recent;
+        let last = match &w.last_error {
+            Some(e) => format!("{} ago: {}", human_age(e.age_s), e.message),
             None => "-".into(),
         };
         let _ = writeln!(
             out,
             "{:<18} {:<12} {:>5}  {:>20}  {:>14}  {:>7} {:>6} {:>5}  {}",
-            w["name"].as_str().unwrap_or(""),
-            w["state"].as_str().unwrap_or(""),
-            human_age(w["state_age_s"].as_f64().unwrap_or(0.0)),
-            format!(
-                "{}/{}/{}",
-                r["delivered_5m"], r["delivered_1h"], r["delivered_24h"]
-            ),
-            format!("{}/{}/{}", r["errors_5m"], r["errors_1h"], r["errors_24h"]),
-            q["events"].to_string(),
-            q["oldest_age_s"].as_f64().map_or("-".into(), human_age),
-            w["in_flight_limit"].to_string(),
+            w.name,
+            w.state,
+            human_age(w.state_age_s),
+            format!("{}/{}/{}", r.delivered_5m, r.delivered_1h, r.delivered_24h),
+            format!("{}/{}/{}", r.errors_5m, r.errors_1h, r.errors_24h),
+            w.queue.events,
+            w.queue.oldest_age_s.map_or("-".into(), human_age),
+            w.in_flight_limit,
             last.chars().take(100).collect::<String>(),
         );
     }
@@ -648,25 +636,20 @@ pub fn render_status(s: &Value) -> String {
         "{:<18} {:<10} {:>5}  {:>10}  {:>13}  LAST MESSAGE",
         "SOURCE", "CONNECTED", "FOR", "MESSAGES", "DECODE ERRORS"
     );
-    for src in s["sources"].as_array().into_iter().flatten() {
+    for src in &s.sources {
         let _ = writeln!(
             out,
             "{:<18} {:<10} {:>5}  {:>10}  {:>13}  {}",
-            src["name"].as_str().unwrap_or(""),
-            if src["connected"].as_bool() == Some(true) {
-                "yes"
-            } else {
-                "NO"
-            },
-            human_age(src["state_age_s"].as_f64().unwrap_or(0.0)),
-            src["messages"].to_string(),
-            src["decode_errors"].to_string(),
-            src["last_message_age_s"]
-                .as_f64()
+            src.name,
+            if src.connected { "yes" } else { "NO" },
+            human_age(src.state_age_s),
+            src.messages,
+            src.decode_errors,
+            src.last_message_age_s
                 .map_or("never".into(), |a| format!("{} ago", human_age(a))),
         );
-        if src["connected"].as_bool() != Some(true) {
-            if let Some(e) = src["last_error"].as_str() {
+        if !src.connected {
+            if let Some(e) = &src.last_error {
                 let _ = writeln!(
                     out,
                     "  last error: {}",
@@ -674,37 +657,28 @@ pub fn render_status(s: &Value) -> String {
                 );
             }
         }
-        for f in src["failed_subscriptions"].as_array().into_iter().flatten() {
-            let _ = writeln!(out, "  refused subscription {}", f.as_str().unwrap_or(""));
+        for f in &src.failed_subscriptions {
+            let _ = writeln!(out, "  refused subscription {f}");
         }
     }
-    let orphans = s["orphans"].as_array().cloned().unwrap_or_default();
-    if !orphans.is_empty() {
+    if !s.orphans.is_empty() {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
             "ORPHANED QUEUES (their webhook left the config; kept, not delivered; a webhook of that name takes one back)"
         );
-        for o in orphans {
+        for o in &s.orphans {
             let _ = writeln!(
                 out,
                 "- {}: {} event(s), since {}",
-                o["name"].as_str().unwrap_or(""),
-                o["events"],
-                o["since"].as_str().unwrap_or("")
+                o.name, o.events, o.since
             );
         }
     }
-    let problems: Vec<&str> = s["problems"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
-    if !problems.is_empty() {
+    if !s.problems.is_empty() {
         let _ = writeln!(out);
         let _ = writeln!(out, "PROBLEMS");
-        for p in problems {
+        for p in &s.problems {
             let _ = writeln!(out, "- {p}");
         }
     }
@@ -738,15 +712,22 @@ pub async fn status(
                 return ExitCode::FAILURE;
             }
         };
+        let report: StatusReport = match serde_json::from_value(body.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("roomhook status: the daemon's answer is not a status report ({e}); is it another version?");
+                return ExitCode::FAILURE;
+            }
+        };
         let text = if json {
             serde_json::to_string_pretty(&body).unwrap_or_default()
         } else {
-            render_status(&body)
+            render_status(&report)
         };
         match watch {
             None => {
                 println!("{text}");
-                return if body["ready"].as_bool() == Some(true) {
+                return if report.ready {
                     ExitCode::SUCCESS
                 } else {
                     ExitCode::from(3)

@@ -1,6 +1,5 @@
 //! The command line as a user meets it: `check-config`, `demo` (`--version`: tests/shipped.rs).
 
-
 use roomhook_testkit::run_roomhook as roomhook;
 
 #[test]

@@ -1,7 +1,6 @@
 //! The web console over plain HTTP as a browser speaks it (sign-in form, session cookie,
 //! CSRF token, rate limit, sign-out); `console_browser.rs` drives it in a real browser.
 
-
 use roomhook_testkit::*;
 use std::time::Duration;
 

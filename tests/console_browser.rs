@@ -5,10 +5,9 @@
 //! the events change, Test, dead letters and Replay, delete with the queue count, CSRF,
 //! sign-out. Screenshots of each page go to `$CARGO_TARGET_TMPDIR/console/`.
 
-
-use roomhook_testkit::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use roomhook::demo::receiver::Behaviour;
+use roomhook_testkit::*;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -8,9 +8,8 @@
 //! `ROOMHOOK_MODEL_SEED=<n>` replays one sequence; `ROOMHOOK_MODEL_STEPS=<n>` sets its length.
 //! The long run: `cargo test --test control_plane -- --ignored --nocapture`.
 
-
-use roomhook_testkit::*;
 use roomhook::demo::receiver::Behaviour;
+use roomhook_testkit::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;

@@ -4,7 +4,6 @@
 //! cut, written by the test after each kill) is never replayed as garbage.
 //! `cargo test --test crash -- --ignored` runs the long version (20 cycles).
 
-
 use roomhook_testkit::*;
 use std::collections::HashMap;
 use std::time::Duration;

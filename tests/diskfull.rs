@@ -5,9 +5,8 @@
 //! It mounts a small tmpfs, so it needs root: `.ci/run` runs it (as root) with
 //! `cargo test --test diskfull -- --ignored`.
 
-
-use roomhook_testkit::*;
 use roomhook::demo::receiver::Behaviour;
+use roomhook_testkit::*;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,9 +2,8 @@
 //! store stays within its budget, each overflow policy drops the right events (or none),
 //! the counters add up, and what was kept is delivered after recovery, in order per device.
 
-
-use roomhook_testkit::*;
 use roomhook::demo::receiver::Behaviour;
+use roomhook_testkit::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -1,9 +1,8 @@
 //! End to end through real parts: Mosquitto → roomhook (the binary) → HTTPS receiver with a
 //! private CA.
 
-
-use roomhook_testkit::*;
 use roomhook::demo::receiver::Behaviour;
+use roomhook_testkit::*;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,10 +4,9 @@
 //! in order per device (a request whose answer was lost may arrive twice in a row: at least
 //! once).
 
-
+use roomhook::demo::receiver::Behaviour;
 use roomhook_testkit::proxy::{Fault, Proxy};
 use roomhook_testkit::*;
-use roomhook::demo::receiver::Behaviour;
 use std::time::Duration;
 
 struct Rig {

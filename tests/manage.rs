@@ -3,9 +3,8 @@
 //! restart, SIGHUP reloads, the TCP control API's token, mutual TLS, static headers,
 //! systemd credentials — and no secret in any output.
 
-
-use roomhook_testkit::*;
 use roomhook::demo::receiver::Behaviour;
+use roomhook_testkit::*;
 use std::path::Path;
 use std::time::Duration;
 
@@ -960,7 +959,10 @@ fn post(port: u16, path: &str, authorization: &str, body: &str) -> (u16, String)
         port,
         "POST",
         path,
-        &[("authorization", authorization), ("content-type", "application/json")],
+        &[
+            ("authorization", authorization),
+            ("content-type", "application/json"),
+        ],
         body,
     );
     (a.status, a.body)

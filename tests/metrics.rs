@@ -2,9 +2,8 @@
 //! (delivered, filtered, malformed, rejected, expired) and every counter asserted exactly;
 //! `/readyz`; `roomhook status` (table and JSON); JSON logs without secrets.
 
-
-use roomhook_testkit::*;
 use roomhook::demo::receiver::Behaviour;
+use roomhook_testkit::*;
 use std::time::Duration;
 
 fn config(

@@ -38,7 +38,6 @@
 //! redelivery (fixed in src/source/mqtt.rs: a late ping answer confirms exactly the
 //! PUBACKs written before its ping).
 
-
 use roomhook_testkit::mqtt_wire::*;
 use roomhook_testkit::*;
 use std::collections::{BTreeMap, HashMap};

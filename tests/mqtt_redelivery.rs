@@ -3,7 +3,6 @@
 //! packet id and the payload of an acknowledged one and comes back with DUP set after a
 //! reconnect must be stored; a resend that crossed our PUBACK must not be stored twice.
 
-
 use roomhook_testkit::mqtt_wire::*;
 use roomhook_testkit::*;
 use std::io::Write;

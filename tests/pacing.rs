@@ -2,9 +2,8 @@
 //! rate limits while draining, adaptive concurrency, fairness, 401, 410, dead letters,
 //! batching.
 
-
-use roomhook_testkit::*;
 use roomhook::demo::receiver::Behaviour;
+use roomhook_testkit::*;
 use std::time::Duration;
 
 struct Rig {

@@ -2,9 +2,8 @@
 //! deploy loses nothing; a receiver refusing every message does not empty the queue into
 //! the dead letters; a 413 on a batch is retried in smaller batches.
 
-
-use roomhook_testkit::*;
 use roomhook::demo::receiver::Behaviour;
+use roomhook_testkit::*;
 use std::time::Duration;
 
 fn dead_letters(admin: u16) -> Option<f64> {

@@ -1,9 +1,8 @@
 //! RoomOS devices end to end: a simulated device (a real wss:// server speaking the xAPI's
 //! JSON-RPC) → roomhook (the binary) → an HTTPS receiver with a private CA.
 
-
-use roomhook_testkit::*;
 use roomhook::demo::device::{DeviceSim, DeviceSimOptions, Role};
+use roomhook_testkit::*;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};

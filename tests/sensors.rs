@@ -2,7 +2,6 @@
 //! Mosquitto, decoded, named by `[[devices]]`, filtered per webhook (deadband, min_interval)
 //! and delivered to the HTTPS receiver; junk counted and acknowledged.
 
-
 use roomhook_testkit::*;
 use std::time::{Duration, Instant};
 

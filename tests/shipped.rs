@@ -3,7 +3,6 @@
 //! roomhook → HTTPS receiver, nothing lost). CI runs this file a second time against the
 //! aarch64 build under qemu (`ROOMHOOK_TEST_BINARY`, `ROOMHOOK_TEST_RUNNER`).
 
-
 use roomhook_testkit::*;
 use std::time::Duration;
 

@@ -2,9 +2,8 @@
 //! the test owns (`NOTIFY_SOCKET`), the watchdog (`WATCHDOG_USEC`) and what stops its pings,
 //! and what each stop signal does.
 
-
-use roomhook_testkit::*;
 use nix::sys::signal::Signal;
+use roomhook_testkit::*;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,7 @@
 //! The local admin HTTP listener (`GET /metrics`, `GET /healthz`, and the control API under
 //! `/v1/` for callers with the `[admin] token`) and the control API itself.
 
+pub mod api;
 pub mod console;
 pub mod control;
 pub mod status;

@@ -2,6 +2,10 @@
 //! source's connection and traffic, each webhook's state, recent deliveries and errors,
 //! queue and last error — and the verdict, with what is wrong named.
 
+use super::api::{
+    ErrorReport, LoopReport, OrphanReport, QueueReport, SourceReport, StatusReport, StoreReport,
+    WebhookReport,
+};
 use crate::supervisor::Supervisor;
 use serde_json::{json, Value};
 
@@ -45,8 +49,13 @@ pub fn alive(sup: &Supervisor) -> (bool, Value) {
     )
 }
 
-/// Everything `roomhook status` shows, with the readiness verdict.
+/// Everything `roomhook status` shows, with the readiness verdict, as JSON.
 pub fn status(sup: &Supervisor) -> Value {
+    serde_json::to_value(report(sup)).unwrap_or(Value::Null)
+}
+
+/// Everything `roomhook status` shows, with the readiness verdict.
+pub fn report(sup: &Supervisor) -> StatusReport {
     let now = crate::timefmt::now_ms();
     let store = sup.store();
     let health = store.health();
@@ -111,62 +120,77 @@ pub fn status(sup: &Supervisor) -> Value {
             ));
         }
         let oldest = store.oldest_ts(w.id);
-        let mut dropped = serde_json::Map::new();
+        let mut dropped = std::collections::BTreeMap::new();
         for reason in crate::store::DropReason::ALL {
             let n = store.dropped(w.id, reason);
             if n > 0 {
-                dropped.insert(reason.label().into(), n.into());
+                dropped.insert(reason.label().to_string(), n);
                 *dropped_total.entry(reason.label()).or_default() += n;
             }
         }
-        webhooks.push(json!({
-            "name": w.settings.name,
-            "url": crate::redact::url(&w.settings.url.to_string()),
-            "enabled": w.settings.enabled,
-            "state": state,
-            "state_age_s": state_age_s,
-            "recent": st.recent.counts(now),
-            "queue": {
-                "events": store.depth(w.id),
-                "bytes": store.bytes(w.id),
-                "oldest_age_s": oldest.map(|t| (now - t).max(0) as f64 / 1000.0),
-                "dead_letters": store.dead_count(w.id),
-                "dropped": dropped,
+        webhooks.push(WebhookReport {
+            name: w.settings.name.clone(),
+            url: crate::redact::url(&w.settings.url.to_string()),
+            enabled: w.settings.enabled,
+            state: state.to_string(),
+            state_age_s,
+            recent: st.recent.counts(now),
+            queue: QueueReport {
+                events: store.depth(w.id),
+                bytes: store.bytes(w.id),
+                oldest_age_s: oldest.map(|t| (now - t).max(0) as f64 / 1000.0),
+                dead_letters: store.dead_count(w.id),
+                dropped,
             },
-            "in_flight": st.in_flight,
-            "in_flight_limit": st.in_flight_limit,
-            "last_error": st.last_error.as_ref().map(|e| json!({
-                "message": e.message,
-                "at": crate::timefmt::rfc3339_ms(e.at_ms),
-                "age_s": (now - e.at_ms).max(0) as f64 / 1000.0,
-            })),
-        }));
+            in_flight: st.in_flight,
+            in_flight_limit: st.in_flight_limit,
+            last_error: st.last_error.as_ref().map(|e| ErrorReport {
+                message: e.message.clone(),
+                at: crate::timefmt::rfc3339_ms(e.at_ms),
+                age_s: (now - e.at_ms).max(0) as f64 / 1000.0,
+            }),
+        });
     }
-    json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "ready": problems.is_empty(),
-        "problems": problems,
-        "store": {
-            "ok": health.ok,
-            "errors": health.errors,
-            "last_error": health.last_error,
-            "last_error_at": health.last_error_at,
-            "bytes": store.total_bytes(),
-            "max_bytes": store.max_bytes(),
-            "dropped": dropped_total,
+    let running = sup.webhooks();
+    StatusReport {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        ready: problems.is_empty(),
+        problems,
+        store: StoreReport {
+            ok: health.ok,
+            errors: health.errors,
+            last_error: health.last_error,
+            last_error_at: health.last_error_at,
+            bytes: store.total_bytes(),
+            max_bytes: store.max_bytes(),
+            dropped: dropped_total
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
         },
-        "sources": sources,
-        "webhooks": webhooks,
-        "orphans": sup.orphans().into_iter().map(|(name, events, since)| json!({
-            "name": name,
-            "events": events,
-            "since": crate::timefmt::rfc3339_ms(since),
-        })).collect::<Vec<_>>(),
+        sources: sources.into_iter().map(SourceReport::from).collect(),
+        webhooks,
+        orphans: sup
+            .orphans()
+            .into_iter()
+            .map(|(name, events, since)| OrphanReport {
+                name,
+                events,
+                since: crate::timefmt::rfc3339_ms(since),
+            })
+            .collect(),
         // The store's register of delivery loops: one per queue, each queue a webhook's.
-        "delivery_loops": store.claimed().into_iter().map(|id| json!({
-            "queue": id.0,
-            "webhook": sup.webhooks().iter().find(|w| w.id == id).map(|w| w.settings.name.clone()),
-        })).collect::<Vec<_>>(),
-        "delivery_loops_refused": store.claims_refused(),
-    })
+        delivery_loops: store
+            .claimed()
+            .into_iter()
+            .map(|id| LoopReport {
+                queue: id.0,
+                webhook: running
+                    .iter()
+                    .find(|w| w.id == id)
+                    .map(|w| w.settings.name.clone()),
+            })
+            .collect(),
+        delivery_loops_refused: store.claims_refused(),
+    }
 }

@@ -1,7 +1,7 @@
 //! What a webhook is doing now, shared between its delivery loop (which writes it) and the
 //! metrics, health and status views (which read it).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 
 /// The state of a webhook.
@@ -102,7 +102,7 @@ impl Default for Recent {
 }
 
 /// Sums over the windows `roomhook status` shows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecentCounts {
     /// Events delivered in the last 5 minutes.
     pub delivered_5m: u64,

@@ -484,7 +484,10 @@ impl AckedMarks {
     /// until the first ping of the new connection is answered.
     fn reconnected(&mut self) {
         let base = self.carried.len();
-        let before = self.before_ping.take().map(|b| b.min(self.unconfirmed.len()));
+        let before = self
+            .before_ping
+            .take()
+            .map(|b| b.min(self.unconfirmed.len()));
         self.stale_ping = before.map(|b| base..base + b);
         for p in &self.unconfirmed {
             self.carried_set.insert(*p);
@@ -528,7 +531,10 @@ impl AckedMarks {
     /// checked against its mark.
     fn reused(&mut self, pkid: u16) -> bool {
         let found = self.carried_set.contains(pkid);
-        if let Some(i) = found.then(|| self.carried.iter().position(|p| *p == pkid)).flatten() {
+        if let Some(i) = found
+            .then(|| self.carried.iter().position(|p| *p == pkid))
+            .flatten()
+        {
             for p in self.carried.drain(..=i) {
                 self.carried_set.remove(p);
                 self.written.push(p);

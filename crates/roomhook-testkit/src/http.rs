@@ -29,7 +29,13 @@ impl Answer {
 }
 
 /// `method path` on 127.0.0.1:`port` with the given headers and body; waits up to 20 s.
-pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
     let method = method.to_string();
     let uri = format!("http://127.0.0.1:{port}{path}");
     let headers: Vec<(String, String)> = headers
@@ -44,7 +50,9 @@ pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], bo
             .expect("a runtime for the test's HTTP client");
         rt.block_on(async move {
             let go = async {
-                let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+                let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()?;
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.ok()?;
                 tokio::spawn(conn);
@@ -61,7 +69,12 @@ pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], bo
                 let headers = res
                     .headers()
                     .iter()
-                    .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                    .map(|(k, v)| {
+                        (
+                            k.as_str().to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
                     .collect();
                 let bytes = res.into_body().collect().await.ok()?.to_bytes();
                 Some(Answer {
@@ -84,7 +97,10 @@ pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], bo
 /// `GET path` with an optional Authorization header: the status (0 when nothing answers)
 /// and the body.
 pub fn http_get(port: u16, path: &str, authorization: Option<&str>) -> (u16, String) {
-    let headers: Vec<(&str, &str)> = authorization.map(|a| ("authorization", a)).into_iter().collect();
+    let headers: Vec<(&str, &str)> = authorization
+        .map(|a| ("authorization", a))
+        .into_iter()
+        .collect();
     let a = request(port, "GET", path, &headers, "");
     (a.status, a.body)
 }

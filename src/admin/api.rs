@@ -1,0 +1,166 @@
+//! The control API's answers as types: `status.rs` and `control.rs` build and serialise
+//! them, `roomhook status` (cli.rs) reads them back — one definition, no untyped look-ups.
+//! The console's script reads the same JSON.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub use crate::deliver::status::RecentCounts;
+
+/// `GET /v1/status`: everything `roomhook status` shows, with the readiness verdict.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The daemon's version.
+    pub version: String,
+    /// Ready: no problem below.
+    pub ready: bool,
+    /// What is wrong, each with what to do.
+    pub problems: Vec<String>,
+    /// The store.
+    pub store: StoreReport,
+    /// Every source.
+    pub sources: Vec<SourceReport>,
+    /// Every webhook of the running set.
+    pub webhooks: Vec<WebhookReport>,
+    /// Queues kept after their webhook left the config.
+    pub orphans: Vec<OrphanReport>,
+    /// The store's register of delivery loops: one per queue.
+    pub delivery_loops: Vec<LoopReport>,
+    /// Second loops the register refused since start (a bug if ever non-zero).
+    pub delivery_loops_refused: u64,
+}
+
+/// The store in [`StatusReport`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreReport {
+    /// No commit failed lately.
+    pub ok: bool,
+    /// Commits that failed since start.
+    pub errors: u64,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// When it happened (RFC 3339).
+    pub last_error_at: Option<String>,
+    /// Bytes held by the queues.
+    pub bytes: u64,
+    /// The byte budget.
+    pub max_bytes: u64,
+    /// Events dropped since start, by reason (all webhooks).
+    pub dropped: BTreeMap<String, u64>,
+}
+
+/// A source in [`StatusReport`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceReport {
+    /// Name.
+    pub name: String,
+    /// Connected now.
+    pub connected: bool,
+    /// Seconds in the current connected/disconnected state.
+    pub state_age_s: f64,
+    /// Messages received since start.
+    pub messages: u64,
+    /// Payload errors since start.
+    pub decode_errors: u64,
+    /// The same by reason.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub decode_errors_by_reason: BTreeMap<String, u64>,
+    /// Seconds since the last message.
+    pub last_message_age_s: Option<f64>,
+    /// The last connection error.
+    pub last_error: Option<String>,
+    /// Subscriptions the device refuses ("path: reason"); RoomOS sources only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_subscriptions: Vec<String>,
+}
+
+impl From<crate::source::status::SourceView> for SourceReport {
+    fn from(s: crate::source::status::SourceView) -> Self {
+        SourceReport {
+            name: s.name,
+            connected: s.connected,
+            state_age_s: s.state_age_s,
+            messages: s.messages,
+            decode_errors: s.decode_errors,
+            decode_errors_by_reason: s
+                .decode_errors_by_reason
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            last_message_age_s: s.last_message_age_s,
+            last_error: s.last_error,
+            failed_subscriptions: s.failed_subscriptions,
+        }
+    }
+}
+
+/// A webhook in [`StatusReport`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookReport {
+    /// Name.
+    pub name: String,
+    /// URL, secrets hidden.
+    pub url: String,
+    /// Enabled in the config.
+    pub enabled: bool,
+    /// Delivery state (`delivering`, `retrying`, `paused`, …).
+    pub state: String,
+    /// Seconds in that state.
+    pub state_age_s: f64,
+    /// Delivered events and failed requests over 5 minutes, an hour, a day.
+    pub recent: RecentCounts,
+    /// Its queue.
+    pub queue: QueueReport,
+    /// Requests in flight.
+    pub in_flight: usize,
+    /// The adaptive in-flight limit.
+    pub in_flight_limit: usize,
+    /// The last failure.
+    pub last_error: Option<ErrorReport>,
+}
+
+/// A webhook's queue in [`WebhookReport`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueReport {
+    /// Events queued.
+    pub events: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Age of the oldest, in seconds.
+    pub oldest_age_s: Option<f64>,
+    /// Dead letters held.
+    pub dead_letters: u64,
+    /// Events dropped since start, by reason.
+    pub dropped: BTreeMap<String, u64>,
+}
+
+/// A webhook's last failure.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorReport {
+    /// What happened.
+    pub message: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// How long ago, in seconds.
+    pub age_s: f64,
+}
+
+/// A kept (orphaned) queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrphanReport {
+    /// The name its webhook had.
+    pub name: String,
+    /// Events it holds.
+    pub events: u64,
+    /// Kept since (RFC 3339).
+    pub since: String,
+}
+
+/// A delivery loop in the store's register.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoopReport {
+    /// The queue it holds.
+    pub queue: u32,
+    /// The webhook of that queue, if it is in the running set.
+    pub webhook: Option<String>,
+}
