@@ -1,6 +1,6 @@
 //! Network faults between roomhook and its peers, injected by a TCP proxy (the kernel here has
 //! no `netem`): a slow receiver path, a black hole, resets mid-request, a TLS handshake that
-//! never finishes, a broker gone for a minute. Each scenario ends with every event delivered,
+//! never finishes, a broker gone while the receiver is slow. Each scenario ends with every event delivered,
 //! in order per device (a request whose answer was lost may arrive twice in a row: at least
 //! once).
 
@@ -113,13 +113,19 @@ async fn two_seconds_of_latency_with_a_one_second_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_black_hole_for_a_minute() {
-    let mut r = rig("").await;
+async fn a_black_hole_that_times_out_request_after_request() {
+    // A short timeout: the black hole lasts three of them (each retried after a backoff),
+    // not a wall-clock minute.
+    let mut r = rig("request_timeout = \"2s\"").await;
     r.to_receiver.set(Fault::BlackHole);
     publish(r.broker.port, &workload(DEVICES, 100)).await;
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(
+        wait_until(Duration::from_secs(60), || request_errors(&r) >= 3.0),
+        "{}\n{}",
+        scrape(r.admin),
+        r.daemon.logs()
+    );
     assert_eq!(distinct(&r), 0, "nothing passes a black hole");
-    assert!(request_errors(&r) >= 1.0, "{}", scrape(r.admin));
     r.to_receiver.set(Fault::Pass);
     wait_all(&r, DEVICES * 100, Duration::from_secs(90)).await;
     assert_eq!(r.daemon.stop(), Some(0));
@@ -160,7 +166,7 @@ async fn a_receiver_that_never_finishes_the_tls_handshake() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_broker_gone_for_a_minute_while_the_receiver_is_slow() {
+async fn the_broker_gone_while_the_receiver_is_slow() {
     let mut r = rig("").await;
     r.rx.receiver
         .set_behaviour(Behaviour::SlowPerConcurrent(10));
@@ -181,7 +187,20 @@ async fn the_broker_gone_for_a_minute_while_the_receiver_is_slow() {
         "roomhook_source_connected{source=\"sensors\"}"
     ) == Some(0.0)));
     publish(r.broker.port, &second).await;
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    // Delivery goes on while the source is away: the slow receiver gets everything
+    // roomhook took before its way to the broker went (the rest waits in the broker's
+    // session) before the broker comes back; the source meanwhile retries with its backoff.
+    assert!(
+        wait_until(Duration::from_secs(90), || distinct(&r) > 0
+            && metric(r.admin, "roomhook_queue_events{webhook=\"facilities\"}")
+                == Some(0.0)),
+        "{}",
+        r.daemon.logs()
+    );
+    assert_eq!(
+        metric(r.admin, "roomhook_source_connected{source=\"sensors\"}"),
+        Some(0.0)
+    );
     r.to_broker.set(Fault::Pass);
     wait_all(&r, DEVICES * 200, Duration::from_secs(120)).await;
     assert_eq!(r.daemon.stop(), Some(0));
