@@ -4,16 +4,15 @@
 //! fails half-way (a disk full, a name taken) leaves the store as it was. A queue is read by
 //! at most one delivery loop: [`Claims`] refuses a second one.
 
+use super::schema::{DEAD, META, NEXT_SEQ, ORPHANS, ORPHAN_URLS, QUEUE, WEBHOOKS};
+use super::shared::Shared;
+use super::types::WebhookId;
 use super::wal::Wal;
-use super::{Overflow, Shared, WebhookId, DEAD, META, NEXT_SEQ, ORPHANS, QUEUE, WEBHOOKS};
-use redb::{Database, ReadableTable, TableDefinition};
+use super::Overflow;
+use redb::{Database, ReadableTable};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-
-/// The URL a kept (orphaned) queue's events were routed for: only a webhook with that URL
-/// takes the queue back by its name.
-pub(crate) const ORPHAN_URLS: TableDefinition<&str, &str> = TableDefinition::new("orphan_urls");
 
 /// One step of a [`Change`].
 #[derive(Debug, Clone, PartialEq)]
@@ -124,7 +123,8 @@ pub(super) fn apply(
             for step in steps {
                 match step {
                     Step::Register { name, overflow } => {
-                        let (id, n) = super::register_name(&mut names, &mut meta, &seqs, name)?;
+                        let (id, n) =
+                            super::recover::register_name(&mut names, &mut meta, &seqs, name)?;
                         let open = shared.queue(id).is_some()
                             || effects
                                 .iter()
@@ -132,7 +132,7 @@ pub(super) fn apply(
                         let found = if open {
                             None
                         } else {
-                            Some(super::scan(&queue, &dead, id)?)
+                            Some(super::recover::scan(&queue, &dead, id)?)
                         };
                         effects.push(Effect::Open(Opened {
                             id,
@@ -205,7 +205,7 @@ pub(super) fn apply(
                 }
             }
         }
-        super::checkpoint(txn, wal)?;
+        super::recover::checkpoint(txn, wal)?;
         Ok(Ok(answers))
     })();
     match r {
@@ -263,7 +263,7 @@ fn open(shared: &Shared, next: &mut HashMap<WebhookId, u64>, o: Opened) {
         (None, found) => {
             let (depth, bytes, dead) = found.unwrap_or_default();
             shared.update_queues(|m| {
-                let stats = super::QueueStats {
+                let stats = super::types::QueueStats {
                     depth: depth.into(),
                     dead: dead.into(),
                     bytes: bytes.into(),
@@ -271,7 +271,7 @@ fn open(shared: &Shared, next: &mut HashMap<WebhookId, u64>, o: Opened) {
                 };
                 m.insert(
                     o.id,
-                    Arc::new(super::Queue::new(
+                    Arc::new(super::shared::Queue::new(
                         o.overflow,
                         stats,
                         o.next.saturating_sub(1),

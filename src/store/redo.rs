@@ -5,7 +5,7 @@
 //!
 //! An event queued for several webhooks is written once, with all its keys.
 
-use super::{DEAD, MQTT_SEEN, NEXT_SEQ, QUEUE};
+use super::schema::{DEAD, MQTT_SEEN, NEXT_SEQ, QUEUE};
 
 const PUT: u8 = 1;
 const DEL: u8 = 2;

@@ -3,7 +3,7 @@
 //! decodes every entry, and reads the write-ahead log; `salvage` moves the damaged file aside and copies every readable
 //! queue entry, dead letter and webhook mapping into a fresh store.
 
-use super::{DEAD, FILE_NAME, META, NEXT_SEQ, ORPHANS, QUEUE, WEBHOOKS};
+use super::schema::{DEAD, FILE_NAME, META, NEXT_SEQ, ORPHANS, QUEUE, WEBHOOKS};
 use crate::event::Event;
 use redb::{Database, ReadableDatabase, ReadableTable};
 use std::collections::BTreeMap;
@@ -124,7 +124,7 @@ fn open(path: &Path) -> Result<Database, SalvageError> {
     if !path.exists() {
         return Err(SalvageError::Missing(path.to_path_buf()));
     }
-    let opened = super::quietly(|| {
+    let opened = super::recover::quietly(|| {
         Database::builder()
             .set_cache_size(4 * 1024 * 1024)
             .open(path)
@@ -156,7 +156,7 @@ pub fn check(data_dir: &Path) -> Result<Report, SalvageError> {
         }
         Err(e) => return Err(e),
     };
-    report.integrity_ok = match super::quietly(|| db.check_integrity()) {
+    report.integrity_ok = match super::recover::quietly(|| db.check_integrity()) {
         Some(Ok(ok)) => ok,
         Some(Err(e)) => {
             report.read_errors.push(format!("integrity check: {e}"));
@@ -170,7 +170,7 @@ pub fn check(data_dir: &Path) -> Result<Report, SalvageError> {
         }
     };
     walk(&db, &mut report, |_, _, _| Ok(()));
-    let generation = match super::wal_generation(&db) {
+    let generation = match super::recover::wal_generation(&db) {
         Ok(g) => g,
         Err(e) => {
             report
@@ -241,8 +241,9 @@ fn walk(
         for (name, id) in &names {
             // redb panics on some kinds of damaged pages; a damaged stretch ends this walk
             // of this webhook's entries, not the salvage.
-            let walked =
-                super::quietly(|| walk_range(&table, table_name, name, *id, report, &mut visit));
+            let walked = super::recover::quietly(|| {
+                walk_range(&table, table_name, name, *id, report, &mut visit)
+            });
             if walked.is_none() {
                 report.read_errors.push(format!(
                     "{table_name} of {name}: damaged page, the rest of it is unreadable"
@@ -277,7 +278,7 @@ fn walk_range(
                         let decodes = if table_name == "queue" {
                             Event::decode(v.value()).is_ok()
                         } else {
-                            serde_json::from_slice::<super::DeadLetter>(v.value()).is_ok()
+                            serde_json::from_slice::<super::types::DeadLetter>(v.value()).is_ok()
                         };
                         if !decodes {
                             report.undecodable += 1;

@@ -5,14 +5,13 @@
 //! with other work (or for [`LAZY_REMOVALS`] of them, or [`LAZY_WAIT`]), so that at a room's
 //! pace an event costs one durable write, not two.
 
+use super::cell::DbCell;
+use super::overflow::make_room;
 use super::redo::Redo;
+use super::schema::{DEAD, ENTRY_OVERHEAD, MAX_DEAD_LETTERS, MQTT_SEEN, NEXT_SEQ, QUEUE};
+use super::shared::Shared;
+use super::types::{DropReason, Op, StoreError, WebhookId};
 use super::wal::Wal;
-use super::{
-    DbCell, DropReason, Op, Overflow, Shared, StoreError, WebhookId, DEAD, ENTRY_OVERHEAD,
-    MAX_DEAD_LETTERS, MQTT_SEEN, NEXT_SEQ, QUEUE,
-};
-use crate::catalog::Kind;
-use crate::event::Event;
 use crate::ratelog::RateLog;
 use redb::{Database, Durability, ReadableTable};
 use std::collections::HashMap;
@@ -83,7 +82,7 @@ fn reopen(
     next: &mut HashMap<WebhookId, u64>,
 ) -> Option<Arc<Database>> {
     cell.clear();
-    match super::sole(db, std::time::Duration::from_secs(10)) {
+    match super::cell::sole(db, std::time::Duration::from_secs(10)) {
         Ok(d) => drop(d),
         Err(_) => {
             tracing::error!("the store is still in use by a reader; it cannot be reopened");
@@ -99,13 +98,13 @@ fn reopen(
         if shared.closing.load(Ordering::Relaxed) {
             return None;
         }
-        let opened = super::quietly(|| {
+        let opened = super::recover::quietly(|| {
             Database::builder()
-                .set_cache_size(super::CACHE_BYTES)
+                .set_cache_size(super::schema::CACHE_BYTES)
                 .create(&shared.path)
         });
         match opened {
-            Some(Ok(d)) => match super::recover(&d, wal).and_then(|n| {
+            Some(Ok(d)) => match super::recover::recover(&d, wal).and_then(|n| {
                 reload_next(&d, next)?;
                 Ok(n)
             }) {
@@ -211,20 +210,20 @@ impl Shrink {
         }
         self.checked = Some(std::time::Instant::now());
         let size = std::fs::metadata(&shared.path).map_or(0, |m| m.len());
-        if !super::bloated(size, queued) {
+        if !super::recover::bloated(size, queued) {
             return db;
         }
         // Compaction works on the durable state: everything goes there first.
         let durable = db
             .begin_write()
             .map_err(redb::Error::from)
-            .and_then(|txn| super::checkpoint(txn, wal));
+            .and_then(|txn| super::recover::checkpoint(txn, wal));
         if let Err(e) = durable {
             tracing::warn!("store: cannot compact now (checkpoint failed): {e}");
             return db;
         }
         let (db, done) = cell.exclusive(db, std::time::Duration::from_secs(2), |d| {
-            super::compact(d, &shared.path, size)
+            super::recover::compact(d, &shared.path, size)
         });
         if done.is_none() {
             tracing::debug!("store: compaction skipped, readers kept the database busy");
@@ -520,28 +519,28 @@ fn manage(
 
 /// What a group changes in the per-queue figures; applied once the commit succeeded.
 #[derive(Default)]
-struct Delta {
+pub(super) struct Delta {
     depth: HashMap<WebhookId, i64>,
     bytes: HashMap<WebhookId, i64>,
     dead: HashMap<WebhookId, i64>,
-    dropped: HashMap<(WebhookId, DropReason), u64>,
-    dropped_through: HashMap<WebhookId, u64>,
+    pub(super) dropped: HashMap<(WebhookId, DropReason), u64>,
+    pub(super) dropped_through: HashMap<WebhookId, u64>,
 }
 
 impl Delta {
-    fn removed(&mut self, w: WebhookId, len: usize) {
+    pub(super) fn removed(&mut self, w: WebhookId, len: usize) {
         *self.depth.entry(w).or_default() -= 1;
         *self.bytes.entry(w).or_default() -= len as i64 + ENTRY_OVERHEAD as i64;
     }
 
-    fn queue_bytes(&self, queues: &Queues, w: WebhookId) -> i64 {
+    pub(super) fn queue_bytes(&self, queues: &Queues, w: WebhookId) -> i64 {
         queues
             .get(&w)
             .map_or(0, |q| q.stats.bytes.load(Ordering::Relaxed) as i64)
             + self.bytes.get(&w).copied().unwrap_or(0)
     }
 
-    fn total_bytes(&self, queues: &Queues) -> i64 {
+    pub(super) fn total_bytes(&self, queues: &Queues) -> i64 {
         queues.keys().map(|w| self.queue_bytes(queues, *w)).sum()
     }
 }
@@ -555,137 +554,7 @@ fn add(counter: &std::sync::atomic::AtomicU64, d: i64) {
 }
 
 /// The queues as of one commit.
-type Queues = HashMap<WebhookId, Arc<super::Queue>>;
-
-type Queue<'t> = redb::Table<'t, (u32, u64), &'static [u8]>;
-
-/// Removes the oldest entries of `w` until `need` bytes are freed; returns the bytes freed.
-/// The highest dropped sequence number is published, so that the worker skips the dropped
-/// entries it already holds in memory.
-fn drop_oldest(
-    q: &mut Queue<'_>,
-    w: WebhookId,
-    need: i64,
-    delta: &mut Delta,
-    redo: &mut Redo,
-) -> Result<i64, redb::Error> {
-    let mut freed = 0i64;
-    let mut victims = Vec::new();
-    for item in q.range((w.0, 0)..=(w.0, u64::MAX))? {
-        if freed >= need {
-            break;
-        }
-        let (k, v) = item?;
-        let len = v.value().len();
-        victims.push((k.value().1, len));
-        freed += len as i64 + ENTRY_OVERHEAD as i64;
-    }
-    for (seq, len) in victims {
-        q.remove((w.0, seq))?;
-        redo.del(w.0, seq);
-        delta.removed(w, len);
-        *delta.dropped.entry((w, DropReason::Overflow)).or_default() += 1;
-        let through = delta.dropped_through.entry(w).or_default();
-        *through = (*through).max(seq);
-    }
-    Ok(freed)
-}
-
-/// Removes status values of `w` that a newer value of the same device and path supersedes
-/// (newest kept; events never touched) until `need` bytes are freed; returns bytes freed.
-fn coalesce(
-    q: &mut Queue<'_>,
-    queues: &Queues,
-    w: WebhookId,
-    need: i64,
-    delta: &mut Delta,
-    redo: &mut Redo,
-) -> Result<i64, redb::Error> {
-    let window_end = queues
-        .get(&w)
-        .map_or(0, |q| q.stats.window_end.load(Ordering::Relaxed));
-    let mut seen: HashSet<(String, String)> = HashSet::new();
-    let mut victims = Vec::new();
-    let mut freed = 0i64;
-    for item in q
-        .range((w.0, window_end.saturating_add(1))..=(w.0, u64::MAX))?
-        .rev()
-    {
-        let (k, v) = item?;
-        let Ok(e) = Event::decode(v.value()) else {
-            continue;
-        };
-        // Events, full syncs and messages of several changes (a removal) never give way.
-        if e.kind != Kind::Status || !e.more.is_empty() || e.full_sync {
-            continue;
-        }
-        if !seen.insert((e.device, e.path)) {
-            let len = v.value().len();
-            victims.push((k.value().1, len));
-            freed += len as i64 + ENTRY_OVERHEAD as i64;
-            if freed >= need {
-                break;
-            }
-        }
-    }
-    for (seq, len) in victims {
-        q.remove((w.0, seq))?;
-        redo.del(w.0, seq);
-        delta.removed(w, len);
-        *delta.dropped.entry((w, DropReason::Coalesced)).or_default() += 1;
-    }
-    Ok(freed)
-}
-
-/// Makes room for `incoming` bytes under the budget; `false` when input must wait (block).
-fn make_room(
-    q: &mut Queue<'_>,
-    shared: &Shared,
-    queues: &Queues,
-    incoming: u64,
-    delta: &mut Delta,
-    redo: &mut Redo,
-) -> Result<bool, redb::Error> {
-    let max = shared.max_bytes as i64;
-    if max == 0 {
-        return Ok(true);
-    }
-    let over = delta.total_bytes(queues) + incoming as i64 - max;
-    if over <= 0 {
-        return Ok(true);
-    }
-    // Free down to 95 % of the budget, so that this does not run on every append.
-    let mut need = over + max / 20;
-    let mut exhausted: HashSet<WebhookId> = HashSet::new();
-    while need > 0 {
-        let victim = queues
-            .iter()
-            .filter(|(w, _)| !exhausted.contains(*w))
-            .map(|(w, qu)| (delta.queue_bytes(queues, *w), *w, qu.overflow()))
-            .filter(|(b, _, _)| *b > 0)
-            .max_by_key(|(b, w, _)| (*b, std::cmp::Reverse(*w)));
-        let Some((_, w, overflow)) = victim else {
-            break;
-        };
-        let freed = match overflow {
-            Overflow::Block => return Ok(delta.total_bytes(queues) + incoming as i64 <= max),
-            Overflow::DropOldest => drop_oldest(q, w, need, delta, redo)?,
-            Overflow::Coalesce => {
-                let f = coalesce(q, queues, w, need, delta, redo)?;
-                if f < need {
-                    f + drop_oldest(q, w, need - f, delta, redo)?
-                } else {
-                    f
-                }
-            }
-        };
-        if freed == 0 {
-            exhausted.insert(w);
-        }
-        need -= freed;
-    }
-    Ok(delta.total_bytes(queues) + incoming as i64 <= max)
-}
+pub(super) type Queues = HashMap<WebhookId, Arc<super::shared::Queue>>;
 
 /// Why a group was not committed.
 #[derive(Debug, thiserror::Error)]
@@ -717,7 +586,7 @@ fn finish(
     durable: bool,
 ) -> Result<(), Failure> {
     if durable || redo.len() > wal_record_max(wal) || !wal.fits(redo.len()) {
-        return super::checkpoint(txn, wal).map_err(Failure::Db);
+        return super::recover::checkpoint(txn, wal).map_err(Failure::Db);
     }
     if redo.is_empty() {
         // Nothing changed (a group of refused appends).
@@ -886,7 +755,9 @@ fn commit(db: &Database, shared: &Shared, st: &mut State, ops: Vec<Op>, durable:
                         let mut back = Vec::new();
                         for item in dead.range((webhook.0, 0)..=(webhook.0, u64::MAX))? {
                             let (k, v) = item?;
-                            if let Ok(d) = serde_json::from_slice::<super::DeadLetter>(v.value()) {
+                            if let Ok(d) =
+                                serde_json::from_slice::<super::types::DeadLetter>(v.value())
+                            {
                                 if d.at_ms >= *since_ms {
                                     back.push((k.value().1, d.event.encode()));
                                 }
