@@ -5,10 +5,12 @@
 //!
 //! This file is the [`Store`] façade. `schema.rs` says what is on disk, `types.rs` holds the
 //! value types, `shared.rs` and `cell.rs` what the façade shares with the writer thread,
-//! `recover.rs` the opening and recovery, `overflow.rs` what gives way when the store is full.
+//! `recover.rs` the opening and recovery, `overflow.rs` what gives way when the store is full,
+//! `lazy.rs` when removals are written (the writer thread, `writer.rs`, is the I/O around it).
 
 mod cell;
 pub mod change;
+mod lazy;
 mod overflow;
 mod recover;
 mod redo;

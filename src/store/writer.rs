@@ -6,6 +6,7 @@
 //! pace an event costs one durable write, not two.
 
 use super::cell::DbCell;
+use super::lazy::LazyRemovals;
 use super::overflow::make_room;
 use super::redo::Redo;
 use super::schema::{DEAD, ENTRY_OVERHEAD, MAX_DEAD_LETTERS, MQTT_SEEN, NEXT_SEQ, QUEUE};
@@ -268,49 +269,31 @@ fn run(
         wal,
         redo: Redo::default(),
     };
-    // Removals waiting for a group with other work: the ops, how many entries, since when.
-    let mut lazy: Vec<Op> = Vec::new();
-    let mut lazy_entries = 0usize;
-    let mut lazy_since: Option<std::time::Instant> = None;
-    // Until when the removals of what was just committed are expected: the writer sleeps
-    // with this deadline instead of being woken by each of them (they ride on the next
-    // append, or are committed at the deadline).
-    let mut expect_until: Option<std::time::Instant> = None;
-    let mut removals_flow = true;
+    // Removals waiting for a group with other work, and the writer's deadlines (lazy.rs).
+    let mut lazy = LazyRemovals::new(LAZY_WAIT);
     let mut shrink = Shrink::default();
     let wedge = test_wedge();
     loop {
         shared.pulse.rest();
         let now = std::time::Instant::now();
-        if expect_until.is_some_and(|t| t <= now) {
-            expect_until = None;
-        }
+        lazy.tick(now);
         // Enough removals came while the last group was written (no wake-up announces
         // those): no sleep, they are written now.
         let enough = shared.removals_waiting() >= shared.lazy_removals();
-        if lazy_since.is_none() && expect_until.is_none() && !enough {
+        if lazy.may_sleep(enough) {
             // About to sleep without a deadline: from now on a removal wakes the writer
             // (set before looking, so that one pushed meanwhile is seen or wakes it).
             shared.writer_idle.store(true, Ordering::SeqCst);
             let waiting = shared.take_removals();
             if !waiting.is_empty() {
                 shared.writer_idle.store(false, Ordering::SeqCst);
-                for op in waiting {
-                    lazy_entries += op_len(&op);
-                    lazy.push(op);
-                }
-                lazy_since = Some(std::time::Instant::now());
+                lazy.hold(waiting);
+                lazy.wait_from(std::time::Instant::now());
             }
         }
         // Anything drained while removals were expected came after the commit that set the
         // expectation: its end bounds them too.
-        let deadline = match (lazy_since, expect_until) {
-            _ if enough => Some(now),
-            (Some(since), Some(until)) => Some((since + LAZY_WAIT).min(until)),
-            (Some(since), None) => Some(since + LAZY_WAIT),
-            (None, until) => until,
-        };
-        let wake = match deadline {
+        let wake = match lazy.deadline(now, enough) {
             None => {
                 let op = rx.blocking_recv();
                 shared.writer_idle.store(false, Ordering::SeqCst);
@@ -339,7 +322,7 @@ fn run(
             Wake::Closed | Wake::Op(Op::Close) => closing = true,
             // A deadline: the lazy removals' (due), or the end of the expected ones (due
             // if any came; nothing else is a reason for a write).
-            Wake::Due => due = lazy_since.is_some(),
+            Wake::Due => due = lazy.due_at_deadline(),
             Wake::Op(op) if op.is_manage() => then = Some(op),
             Wake::Op(first) => {
                 // commit_interval: let the group gather (an SD card then sees one durable
@@ -374,11 +357,7 @@ fn run(
         due |= timed_out && !removals.is_empty();
         // Whether removals follow the appends (a disabled webhook's queue, or none routed,
         // gets none): only then is it worth a deadline to wait for them.
-        if !removals.is_empty() {
-            removals_flow = true;
-        } else if timed_out && lazy.is_empty() {
-            removals_flow = false;
-        }
+        lazy.saw_removals(!removals.is_empty(), timed_out);
         ops.extend(removals);
         // Cleared marks join the stash, applied first in the next commit. Those that came
         // after an append of this group wait for the commit after it: a resend's check must
@@ -414,22 +393,16 @@ fn run(
         });
         // Removals alone wait for other work (they ride on its write), a while at most.
         let work = ops.iter().any(|op| !matches!(op, Op::Remove { .. }));
-        for op in ops {
-            lazy_entries += op_len(&op);
-            lazy.push(op);
-        }
-        due |= work || closing || then.is_some() || lazy_entries >= shared.lazy_removals();
+        lazy.hold(ops);
+        due |= closing || then.is_some() || lazy.must_commit(work, shared.lazy_removals());
         if !due {
             st.clears.append(&mut after);
-            if !lazy.is_empty() && lazy_since.is_none() {
-                lazy_since = Some(std::time::Instant::now());
-            }
+            lazy.wait_from(std::time::Instant::now());
             continue;
         }
         let mut poisoned = false;
         if !lazy.is_empty() || !st.clears.is_empty() || (closing && st.wal.used() > 0) {
-            let group = std::mem::take(&mut lazy);
-            lazy_entries = 0;
+            let group = lazy.take();
             let removed: usize = group
                 .iter()
                 .filter(|op| matches!(op, Op::Remove { .. }))
@@ -448,10 +421,7 @@ fn run(
         }
         // For the next commit (it is written when the source goes quiet at the latest).
         st.clears.append(&mut after);
-        lazy_since = None;
-        if appended && !poisoned && removals_flow {
-            expect_until = Some(std::time::Instant::now() + LAZY_WAIT);
-        }
+        lazy.committed(std::time::Instant::now(), appended, !poisoned);
         if let Some(op) = then {
             shared.pulse.rest();
             poisoned |= manage(&db, shared, &mut st.next, &mut st.wal, op);
@@ -490,7 +460,7 @@ fn wedged(file: &std::path::Path, shared: &Shared) {
     }
 }
 
-fn op_len(op: &Op) -> usize {
+pub(super) fn op_len(op: &Op) -> usize {
     match op {
         Op::Append { items, .. } => items.len(),
         Op::Remove { seqs, .. } => seqs.len(),
