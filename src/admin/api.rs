@@ -56,6 +56,10 @@ pub struct SourceReport {
     pub name: String,
     /// Connected now.
     pub connected: bool,
+    /// Its subscriptions are in place on this connection (MQTT: the broker granted at
+    /// least one; RoomOS: subscribed and fully synced).
+    #[serde(default)]
+    pub subscribed: bool,
     /// Seconds in the current connected/disconnected state.
     pub state_age_s: f64,
     /// Messages received since start.
@@ -79,6 +83,7 @@ impl From<crate::source::status::SourceView> for SourceReport {
         SourceReport {
             name: s.name,
             connected: s.connected,
+            subscribed: s.subscribed,
             state_age_s: s.state_age_s,
             messages: s.messages,
             decode_errors: s.decode_errors,

@@ -265,6 +265,9 @@ pub async fn run(
                         }
                     }
                     tracing::info!(source = %s.name, "subscribed to {granted} of {} filter(s)", s.subscriptions.len());
+                    if granted > 0 {
+                        status.subscribed();
+                    }
                 }
                 Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                     messages.inc();

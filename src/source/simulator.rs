@@ -37,6 +37,7 @@ pub async fn run(
         .get_or_create(&label)
         .clone();
     status.connected();
+    status.subscribed();
     let mut rooms: Vec<Room> = (0..sim.rooms.max(1))
         .map(|i| Room {
             people: 0,

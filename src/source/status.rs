@@ -10,6 +10,9 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Default)]
 pub struct SourceStatus {
     connected: AtomicBool,
+    /// Its subscriptions are in place on this connection (MQTT: SUBACK with at least one
+    /// granted; RoomOS: subscribed and fully synced).
+    subscribed: AtomicBool,
     /// When `connected` last changed (unix ms; 0: never connected).
     since_ms: AtomicI64,
     messages: AtomicU64,
@@ -26,6 +29,7 @@ pub struct SourceStatus {
 impl SourceStatus {
     /// The source (re)connected.
     pub fn connected(&self) {
+        self.subscribed.store(false, Ordering::Relaxed);
         self.connected.store(true, Ordering::Relaxed);
         self.since_ms
             .store(crate::timefmt::now_ms(), Ordering::Relaxed);
@@ -33,6 +37,7 @@ impl SourceStatus {
 
     /// The connection failed or was lost.
     pub fn disconnected(&self, why: String) {
+        self.subscribed.store(false, Ordering::Relaxed);
         if self.connected.swap(false, Ordering::Relaxed) {
             self.since_ms
                 .store(crate::timefmt::now_ms(), Ordering::Relaxed);
@@ -40,6 +45,11 @@ impl SourceStatus {
         if let Ok(mut g) = self.last_error.lock() {
             *g = Some(why);
         }
+    }
+
+    /// The subscriptions are in place on this connection.
+    pub fn subscribed(&self) {
+        self.subscribed.store(true, Ordering::Relaxed);
     }
 
     /// A message arrived with `errors` payload errors.
@@ -73,6 +83,7 @@ impl SourceStatus {
         SourceView {
             name: name.to_string(),
             connected,
+            subscribed: connected && self.subscribed.load(Ordering::Relaxed),
             // Never connected: count from the source's start.
             state_age_s: (now
                 - if since == 0 {
@@ -108,6 +119,8 @@ pub struct SourceView {
     pub name: String,
     /// Connected now.
     pub connected: bool,
+    /// Its subscriptions are in place on this connection.
+    pub subscribed: bool,
     /// Seconds in the current connected/disconnected state.
     pub state_age_s: f64,
     /// Messages received since start.

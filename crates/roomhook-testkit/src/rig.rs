@@ -87,6 +87,38 @@ pub fn daemon_binary() -> PathBuf {
     bin
 }
 
+/// `GET /v1/status` on the control socket that `config` names (`None` while nothing
+/// answers there).
+pub fn status_of(config: &Path) -> Option<roomhook::admin::api::StatusReport> {
+    let (_, socket) = roomhook::config::locations(config).ok()?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async {
+                    let call = roomhook::admin::control::call(
+                        &socket,
+                        hyper::Method::GET,
+                        "/v1/status",
+                        None,
+                    );
+                    match tokio::time::timeout(Duration::from_secs(5), call).await {
+                        Ok(Ok((code, body))) if code.is_success() => {
+                            serde_json::from_value(body).ok()
+                        }
+                        _ => None,
+                    }
+                })
+            })
+            .join()
+            .ok()
+            .flatten()
+    })
+}
+
 /// The `roomhook` binary running as a child process.
 pub struct Daemon {
     child: Option<Child>,
@@ -107,6 +139,25 @@ impl Daemon {
 
     /// Like [`start`](Self::start), with extra environment variables.
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Daemon {
+        Self::start_until(config, env, "subscribe", |r| {
+            r.sources.iter().all(|s| s.subscribed)
+        })
+    }
+
+    /// Starts it and waits only until its control API answers (a source that is meant to
+    /// fail never subscribes).
+    pub fn start_answering(config: &Path) -> Daemon {
+        Self::start_until(config, &[], "answer on its control socket", |_| true)
+    }
+
+    /// Starts it and waits (20 s at most) until its status, asked through the control
+    /// socket, satisfies `ready` (`what` names it in the failure).
+    pub fn start_until(
+        config: &Path,
+        env: &[(&str, &str)],
+        what: &str,
+        ready: impl Fn(&roomhook::admin::api::StatusReport) -> bool,
+    ) -> Daemon {
         let log = config.with_extension("log");
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -125,20 +176,15 @@ impl Daemon {
             child: Some(child),
             log,
         };
-        // Subscribed, and the listeners bound (the control API is logged after both).
-        let logs = d.logs();
-        let before = (
-            logs.matches("subscribed to").count(),
-            logs.matches("control API listening").count(),
-        );
-        let ready = wait_until(Duration::from_secs(20), || {
-            let logs = d.logs();
-            logs.matches("subscribed to").count() > before.0
-                && logs.matches("control API listening").count() > before.1
+        // Ready: the control API answers and every source has its subscriptions in place
+        // (asked through the control socket, as `roomhook status` does; never the log).
+        let ok = wait_until(Duration::from_secs(20), || {
+            status_of(config).is_some_and(|r| ready(&r))
         });
         assert!(
-            ready,
-            "roomhook did not subscribe within 20 s; log:\n{}",
+            ok,
+            "roomhook did not {what} within 20 s; status: {:?}; log:\n{}",
+            status_of(config).map(|r| r.sources),
             d.logs()
         );
         d

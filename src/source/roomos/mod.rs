@@ -641,6 +641,7 @@ impl<'a> Session<'a> {
         }
         out.append(&mut self.held);
         tracing::info!(source = %self.s.name, "subscribed to {} of {} path(s); full sync of {n} value(s)", self.queries.len() - self.failed.len(), self.queries.len());
+        self.status.subscribed();
         self.outbox.append(&mut out);
     }
 
