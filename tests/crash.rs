@@ -103,10 +103,7 @@ async fn a_crash_redelivers_at_most_the_removal_slack() {
     let broker = broker();
     let rx = receiver(dir.path(), false).await;
     let base = standard_config(broker.port, &rx.url, &rx.ca_file, "max_in_flight = 16");
-    let slow = base.replace(
-        "org_id = \"test-org\"\n",
-        "org_id = \"test-org\"\ncommit_interval = \"2s\"\n",
-    );
+    let slow = with_gateway(&base, "commit_interval = \"2s\"");
     let config = write_config(dir.path(), &slow);
     // A backlog of 5,000 events, written straight into the store.
     let n: i64 = 5000;

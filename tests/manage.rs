@@ -256,10 +256,7 @@ async fn set_changes_url_selection_and_name_with_events_flowing() {
     let admin = free_port();
     let config = write_config(
         dir.path(),
-        &standard_config(broker.port, &a.url, &a.ca_file, "").replace(
-            "[gateway]",
-            &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[gateway]"),
-        ),
+        &with_admin(&standard_config(broker.port, &a.url, &a.ca_file, ""), admin),
     );
     let daemon = Daemon::start(&config);
 
@@ -530,9 +527,9 @@ async fn a_disabled_webhook_enqueues_nothing() {
     let admin = free_port();
     let config = write_config(
         dir.path(),
-        &standard_config(broker.port, &rx.url, &rx.ca_file, "").replace(
-            "[gateway]",
-            &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[gateway]"),
+        &with_admin(
+            &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
+            admin,
         ),
     );
     let _daemon = Daemon::start(&config);
@@ -667,10 +664,10 @@ async fn the_tcp_control_api_needs_the_token_and_the_socket_is_private() {
     let admin_port = free_port();
     // A receiver that takes a key in its URL: the key is never shown.
     let url = format!("{}?key=url-secret-123", rx.url);
-    let text = standard_config(broker.port, &url, &rx.ca_file, "").replace(
-        "[gateway]",
-        &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_file = \"admin-token\"\n\n[gateway]"),
-    );
+    let text = edit(&standard_config(broker.port, &url, &rx.ca_file, ""), |d| {
+        d.set("admin.listen", format!("127.0.0.1:{admin_port}"))
+            .set("admin.token_file", "admin-token");
+    });
     let config = write_config(dir.path(), &text);
     let daemon = Daemon::start(&config);
     let get = |auth: Option<String>| {
@@ -738,11 +735,11 @@ async fn mutual_tls_static_headers_and_systemd_credentials() {
         &rx.url,
         &rx.ca_file,
         "headers = { \"X-Site\" = \"oslo-7\" }",
-    )
-    .replace(
-        &format!("authorization = \"{TOKEN}\""),
-        "authorization_file = \"receiver-token\"",
     );
+    let text = edit(&text, |d| {
+        d.remove("webhooks[facilities].authorization")
+            .set("webhooks[facilities].authorization_file", "receiver-token");
+    });
     let config = write_config(dir.path(), &text);
     let daemon = Daemon::start_with_env(
         &config,
@@ -824,11 +821,18 @@ async fn the_control_api_surface_is_careful() {
     let real = dir.path().join("etc/real.toml");
     std::fs::write(
         &real,
-        standard_config(broker.port, &rx.url, &rx.ca_file, "").replace(
-            "[gateway]",
-            &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = \"{token}\"\n\n[gateway]\n# data beside the link\n"),
-        )
-        .replace("data_dir = \"data\"", &format!("data_dir = \"{}\"", dir.path().join("data").display())),
+        edit(
+            &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
+            |d| {
+                d.set("admin.listen", format!("127.0.0.1:{admin_port}"))
+                    .set("admin.token", token)
+                    .set(
+                        "gateway.data_dir",
+                        dir.path().join("data").display().to_string(),
+                    )
+                    .comment("gateway.data_dir", "data beside the link");
+            },
+        ),
     )
     .unwrap();
     std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
@@ -975,12 +979,17 @@ async fn a_webhook_dropped_from_the_file_keeps_its_queue_as_an_orphan() {
     let rx = receiver(dir.path(), false).await;
     rx.receiver.set_behaviour(Behaviour::Status(503));
     let admin = free_port();
-    let with_hook = standard_config(broker.port, &rx.url, &rx.ca_file, "").replace(
-        "org_id = \"test-org\"\n",
-        &format!("org_id = \"test-org\"\norphan_retention = \"1h\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
+    let with_hook = edit(
+        &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
+        |d| {
+            d.set("gateway.orphan_retention", "1h")
+                .set("admin.listen", format!("127.0.0.1:{admin}"));
+        },
     );
     // The same file after a hand edit that lost the webhook (a typo in its name, say).
-    let without = with_hook.replace("name = \"facilities\"", "name = \"facilites\"");
+    let without = edit(&with_hook, |d| {
+        d.set("webhooks[facilities].name", "facilites");
+    });
     let config = write_config(dir.path(), &with_hook);
     let mut daemon = Daemon::start(&config);
     publish(broker.port, &workload(5, 10)).await;
@@ -1040,7 +1049,9 @@ async fn a_webhook_dropped_from_the_file_keeps_its_queue_as_an_orphan() {
     }));
     std::fs::write(
         &config,
-        without.replace("orphan_retention = \"1h\"", "orphan_retention = \"1s\""),
+        edit(&without, |d| {
+            d.set("gateway.orphan_retention", "1s");
+        }),
     )
     .unwrap();
     hup(daemon.pid());

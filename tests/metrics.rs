@@ -237,9 +237,9 @@ async fn readyz_names_a_source_that_stays_disconnected() {
     let broker = broker();
     let rx = receiver(dir.path(), false).await;
     let admin = free_port();
-    let text = standard_config(broker.port, &rx.url, &rx.ca_file, "").replace(
-        "[gateway]",
-        &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[gateway]"),
+    let text = with_admin(
+        &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
+        admin,
     );
     let path = write_config(dir.path(), &text);
     let _daemon = Daemon::start(&path);

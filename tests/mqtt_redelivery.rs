@@ -66,10 +66,9 @@ async fn against(
     let port = listener.local_addr().unwrap().port();
     let server = std::thread::spawn(move || script(listener));
     let admin = free_port();
-    let config = standard_config(port, &rx.url, &rx.ca_file, "").replace(
-        "client_id = \"roomhook-test\"",
-        "client_id = \"roomhook-test\"\nkeep_alive = \"5s\"",
-    );
+    let config = edit(&standard_config(port, &rx.url, &rx.ca_file, ""), |d| {
+        d.set("sources.mqtt[sensors].keep_alive", "5s");
+    });
     let config = write_config(dir.path(), &with_admin(&config, admin));
     let mut daemon = Daemon::start(&config);
     let values = || {

@@ -5,15 +5,18 @@
 //!   condition, /proc readings, a QoS 1 publisher;
 //! - [`rig`]: the daemon as a child process, an HTTPS receiver behind a private CA, configs
 //!   and workloads;
+//! - [`config`]: config files edited as TOML values (toml_edit), never as text;
 //! - [`http`]: the one HTTP client of the tests (hyper), for the admin listener;
 //! - [`proxy`]: a fault-injecting TCP proxy (the kernel here has no `netem`);
 //! - [`mqtt_wire`]: MQTT 3.1.1 packets, for tests that play a broker themselves.
 
+pub mod config;
 pub mod http;
 pub mod mqtt_wire;
 pub mod proxy;
 pub mod rig;
 
+pub use config::{edit, Doc};
 pub use http::{http_get, metric, request, scrape, Answer};
 pub use rig::*;
 

@@ -266,7 +266,7 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
 /// A config with one MQTT source (`bench/{device}/status`, `/people` → PeopleCount) and one
 /// webhook to `url` trusting `ca_file`.
 pub fn standard_config(broker_port: u16, url: &str, ca_file: &Path, extra_webhook: &str) -> String {
-    format!(
+    let text = format!(
         r#"[gateway]
 data_dir = "data"
 org_id = "test-org"
@@ -294,10 +294,12 @@ statuses = ["RoomAnalytics.PeopleCount.Current"]
 retry_base = "100ms"
 retry_max = "1s"
 drain_start_jitter = "0s"
-{extra_webhook}
 "#,
         ca = ca_file.display()
-    )
+    );
+    crate::edit(&text, |d| {
+        d.merge("webhooks[facilities]", extra_webhook);
+    })
 }
 
 /// Publishes `{"people": value}` to `bench/<device>/status` with QoS 1 for every pair and
@@ -410,29 +412,23 @@ pub async fn webhook_list(config: &Path) -> Vec<serde_json::Value> {
 
 /// `text` with `lines` added to its `[gateway]` table (after `org_id`).
 pub fn with_gateway(text: &str, lines: &str) -> String {
-    text.replacen(
-        "org_id = \"test-org\"\n",
-        &format!("org_id = \"test-org\"\n{lines}\n"),
-        1,
-    )
+    crate::edit(text, |d| {
+        d.merge("gateway", lines);
+    })
 }
 
 /// `text` with an `[admin]` listener on `port` (for /metrics, /readyz).
 pub fn with_admin(text: &str, port: u16) -> String {
-    text.replacen(
-        "[gateway]",
-        &format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n\n[gateway]"),
-        1,
-    )
+    crate::edit(text, |d| {
+        d.set("admin.listen", format!("127.0.0.1:{port}"));
+    })
 }
 
 /// `text` (with an `[admin]` table) with the web console on, opened by `token`.
 pub fn with_console(text: &str, token: &str) -> String {
-    text.replacen(
-        "[admin]\n",
-        &format!("[admin]\nconsole = true\ntoken = \"{token}\"\n"),
-        1,
-    )
+    crate::edit(text, |d| {
+        d.set("admin.console", true).set("admin.token", token);
+    })
 }
 
 /// What most tests start from: a broker, a receiver, and a standard config with an admin
