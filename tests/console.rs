@@ -33,7 +33,7 @@ fn http_with(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_live_state_csrf_sign_out_and_the_rate_limit() {
-    let e = env("", "").await;
+    let e = Rig::new().build().await;
     let text = with_console(&std::fs::read_to_string(&e.config).unwrap(), ADMIN_TOKEN);
     std::fs::write(&e.config, text).unwrap();
     let mut daemon = Daemon::start(&e.config);
@@ -161,7 +161,7 @@ async fn sign_in_live_state_csrf_sign_out_and_the_rate_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_is_off_unless_asked_for() {
-    let e = env("", "").await;
+    let e = Rig::new().build().await;
     let mut daemon = Daemon::start(&e.config);
     assert_eq!(http(e.admin, "GET", "/", None, None).status, 404);
     assert_eq!(daemon.stop(), Some(0));

@@ -223,7 +223,7 @@ async fn wait_values(rx: &roomhook::demo::receiver::Receiver, path: &str, n: usi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_does_in_a_browser_what_the_control_hub_page_does() {
-    let e = env("", "").await;
+    let e = Rig::new().build().await;
     let bi = receiver(e.dir.path(), false).await;
     let self_signed = receiver(e.dir.path(), true).await;
     let text = with_console(&std::fs::read_to_string(&e.config).unwrap(), ADMIN_TOKEN).replacen(

@@ -7,36 +7,6 @@ use roomhook_testkit::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-struct Rig {
-    _dir: tempfile::TempDir,
-    broker: Mosquitto,
-    rx: TestReceiver,
-    daemon: Daemon,
-    admin: u16,
-}
-
-async fn rig(gateway_extra: &str, webhook_extra: &str) -> Rig {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    rx.receiver.set_behaviour(Behaviour::Status(503));
-    let admin = free_port();
-    let text = standard_config(broker.port, &rx.url, &rx.ca_file, webhook_extra).replacen(
-        "org_id = \"test-org\"",
-        &format!("org_id = \"test-org\"\n{gateway_extra}"),
-        1,
-    ) + &format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
-    let config = write_config(dir.path(), &text);
-    let daemon = Daemon::start(&config);
-    Rig {
-        _dir: dir,
-        broker,
-        rx,
-        daemon,
-        admin,
-    }
-}
-
 fn m(r: &Rig, series: &str) -> f64 {
     metric(r.admin, series).unwrap_or(0.0)
 }
@@ -62,7 +32,12 @@ async fn flood(r: &Rig) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_oldest_keeps_the_store_in_budget_and_the_newest_events() {
-    let mut r = rig("max_store_bytes = \"1MiB\"", "").await;
+    let (r, mut daemon) = Rig::new()
+        .gateway("max_store_bytes = \"1MiB\"")
+        .webhook("")
+        .receiver(Behaviour::Status(503))
+        .start()
+        .await;
     flood(&r).await;
     assert!(wait_until(Duration::from_secs(20), || m(
         &r,
@@ -83,7 +58,7 @@ async fn drop_oldest_keeps_the_store_in_budget_and_the_newest_events() {
         r.rx.receiver
             .wait_accepted(queued as usize, Duration::from_secs(60))
             .await;
-    assert!(all, "{}", r.daemon.logs());
+    assert!(all, "{}", daemon.logs());
     assert!(wait_until(Duration::from_secs(10), || m(
         &r,
         "roomhook_queue_events{webhook=\"facilities\"}"
@@ -97,7 +72,7 @@ async fn drop_oldest_keeps_the_store_in_budget_and_the_newest_events() {
         20_000.0,
         "delivered + dropped == enqueued"
     );
-    assert_eq!(r.daemon.stop(), Some(0));
+    assert_eq!(daemon.stop(), Some(0));
     for (device, values) in delivered(&r) {
         assert!(
             values.windows(2).all(|w| w[0] < w[1]),
@@ -111,7 +86,12 @@ async fn drop_oldest_keeps_the_store_in_budget_and_the_newest_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coalesce_drops_superseded_values_first() {
-    let mut r = rig("max_store_bytes = \"1MiB\"", "overflow = \"coalesce\"").await;
+    let (r, mut daemon) = Rig::new()
+        .gateway("max_store_bytes = \"1MiB\"")
+        .webhook("overflow = \"coalesce\"")
+        .receiver(Behaviour::Status(503))
+        .start()
+        .await;
     flood(&r).await;
     assert!(wait_until(Duration::from_secs(20), || m(
         &r,
@@ -128,9 +108,9 @@ async fn coalesce_drops_superseded_values_first() {
             .wait_accepted(queued as usize, Duration::from_secs(60))
             .await,
         "{}",
-        r.daemon.logs()
+        daemon.logs()
     );
-    assert_eq!(r.daemon.stop(), Some(0));
+    assert_eq!(daemon.stop(), Some(0));
     for (device, values) in delivered(&r) {
         assert!(
             values.windows(2).all(|w| w[0] < w[1]),
@@ -146,15 +126,19 @@ async fn coalesce_drops_superseded_values_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_loses_nothing_the_broker_holds_the_rest() {
-    let mut r = rig("max_store_bytes = \"1MiB\"", "overflow = \"block\"").await;
+    let (r, mut daemon) = Rig::new()
+        .gateway("max_store_bytes = \"1MiB\"")
+        .webhook("overflow = \"block\"")
+        .receiver(Behaviour::Status(503))
+        .start()
+        .await;
     flood(&r).await;
     // The store fills to its budget and input stops; nothing is dropped.
     assert!(wait_until(Duration::from_secs(20), || m(
         &r,
         "roomhook_store_bytes"
     ) > BUDGET * 0.8));
-    assert!(wait_until(Duration::from_secs(10), || r
-        .daemon
+    assert!(wait_until(Duration::from_secs(10), || daemon
         .logs()
         .contains("input waits")));
     assert!(m(&r, "roomhook_store_bytes") <= BUDGET);
@@ -173,13 +157,18 @@ async fn block_loses_nothing_the_broker_holds_the_rest() {
         scrape(r.admin)
     );
     assert_eq!(dropped(&r, "overflow") + dropped(&r, "coalesced"), 0.0);
-    assert_eq!(r.daemon.stop(), Some(0));
+    assert_eq!(daemon.stop(), Some(0));
     assert_complete_and_ordered(&r.rx.receiver.accepted(), 10, 2000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_older_than_max_queue_age_are_dropped_not_delivered() {
-    let mut r = rig("", "max_queue_age = \"2s\"").await;
+    let (r, mut daemon) = Rig::new()
+        .gateway("")
+        .webhook("max_queue_age = \"2s\"")
+        .receiver(Behaviour::Status(503))
+        .start()
+        .await;
     publish(r.broker.port, &workload(3, 10)).await;
     assert!(
         wait_until(Duration::from_secs(10), || m(
@@ -202,7 +191,7 @@ async fn events_older_than_max_queue_age_are_dropped_not_delivered() {
             .wait_accepted(1, Duration::from_secs(10))
             .await
     );
-    assert_eq!(r.daemon.stop(), Some(0));
+    assert_eq!(daemon.stop(), Some(0));
     assert_eq!(
         r.rx.receiver.accepted().len(),
         1,
@@ -212,13 +201,13 @@ async fn events_older_than_max_queue_age_are_dropped_not_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_entry_is_skipped_and_the_queue_goes_on() {
-    let Env {
+    let Rig {
         dir,
         rx,
         admin,
         config,
         broker: _broker,
-    } = env("", "").await;
+    } = Rig::new().build().await;
     // A store whose queue holds a damaged entry between two good ones.
     prefill(
         &dir.path().join("data"),

@@ -299,13 +299,13 @@ async fn requests_carry_standard_webhooks_headers_stable_across_retries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_over_max_payload_is_skipped_and_the_source_goes_on() {
-    let Env {
+    let Rig {
         dir: _dir,
         broker,
         rx,
         admin,
         config,
-    } = env("", "").await;
+    } = Rig::new().build().await;
     let mut daemon = Daemon::start(&config);
     // A 3 MB message between two good ones, all QoS 1 (the broker would redeliver a
     // message that was not acked on every reconnect, forever).
@@ -354,13 +354,16 @@ async fn a_message_over_max_payload_is_skipped_and_the_source_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_interval_groups_commits_and_loses_nothing() {
-    let Env {
+    let Rig {
         dir: _dir,
         broker,
         rx,
         admin,
         config,
-    } = env("commit_interval = \"250ms\"", "").await;
+    } = Rig::new()
+        .gateway("commit_interval = \"250ms\"")
+        .build()
+        .await;
     let mut daemon = Daemon::start(&config);
     let commits = || {
         metric(admin, "roomhook_store_commit_duration_seconds_count")

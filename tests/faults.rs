@@ -9,40 +9,44 @@ use roomhook_testkit::proxy::{Fault, Proxy};
 use roomhook_testkit::*;
 use std::time::Duration;
 
-struct Rig {
-    dir: tempfile::TempDir,
-    broker: Mosquitto,
-    rx: TestReceiver,
+/// The rig with a fault proxy on each of roomhook's two ways out.
+struct Faulty {
+    rig: Rig,
     /// Between roomhook and the receiver.
     to_receiver: Proxy,
     /// Between roomhook and the broker.
     to_broker: Proxy,
     daemon: Daemon,
-    admin: u16,
 }
 
-async fn rig(webhook_extra: &str) -> Rig {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    let to_receiver = Proxy::start(rx.receiver.addr().port()).await;
-    let to_broker = Proxy::start(broker.port).await;
-    let url = format!("https://127.0.0.1:{}/hook", to_receiver.port);
-    let admin = free_port();
-    let text = with_admin(
-        &standard_config(to_broker.port, &url, &rx.ca_file, webhook_extra),
-        admin,
-    );
-    let config = write_config(dir.path(), &text);
-    let daemon = Daemon::start(&config);
-    Rig {
-        dir,
-        broker,
-        rx,
+impl std::ops::Deref for Faulty {
+    type Target = Rig;
+    fn deref(&self) -> &Rig {
+        &self.rig
+    }
+}
+
+async fn rig(webhook_extra: &str) -> Faulty {
+    let rig = Rig::new().webhook(webhook_extra).build().await;
+    let to_receiver = Proxy::start(rig.rx.receiver.addr().port()).await;
+    let to_broker = Proxy::start(rig.broker.port).await;
+    let (receiver, broker) = (to_receiver.port, to_broker.port);
+    rig.edit_config(|d| {
+        d.set(
+            "webhooks[facilities].url",
+            format!("https://127.0.0.1:{receiver}/hook"),
+        )
+        .set(
+            "sources.mqtt[sensors].url",
+            format!("mqtt://127.0.0.1:{broker}"),
+        );
+    });
+    let daemon = Daemon::start(&rig.config);
+    Faulty {
+        rig,
         to_receiver,
         to_broker,
         daemon,
-        admin,
     }
 }
 
@@ -50,7 +54,7 @@ const DEVICES: usize = 10;
 
 /// Every value 0..per_device of every device arrived, in order; a value may repeat right
 /// after itself (its first request reached the receiver, the answer did not come back).
-fn assert_all_in_order(r: &Rig, each: usize) {
+fn assert_all_in_order(r: &Faulty, each: usize) {
     let accepted = r.rx.receiver.accepted();
     let messages: usize = accepted.iter().map(|q| q.messages().len()).sum();
     assert_eq!(
@@ -68,14 +72,14 @@ fn assert_all_in_order(r: &Rig, each: usize) {
 }
 
 /// Distinct events arrived (repeats not counted).
-fn distinct(r: &Rig) -> usize {
+fn distinct(r: &Faulty) -> usize {
     people_counts(&r.rx.receiver.accepted())
         .into_iter()
         .collect::<std::collections::HashSet<_>>()
         .len()
 }
 
-fn request_errors(r: &Rig) -> f64 {
+fn request_errors(r: &Faulty) -> f64 {
     scrape(r.admin)
         .lines()
         .filter(|l| l.starts_with("roomhook_request_errors_total{webhook=\"facilities\""))
@@ -83,7 +87,7 @@ fn request_errors(r: &Rig) -> f64 {
         .sum()
 }
 
-async fn wait_all(r: &Rig, n: usize, within: Duration) {
+async fn wait_all(r: &Faulty, n: usize, within: Duration) {
     let all = |reqs: &[roomhook::demo::receiver::Received]| {
         people_counts(reqs)
             .into_iter()
@@ -205,5 +209,4 @@ async fn the_broker_gone_while_the_receiver_is_slow() {
     wait_all(&r, DEVICES * 200, Duration::from_secs(120)).await;
     assert_eq!(r.daemon.stop(), Some(0));
     assert_all_in_order(&r, 200);
-    let _ = &r.dir;
 }

@@ -6,35 +6,6 @@ use roomhook::demo::receiver::Behaviour;
 use roomhook_testkit::*;
 use std::time::Duration;
 
-struct Rig {
-    dir: tempfile::TempDir,
-    config: std::path::PathBuf,
-    broker: Mosquitto,
-    rx: TestReceiver,
-    daemon: Daemon,
-    admin: u16,
-}
-
-async fn rig(extra_webhook: &str, behaviour: Behaviour) -> Rig {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    rx.receiver.set_behaviour(behaviour);
-    let admin = free_port();
-    let text = standard_config(broker.port, &rx.url, &rx.ca_file, extra_webhook)
-        + &format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
-    let config = write_config(dir.path(), &text);
-    let daemon = Daemon::start(&config);
-    Rig {
-        dir,
-        config,
-        broker,
-        rx,
-        daemon,
-        admin,
-    }
-}
-
 fn state(r: &Rig, state: &str) -> bool {
     metric(
         r.admin,
@@ -44,7 +15,11 @@ fn state(r: &Rig, state: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_holds_every_request_for_that_long() {
-    let mut r = rig("", Behaviour::StatusRetryAfter(429, 3)).await;
+    let (r, mut daemon) = Rig::new()
+        .webhook("")
+        .receiver(Behaviour::StatusRetryAfter(429, 3))
+        .start()
+        .await;
     publish(r.broker.port, &workload(3, 5)).await;
     assert!(
         r.rx.receiver
@@ -60,7 +35,7 @@ async fn retry_after_holds_every_request_for_that_long() {
                 q.iter().filter(|x| x.status == 200).count() >= 15
             })
             .await;
-    assert!(all, "{}", r.daemon.logs());
+    assert!(all, "{}", daemon.logs());
     let reqs = r.rx.receiver.requests();
     let first_429 = reqs.iter().find(|x| x.status == 429).unwrap().at;
     let last_429 = reqs
@@ -82,17 +57,17 @@ async fn retry_after_holds_every_request_for_that_long() {
         next.duration_since(last_429)
     );
     assert!(last_429.duration_since(first_429) < Duration::from_secs(1));
-    assert_eq!(r.daemon.stop(), Some(0));
+    assert_eq!(daemon.stop(), Some(0));
     assert_complete_and_ordered(&r.rx.receiver.accepted(), 3, 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_percent_503_still_delivers_everything_in_order() {
-    let mut r = rig(
-        "circuit_breaker_threshold = 50",
-        Behaviour::FailPercent(503, 30),
-    )
-    .await;
+    let (r, mut daemon) = Rig::new()
+        .webhook("circuit_breaker_threshold = 50")
+        .receiver(Behaviour::FailPercent(503, 30))
+        .start()
+        .await;
     publish(r.broker.port, &workload(10, 30)).await;
     let all =
         r.rx.receiver
@@ -104,7 +79,7 @@ async fn thirty_percent_503_still_delivers_everything_in_order() {
         all,
         "{} delivered; {}",
         r.rx.receiver.accepted().len(),
-        r.daemon.logs()
+        daemon.logs()
     );
     assert!(
         r.rx.receiver
@@ -114,13 +89,17 @@ async fn thirty_percent_503_still_delivers_everything_in_order() {
             .count()
             > 30
     );
-    assert_eq!(r.daemon.stop(), Some(0));
+    assert_eq!(daemon.stop(), Some(0));
     assert_complete_and_ordered(&r.rx.receiver.accepted(), 10, 30);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_drains_within_the_rate_limit() {
-    let mut r = rig("rate_limit = 20\nburst = 5", Behaviour::Status(503)).await;
+    let (r, mut daemon) = Rig::new()
+        .webhook("rate_limit = 20\nburst = 5")
+        .receiver(Behaviour::Status(503))
+        .start()
+        .await;
     publish(r.broker.port, &workload(10, 10)).await;
     // The receiver was down while the backlog built up; now it recovers.
     assert!(
@@ -135,8 +114,8 @@ async fn a_backlog_drains_within_the_rate_limit() {
                 q.iter().filter(|x| x.status == 200).count() >= 100
             })
             .await;
-    assert!(all, "{}", r.daemon.logs());
-    assert_eq!(r.daemon.stop(), Some(0));
+    assert!(all, "{}", daemon.logs());
+    assert_eq!(daemon.stop(), Some(0));
     // Every request the receiver saw, in any one-second window: at most rate + burst.
     // (Arrival times at the receiver carry network and scheduling jitter: a little slack.)
     let mut times: Vec<_> = r.rx.receiver.requests().iter().map(|x| x.at).collect();
@@ -161,7 +140,11 @@ async fn a_backlog_drains_within_the_rate_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_in_flight_limit_grows_on_a_fast_receiver_and_shrinks_on_a_slow_one() {
-    let mut r = rig("max_in_flight = 4", Behaviour::Accept).await;
+    let (r, mut daemon) = Rig::new()
+        .webhook("max_in_flight = 4")
+        .receiver(Behaviour::Accept)
+        .start()
+        .await;
     let limit = |r: &Rig| {
         metric(r.admin, "roomhook_in_flight_limit{webhook=\"facilities\"}").unwrap_or(0.0)
     };
@@ -193,16 +176,16 @@ async fn the_in_flight_limit_grows_on_a_fast_receiver_and_shrinks_on_a_slow_one(
     let shrank = wait_until(Duration::from_secs(30), || limit(&r) < peak);
     assert!(shrank, "limit stayed at {} (peak {peak})", limit(&r));
     feeder.abort();
-    r.daemon.stop();
+    daemon.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chatty_device_does_not_starve_the_others() {
-    let mut r = rig(
-        "rate_limit = 100\nburst = 1\nmax_in_flight = 1",
-        Behaviour::Accept,
-    )
-    .await;
+    let (r, mut daemon) = Rig::new()
+        .webhook("rate_limit = 100\nburst = 1\nmax_in_flight = 1")
+        .receiver(Behaviour::Accept)
+        .start()
+        .await;
     let mut msgs: Vec<(String, i64)> = (0..500).map(|i| ("chatty".to_string(), i)).collect();
     for i in 0..5 {
         for d in 0..9 {
@@ -216,8 +199,8 @@ async fn a_chatty_device_does_not_starve_the_others() {
                 q.iter().filter(|x| x.status == 200).count() >= 545
             })
             .await;
-    assert!(all, "{}", r.daemon.logs());
-    assert_eq!(r.daemon.stop(), Some(0));
+    assert!(all, "{}", daemon.logs());
+    assert_eq!(daemon.stop(), Some(0));
     let order: Vec<String> =
         r.rx.receiver
             .accepted()
@@ -236,14 +219,18 @@ async fn a_chatty_device_does_not_starve_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthorized_holds_the_queue_and_gone_disables_the_webhook() {
-    let mut r = rig("auth_retry = \"1s\"", Behaviour::Status(401)).await;
+    let (r, mut daemon) = Rig::new()
+        .webhook("auth_retry = \"1s\"")
+        .receiver(Behaviour::Status(401))
+        .start()
+        .await;
     publish(r.broker.port, &workload(2, 5)).await;
     assert!(
         wait_until(Duration::from_secs(10), || state(&r, "auth_failed")),
         "{}",
-        r.daemon.logs()
+        daemon.logs()
     );
-    assert!(r.daemon.logs().contains("refused the credentials"));
+    assert!(daemon.logs().contains("refused the credentials"));
     r.rx.receiver.set_behaviour(Behaviour::Accept);
     let all =
         r.rx.receiver
@@ -251,7 +238,7 @@ async fn unauthorized_holds_the_queue_and_gone_disables_the_webhook() {
                 q.iter().filter(|x| x.status == 200).count() >= 10
             })
             .await;
-    assert!(all, "{}", r.daemon.logs());
+    assert!(all, "{}", daemon.logs());
     assert!(wait_until(Duration::from_secs(5), || state(&r, "active")));
     assert_complete_and_ordered(&r.rx.receiver.accepted(), 2, 5);
 
@@ -264,7 +251,7 @@ async fn unauthorized_holds_the_queue_and_gone_disables_the_webhook() {
     assert!(
         wait_until(Duration::from_secs(10), || state(&r, "disabled")),
         "{}",
-        r.daemon.logs()
+        daemon.logs()
     );
     assert!(wait_until(Duration::from_secs(5), || metric(
         r.admin,
@@ -279,17 +266,21 @@ async fn unauthorized_holds_the_queue_and_gone_disables_the_webhook() {
         "roomhook_queue_events{webhook=\"facilities\"}"
     ) == Some(0.0)));
     assert!(state(&r, "active"));
-    assert_eq!(r.daemon.stop(), Some(0));
+    assert_eq!(daemon.stop(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_client_error_moves_messages_to_the_dead_letters() {
-    let mut r = rig("", Behaviour::Status(422)).await;
+    let (r, mut daemon) = Rig::new()
+        .webhook("")
+        .receiver(Behaviour::Status(422))
+        .start()
+        .await;
     publish(r.broker.port, &workload(2, 3)).await;
     let dead = wait_until(Duration::from_secs(10), || {
         metric(r.admin, "roomhook_dead_letters{webhook=\"facilities\"}") == Some(6.0)
     });
-    assert!(dead, "{}", r.daemon.logs());
+    assert!(dead, "{}", daemon.logs());
     assert_eq!(
         metric(r.admin, "roomhook_queue_events{webhook=\"facilities\"}"),
         Some(0.0)
@@ -356,24 +347,24 @@ async fn a_permanent_client_error_moves_messages_to_the_dead_letters() {
             .wait_accepted(6, Duration::from_secs(20))
             .await,
         "{}",
-        r.daemon.logs()
+        daemon.logs()
     );
     assert_eq!(
         metric(r.admin, "roomhook_dead_letters{webhook=\"facilities\"}"),
         Some(0.0)
     );
-    assert_eq!(r.daemon.stop(), Some(0));
+    assert_eq!(daemon.stop(), Some(0));
     assert!(!socket.exists(), "the socket is removed at stop");
     assert_complete_and_ordered(&r.rx.receiver.accepted(), 2, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batching_sends_arrays_and_keeps_per_device_order() {
-    let mut r = rig(
-        "batch_max_messages = 50\nbatch_linger = \"20ms\"",
-        Behaviour::Accept,
-    )
-    .await;
+    let (r, mut daemon) = Rig::new()
+        .webhook("batch_max_messages = 50\nbatch_linger = \"20ms\"")
+        .receiver(Behaviour::Accept)
+        .start()
+        .await;
     publish(r.broker.port, &workload(5, 100)).await;
     let all =
         r.rx.receiver
@@ -385,8 +376,8 @@ async fn batching_sends_arrays_and_keeps_per_device_order() {
                     >= 500
             })
             .await;
-    assert!(all, "{}", r.daemon.logs());
-    assert_eq!(r.daemon.stop(), Some(0));
+    assert!(all, "{}", daemon.logs());
+    assert_eq!(daemon.stop(), Some(0));
     let reqs = r.rx.receiver.accepted();
     assert!(
         reqs.iter().all(|x| x.json().is_array()),

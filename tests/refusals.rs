@@ -12,13 +12,13 @@ fn dead_letters(admin: u16) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_answering_404_during_a_deploy_loses_nothing() {
-    let Env {
+    let Rig {
         dir: _dir,
         broker,
         rx,
         admin,
         config,
-    } = env("", "").await;
+    } = Rig::new().build().await;
     rx.receiver.set_behaviour(Behaviour::Status(404));
     let mut daemon = Daemon::start(&config);
     let (devices, per_device) = (5, 20);
@@ -48,13 +48,13 @@ async fn a_proxy_answering_404_during_a_deploy_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_refusing_everything_does_not_empty_the_queue() {
-    let Env {
+    let Rig {
         dir: _dir,
         broker,
         rx,
         admin,
         config,
-    } = env("", "").await;
+    } = Rig::new().build().await;
     rx.receiver.set_behaviour(Behaviour::Status(422));
     let mut daemon = Daemon::start(&config);
     let n = 100;

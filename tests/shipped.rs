@@ -92,7 +92,7 @@ fn the_packaged_config_checks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_run_end_to_end_loses_nothing() {
-    let e = env("", "").await;
+    let e = Rig::new().build().await;
     let mut daemon = Daemon::start(&e.config);
     let (devices, per_device) = (4, 75);
     publish(e.broker.port, &workload(devices, per_device)).await;

@@ -78,7 +78,7 @@ fn position(lines: &[String], from: usize, f: impl Fn(&str) -> bool) -> Option<u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_status_watchdog_reloading_and_stopping_arrive_in_order() {
-    let e = env("", "").await;
+    let e = Rig::new().build().await;
     let manager = Manager::listen(e.dir.path());
     let mut daemon = start(&e.config, &manager.env(Duration::from_secs(2)));
     manager.wait("READY=1", |l| l.iter().any(|l| l == "READY=1"));
@@ -154,7 +154,7 @@ async fn ready_status_watchdog_reloading_and_stopping_arrive_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wedged_store_writer_stops_the_watchdog_pings_and_a_restart_loses_nothing() {
-    let e = env("", "").await;
+    let e = Rig::new().build().await;
     let manager = Manager::listen(e.dir.path());
     let wedge = e.dir.path().join("wedge");
     let mut env = manager.env(Duration::from_secs(2));
@@ -224,21 +224,19 @@ async fn a_wedged_store_writer_stops_the_watchdog_pings_and_a_restart_loses_noth
 }
 
 /// A config whose webhook's receiver holds every request for `hold`.
-async fn slow_receiver_env(grace: &str, hold: Duration) -> Env {
-    let e = env(
-        &format!("shutdown_grace = \"{grace}\""),
-        "max_in_flight = 1\nrequest_timeout = \"60s\"",
-    )
-    .await;
-    e.rx.receiver
-        .set_behaviour(roomhook::demo::receiver::Behaviour::SlowPerConcurrent(
+async fn slow_receiver_env(grace: &str, hold: Duration) -> Rig {
+    Rig::new()
+        .gateway(&format!("shutdown_grace = \"{grace}\""))
+        .webhook("max_in_flight = 1\nrequest_timeout = \"60s\"")
+        .receiver(roomhook::demo::receiver::Behaviour::SlowPerConcurrent(
             hold.as_millis() as u64,
-        ));
-    e
+        ))
+        .build()
+        .await
 }
 
 /// Starts the daemon, publishes one message and waits until its request is at the receiver.
-async fn request_in_flight(e: &Env) -> Daemon {
+async fn request_in_flight(e: &Rig) -> Daemon {
     let daemon = Daemon::start(&e.config);
     publish(e.broker.port, &[("room-0".to_string(), 1)]).await;
     let sent = wait_until(Duration::from_secs(20), || {

@@ -431,9 +431,12 @@ pub fn with_console(text: &str, token: &str) -> String {
     })
 }
 
-/// What most tests start from: a broker, a receiver, and a standard config with an admin
-/// listener (not started yet).
-pub struct Env {
+/// The one test rig: a test's directory, a real Mosquitto, an HTTPS receiver behind a
+/// private CA, a free admin port, and the config file naming them (one MQTT source
+/// `sensors`, one webhook `facilities`: see [`standard_config`]). Built with [`Rig::new`];
+/// the daemon is started by the test (`Daemon::start(&rig.config)`) or by
+/// [`RigBuilder::start`].
+pub struct Rig {
     /// The test's directory (config, store, CA file).
     pub dir: tempfile::TempDir,
     /// The broker.
@@ -446,26 +449,104 @@ pub struct Env {
     pub config: PathBuf,
 }
 
-/// An [`Env`]; `gateway` adds lines to `[gateway]`, `webhook` to the webhook's table.
-pub async fn env(gateway: &str, webhook: &str) -> Env {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    let admin = free_port();
-    let text = with_admin(
-        &with_gateway(
-            &standard_config(broker.port, &rx.url, &rx.ca_file, webhook),
-            gateway,
-        ),
-        admin,
-    );
-    let config = write_config(dir.path(), &text);
-    Env {
-        dir,
-        broker,
-        rx,
-        admin,
-        config,
+/// What a [`Rig`] is built with.
+#[derive(Default)]
+pub struct RigBuilder {
+    gateway: Vec<String>,
+    webhook: Vec<String>,
+    behaviour: Option<roomhook::demo::receiver::Behaviour>,
+    console: Option<String>,
+    edits: Vec<Box<dyn FnOnce(&mut crate::Doc) + Send>>,
+}
+
+impl Rig {
+    /// A rig with the standard config; see [`RigBuilder`] for what can be changed.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new() -> RigBuilder {
+        RigBuilder::default()
+    }
+
+    /// Edits the config file in place (as TOML values).
+    pub fn edit_config(&self, f: impl FnOnce(&mut crate::Doc)) {
+        let text = std::fs::read_to_string(&self.config).expect("the rig's config");
+        std::fs::write(&self.config, crate::edit(&text, f)).expect("the rig's config");
+    }
+}
+
+impl RigBuilder {
+    /// Keys for `[gateway]` (TOML, e.g. `commit_interval = "250ms"`).
+    pub fn gateway(mut self, snippet: &str) -> Self {
+        self.gateway.push(snippet.to_string());
+        self
+    }
+
+    /// Keys for the webhook `facilities` (TOML, e.g. `max_in_flight = 1`).
+    pub fn webhook(mut self, snippet: &str) -> Self {
+        self.webhook.push(snippet.to_string());
+        self
+    }
+
+    /// What the receiver answers from the start.
+    pub fn receiver(mut self, b: roomhook::demo::receiver::Behaviour) -> Self {
+        self.behaviour = Some(b);
+        self
+    }
+
+    /// The web console on, opened by `token`.
+    pub fn console(mut self, token: &str) -> Self {
+        self.console = Some(token.to_string());
+        self
+    }
+
+    /// Any other change of the config, by path (see [`crate::config`]).
+    pub fn config(mut self, f: impl FnOnce(&mut crate::Doc) + Send + 'static) -> Self {
+        self.edits.push(Box::new(f));
+        self
+    }
+
+    /// The rig, its config written; no daemon yet.
+    pub async fn build(self) -> Rig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = broker();
+        let rx = receiver(dir.path(), false).await;
+        if let Some(b) = self.behaviour {
+            rx.receiver.set_behaviour(b);
+        }
+        let admin = free_port();
+        let mut text = with_admin(
+            &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
+            admin,
+        );
+        text = crate::edit(&text, |d| {
+            for g in &self.gateway {
+                d.merge("gateway", g);
+            }
+            for w in &self.webhook {
+                d.merge("webhooks[facilities]", w);
+            }
+            if let Some(token) = &self.console {
+                d.set("admin.console", true)
+                    .set("admin.token", token.as_str());
+            }
+            for f in self.edits {
+                f(d);
+            }
+        });
+        let config = write_config(dir.path(), &text);
+        Rig {
+            dir,
+            broker,
+            rx,
+            admin,
+            config,
+        }
+    }
+
+    /// The rig and the daemon started on it (subscribed).
+    pub async fn start(self) -> (Rig, Daemon) {
+        let rig = self.build().await;
+        let daemon = Daemon::start(&rig.config);
+        (rig, daemon)
     }
 }
 
