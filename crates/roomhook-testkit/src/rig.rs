@@ -449,6 +449,9 @@ pub struct Rig {
     pub config: PathBuf,
 }
 
+/// A change of the rig's config.
+type ConfigEdit = Box<dyn FnOnce(&mut crate::Doc) + Send>;
+
 /// What a [`Rig`] is built with.
 #[derive(Default)]
 pub struct RigBuilder {
@@ -456,7 +459,7 @@ pub struct RigBuilder {
     webhook: Vec<String>,
     behaviour: Option<roomhook::demo::receiver::Behaviour>,
     console: Option<String>,
-    edits: Vec<Box<dyn FnOnce(&mut crate::Doc) + Send>>,
+    edits: Vec<ConfigEdit>,
 }
 
 impl Rig {
