@@ -18,13 +18,13 @@ fn times_seen(requests: &[roomhook::demo::receiver::Received]) -> HashMap<i64, u
 }
 
 async fn crash_cycles(cycles: usize, per_cycle: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    let config = write_config(
-        dir.path(),
-        &standard_config(broker.port, &rx.url, &rx.ca_file, "max_in_flight = 16"),
-    );
+    let Rig {
+        dir,
+        broker,
+        rx,
+        config,
+        ..
+    } = Rig::new().webhook("max_in_flight = 16").build().await;
     let devices = 20;
     let mut seq: i64 = 0;
     let log = config.with_extension("log");

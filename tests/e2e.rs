@@ -7,13 +7,13 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_5000_messages_from_50_devices_in_order_with_auth() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    let config = write_config(
-        dir.path(),
-        &standard_config(broker.port, &rx.url, &rx.ca_file, "max_in_flight = 16"),
-    );
+    let Rig {
+        dir: _dir,
+        broker,
+        rx,
+        config,
+        ..
+    } = Rig::new().webhook("max_in_flight = 16").build().await;
     let mut daemon = Daemon::start(&config);
     let (devices, per_device) = (50, 100);
     publish(broker.port, &workload(devices, per_device)).await;
@@ -39,14 +39,13 @@ async fn forwards_5000_messages_from_50_devices_in_order_with_auth() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_answering_503_for_a_while_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    rx.receiver.set_behaviour(Behaviour::Status(503));
-    let config = write_config(
-        dir.path(),
-        &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
-    );
+    let Rig {
+        dir: _dir,
+        broker,
+        rx,
+        config,
+        ..
+    } = Rig::new().receiver(Behaviour::Status(503)).build().await;
     let mut daemon = Daemon::start(&config);
     let (devices, per_device) = (10, 50);
     publish(broker.port, &workload(devices, per_device)).await;
@@ -121,14 +120,13 @@ async fn a_self_signed_receiver_gets_nothing_and_the_events_are_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_queued_at_a_stop_are_delivered_after_the_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    rx.receiver.set_behaviour(Behaviour::Status(500));
-    let config = write_config(
-        dir.path(),
-        &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
-    );
+    let Rig {
+        dir: _dir,
+        broker,
+        rx,
+        config,
+        ..
+    } = Rig::new().receiver(Behaviour::Status(500)).build().await;
     let mut daemon = Daemon::start(&config);
     // Every PUBACK means committed: once the publisher has them all, the queue holds them.
     publish(broker.port, &workload(4, 50)).await;

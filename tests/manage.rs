@@ -25,13 +25,13 @@ fn health_checks(rx: &roomhook::demo::receiver::Receiver) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_is_saved_only_after_the_receiver_answers_200() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    let config = write_config(
-        dir.path(),
-        &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
-    );
+    let Rig {
+        dir,
+        broker,
+        rx,
+        config,
+        ..
+    } = Rig::new().build().await;
     let daemon = Daemon::start(&config);
     let ca = rx.ca_file.to_str().unwrap();
     let mut outputs = String::new();
@@ -417,14 +417,13 @@ fn futures_block<F: std::future::Future>(f: F) -> F::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_purges_the_backlog_and_survives_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    rx.receiver.set_behaviour(Behaviour::Status(503));
-    let config = write_config(
-        dir.path(),
-        &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
-    );
+    let Rig {
+        dir: _dir,
+        broker,
+        rx,
+        config,
+        ..
+    } = Rig::new().receiver(Behaviour::Status(503)).build().await;
     let mut daemon = Daemon::start(&config);
     publish(broker.port, &workload(5, 10)).await;
     let queued = wait_until(Duration::from_secs(20), || {
@@ -488,13 +487,13 @@ async fn delete_purges_the_backlog_and_survives_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_reports_status_latency_tls_and_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    let config = write_config(
-        dir.path(),
-        &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
-    );
+    let Rig {
+        dir: _dir,
+        broker: _broker,
+        rx,
+        config,
+        ..
+    } = Rig::new().build().await;
     let _daemon = Daemon::start(&config);
     let (code, out, err) = webhook_cli(&config, &["test", "facilities"]).await;
     assert_eq!(code, 0, "{err}");
