@@ -1,7 +1,10 @@
 //! `roomhook webhook …`: the operator's commands against a running daemon, sent to its
 //! control API over the Unix socket, with answers printed for people (or as JSON).
 
-use crate::admin::api::StatusReport;
+use crate::admin::api::{
+    DeadLetterList, DeleteAnswer, EditAnswer, ProbeReport, ReplayAnswer, StatusReport, TestAnswer,
+    WebhookList,
+};
 use clap::{Args, Subcommand};
 use hyper::Method;
 use serde_json::{Map, Value};
@@ -377,14 +380,13 @@ pub async fn webhook(config: PathBuf, socket: Option<PathBuf>, action: WebhookAc
         );
         return ExitCode::FAILURE;
     }
-    print_answer(&action, &body);
-    if let (WebhookAction::Test { .. }, Some(s)) = (&action, body["test"]["status"].as_u64()) {
-        if s != 200 {
-            eprintln!("roomhook webhook test: the receiver answered HTTP {s}, not 200");
-            return ExitCode::FAILURE;
+    match print_answer(&action, &body) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("roomhook webhook {}: {e}", action.verb());
+            ExitCode::FAILURE
         }
     }
-    ExitCode::SUCCESS
 }
 
 type Call = (Method, String, Option<Value>);
@@ -481,41 +483,65 @@ fn request_for(action: &WebhookAction) -> Result<Call, String> {
     })
 }
 
-fn describe_check(r: &Value) -> String {
+impl WebhookAction {
+    /// The verb as typed (for messages).
+    fn verb(&self) -> &'static str {
+        match self {
+            WebhookAction::List { .. } => "list",
+            WebhookAction::Show { .. } => "show",
+            WebhookAction::Add { .. } => "add",
+            WebhookAction::Set { .. } => "set",
+            WebhookAction::Delete { .. } => "delete",
+            WebhookAction::Test { .. } => "test",
+            WebhookAction::Enable { .. } => "enable",
+            WebhookAction::Disable { .. } => "disable",
+            WebhookAction::DeadLetters { .. } => "dead-letters",
+            WebhookAction::Replay { .. } => "replay",
+        }
+    }
+}
+
+fn describe_check(r: &ProbeReport) -> String {
     format!(
         "HTTP {} in {:.1} ms over {}; certificate {} (issuer {}), expires {}",
-        r["status"],
-        r["latency_ms"].as_f64().unwrap_or(0.0),
-        r["tls_version"].as_str().unwrap_or("?"),
-        r["peer_subject"].as_str().unwrap_or("?"),
-        r["peer_issuer"].as_str().unwrap_or("?"),
-        r["peer_not_after"].as_str().unwrap_or("?"),
+        r.status, r.latency_ms, r.tls_version, r.peer_subject, r.peer_issuer, r.peer_not_after,
     )
 }
 
-fn print_answer(action: &WebhookAction, body: &Value) {
-    let verified = |body: &Value| {
-        if body["verified"].is_object() {
-            format!(" (verified: {})", describe_check(&body["verified"]))
-        } else {
-            String::new()
-        }
+/// The control API's answer as the type it is (a daemon of another version may answer
+/// otherwise: said, not guessed).
+fn answer<T: serde::de::DeserializeOwned>(body: &Value) -> Result<T, String> {
+    serde_json::from_value(body.clone()).map_err(|e| {
+        format!(
+            "the daemon's answer is not what this roomhook expects ({e}); is it another version?"
+        )
+    })
+}
+
+fn print_answer(action: &WebhookAction, body: &Value) -> Result<(), String> {
+    let verified = |e: &EditAnswer| match &e.verified {
+        Some(r) => format!(" (verified: {})", describe_check(r)),
+        None => String::new(),
     };
     match action {
         WebhookAction::List { json: false } => {
+            let list: WebhookList = answer(body)?;
             println!(
                 "{:<20} {:<13} {:>8} {:>6}  {:<40} LAST ERROR",
                 "WEBHOOK", "STATE", "QUEUED", "DEAD", "URL"
             );
-            for w in body["webhooks"].as_array().into_iter().flatten() {
+            for w in &list.webhooks {
+                let status = w.status.as_ref();
                 println!(
                     "{:<20} {:<13} {:>8} {:>6}  {:<40} {}",
-                    w["name"].as_str().unwrap_or(""),
-                    w["status"]["state"].as_str().unwrap_or(""),
-                    w["queue"]["events"],
-                    w["queue"]["dead_letters"],
-                    w["url"].as_str().unwrap_or(""),
-                    w["status"]["last_error"]["message"].as_str().unwrap_or("-"),
+                    w.name,
+                    status.map_or("", |s| s.state.as_str()),
+                    w.queue.events,
+                    w.queue.dead_letters,
+                    w.url,
+                    status
+                        .and_then(|s| s.last_error.as_ref())
+                        .map_or("-", |e| e.message.as_str()),
                 );
             }
         }
@@ -525,46 +551,65 @@ fn print_answer(action: &WebhookAction, body: &Value) {
             if *no_verify {
                 println!("webhook {name} saved disabled, not verified; `roomhook webhook enable {name}` verifies and enables it");
             } else {
-                println!("webhook {name} added{}", verified(body));
+                println!("webhook {name} added{}", verified(&answer(body)?));
             }
         }
         WebhookAction::Set { name, .. } => {
-            let now = body["webhook"]["name"].as_str().unwrap_or(name);
-            println!("webhook {now} changed{}", verified(body));
+            let e: EditAnswer = answer(body)?;
+            let now = e
+                .webhook
+                .as_ref()
+                .map_or(name.as_str(), |w| w.name.as_str());
+            println!("webhook {now} changed{}", verified(&e));
         }
-        WebhookAction::Enable { name, .. } => println!("webhook {name} enabled{}", verified(body)),
+        WebhookAction::Enable { name, .. } => {
+            println!("webhook {name} enabled{}", verified(&answer(body)?))
+        }
         WebhookAction::Disable { name } => println!("webhook {name} disabled (queue kept)"),
-        WebhookAction::Delete { name } => println!(
-            "webhook {name} deleted; {} queued event(s) discarded",
-            body["discarded"]
-        ),
+        WebhookAction::Delete { name } => {
+            let d: DeleteAnswer = answer(body)?;
+            println!(
+                "webhook {name} deleted; {} queued event(s) discarded",
+                d.discarded
+            )
+        }
         WebhookAction::Test { name } => {
-            println!("healthCheck to {name}: {}", describe_check(&body["test"]));
-            if let Some(b) = body["test"]["body"].as_str().filter(|b| !b.is_empty()) {
-                println!("answer: {b}");
+            let t: TestAnswer = answer(body)?;
+            println!("healthCheck to {name}: {}", describe_check(&t.test));
+            if !t.test.body.is_empty() {
+                println!("answer: {}", t.test.body);
+            }
+            if t.test.status != 200 {
+                return Err(format!(
+                    "the receiver answered HTTP {}, not 200",
+                    t.test.status
+                ));
             }
         }
         WebhookAction::DeadLetters { .. } => {
-            for d in body["dead_letters"].as_array().into_iter().flatten() {
+            let list: DeadLetterList = answer(body)?;
+            for d in &list.dead_letters {
+                let field = |k: &str| d.event.get(k).cloned().unwrap_or(Value::Null);
                 println!(
                     "{}  HTTP {}  {} {}={}  {}",
-                    d["at"].as_str().unwrap_or(""),
-                    d["status"],
-                    d["event"]["d"].as_str().unwrap_or(""),
-                    d["event"]["p"].as_str().unwrap_or(""),
-                    d["event"]["v"],
-                    d["reason"].as_str().unwrap_or(""),
+                    d.at,
+                    d.status.map_or("-".to_string(), |s| s.to_string()),
+                    field("d").as_str().unwrap_or(""),
+                    field("p").as_str().unwrap_or(""),
+                    field("v"),
+                    d.reason,
                 );
             }
         }
-        WebhookAction::Replay { name, .. } => println!(
-            "{} dead letter(s) of {name} back in the queue",
-            body["replayed"]
-        ),
+        WebhookAction::Replay { name, .. } => {
+            let r: ReplayAnswer = answer(body)?;
+            println!("{} dead letter(s) of {name} back in the queue", r.replayed)
+        }
         WebhookAction::List { json: true } | WebhookAction::Show { .. } => {
             println!("{}", serde_json::to_string_pretty(body).unwrap_or_default())
         }
     }
+    Ok(())
 }
 
 /// Seconds as "45s", "12m", "3h", "2d".

@@ -140,7 +140,7 @@ fn disabled(status: &SharedStatus) -> bool {
 }
 
 /// What an apply changed.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
 pub struct Applied {
     /// Webhooks started.
     pub added: Vec<String>,

@@ -169,3 +169,197 @@ pub struct LoopReport {
     /// The webhook of that queue, if it is in the running set.
     pub webhook: Option<String>,
 }
+
+pub use crate::deliver::probe::ProbeReport;
+pub use crate::deliver::status::LastError;
+pub use crate::supervisor::Applied;
+
+/// A webhook as `GET /v1/webhooks` lists it and `webhook show` prints it: its settings
+/// (secrets masked), live status and queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookDescription {
+    /// Name.
+    pub name: String,
+    /// URL, secrets hidden.
+    pub url: String,
+    /// Enabled.
+    pub enabled: bool,
+    /// How it authenticates (secrets masked).
+    pub auth: AuthView,
+    /// Requests are signed (Standard Webhooks).
+    pub signed: bool,
+    /// Static header names (values masked).
+    pub headers: BTreeMap<String, String>,
+    /// Extra CA certificates.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (mutual TLS).
+    pub client_cert_file: Option<std::path::PathBuf>,
+    /// Client key (mutual TLS).
+    pub client_key_file: Option<std::path::PathBuf>,
+    /// Device patterns.
+    pub devices: Vec<String>,
+    /// Status patterns.
+    pub statuses: Vec<String>,
+    /// Event patterns.
+    pub events: Vec<String>,
+    /// What gives way when the store is full.
+    pub overflow: crate::value::overflow::Overflow,
+    /// Requests per second, if limited.
+    pub rate_limit: Option<f64>,
+    /// Messages per batch at most.
+    pub batch_max_messages: usize,
+    /// Requests in flight at most.
+    pub max_in_flight: usize,
+    /// Durations as in the config (`"10s"`).
+    pub connect_timeout: String,
+    /// See `connect_timeout`.
+    pub request_timeout: String,
+    /// See `connect_timeout`.
+    pub retry_base: String,
+    /// See `connect_timeout`.
+    pub retry_max: String,
+    /// Token bucket burst.
+    pub burst: u32,
+    /// See `connect_timeout`.
+    pub drain_start_jitter: String,
+    /// Per-device or global ordering.
+    pub ordering: String,
+    /// Failures in a row that open the circuit.
+    pub circuit_breaker_threshold: u32,
+    /// See `connect_timeout`.
+    pub auth_retry: String,
+    /// Bytes per batch at most.
+    pub batch_max_bytes: u64,
+    /// See `connect_timeout`.
+    pub batch_linger: String,
+    /// Oldest age kept in the queue, if limited.
+    pub max_queue_age: Option<String>,
+    /// Live delivery status (absent while it cannot be read).
+    pub status: Option<StatusView>,
+    /// Its queue.
+    pub queue: QueueBrief,
+}
+
+/// How a webhook authenticates, secrets masked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AuthView {
+    /// None.
+    None,
+    /// An `Authorization` header (`value` is `***`).
+    Authorization {
+        /// Masked.
+        value: String,
+    },
+    /// Basic auth (`password` is `***`).
+    Basic {
+        /// The user name.
+        username: String,
+        /// Masked.
+        password: String,
+    },
+}
+
+/// A webhook's live delivery status in [`WebhookDescription`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    /// State (`delivering`, `retrying`, …).
+    pub state: String,
+    /// The adaptive in-flight limit.
+    pub in_flight_limit: usize,
+    /// Requests in flight.
+    pub in_flight: usize,
+    /// Failed requests in a row.
+    pub consecutive_failures: u32,
+    /// The last failure.
+    pub last_error: Option<LastError>,
+    /// When the state last changed (unix ms).
+    pub state_since_ms: i64,
+}
+
+impl From<&crate::deliver::status::WebhookStatus> for StatusView {
+    fn from(s: &crate::deliver::status::WebhookStatus) -> Self {
+        StatusView {
+            state: s.state.as_str().to_string(),
+            in_flight_limit: s.in_flight_limit,
+            in_flight: s.in_flight,
+            consecutive_failures: s.consecutive_failures,
+            last_error: s.last_error.clone(),
+            state_since_ms: s.state_since_ms,
+        }
+    }
+}
+
+/// A webhook's queue in [`WebhookDescription`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueBrief {
+    /// Events queued.
+    pub events: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Dead letters held.
+    pub dead_letters: u64,
+}
+
+/// `GET /v1/webhooks`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookList {
+    /// Every webhook of the running set.
+    pub webhooks: Vec<WebhookDescription>,
+}
+
+/// The answer to an add, set or enable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EditAnswer {
+    /// The webhook as it is now (none after a rename away, say).
+    pub webhook: Option<WebhookDescription>,
+    /// The healthCheck that verified it, when one was sent.
+    pub verified: Option<ProbeReport>,
+    /// What changed in the running daemon.
+    pub applied: Applied,
+}
+
+/// The answer to a delete.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteAnswer {
+    /// The webhook deleted.
+    pub deleted: String,
+    /// Queued events discarded with it.
+    pub discarded: u64,
+}
+
+/// The answer to `POST /v1/webhooks/NAME/test`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TestAnswer {
+    /// What the healthCheck showed.
+    pub test: ProbeReport,
+}
+
+/// The answer to a replay of dead letters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplayAnswer {
+    /// Dead letters put back in the queue.
+    pub replayed: u64,
+}
+
+/// `GET /v1/webhooks/NAME/dead-letters`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetterList {
+    /// The oldest first.
+    pub dead_letters: Vec<DeadLetterReport>,
+}
+
+/// One dead letter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetterReport {
+    /// Its sequence number.
+    pub seq: u64,
+    /// The receiver's last HTTP status, if it answered.
+    pub status: Option<u16>,
+    /// Why it was given up.
+    pub reason: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// The event (compact JSON: `d` device, `p` path, `v` value, …).
+    pub event: serde_json::Value,
+}

@@ -2,6 +2,10 @@
 //! webhook …` commands talk to (and on the TCP admin listener with a bearer token): list,
 //! show, add, set, delete, test, enable, disable webhooks; dead letters and replay; reload.
 
+use super::api::{
+    AuthView, DeadLetterList, DeadLetterReport, DeleteAnswer, EditAnswer, QueueBrief, ReplayAnswer,
+    StatusView, TestAnswer, WebhookDescription, WebhookList,
+};
 use crate::config::edit::{Edit, EditError};
 use crate::config::Auth;
 use crate::supervisor::{ActionError, Edited, Supervisor, WebhookView};
@@ -142,61 +146,64 @@ fn failed(e: &ActionError) -> Reply {
 
 /// A webhook's settings and live figures, secrets redacted (header values too: they often
 /// carry API keys).
-pub fn describe(store: &crate::store::Store, w: &WebhookView) -> Value {
+pub fn describe(store: &crate::store::Store, w: &WebhookView) -> WebhookDescription {
     let s = &w.settings;
-    let status = w
-        .status
-        .lock()
-        .map(|st| serde_json::to_value(&*st).unwrap_or(Value::Null))
-        .unwrap_or(Value::Null);
+    let status = w.status.lock().ok().map(|st| StatusView::from(&*st));
     let auth = match &s.auth {
-        Auth::None => json!({"kind": "none"}),
-        Auth::Token(_) => json!({"kind": "authorization", "value": "***"}),
-        Auth::Basic { username, .. } => {
-            json!({"kind": "basic", "username": username, "password": "***"})
-        }
-    };
-    let headers: serde_json::Map<String, Value> = s
-        .headers
-        .iter()
-        .map(|(k, _)| (k.clone(), Value::from("***")))
-        .collect();
-    json!({
-        "name": s.name,
-        "url": crate::redact::url(&s.url.to_string()),
-        "enabled": s.enabled,
-        "auth": auth,
-        "signed": s.signer.is_some(),
-        "headers": headers,
-        "ca_file": s.trust.ca_file,
-        "client_cert_file": s.trust.client_identity.as_ref().map(|(c, _)| c),
-        "client_key_file": s.trust.client_identity.as_ref().map(|(_, k)| k),
-        "devices": s.devices.patterns(),
-        "statuses": s.statuses,
-        "events": s.events,
-        "overflow": s.overflow,
-        "rate_limit": s.pacing.rate_limit,
-        "batch_max_messages": s.pacing.batch_max_messages,
-        "max_in_flight": s.max_in_flight,
-        "connect_timeout": human_duration(s.connect_timeout),
-        "request_timeout": human_duration(s.request_timeout),
-        "retry_base": human_duration(s.retry_base),
-        "retry_max": human_duration(s.retry_max),
-        "burst": s.pacing.burst,
-        "drain_start_jitter": human_duration(s.pacing.drain_start_jitter),
-        "ordering": s.pacing.ordering.as_str(),
-        "circuit_breaker_threshold": s.pacing.circuit_breaker_threshold,
-        "auth_retry": human_duration(s.pacing.auth_retry),
-        "batch_max_bytes": s.pacing.batch_max_bytes,
-        "batch_linger": human_duration(s.pacing.batch_linger),
-        "max_queue_age": s.max_queue_age.map(human_duration),
-        "status": status,
-        "queue": {
-            "events": store.depth(w.id),
-            "bytes": store.bytes(w.id),
-            "dead_letters": store.dead_count(w.id),
+        Auth::None => AuthView::None,
+        Auth::Token(_) => AuthView::Authorization {
+            value: "***".into(),
         },
-    })
+        Auth::Basic { username, .. } => AuthView::Basic {
+            username: username.clone(),
+            password: "***".into(),
+        },
+    };
+    WebhookDescription {
+        name: s.name.clone(),
+        url: crate::redact::url(&s.url.to_string()),
+        enabled: s.enabled,
+        auth,
+        signed: s.signer.is_some(),
+        headers: s
+            .headers
+            .iter()
+            .map(|(k, _)| (k.clone(), "***".to_string()))
+            .collect(),
+        ca_file: s.trust.ca_file.clone(),
+        client_cert_file: s.trust.client_identity.as_ref().map(|(c, _)| c.clone()),
+        client_key_file: s.trust.client_identity.as_ref().map(|(_, k)| k.clone()),
+        devices: s.devices.patterns().to_vec(),
+        statuses: s.statuses.clone(),
+        events: s.events.clone(),
+        overflow: s.overflow,
+        rate_limit: s.pacing.rate_limit,
+        batch_max_messages: s.pacing.batch_max_messages,
+        max_in_flight: s.max_in_flight,
+        connect_timeout: human_duration(s.connect_timeout),
+        request_timeout: human_duration(s.request_timeout),
+        retry_base: human_duration(s.retry_base),
+        retry_max: human_duration(s.retry_max),
+        burst: s.pacing.burst,
+        drain_start_jitter: human_duration(s.pacing.drain_start_jitter),
+        ordering: s.pacing.ordering.as_str().to_string(),
+        circuit_breaker_threshold: s.pacing.circuit_breaker_threshold,
+        auth_retry: human_duration(s.pacing.auth_retry),
+        batch_max_bytes: s.pacing.batch_max_bytes,
+        batch_linger: human_duration(s.pacing.batch_linger),
+        max_queue_age: s.max_queue_age.map(human_duration),
+        status,
+        queue: QueueBrief {
+            events: store.depth(w.id),
+            bytes: store.bytes(w.id),
+            dead_letters: store.dead_count(w.id),
+        },
+    }
+}
+
+/// A typed answer as JSON.
+fn json_of<T: serde::Serialize>(answer: &T) -> Value {
+    serde_json::to_value(answer).unwrap_or(Value::Null)
 }
 
 /// Most bytes of a request body the control API reads.
@@ -298,8 +305,10 @@ pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
     let verify = query_flag(&query, "verify", true);
     match (&method, parts.as_slice()) {
         (&Method::GET, ["v1", "webhooks"]) => {
-            let list: Vec<Value> = sup.webhooks().iter().map(|w| describe(store, w)).collect();
-            reply(StatusCode::OK, json!({ "webhooks": list }))
+            let list = WebhookList {
+                webhooks: sup.webhooks().iter().map(|w| describe(store, w)).collect(),
+            };
+            reply(StatusCode::OK, json_of(&list))
         }
         (&Method::POST, ["v1", "webhooks"]) => {
             let values = match json_body(req)
@@ -325,7 +334,7 @@ pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
             }
         }
         (&Method::GET, ["v1", "webhooks", name]) => match sup.webhook(name) {
-            Some(w) => reply(StatusCode::OK, describe(store, &w)),
+            Some(w) => reply(StatusCode::OK, json_of(&describe(store, &w))),
             None => not_found(name),
         },
         (&Method::PATCH, ["v1", "webhooks", name]) => {
@@ -351,10 +360,11 @@ pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
             match sup.edit(Edit::Remove(name.to_string()), false).await {
                 Ok(done) => {
                     let discarded: u64 = done.applied.removed.iter().map(|(_, n)| n).sum();
-                    reply(
-                        StatusCode::OK,
-                        json!({ "deleted": name, "discarded": discarded }),
-                    )
+                    let answer = DeleteAnswer {
+                        deleted: name.to_string(),
+                        discarded,
+                    };
+                    reply(StatusCode::OK, json_of(&answer))
                 }
                 Err(e) => failed(&e),
             }
@@ -378,7 +388,7 @@ pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
             }
         }
         (&Method::POST, ["v1", "webhooks", name, "test"]) => match sup.test(name).await {
-            Ok(report) => reply(StatusCode::OK, json!({ "test": report })),
+            Ok(report) => reply(StatusCode::OK, json_of(&TestAnswer { test: report })),
             Err(e) => failed(&e),
         },
         (&Method::GET, ["v1", "status"]) => reply(StatusCode::OK, super::status::status(sup)),
@@ -393,14 +403,19 @@ pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
             let (store, id) = (store.clone(), w.id);
             match tokio::task::spawn_blocking(move || store.dead_letters(id, 1000)).await {
                 Ok(Ok(list)) => {
-                    let items: Vec<Value> = list
-                        .into_iter()
-                        .map(|(seq, d)| {
-                            json!({"seq": seq, "status": d.status, "reason": d.reason,
-                                   "at": crate::timefmt::rfc3339_ms(d.at_ms), "event": d.event})
-                        })
-                        .collect();
-                    reply(StatusCode::OK, json!({ "dead_letters": items }))
+                    let answer = DeadLetterList {
+                        dead_letters: list
+                            .into_iter()
+                            .map(|(seq, d)| DeadLetterReport {
+                                seq,
+                                status: d.status,
+                                reason: d.reason,
+                                at: crate::timefmt::rfc3339_ms(d.at_ms),
+                                event: json_of(&d.event),
+                            })
+                            .collect(),
+                    };
+                    reply(StatusCode::OK, json_of(&answer))
                 }
                 Ok(Err(e)) => reply(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -422,7 +437,7 @@ pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
                 .and_then(|v| v.parse::<i64>().ok())
                 .unwrap_or(0);
             match store.replay_dead_letters(w.id, since).await {
-                Ok(n) => reply(StatusCode::OK, json!({ "replayed": n })),
+                Ok(n) => reply(StatusCode::OK, json_of(&ReplayAnswer { replayed: n })),
                 Err(e) => reply(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     json!({"error": e.to_string()}),
@@ -437,10 +452,10 @@ pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
 }
 
 fn edited(sup: &Supervisor, name: &str, done: Edited) -> Value {
-    json!({
-        "webhook": sup.webhook(name).map(|w| describe(sup.store(), &w)),
-        "verified": done.verified,
-        "applied": done.applied,
+    json_of(&EditAnswer {
+        webhook: sup.webhook(name).map(|w| describe(sup.store(), &w)),
+        verified: done.verified,
+        applied: done.applied,
     })
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 const BODY_EXCERPT: usize = 200;
 
 /// What a successful exchange showed (any HTTP status).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ProbeReport {
     /// The receiver's HTTP status.
     pub status: u16,

@@ -52,7 +52,7 @@ impl State {
 }
 
 /// The last failure of a webhook.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastError {
     /// What happened (never contains secrets).
     pub message: String,

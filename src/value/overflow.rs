@@ -2,7 +2,7 @@
 //! webhook, applied by the store).
 
 /// What gives way when the store reaches its byte budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Overflow {
     /// The oldest queued events go first.
