@@ -45,3 +45,24 @@ mod tests {
         assert_eq!(url("not a url pw@x"), "not a url pw***");
     }
 }
+
+/// `text` as one printable line: every control character (newlines, escapes, NUL) becomes
+/// a space. For peer-supplied text on its way to status, logs and `STATUS=` of sd_notify,
+/// where a newline would start a line of its own (`WATCHDOG=trigger`, a forged log line).
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod printable_tests {
+    #[test]
+    fn control_characters_become_spaces() {
+        assert_eq!(
+            super::printable("bad\nWATCHDOG=trigger\r\u{1b}[31m\0x"),
+            "bad WATCHDOG=trigger  [31m x"
+        );
+        assert_eq!(super::printable("Zürich 22 °C"), "Zürich 22 °C");
+    }
+}

@@ -331,3 +331,54 @@ async fn a_second_signal_exits_at_once_and_the_event_is_sent_again_after_the_res
         assert_eq!(daemon.stop(), Some(0));
     }
 }
+
+/// #23 (8): a receiver's answer must not become notify lines of its own. It answers 400
+/// with a body that carries `WATCHDOG=trigger` and `STATUS=injected` on lines of their own;
+/// once the webhook is refusing, its last error (that body) is the first problem, and the
+/// status line carries it — as one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receivers_answer_never_becomes_a_notify_line_of_its_own() {
+    let e = Rig::new()
+        .receiver(roomhook::demo::receiver::Behaviour::StatusBody(
+            400,
+            "bad request\nWATCHDOG=trigger\nSTATUS=injected\r\n",
+        ))
+        .build()
+        .await;
+    let manager = Manager::listen(e.dir.path());
+    let mut daemon = start(&e.config, &manager.env(Duration::from_secs(2)));
+    publish(e.broker.port, &workload(4, 10)).await;
+    manager.wait("a STATUS naming the receiver's answer", |l| {
+        l.iter()
+            .any(|l| l.starts_with("STATUS=") && l.contains("bad request"))
+    });
+    let texts = manager.texts();
+    assert_eq!(manager.count("WATCHDOG=trigger"), 0, "{texts:#?}");
+    assert!(
+        texts
+            .iter()
+            .any(|l| l.starts_with("STATUS=") && l.contains("WATCHDOG=trigger")),
+        "the answer is in the status line, on it: {texts:#?}"
+    );
+    assert!(
+        !texts.iter().any(|l| l.starts_with("STATUS=injected")),
+        "{texts:#?}"
+    );
+    // The same text reaches `status` as one line too.
+    let report = status_of(&e.config).expect("status");
+    assert!(
+        report
+            .problems
+            .iter()
+            .chain(
+                report
+                    .webhooks
+                    .iter()
+                    .filter_map(|w| w.last_error.as_ref().map(|x| &x.message))
+            )
+            .all(|p| !p.contains('\n') && !p.contains('\r')),
+        "{:?}",
+        report.problems
+    );
+    assert_eq!(daemon.stop(), Some(0));
+}

@@ -87,7 +87,9 @@ pub fn status_line(sup: &Supervisor) -> String {
         line.push_str("; not ready: ");
         line.push_str(first.as_str().unwrap_or_default());
     }
-    line
+    // One line whatever a peer put in a problem's text: a newline would start a notify
+    // line of its own (`WATCHDOG=trigger`).
+    crate::redact::printable(&line)
 }
 
 /// Sends the status line when it changes (at most once a second) until `stop`.

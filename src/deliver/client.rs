@@ -203,7 +203,8 @@ impl WebhookClient {
             .map(|b| {
                 let bytes = b.to_bytes();
                 let cut = &bytes[..bytes.len().min(BODY_EXCERPT)];
-                String::from_utf8_lossy(cut).trim().to_string()
+                // One printable line: the receiver's text reaches status, logs and sd_notify.
+                crate::redact::printable(String::from_utf8_lossy(cut).trim())
             })
             .unwrap_or_default();
         Outcome::Failed(Failure {

@@ -59,6 +59,8 @@ pub enum Behaviour {
     SlowPerConcurrent(u64),
     /// 413 for a JSON array of more than this many messages, 200 otherwise (a body limit).
     MaxMessages(usize),
+    /// This status for every request, with this body (what a hostile receiver can say).
+    StatusBody(u16, &'static str),
 }
 
 struct State {
@@ -251,7 +253,7 @@ async fn handle(
             },
             None,
         ),
-        Behaviour::Status(s) => (s, None),
+        Behaviour::Status(s) | Behaviour::StatusBody(s, _) => (s, None),
         Behaviour::StatusRetryAfter(s, secs) => (s, Some(secs)),
         Behaviour::MaxMessages(max) => (if n > max { 413 } else { 200 }, None),
     };
@@ -280,7 +282,12 @@ async fn handle(
         }
     }
     st.notify.notify_waiters();
+    let custom = match st.behaviour.lock().map(|b| *b) {
+        Ok(Behaviour::StatusBody(_, body)) => Some(body),
+        _ => None,
+    };
     let answer = match status {
+        _ if custom.is_some() => custom.unwrap_or_default().to_string(),
         200..=299 => String::new(),
         401 => "{\"error\":\"invalid credentials\"}".to_string(),
         s => format!("{{\"error\":\"receiver answers {s}\"}}"),
