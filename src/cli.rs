@@ -7,6 +7,7 @@ use crate::admin::api::{
 };
 use clap::{Args, Subcommand};
 use hyper::Method;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -511,7 +512,7 @@ fn describe_check(r: &ProbeReport) -> String {
 /// The control API's answer as the type it is (a daemon of another version may answer
 /// otherwise: said, not guessed).
 fn answer<T: serde::de::DeserializeOwned>(body: &Value) -> Result<T, String> {
-    serde_json::from_value(body.clone()).map_err(|e| {
+    T::deserialize(body).map_err(|e| {
         format!(
             "the daemon's answer is not what this roomhook expects ({e}); is it another version?"
         )
@@ -757,7 +758,7 @@ pub async fn status(
                 return ExitCode::FAILURE;
             }
         };
-        let report: StatusReport = match serde_json::from_value(body.clone()) {
+        let report = match StatusReport::deserialize(&body) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("roomhook status: the daemon's answer is not a status report ({e}); is it another version?");

@@ -49,55 +49,8 @@ pub struct StoreReport {
     pub dropped: BTreeMap<String, u64>,
 }
 
-/// A source in [`StatusReport`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SourceReport {
-    /// Name.
-    pub name: String,
-    /// Connected now.
-    pub connected: bool,
-    /// Its subscriptions are in place on this connection (MQTT: the broker granted at
-    /// least one; RoomOS: subscribed and fully synced).
-    #[serde(default)]
-    pub subscribed: bool,
-    /// Seconds in the current connected/disconnected state.
-    pub state_age_s: f64,
-    /// Messages received since start.
-    pub messages: u64,
-    /// Payload errors since start.
-    pub decode_errors: u64,
-    /// The same by reason.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub decode_errors_by_reason: BTreeMap<String, u64>,
-    /// Seconds since the last message.
-    pub last_message_age_s: Option<f64>,
-    /// The last connection error.
-    pub last_error: Option<String>,
-    /// Subscriptions the device refuses ("path: reason"); RoomOS sources only.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failed_subscriptions: Vec<String>,
-}
-
-impl From<crate::source::status::SourceView> for SourceReport {
-    fn from(s: crate::source::status::SourceView) -> Self {
-        SourceReport {
-            name: s.name,
-            connected: s.connected,
-            subscribed: s.subscribed,
-            state_age_s: s.state_age_s,
-            messages: s.messages,
-            decode_errors: s.decode_errors,
-            decode_errors_by_reason: s
-                .decode_errors_by_reason
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-            last_message_age_s: s.last_message_age_s,
-            last_error: s.last_error,
-            failed_subscriptions: s.failed_subscriptions,
-        }
-    }
-}
+/// A source in [`StatusReport`]: the sources' own view.
+pub use crate::source::status::SourceView as SourceReport;
 
 /// A webhook in [`StatusReport`].
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -153,13 +153,13 @@ async fn handle(
             )
         }
         ("GET", "/readyz") => {
-            let s = status::status(&admin.control.supervisor);
-            let ready = s["ready"].as_bool().unwrap_or(false);
+            let s = status::report(&admin.control.supervisor);
+            let ready = s.ready;
             let body = serde_json::json!({
                 "ready": ready,
-                "problems": s["problems"],
-                "store": s["store"],
-                "sources": s["sources"],
+                "problems": s.problems,
+                "store": s.store,
+                "sources": s.sources,
             });
             (
                 if ready {

@@ -3,8 +3,7 @@
 //! queue and last error — and the verdict, with what is wrong named.
 
 use super::api::{
-    ErrorReport, LoopReport, OrphanReport, QueueReport, SourceReport, StatusReport, StoreReport,
-    WebhookReport,
+    ErrorReport, LoopReport, OrphanReport, QueueReport, StatusReport, StoreReport, WebhookReport,
 };
 use crate::supervisor::Supervisor;
 use serde_json::{json, Value};
@@ -168,7 +167,7 @@ pub fn report(sup: &Supervisor) -> StatusReport {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
         },
-        sources: sources.into_iter().map(SourceReport::from).collect(),
+        sources,
         webhooks,
         orphans: sup
             .orphans()

@@ -82,10 +82,10 @@ pub fn status_line(sup: &Supervisor) -> String {
         plural(webhooks.len(), "webhook", "webhooks"),
         plural(sources.len(), "source", "sources"),
     );
-    let report = crate::admin::status::status(sup);
-    if let Some(first) = report["problems"].as_array().and_then(|p| p.first()) {
+    let report = crate::admin::status::report(sup);
+    if let Some(first) = report.problems.first() {
         line.push_str("; not ready: ");
-        line.push_str(first.as_str().unwrap_or_default());
+        line.push_str(first);
     }
     // One line whatever a peer put in a problem's text: a newline would start a notify
     // line of its own (`WATCHDOG=trigger`).

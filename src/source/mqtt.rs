@@ -242,7 +242,7 @@ pub async fn run(
                     // redelivers whatever was not acknowledged.
                     to_ack.clear();
                     acked.reconnected();
-                    tracing::debug!(source = %s.name, carried = ?acked.carried, stale = ?acked.stale_ping, "redelivery marks carried over the reconnect");
+                    tracing::debug!(source = %s.name, carried = acked.carried.len(), stale = ?acked.stale_ping, "redelivery marks carried over the reconnect");
                     retry.clear();
                     retry_at = None;
                     backoff.reset();
@@ -505,7 +505,7 @@ impl AckedMarks {
 
     async fn hand_over(&mut self, store: &Ingest, source: &str) {
         if !self.written.is_empty() {
-            tracing::debug!(source, pkids = ?self.written, carried = ?self.carried, unconfirmed = ?self.unconfirmed, "redelivery marks cleared");
+            tracing::debug!(source, pkids = ?self.written, carried = self.carried.len(), unconfirmed = self.unconfirmed.len(), "redelivery marks cleared");
             store
                 .clear_marks(source, std::mem::take(&mut self.written))
                 .await;

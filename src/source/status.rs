@@ -1,7 +1,7 @@
 //! What each source is doing now (connected since when, messages, decode errors, last
 //! message), written by the source and read by `/readyz` and `roomhook status`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -100,7 +100,10 @@ impl SourceStatus {
                 .lock()
                 .ok()
                 .and_then(|g| g.as_ref().map(|d| d.counts()))
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
             last_message_age_s: (last > 0).then(|| (now - last).max(0) as f64 / 1000.0),
             last_error: self.last_error.lock().ok().and_then(|g| g.clone()),
             failed_subscriptions: self
@@ -112,14 +115,16 @@ impl SourceStatus {
     }
 }
 
-/// A source as `/readyz` and `roomhook status` show it.
-#[derive(Debug, Clone, Serialize)]
+/// A source as `/readyz` and `roomhook status` show it (and the CLI reads back).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SourceView {
     /// Name.
     pub name: String,
     /// Connected now.
     pub connected: bool,
-    /// Its subscriptions are in place on this connection.
+    /// Its subscriptions are in place on this connection (MQTT: the broker granted at
+    /// least one; RoomOS: subscribed and fully synced).
+    #[serde(default)]
     pub subscribed: bool,
     /// Seconds in the current connected/disconnected state.
     pub state_age_s: f64,
@@ -128,14 +133,14 @@ pub struct SourceView {
     /// Payload errors since start.
     pub decode_errors: u64,
     /// The same by reason (`roomhook_source_decode_errors_total`'s, since start).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub decode_errors_by_reason: BTreeMap<&'static str, u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub decode_errors_by_reason: BTreeMap<String, u64>,
     /// Seconds since the last message.
     pub last_message_age_s: Option<f64>,
     /// The last connection error.
     pub last_error: Option<String>,
     /// Subscriptions the device refuses ("path: reason"); RoomOS sources only.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_subscriptions: Vec<String>,
 }
 

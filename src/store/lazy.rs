@@ -11,7 +11,6 @@
 //! flow again.
 
 use super::types::Op;
-use super::writer::op_len;
 use std::time::{Duration, Instant};
 
 /// The removals (and other ops) held for the next commit, and the writer's deadlines.
@@ -76,7 +75,7 @@ impl LazyRemovals {
     /// Ops to hold; counts their entries.
     pub(super) fn hold(&mut self, ops: impl IntoIterator<Item = Op>) {
         for op in ops {
-            self.entries += op_len(&op);
+            self.entries += op.entries();
             self.ops.push(op);
         }
     }

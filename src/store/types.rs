@@ -241,6 +241,17 @@ impl Op {
     pub(crate) fn is_manage(&self) -> bool {
         matches!(self, Op::Change { .. })
     }
+
+    /// How many queue entries it adds or removes (what a commit group is measured in).
+    pub(crate) fn entries(&self) -> usize {
+        match self {
+            Op::Append { items, .. } => items.len(),
+            Op::Remove { seqs, .. } => seqs.len(),
+            Op::DeadLetter { items, .. } => items.len(),
+            Op::Replay { .. } => 1,
+            _ => 0,
+        }
+    }
 }
 
 /// How long after its last failed commit the store counts as healthy again.

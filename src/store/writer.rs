@@ -331,7 +331,7 @@ fn run(
                 if linger > 0 && !matches!(first, Op::Remove { .. } | Op::ClearMarks { .. }) {
                     std::thread::sleep(std::time::Duration::from_nanos(linger));
                 }
-                let mut appended = op_len(&first);
+                let mut appended = first.entries();
                 ops.push(first);
                 while appended < MAX_GROUP {
                     match rx.try_recv() {
@@ -344,7 +344,7 @@ fn run(
                             break;
                         }
                         Ok(op) => {
-                            appended += op_len(&op);
+                            appended += op.entries();
                             ops.push(op);
                         }
                         Err(_) => break,
@@ -406,7 +406,7 @@ fn run(
             let removed: usize = group
                 .iter()
                 .filter(|op| matches!(op, Op::Remove { .. }))
-                .map(op_len)
+                .map(Op::entries)
                 .sum();
             // At close the last group is a checkpoint: the log is empty after a clean stop.
             poisoned = commit(&db, shared, &mut st, group, closing);
@@ -457,16 +457,6 @@ fn wedged(file: &std::path::Path, shared: &Shared) {
     }
     while file.exists() && !shared.closing.load(Ordering::Relaxed) {
         std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
-pub(super) fn op_len(op: &Op) -> usize {
-    match op {
-        Op::Append { items, .. } => items.len(),
-        Op::Remove { seqs, .. } => seqs.len(),
-        Op::DeadLetter { items, .. } => items.len(),
-        Op::Replay { .. } => 1,
-        _ => 0,
     }
 }
 

@@ -1,7 +1,7 @@
 //! The one HTTP client of the tests and the benchmark (hyper, HTTP/1.1 on loopback), for
 //! the daemon's admin listener: metrics, health, the console and the control API over TCP.
 //! Blocking, so that it can be called from a `wait_until` condition: each request runs on
-//! a thread of its own with a small runtime (never inside the caller's runtime).
+//! a thread of its own with a small runtime (`block_on_thread`).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -36,61 +36,48 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Answer {
-    let method = method.to_string();
     let uri = format!("http://127.0.0.1:{port}{path}");
-    let headers: Vec<(String, String)> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let body = body.to_string();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime for the test's HTTP client");
-        rt.block_on(async move {
-            let go = async {
-                let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .ok()?;
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.ok()?;
-                tokio::spawn(conn);
-                let mut req = hyper::Request::builder()
-                    .method(method.as_str())
-                    .uri(&uri)
-                    .header("host", format!("127.0.0.1:{port}"));
-                for (k, v) in &headers {
-                    req = req.header(k.as_str(), v.as_str());
-                }
-                let req = req.body(Full::new(Bytes::from(body))).ok()?;
-                let res = sender.send_request(req).await.ok()?;
-                let status = res.status().as_u16();
-                let headers = res
-                    .headers()
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.as_str().to_string(),
-                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                        )
-                    })
-                    .collect();
-                let bytes = res.into_body().collect().await.ok()?.to_bytes();
-                Some(Answer {
-                    status,
-                    headers,
-                    body: String::from_utf8_lossy(&bytes).into_owned(),
-                })
-            };
-            tokio::time::timeout(Duration::from_secs(20), go)
+    crate::block_on_thread(async {
+        let go = async {
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
-                .ok()
-                .flatten()
-                .unwrap_or_default()
-        })
+                .ok()?;
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.ok()?;
+            tokio::spawn(conn);
+            let mut req = hyper::Request::builder()
+                .method(method)
+                .uri(&uri)
+                .header("host", format!("127.0.0.1:{port}"));
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let req = req.body(Full::new(Bytes::from(body.to_string()))).ok()?;
+            let res = sender.send_request(req).await.ok()?;
+            let status = res.status().as_u16();
+            let headers = res
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            let bytes = res.into_body().collect().await.ok()?.to_bytes();
+            Some(Answer {
+                status,
+                headers,
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(20), go)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default()
     })
-    .join()
     .unwrap_or_default()
 }
 

@@ -33,6 +33,24 @@ pub fn free_port() -> u16 {
         .expect("no free port on 127.0.0.1")
 }
 
+/// Runs `fut` to its end on a thread of its own with a small runtime, so that blocking
+/// helpers (HTTP, the control socket) can be called anywhere, `wait_until` conditions
+/// inside an async test included (never inside the caller's runtime). `None` if it panicked.
+pub fn block_on_thread<T: Send>(fut: impl std::future::Future<Output = T> + Send) -> Option<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for a test helper")
+                    .block_on(fut)
+            })
+            .join()
+            .ok()
+    })
+}
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

@@ -91,32 +91,14 @@ pub fn daemon_binary() -> PathBuf {
 /// answers there).
 pub fn status_of(config: &Path) -> Option<roomhook::admin::api::StatusReport> {
     let (_, socket) = roomhook::config::locations(config).ok()?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .ok()?;
-                rt.block_on(async {
-                    let call = roomhook::admin::control::call(
-                        &socket,
-                        hyper::Method::GET,
-                        "/v1/status",
-                        None,
-                    );
-                    match tokio::time::timeout(Duration::from_secs(5), call).await {
-                        Ok(Ok((code, body))) if code.is_success() => {
-                            serde_json::from_value(body).ok()
-                        }
-                        _ => None,
-                    }
-                })
-            })
-            .join()
-            .ok()
-            .flatten()
+    crate::block_on_thread(async {
+        let call = roomhook::admin::control::call(&socket, hyper::Method::GET, "/v1/status", None);
+        match tokio::time::timeout(Duration::from_secs(5), call).await {
+            Ok(Ok((code, body))) if code.is_success() => serde_json::from_value(body).ok(),
+            _ => None,
+        }
     })
+    .flatten()
 }
 
 /// The `roomhook` binary running as a child process.
