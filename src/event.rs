@@ -5,6 +5,12 @@ use crate::catalog::Kind;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// The longest device id, workspace id or path a source may hand in, in bytes. Longer ones
+/// come from a publisher or device that is broken or hostile, and are refused where they
+/// are decoded (`reason="too_long"`): the router, the throttle and the devices-seen map
+/// bound how many keys they hold, and this bounds what each key can cost.
+pub const MAX_ID_BYTES: usize = 256;
+
 /// One normalised observation. Stored as compact JSON (short field names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {

@@ -501,7 +501,8 @@ async fn bad_frames_are_counted_and_never_stall_the_source() {
         mut daemon,
         ..
     } = rig(
-        "FOC0000JUNK",
+        // A serial number is the device's to choose: it must not forge a log line.
+        "FOC0000JUNK\nERROR forged line",
         "junk",
         "max_frame = \"64KiB\"",
         "statuses = [\"RoomAnalytics.*\"]",
@@ -562,9 +563,20 @@ async fn bad_frames_are_counted_and_never_stall_the_source() {
         updated(m, PEOPLE) == Some(&json!(6))
     })
     .await;
+    let logs = daemon.logs();
     assert!(
-        daemon.logs().contains("frame from the device ignored"),
+        logs.contains("frame from the device ignored"),
         "bad frames are logged"
+    );
+    assert!(
+        logs.contains("forged line"),
+        "the serial number is logged: {logs}"
+    );
+    assert!(
+        !logs
+            .lines()
+            .any(|l| l.trim_start().starts_with("ERROR forged")),
+        "a serial number forged a log line: {logs}"
     );
     assert_eq!(daemon.stop(), Some(0));
 }

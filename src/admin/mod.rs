@@ -4,6 +4,7 @@
 pub mod api;
 pub mod console;
 pub mod control;
+mod slots;
 pub mod status;
 
 use crate::config::Secret;
@@ -31,24 +32,18 @@ pub struct Admin {
     pub console: Option<Arc<console::Console>>,
 }
 
-/// Connections the TCP listener serves at once; more wait for a place.
-const MAX_CONNECTIONS: usize = 32;
-/// A client must send its request headers within this (a slow client cannot pin a place).
+/// A client must send its request headers within this, from the moment it connects, and
+/// again between requests on a kept-alive connection (a slow or idle client cannot pin a
+/// place).
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// A connection is closed after this long, whatever it does.
 const CONNECTION_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Serves the admin endpoints on `listener` until shutdown.
 pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationToken) {
-    let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = slots::Slots::new(slots::MAX_CONNECTIONS, slots::PER_ADDRESS);
+    let mut refused_log = crate::ratelog::RateLog::new(std::time::Duration::from_secs(30));
     loop {
-        let place = tokio::select! {
-            p = places.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = shutdown.cancelled() => return,
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -59,6 +54,32 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationTo
                 }
             },
             _ = shutdown.cancelled() => return,
+        };
+        // Every connection is accepted; one over a limit is closed at once, so that the
+        // backlog never holds a health check behind someone else's idle connections.
+        let place = match slots.take(peer.ip()) {
+            Ok(p) => p,
+            Err(why) => {
+                if let Some(suppressed) = refused_log.check(std::time::Instant::now()) {
+                    let what = match why {
+                        slots::Refused::Full => {
+                            format!("all {} places are taken", slots::MAX_CONNECTIONS)
+                        }
+                        slots::Refused::Address => format!(
+                            "{} holds {} connections already",
+                            peer.ip(),
+                            slots::PER_ADDRESS
+                        ),
+                    };
+                    tracing::warn!(
+                        suppressed,
+                        "admin listener: connection from {} closed: {what}",
+                        peer.ip()
+                    );
+                }
+                drop(stream);
+                continue;
+            }
         };
         let admin = admin.clone();
         let stop = shutdown.clone();

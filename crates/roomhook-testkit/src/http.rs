@@ -36,10 +36,33 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Answer {
+    request_from(
+        std::net::Ipv4Addr::LOCALHOST,
+        port,
+        method,
+        path,
+        headers,
+        body,
+    )
+}
+
+/// [`request`] from the loopback address `from` (another 127.x.y.z is another client to
+/// the daemon).
+pub fn request_from(
+    from: std::net::Ipv4Addr,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
     let uri = format!("http://127.0.0.1:{port}{path}");
     crate::block_on_thread(async {
         let go = async {
-            let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            socket.bind((from, 0).into()).ok()?;
+            let stream = socket
+                .connect((std::net::Ipv4Addr::LOCALHOST, port).into())
                 .await
                 .ok()?;
             let io = hyper_util::rt::TokioIo::new(stream);

@@ -17,7 +17,7 @@ pub mod proxy;
 pub mod rig;
 
 pub use config::{edit, Doc};
-pub use http::{http_get, metric, request, scrape, Answer};
+pub use http::{http_get, metric, request, request_from, scrape, Answer};
 pub use rig::*;
 
 use std::net::TcpListener;

@@ -12,7 +12,7 @@ pub mod zigbee2mqtt;
 
 use crate::catalog::CoerceError;
 use crate::config::{DeviceMap, FieldMap, Format, SubscriptionSettings};
-use crate::event::Event;
+use crate::event::{Event, MAX_ID_BYTES};
 use serde_json::Value;
 
 /// Why (part of) a payload was rejected: the `reason` label of decode errors.
@@ -30,6 +30,14 @@ pub enum DecodeError {
     /// None of the mapped (or known) fields is in the payload.
     #[error("none of the mapped fields is in the payload")]
     NoKnownField,
+    /// A device id, workspace id or path over [`MAX_ID_BYTES`].
+    #[error("{what} of {len} bytes (at most {MAX_ID_BYTES})")]
+    TooLong {
+        /// `device id`, `workspace id` or `path`.
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
     /// A value does not fit its catalog type.
     #[error("{path}: {err}")]
     BadValue {
@@ -42,11 +50,12 @@ pub enum DecodeError {
 
 impl DecodeError {
     /// Every metric label.
-    pub const LABELS: [&'static str; 5] = [
+    pub const LABELS: [&'static str; 6] = [
         "not_json",
         "wrong_type",
         "no_device",
         "no_known_field",
+        "too_long",
         "bad_value",
     ];
 
@@ -57,6 +66,7 @@ impl DecodeError {
             DecodeError::WrongType(_) => "wrong_type",
             DecodeError::NoDevice(_) => "no_device",
             DecodeError::NoKnownField => "no_known_field",
+            DecodeError::TooLong { .. } => "too_long",
             DecodeError::BadValue { .. } => "bad_value",
         }
     }
@@ -207,6 +217,11 @@ fn field_text(doc: &Value, pointer: &str) -> Option<String> {
     }
 }
 
+/// The refusal of an id or path over [`MAX_ID_BYTES`].
+fn too_long(what: &'static str, s: &str) -> Option<DecodeError> {
+    (s.len() > MAX_ID_BYTES).then_some(DecodeError::TooLong { what, len: s.len() })
+}
+
 /// The mapping step every format shares.
 fn to_events(
     sub: &SubscriptionSettings,
@@ -227,6 +242,10 @@ fn to_events(
         out.errors.push(DecodeError::NoDevice(topic.to_string()));
         return out;
     };
+    if let Some(e) = too_long("device id", &id) {
+        out.errors.push(e);
+        return out;
+    }
     // The [[devices]] table names devices (and workspaces) by that id or the sensor's.
     let named = devices
         .get(&id)
@@ -240,6 +259,13 @@ fn to_events(
                 .and_then(|p| field_text(&r.doc, p))
         })
         .or_else(|| sub.workspace.as_ref().and_then(|w| w.render(topic)));
+    if let Some(e) = workspace
+        .as_deref()
+        .and_then(|w| too_long("workspace id", w))
+    {
+        out.errors.push(e);
+        return out;
+    }
     // A sensor clock far ahead (or a time before 2001) is not believed: receive time.
     let ts_ms = r
         .ts_ms
@@ -255,6 +281,10 @@ fn to_events(
             out.errors.push(DecodeError::NoDevice(topic.to_string()));
             continue;
         };
+        if let Some(e) = too_long("path", &path) {
+            out.errors.push(e);
+            continue;
+        }
         let value = f.transform.apply(raw);
         match f.entry.value.coerce(&value) {
             Ok(value) => out.events.push(Event {

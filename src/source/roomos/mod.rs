@@ -52,8 +52,9 @@ const SUBSCRIBE_RETRY: Duration = Duration::from_secs(30);
 
 /// The `reason`s of `roomhook_source_decode_errors_total` a RoomOS source counts (exported
 /// at 0 from the start).
-const DECODE_REASONS: [&str; 7] = [
+const DECODE_REASONS: [&str; 8] = [
     "not_json",
+    "too_long",
     "malformed",
     "unknown_method",
     "unknown_id",
@@ -452,10 +453,18 @@ impl<'a> Session<'a> {
                 ),
                 Some(Pending::Identity) => {
                     let serial = match &result {
-                        Value::String(s) if !s.trim().is_empty() => s.trim().to_string(),
+                        Value::String(s)
+                            if !s.trim().is_empty()
+                                && s.trim().len() <= crate::event::MAX_ID_BYTES =>
+                        {
+                            s.trim().to_string()
+                        }
                         Value::Number(n) => n.to_string(),
                         _ => {
-                            tracing::warn!(source = %self.s.name, "the device's serial number is {result}; using the source name as device id (set device = \"…\")");
+                            let shown = crate::redact::printable(
+                                &result.to_string().chars().take(80).collect::<String>(),
+                            );
+                            tracing::warn!(source = %self.s.name, "the device's serial number is {shown} (empty, not text, or over {} bytes); using the source name as device id (set device = \"…\")", crate::event::MAX_ID_BYTES);
                             self.s.name.clone()
                         }
                     };
@@ -563,14 +572,29 @@ impl<'a> Session<'a> {
     }
 
     /// Takes decoded values: into the snapshot while syncing, out as messages after.
-    fn absorb(&mut self, d: Decoded) {
+    fn absorb(&mut self, mut d: Decoded) {
         for (path, why) in &d.bad_values {
             self.counters.decode_error("bad_value");
             if let Some(suppressed) = self.frame_log.check(Instant::now()) {
                 tracing::warn!(source = %self.s.name, suppressed, "value of {path} ignored: {why}");
             }
         }
-        self.status.message(d.bad_values.len() as u64);
+        // A path over the limit (a broken or hostile device) is refused, the rest goes on.
+        let fits = |p: &String| p.len() <= crate::event::MAX_ID_BYTES;
+        let before = d.updated.len() + d.removed.len() + d.events.len();
+        d.updated.retain(|(p, _)| fits(p));
+        d.removed.retain(fits);
+        d.events.retain(|(p, _)| fits(p));
+        let refused = before - (d.updated.len() + d.removed.len() + d.events.len());
+        if refused > 0 {
+            for _ in 0..refused {
+                self.counters.decode_error("too_long");
+            }
+            if let Some(suppressed) = self.frame_log.check(Instant::now()) {
+                tracing::warn!(source = %self.s.name, suppressed, "{refused} value(s) ignored: path over {} bytes", crate::event::MAX_ID_BYTES);
+            }
+        }
+        self.status.message((d.bad_values.len() + refused) as u64);
         let now = crate::timefmt::now_ms();
         let device = self.device.clone().unwrap_or_else(|| self.s.name.clone());
         let event = |kind: Kind, path: String, value: Value| Event {

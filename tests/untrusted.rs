@@ -1,0 +1,97 @@
+//! What a publisher, a receiver or a client of the admin listener sends cannot stall the
+//! daemon or make it carry more than its limits (issue #23), through the real binary: idle
+//! connections from one address do not lock out another; an id or path over 256 bytes is
+//! refused and counted, and the messages around it still go.
+
+use roomhook_testkit::*;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_one_address_do_not_lock_out_another() {
+    let (rig, mut daemon) = Rig::new().start().await;
+    assert!(
+        wait_until(Duration::from_secs(20), || http_get(
+            rig.admin, "/healthz", None
+        )
+        .0 == 200),
+        "{}",
+        daemon.logs()
+    );
+    // 200 connections from 127.0.0.1 that never send a byte.
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", rig.admin)).ok())
+        .collect();
+    assert!(idle.len() >= 150, "only {} connections opened", idle.len());
+    // Another address is answered at once.
+    let started = Instant::now();
+    let a = request_from(
+        Ipv4Addr::new(127, 0, 0, 2),
+        rig.admin,
+        "GET",
+        "/healthz",
+        &[],
+        "",
+    );
+    let took = started.elapsed();
+    assert_eq!(a.status, 200, "{}", daemon.logs());
+    assert!(
+        took < Duration::from_secs(1),
+        "/healthz from 127.0.0.2 took {took:?}"
+    );
+    // And the idle ones are closed before long: each read ends (EOF or reset).
+    for mut s in idle.into_iter().take(40) {
+        use std::io::Read;
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("an idle connection was not closed: {other:?}"),
+        }
+    }
+    assert_eq!(daemon.stop(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_id_over_256_bytes_is_refused_and_counted() {
+    let (rig, mut daemon) = Rig::new().start().await;
+    let long = "d".repeat(2000);
+    let messages = vec![
+        (
+            "bench/room-1/status".to_string(),
+            r#"{"people": 1}"#.to_string(),
+        ),
+        (
+            format!("bench/{long}/status"),
+            r#"{"people": 2}"#.to_string(),
+        ),
+        (
+            "bench/room-1/status".to_string(),
+            r#"{"people": 3}"#.to_string(),
+        ),
+    ];
+    publish_all(rig.broker.port, messages, None).await.unwrap();
+    assert!(
+        rig.rx
+            .receiver
+            .wait_accepted(2, Duration::from_secs(20))
+            .await,
+        "{}",
+        daemon.logs()
+    );
+    let counted = r#"roomhook_source_decode_errors_total{source="sensors",reason="too_long"}"#;
+    assert!(
+        wait_until(Duration::from_secs(10), || metric(rig.admin, counted)
+            == Some(1.0)),
+        "{counted}: {:?}",
+        metric(rig.admin, counted)
+    );
+    let got = people_counts(&rig.rx.receiver.accepted());
+    assert_eq!(
+        got,
+        vec![("room-1".to_string(), 1), ("room-1".to_string(), 3)],
+        "the long id must not be forwarded"
+    );
+    assert_eq!(daemon.stop(), Some(0));
+}
