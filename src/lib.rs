@@ -27,5 +27,6 @@ pub mod supervisor;
 pub mod timefmt;
 pub mod tls;
 pub mod value;
+pub mod wallclock;
 
 pub use tls::install_crypto_provider;

@@ -15,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::pulse::Pulses;
 use crate::store::change::{Done, Step};
 use crate::store::{Store, WebhookId};
+use crate::wallclock::Ages;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -69,6 +70,16 @@ struct Orphan {
     since_ms: i64,
     /// The URL its events were routed for (`None`: kept before that was recorded).
     url: Option<String>,
+}
+
+/// The names of the orphans kept for `retention` or longer.
+fn expired_orphans(orphans: &[Orphan], retention: Duration, ages: &Ages) -> Vec<String> {
+    let keep_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    orphans
+        .iter()
+        .filter(|o| ages.age_ms(o.since_ms) >= keep_ms)
+        .map(|o| o.name.clone())
+        .collect()
 }
 
 /// The keys that only a restart applies, as far as they changed.
@@ -410,7 +421,7 @@ impl Supervisor {
     fn refresh_metrics(&self) {
         use crate::store::DropReason;
         let (m, store) = (&self.metrics, &self.store);
-        let now = crate::timefmt::now_ms();
+        let ages = crate::wallclock::ages();
         let mut seen = self.dropped_seen.lock().unwrap_or_else(|p| p.into_inner());
         for w in self.webhooks().iter() {
             let label = Metrics::webhook(&w.settings.name);
@@ -425,7 +436,7 @@ impl Supervisor {
                 .set(store.dead_count(w.id) as i64);
             let age = store
                 .oldest_ts(w.id)
-                .map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
+                .map_or(0.0, |t| ages.age_ms(t).max(0) as f64 / 1000.0);
             m.queue_oldest_age.get_or_create(&label).set(age);
             let last = seen.entry(w.id).or_default();
             for (i, reason) in DropReason::ALL.into_iter().enumerate() {
@@ -662,16 +673,11 @@ impl Supervisor {
 
     /// Purges orphans older than `orphan_retention`.
     pub async fn expire_orphans(&self) -> Result<(), ActionError> {
-        let now = crate::timefmt::now_ms();
-        let keep_ms = i64::try_from(self.orphan_retention().as_millis()).unwrap_or(i64::MAX);
-        let expired: Vec<String> = self
-            .orphans
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|o| now.saturating_sub(o.since_ms) >= keep_ms)
-            .map(|o| o.name.clone())
-            .collect();
+        let expired = expired_orphans(
+            &self.orphans.lock().unwrap_or_else(|p| p.into_inner()),
+            self.orphan_retention(),
+            &crate::wallclock::ages(),
+        );
         for name in expired {
             let n = self
                 .store
@@ -1180,5 +1186,76 @@ impl Supervisor {
             stop,
             task,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wallclock::{Jumps, Reading};
+    use std::time::Instant;
+
+    const DAY_MS: i64 = 86_400_000;
+
+    fn orphan(name: &str, since_ms: i64) -> Orphan {
+        Orphan {
+            name: name.to_string(),
+            id: WebhookId(1),
+            since_ms,
+            url: None,
+        }
+    }
+
+    #[test]
+    fn an_orphan_kept_before_the_clock_jumps_two_years_ahead_is_not_dropped_by_it() {
+        // Kept since the previous shutdown, then a boot at the last saved time
+        // (fake-hwclock) an hour later, and NTP moves the clock two years on.
+        let boot = Reading {
+            wall_ms: 1_700_000_000_000,
+            mono: Instant::now(),
+        };
+        let mut jumps = Jumps::default();
+        jumps.observe(boot);
+        let orphans = [
+            orphan("old", boot.wall_ms - DAY_MS),
+            orphan("new", boot.wall_ms),
+        ];
+        let synced = Reading {
+            wall_ms: boot.wall_ms + 730 * DAY_MS + 60_000,
+            mono: boot.mono + Duration::from_secs(60),
+        };
+        jumps.observe(synced);
+        let week = Duration::from_secs(7 * 86_400);
+        assert_eq!(
+            expired_orphans(&orphans, week, &jumps.ages(synced.wall_ms)),
+            Vec::<String>::new()
+        );
+        // Six days on, the one kept a day before the boot has had its seven days.
+        let later = Reading {
+            wall_ms: synced.wall_ms + 6 * DAY_MS,
+            mono: synced.mono + Duration::from_secs(6 * 86_400),
+        };
+        jumps.observe(later);
+        assert_eq!(
+            expired_orphans(&orphans, week, &jumps.ages(later.wall_ms)),
+            ["old"]
+        );
+    }
+
+    #[test]
+    fn with_a_steady_clock_an_orphan_goes_after_orphan_retention_as_before() {
+        let t0 = Reading {
+            wall_ms: 1_700_000_000_000,
+            mono: Instant::now(),
+        };
+        let mut jumps = Jumps::default();
+        jumps.observe(t0);
+        let orphans = [
+            orphan("a", t0.wall_ms - 7 * DAY_MS),
+            orphan("b", t0.wall_ms),
+        ];
+        let ages = jumps.ages(t0.wall_ms);
+        let week = Duration::from_secs(7 * 86_400);
+        assert_eq!(expired_orphans(&orphans, week, &ages), ["a"]);
     }
 }

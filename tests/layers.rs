@@ -20,6 +20,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("redact", 0),
     ("timefmt", 0),
     ("tls", 1),
+    ("wallclock", 1),
     // The model: shared value types, the catalog, the event, the devices seen.
     ("value", 2),
     ("catalog", 2),

@@ -56,6 +56,8 @@ pub fn status(sup: &Supervisor) -> Value {
 /// Everything `roomhook status` shows, with the readiness verdict.
 pub fn report(sup: &Supervisor) -> StatusReport {
     let now = crate::timefmt::now_ms();
+    // The oldest queued event's age as max_queue_age measures it.
+    let ages = crate::wallclock::ages();
     let store = sup.store();
     let health = store.health();
     let mut problems: Vec<String> = Vec::new();
@@ -137,7 +139,7 @@ pub fn report(sup: &Supervisor) -> StatusReport {
             queue: QueueReport {
                 events: store.depth(w.id),
                 bytes: store.bytes(w.id),
-                oldest_age_s: oldest.map(|t| (now - t).max(0) as f64 / 1000.0),
+                oldest_age_s: oldest.map(|t| ages.age_ms(t).max(0) as f64 / 1000.0),
                 dead_letters: store.dead_count(w.id),
                 dropped,
             },

@@ -18,6 +18,7 @@ use crate::config::{Ordering, WebhookSettings};
 use crate::metrics::{Metrics, WebhookCodeLabel, WebhookKindLabel, WebhookStateLabel};
 use crate::ratelog::RateLog;
 use crate::store::{DeadLetter, DropReason, Entry, Store, WebhookId};
+use crate::wallclock::Ages;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use prometheus_client::metrics::counter::Counter;
@@ -465,11 +466,7 @@ impl Worker {
                 continue;
             }
             if let Some(age) = self.settings.max_queue_age {
-                let oldest_ok = crate::timefmt::now_ms() - age.as_millis() as i64;
-                let expired = items
-                    .iter()
-                    .take_while(|e| e.event.ts_ms < oldest_ok)
-                    .count();
+                let expired = expired(&items, age, &crate::wallclock::ages());
                 if expired > 0 {
                     let gone = pace.sched.discard(&lane, expired);
                     self.store
@@ -777,5 +774,93 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+/// How many of `items`, oldest first, are older than `max_age` (`max_queue_age`): they
+/// leave unsent. The count stops at the first younger one.
+fn expired(items: &[Arc<Entry>], max_age: Duration, ages: &Ages) -> usize {
+    let max_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+    items
+        .iter()
+        .take_while(|e| ages.age_ms(e.event.ts_ms) > max_ms)
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Kind;
+    use crate::event::Event;
+    use crate::wallclock::{Jumps, Reading};
+
+    const YEAR_MS: i64 = 365 * 86_400_000;
+
+    fn entry(seq: u64, ts_ms: i64) -> Arc<Entry> {
+        Arc::new(Entry {
+            seq,
+            event: Event {
+                device: "d".into(),
+                workspace: None,
+                path: "RoomAnalytics.PeopleCount.Current".into(),
+                kind: Kind::Status,
+                value: serde_json::json!(1),
+                ts_ms,
+                full_sync: false,
+                more: Vec::new(),
+            },
+        })
+    }
+
+    #[test]
+    fn events_queued_before_the_clock_jumps_two_years_ahead_do_not_expire_by_it() {
+        // A gateway without a real-time clock: it boots in 1970 and NTP sets it to today.
+        let boot = Reading {
+            wall_ms: 60_000,
+            mono: Instant::now(),
+        };
+        let mut jumps = Jumps::default();
+        jumps.observe(boot);
+        let items = [entry(1, 61_000), entry(2, 62_000)];
+        let synced = Reading {
+            wall_ms: boot.wall_ms + 2 * YEAR_MS + 10_000,
+            mono: boot.mono + Duration::from_secs(10),
+        };
+        jumps.observe(synced);
+        let ages = jumps.ages(synced.wall_ms);
+        assert_eq!(expired(&items, Duration::from_secs(3600), &ages), 0);
+        // They still age as the monotonic clock goes: an hour on, they are past an hour.
+        let later = Reading {
+            wall_ms: synced.wall_ms + 3_600_000,
+            mono: synced.mono + Duration::from_secs(3600),
+        };
+        jumps.observe(later);
+        assert_eq!(
+            expired(
+                &items,
+                Duration::from_secs(3600),
+                &jumps.ages(later.wall_ms)
+            ),
+            2
+        );
+    }
+
+    #[test]
+    fn with_a_steady_clock_events_older_than_max_queue_age_expire_as_before() {
+        let t0 = Reading {
+            wall_ms: 1_800_000_000_000,
+            mono: Instant::now(),
+        };
+        let mut jumps = Jumps::default();
+        jumps.observe(t0);
+        let items = [entry(1, t0.wall_ms), entry(2, t0.wall_ms + 30_000)];
+        let now = Reading {
+            wall_ms: t0.wall_ms + 3_620_000,
+            mono: t0.mono + Duration::from_millis(3_620_000),
+        };
+        jumps.observe(now);
+        let ages = jumps.ages(now.wall_ms);
+        assert_eq!(expired(&items, Duration::from_secs(3600), &ages), 1);
+        assert_eq!(expired(&items, Duration::from_secs(3700), &ages), 0);
     }
 }
