@@ -1,6 +1,6 @@
 //! What a publisher, a receiver or a client of the admin listener sends cannot stall the
 //! daemon or make it carry more than its limits (issue #23), through the real binary: idle
-//! connections from one address do not lock out another; an id or path over 256 bytes is
+//! connections do not keep a request waiting, from another address or their own; an id or path over 256 bytes is
 //! refused and counted, and the messages around it still go.
 
 use roomhook_testkit::*;
@@ -93,5 +93,112 @@ async fn a_device_id_over_256_bytes_is_refused_and_counted() {
         vec![("room-1".to_string(), 1), ("room-1".to_string(), 3)],
         "the long id must not be forwarded"
     );
+    assert_eq!(daemon.stop(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_sends_no_secret_of_a_source_or_the_admin_to_a_webhook() {
+    let token = "admin-token-0123456789";
+    let rig = Rig::new()
+        .config(|d| {
+            d.set("sources.mqtt[sensors].username", "roomhook")
+                .set("sources.mqtt[sensors].password_file", "mqtt-password")
+                .set("admin.token_file", "admin-token");
+        })
+        .build()
+        .await;
+    let dir = rig.dir.path();
+    std::fs::write(dir.join("mqtt-password"), "device-secret\n").unwrap();
+    std::fs::write(dir.join("admin-token"), format!("{token}\n")).unwrap();
+    std::fs::write(dir.join("loose-token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::create_dir_all(dir.join("secrets/webhooks")).unwrap();
+    std::fs::write(dir.join("secrets/webhooks/bi-token"), format!("{TOKEN}\n")).unwrap();
+    // A webhook secret that is a link to the device's password.
+    std::os::unix::fs::symlink(
+        dir.join("mqtt-password"),
+        dir.join("secrets/webhooks/sneaky"),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&rig.config);
+    let auth = format!("Bearer {token}");
+    // The receiver is trusted: without the checks, the healthCheck would carry the secret.
+    let ca = rig
+        .rx
+        .ca_file
+        .strip_prefix(dir)
+        .unwrap()
+        .display()
+        .to_string();
+    let add = |body: String| {
+        let a = request(
+            rig.admin,
+            "POST",
+            "/v1/webhooks",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            &body,
+        );
+        (a.status, a.body)
+    };
+    for (key, file, why) in [
+        ("password_file", "mqtt-password", "[sources]'s secret"),
+        ("authorization_file", "admin-token", "[admin]'s secret"),
+        (
+            "password_file",
+            "secrets/webhooks/sneaky",
+            "[sources]'s secret",
+        ),
+        ("signing_secret_file", "mqtt-password", "[sources]'s secret"),
+        ("authorization_file", "loose-token", "not a webhook secret"),
+    ] {
+        let user = if key == "password_file" {
+            r#""username":"u","#
+        } else {
+            ""
+        };
+        let (status, answer) = add(format!(
+            r#"{{"name":"leak","url":"{}","ca_file":"{ca}",{user}"{key}":"{file}","statuses":["RoomAnalytics.*"]}}"#,
+            rig.rx.url
+        ));
+        assert_eq!(status, 400, "{key} = {file}: {answer}");
+        assert!(answer.contains(why), "{key} = {file}: {answer}");
+    }
+    assert!(
+        rig.rx.receiver.requests().is_empty(),
+        "a refused secret reached the receiver"
+    );
+    // The CLI gets the same answer.
+    let (code, _, err) = webhook_cli(
+        &rig.config,
+        &[
+            "add",
+            "--name",
+            "leak",
+            "--url",
+            &rig.rx.url,
+            "--username",
+            "u",
+            "--password-file",
+            "mqtt-password",
+            "--statuses",
+            "RoomAnalytics.*",
+        ],
+    )
+    .await;
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("[sources]'s secret"), "{err}");
+    // A webhook secret is taken, and a second webhook to elsewhere cannot borrow it.
+    let (status, answer) = add(format!(
+        r#"{{"name":"bi","url":"{}","ca_file":"{ca}","authorization_file":"secrets/webhooks/bi-token","statuses":["RoomAnalytics.*"]}}"#,
+        rig.rx.url
+    ));
+    assert_eq!(status, 201, "{answer}");
+    let (status, answer) = add(
+        r#"{"name":"other","url":"https://127.0.0.1:9/x","authorization_file":"secrets/webhooks/bi-token","statuses":["RoomAnalytics.*"]}"#.to_string(),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains(r#"secret of webhook \"bi\""#), "{answer}");
     assert_eq!(daemon.stop(), Some(0));
 }

@@ -226,21 +226,55 @@ async fn json_body(req: Request<Incoming>) -> Result<serde_json::Map<String, Val
     }
 }
 
-/// File references made through the API stay inside the config directory and
-/// `$CREDENTIALS_DIRECTORY`: relative, without `..` (otherwise an API caller could have any
-/// file the daemon can read sent to a URL of its choosing as a header).
-fn confine_files(values: &serde_json::Map<String, Value>, sup: &Supervisor) -> Result<(), String> {
+/// Keys of a webhook whose file is a secret (sent to the receiver, or proving who roomhook
+/// is): through the API they may name only a webhook secret (see [`confine_files`]).
+const SECRET_FILE_KEYS: [&str; 4] = [
+    "authorization_file",
+    "password_file",
+    "signing_secret_file",
+    "client_key_file",
+];
+
+/// Where webhook secrets named through the API live, beside the config file.
+pub const WEBHOOK_SECRETS_DIR: &str = "secrets/webhooks";
+
+/// File references made through the API for webhook `name` (`None`: a new one) going to
+/// `url`. Every file stays inside the config directory or `$CREDENTIALS_DIRECTORY`:
+/// relative, without `..` (otherwise an API caller could have any file the daemon can read
+/// sent to a URL of its choosing as a header). A secret file (authorization, password,
+/// signing secret, client key) must moreover be a webhook secret: under
+/// `secrets/webhooks/` beside the config or a credential, never a file the sources or
+/// `[admin]` use (a device's password, the admin token), and never another webhook's unless
+/// that one goes to the same origin.
+fn confine_files(
+    values: &serde_json::Map<String, Value>,
+    sup: &Supervisor,
+    name: Option<&str>,
+) -> Result<(), String> {
     let (config_file, data_dir) = sup.paths();
     let canon = |p: &Path| std::fs::canonicalize(p).ok();
     let config_dir = crate::config::base_dir(config_file);
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").and_then(|d| canon(Path::new(&d)));
     let allowed: Vec<PathBuf> = std::iter::once(canon(config_dir))
-        .chain(std::iter::once(
-            std::env::var_os("CREDENTIALS_DIRECTORY").and_then(|d| canon(Path::new(&d))),
-        ))
+        .chain(std::iter::once(credentials.clone()))
         .flatten()
         .collect();
+    let webhook_secrets: Vec<PathBuf> =
+        std::iter::once(canon(&config_dir.join(WEBHOOK_SECRETS_DIR)))
+            .chain(std::iter::once(credentials))
+            .flatten()
+            .collect();
     let forbidden_file = canon(config_file);
     let forbidden_dir = canon(data_dir);
+    let url = values
+        .get("url")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| {
+            name.and_then(|n| sup.webhook(n))
+                .map(|w| w.settings.url.to_string())
+        });
+    let mut uses: Option<FileUses> = None;
     for (key, v) in values {
         let Some(p) = v.as_str().filter(|_| key.ends_with("_file")) else {
             continue;
@@ -273,8 +307,103 @@ fn confine_files(values: &serde_json::Map<String, Value>, sup: &Supervisor) -> R
                 "{key}: {p:?} is roomhook's own config or store, not a secret file"
             ));
         }
+        if !SECRET_FILE_KEYS.contains(&key.as_str()) {
+            continue;
+        }
+        let uses = uses.get_or_insert_with(|| FileUses::of(config_file, config_dir));
+        if let Some(user) = uses.local.iter().find(|(f, _)| *f == real).map(|(_, u)| u) {
+            return Err(format!(
+                "{key}: {p:?} is {user}'s secret, not a webhook's: a webhook cannot send it anywhere"
+            ));
+        }
+        if !webhook_secrets.iter().any(|a| real.starts_with(a)) {
+            return Err(format!(
+                "{key}: {p:?} is not a webhook secret; through the control API a webhook's secrets are read only from {WEBHOOK_SECRETS_DIR}/ beside the config file (or $CREDENTIALS_DIRECTORY) — put the file there and name it \"{WEBHOOK_SECRETS_DIR}/…\""
+            ));
+        }
+        let origin = url.as_deref().and_then(origin);
+        if let Some(other) = uses.webhooks.iter().find(|(f, n, o)| {
+            *f == real && Some(n.as_str()) != name && (o.is_none() || *o != origin)
+        }) {
+            return Err(format!(
+                "{key}: {p:?} is the secret of webhook {:?}, which goes elsewhere; give this webhook a secret file of its own",
+                other.1
+            ));
+        }
     }
     Ok(())
+}
+
+/// `scheme://host:port` of a URL.
+fn origin(url: &str) -> Option<String> {
+    let u = url::Url::parse(url).ok()?;
+    Some(format!(
+        "{}://{}:{}",
+        u.scheme(),
+        u.host_str()?,
+        u.port_or_known_default()?
+    ))
+}
+
+/// The files the running config file names, resolved: those of the sources and `[admin]`
+/// (with who uses them), and those of the webhooks (with the webhook and its origin).
+struct FileUses {
+    local: Vec<(PathBuf, String)>,
+    webhooks: Vec<(PathBuf, String, Option<String>)>,
+}
+
+impl FileUses {
+    fn of(config_file: &Path, config_dir: &Path) -> FileUses {
+        let mut uses = FileUses {
+            local: Vec::new(),
+            webhooks: Vec::new(),
+        };
+        let Ok(doc) = std::fs::read_to_string(config_file)
+            .map_err(|_| ())
+            .and_then(|t| t.parse::<toml::Table>().map_err(|_| ()))
+        else {
+            return uses;
+        };
+        let resolve = |p: &str| {
+            std::fs::canonicalize(crate::config::secret::secret_path(config_dir, Path::new(p))).ok()
+        };
+        for (section, v) in &doc {
+            if section == "webhooks" {
+                for w in v.as_array().into_iter().flatten() {
+                    let name = w.get("name").and_then(|n| n.as_str()).unwrap_or("?");
+                    let origin = w.get("url").and_then(|u| u.as_str()).and_then(origin);
+                    let mut files = Vec::new();
+                    files_in(w, &mut files);
+                    for f in files.iter().filter_map(|f| resolve(f)) {
+                        uses.webhooks.push((f, name.to_string(), origin.clone()));
+                    }
+                }
+            } else {
+                let mut files = Vec::new();
+                files_in(v, &mut files);
+                for f in files.iter().filter_map(|f| resolve(f)) {
+                    uses.local.push((f, format!("[{section}]")));
+                }
+            }
+        }
+        uses
+    }
+}
+
+/// Every string value of a `*_file` key in `v`, at any depth.
+fn files_in(v: &toml::Value, out: &mut Vec<String>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                match v {
+                    toml::Value::String(s) if k.ends_with("_file") => out.push(s.clone()),
+                    _ => files_in(v, out),
+                }
+            }
+        }
+        toml::Value::Array(a) => a.iter().for_each(|v| files_in(v, out)),
+        _ => {}
+    }
 }
 
 fn query_flag(query: &str, key: &str, default: bool) -> bool {
@@ -313,7 +442,7 @@ pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
         (&Method::POST, ["v1", "webhooks"]) => {
             let values = match json_body(req)
                 .await
-                .and_then(|v| confine_files(&v, sup).map(|()| v))
+                .and_then(|v| confine_files(&v, sup, None).map(|()| v))
             {
                 Ok(v) => v,
                 Err(e) => return reply(StatusCode::BAD_REQUEST, json!({ "error": e })),
@@ -341,7 +470,7 @@ pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
             let name = name.to_string();
             let changes = match json_body(req)
                 .await
-                .and_then(|v| confine_files(&v, sup).map(|()| v))
+                .and_then(|v| confine_files(&v, sup, Some(name.as_str())).map(|()| v))
             {
                 Ok(v) => v,
                 Err(e) => return reply(StatusCode::BAD_REQUEST, json!({ "error": e })),

@@ -55,18 +55,19 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationTo
             },
             _ = shutdown.cancelled() => return,
         };
-        // Every connection is accepted; one over a limit is closed at once, so that the
-        // backlog never holds a health check behind someone else's idle connections.
+        // Every connection is accepted and gets a place, in place of an idle one if need
+        // be; the backlog never holds a request behind someone else's idle connections.
         let place = match slots.take(peer.ip()) {
             Ok(p) => p,
             Err(why) => {
                 if let Some(suppressed) = refused_log.check(std::time::Instant::now()) {
                     let what = match why {
-                        slots::Refused::Full => {
-                            format!("all {} places are taken", slots::MAX_CONNECTIONS)
-                        }
+                        slots::Refused::Full => format!(
+                            "all {} connections are answering requests",
+                            slots::MAX_CONNECTIONS
+                        ),
                         slots::Refused::Address => format!(
-                            "{} holds {} connections already",
+                            "{} has {} connections answering requests",
                             peer.ip(),
                             slots::PER_ADDRESS
                         ),
@@ -84,8 +85,16 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationTo
         let admin = admin.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            let _place = place;
-            let svc = hyper::service::service_fn(move |req| handle(req, admin.clone(), peer.ip()));
+            let conn_state = place.conn.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let busy = conn_state.busy();
+                let admin = admin.clone();
+                async move {
+                    let answer = handle(req, admin, peer.ip()).await;
+                    drop(busy);
+                    answer
+                }
+            });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
@@ -93,8 +102,10 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationTo
             tokio::select! {
                 _ = conn => {}
                 _ = tokio::time::sleep(CONNECTION_LIMIT) => {}
+                _ = place.conn.closed.cancelled() => {}
                 _ = stop.cancelled() => {}
             }
+            drop(place);
         });
     }
 }

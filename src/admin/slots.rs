@@ -1,23 +1,86 @@
 //! Who may hold the admin listener's connections: at most [`MAX_CONNECTIONS`] in all and
-//! [`PER_ADDRESS`] from one client address, so that one client holding idle connections
-//! cannot lock out another (a health check, the console, the CLI). A connection over
-//! either limit is closed at once rather than queued behind the others.
+//! [`PER_ADDRESS`] from one client address. A connection that finds no place takes the
+//! place of the longest-held idle one (connected, and not in the middle of a request):
+//! of its own address when that address holds its share, of the address holding the most
+//! when every place is taken. So idle connections, however many and from wherever, never
+//! keep a request (a health check, the console, the CLI) waiting; only when every place is
+//! busy answering is a new connection closed at once.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
 
 /// Connections the listener serves at once.
 pub const MAX_CONNECTIONS: usize = 32;
 /// Connections one client address may hold at once (a browser opens about six).
 pub const PER_ADDRESS: usize = 8;
 
-/// The connections held, per client address.
+/// The connections held, per client address, oldest first.
 #[derive(Debug)]
 pub struct Slots {
     max: usize,
     per_address: usize,
-    held: Mutex<HashMap<IpAddr, usize>>,
+    held: Mutex<Held>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    next_id: u64,
+    by_address: HashMap<IpAddr, Vec<(u64, Arc<Conn>)>>,
+}
+
+impl Held {
+    fn total(&self) -> usize {
+        self.by_address.values().map(Vec::len).sum()
+    }
+
+    /// Closes the oldest idle connection of `ip`; whether there was one.
+    fn evict_idle(&mut self, ip: IpAddr) -> bool {
+        let Some(conns) = self.by_address.get_mut(&ip) else {
+            return false;
+        };
+        let Some(i) = conns.iter().position(|(_, c)| c.is_idle()) else {
+            return false;
+        };
+        let (_, c) = conns.remove(i);
+        c.closed.cancel();
+        if conns.is_empty() {
+            self.by_address.remove(&ip);
+        }
+        true
+    }
+}
+
+/// One connection's state, shared with its task.
+#[derive(Debug, Default)]
+pub struct Conn {
+    /// Requests being answered.
+    busy: AtomicUsize,
+    /// Cancelled when its place is given to another connection.
+    pub closed: CancellationToken,
+}
+
+impl Conn {
+    fn is_idle(&self) -> bool {
+        self.busy.load(Ordering::SeqCst) == 0
+    }
+
+    /// Marks a request as being answered until the guard is dropped.
+    pub fn busy(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        Busy(self.clone())
+    }
+}
+
+/// A request being answered (see [`Conn::busy`]).
+pub struct Busy(Arc<Conn>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// One connection's place; given back when dropped.
@@ -25,14 +88,17 @@ pub struct Slots {
 pub struct Slot {
     slots: Arc<Slots>,
     ip: IpAddr,
+    id: u64,
+    /// The connection's state.
+    pub conn: Arc<Conn>,
 }
 
 /// Why a connection got no place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
-    /// Every place is taken.
+    /// Every place is taken by a connection answering a request.
     Full,
-    /// Its address holds its share already.
+    /// Its address holds its share, every one answering a request.
     Address,
 }
 
@@ -42,25 +108,39 @@ impl Slots {
         Arc::new(Slots {
             max,
             per_address,
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(Held::default()),
         })
     }
 
-    /// A place for a connection from `ip`, when both limits allow one.
+    /// A place for a connection from `ip`, when both limits allow one, perhaps in place of
+    /// an idle connection.
     pub fn take(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refused> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let total: usize = held.values().sum();
-        let mine = held.get(&ip).copied().unwrap_or(0);
-        if mine >= self.per_address {
+        let mine = held.by_address.get(&ip).map_or(0, Vec::len);
+        if mine >= self.per_address && !held.evict_idle(ip) {
             return Err(Refused::Address);
         }
-        if total >= self.max {
-            return Err(Refused::Full);
+        if held.total() >= self.max {
+            // The address holding the most gives up an idle place.
+            let mut addresses: Vec<(usize, IpAddr)> =
+                held.by_address.iter().map(|(a, c)| (c.len(), *a)).collect();
+            addresses.sort_by(|a, b| b.cmp(a));
+            if !addresses.into_iter().any(|(_, a)| held.evict_idle(a)) {
+                return Err(Refused::Full);
+            }
         }
-        held.insert(ip, mine + 1);
+        held.next_id += 1;
+        let id = held.next_id;
+        let conn = Arc::new(Conn::default());
+        held.by_address
+            .entry(ip)
+            .or_default()
+            .push((id, conn.clone()));
         Ok(Slot {
             slots: self.clone(),
             ip,
+            id,
+            conn,
         })
     }
 }
@@ -68,10 +148,10 @@ impl Slots {
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut held = self.slots.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = held.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.ip);
+        if let Some(conns) = held.by_address.get_mut(&self.ip) {
+            conns.retain(|(id, _)| *id != self.id);
+            if conns.is_empty() {
+                held.by_address.remove(&self.ip);
             }
         }
     }
@@ -81,21 +161,42 @@ impl Drop for Slot {
 mod tests {
     use super::*;
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
-    fn one_address_holds_its_share_and_others_still_get_in() {
+    fn an_idle_connection_gives_its_place_to_a_new_one_of_its_address() {
         let slots = Slots::new(4, 2);
-        let a: IpAddr = "127.0.0.1".parse().unwrap();
-        let b: IpAddr = "127.0.0.2".parse().unwrap();
-        let c: IpAddr = "127.0.0.3".parse().unwrap();
-        let a1 = slots.take(a).unwrap();
-        let _a2 = slots.take(a).unwrap();
-        assert_eq!(slots.take(a).unwrap_err(), Refused::Address);
-        let _b1 = slots.take(b).unwrap();
-        let _b2 = slots.take(b).unwrap();
-        assert_eq!(slots.take(c).unwrap_err(), Refused::Full);
+        let a1 = slots.take(ip("127.0.0.1")).unwrap();
+        let a2 = slots.take(ip("127.0.0.1")).unwrap();
+        let _busy = a2.conn.busy();
+        let a3 = slots.take(ip("127.0.0.1")).unwrap();
+        assert!(a1.conn.closed.is_cancelled(), "the idle one goes");
+        assert!(!a2.conn.closed.is_cancelled(), "the busy one stays");
+        // Both left are busy: the next one is refused.
+        let _busy3 = a3.conn.busy();
+        assert_eq!(slots.take(ip("127.0.0.1")).unwrap_err(), Refused::Address);
         drop(a1);
-        let _c1 = slots.take(c).unwrap();
-        assert_eq!(slots.take(a).unwrap_err(), Refused::Full);
-        assert_eq!(slots.held.lock().unwrap().len(), 3);
+        assert_eq!(slots.held.lock().unwrap().total(), 2);
+    }
+
+    #[test]
+    fn when_every_place_is_taken_the_address_holding_the_most_gives_up_an_idle_one() {
+        let slots = Slots::new(4, 3);
+        let a: Vec<Slot> = (0..3)
+            .map(|_| slots.take(ip("127.0.0.1")).unwrap())
+            .collect();
+        let b = slots.take(ip("127.0.0.2")).unwrap();
+        let c = slots.take(ip("127.0.0.3")).unwrap();
+        assert!(a[0].conn.closed.is_cancelled());
+        assert!(!b.conn.closed.is_cancelled());
+        // Every place busy: refused.
+        let _g: Vec<Busy> = a[1..]
+            .iter()
+            .chain([&b, &c])
+            .map(|s| s.conn.busy())
+            .collect();
+        assert_eq!(slots.take(ip("127.0.0.4")).unwrap_err(), Refused::Full);
     }
 }
