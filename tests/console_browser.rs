@@ -281,6 +281,9 @@ async fn a_person_does_in_a_browser_what_the_control_hub_page_does() {
     wait_text(&c, "tr[data-device=\"room-1\"]", &format!("{TEMP} = 21.5")).await;
     wait_text(&c, "#sources", "sensors").await;
     wait_text(&c, "#store-drops", "Dropped: none").await;
+    // A device id is the publisher's to choose, commas and glob characters included.
+    publish_values(e.broker.port, "x, *", &[(None, Some(19.0))]).await;
+    wait_text(&c, "#devices", "x, *").await;
 
     // Add: a plain-http URL and a self-signed receiver are refused with the stage shown.
     click(&c, "#add").await;
@@ -313,6 +316,21 @@ async fn a_person_does_in_a_browser_what_the_control_hub_page_does() {
     type_into(&c, "#f-ca", &ca).await;
     // The devices seen are offered.
     wait_text(&c, "#seen-devices", "room-1").await;
+    // Picking `x, *` selects that device alone, not `x` and every device.
+    wait_text(&c, "#seen-devices", "x, *").await;
+    set_checked(&c, "x, *", true).await;
+    let picked = c
+        .execute("return document.getElementById('f-devices').value", vec![])
+        .await
+        .unwrap();
+    // One quoted item, its glob character escaped (on main: `x, *`, i.e. x and every device).
+    assert_eq!(
+        picked,
+        json!(r#""x, \\*""#),
+        "the picked id widened the selection"
+    );
+    set_checked(&c, "x, *", false).await;
+    type_into(&c, "#f-devices", "*").await;
     screenshot(&c, "add-webhook.png", Some("#editor")).await;
     click(&c, "#save").await;
     let added = wait_text(&c, "#outcome", "Added bi").await;

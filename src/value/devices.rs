@@ -1,4 +1,5 @@
-//! Which devices a webhook selects: ids and globs (`*` any run, `?` one character).
+//! Which devices a webhook selects: ids and globs (`*` any run, `?` one character, `\` makes
+//! the next character literal, so that an id holding `*` or `?` can be named alone).
 
 /// A list of device ids and globs (`*` any run, `?` one character).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,10 +32,19 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
     let (mut pi, mut si) = (0, 0);
     let (mut star, mut mark) = (None, 0);
     while si < s.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
+        // The pattern's next literal byte and its width (`\x` is x); None for `*`, `?`, end.
+        let literal = match p.get(pi) {
+            Some(b'\\') if pi + 1 < p.len() => Some((p[pi + 1], 2)),
+            Some(b'*' | b'?') | None => None,
+            Some(&c) => Some((c, 1)),
+        };
+        if p.get(pi) == Some(&b'?') {
             pi += 1;
             si += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
+        } else if let Some((_, width)) = literal.filter(|(c, _)| *c == s[si]) {
+            pi += width;
+            si += 1;
+        } else if p.get(pi) == Some(&b'*') {
             star = Some(pi);
             pi += 1;
             mark = si;
@@ -61,5 +71,21 @@ mod tests {
         assert!(!d.matches("lobby-12"));
         assert!(!d.matches("hall"));
         assert!(DeviceSelector::parse(vec![]).is_err());
+    }
+
+    #[test]
+    fn an_escaped_glob_character_matches_itself_alone() {
+        // What the console writes for a device whose id is `x, *`.
+        let d = DeviceSelector::parse(vec![r"x, \*".into()]).unwrap();
+        assert!(d.matches("x, *"));
+        assert!(!d.matches("x, y"));
+        assert!(!d.matches("x, "));
+        let d = DeviceSelector::parse(vec![r"a\?b\\c*".into()]).unwrap();
+        assert!(d.matches(r"a?b\c-1"));
+        assert!(!d.matches(r"axb\c"));
+        // A lone backslash at the end is itself.
+        assert!(DeviceSelector::parse(vec![r"x\".into()])
+            .unwrap()
+            .matches(r"x\"));
     }
 }

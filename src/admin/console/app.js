@@ -265,9 +265,12 @@ async function loadCatalog() {
   for (const d of catalog.devices) {
     const box = el("input", { type: "checkbox", value: d, "data-kind": "device" });
     box.addEventListener("change", () => {
-      const list = splitList($("f-devices").value).filter((x) => x !== d && x !== "*");
-      if (box.checked) list.push(d);
-      $("f-devices").value = list.join(", ");
+      let list;
+      try { list = splitItems($("f-devices").value); } catch (e) { return; }
+      const p = idPattern(d);
+      list = list.filter((x) => x !== p && x !== "*");
+      if (box.checked) list.push(p);
+      $("f-devices").value = list.map(showItem).join(", ");
     });
     seen.appendChild(el("label", { class: "inline" }, [box, document.createTextNode(" " + d)]));
   }
@@ -291,15 +294,41 @@ function setting(w, key) {
   return v;
 }
 const splitList = (s) => s.split(",").map((x) => x.trim()).filter((x) => x);
+// A device id as the pattern that selects it alone: a publisher chooses ids, so its glob
+// characters (and the escape itself) are escaped.
+const idPattern = (d) => d.replace(/[\\*?]/g, (c) => "\\" + c);
+// A pattern as the devices field shows it: quoted (JSON) when a comma or quote is in it.
+const showItem = (p) => (/[,"]/.test(p) || p !== p.trim() ? JSON.stringify(p) : p);
+// The devices field's items: text between commas, or a quoted "…" item (JSON).
+function splitItems(s) {
+  const out = [];
+  let i = 0;
+  while (i < s.length) {
+    if (s[i] === "," || /\s/.test(s[i])) { i++; continue; }
+    let j;
+    if (s[i] === '"') {
+      for (j = i + 1; j < s.length && s[j] !== '"'; j += s[j] === "\\" ? 2 : 1);
+      const quoted = s.slice(i, j + 1);
+      try { out.push(JSON.parse(quoted)); } catch (e) { throw new Error("The device " + quoted + " is not a complete quoted item."); }
+      j += 1;
+    } else {
+      j = s.indexOf(",", i);
+      if (j < 0) j = s.length;
+      out.push(s.slice(i, j).trim());
+    }
+    i = j;
+  }
+  return out.filter((x) => x);
+}
 function authKind() { return document.querySelector('input[name="auth"]:checked').value; }
 function showAuth() {
   $("auth-token").hidden = authKind() !== "token";
   $("auth-basic").hidden = authKind() !== "basic";
 }
-function setChecks(kind, values) {
+function setChecks(kind, values, pattern = (v) => v) {
   const left = new Set(values);
   for (const b of document.querySelectorAll('input[data-kind="' + kind + '"]')) {
-    b.checked = left.delete(b.value);
+    b.checked = left.delete(pattern(b.value));
   }
   return [...left];
 }
@@ -334,8 +363,8 @@ async function openEditor(name) {
     $("f-key").value = text(w.client_key_file);
     const hn = Object.keys(w.headers || {});
     if (hn.length) { $("headers-hint").hidden = false; $("headers-hint").textContent = "Now: " + hn.join(", ") + " (values ***). Leave empty to keep them; anything typed replaces them all."; }
-    $("f-devices").value = w.devices.join(", ");
-    setChecks("device", w.devices);
+    $("f-devices").value = w.devices.map(showItem).join(", ");
+    setChecks("device", w.devices, idPattern);
     $("f-statuses-more").value = setChecks("status", w.statuses).join(", ");
     $("f-events-more").value = setChecks("event", w.events).join(", ");
     for (const [key] of PACING) $("p-" + key).value = text(setting(w, key));
@@ -419,7 +448,7 @@ function formValues() {
   put("client_key_file", file("f-key"), w && w.client_key_file);
   const h = headers();
   if (Object.keys(h).length) v.headers = h;
-  const devices = splitList($("f-devices").value);
+  const devices = splitItems($("f-devices").value);
   if (!devices.length) throw new Error("Choose the devices (or type * for every device).");
   put("devices", devices, w && w.devices);
   put("statuses", checked("status").concat(splitList($("f-statuses-more").value)), w && w.statuses);
