@@ -719,7 +719,12 @@ async fn mutual_tls_static_headers_and_systemd_credentials() {
     .unwrap();
     let ca = dir.path().join("server-ca.pem");
     std::fs::write(&ca, &server.ca_pem).unwrap();
-    let (cert, key) = (dir.path().join("client.pem"), dir.path().join("client.key"));
+    // Through the API a webhook's private key is read only from secrets/webhooks/.
+    std::fs::create_dir_all(dir.path().join("secrets/webhooks")).unwrap();
+    let (cert, key) = (
+        dir.path().join("client.pem"),
+        dir.path().join("secrets/webhooks/client.key"),
+    );
     std::fs::write(&cert, &client.cert_pem).unwrap();
     std::fs::write(&key, &client.key_pem).unwrap();
     let url = format!("https://127.0.0.1:{}/hook", mtls.addr().port());

@@ -202,3 +202,139 @@ async fn the_api_sends_no_secret_of_a_source_or_the_admin_to_a_webhook() {
     assert!(answer.contains(r#"secret of webhook \"bi\""#), "{answer}");
     assert_eq!(daemon.stop(), Some(0));
 }
+
+const ADMIN: &str = "admin-token-0123456789";
+
+/// `GET /v1/webhooks` from `from` with `Bearer token`: the status.
+fn api_from(admin: u16, from: [u8; 4], token: &str) -> u16 {
+    let auth = format!("Bearer {token}");
+    request_from(
+        from.into(),
+        admin,
+        "GET",
+        "/v1/webhooks",
+        &[("authorization", &auth)],
+        "",
+    )
+    .status
+}
+
+/// A console sign-in from `from` with extra headers: the answer.
+fn login_from(admin: u16, from: [u8; 4], token: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut h = vec![("content-type", "application/x-www-form-urlencoded")];
+    h.extend_from_slice(headers);
+    request_from(
+        from.into(),
+        admin,
+        "POST",
+        "/login",
+        &h,
+        &format!("token={token}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_the_admin_token_is_limited_and_never_locks_out_the_right_one() {
+    let (rig, mut daemon) = Rig::new()
+        .console(ADMIN)
+        .config(|d| {
+            d.merge("admin", r#"trusted_proxies = ["127.0.0.1"]"#);
+        })
+        .start()
+        .await;
+    let admin = rig.admin;
+    // Bearer guesses count: five wrong, then that address is refused, even its right token.
+    for _ in 0..5 {
+        assert_eq!(api_from(admin, [127, 0, 0, 2], "guess-guess-guess"), 401);
+    }
+    assert_eq!(api_from(admin, [127, 0, 0, 2], "guess-guess-guess"), 429);
+    assert_eq!(api_from(admin, [127, 0, 0, 2], ADMIN), 429);
+    // Another address is not.
+    assert_eq!(api_from(admin, [127, 0, 0, 3], ADMIN), 200);
+
+    // Behind the trusted proxy every client has its own count: one client's wrong
+    // sign-ins do not lock out another's right one.
+    for _ in 0..5 {
+        let a = login_from(
+            admin,
+            [127, 0, 0, 1],
+            "guess",
+            &[("x-forwarded-for", "10.0.0.5")],
+        );
+        assert_eq!(a.status, 401, "{}", a.body);
+    }
+    let a = login_from(
+        admin,
+        [127, 0, 0, 1],
+        "guess",
+        &[("x-forwarded-for", "10.0.0.5")],
+    );
+    assert_eq!(a.status, 429);
+    let a = login_from(
+        admin,
+        [127, 0, 0, 1],
+        ADMIN,
+        &[("x-forwarded-for", "10.0.0.6")],
+    );
+    assert_eq!(
+        a.status, 303,
+        "the right token from another client behind the proxy"
+    );
+    // A client that is not the proxy cannot name itself another address.
+    for i in 0..5 {
+        let xff = format!("10.0.1.{i}");
+        let a = login_from(admin, [127, 0, 0, 4], "guess", &[("x-forwarded-for", &xff)]);
+        assert_eq!(a.status, 401);
+    }
+    let a = login_from(
+        admin,
+        [127, 0, 0, 4],
+        "guess",
+        &[("x-forwarded-for", "10.0.1.99")],
+    );
+    assert_eq!(a.status, 429);
+
+    // Guesses spread over many addresses: past the global limit wrong answers slow down,
+    // and the right token is still answered at once.
+    // 15 wrong so far; 35 more reach the limit of 50.
+    for i in 0..35u8 {
+        assert_eq!(api_from(admin, [127, 0, 2, i], "guess-guess-guess"), 401);
+    }
+    let started = Instant::now();
+    assert_eq!(api_from(admin, [127, 0, 3, 1], "guess-guess-guess"), 401);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "wrong answers did not slow down"
+    );
+    let started = Instant::now();
+    assert_eq!(api_from(admin, [127, 0, 3, 2], ADMIN), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the right token waited"
+    );
+    assert_eq!(daemon.stop(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_trusted_proxy_is_believed_about_https() {
+    let (rig, mut daemon) = Rig::new()
+        .console(ADMIN)
+        .config(|d| {
+            d.merge("admin", r#"trusted_proxies = ["127.0.0.1"]"#);
+        })
+        .start()
+        .await;
+    let https = [("x-forwarded-proto", "https")];
+    let cookie = |a: &Answer| a.header("set-cookie").unwrap_or_default().to_string();
+    let direct = login_from(rig.admin, [127, 0, 0, 2], ADMIN, &https);
+    assert_eq!(direct.status, 303);
+    assert!(!cookie(&direct).contains("Secure"), "{}", cookie(&direct));
+    let proxied = login_from(rig.admin, [127, 0, 0, 1], ADMIN, &https);
+    assert_eq!(proxied.status, 303);
+    assert!(
+        cookie(&proxied).contains("; Secure"),
+        "{}",
+        cookie(&proxied)
+    );
+    assert_eq!(daemon.stop(), Some(0));
+}

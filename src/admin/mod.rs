@@ -4,6 +4,7 @@
 pub mod api;
 pub mod console;
 pub mod control;
+pub mod guard;
 mod slots;
 pub mod status;
 
@@ -30,6 +31,10 @@ pub struct Admin {
     pub token: Option<Secret>,
     /// The web console (`[admin] console = true`).
     pub console: Option<Arc<console::Console>>,
+    /// `[admin] trusted_proxies`.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Wrong tokens, at the console's sign-in and on `/v1/`.
+    pub guard: Arc<std::sync::Mutex<guard::Guard>>,
 }
 
 /// A client must send its request headers within this, from the moment it connects, and
@@ -110,17 +115,74 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationTo
     }
 }
 
-/// Whether the request carries `Authorization: Bearer <token>` (compared in constant time).
-fn authorized(req: &Request<Incoming>, token: &Secret) -> bool {
-    let Some(given) = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
+/// What a request's `Authorization` says about the admin token.
+enum Bearer {
+    /// No Authorization header: not a guess.
+    Absent,
+    /// The token (compared in constant time).
+    Right,
+    /// Anything else.
+    Wrong,
+}
+
+fn bearer(req: &Request<Incoming>, token: &Secret) -> Bearer {
+    let Some(value) = req.headers().get(hyper::header::AUTHORIZATION) else {
+        return Bearer::Absent;
     };
-    token_matches(token, given)
+    let given = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| token_matches(token, g)) {
+        Bearer::Right
+    } else {
+        Bearer::Wrong
+    }
+}
+
+/// A 429 for a client that has used up its wrong tokens, until `until`.
+pub(crate) fn too_many(until: std::time::Instant) -> (StatusCode, String, u64) {
+    let wait = until
+        .saturating_duration_since(std::time::Instant::now())
+        .as_secs()
+        + 1;
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("too many wrong tokens from this address; try again in {wait} s"),
+        wait,
+    )
+}
+
+/// Checks a token attempt from `client` with the guard: `Err(reply)` when refused.
+pub(crate) async fn guarded(
+    guard: &std::sync::Mutex<guard::Guard>,
+    client: std::net::IpAddr,
+    right: bool,
+) -> Result<(), Option<(StatusCode, String, u64)>> {
+    let now = std::time::Instant::now();
+    // The lock is released before any wait.
+    let wait = {
+        let mut g = guard.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(until) = g.check(client, now) {
+            return Err(Some(too_many(until)));
+        }
+        if right {
+            g.succeeded(client);
+            return Ok(());
+        }
+        g.failed(client, now)
+    };
+    static LOG: std::sync::LazyLock<std::sync::Mutex<crate::ratelog::RateLog>> =
+        std::sync::LazyLock::new(|| {
+            std::sync::Mutex::new(crate::ratelog::RateLog::new(
+                std::time::Duration::from_secs(10),
+            ))
+        });
+    let logged = LOG.lock().ok().and_then(|mut l| l.check(now));
+    if let Some(suppressed) = logged {
+        tracing::warn!(%client, suppressed, "admin listener: a wrong admin token");
+    }
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    Err(None)
 }
 
 /// Whether `given` (trimmed) is the admin token, compared in constant time.
@@ -138,15 +200,31 @@ async fn handle(
     admin: Admin,
     peer: std::net::IpAddr,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (client, tls) = guard::caller(req.headers(), peer, &admin.trusted_proxies);
     if let Some(console) = admin
         .console
         .as_ref()
         .filter(|_| console::Console::owns(req.uri().path()))
     {
-        return Ok(console.handle(req, peer, admin.control.clone()).await);
+        return Ok(console
+            .handle(req, client, tls, &admin.guard, admin.control.clone())
+            .await);
     }
     if req.uri().path().starts_with("/v1/") {
-        let ok = admin.token.as_ref().is_some_and(|t| authorized(&req, t));
+        let verdict = admin.token.as_ref().map(|t| bearer(&req, t));
+        let ok = match verdict {
+            Some(Bearer::Absent) | None => false,
+            Some(b) => match guarded(&admin.guard, client, matches!(b, Bearer::Right)).await {
+                Ok(()) => true,
+                Err(None) => false,
+                Err(Some((status, why, wait))) => {
+                    let mut resp = control::reply(status, serde_json::json!({ "error": why }))?;
+                    resp.headers_mut()
+                        .insert(hyper::header::RETRY_AFTER, wait.into());
+                    return Ok(resp);
+                }
+            },
+        };
         if !ok {
             let why = if admin.token.is_some() {
                 "the control API needs Authorization: Bearer <admin.token>"

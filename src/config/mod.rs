@@ -101,6 +101,9 @@ pub struct RawAdmin {
     pub token_file: Option<PathBuf>,
     /// Serve the web console under `/` (needs `listen` and `token`; default false).
     pub console: Option<bool>,
+    /// Addresses of reverse proxies whose `X-Forwarded-For` / `X-Forwarded-Proto` are
+    /// believed.
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// `[sources]`.
@@ -354,6 +357,8 @@ pub struct Settings {
     pub admin_token: Option<Secret>,
     /// Serve the web console on the TCP listener.
     pub admin_console: bool,
+    /// Reverse proxies believed about the client's address and scheme.
+    pub admin_trusted_proxies: Vec<std::net::IpAddr>,
     /// MQTT sources.
     pub mqtt: Vec<MqttSettings>,
     /// RoomOS devices.

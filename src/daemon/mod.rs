@@ -96,6 +96,8 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
                         .clone()
                         .zip(seen.clone())
                         .map(|(t, seen)| Arc::new(crate::admin::console::Console::new(t, seen))),
+                    trusted_proxies: settings.admin_trusted_proxies.clone(),
+                    guard: Default::default(),
                 },
                 service_stop.clone(),
             ));

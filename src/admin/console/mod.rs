@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use hyper::{Request, Response, StatusCode};
-use sessions::{csrf_ok, Refused, Session, Sessions};
+use sessions::{csrf_ok, Session, Sessions};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::{LazyLock, Mutex};
@@ -103,13 +103,6 @@ fn cookie(req: &Request<Incoming>) -> Option<String> {
         })
 }
 
-/// Whether the browser reached us over TLS (a reverse proxy says so).
-fn behind_tls(req: &Request<Incoming>) -> bool {
-    req.headers()
-        .get("x-forwarded-proto")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
-}
-
 async fn form(req: Request<Incoming>) -> Vec<(String, String)> {
     let Ok(body) = Limited::new(req.into_body(), MAX_FORM).collect().await else {
         return Vec::new();
@@ -188,11 +181,12 @@ impl Console {
         &self,
         req: Request<Incoming>,
         peer: IpAddr,
+        tls: bool,
+        guard: &std::sync::Mutex<crate::admin::guard::Guard>,
         control: Arc<Control>,
     ) -> Reply {
         let method = req.method().as_str().to_string();
         let path = req.uri().path().to_string();
-        let tls = behind_tls(&req);
         let session = self.session(&req);
         let sup = &control.supervisor;
         if let (Some(rest), Some((_, s))) = (path.strip_prefix("/console"), session.as_ref()) {
@@ -201,7 +195,7 @@ impl Console {
             }
         }
         match (method.as_str(), path.as_str(), session) {
-            ("POST", "/login", _) => self.login(req, peer, tls).await,
+            ("POST", "/login", _) => self.login(req, peer, tls, guard).await,
             ("GET", "/", None) => login_page(StatusCode::OK, ""),
             ("GET", "/", Some((_, s))) => {
                 let html = APP.replace("__CSRF__", &s.csrf);
@@ -316,28 +310,31 @@ impl Console {
         }
     }
 
-    async fn login(&self, req: Request<Incoming>, peer: IpAddr, tls: bool) -> Reply {
+    async fn login(
+        &self,
+        req: Request<Incoming>,
+        peer: IpAddr,
+        tls: bool,
+        guard: &std::sync::Mutex<crate::admin::guard::Guard>,
+    ) -> Reply {
         let f = form(req).await;
         let good = field(&f, "token").is_some_and(|t| super::token_matches(&self.token, t));
-        let result = match self.sessions.lock() {
-            Ok(mut s) => s.login(peer, good, Instant::now()),
-            Err(_) => Err(Refused::WrongToken),
-        };
-        match result {
-            Ok(id) => redirect_with_session(&id, sessions::SESSION_IDLE.as_secs(), tls),
-            Err(Refused::WrongToken) => {
-                tracing::warn!(%peer, "console: a sign-in with a wrong token");
-                login_page(StatusCode::UNAUTHORIZED, "That is not the admin token.")
+        match crate::admin::guarded(guard, peer, good).await {
+            Ok(()) => {
+                let id = match self.sessions.lock() {
+                    Ok(mut s) => s.open(Instant::now()),
+                    Err(_) => return login_page(StatusCode::INTERNAL_SERVER_ERROR, "try again"),
+                };
+                redirect_with_session(&id, sessions::SESSION_IDLE.as_secs(), tls)
             }
-            Err(Refused::TooMany(until)) => {
-                let wait = until.saturating_duration_since(Instant::now()).as_secs() + 1;
+            Err(None) => login_page(StatusCode::UNAUTHORIZED, "That is not the admin token."),
+            Err(Some((status, _, wait))) => {
                 let mut r = login_page(
-                    StatusCode::TOO_MANY_REQUESTS,
+                    status,
                     &format!("Too many wrong tokens from this address; try again in {wait} s."),
                 );
-                if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
-                    r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
-                }
+                r.headers_mut()
+                    .insert(hyper::header::RETRY_AFTER, wait.into());
                 r
             }
         }

@@ -1,17 +1,12 @@
 //! Console sessions, as plain clock-injected logic: a login with the admin token opens a
 //! session (a random id in an `HttpOnly`, `SameSite=Strict` cookie, with its own CSRF token
-//! for every form), sessions expire, and wrong tokens are rate limited per client address.
+//! for every form), and sessions expire. Wrong tokens are counted by `admin::guard`.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// How long a session lives without use.
 pub const SESSION_IDLE: Duration = Duration::from_secs(12 * 3600);
-/// Wrong tokens a client address may send per [`LOGIN_WINDOW`].
-pub const LOGIN_ATTEMPTS: u32 = 5;
-/// The window of [`LOGIN_ATTEMPTS`].
-pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
 /// Most sessions at once (the oldest goes).
 const MAX_SESSIONS: usize = 64;
 
@@ -24,20 +19,10 @@ pub struct Session {
     pub seen: Instant,
 }
 
-/// The open sessions and the login limiter.
+/// The open sessions.
 #[derive(Debug, Default)]
 pub struct Sessions {
     open: HashMap<String, Session>,
-    failures: HashMap<IpAddr, (Instant, u32)>,
-}
-
-/// Why a login was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// The token is wrong.
-    WrongToken,
-    /// Too many wrong tokens from this address: wait until then.
-    TooMany(Instant),
 }
 
 fn random_id() -> String {
@@ -47,21 +32,8 @@ fn random_id() -> String {
 }
 
 impl Sessions {
-    /// A login from `from`; `good` says whether the token was right. The session id.
-    pub fn login(&mut self, from: IpAddr, good: bool, now: Instant) -> Result<String, Refused> {
-        // Addresses whose window is over are forgotten: the map stays as small as the
-        // number of addresses that failed in the last minute.
-        self.failures
-            .retain(|_, (since, _)| now.duration_since(*since) < LOGIN_WINDOW);
-        let entry = self.failures.entry(from).or_insert((now, 0));
-        if entry.1 >= LOGIN_ATTEMPTS {
-            return Err(Refused::TooMany(entry.0 + LOGIN_WINDOW));
-        }
-        if !good {
-            entry.1 += 1;
-            return Err(Refused::WrongToken);
-        }
-        self.failures.remove(&from);
+    /// Opens a session (the admin token was given); its id.
+    pub fn open(&mut self, now: Instant) -> String {
         self.open
             .retain(|_, s| now.duration_since(s.seen) < SESSION_IDLE);
         if self.open.len() >= MAX_SESSIONS {
@@ -82,7 +54,7 @@ impl Sessions {
                 seen: now,
             },
         );
-        Ok(id)
+        id
     }
 
     /// The session of a cookie value, if it is open (its use renews it).
@@ -115,35 +87,16 @@ mod tests {
     #[test]
     fn a_session_opens_with_the_token_expires_and_ends() {
         let mut s = Sessions::default();
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let t0 = Instant::now();
-        let id = s.login(ip, true, t0).unwrap();
+        let id = s.open(t0);
         let session = s.get(&id, t0).expect("open");
         assert!(csrf_ok(&session, Some(&session.csrf)));
         assert!(!csrf_ok(&session, Some("forged")));
         assert!(!csrf_ok(&session, None));
         assert!(s.get("another", t0).is_none());
         assert!(s.get(&id, t0 + SESSION_IDLE).is_none(), "expired");
-        let id = s.login(ip, true, t0).unwrap();
+        let id = s.open(t0);
         s.logout(&id);
         assert!(s.get(&id, t0).is_none());
-    }
-
-    #[test]
-    fn wrong_tokens_are_rate_limited_per_address() {
-        let mut s = Sessions::default();
-        let ip: IpAddr = "10.0.0.9".parse().unwrap();
-        let other: IpAddr = "10.0.0.10".parse().unwrap();
-        let t0 = Instant::now();
-        for _ in 0..LOGIN_ATTEMPTS {
-            assert_eq!(s.login(ip, false, t0), Err(Refused::WrongToken));
-        }
-        // Even the right token waits now; another address does not.
-        assert_eq!(
-            s.login(ip, true, t0),
-            Err(Refused::TooMany(t0 + LOGIN_WINDOW))
-        );
-        assert!(s.login(other, true, t0).is_ok());
-        assert!(s.login(ip, true, t0 + LOGIN_WINDOW).is_ok());
     }
 }

@@ -230,6 +230,17 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
             "set listen = \"127.0.0.1:9750\" and token_file = \"admin.token\", or remove console",
         );
     }
+    let mut admin_trusted_proxies = Vec::new();
+    for (i, a) in raw.admin.trusted_proxies.iter().flatten().enumerate() {
+        match a.trim().parse::<std::net::IpAddr>() {
+            Ok(ip) => admin_trusted_proxies.push(ip),
+            Err(_) => cx.err(
+                format!("admin.trusted_proxies[{i}]"),
+                format!("{a:?} is not an IP address"),
+                "name the reverse proxy by the address it connects from, e.g. \"127.0.0.1\"",
+            ),
+        }
+    }
     if admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
         cx.err(
             "admin.token",
@@ -324,6 +335,7 @@ pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, C
                 .unwrap_or_else(|| cx.path(&raw.gateway.data_dir).join("roomhook.sock")),
             admin_token,
             admin_console,
+            admin_trusted_proxies,
             threads: raw.gateway.threads.unwrap_or(1),
             commit_interval,
             orphan_retention,
