@@ -200,7 +200,9 @@ impl Worker {
         };
         let mut loaded = 0u64;
         let mut removed: Vec<u64> = Vec::new();
+        // Refused for good and not yet moved to the dead letters (oldest first).
         let mut dead: Vec<(u64, DeadLetter)> = Vec::new();
+        let mut dead_moves = DeadMoves::new();
         let mut in_flight: InFlight = FuturesUnordered::new();
         let mut removal_log = RateLog::new(Duration::from_secs(10));
         let mut removals: FuturesUnordered<
@@ -308,14 +310,18 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            if !dead.is_empty()
-                && self
+            // One move into the dead letters at a time, so that a failed one is retried
+            // before those refused after it.
+            if !dead.is_empty() && dead_moves.ready(Instant::now()) {
+                let batch = std::mem::take(&mut dead);
+                match self
                     .pulse
-                    .waiting(self.store.dead_letter(self.id, std::mem::take(&mut dead)))
+                    .waiting(self.store.dead_letter(self.id, &batch))
                     .await
-                    .is_err()
-            {
-                break;
+                {
+                    Ok(commit) => dead_moves.started(batch, commit),
+                    Err(_) => break,
+                }
             }
             self.publish_status(&pace, &mut counters);
             // 4. Wait for something to do.
@@ -323,6 +329,9 @@ impl Worker {
                 wake = Some(wake.map_or(w, |x| x.min(w)));
             }
             if let Some(w) = pace.parked.iter().map(|(t, _, _)| *t).min() {
+                wake = Some(wake.map_or(w, |x| x.min(w)));
+            }
+            if let Some(w) = dead_moves.retry_at().filter(|_| !dead.is_empty()) {
                 wake = Some(wake.map_or(w, |x| x.min(w)));
             }
             let want_more = pace.sched.len() < WINDOW;
@@ -341,6 +350,14 @@ impl Worker {
                         }
                         removed.extend(seqs);
                     }
+                }
+                Some((batch, ok)) = dead_moves.next(), if dead_moves.busy() => {
+                    if !ok {
+                        if let Some(suppressed) = removal_log.check(Instant::now()) {
+                            tracing::error!(webhook = %self.settings.name, suppressed, "moving {} refused message(s) to the dead letters failed; retrying (they stay queued meanwhile)", batch.len());
+                        }
+                    }
+                    dead_moves.finished(ok, batch, &mut dead, Instant::now());
                 }
                 changed = committed.changed(), if want_more => {
                     if changed.is_err() {
@@ -366,10 +383,18 @@ impl Worker {
         }
         while let Ok(Some(_)) = tokio::time::timeout_at(deadline, removals.next()).await {}
         // Within the same bound: a writer that reads no ops (reopening on a full disk) must
-        // not hold the stop, and so an edit that restarts this loop. Dead letters not handed
-        // over stay queued and are tried again by the next loop.
+        // not hold the stop, and so an edit that restarts this loop. Dead letters not moved
+        // stay queued and are tried again by the next loop.
+        while let Ok(Some((batch, ok))) = tokio::time::timeout_at(deadline, dead_moves.next()).await
+        {
+            dead_moves.finished(ok, batch, &mut dead, Instant::now());
+        }
         if !dead.is_empty() {
-            let _ = tokio::time::timeout_at(deadline, self.store.dead_letter(self.id, dead)).await;
+            if let Ok(Ok(commit)) =
+                tokio::time::timeout_at(deadline, self.store.dead_letter(self.id, &dead)).await
+            {
+                let _ = tokio::time::timeout_at(deadline, commit).await;
+            }
         }
         self.publish_status(&pace, &mut counters);
     }
@@ -765,6 +790,78 @@ impl Worker {
     }
 }
 
+/// The move of refused messages into the dead letters: one commit at a time, and a failed
+/// one (a full disk) handed back to be tried again after a pause. The loop has read past
+/// those entries, so nothing else would ever move them: left alone they would stay queued
+/// until a restart, and the queue's depth and age would never come down.
+struct DeadMoves {
+    /// The commit under way (at most one), with the messages it moves.
+    commit: FuturesUnordered<futures_util::future::BoxFuture<'static, (DeadBatch, bool)>>,
+    /// After a failure: not before then.
+    retry_at: Option<Instant>,
+    backoff: crate::backoff::Doubling,
+}
+
+type DeadBatch = Vec<(u64, DeadLetter)>;
+
+impl DeadMoves {
+    fn new() -> Self {
+        DeadMoves {
+            commit: FuturesUnordered::new(),
+            retry_at: None,
+            backoff: crate::backoff::Doubling::new(
+                Duration::from_millis(250),
+                Duration::from_secs(30),
+            ),
+        }
+    }
+
+    /// Whether a move may start now: none under way, and no pause after a failure.
+    fn ready(&self, now: Instant) -> bool {
+        self.commit.is_empty() && self.retry_at.is_none_or(|t| t <= now)
+    }
+
+    /// When the messages waiting may be tried again (a failure's pause).
+    fn retry_at(&self) -> Option<Instant> {
+        self.retry_at.filter(|_| self.commit.is_empty())
+    }
+
+    fn busy(&self) -> bool {
+        !self.commit.is_empty()
+    }
+
+    /// A move was handed to the store; `commit` resolves when it is durable (or failed).
+    fn started(
+        &mut self,
+        batch: DeadBatch,
+        commit: impl std::future::Future<Output = Result<(), crate::store::StoreError>> + Send + 'static,
+    ) {
+        self.commit.push(Box::pin(async move {
+            let ok = commit.await.is_ok();
+            (batch, ok)
+        }));
+    }
+
+    /// The move under way.
+    async fn next(&mut self) -> Option<(DeadBatch, bool)> {
+        self.commit.next().await
+    }
+
+    /// A move ended. A failed one goes back to the head of `waiting` (older than anything
+    /// refused since), to be tried again after a pause that doubles with each failure.
+    fn finished(&mut self, ok: bool, batch: DeadBatch, waiting: &mut DeadBatch, now: Instant) {
+        if ok {
+            self.backoff.reset();
+            self.retry_at = None;
+            return;
+        }
+        let later = std::mem::replace(waiting, batch);
+        waiting.extend(later);
+        self.retry_at = Some(now + self.backoff.current());
+        self.backoff.failed();
+    }
+}
+
 /// Refills of at most this many new entries are read on the worker's own thread.
 const INLINE_READ: u64 = 256;
 
@@ -862,5 +959,105 @@ mod tests {
         let ages = jumps.ages(now.wall_ms);
         assert_eq!(expired(&items, Duration::from_secs(3600), &ages), 1);
         assert_eq!(expired(&items, Duration::from_secs(3700), &ages), 0);
+    }
+}
+
+#[cfg(all(test, feature = "demo"))]
+mod demo_tests {
+    use super::*;
+    use crate::demo::pki;
+    use crate::demo::receiver::{Behaviour, Receiver};
+    use crate::store::{Limits, Overflow};
+
+    fn event(n: i64) -> Vec<u8> {
+        crate::event::Event {
+            device: "d".into(),
+            workspace: None,
+            path: "RoomAnalytics.PeopleCount.Current".into(),
+            kind: crate::catalog::Kind::Status,
+            value: n.into(),
+            ts_ms: crate::timefmt::now_ms(),
+            full_sync: false,
+            more: Vec::new(),
+        }
+        .encode()
+    }
+
+    /// Waits up to `secs` for `cond`.
+    async fn eventually(secs: u64, cond: impl Fn() -> bool) -> bool {
+        let until = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < until {
+            if cond() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cond()
+    }
+
+    #[tokio::test]
+    async fn a_failed_dead_letter_commit_is_retried_not_skipped() {
+        crate::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let identity = pki::private_ca(&["127.0.0.1"]).unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, &identity.ca_pem).unwrap();
+        let tls = identity.server_config().unwrap();
+        let receiver = Receiver::start("127.0.0.1:0".parse().unwrap(), tls, None, false)
+            .await
+            .unwrap();
+        // The receiver refuses every message for good: each goes to the dead letters.
+        receiver.set_behaviour(Behaviour::Status(422));
+        let text = format!(
+            "[gateway]\ndata_dir='d'\n[[webhooks]]\nname='a'\nurl='https://{}/'\nauth='none'\nca_file='{}'\nstatuses=['RoomAnalytics.*']\ndrain_start_jitter='0s'\n",
+            receiver.addr(),
+            ca.display()
+        );
+        let settings = crate::config::load_str(std::path::Path::new("t.toml"), &text)
+            .unwrap()
+            .webhooks[0]
+            .clone();
+        let limits = Limits {
+            max_bytes: 1 << 30,
+            queues: vec![("a".into(), Overflow::DropOldest)],
+        };
+        let (store, ids) = Store::open(&dir.path().join("store"), &limits).unwrap();
+        let a = ids[0];
+        // The first two commits that move dead letters fail (a full disk, for a while).
+        store.fail_dead_letter_commits(2);
+        store.append(vec![(a, event(1))]).await.unwrap();
+        let shutdown = CancellationToken::new();
+        let worker = Worker {
+            id: a,
+            client: WebhookClient::new(&settings).unwrap(),
+            settings,
+            store: store.clone(),
+            org_id: "org".into(),
+            metrics: Arc::new(Metrics::new()),
+            status: super::super::status::shared(State::Active),
+            shutdown: shutdown.clone(),
+            grace: Duration::from_secs(1),
+            pulse: crate::pulse::Pulse::new("the delivery loop of webhook a"),
+            claim: store.claim(a).unwrap(),
+        };
+        let task = tokio::spawn(worker.run());
+        // Dead-lettered in the end: out of the queue, into the dead letters, sent once.
+        let moved = eventually(15, || store.dead_count(a) == 1 && store.depth(a) == 0).await;
+        assert!(
+            moved,
+            "depth {}, dead letters {}, store errors {}",
+            store.depth(a),
+            store.dead_count(a),
+            store.health().errors
+        );
+        assert_eq!(store.health().errors, 2, "both injected failures happened");
+        assert_eq!(
+            receiver.requests().len(),
+            1,
+            "the message was not sent again"
+        );
+        shutdown.cancel();
+        task.await.unwrap();
+        store.close().await;
     }
 }

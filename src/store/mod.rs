@@ -137,6 +137,8 @@ impl Store {
             removals: Default::default(),
             writer_idle: std::sync::atomic::AtomicBool::new(false),
             claims: Default::default(),
+            #[cfg(test)]
+            fail_dead_letters: Default::default(),
         });
         let (tx, rx) = mpsc::channel(OP_CHANNEL);
         writer::spawn(db.clone(), shared.clone(), next, rx, wal, finished_tx);
@@ -274,20 +276,31 @@ impl Store {
         Ok(committed(rx))
     }
 
-    /// Moves entries from a webhook's queue to its dead letters (committed with the next group).
+    /// Moves entries from a webhook's queue to its dead letters (committed with the next
+    /// group); the returned future resolves once the move is durable, or failed (then the
+    /// entries are still queued: the caller tries again).
     pub async fn dead_letter(
         &self,
         webhook: WebhookId,
-        items: Vec<(u64, DeadLetter)>,
-    ) -> Result<(), StoreError> {
+        items: &[(u64, DeadLetter)],
+    ) -> Result<
+        impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static,
+        StoreError,
+    > {
         let items = items
-            .into_iter()
-            .map(|(seq, d)| (seq, serde_json::to_vec(&d).unwrap_or_default()))
+            .iter()
+            .map(|(seq, d)| (*seq, serde_json::to_vec(d).unwrap_or_default()))
             .collect();
+        let (done, rx) = oneshot::channel();
         self.tx
-            .send(Op::DeadLetter { webhook, items })
+            .send(Op::DeadLetter {
+                webhook,
+                items,
+                done,
+            })
             .await
-            .map_err(|_| StoreError::Closed)
+            .map_err(|_| StoreError::Closed)?;
+        Ok(committed(rx))
     }
 
     /// Re-enqueues a webhook's dead letters that died at or after `since_ms` (unix ms; 0 for
@@ -484,6 +497,13 @@ impl Store {
     /// Second delivery loops refused since start (each one a bug; 0 expected).
     pub fn claims_refused(&self) -> u64 {
         self.shared.claims.refused()
+    }
+
+    /// Tests: the next `n` commits of a group that moves dead letters fail (nothing of the
+    /// group is stored), as on a full disk.
+    #[cfg(test)]
+    pub(crate) fn fail_dead_letter_commits(&self, n: u32) {
+        self.shared.fail_dead_letters.store(n, Ordering::SeqCst);
     }
 
     /// Whether the writer thread still runs.
@@ -921,9 +941,7 @@ mod tests {
                 )
             })
             .collect();
-        store.dead_letter(a, letters).await.unwrap();
-        // A later commit makes sure the dead-letter op was applied.
-        store.append(vec![(a, event(-1))]).await.unwrap();
+        store.dead_letter(a, &letters).await.unwrap().await.unwrap();
         assert_eq!(store.dead_count(a), MAX_DEAD_LETTERS);
         assert_eq!(store.dropped(a, DropReason::DeadLetterEvicted), 5);
         store.close().await;

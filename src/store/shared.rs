@@ -37,6 +37,9 @@ pub(crate) struct Shared {
     pub(crate) writer_idle: std::sync::atomic::AtomicBool,
     /// The delivery loop reading each queue (one at most).
     pub(crate) claims: change::Claims,
+    /// Tests: groups that move dead letters fail this many more times (as on a full disk).
+    #[cfg(test)]
+    pub(crate) fail_dead_letters: std::sync::atomic::AtomicU32,
 }
 
 /// See [`Shared::removals`].

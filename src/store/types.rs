@@ -220,6 +220,7 @@ pub(crate) enum Op {
     DeadLetter {
         webhook: WebhookId,
         items: Vec<(u64, Vec<u8>)>,
+        done: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Move dead letters (at or after `since_ms`) back into the queue as new entries.
     Replay {

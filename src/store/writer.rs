@@ -460,6 +460,22 @@ fn wedged(file: &std::path::Path, shared: &Shared) {
     }
 }
 
+/// Tests: whether this group fails on purpose (it moves dead letters and
+/// [`Store::fail_dead_letter_commits`](super::Store::fail_dead_letter_commits) asked for it).
+#[cfg(test)]
+fn injected_failure(shared: &Shared, ops: &[Op]) -> bool {
+    ops.iter().any(|op| matches!(op, Op::DeadLetter { .. }))
+        && shared
+            .fail_dead_letters
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+}
+
+#[cfg(not(test))]
+fn injected_failure(_: &Shared, _: &[Op]) -> bool {
+    false
+}
+
 /// Changes the set of queues, in a durable transaction of its own (a checkpoint); `true`
 /// when an I/O error poisoned the database.
 fn manage(
@@ -672,7 +688,7 @@ fn commit(db: &Database, shared: &Shared, st: &mut State, ops: Vec<Op>, durable:
                             }
                         }
                     }
-                    Op::DeadLetter { webhook, items } => {
+                    Op::DeadLetter { webhook, items, .. } => {
                         let mut dead = txn.open_table(DEAD)?;
                         for (seq, bytes) in items {
                             if let Some(v) = q.remove((webhook.0, *seq))? {
@@ -751,6 +767,13 @@ fn commit(db: &Database, shared: &Shared, st: &mut State, ops: Vec<Op>, durable:
         Ok(txn)
     })();
     let result = match applied {
+        Ok(txn) if injected_failure(shared, &ops) => {
+            let _ = txn.abort();
+            Err(Failure::Wal {
+                path: wal.path().display().to_string(),
+                source: std::io::Error::other("a failure injected by a test"),
+            })
+        }
         Ok(txn) => finish(txn, wal, redo, durable),
         Err(e) => Err(Failure::Db(e)),
     };
@@ -852,7 +875,7 @@ fn commit(db: &Database, shared: &Shared, st: &mut State, ops: Vec<Op>, durable:
             Some(e) => Err(StoreError::Commit(e.clone())),
         };
         match op {
-            Op::Append { done, .. } | Op::Remove { done, .. } => {
+            Op::Append { done, .. } | Op::Remove { done, .. } | Op::DeadLetter { done, .. } => {
                 let _ = done.send(answer);
             }
             _ => {}
