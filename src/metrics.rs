@@ -140,6 +140,8 @@ pub struct Metrics {
     pub queue_oldest_age: Family<WebhookLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Failed store commits.
     pub store_errors: Counter,
+    /// Events the store dropped that no webhook's figures count, by reason.
+    pub store_events_dropped: Family<ReasonLabel, Counter>,
     /// Queues kept after their webhook left the config.
     pub orphaned_queues: Gauge,
     /// Events in those queues.
@@ -196,6 +198,7 @@ impl Metrics {
             build_info: Family::default(),
             queue_oldest_age: Family::default(),
             store_errors: Counter::default(),
+            store_events_dropped: Family::default(),
             config_reloads: Family::default(),
             config_last_reload_successful: Gauge::default(),
             // 50 µs … ~1.6 s.
@@ -339,6 +342,11 @@ impl Metrics {
             "store_errors",
             "Failed store commits (disk full, I/O errors)",
             m.store_errors.clone(),
+        );
+        registry.register(
+            "store_events_dropped",
+            "Events the store dropped that no webhook's figures count, by reason (webhook_removed: routed to a webhook removed before their commit)",
+            m.store_events_dropped.clone(),
         );
         registry.register(
             "store_commit_duration_seconds",

@@ -233,6 +233,8 @@ pub struct Supervisor {
     /// How long orphans are kept, in milliseconds (follows reloads).
     orphan_retention_ms: std::sync::atomic::AtomicU64,
     store_errors_seen: std::sync::atomic::AtomicU64,
+    /// The store's count of events dropped for a removed webhook, as last exported.
+    store_dropped_seen: std::sync::atomic::AtomicU64,
     /// The loops that must turn (store writer, delivery loops, sources), for the watchdog.
     pulses: Pulses,
     /// Every source's live status, handed to each source when it starts.
@@ -276,6 +278,7 @@ impl Supervisor {
                 u64::try_from(settings.orphan_retention.as_millis()).unwrap_or(u64::MAX),
             ),
             store_errors_seen: Default::default(),
+            store_dropped_seen: Default::default(),
             pulses: Pulses::default(),
             source_status: Default::default(),
         });
@@ -460,6 +463,15 @@ impl Supervisor {
             .store_errors_seen
             .swap(errors, std::sync::atomic::Ordering::Relaxed);
         m.store_errors.inc_by(errors.saturating_sub(before));
+        let gone = store.dropped_unregistered();
+        let before = self
+            .store_dropped_seen
+            .swap(gone, std::sync::atomic::Ordering::Relaxed);
+        m.store_events_dropped
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: crate::store::WEBHOOK_REMOVED.into(),
+            })
+            .inc_by(gone.saturating_sub(before));
     }
 
     /// The register of the loops that must turn (store writer, delivery loops, sources).

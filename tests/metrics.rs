@@ -154,6 +154,10 @@ async fn every_counter_is_exact_for_a_known_mix() {
         ("roomhook_store_bytes", 0.0),
         ("roomhook_store_errors_total", 0.0),
         (
+            "roomhook_store_events_dropped_total{reason=\"webhook_removed\"}",
+            0.0,
+        ),
+        (
             "roomhook_request_duration_seconds_count{webhook=\"main\"}",
             4.0,
         ),

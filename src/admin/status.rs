@@ -152,6 +152,11 @@ pub fn report(sup: &Supervisor) -> StatusReport {
             }),
         });
     }
+    // Dropped by the store for a webhook removed before their commit: no webhook's.
+    let gone = store.dropped_unregistered();
+    if gone > 0 {
+        dropped_total.insert(crate::store::WEBHOOK_REMOVED, gone);
+    }
     let running = sup.webhooks();
     StatusReport {
         version: env!("CARGO_PKG_VERSION").to_string(),

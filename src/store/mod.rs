@@ -25,7 +25,7 @@ pub use crate::value::overflow::Overflow;
 pub use schema::{ENTRY_OVERHEAD, FILE_NAME, MAX_DEAD_LETTERS};
 pub use types::{
     DeadLetter, DropReason, Entry, Limits, Mark, QueueStats, StoreError, StoreHealth, WebhookId,
-    Window, HEALTHY_AFTER,
+    Window, HEALTHY_AFTER, WEBHOOK_REMOVED,
 };
 pub use writer::{LAZY_REMOVALS, LAZY_REMOVALS_GROUPED, LAZY_WAIT};
 
@@ -380,6 +380,15 @@ impl Store {
     /// Entries at or below this sequence number were dropped as oldest (see `QueueStats`).
     pub fn dropped_through(&self, webhook: WebhookId) -> u64 {
         self.stat(webhook, |s| s.dropped_through.load(Ordering::Relaxed))
+    }
+
+    /// Events dropped because their webhook was removed before their commit (routed before
+    /// the removal, committed after it), since start: no queue's figures count them.
+    pub fn dropped_unregistered(&self) -> u64 {
+        self.shared
+            .health
+            .dropped_unregistered
+            .load(Ordering::Relaxed)
     }
 
     /// Counts events the worker dropped itself (expired before sending).
@@ -783,6 +792,25 @@ mod tests {
         names.sort();
         assert_eq!(names, vec![("a".to_string(), a), ("d".to_string(), d)]);
         assert_eq!(store.depth(a), 1);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_append_committed_after_its_webhook_was_purged_is_dropped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, a) = one_queue(dir.path());
+        let b = store.register("b", Overflow::DropOldest).await.unwrap();
+        // Routed to "b" before it was removed, queued in the writer behind the purge.
+        assert_eq!(store.purge("b").await.unwrap(), 0);
+        store
+            .append(vec![(a, event(1)), (b, event(2)), (b, event(3))])
+            .await
+            .unwrap();
+        let stray = store.read_after(b, 0, 10).unwrap().entries.len();
+        assert_eq!(stray, 0, "entries were written under the purged id {}", b.0);
+        assert_eq!(store.dropped_unregistered(), 2);
+        assert_eq!(store.depth(a), 1, "the rest of the group is stored");
+        assert_eq!(seqs(&store, a), vec![1]);
         store.close().await;
     }
 

@@ -63,6 +63,9 @@ pub(crate) struct Health {
     pub(crate) wakes: AtomicU64,
     /// Time spent in them, nanoseconds.
     pub(crate) commit_nanos: AtomicU64,
+    /// Events appended for a webhook whose queue was gone by their commit (routed before
+    /// it was removed), dropped; since start.
+    pub(crate) dropped_unregistered: AtomicU64,
     /// Set by a failed commit, cleared by the next good one.
     pub(crate) failing: std::sync::atomic::AtomicBool,
     /// The last failure and when (unix ms).

@@ -69,6 +69,11 @@ impl DropReason {
     }
 }
 
+/// The `reason` of events dropped because their webhook was removed before their commit
+/// ([`Store::dropped_unregistered`](super::Store::dropped_unregistered)): the store's
+/// count, in no webhook's figures (they were never counted as enqueued either).
+pub const WEBHOOK_REMOVED: &str = "webhook_removed";
+
 /// Stable number of a webhook inside the store (survives restarts; names map to it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WebhookId(pub u32);

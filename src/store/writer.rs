@@ -501,6 +501,8 @@ pub(super) struct Delta {
     dead: HashMap<WebhookId, i64>,
     pub(super) dropped: HashMap<(WebhookId, DropReason), u64>,
     pub(super) dropped_through: HashMap<WebhookId, u64>,
+    /// Items appended for a queue that is gone (see `Store::dropped_unregistered`).
+    unregistered: u64,
 }
 
 impl Delta {
@@ -641,7 +643,15 @@ fn commit(db: &Database, shared: &Shared, st: &mut State, ops: Vec<Op>, durable:
                                 continue;
                             }
                         }
-                        let incoming: u64 = items
+                        // Items for a queue that is gone: routed before their webhook was
+                        // removed, they came behind the purge. Written, they would count
+                        // against nothing and never be purged: dropped (and counted) instead.
+                        let live: Vec<&(WebhookId, Vec<u8>)> = items
+                            .iter()
+                            .filter(|(w, _)| queues.contains_key(w))
+                            .collect();
+                        let gone = (items.len() - live.len()) as u64;
+                        let incoming: u64 = live
                             .iter()
                             .map(|(_, b)| b.len() as u64 + ENTRY_OVERHEAD)
                             .sum();
@@ -655,6 +665,7 @@ fn commit(db: &Database, shared: &Shared, st: &mut State, ops: Vec<Op>, durable:
                         if let Some((src, true)) = source {
                             blocked.remove(src);
                         }
+                        delta.unregistered += gone;
                         if let Some(m) = mark {
                             // Marked in the transaction that checked it: a mark means
                             // "committed, PUBACK not yet written".
@@ -662,7 +673,7 @@ fn commit(db: &Database, shared: &Shared, st: &mut State, ops: Vec<Op>, durable:
                             redo.seen_put(&m.source, m.pkid, m.digest);
                         }
                         // The same event for several webhooks goes into the log once.
-                        for (i, (w, bytes)) in items.iter().enumerate() {
+                        for (i, (w, bytes)) in live.iter().enumerate() {
                             let seq = new_next.entry(*w).or_insert(1);
                             q.insert((w.0, *seq), bytes.as_slice())?;
                             keys.push((w.0, *seq));
@@ -671,7 +682,7 @@ fn commit(db: &Database, shared: &Shared, st: &mut State, ops: Vec<Op>, durable:
                             *delta.bytes.entry(*w).or_default() +=
                                 bytes.len() as i64 + ENTRY_OVERHEAD as i64;
                             if keys.len() == usize::from(u16::MAX)
-                                || items.get(i + 1).is_none_or(|(_, b)| b != bytes)
+                                || live.get(i + 1).is_none_or(|(_, b)| b != bytes)
                             {
                                 redo.put(&keys, bytes);
                                 keys.clear();
@@ -822,6 +833,19 @@ fn commit(db: &Database, shared: &Shared, st: &mut State, ops: Vec<Op>, durable:
         for ((w, reason), n) in &delta.dropped {
             if let Some(qu) = queues.get(w) {
                 qu.stats.dropped[*reason as usize].fetch_add(*n, Ordering::Relaxed);
+            }
+        }
+        if delta.unregistered > 0 {
+            shared
+                .health
+                .dropped_unregistered
+                .fetch_add(delta.unregistered, Ordering::Relaxed);
+            if let Some(suppressed) = log.check(std::time::Instant::now()) {
+                tracing::warn!(
+                    suppressed,
+                    "{} event(s) routed to a webhook removed before their commit were dropped",
+                    delta.unregistered
+                );
             }
         }
         if !delta.dropped.is_empty() {
