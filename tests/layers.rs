@@ -47,10 +47,22 @@ fn layer(module: &str) -> Option<u32> {
     LAYERS.iter().find(|(m, _)| *m == module).map(|(_, l)| *l)
 }
 
-/// `crate::name` paths in `text`, comments left out.
+/// `crate::name` paths in `text`, comments left out. A file's inline unit tests (from a
+/// `#[cfg(test)]` or `#[cfg(all(test, …))]` `mod … {` to the end of the file, where they sit) are not part of what ships: they may
+/// use the test rig of a higher layer (the demo receiver).
 fn crate_paths(text: &str) -> Vec<(usize, String)> {
     let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
+    let lines: Vec<&str> = text.lines().collect();
+    let tests_from = lines
+        .windows(2)
+        .position(|w| {
+            let attr = w[0].trim();
+            (attr == "#[cfg(test)]" || attr.starts_with("#[cfg(all(test"))
+                && w[1].trim_start().starts_with("mod ")
+                && w[1].trim_end().ends_with('{')
+        })
+        .unwrap_or(lines.len());
+    for (n, line) in lines[..tests_from].iter().enumerate() {
         let code = match line.find("//") {
             Some(i) => &line[..i],
             None => line,

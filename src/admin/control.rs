@@ -546,6 +546,12 @@ pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
                     };
                     reply(StatusCode::OK, json_of(&answer))
                 }
+                Ok(Err(
+                    e @ (crate::store::StoreError::Busy | crate::store::StoreError::Reopening),
+                )) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({ "error": e.to_string() }),
+                ),
                 Ok(Err(e)) => reply(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     json!({"error": e.to_string()}),

@@ -17,7 +17,7 @@ use super::throttle::{Throttle, Turn};
 use crate::config::{Ordering, WebhookSettings};
 use crate::metrics::{Metrics, WebhookCodeLabel, WebhookKindLabel, WebhookStateLabel};
 use crate::ratelog::RateLog;
-use crate::store::{DeadLetter, DropReason, Entry, Store, WebhookId};
+use crate::store::{DeadLetter, DropReason, Entry, Store, StoreError, WebhookId};
 use crate::wallclock::Ages;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -263,6 +263,14 @@ impl Worker {
                             pace.throttle.queued(e.seq, &e.event);
                             pace.sched.push(&lane, Arc::new(e));
                         }
+                    }
+                    Ok(Err(StoreError::Busy)) => {
+                        // A compaction holds the store: read again in a moment (quietly).
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                            _ = self.shutdown.cancelled() => break,
+                        }
+                        continue;
                     }
                     Ok(Err(e)) => {
                         tracing::error!(webhook = %self.settings.name, "cannot read the queue: {e}");

@@ -139,6 +139,8 @@ impl Store {
             claims: Default::default(),
             #[cfg(test)]
             fail_dead_letters: Default::default(),
+            #[cfg(test)]
+            slow_compaction_ms: Default::default(),
         });
         let (tx, rx) = mpsc::channel(OP_CHANNEL);
         writer::spawn(db.clone(), shared.clone(), next, rx, wal, finished_tx);
@@ -441,8 +443,11 @@ impl Store {
     /// (a refused step, a full disk), and the queues in memory follow only a commit.
     /// Refused at once while the writer reopens the database after an I/O error (a full
     /// disk): an edit must not wait for the disk.
+    /// A compaction in progress is waited out (asynchronously: the change queues behind it).
     pub async fn change(&self, steps: change::Change) -> Result<Vec<change::Done>, StoreError> {
-        self.db.get()?;
+        if let Err(StoreError::Reopening) = self.db.get() {
+            return Err(StoreError::Reopening);
+        }
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Op::Change { steps, done })
@@ -515,6 +520,19 @@ impl Store {
         self.shared.fail_dead_letters.store(n, Ordering::SeqCst);
     }
 
+    /// Tests: after the next commit the writer compacts the database, holding it to itself
+    /// `ms` milliseconds longer than the compaction takes (a slow SD card).
+    #[cfg(test)]
+    pub(crate) fn compact_slowly_after_next_commit(&self, ms: u64) {
+        self.shared.slow_compaction_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Whether a compaction holds the database now (readers are answered
+    /// [`StoreError::Busy`] meanwhile).
+    pub fn compacting(&self) -> bool {
+        self.db.busy()
+    }
+
     /// Whether the writer thread still runs.
     pub fn writer_alive(&self) -> bool {
         !self.tx.is_closed()
@@ -563,12 +581,30 @@ impl Store {
     }
 
     /// Event time (unix ms) of the oldest queued entry of a webhook. Blocking, one lookup.
+    /// While a compaction holds the database, the last one read (no wait).
     pub fn oldest_ts(&self, webhook: WebhookId) -> Option<i64> {
-        let read = self.db.get().ok()?.begin_read().ok()?;
-        let q = read.open_table(QUEUE).ok()?;
-        let mut range = q.range((webhook.0, 0)..=(webhook.0, u64::MAX)).ok()?;
-        let (_, v) = range.next()?.ok()?;
-        Event::decode(v.value()).ok().map(|e| e.ts_ms)
+        let queue = self.shared.queue(webhook);
+        let seen = queue.as_ref().map(|q| &q.stats.oldest_seen);
+        let db = match self.db.get() {
+            Ok(db) => db,
+            Err(StoreError::Busy) => {
+                let t = seen?.load(Ordering::Relaxed);
+                return (t != 0).then(|| t - 1);
+            }
+            Err(_) => return None,
+        };
+        let read = || {
+            let read = db.begin_read().ok()?;
+            let q = read.open_table(QUEUE).ok()?;
+            let mut range = q.range((webhook.0, 0)..=(webhook.0, u64::MAX)).ok()?;
+            let (_, v) = range.next()?.ok()?;
+            Event::decode(v.value()).ok().map(|e| e.ts_ms)
+        };
+        let ts = read();
+        if let Some(s) = seen {
+            s.store(ts.map_or(0, |t| t.saturating_add(1)), Ordering::Relaxed);
+        }
+        ts
     }
 
     /// Changes what gives way in a webhook's queue when the store is full.
@@ -792,6 +828,46 @@ mod tests {
         names.sort();
         assert_eq!(names, vec![("a".to_string(), a), ("d".to_string(), d)]);
         assert_eq!(store.depth(a), 1);
+        store.close().await;
+    }
+
+    /// One runtime thread (`threads = 1`, the default), as in the daemon: a reader that
+    /// waited for a compaction would stop everything else on it (pings, the watchdog).
+    #[tokio::test(flavor = "current_thread")]
+    async fn readers_are_answered_at_once_while_a_slow_compaction_holds_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, a) = one_queue(dir.path());
+        store.append(vec![(a, event(1))]).await.unwrap();
+        assert_eq!(store.oldest_ts(a), Some(0), "read once, remembered");
+        store.compact_slowly_after_next_commit(3_000);
+        store.append(vec![(a, event(2))]).await.unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !store.compacting() {
+            assert!(std::time::Instant::now() < until, "no compaction started");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let quick = std::time::Duration::from_millis(300);
+        let t = std::time::Instant::now();
+        assert!(matches!(store.read_after(a, 0, 10), Err(StoreError::Busy)));
+        assert!(matches!(store.dead_letters(a, 10), Err(StoreError::Busy)));
+        assert!(matches!(store.names(), Err(StoreError::Busy)));
+        assert_eq!(store.oldest_ts(a), Some(0), "the last age read, not a wait");
+        assert!(t.elapsed() < quick, "readers waited {:?}", t.elapsed());
+        assert!(
+            store.compacting(),
+            "the readers did not overlap the compaction"
+        );
+        // An edit queues behind the compaction without holding the thread, and commits.
+        let b = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            store.register("b", Overflow::DropOldest),
+        )
+        .await
+        .expect("the edit committed once the compaction ended")
+        .unwrap();
+        assert!(!store.compacting());
+        assert_eq!(seqs(&store, a), vec![1, 2]);
+        assert_eq!(store.depth(b), 0);
         store.close().await;
     }
 

@@ -40,6 +40,10 @@ pub(crate) struct Shared {
     /// Tests: groups that move dead letters fail this many more times (as on a full disk).
     #[cfg(test)]
     pub(crate) fail_dead_letters: std::sync::atomic::AtomicU32,
+    /// Tests: after the next commit the writer compacts, holding the database this many
+    /// milliseconds longer (a slow disk).
+    #[cfg(test)]
+    pub(crate) slow_compaction_ms: std::sync::atomic::AtomicU64,
 }
 
 /// See [`Shared::removals`].

@@ -126,6 +126,10 @@ pub enum StoreError {
     /// The store is being opened again after an I/O error; try again shortly.
     #[error("the store is being reopened after an I/O error")]
     Reopening,
+    /// The store is compacting (it holds its database to itself for a while); a read is
+    /// answered at once with this rather than waiting; try again shortly.
+    #[error("the store is compacting; try again shortly")]
+    Busy,
     /// A committed entry could not be decoded.
     #[error("store entry {webhook}/{seq} is not a valid event: {reason}")]
     Corrupt {
@@ -175,6 +179,10 @@ pub struct QueueStats {
     /// Every entry at or below this sequence number that is still unsent was dropped as
     /// oldest; the worker skips such entries it already holds.
     pub dropped_through: AtomicU64,
+    /// The oldest queued entry's event time (unix ms) as last read, plus one (0: none
+    /// read yet, or the queue was empty): what a reader is told while a compaction holds
+    /// the database.
+    pub oldest_seen: std::sync::atomic::AtomicI64,
 }
 
 /// A message the receiver refused for good, kept for inspection and replay.
