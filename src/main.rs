@@ -226,7 +226,10 @@ fn main() -> ExitCode {
         b.worker_threads(threads);
         b
     };
-    let rt = match builder.enable_all().build() {
+    // Blocking work (store reads of a backlog, DNS) on at most 16 threads; more waits its
+    // turn. With `[gateway] threads` (at most 64), the store writer and the signal thread,
+    // the process stays under the unit's TasksMax=128.
+    let rt = match builder.enable_all().max_blocking_threads(16).build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

@@ -1,7 +1,11 @@
-//! The MQTT redelivery guard, against a tiny MQTT 3.1.1 server in the test (real TCP, real
-//! packets) that plays a broker through a disconnect: a new message that reuses the
-//! packet id and the payload of an acknowledged one and comes back with DUP set after a
-//! reconnect must be stored; a resend that crossed our PUBACK must not be stored twice.
+//! The MQTT source against a tiny MQTT 3.1.1 server in the test (real TCP, real packets)
+//! that plays a broker through disconnects:
+//! - the redelivery guard: a new message that reuses the packet id and the payload of an
+//!   acknowledged one and comes back with DUP set after a reconnect must be stored; a
+//!   resend that crossed our PUBACK must not be stored twice;
+//! - a message declared 256 MiB long (the most MQTT can declare) is never buffered: the
+//!   connection drops at its header, a second connection reads past it and acks it (the
+//!   broker would resend it forever), and the next message is stored.
 
 use roomhook_testkit::mqtt_wire::*;
 use roomhook_testkit::*;
@@ -59,6 +63,7 @@ async fn against(
     last: i64,
     want: &[i64],
     resends: f64,
+    too_large: f64,
 ) {
     let dir = tempfile::tempdir().unwrap();
     let rx = receiver(dir.path(), false).await;
@@ -103,6 +108,14 @@ async fn against(
         Some(resends),
         "resends recognised"
     );
+    assert_eq!(
+        metric(
+            admin,
+            "roomhook_source_decode_errors_total{source=\"sensors\",reason=\"too_large\"}"
+        ),
+        Some(too_large),
+        "oversized messages counted"
+    );
     daemon.kill9();
     // The mock broker's own checks (CONNECT, SUBSCRIBE) fail the test here.
     server.join().expect("the mock broker");
@@ -146,7 +159,7 @@ async fn a_reused_packet_id_after_a_reconnect_is_a_new_message_and_a_crossed_res
         // Keep the connection until the test is done with it.
         let _ = read_packet(&mut s);
     };
-    against(script, 5, &[1, 2, 1, 3, 4, 5], 1.0).await;
+    against(script, 5, &[1, 2, 1, 3, 4, 5], 1.0, 0.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,5 +195,84 @@ async fn marks_of_pubacks_unconfirmed_at_a_break_meet_the_resends_then_go_at_the
         await_puback(&mut s, 10);
         let _ = read_packet(&mut s);
     };
-    against(script, 4, &[1, 2, 3, 2, 4], 1.0).await;
+    against(script, 4, &[1, 2, 3, 2, 4], 1.0, 0.0).await;
+}
+
+/// The most MQTT 3.1.1 can declare (a four-byte remaining length); "300 MB" cannot be said.
+const HUGE: usize = 268_435_455;
+
+/// Sends a QoS 1 PUBLISH declared [`HUGE`] bytes long, then zeros, up to `send` bytes in
+/// all or until the peer stops reading (closes); returns how many went out.
+fn huge_publish(s: &mut TcpStream, pkid: u16, send: usize) -> usize {
+    let mut head = vec![0x32];
+    head.extend(remaining(HUGE));
+    head.extend_from_slice(&[0x00, 0x05]);
+    head.extend_from_slice(b"big/x");
+    head.extend_from_slice(&pkid.to_be_bytes());
+    let mut sent = 0;
+    if s.write_all(&head).is_err() {
+        return sent;
+    }
+    sent += head.len() - 1 - remaining(HUGE).len();
+    let zeros = vec![0u8; 1 << 20];
+    while sent < send.min(HUGE) {
+        let n = (send.min(HUGE) - sent).min(zeros.len());
+        if s.write_all(&zeros[..n]).is_err() {
+            break;
+        }
+        sent += n;
+    }
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_declared_256_mib_long_is_never_buffered_and_the_next_one_flows() {
+    let script = |listener: TcpListener| {
+        let topic = "bench/room-1/status";
+        let (mut s, _) = listener.accept().unwrap();
+        handshake(&mut s, false);
+        publish(&mut s, 6, false, topic, r#"{"people":1}"#);
+        await_puback(&mut s, 6);
+        // On main, rumqttc read all of it (it reserves the declared length); now the
+        // connection drops at the header, and little more than the socket buffers goes out.
+        s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        let sent = huge_publish(&mut s, 7, 64 << 20);
+        assert!(
+            sent < 16 << 20,
+            "roomhook read {} MiB of a message over its cap",
+            sent >> 20
+        );
+        drop(s);
+        // The second connection: CONNECT (same client id, no clean session), no SUBSCRIBE;
+        // the broker resends the message in flight, all of it; it is acked.
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let (h, body) = read_packet(&mut s).unwrap();
+        assert_eq!(h >> 4, 1, "CONNECT");
+        assert_eq!(body[7] & 0x02, 0, "the drain asks for a clean session");
+        s.write_all(&[0x20, 0x02, 0x01, 0x00]).unwrap();
+        let at = std::time::Instant::now();
+        assert_eq!(huge_publish(&mut s, 7, HUGE), HUGE, "read past in full");
+        let (h, body) = read_packet(&mut s).unwrap();
+        assert_eq!(
+            (h >> 4, &body[..]),
+            (4, &7u16.to_be_bytes()[..]),
+            "PUBACK 7"
+        );
+        let (h, _) = read_packet(&mut s).unwrap();
+        assert_eq!(h >> 4, 14, "DISCONNECT");
+        drop(s);
+        // The regular connection again, after a pause (no tight loop), and the next message.
+        let (mut s, _) = listener.accept().unwrap();
+        assert!(
+            at.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            at.elapsed()
+        );
+        handshake(&mut s, true);
+        publish(&mut s, 8, false, topic, r#"{"people":2}"#);
+        await_puback(&mut s, 8);
+        let _ = read_packet(&mut s);
+    };
+    against(script, 2, &[1, 2], 0.0, 1.0).await;
 }

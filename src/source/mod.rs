@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod mqtt;
+pub mod mqtt_drain;
 pub mod roomos;
 #[cfg(feature = "demo")]
 pub mod simulator;

@@ -25,8 +25,6 @@ use tokio_util::sync::CancellationToken;
 /// Messages received but not yet committed and acked; past it, reading pauses (the broker
 /// holds the rest).
 const MAX_PENDING: usize = 2048;
-/// The largest packet MQTT can carry (remaining length 268,435,455 plus the fixed header).
-const MQTT_MAX_PACKET: usize = 268_435_460;
 /// A quiet source's cleared redelivery marks are committed this long after the last ack.
 const MARKS_FLUSH_AFTER: Duration = Duration::from_secs(5);
 /// Acks whose marks are handed to the store together, at most.
@@ -51,10 +49,11 @@ pub fn options(s: &MqttSettings) -> Result<MqttOptions, MqttSetupError> {
     o.set_keep_alive(s.keep_alive)
         .set_clean_session(false)
         .set_manual_acks(true)
-        // Read every packet MQTT allows (a larger fixed header would fail the connection,
-        // and the broker would redeliver the same message on every reconnect); payloads
-        // over `max_payload` are then acked, counted and skipped.
-        .set_max_packet_size(MQTT_MAX_PACKET, 64 * 1024)
+        // Packets up to `max_payload` and a topic: rumqttc refuses a larger one at its
+        // fixed header (before reading any of it) and drops the connection, and the run
+        // loop reads past it on a second connection (mqtt_drain.rs). Payloads over
+        // `max_payload` within the cap are acked, counted and skipped.
+        .set_max_packet_size(packet_cap(s), 64 * 1024)
         .set_request_channel_capacity(MAX_PENDING * 2);
     if let Some((user, pass)) = &s.credentials {
         o.set_credentials(user.clone(), pass.expose().to_string());
@@ -69,6 +68,21 @@ pub fn options(s: &MqttSettings) -> Result<MqttOptions, MqttSetupError> {
         ));
     }
     Ok(o)
+}
+
+/// The largest packet the source reads: `max_payload` plus room for a topic.
+pub fn packet_cap(s: &MqttSettings) -> usize {
+    s.max_payload.saturating_add(super::mqtt_drain::HEADROOM)
+}
+
+/// The declared size of the packet that broke the connection, if it was over the cap.
+fn oversized(e: &rumqttc::ConnectionError) -> Option<usize> {
+    match e {
+        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
+        )) => Some(*n),
+        _ => None,
+    }
 }
 
 /// A received message that is not acknowledged yet.
@@ -119,6 +133,9 @@ pub async fn run(
     // over from the last connection stay until there are none.
     let mut dups_open = 0usize;
     let mut backoff = Doubling::new(RECONNECT_MIN, RECONNECT_MAX);
+    // The pause after an oversized message broke the connection; back to its start once a
+    // message within the cap arrives.
+    let mut oversize_wait = Doubling::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut was_connected = false;
     // Submitted, waiting for the commit, in arrival order.
     let mut pending: FuturesOrdered<PendingAck> = FuturesOrdered::new();
@@ -269,8 +286,9 @@ pub async fn run(
                         status.subscribed();
                     }
                 }
-                Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                Ok(MqttEvent::Incoming(Packet::Publish(mut p))) => {
                     messages.inc();
+                    oversize_wait.reset();
                     if p.dup {
                         dups_open += 1;
                     }
@@ -291,6 +309,9 @@ pub async fn run(
                     };
                     status.message(events.1);
                     let events = events.0;
+                    // Held until its ack: without its payload (decoded already), so that
+                    // 2,048 held messages do not hold 2,048 payloads.
+                    p.payload = bytes::Bytes::new();
                     let held = Held { gen: generation, publish: p, events, mark };
                     if retry.is_empty() {
                         // Waits for room in the store's queue of ops, unless shutting down.
@@ -310,15 +331,42 @@ pub async fn run(
                 Ok(_) => {}
                 Err(e) => {
                     connected.set(0);
-                    status.disconnected(e.to_string());
                     if was_connected {
                         reconnects.inc();
                         was_connected = false;
                     }
+                    pulse.rest();
+                    if let Some(size) = oversized(&e) {
+                        // Refused at its header, never buffered. The broker would send it
+                        // again first on every reconnect: read past it and ack it on a
+                        // connection of its own, then reconnect after a pause that grows
+                        // while it keeps happening.
+                        decode_errors.inc("too_large");
+                        status.disconnected(format!("a message of {size} bytes is over the packet cap of {} bytes (max_payload plus the topic)", packet_cap(&s)));
+                        tracing::warn!(source = %s.name, "a message of {size} bytes is over the packet cap ({} bytes: max_payload plus the topic); disconnected before reading it, reading past it and acknowledging it on a second connection", packet_cap(&s));
+                        match shutdown.run_until_cancelled(super::mqtt_drain::drain(&s, packet_cap(&s))).await {
+                            None => break,
+                            Some(Ok(skipped)) => {
+                                // The one that broke the connection is counted above.
+                                for k in skipped.iter().skip(1) {
+                                    decode_errors.inc("too_large");
+                                    tracing::warn!(source = %s.name, topic = %k.topic, "message of {} bytes skipped: over the packet cap", k.bytes);
+                                }
+                                tracing::info!(source = %s.name, "read past {} oversized message(s); reconnecting in {:?}", skipped.len(), oversize_wait.current());
+                            }
+                            Some(Err(why)) => tracing::warn!(source = %s.name, "could not read past the oversized message, retrying in {:?}: {why}", oversize_wait.current()),
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(oversize_wait.current()) => {}
+                            _ = shutdown.cancelled() => break,
+                        }
+                        oversize_wait.failed();
+                        continue;
+                    }
+                    status.disconnected(e.to_string());
                     if let Some(suppressed) = conn_log.check(Instant::now()) {
                         tracing::warn!(source = %s.name, suppressed, "MQTT connection to {}:{} failed, retrying in {:?}: {e}", s.host, s.port, backoff.current());
                     }
-                    pulse.rest();
                     tokio::select! {
                         _ = tokio::time::sleep(backoff.current()) => {}
                         _ = shutdown.cancelled() => break,

@@ -25,18 +25,7 @@ pub fn read_packet(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
 
 /// The remaining-length field for `len` bytes.
 pub fn remaining(len: usize) -> Vec<u8> {
-    let (mut out, mut n) = (Vec::new(), len);
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            return out;
-        }
-    }
+    roomhook::source::mqtt_drain::remaining_length(len)
 }
 
 /// A QoS 1 PUBLISH.
