@@ -16,11 +16,15 @@ dpkg -i "$deb" >/dev/null
 getent passwd roomhook >/dev/null || fail "no roomhook user after install"
 [ "$(stat -c %a:%U /etc/roomhook/roomhook.toml)" = "640:roomhook" ] || fail "config mode/owner: $(stat -c %a:%U /etc/roomhook/roomhook.toml)"
 [ "$(stat -c %U /etc/roomhook)" = roomhook ] || fail "/etc/roomhook not owned by roomhook"
+# Root-only secrets: /etc/credstore (root, 0700), and nothing loaded from /etc/roomhook,
+# which the service user owns (systemd follows links there as root; README "By hand").
+[ "$(stat -c %a:%U /etc/credstore)" = "700:root" ] || fail "/etc/credstore: $(stat -c %a:%U /etc/credstore)"
 grep -qx /etc/roomhook/roomhook.toml /var/lib/dpkg/info/roomhook.conffiles || fail "the config is not a conffile"
 /usr/bin/roomhook --version
 /usr/bin/roomhook check-config -c /etc/roomhook/roomhook.toml
 unit=$(dpkg -L roomhook | grep '/systemd/system/roomhook.service$') || fail "no unit installed"
 systemd-analyze verify "$unit"
+if grep -n 'LoadCredential.*/etc/roomhook' "$unit"; then fail "the unit loads credentials from /etc/roomhook, which roomhook owns"; fi
 systemd-analyze security --offline=true "$unit" | tail -1
 
 # An upgrade (the same package again) keeps the store and an edited config.
