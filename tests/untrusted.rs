@@ -233,15 +233,20 @@ fn login_from(admin: u16, from: [u8; 4], token: &str, headers: &[(&str, &str)]) 
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guessing_the_admin_token_is_limited_and_never_locks_out_the_right_one() {
-    let (rig, mut daemon) = Rig::new()
+/// A daemon with the console on, whose admin listener trusts a proxy at 127.0.0.1.
+async fn behind_a_proxy_at_127_0_0_1() -> (Rig, Daemon) {
+    Rig::new()
         .console(ADMIN)
         .config(|d| {
             d.merge("admin", r#"trusted_proxies = ["127.0.0.1"]"#);
         })
         .start()
-        .await;
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_the_admin_token_is_limited_and_never_locks_out_the_right_one() {
+    let (rig, mut daemon) = behind_a_proxy_at_127_0_0_1().await;
     let admin = rig.admin;
     // Bearer guesses count: five wrong, then that address is refused, even its right token.
     for _ in 0..5 {
@@ -317,13 +322,7 @@ async fn guessing_the_admin_token_is_limited_and_never_locks_out_the_right_one()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_trusted_proxy_is_believed_about_https() {
-    let (rig, mut daemon) = Rig::new()
-        .console(ADMIN)
-        .config(|d| {
-            d.merge("admin", r#"trusted_proxies = ["127.0.0.1"]"#);
-        })
-        .start()
-        .await;
+    let (rig, mut daemon) = behind_a_proxy_at_127_0_0_1().await;
     let https = [("x-forwarded-proto", "https")];
     let cookie = |a: &Answer| a.header("set-cookie").unwrap_or_default().to_string();
     let direct = login_from(rig.admin, [127, 0, 0, 2], ADMIN, &https);
