@@ -60,12 +60,49 @@ const fn event(path: &'static str) -> Entry {
 }
 
 /// The approved list, in the order the README documents it.
+///
+/// Paths and value types are those of Cisco's xAPI reference (roomos.cisco.com/xapi, whose
+/// schemas `cisco-ce/roomos.cisco.com` publishes per release under `schemas/`). Where the
+/// reference types a reading `String` but it carries a number (`"22.5"`), the catalog says
+/// decimal and accepts both on input; where the reference gives the string a sentinel of its
+/// own (`"Unavailable"` for the `InsideRoom`/`OutsideRoom` readings), the catalog keeps it text,
+/// so that the sentinel is forwarded rather than rejected.
 pub const ENTRIES: &[Entry] = &[
     status("RoomAnalytics.PeopleCount.Current", ValueType::Integer),
+    status("RoomAnalytics.PeopleCount.Capacity", ValueType::Integer),
     status("RoomAnalytics.PeoplePresence", ValueType::Enum(YES_NO)),
+    status("RoomAnalytics.UltrasoundPresence", ValueType::Enum(YES_NO)),
     status("RoomAnalytics.RoomInUse", ValueType::Enum(TRUE_FALSE)),
+    // Third-party occupancy sources an integration reports with `xCommand RoomAnalytics
+    // RoomInUse Set ID: …` (RoomOS 26.8 schema); RoomOS adds them into `RoomInUse`.
+    status("RoomAnalytics.OccupancySensor[*].ID", ValueType::Text),
+    status(
+        "RoomAnalytics.OccupancySensor[*].RoomInUse",
+        ValueType::Enum(TRUE_FALSE),
+    ),
     status("RoomAnalytics.AmbientTemperature", ValueType::Decimal),
     status("RoomAnalytics.RelativeHumidity", ValueType::Integer),
+    status("RoomAnalytics.AirQuality.Index", ValueType::Decimal),
+    // The room's readings from Room Navigators placed inside or outside it (RoomOS 26.5+):
+    // `"Unavailable"` (humidity -1) when no such reading exists.
+    status(
+        "RoomAnalytics.InsideRoom.AmbientTemperature",
+        ValueType::Text,
+    ),
+    status(
+        "RoomAnalytics.InsideRoom.RelativeHumidity",
+        ValueType::Integer,
+    ),
+    status("RoomAnalytics.InsideRoom.AirQualityIndex", ValueType::Text),
+    status(
+        "RoomAnalytics.OutsideRoom.AmbientTemperature",
+        ValueType::Text,
+    ),
+    status(
+        "RoomAnalytics.OutsideRoom.RelativeHumidity",
+        ValueType::Integer,
+    ),
+    status("RoomAnalytics.OutsideRoom.AirQualityIndex", ValueType::Text),
     status("RoomAnalytics.AmbientNoise.Level.A", ValueType::Integer),
     status("RoomAnalytics.Sound.Level.A", ValueType::Integer),
     status(
@@ -73,8 +110,29 @@ pub const ENTRIES: &[Entry] = &[
         ValueType::Integer,
     ),
     status(
+        "RoomAnalytics.ReverberationTime.Octaves[*].CenterFrequency",
+        ValueType::Integer,
+    ),
+    status(
+        "RoomAnalytics.ReverberationTime.Octaves[*].RT60",
+        ValueType::Integer,
+    ),
+    status("RoomAnalytics.ReverberationTime.LastRun", ValueType::Text),
+    status(
+        "RoomAnalytics.ReverberationTime.MeasurementState",
+        ValueType::Enum(&["Empty", "Measuring", "Measured"]),
+    ),
+    status(
+        "RoomAnalytics.T3Alarm.Detected",
+        ValueType::Enum(TRUE_FALSE),
+    ),
+    status(
         "RoomAnalytics.Engagement.CloseProximity",
         ValueType::Enum(TRUE_FALSE),
+    ),
+    status(
+        "RoomAnalytics.LightingConditions",
+        ValueType::Enum(&["Unknown", "Good", "Dark", "Backlight", "NotSupported"]),
     ),
     status(
         "Peripherals.ConnectedDevice[*].RoomAnalytics.AmbientTemperature",
@@ -94,7 +152,12 @@ pub const ENTRIES: &[Entry] = &[
     ),
     status("SystemUnit.State.NumberOfActiveCalls", ValueType::Integer),
     status("SystemUnit.State.System", ValueType::Text),
-    status("Bookings.Availability.Status", ValueType::Text),
+    status(
+        "Bookings.Availability.Status",
+        ValueType::Enum(&["Free", "FreeUntil", "BookedUntil"]),
+    ),
+    status("Bookings.Availability.TimeStamp", ValueType::Text),
+    status("Bookings.Current.Id", ValueType::Text),
     status(
         "Conference.Presentation.LocalInstance[*].SendingMode",
         ValueType::Enum(&["LocalOnly", "LocalRemote", "Off"]),
@@ -114,6 +177,12 @@ pub const ENTRIES: &[Entry] = &[
     event("Bookings.End"),
     event("Bookings.ExtensionRequested"),
     event("Bookings.Deleted"),
+    event("Bookings.CheckedIn"),
+    event("Bookings.BookingCreated"),
+    event("Bookings.BookingMoved"),
+    event("Bookings.Updated"),
+    event("Bookings.StartTimeBuffer"),
+    event("Bookings.EndTimeBuffer"),
     event("UserInterface.Extensions.Widget.Action"),
     event("UserInterface.Extensions.Panel.Clicked"),
     event("UserInterface.Extensions.Panel.Close"),
@@ -311,6 +380,46 @@ mod tests {
         assert_eq!(e.map(|e| e.value), Some(ValueType::Decimal));
         assert!(lookup("RoomAnalytics.PeopleCount.Current").is_some());
         assert!(lookup("RoomAnalytics.PeopleCount.Max").is_none());
+        let e = lookup("RoomAnalytics.ReverberationTime.Octaves[3].CenterFrequency");
+        assert_eq!(e.map(|e| e.value), Some(ValueType::Integer));
+        let e = lookup("RoomAnalytics.OccupancySensor[1].RoomInUse");
+        assert_eq!(e.map(|e| e.value), Some(ValueType::Enum(TRUE_FALSE)));
+    }
+
+    #[test]
+    fn catalog_paths_are_unique_and_well_formed() {
+        let mut seen = std::collections::BTreeSet::new();
+        for e in ENTRIES {
+            assert!(seen.insert(e.path), "{} twice", e.path);
+            assert_eq!(generic_path(e.path), e.path, "array nodes are [*]");
+            assert!(
+                e.path.split('.').all(|s| !s.is_empty() && !s.contains(' ')),
+                "{}",
+                e.path
+            );
+            assert_eq!(e.kind == Kind::Event, e.value == ValueType::Object);
+            assert_eq!(lookup(e.path), Some(e));
+        }
+    }
+
+    #[test]
+    fn catalog_room_readings_keep_the_reference_sentinel() {
+        // The reference types the InsideRoom/OutsideRoom readings String, "Unavailable" when
+        // there is none (humidity: Integer, -1): forwarded as they are.
+        let t = lookup("RoomAnalytics.OutsideRoom.AmbientTemperature").unwrap();
+        assert_eq!(
+            t.value.coerce(&json!("Unavailable")),
+            Ok(json!("Unavailable"))
+        );
+        assert_eq!(t.value.coerce(&json!("21.5")), Ok(json!("21.5")));
+        let h = lookup("RoomAnalytics.OutsideRoom.RelativeHumidity").unwrap();
+        assert_eq!(h.value.coerce(&json!(-1)), Ok(json!(-1)));
+        let b = lookup("Bookings.Availability.Status").unwrap();
+        assert_eq!(
+            b.value.coerce(&json!("bookeduntil")),
+            Ok(json!("BookedUntil"))
+        );
+        assert!(b.value.coerce(&json!("Booked")).is_err());
     }
 
     #[test]

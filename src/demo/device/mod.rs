@@ -2,7 +2,8 @@
 //!
 //! The simulator keeps a status tree shaped as the device returns it (objects, and arrays
 //! as lists of objects with a string `"id"`), answers `xGet`, `xQuery`,
-//! `xFeedback/Subscribe` and `xFeedback/Unsubscribe`, and pushes `xFeedback/Event`
+//! `xFeedback/Subscribe`, `xFeedback/Unsubscribe` and `xCommand/RoomAnalytics/RoomInUse/Set`
+//! (a third-party occupancy source), and pushes `xFeedback/Event`
 //! notifications when the test or demo changes a value, removes an array entry (a ghost)
 //! or emits an event. Faults can be injected: malformed frames, abrupt disconnects,
 //! refused upgrades and a silent (dead) peer.
@@ -11,6 +12,8 @@
 //! the JSON-RPC methods in `rpc.rs`, the query language in `query.rs`, the status tree and
 //! its notifications in `tree.rs`, and what a new device holds in `data.rs`.
 
+#[cfg(test)]
+mod catalog_test;
 mod data;
 mod query;
 mod rpc;
@@ -36,7 +39,9 @@ use tree::{parse_dotted, State};
 pub enum Role {
     /// Reads everything.
     Admin,
-    /// Reads everything but the main unit's environmental sensors (temperature, humidity, air quality).
+    /// Reads what the xAPI reference grants the Integrator role: everything here but the main
+    /// unit's environmental sensors (temperature, humidity, air quality), the room's
+    /// `InsideRoom`/`OutsideRoom` readings, `Bookings` and `SystemUnit.State.System`.
     #[default]
     Integrator,
     /// Reads everything.
@@ -158,12 +163,15 @@ impl DeviceSim {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let port = listener.local_addr()?.port();
         let tree = data::initial_status(&opts);
+        let mut schema = Schema::of(&tree);
+        schema.merge(Schema::of(&data::status_shapes()));
         let state = State {
-            schema: Schema::of(&tree),
+            schema,
             event_schema: Schema::of(&data::event_schema_tree()),
             tree,
             conns: BTreeMap::new(),
             next_conn: 1,
+            anonymous_in_use: false,
         };
         let (ctl, _) = watch::channel(Control::default());
         let shared = Arc::new(Shared {

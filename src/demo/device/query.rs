@@ -41,11 +41,16 @@ pub(super) enum Elem {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Deny(pub(super) &'static [&'static [&'static str]]);
 
-/// What an Integrator account may not read.
+/// What an Integrator account may not read: the statuses the xAPI reference grants only the
+/// Admin and User roles.
 const INTEGRATOR_DENY: &[&[&str]] = &[
     &["RoomAnalytics", "AmbientTemperature"],
     &["RoomAnalytics", "RelativeHumidity"],
     &["RoomAnalytics", "AirQuality"],
+    &["RoomAnalytics", "InsideRoom"],
+    &["RoomAnalytics", "OutsideRoom"],
+    &["Bookings"],
+    &["SystemUnit", "State", "System"],
 ];
 
 impl Deny {

@@ -1,5 +1,6 @@
-//! JSON-RPC 2.0 over the socket: a text frame's request, its dispatch to `xGet`, `xQuery` and
-//! `xFeedback/(Un)Subscribe`, the errors RoomOS answers with, and the frames sent back.
+//! JSON-RPC 2.0 over the socket: a text frame's request, its dispatch to `xGet`, `xQuery`,
+//! `xFeedback/(Un)Subscribe` and the one command (`RoomAnalytics RoomInUse Set`), the errors
+//! RoomOS answers with, and the frames sent back.
 
 use super::query::{filter, parse_query, select, Deny, Doc, Elem};
 use super::tree::{entry_id, State, Sub};
@@ -43,6 +44,11 @@ const INVALID_REQUEST: RpcError = RpcError {
     code: -32600,
     message: "Invalid Request",
 };
+/// A command that could not be carried out.
+const COMMAND_ERROR: RpcError = RpcError {
+    code: 1,
+    message: "Command error",
+};
 /// Unknown method.
 const NO_METHOD: RpcError = RpcError {
     code: -32601,
@@ -78,6 +84,7 @@ impl Shared {
             "xQuery" => self.x_query(st, params),
             "xFeedback/Subscribe" => self.subscribe(st, conn_id, params, &mut after),
             "xFeedback/Unsubscribe" => unsubscribe(st, conn_id, params),
+            "xCommand/RoomAnalytics/RoomInUse/Set" => self.room_in_use_set(st, params),
             _ => Err(NO_METHOD),
         };
         let mut frames = Vec::with_capacity(1 + after.len());
@@ -129,6 +136,36 @@ impl Shared {
         }
         let found = select(&st.tree, &pat, &mut Vec::new(), self.deny).unwrap_or_else(|| json!({}));
         Ok(json!({ "Status": found }))
+    }
+
+    /// `xCommand RoomAnalytics RoomInUse Set`: `State` (`InUse`, `NotInUse`), optional
+    /// `Duration` (1..3600 s, default 300; checked, not timed: the source stays in use until
+    /// it says otherwise) and `ID` (1..100 characters).
+    fn room_in_use_set(&self, st: &mut State, params: Option<&Value>) -> Result<Value, RpcError> {
+        let p = params.and_then(Value::as_object).ok_or(INVALID_PARAMS)?;
+        let in_use = match p.get("State").and_then(Value::as_str) {
+            Some(s) if s.eq_ignore_ascii_case("InUse") => true,
+            Some(s) if s.eq_ignore_ascii_case("NotInUse") => false,
+            _ => return Err(INVALID_PARAMS),
+        };
+        if let Some(d) = p.get("Duration") {
+            let secs = d
+                .as_u64()
+                .or_else(|| d.as_str().and_then(|s| s.parse().ok()));
+            if !secs.is_some_and(|s| (1..=3600).contains(&s)) {
+                return Err(INVALID_PARAMS);
+            }
+        }
+        let source = match p.get("ID") {
+            None => None,
+            Some(Value::String(s)) if (1..=100).contains(&s.chars().count()) => Some(s.as_str()),
+            Some(_) => return Err(INVALID_PARAMS),
+        };
+        if st.room_in_use_set(source, in_use, self.deny) {
+            Ok(json!({ "status": "OK" }))
+        } else {
+            Err(COMMAND_ERROR)
+        }
     }
 
     /// `xFeedback/Subscribe`; the current values (NotifyCurrentValue) go to `after`.

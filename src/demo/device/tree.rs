@@ -20,7 +20,13 @@ pub(super) struct State {
     pub(super) conns: BTreeMap<u64, Conn>,
     /// Id for the next connection.
     pub(super) next_conn: u64,
+    /// An anonymous third-party occupancy source (`RoomInUse Set` without an `ID`) reports
+    /// the room in use.
+    pub(super) anonymous_in_use: bool,
 }
+
+/// Identified third-party occupancy sources a device tracks at a time.
+const MAX_OCCUPANCY_SENSORS: usize = 16;
 
 /// One open WebSocket connection.
 pub(super) struct Conn {
@@ -74,6 +80,67 @@ impl State {
             let ghost = build_tree(segs, json!({ "ghost": "True" }));
             self.notify(Doc::Status, &covered, &ghost, deny);
         }
+    }
+
+    /// `xCommand RoomAnalytics RoomInUse Set`: a third-party occupancy source says the room is
+    /// in use or not. With an id (`source`) it is tracked as `RoomAnalytics.OccupancySensor[n]`
+    /// (`ID`, `RoomInUse`; `NotInUse` keeps the entry, `False`); without, it is anonymous
+    /// input. `RoomAnalytics.RoomInUse` follows what the sources say (the simulator has no
+    /// native inputs of its own to add). `false` when a new id finds all 16 places taken.
+    pub(super) fn room_in_use_set(
+        &mut self,
+        source: Option<&str>,
+        in_use: bool,
+        deny: Deny,
+    ) -> bool {
+        let flag = if in_use { "True" } else { "False" };
+        match source {
+            None => self.anonymous_in_use = in_use,
+            Some(source) => {
+                let sensors = self.occupancy_sensors();
+                let known = sensors
+                    .iter()
+                    .find(|e| e.get("ID").and_then(Value::as_str) == Some(source))
+                    .and_then(|e| entry_id(e));
+                let n = match known {
+                    Some(n) => n.to_string(),
+                    None => {
+                        let taken: Vec<&str> = sensors.iter().filter_map(|e| entry_id(e)).collect();
+                        let free = (1..=MAX_OCCUPANCY_SENSORS)
+                            .map(|n| n.to_string())
+                            .find(|n| !taken.contains(&n.as_str()));
+                        match free {
+                            Some(n) => n,
+                            None => return false,
+                        }
+                    }
+                };
+                let segs = [
+                    Seg::Key("RoomAnalytics".to_string()),
+                    Seg::Indexed("OccupancySensor".to_string(), n),
+                ];
+                self.set_status(&segs, json!({ "ID": source, "RoomInUse": flag }), deny);
+            }
+        }
+        let any = self.anonymous_in_use
+            || self
+                .occupancy_sensors()
+                .iter()
+                .any(|e| e.get("RoomInUse").and_then(Value::as_str) == Some("True"));
+        let segs = [
+            Seg::Key("RoomAnalytics".to_string()),
+            Seg::Key("RoomInUse".to_string()),
+        ];
+        self.set_status(&segs, json!(if any { "True" } else { "False" }), deny);
+        true
+    }
+
+    /// The `RoomAnalytics.OccupancySensor` entries.
+    fn occupancy_sensors(&self) -> &[Value] {
+        self.tree
+            .pointer("/RoomAnalytics/OccupancySensor")
+            .and_then(Value::as_array)
+            .map_or(&[], Vec::as_slice)
     }
 
     /// Sends the event at `segs` to the matching Event subscriptions.

@@ -321,10 +321,12 @@ mod tests {
 
     #[test]
     fn a_full_query_result_with_non_catalog_leaves() {
-        // xQuery {"Query":["Status","RoomAnalytics"]} answers from the root.
+        // xQuery {"Query":["Status","RoomAnalytics"]} answers from the root; a status of a
+        // newer RoomOS than the catalog knows is left out.
         let result = json!({"Status":{"RoomAnalytics":{
             "PeopleCount":{"Current":-1,"Capacity":8},"PeoplePresence":"No","RoomInUse":"False",
-            "AmbientNoise":{"Level":{"A":32}},"T3Alarm":{"Detected":"False"}}}});
+            "AmbientNoise":{"Level":{"A":32}},"T3Alarm":{"Detected":"False"},
+            "NotInTheCatalog":{"Level":3}}}});
         let mut out = Decoded::default();
         decode_status(&result["Status"], &sel(&["RoomAnalytics.*"], &[]), &mut out);
         let paths: Vec<&str> = out.updated.iter().map(|(p, _)| p.as_str()).collect();
@@ -332,12 +334,14 @@ mod tests {
             paths,
             vec![
                 "RoomAnalytics.AmbientNoise.Level.A",
+                "RoomAnalytics.PeopleCount.Capacity",
                 "RoomAnalytics.PeopleCount.Current",
                 "RoomAnalytics.PeoplePresence",
                 "RoomAnalytics.RoomInUse",
+                "RoomAnalytics.T3Alarm.Detected",
             ]
         );
-        assert_eq!(out.updated[1].1, json!(-1));
+        assert_eq!(out.updated[2].1, json!(-1));
     }
 
     #[test]
