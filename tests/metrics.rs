@@ -263,3 +263,187 @@ async fn readyz_names_a_source_that_stays_disconnected() {
         "{out}"
     );
 }
+
+/// The metric names `/metrics` exposes as PromQL selects them: every sample's name, and
+/// the names each `# TYPE` line's kind gives (a counter `_total`; a histogram `_bucket`,
+/// `_sum`, `_count`); a counter's bare name is not one (PromQL finds nothing under it).
+fn exposed_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                "summary" => &["", "_sum", "_count"],
+                "info" => &["_info"],
+                _ => &[""],
+            };
+            names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+        } else if !line.starts_with('#') {
+            let end = line.find(['{', ' ']).unwrap_or(line.len());
+            if end > 0 {
+                names.insert(line[..end].to_string());
+            }
+        }
+    }
+    names
+}
+
+/// Every `roomhook_…` identifier (`roomhook_[a-z0-9_]+`, not inside a longer word) in `text`.
+fn roomhook_identifiers(text: &str) -> std::collections::BTreeSet<String> {
+    let mut found = std::collections::BTreeSet::new();
+    let bytes = text.as_bytes();
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    for (at, _) in text.match_indices("roomhook_") {
+        if at > 0 && word(bytes[at - 1]) {
+            continue;
+        }
+        let len = bytes[at..]
+            .iter()
+            .take_while(|&&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            .count();
+        found.insert(text[at..at + len].to_string());
+    }
+    found
+}
+
+/// The PromQL of a Grafana dashboard: each panel target's `expr`, and each template
+/// variable's `query` and `definition`, at any depth (rows may nest panels).
+fn dashboard_queries(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr" | "query" | "definition", serde_json::Value::String(s)) => {
+                        out.push(s.clone())
+                    }
+                    _ => dashboard_queries(value, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|i| dashboard_queries(i, out)),
+        _ => {}
+    }
+}
+
+/// What `queried` names that `/metrics` (`exposed`) does not, each with `origin`.
+fn not_exposed(
+    origin: &str,
+    queried: &std::collections::BTreeSet<String>,
+    exposed: &std::collections::BTreeSet<String>,
+) -> Vec<String> {
+    queried
+        .iter()
+        .filter(|n| !exposed.contains(*n))
+        .map(|n| format!("{n} (in {origin})"))
+        .collect()
+}
+
+#[test]
+fn every_metric_name_scan_finds_what_it_should() {
+    let text = "# HELP roomhook_a A.\n# TYPE roomhook_a counter\nroomhook_a_total{x=\"1\"} 2\n\
+                # TYPE roomhook_h histogram\n# TYPE roomhook_g gauge\nroomhook_g 1\n# EOF\n";
+    let names: Vec<String> = exposed_names(text).into_iter().collect();
+    assert_eq!(
+        names,
+        [
+            "roomhook_a_total",
+            "roomhook_g",
+            "roomhook_h_bucket",
+            "roomhook_h_count",
+            "roomhook_h_sum"
+        ]
+    );
+    let ids: Vec<String> = roomhook_identifiers(
+        "sum(rate(roomhook_x_total{a=\"b\"}[5m])) / xroomhook_no + roomhook_y_bucket; roomhook.json",
+    )
+    .into_iter()
+    .collect();
+    assert_eq!(ids, ["roomhook_x_total", "roomhook_y_bucket"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_dashboard_and_the_alert_rules_query_exists() {
+    let contrib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib");
+    let read = |path: &str| {
+        std::fs::read_to_string(contrib.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    // The dashboard: the PromQL of its panels and template variables.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("grafana/roomhook.json")).expect("the dashboard is JSON");
+    let mut queries = Vec::new();
+    dashboard_queries(&dashboard, &mut queries);
+    let in_dashboard = roomhook_identifiers(&queries.join("\n"));
+    // The rules: every line but comments (expressions, and the queries in annotations).
+    let rules = read("prometheus/roomhook.rules.yml");
+    let rule_lines: Vec<&str> = rules
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    let in_rules = roomhook_identifiers(&rule_lines.join("\n"));
+    // The scan found what the files obviously query (it did not come back empty).
+    for (file, set, name) in [
+        (
+            "the dashboard",
+            &in_dashboard,
+            "roomhook_events_delivered_total",
+        ),
+        ("the rules", &in_rules, "roomhook_queue_oldest_age_seconds"),
+    ] {
+        assert!(set.contains(name), "{file}: {name} not found in {set:?}");
+    }
+
+    // A daemon with one webhook and both kinds of source (an MQTT broker and a RoomOS
+    // device: each exports families of its own) that delivered an event and reloaded its
+    // config once, so that every family (histograms and the reload counter too) has a
+    // series: prometheus-client prints nothing for a family without one.
+    let rig = Rig::new().build().await;
+    let device =
+        roomhook::demo::device::DeviceSim::start(roomhook::demo::device::DeviceSimOptions {
+            serial: "FOC2447N0AB".into(),
+            product_id: "Cisco Room Kit Pro".into(),
+            username: "roomhook".into(),
+            password: "device-pass-123".into(),
+            role: roomhook::demo::device::Role::Integrator,
+            tls: true,
+        })
+        .await
+        .expect("device simulator");
+    let mut config = std::fs::read_to_string(&rig.config).expect("the rig's config");
+    config.push_str(&format!(
+        "\n[[sources.roomos]]\nname = \"desk\"\nurl = \"{}\"\nusername = \"roomhook\"\npassword = \"device-pass-123\"\npin_sha256 = \"{}\"\nworkspace = \"ws-desk\"\nkeep_alive = \"10s\"\n",
+        device.url(),
+        device.cert_sha256()
+    ));
+    std::fs::write(&rig.config, config).expect("the rig's config");
+    let daemon = Daemon::start(&rig.config);
+    publish(rig.broker.port, &[("room-1".to_string(), 3)]).await;
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    let settled = wait_until(Duration::from_secs(30), || {
+        let m = |series: &str| metric(rig.admin, series);
+        // The device's people count may go to the webhook too: one event at least.
+        m("roomhook_delivery_latency_seconds_count{webhook=\"facilities\"}")
+            .is_some_and(|n| n >= 1.0)
+            && m("roomhook_config_reloads_total{result=\"applied\"}") == Some(1.0)
+            && m("roomhook_source_connected{source=\"desk\"}") == Some(1.0)
+    });
+    let text = scrape(rig.admin);
+    assert!(settled, "{text}\n{}", daemon.logs());
+    let exposed = exposed_names(&text);
+
+    let mut missing = not_exposed("contrib/grafana/roomhook.json", &in_dashboard, &exposed);
+    missing.extend(not_exposed(
+        "contrib/prometheus/roomhook.rules.yml",
+        &in_rules,
+        &exposed,
+    ));
+    assert!(
+        missing.is_empty(),
+        "queried but not exposed by /metrics:\n  {}\n\nexposed: {exposed:?}",
+        missing.join("\n  ")
+    );
+}
