@@ -21,6 +21,14 @@ getent passwd roomhook >/dev/null || fail "no roomhook user after install"
 [ "$(stat -c %a:%U /etc/credstore)" = "700:root" ] || fail "/etc/credstore: $(stat -c %a:%U /etc/credstore)"
 grep -qx /etc/roomhook/roomhook.toml /var/lib/dpkg/info/roomhook.conffiles || fail "the config is not a conffile"
 /usr/bin/roomhook --version
+# What a user types finds the pages and the completion.
+if command -v man >/dev/null 2>&1; then
+  man -w roomhook >/dev/null || fail "man roomhook finds nothing"
+  man -w 5 roomhook.toml >/dev/null || fail "man 5 roomhook.toml finds nothing"
+  man -w roomhook-webhook-add >/dev/null || fail "man roomhook-webhook-add finds nothing"
+fi
+[ -f /usr/share/bash-completion/completions/roomhook ] || fail "no bash completion installed"
+grep -q "Apache License" /usr/share/doc/roomhook/copyright || fail "the copyright file lacks the license"
 /usr/bin/roomhook check-config -c /etc/roomhook/roomhook.toml
 unit=$(dpkg -L roomhook | grep '/systemd/system/roomhook.service$') || fail "no unit installed"
 systemd-analyze verify "$unit"

@@ -374,6 +374,30 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The README's catalog lists every entry, in this order, and no other.
+    #[test]
+    fn the_readme_lists_every_entry_in_order() {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("### Catalog (approved statuses and events)")
+            .unwrap();
+        let section = &readme[start..];
+        let section = &section[..section.find("\n## ").unwrap()];
+        let listed: Vec<&str> = section
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|p| lookup(p).is_some())
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        let listed: Vec<&str> = listed.into_iter().filter(|p| seen.insert(*p)).collect();
+        let entries: Vec<&str> = ENTRIES.iter().map(|e| e.path).collect();
+        assert_eq!(
+            listed, entries,
+            "README's catalog section differs from ENTRIES"
+        );
+    }
+
     #[test]
     fn looks_up_concrete_and_generic_paths() {
         let e = lookup("Peripherals.ConnectedDevice[1002].RoomAnalytics.AirQuality.Index");

@@ -27,6 +27,7 @@ pub mod supervisor;
 pub mod timefmt;
 pub mod tls;
 pub mod value;
+pub mod version;
 pub mod wallclock;
 
 pub use tls::install_crypto_provider;

@@ -1,21 +1,15 @@
-//! The `roomhook` command line: `run`, `check-config`, `demo`.
+//! The `roomhook` command line: `run`, `check-config`, `webhook`, `source`, `status`,
+//! `store`, `completions`, `man`, `demo`.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// `--version`: the version and the optional parts built in.
-const VERSION: &str = if cfg!(feature = "demo") {
-    concat!(env!("CARGO_PKG_VERSION"), " (features: demo)")
-} else {
-    concat!(env!("CARGO_PKG_VERSION"), " (features: none; no demo)")
-};
-
 /// Forwards meeting-room status and events as durable, paced HTTPS webhooks.
 #[derive(Parser)]
-#[command(name = "roomhook", version = VERSION, about)]
+#[command(name = "roomhook", version = roomhook::version::LONG, about)]
 struct Cli {
     /// Log filter (RUST_LOG syntax), e.g. "info" or "roomhook=debug" [default: [log] filter, else info].
     #[arg(long, global = true, env = "ROOMHOOK_LOG")]
@@ -94,6 +88,18 @@ enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell), e.g.
+    /// `source <(roomhook completions bash)`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (roomhook(1), one per verb, roomhook.toml(5)) into DIR.
+    Man {
+        /// Directory to write them to (created if missing).
+        dir: PathBuf,
+    },
     /// Run the whole path on this machine: simulated rooms, the real store, a local HTTPS receiver.
     #[cfg(feature = "demo")]
     Demo {
@@ -126,6 +132,54 @@ enum StoreAction {
     Check(StoreTarget),
     /// Move a damaged store aside and copy everything readable into a fresh one.
     Salvage(StoreTarget),
+}
+
+/// Roff that any troff reads: characters beyond ASCII (…, —) as `\[uXXXX]` escapes.
+fn ascii_roff(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii() {
+                c.to_string()
+            } else {
+                format!("\\[u{:04X}]", c as u32)
+            }
+        })
+        .collect()
+}
+
+/// `roomhook man DIR`: roomhook.1, roomhook-VERB.1 and roomhook-VERB-ACTION.1 from the
+/// clap definitions, and roomhook.toml.5 (written by build.rs from the README's reference).
+fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    fn page(
+        cmd: clap::Command,
+        dir: &std::path::Path,
+        out: &mut Vec<PathBuf>,
+    ) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned() {
+            page(sub, dir, out)?;
+        }
+        let man = clap_mangen::Man::new(cmd)
+            .source(format!("roomhook {}", env!("CARGO_PKG_VERSION")))
+            .manual("roomhook manual");
+        let mut roff = Vec::new();
+        man.render(&mut roff)?;
+        let path = dir.join(man.get_filename());
+        std::fs::write(&path, ascii_roff(&String::from_utf8_lossy(&roff)))?;
+        out.push(path);
+        Ok(())
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let mut out = Vec::new();
+    page(cmd, dir, &mut out)?;
+    let toml = dir.join("roomhook.toml.5");
+    std::fs::write(
+        &toml,
+        ascii_roff(include_str!(concat!(env!("OUT_DIR"), "/roomhook.toml.5"))),
+    )?;
+    out.push(toml);
+    Ok(out)
 }
 
 fn data_dir(config: &std::path::Path, data_dir: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
@@ -239,9 +293,32 @@ fn main() -> ExitCode {
     if let Command::Store { action } = cli.command {
         return store_command(action);
     }
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "roomhook",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
+    if let Command::Man { dir } = &cli.command {
+        return match write_man_pages(dir) {
+            Ok(pages) => {
+                for p in pages {
+                    println!("{}", p.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("roomhook man: {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     rt.block_on(async move {
         match cli.command {
-            Command::Store { .. } => ExitCode::SUCCESS,
+            Command::Store { .. } | Command::Completions { .. } | Command::Man { .. } => ExitCode::SUCCESS,
             Command::Status { config, socket, json, watch } => {
                 let every = watch.map(|s| Duration::from_secs_f64(s.max(0.2)));
                 roomhook::cli::status(config, socket, json, every).await

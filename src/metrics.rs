@@ -74,11 +74,19 @@ pub struct WebhookStateLabel {
     pub state: String,
 }
 
-/// `{version}`.
+/// `{version, commit, target, profile, features}`: what `roomhook --version` prints.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     /// Crate version.
     pub version: String,
+    /// Git commit, or "unknown".
+    pub commit: String,
+    /// Target triple.
+    pub target: String,
+    /// Cargo profile.
+    pub profile: String,
+    /// Optional features built in ("demo", or "none").
+    pub features: String,
 }
 
 fn latency_histogram() -> Histogram {
@@ -321,7 +329,11 @@ impl Metrics {
             "Events dropped from a queue, by reason",
             m.events_dropped.clone(),
         );
-        registry.register("build_info", "roomhook version", m.build_info.clone());
+        registry.register(
+            "build_info",
+            "roomhook version, git commit, target, profile and features",
+            m.build_info.clone(),
+        );
         registry.register(
             "queue_oldest_age_seconds",
             "Age of the oldest queued event per webhook",
@@ -355,7 +367,20 @@ impl Metrics {
         );
         m.build_info
             .get_or_create(&VersionLabel {
+                // The facts of crate::version (set by build.rs), read here directly:
+                // metrics sits in the bottom layer beside it.
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                commit: env!("ROOMHOOK_BUILD_COMMIT").to_string(),
+                target: env!("ROOMHOOK_BUILD_TARGET").to_string(),
+                profile: env!("ROOMHOOK_BUILD_PROFILE").to_string(),
+                features: if cfg!(feature = "testkit") {
+                    "demo testkit"
+                } else if cfg!(feature = "demo") {
+                    "demo"
+                } else {
+                    "none; no demo"
+                }
+                .to_string(),
             })
             .set(1);
         Metrics { registry, ..m }

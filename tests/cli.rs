@@ -1,4 +1,5 @@
-//! The command line as a user meets it: `check-config`, `demo` (`--version`: tests/shipped.rs).
+//! The command line as a user meets it: `check-config`, `demo`, `man`, `completions`
+//! (`--version`: tests/shipped.rs).
 
 use roomhook_testkit::run_roomhook as roomhook;
 
@@ -65,4 +66,106 @@ fn the_demo_delivers_webhooks_and_stops_by_itself() {
     assert!(delivered >= 5, "only {delivered} deliveries:\n{out}\n{err}");
     assert!(out.contains("\"orgId\":\"demo-org\""), "{out}");
     assert!(out.contains("still queued"), "{out}");
+}
+
+/// `roomhook man DIR`: a page per verb and roomhook.toml(5) with every section of the
+/// README's configuration reference; each renders without a warning where `man` exists.
+#[test]
+fn man_writes_a_page_per_verb_and_the_config_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = roomhook(&["man", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    for page in [
+        "roomhook.1",
+        "roomhook-run.1",
+        "roomhook-check-config.1",
+        "roomhook-webhook-add.1",
+        "roomhook-webhook-replay.1",
+        "roomhook-store-salvage.1",
+        "roomhook-completions.1",
+        "roomhook.toml.5",
+    ] {
+        assert!(dir.path().join(page).is_file(), "no {page}: {out}");
+        assert!(out.contains(page), "{page} not listed: {out}");
+    }
+    let add = std::fs::read_to_string(dir.path().join("roomhook-webhook-add.1")).unwrap();
+    assert!(add.contains("authorization\\-file"), "{add}");
+    // roomhook.toml(5) holds every section and key of the README's reference tables.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let page = std::fs::read_to_string(dir.path().join("roomhook.toml.5")).unwrap();
+    let reference = &readme[readme.find("### Reference").unwrap()..];
+    let reference = &reference[..reference.find("### Catalog").unwrap()];
+    let mut keys = 0;
+    for line in reference.lines() {
+        let heading = line.strip_prefix("`[").and_then(|r| r.split('`').next());
+        if let Some(h) = heading {
+            assert!(page.contains(&format!(".SH [{h}")), "section [{h} missing");
+        }
+        if let Some(key) = line.strip_prefix("| `").and_then(|r| r.split('`').next()) {
+            let roff = key.replace('-', "\\-");
+            assert!(
+                page.contains(&roff),
+                "key {key} missing from roomhook.toml.5"
+            );
+            keys += 1;
+        }
+    }
+    assert!(keys > 50, "only {keys} keys read from the README");
+    assert!(page.is_ascii(), "roff beyond ASCII");
+    if std::process::Command::new("man")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        for page in ["roomhook.toml.5", "roomhook-webhook-add.1"] {
+            let o = std::process::Command::new("man")
+                .args(["--warnings", "-l"])
+                .arg(dir.path().join(page))
+                .env("MANWIDTH", "80")
+                .env("LC_ALL", "C.UTF-8")
+                .output()
+                .unwrap();
+            let warnings = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                o.status.success() && warnings.is_empty(),
+                "{page}: {warnings}"
+            );
+            assert!(String::from_utf8_lossy(&o.stdout).contains("roomhook"));
+        }
+    }
+}
+
+/// `roomhook completions SHELL` prints a script the shell loads.
+#[test]
+fn completions_load_in_bash_and_name_the_verbs() {
+    let (code, bash, err) = roomhook(&["completions", "bash"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        bash.contains("complete -F _roomhook") || bash.contains("-F _roomhook"),
+        "{bash}"
+    );
+    for verb in ["check-config", "webhook", "dead-letters", "completions"] {
+        assert!(bash.contains(verb), "{verb} not completed");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("roomhook.bash");
+    std::fs::write(&script, &bash).unwrap();
+    let o = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && complete -p roomhook",
+            script.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("_roomhook"));
+    for shell in ["zsh", "fish"] {
+        let (code, script, err) = roomhook(&["completions", shell]);
+        assert_eq!(code, 0, "{err}");
+        assert!(script.contains("webhook"), "{shell}: {script}");
+    }
+    let (code, _, err) = roomhook(&["completions", "tcsh"]);
+    assert_eq!(code, 2, "an unknown shell is a usage error: {err}");
 }

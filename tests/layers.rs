@@ -19,6 +19,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("ratelog", 0),
     ("redact", 0),
     ("timefmt", 0),
+    ("version", 0),
     ("tls", 1),
     ("wallclock", 1),
     // The model: shared value types, the catalog, the event, the devices seen.

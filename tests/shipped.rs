@@ -20,15 +20,35 @@ fn readme_toml(heading: &str) -> String {
 fn version() {
     let (code, out, err) = run_roomhook(&["--version"]);
     assert_eq!(code, 0, "{err}");
-    // A cross build is a gateway build: no demo in it.
-    let features = if std::env::var_os("ROOMHOOK_TEST_BINARY").is_some() {
-        "(features: none; no demo)"
-    } else {
-        "(features: demo)"
+    // A cross build is a gateway build: another target, the gateway profile, no demo.
+    let (target, profile, features) = match std::env::var("ROOMHOOK_TEST_BINARY") {
+        Ok(path) => {
+            let name = std::path::Path::new(&path)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let prefix = format!("roomhook-{}-", env!("CARGO_PKG_VERSION"));
+            let target = name
+                .strip_prefix(&prefix)
+                .expect("dist/roomhook-VERSION-TARGET")
+                .to_string();
+            (target, "gateway".to_string(), "none; no demo")
+        }
+        Err(_) => (
+            env!("ROOMHOOK_BUILD_TARGET").to_string(),
+            env!("ROOMHOOK_BUILD_PROFILE").to_string(),
+            roomhook::version::FEATURES,
+        ),
     };
+    // The commit is the checkout's (as build.rs read it for this test too).
     assert_eq!(
         out.trim(),
-        format!("roomhook {} {features}", env!("CARGO_PKG_VERSION"))
+        format!(
+            "roomhook {} (commit {}, target {target}, profile {profile}, features: {features})",
+            env!("CARGO_PKG_VERSION"),
+            env!("ROOMHOOK_BUILD_COMMIT"),
+        )
     );
 }
 

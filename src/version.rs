@@ -1,0 +1,50 @@
+//! What this binary is: version, git commit, target, profile and the optional features
+//! built in, for `roomhook --version`, `roomhook_build_info` and `status`. Written by
+//! `build.rs`; imports nothing.
+
+/// The crate's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit built (12 hex digits, "-dirty" for uncommitted changes), or "unknown"
+/// outside a checkout.
+pub const COMMIT: &str = env!("ROOMHOOK_BUILD_COMMIT");
+/// The target triple.
+pub const TARGET: &str = env!("ROOMHOOK_BUILD_TARGET");
+/// The cargo profile (`dev`, `release`, `gateway`, `ci`).
+pub const PROFILE: &str = env!("ROOMHOOK_BUILD_PROFILE");
+
+#[cfg(feature = "testkit")]
+macro_rules! features {
+    () => {
+        "demo testkit"
+    };
+}
+#[cfg(all(feature = "demo", not(feature = "testkit")))]
+macro_rules! features {
+    () => {
+        "demo"
+    };
+}
+#[cfg(not(feature = "demo"))]
+macro_rules! features {
+    () => {
+        "none; no demo"
+    };
+}
+
+/// The optional features built in: "demo", or "none; no demo" (the gateway builds).
+pub const FEATURES: &str = features!();
+
+/// `roomhook --version` after the name, e.g. `0.1.0 (commit 98d24b2c1f3e, target
+/// aarch64-unknown-linux-musl, profile gateway, features: none; no demo)`.
+pub const LONG: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("ROOMHOOK_BUILD_COMMIT"),
+    ", target ",
+    env!("ROOMHOOK_BUILD_TARGET"),
+    ", profile ",
+    env!("ROOMHOOK_BUILD_PROFILE"),
+    ", features: ",
+    features!(),
+    ")"
+);
