@@ -132,6 +132,10 @@ pub struct Metrics {
     pub queue_bytes: Family<WebhookLabel, Gauge>,
     /// Bytes charged for all queues (bounded by max_store_bytes).
     pub store_bytes: Gauge,
+    /// The store's budget, `[gateway] max_store_bytes`.
+    pub store_max_bytes: Gauge,
+    /// 1 when `/readyz` would answer 200, else 0 (set at every scrape).
+    pub ready: Gauge,
     /// Events dropped, by reason (overflow, coalesced, expired).
     pub events_dropped: Family<WebhookReasonLabel, Counter>,
     /// Requests in flight now.
@@ -198,6 +202,8 @@ impl Metrics {
             queue_events: Family::default(),
             queue_bytes: Family::default(),
             store_bytes: Gauge::default(),
+            store_max_bytes: Gauge::default(),
+            ready: Gauge::default(),
             events_dropped: Family::default(),
             in_flight: Family::default(),
             in_flight_limit: Family::default(),
@@ -323,6 +329,16 @@ impl Metrics {
             "store_bytes",
             "Bytes charged for all queues (max_store_bytes bounds it)",
             m.store_bytes.clone(),
+        );
+        registry.register(
+            "store_max_bytes",
+            "The store's budget ([gateway] max_store_bytes)",
+            m.store_max_bytes.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 when /readyz answers 200 (every webhook, source and the store working), else 0",
+            m.ready.clone(),
         );
         registry.register(
             "events_dropped",

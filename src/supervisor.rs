@@ -454,6 +454,7 @@ impl Supervisor {
             }
         }
         m.store_bytes.set(store.total_bytes() as i64);
+        m.store_max_bytes.set(store.max_bytes() as i64);
         let orphans = self.orphans();
         m.orphaned_queues.set(orphans.len() as i64);
         m.orphaned_events

@@ -83,6 +83,8 @@ async fn a_receiver_refusing_everything_does_not_empty_the_queue() {
     let (code, body) = roomhook_testkit::http_get(admin, "/readyz", None);
     assert_eq!(code, 503);
     assert!(body.contains("refused 20 messages in a row"), "{body}");
+    // roomhook_ready says the same at every scrape.
+    assert_eq!(metric(admin, "roomhook_ready"), Some(0.0));
     // The receiver is fixed: the held queue goes out.
     rx.receiver.set_behaviour(Behaviour::Accept);
     assert!(
