@@ -406,11 +406,37 @@ fn files_in(v: &toml::Value, out: &mut Vec<String>) {
     }
 }
 
-fn query_flag(query: &str, key: &str, default: bool) -> bool {
+/// The value of `key` in a query string (its first occurrence), as sent.
+fn query_value<'q>(query: &'q str, key: &str) -> Option<&'q str> {
     query
         .split('&')
         .find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-        .map_or(default, |v| v != "false" && v != "0")
+}
+
+/// A yes/no query parameter: `true`/`1` or `false`/`0`, `default` when absent; anything
+/// else is refused (never read as one or the other).
+fn query_flag(query: &str, key: &str, default: bool) -> Result<bool, String> {
+    match query_value(query, key) {
+        None => Ok(default),
+        Some("true" | "1") => Ok(true),
+        Some("false" | "0") => Ok(false),
+        Some(v) => Err(format!(
+            "{key}={v:?} is neither true nor false; write {key}=false to skip the healthCheck, or leave it out"
+        )),
+    }
+}
+
+/// `since_ms` of a replay: a time in unix milliseconds, 0 (every dead letter) when absent;
+/// anything else is refused rather than read as 0, which would replay them all.
+fn query_since(query: &str) -> Result<i64, String> {
+    match query_value(query, "since_ms") {
+        None => Ok(0),
+        Some(v) => v.parse().map_err(|_| {
+            format!(
+                "since_ms={v:?} is not a time in unix milliseconds; leave it out to replay every dead letter"
+            )
+        }),
+    }
 }
 
 /// Answers one control request (from the Unix socket, or an authenticated TCP caller).
@@ -431,6 +457,7 @@ pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
     let parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let sup = &c.supervisor;
     let store = sup.store();
+    // Refused (400) only by the edits that use it.
     let verify = query_flag(&query, "verify", true);
     match (&method, parts.as_slice()) {
         (&Method::GET, ["v1", "webhooks"]) => {
@@ -440,6 +467,10 @@ pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
             reply(StatusCode::OK, json_of(&list))
         }
         (&Method::POST, ["v1", "webhooks"]) => {
+            let verify = match verify {
+                Ok(v) => v,
+                Err(e) => return reply(StatusCode::BAD_REQUEST, json!({ "error": e })),
+            };
             let values = match json_body(req)
                 .await
                 .and_then(|v| confine_files(&v, sup, None).map(|()| v))
@@ -467,6 +498,10 @@ pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
             None => not_found(name),
         },
         (&Method::PATCH, ["v1", "webhooks", name]) => {
+            let verify = match verify {
+                Ok(v) => v,
+                Err(e) => return reply(StatusCode::BAD_REQUEST, json!({ "error": e })),
+            };
             let name = name.to_string();
             let changes = match json_body(req)
                 .await
@@ -499,6 +534,10 @@ pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
             }
         }
         (&Method::POST, ["v1", "webhooks", name, action @ ("enable" | "disable")]) => {
+            let verify = match verify {
+                Ok(v) => v,
+                Err(e) => return reply(StatusCode::BAD_REQUEST, json!({ "error": e })),
+            };
             let mut changes = serde_json::Map::new();
             changes.insert("enabled".into(), Value::Bool(*action == "enable"));
             let name = name.to_string();
@@ -566,11 +605,10 @@ pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
             let Some(w) = sup.webhook(name) else {
                 return not_found(name);
             };
-            let since = query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("since_ms="))
-                .and_then(|v| v.parse::<i64>().ok())
-                .unwrap_or(0);
+            let since = match query_since(&query) {
+                Ok(t) => t,
+                Err(e) => return reply(StatusCode::BAD_REQUEST, json!({ "error": e })),
+            };
             match store.replay_dead_letters(w.id, since).await {
                 Ok(n) => reply(StatusCode::OK, json_of(&ReplayAnswer { replayed: n })),
                 Err(e) => reply(
@@ -631,4 +669,26 @@ pub async fn call(
         .to_bytes();
     let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     Ok((status, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_flags_and_times_are_read_exactly_or_refused() {
+        assert_eq!(query_flag("", "verify", true), Ok(true));
+        assert_eq!(query_flag("verify=false", "verify", true), Ok(false));
+        assert_eq!(query_flag("a=1&verify=0", "verify", true), Ok(false));
+        assert_eq!(query_flag("verify=true", "verify", false), Ok(true));
+        assert!(query_flag("verify=", "verify", true).is_err());
+        assert!(query_flag("verify=no", "verify", true).is_err());
+        assert_eq!(query_since(""), Ok(0));
+        assert_eq!(query_since("since_ms=1796524844307"), Ok(1_796_524_844_307));
+        assert_eq!(query_since("since_ms=-5"), Ok(-5));
+        // Read as 0 before: every dead letter replayed.
+        assert!(query_since("since_ms=abc").is_err());
+        assert!(query_since("since_ms=99999999999999999999").is_err());
+        assert!(query_since("since_ms=").is_err());
+    }
 }
