@@ -4,11 +4,14 @@
 #   tests/openapi/check.sh [ROOMHOOK_BINARY]     (default target/debug/roomhook)
 #
 # Builds nothing. Starts the given binary on a temporary config (admin listener on
-# 127.0.0.1 with a token, one webhook to an HTTPS receiver behind a private CA, one MQTT
-# source on a broker stub: tests/openapi/peers.py), waits for /readyz, runs schemathesis
-# (tests/openapi/requirements.txt; `schemathesis` on PATH, or $SCHEMATHESIS) with a bounded
-# number of examples and the conformance checks, stops everything and exits with
-# schemathesis's status. Needs python3, openssl and curl.
+# 127.0.0.1 with a token, webhooks to an HTTPS receiver behind a private CA and one to a
+# closed port, one MQTT source on a broker stub: tests/openapi/peers.py), waits for
+# /readyz, runs schemathesis (tests/openapi/requirements.txt; `schemathesis` on PATH, or
+# $SCHEMATHESIS) with a bounded number of examples ($MAX_EXAMPLES per operation, 30) and
+# the checks: no 5xx, every status, content type and body as documented, and what the
+# document calls invalid refused. Then stops the daemon (it must exit cleanly, without a
+# panic) and exits with schemathesis's status. The seed is printed; SEED=N repeats a run.
+# Needs python3, openssl and curl.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -141,7 +144,7 @@ started=$SECONDS
 (cd "$work" && "$schemathesis" --config-file "$here/schemathesis.toml" run "$root/docs/openapi.yaml" \
     --url "$base" \
     -H "Authorization: Bearer $token" \
-    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection \
     --max-examples "$max_examples" \
     --seed "${SEED:-$RANDOM}" \
     --workers 2 \
