@@ -132,6 +132,7 @@ impl Receiver {
         self.addr
     }
 
+    #[cfg(any(test, feature = "faults"))]
     /// Changes how it answers from now on.
     pub fn set_behaviour(&self, b: Behaviour) {
         if let Ok(mut g) = self.state.behaviour.lock() {

@@ -31,6 +31,7 @@ use std::time::Instant;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+#[cfg(any(test, feature = "faults"))]
 use transport::Out;
 use tree::{parse_dotted, State};
 
@@ -267,6 +268,7 @@ impl DeviceSim {
         self.shared().lock().emit_event(&segs, value);
     }
 
+    #[cfg(any(test, feature = "faults"))]
     /// Sends this text frame verbatim to every open connection.
     pub fn send_raw(&self, text: &str) {
         let st = self.shared().lock();
@@ -275,6 +277,7 @@ impl DeviceSim {
         }
     }
 
+    #[cfg(any(test, feature = "faults"))]
     /// Sends this binary frame to every open connection.
     pub fn send_binary(&self, bytes: Vec<u8>) {
         let st = self.shared().lock();
@@ -283,6 +286,7 @@ impl DeviceSim {
         }
     }
 
+    #[cfg(any(test, feature = "faults"))]
     /// Closes every open connection abruptly (TCP close, no close frame).
     pub fn drop_connections(&self) {
         self.shared()
@@ -290,6 +294,7 @@ impl DeviceSim {
             .send_modify(|c| c.drop_gen = c.drop_gen.wrapping_add(1));
     }
 
+    #[cfg(any(test, feature = "faults"))]
     /// Some(status): refuse new upgrades with this HTTP status; None: accept them normally.
     pub fn set_handshake_status(&self, status: Option<u16>) {
         self.shared()
@@ -297,6 +302,7 @@ impl DeviceSim {
             .store(status.map_or(0, u32::from), Ordering::SeqCst);
     }
 
+    #[cfg(any(test, feature = "faults"))]
     /// While true, connections read and write nothing (pings and requests go unanswered; TCP stays open).
     pub fn set_silent(&self, silent: bool) {
         self.shared().ctl.send_modify(|c| c.silent = silent);

@@ -32,7 +32,8 @@ const MAX_MESSAGE: usize = 1 << 20;
 pub(super) enum Out {
     /// A text frame.
     Text(String),
-    /// A binary frame.
+    /// A binary frame (sent only through the `faults` knob `send_binary`).
+    #[cfg_attr(not(any(test, feature = "faults")), allow(dead_code))]
     Binary(Vec<u8>),
 }
 
