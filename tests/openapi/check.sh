@@ -144,7 +144,7 @@ started=$SECONDS
 (cd "$work" && "$schemathesis" --config-file "$here/schemathesis.toml" run "$root/docs/openapi.yaml" \
     --url "$base" \
     -H "Authorization: Bearer $token" \
-    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection \
+    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,negative_data_rejection,ignored_auth \
     --max-examples "$max_examples" \
     --seed "${SEED:-$RANDOM}" \
     --workers 2 \
@@ -154,6 +154,28 @@ started=$SECONDS
     --no-color \
     ${SCHEMATHESIS_ARGS:-}) || status=$?
 echo "check.sh: schemathesis took $((SECONDS - started)) s and exited $status"
+
+# The 429 of a guessing address, which schemathesis never provokes (every right token
+# clears an address's count): five wrong tokens, then the right one is refused too, and its
+# answer (status, Retry-After, body) is checked against the document.
+code() { curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $1" "$base/v1/status"; }
+for _ in 1 2 3 4 5; do
+    [[ $(code wrong-token-0123456789) == 401 ]] || { echo "check.sh: a wrong token was not answered 401" >&2; status=1; }
+done
+[[ $(code "$token") == 429 ]] || { echo "check.sh: the right token after 5 wrong ones was not answered 429" >&2; status=1; }
+locked=0
+(cd "$work" && "$schemathesis" run "$root/docs/openapi.yaml" \
+    --url "$base" \
+    -H "Authorization: Bearer $token" \
+    --checks status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
+    --include-path /v1/status --phases fuzzing --max-examples 3 \
+    --generation-database none \
+    --no-color >"$work/locked.out" 2>&1) || locked=$?
+if ((locked != 0)); then
+    echo "check.sh: the 429 answer does not match the document:" >&2
+    cat "$work/locked.out" >&2
+    status=1
+fi
 
 # The daemon survived the run and stops cleanly on SIGTERM.
 if ! kill -0 "$daemon_pid" 2>/dev/null; then
