@@ -7,48 +7,62 @@ use roomhook_testkit::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-fn m(r: &Rig, series: &str) -> f64 {
-    metric(r.admin, series).unwrap_or(0.0)
-}
-
 fn dropped(r: &Rig, reason: &str) -> f64 {
-    m(
-        r,
-        &format!("roomhook_events_dropped_total{{webhook=\"facilities\",reason=\"{reason}\"}}"),
-    )
+    r.metric(&format!(
+        "roomhook_events_dropped_total{{webhook=\"facilities\",reason=\"{reason}\"}}"
+    ))
 }
 
-/// Values delivered per device (batches flattened), in arrival order.
-fn delivered(r: &Rig) -> BTreeMap<String, Vec<i64>> {
-    per_device(&r.rx.receiver.accepted())
-}
-
+const ENQUEUED: &str = "roomhook_events_enqueued_total{webhook=\"facilities\"}";
+const QUEUED: &str = "roomhook_queue_events{webhook=\"facilities\"}";
 const BUDGET: f64 = 1024.0 * 1024.0;
 
-/// Publishes 20,000 events (about 4.6 MB of queue) over 10 devices while the receiver is down.
-async fn flood(r: &Rig) {
+/// A 1 MiB store, the webhook's `overflow` (TOML), a receiver answering 503, the daemon
+/// started; then 20,000 events (about 4.6 MB of queue) over 10 devices published.
+async fn flooded(overflow: &str) -> (Rig, Daemon) {
+    let (r, daemon) = Rig::new()
+        .gateway("max_store_bytes = \"1MiB\"")
+        .webhook(overflow)
+        .receiver(Behaviour::Status(503))
+        .start()
+        .await;
     publish(r.broker.port, &workload(10, 2000)).await;
+    (r, daemon)
+}
+
+/// Waits until the store took in all 20,000 (whatever their policy did with them then).
+fn wait_all_enqueued(r: &Rig) {
+    assert!(wait_until(Duration::from_secs(20), || r.metric(ENQUEUED) >= 20_000.0));
+}
+
+/// Values delivered per device (batches flattened), in arrival order: each device's in
+/// order, its newest (1999) among them (a policy may drop old values, never the latest).
+fn delivered_up_to_the_newest(r: &Rig) -> BTreeMap<String, Vec<i64>> {
+    let per = per_device(&r.rx.receiver.accepted());
+    for (device, values) in &per {
+        assert!(
+            values.windows(2).all(|w| w[0] < w[1]),
+            "{device} out of order"
+        );
+        assert_eq!(
+            values.last(),
+            Some(&1999),
+            "the latest value of {device} must never be dropped"
+        );
+    }
+    per
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_oldest_keeps_the_store_in_budget_and_the_newest_events() {
-    let (r, mut daemon) = Rig::new()
-        .gateway("max_store_bytes = \"1MiB\"")
-        .webhook("")
-        .receiver(Behaviour::Status(503))
-        .start()
-        .await;
-    flood(&r).await;
-    assert!(wait_until(Duration::from_secs(20), || m(
-        &r,
-        "roomhook_events_enqueued_total{webhook=\"facilities\"}"
-    ) >= 20_000.0));
-    let store = m(&r, "roomhook_store_bytes");
+    let (r, mut daemon) = flooded("").await;
+    wait_all_enqueued(&r);
+    let store = r.metric("roomhook_store_bytes");
     assert!(
         store <= BUDGET && store > BUDGET * 0.5,
         "store bytes {store}"
     );
-    let queued = m(&r, "roomhook_queue_events{webhook=\"facilities\"}");
+    let queued = r.metric(QUEUED);
     assert!(
         (dropped(&r, "overflow") + queued - 20_000.0).abs() < 1.0,
         "dropped + queued != enqueued"
@@ -59,48 +73,28 @@ async fn drop_oldest_keeps_the_store_in_budget_and_the_newest_events() {
             .wait_accepted(queued as usize, Duration::from_secs(60))
             .await;
     assert!(all, "{}", daemon.logs());
-    assert!(wait_until(Duration::from_secs(10), || m(
-        &r,
-        "roomhook_queue_events{webhook=\"facilities\"}"
-    ) == 0.0));
-    let delivered_total = m(
-        &r,
-        "roomhook_events_delivered_total{webhook=\"facilities\"}",
-    );
+    assert!(wait_until(Duration::from_secs(10), || r.metric(QUEUED) == 0.0));
+    let delivered_total = r.metric("roomhook_events_delivered_total{webhook=\"facilities\"}");
     assert_eq!(
         delivered_total + dropped(&r, "overflow"),
         20_000.0,
         "delivered + dropped == enqueued"
     );
     assert_eq!(daemon.stop(), Some(0));
-    for (device, values) in delivered(&r) {
-        assert!(
-            values.windows(2).all(|w| w[0] < w[1]),
-            "{device} out of order"
-        );
-        // The newest event of every device survived; the oldest ones went.
-        assert_eq!(values.last(), Some(&1999), "{device}");
+    // The newest event of every device survived; the oldest ones went.
+    for (device, values) in delivered_up_to_the_newest(&r) {
         assert!(values[0] > 0, "{device} kept its oldest event");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coalesce_drops_superseded_values_first() {
-    let (r, mut daemon) = Rig::new()
-        .gateway("max_store_bytes = \"1MiB\"")
-        .webhook("overflow = \"coalesce\"")
-        .receiver(Behaviour::Status(503))
-        .start()
-        .await;
-    flood(&r).await;
-    assert!(wait_until(Duration::from_secs(20), || m(
-        &r,
-        "roomhook_events_enqueued_total{webhook=\"facilities\"}"
-    ) >= 20_000.0));
-    assert!(m(&r, "roomhook_store_bytes") <= BUDGET);
+    let (r, mut daemon) = flooded("overflow = \"coalesce\"").await;
+    wait_all_enqueued(&r);
+    assert!(r.metric("roomhook_store_bytes") <= BUDGET);
     let coalesced = dropped(&r, "coalesced");
     assert!(coalesced > 0.0, "nothing coalesced");
-    let queued = m(&r, "roomhook_queue_events{webhook=\"facilities\"}");
+    let queued = r.metric(QUEUED);
     assert_eq!(coalesced + dropped(&r, "overflow") + queued, 20_000.0);
     r.rx.receiver.set_behaviour(Behaviour::Accept);
     assert!(
@@ -111,38 +105,21 @@ async fn coalesce_drops_superseded_values_first() {
         daemon.logs()
     );
     assert_eq!(daemon.stop(), Some(0));
-    for (device, values) in delivered(&r) {
-        assert!(
-            values.windows(2).all(|w| w[0] < w[1]),
-            "{device} out of order"
-        );
-        assert_eq!(
-            values.last(),
-            Some(&1999),
-            "the latest value of {device} must never be coalesced away"
-        );
-    }
+    delivered_up_to_the_newest(&r);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_loses_nothing_the_broker_holds_the_rest() {
-    let (r, mut daemon) = Rig::new()
-        .gateway("max_store_bytes = \"1MiB\"")
-        .webhook("overflow = \"block\"")
-        .receiver(Behaviour::Status(503))
-        .start()
-        .await;
-    flood(&r).await;
+    let (r, mut daemon) = flooded("overflow = \"block\"").await;
     // The store fills to its budget and input stops; nothing is dropped.
-    assert!(wait_until(Duration::from_secs(20), || m(
-        &r,
-        "roomhook_store_bytes"
-    ) > BUDGET * 0.8));
+    assert!(wait_until(Duration::from_secs(20), || r
+        .metric("roomhook_store_bytes")
+        > BUDGET * 0.8));
     assert!(wait_until(Duration::from_secs(10), || daemon
         .logs()
         .contains("input waits")));
-    assert!(m(&r, "roomhook_store_bytes") <= BUDGET);
-    assert!(m(&r, "roomhook_events_enqueued_total{webhook=\"facilities\"}") < 20_000.0);
+    assert!(r.metric("roomhook_store_bytes") <= BUDGET);
+    assert!(r.metric(ENQUEUED) < 20_000.0);
     r.rx.receiver.set_behaviour(Behaviour::Accept);
     // The held input is retried with back-off (up to 10 s) and the circuit reopens: on a
     // busy 2-core machine the whole 20,000 take a while in a debug build.
@@ -164,17 +141,13 @@ async fn block_loses_nothing_the_broker_holds_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_older_than_max_queue_age_are_dropped_not_delivered() {
     let (r, mut daemon) = Rig::new()
-        .gateway("")
         .webhook("max_queue_age = \"2s\"")
         .receiver(Behaviour::Status(503))
         .start()
         .await;
     publish(r.broker.port, &workload(3, 10)).await;
     assert!(
-        wait_until(Duration::from_secs(10), || m(
-            &r,
-            "roomhook_events_enqueued_total{webhook=\"facilities\"}"
-        ) >= 30.0),
+        wait_until(Duration::from_secs(10), || r.metric(ENQUEUED) >= 30.0),
         "{}",
         scrape(r.admin)
     );
@@ -201,16 +174,10 @@ async fn events_older_than_max_queue_age_are_dropped_not_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_entry_is_skipped_and_the_queue_goes_on() {
-    let Rig {
-        dir,
-        rx,
-        admin,
-        config,
-        broker: _broker,
-    } = Rig::new().build().await;
+    let r = Rig::new().build().await;
     // A store whose queue holds a damaged entry between two good ones.
     prefill(
-        &dir.path().join("data"),
+        &r.dir.path().join("data"),
         "facilities",
         vec![
             people_event("first", 0),
@@ -219,20 +186,19 @@ async fn an_undecodable_entry_is_skipped_and_the_queue_goes_on() {
         ],
     )
     .await;
-    let mut daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start(&r.config);
     assert!(
-        rx.receiver.wait_accepted(2, Duration::from_secs(20)).await,
+        r.rx.receiver
+            .wait_accepted(2, Duration::from_secs(20))
+            .await,
         "the queue stopped at the damaged entry; log:\n{}",
         daemon.logs()
     );
     assert!(wait_until(Duration::from_secs(10), || metric(
-        admin,
+        r.admin,
         "roomhook_events_dropped_total{webhook=\"facilities\",reason=\"undecodable\"}"
     ) == Some(1.0)
-        && metric(
-            admin,
-            "roomhook_queue_events{webhook=\"facilities\"}"
-        ) == Some(0.0)));
+        && metric(r.admin, QUEUED) == Some(0.0)));
     assert!(daemon.logs().contains("does not decode, skipped"));
     assert_eq!(daemon.stop(), Some(0));
 }
@@ -245,33 +211,16 @@ async fn an_undecodable_entry_is_skipped_and_the_queue_goes_on() {
 /// while the input held back rushes in after the blocked receiver recovered.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_block_queue_holds_input_for_every_webhook_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let stuck = receiver(dir.path(), false).await;
-    stuck.receiver.set_behaviour(Behaviour::Status(401));
-    let fine = receiver(dir.path(), false).await;
-    let admin = free_port();
-    let second = format!(
-        "\n[[webhooks]]\nname = \"lobby\"\nurl = \"{}\"\nauthorization = \"{TOKEN}\"\nca_file = \"{}\"\ndevices = [\"*\"]\nstatuses = [\"RoomAnalytics.PeopleCount.Current\"]\nretry_base = \"100ms\"\nretry_max = \"1s\"\ndrain_start_jitter = \"0s\"\noverflow = \"block\"\n",
-        fine.url,
-        fine.ca_file.display()
-    );
-    let text = with_admin(
-        &with_gateway(
-            &standard_config(
-                broker.port,
-                &stuck.url,
-                &stuck.ca_file,
-                // A 401 pauses the webhook for auth_retry (60 s unless set).
-                "overflow = \"block\"\nauth_retry = \"1s\"",
-            ),
-            "max_store_bytes = \"1MiB\"",
-        ),
-        admin,
-    ) + &second;
-    let config = write_config(dir.path(), &text);
-    let mut daemon = Daemon::start(&config);
-    let port = broker.port;
+    let (r, mut daemon) = Rig::new()
+        .gateway("max_store_bytes = \"1MiB\"")
+        // A 401 pauses the webhook for auth_retry (60 s unless set).
+        .webhook("overflow = \"block\"\nauth_retry = \"1s\"")
+        .receiver(Behaviour::Status(401))
+        .hook("lobby", "overflow = \"block\"")
+        .start()
+        .await;
+    let (stuck, fine, admin) = (&r.rx, r.hook("lobby"), r.admin);
+    let port = r.broker.port;
     let publisher = tokio::spawn(async move { publish(port, &workload(10, 2000)).await });
     let m = |s: &str| metric(admin, s).unwrap_or(0.0);
     assert!(
@@ -299,7 +248,7 @@ async fn a_full_block_queue_holds_input_for_every_webhook_and_loses_nothing() {
     assert!(m("roomhook_store_bytes") <= BUDGET);
     // The stuck receiver is fixed: everything arrives at both, nothing was dropped.
     stuck.receiver.set_behaviour(Behaviour::Accept);
-    for (name, rx) in [("facilities", &stuck), ("lobby", &fine)] {
+    for (name, rx) in [("facilities", stuck), ("lobby", fine)] {
         let ok = rx
             .receiver
             .wait_accepted(20_000, Duration::from_secs(90))

@@ -7,30 +7,13 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_5000_messages_from_50_devices_in_order_with_auth() {
-    let Rig {
-        dir: _dir,
-        broker,
-        rx,
-        config,
-        ..
-    } = Rig::new().webhook("max_in_flight = 16").build().await;
-    let mut daemon = Daemon::start(&config);
+    let (r, mut daemon) = Rig::new().webhook("max_in_flight = 16").start().await;
     let (devices, per_device) = (50, 100);
-    publish(broker.port, &workload(devices, per_device)).await;
-    let all = rx
-        .receiver
-        .wait_for(Duration::from_secs(120), |r| {
-            r.iter().filter(|x| x.status == 200).count() >= devices * per_device
-        })
+    publish(r.broker.port, &workload(devices, per_device)).await;
+    r.rx.expect_ok(devices * per_device, Duration::from_secs(120), &daemon)
         .await;
-    assert!(
-        all,
-        "only {} of 5000 delivered; log:\n{}",
-        rx.receiver.accepted().len(),
-        daemon.logs()
-    );
     assert_eq!(daemon.stop(), Some(0));
-    assert_complete_and_ordered(&rx.receiver.accepted(), devices, per_device);
+    assert_complete_and_ordered(&r.rx.receiver.accepted(), devices, per_device);
     assert!(
         !daemon.logs().contains(TOKEN),
         "the token appeared in the log"
@@ -39,54 +22,29 @@ async fn forwards_5000_messages_from_50_devices_in_order_with_auth() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_answering_503_for_a_while_loses_nothing() {
-    let Rig {
-        dir: _dir,
-        broker,
-        rx,
-        config,
-        ..
-    } = Rig::new().receiver(Behaviour::Status(503)).build().await;
-    let mut daemon = Daemon::start(&config);
+    let (r, mut daemon) = Rig::new().receiver(Behaviour::Status(503)).start().await;
     let (devices, per_device) = (10, 50);
-    publish(broker.port, &workload(devices, per_device)).await;
-    let failing = rx
-        .receiver
-        .wait_for(Duration::from_secs(30), |r| {
-            r.iter().filter(|x| x.status == 503).count() >= 20
-        })
-        .await;
+    publish(r.broker.port, &workload(devices, per_device)).await;
+    let failing = r.rx.wait_status(503, 20, Duration::from_secs(30)).await;
     assert!(failing, "the receiver never saw the retries");
-    assert!(rx.receiver.accepted().is_empty());
-    rx.receiver.set_behaviour(Behaviour::Accept);
-    let all = rx
-        .receiver
-        .wait_for(Duration::from_secs(60), |r| {
-            r.iter().filter(|x| x.status == 200).count() >= devices * per_device
-        })
+    assert!(r.rx.receiver.accepted().is_empty());
+    r.rx.receiver.set_behaviour(Behaviour::Accept);
+    r.rx.expect_ok(devices * per_device, Duration::from_secs(60), &daemon)
         .await;
-    assert!(
-        all,
-        "only {} delivered after recovery; log:\n{}",
-        rx.receiver.accepted().len(),
-        daemon.logs()
-    );
     assert_eq!(daemon.stop(), Some(0));
-    assert_complete_and_ordered(&rx.receiver.accepted(), devices, per_device);
+    assert_complete_and_ordered(&r.rx.receiver.accepted(), devices, per_device);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_self_signed_receiver_gets_nothing_and_the_events_are_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let bad = receiver(dir.path(), true).await;
-    let trusted = receiver(dir.path(), false).await;
+    let r = Rig::new().build().await;
+    let bad = receiver(r.dir.path(), true).await;
     // Trust the private CA of the good receiver, but point at the self-signed one.
-    let config = write_config(
-        dir.path(),
-        &standard_config(broker.port, &bad.url, &trusted.ca_file, ""),
-    );
-    let mut daemon = Daemon::start(&config);
-    publish(broker.port, &workload(5, 10)).await;
+    r.edit_config(|d| {
+        d.set("webhooks[facilities].url", bad.url.as_str());
+    });
+    let mut daemon = Daemon::start(&r.config);
+    publish(r.broker.port, &workload(5, 10)).await;
     let logged = wait_until(Duration::from_secs(20), || {
         daemon.logs().contains("TLS handshake failed")
     });
@@ -102,96 +60,44 @@ async fn a_self_signed_receiver_gets_nothing_and_the_events_are_kept() {
         "a request got through to the untrusted receiver"
     );
     // Same webhook, now pointed at the trusted receiver: the kept events arrive.
-    write_config(
-        dir.path(),
-        &standard_config(broker.port, &trusted.url, &trusted.ca_file, ""),
-    );
-    let mut daemon = Daemon::start(&config);
-    let all = trusted
-        .receiver
-        .wait_for(Duration::from_secs(30), |r| {
-            r.iter().filter(|x| x.status == 200).count() >= 50
-        })
-        .await;
-    assert!(all, "kept events not delivered; log:\n{}", daemon.logs());
+    r.edit_config(|d| {
+        d.set("webhooks[facilities].url", r.rx.url.as_str());
+    });
+    let mut daemon = Daemon::start(&r.config);
+    r.rx.expect_ok(50, Duration::from_secs(30), &daemon).await;
     assert_eq!(daemon.stop(), Some(0));
-    assert_complete_and_ordered(&trusted.receiver.accepted(), 5, 10);
+    assert_complete_and_ordered(&r.rx.receiver.accepted(), 5, 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_queued_at_a_stop_are_delivered_after_the_restart() {
-    let Rig {
-        dir: _dir,
-        broker,
-        rx,
-        config,
-        ..
-    } = Rig::new().receiver(Behaviour::Status(500)).build().await;
-    let mut daemon = Daemon::start(&config);
+    let (r, mut daemon) = Rig::new().receiver(Behaviour::Status(500)).start().await;
     // Every PUBACK means committed: once the publisher has them all, the queue holds them.
-    publish(broker.port, &workload(4, 50)).await;
+    publish(r.broker.port, &workload(4, 50)).await;
     assert_eq!(daemon.stop(), Some(0));
-    assert!(rx.receiver.accepted().is_empty());
-    rx.receiver.set_behaviour(Behaviour::Accept);
-    let mut daemon = Daemon::start(&config);
-    let all = rx
-        .receiver
-        .wait_for(Duration::from_secs(30), |r| {
-            r.iter().filter(|x| x.status == 200).count() >= 200
-        })
-        .await;
-    assert!(
-        all,
-        "only {} delivered after restart; log:\n{}",
-        rx.receiver.accepted().len(),
-        daemon.logs()
-    );
+    assert!(r.rx.receiver.accepted().is_empty());
+    r.rx.receiver.set_behaviour(Behaviour::Accept);
+    let mut daemon = Daemon::start(&r.config);
+    r.rx.expect_ok(200, Duration::from_secs(30), &daemon).await;
     assert_eq!(daemon.stop(), Some(0));
-    assert_complete_and_ordered(&rx.receiver.accepted(), 4, 50);
+    assert_complete_and_ordered(&r.rx.receiver.accepted(), 4, 50);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_unchanged_payloads_are_acked_and_not_forwarded() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    let port = free_port();
-    let extra = format!("\n[admin]\nlisten = \"127.0.0.1:{port}\"\n");
-    let config = write_config(
-        dir.path(),
-        &(standard_config(broker.port, &rx.url, &rx.ca_file, "") + &extra),
-    );
-    let mut daemon = Daemon::start(&config);
+    let (r, mut daemon) = Rig::new().start().await;
+    let (rx, port) = (&r.rx, r.admin);
     // Raw publishes: garbage, an unknown field, a bad value, then a real value twice.
-    let mut opts = rumqttc::MqttOptions::new("garbage-publisher", "127.0.0.1", broker.port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    let (client, mut el) = rumqttc::AsyncClient::new(opts, 100);
-    let driver = tokio::spawn(async move {
-        let mut acks = 0;
-        while acks < 5 {
-            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = el.poll().await {
-                acks += 1;
-            }
-        }
-    });
-    for payload in [
+    let raw = [
         "not json",
         "{\"other\":1}",
         "{\"people\":\"many\"}",
         "{\"people\":7}",
         "{\"people\":7}",
-    ] {
-        client
-            .publish(
-                "bench/room-x/status",
-                rumqttc::QoS::AtLeastOnce,
-                false,
-                payload,
-            )
-            .await
-            .unwrap();
-    }
-    tokio::time::timeout(Duration::from_secs(20), driver)
+    ]
+    .map(|payload| ("bench/room-x/status".to_string(), payload.to_string()));
+    let publisher = publish_all(r.broker.port, raw.to_vec(), None);
+    tokio::time::timeout(Duration::from_secs(20), publisher)
         .await
         .expect("all five acked")
         .unwrap();
@@ -216,23 +122,16 @@ async fn malformed_and_unchanged_payloads_are_acked_and_not_forwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_carry_standard_webhooks_headers_stable_across_retries() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    rx.receiver.set_behaviour(Behaviour::Status(503));
+    let r = Rig::new()
+        .webhook("signing_secret_file = \"signing.secret\"")
+        .receiver(Behaviour::Status(503))
+        .build()
+        .await;
+    let (dir, rx) = (&r.dir, &r.rx);
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     std::fs::write(dir.path().join("signing.secret"), format!("{secret}\n")).unwrap();
-    let config = write_config(
-        dir.path(),
-        &standard_config(
-            broker.port,
-            &rx.url,
-            &rx.ca_file,
-            "signing_secret_file = \"signing.secret\"",
-        ),
-    );
-    let mut daemon = Daemon::start(&config);
-    publish(broker.port, &workload(1, 3)).await;
+    let mut daemon = Daemon::start(&r.config);
+    publish(r.broker.port, &workload(1, 3)).await;
     assert!(
         rx.receiver
             .wait_for(Duration::from_secs(10), |r| r.len() >= 3)
@@ -297,14 +196,8 @@ async fn requests_carry_standard_webhooks_headers_stable_across_retries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_over_max_payload_is_skipped_and_the_source_goes_on() {
-    let Rig {
-        dir: _dir,
-        broker,
-        rx,
-        admin,
-        config,
-    } = Rig::new().build().await;
-    let mut daemon = Daemon::start(&config);
+    let (r, mut daemon) = Rig::new().start().await;
+    let (broker, rx, admin) = (&r.broker, &r.rx, r.admin);
     // Between two good ones, all QoS 1 (the broker would redeliver a message that was not
     // acked on every reconnect, forever): one just over max_payload (1 MiB), within the
     // packet cap (read, acked, skipped), and one of 3 MB, over the cap (refused at its
@@ -374,32 +267,26 @@ async fn a_message_over_max_payload_is_skipped_and_the_source_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_interval_groups_commits_and_loses_nothing() {
-    let Rig {
-        dir: _dir,
-        broker,
-        rx,
-        admin,
-        config,
-    } = Rig::new()
+    let (r, mut daemon) = Rig::new()
         .gateway("commit_interval = \"250ms\"")
-        .build()
+        .start()
         .await;
-    let mut daemon = Daemon::start(&config);
     let commits = || {
-        metric(admin, "roomhook_store_commit_duration_seconds_count")
+        metric(r.admin, "roomhook_store_commit_duration_seconds_count")
             .expect("the commit histogram is exported")
     };
     let before = commits();
     // 60 messages at 20 a second: without the interval, one durable write each at least.
-    let msgs: Vec<(String, String)> = workload(3, 20)
-        .into_iter()
-        .map(|(d, v)| (format!("bench/{d}/status"), format!("{{\"people\":{v}}}")))
-        .collect();
-    roomhook_testkit::publish_all(broker.port, msgs, Some(Duration::from_millis(50)))
+    let msgs = people_messages(&workload(3, 20));
+    publish_all(r.broker.port, msgs, Some(Duration::from_millis(50)))
         .await
         .unwrap();
-    assert!(rx.receiver.wait_accepted(60, Duration::from_secs(30)).await);
-    assert_complete_and_ordered(&rx.receiver.accepted(), 3, 20);
+    assert!(
+        r.rx.receiver
+            .wait_accepted(60, Duration::from_secs(30))
+            .await
+    );
+    assert_complete_and_ordered(&r.rx.receiver.accepted(), 3, 20);
     let grouped = commits() - before;
     assert!(grouped >= 1.0, "no commit counted");
     assert!(

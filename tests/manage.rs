@@ -3,6 +3,7 @@
 //! restart, SIGHUP reloads, the TCP control API's token, mutual TLS, static headers,
 //! systemd credentials — and no secret in any output.
 
+use nix::sys::signal::Signal::SIGHUP;
 use roomhook::demo::receiver::Behaviour;
 use roomhook_testkit::*;
 use std::path::Path;
@@ -23,40 +24,30 @@ fn health_checks(rx: &roomhook::demo::receiver::Receiver) -> usize {
         .count()
 }
 
+/// Runs `add`, which must be refused; its output joins `outputs` (checked for secrets at
+/// the end). Returns its stderr.
+async fn refused(add: AddWebhook, config: &Path, outputs: &mut String) -> String {
+    let (code, out, err) = add.run(config).await;
+    outputs.push_str(&out);
+    outputs.push_str(&err);
+    assert_ne!(code, 0, "accepted: {out}");
+    err
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_is_saved_only_after_the_receiver_answers_200() {
-    let Rig {
-        dir,
-        broker,
-        rx,
-        config,
-        ..
-    } = Rig::new().build().await;
-    let daemon = Daemon::start(&config);
+    let (r, daemon) = Rig::new().start().await;
+    let (config, rx) = (&r.config, &r.rx);
     let ca = rx.ca_file.to_str().unwrap();
     let mut outputs = String::new();
 
     // 200 → saved, active, and events flow to it.
-    let good = receiver(dir.path(), false).await;
-    let (code, out, err) = webhook_cli(
-        &config,
-        &[
-            "add",
-            "--name",
-            "bi",
-            "--url",
-            &good.url,
-            "--authorization",
-            TOKEN,
-            "--ca-file",
-            good.ca_file.to_str().unwrap(),
-            "--devices",
-            "room-1,room-2",
-            "--statuses",
-            "RoomAnalytics.PeopleCount.Current",
-        ],
-    )
-    .await;
+    let good = receiver(r.dir.path(), false).await;
+    let (code, out, err) = AddWebhook::to("bi", &good)
+        .arg("--devices", "room-1,room-2")
+        .statuses("RoomAnalytics.PeopleCount.Current")
+        .run(config)
+        .await;
     outputs.push_str(&out);
     outputs.push_str(&err);
     assert_eq!(code, 0, "{out}{err}");
@@ -75,10 +66,10 @@ async fn add_is_saved_only_after_the_receiver_answers_200() {
         Some(TOKEN)
     );
     assert_eq!(check.json()["orgId"], "test-org");
-    assert!(config_text(&config).contains("name = \"bi\""));
-    let list = webhook_list(&config).await;
+    assert!(config_text(config).contains("name = \"bi\""));
+    let list = webhook_list(config).await;
     assert_eq!(find(&list, "bi").unwrap()["status"]["state"], "active");
-    publish(broker.port, &workload(3, 5)).await;
+    publish(r.broker.port, &workload(3, 5)).await;
     assert!(
         good.receiver
             .wait_accepted(1 + 2 * 5, Duration::from_secs(20))
@@ -88,95 +79,35 @@ async fn add_is_saved_only_after_the_receiver_answers_200() {
     );
 
     // 401 → refused, nothing saved, the status and body are shown.
-    let before = config_text(&config);
-    let (code, out, err) = webhook_cli(
-        &config,
-        &[
-            "add",
-            "--name",
-            "wrong",
-            "--url",
-            &rx.url,
-            "--authorization",
-            "Bearer nope-nope",
-            "--ca-file",
-            ca,
-            "--statuses",
-            "RoomAnalytics.*",
-        ],
-    )
-    .await;
-    outputs.push_str(&out);
-    outputs.push_str(&err);
-    assert_ne!(code, 0);
+    let before = config_text(config);
+    let wrong = AddWebhook::new("wrong", &rx.url)
+        .arg("--authorization", "Bearer nope-nope")
+        .arg("--ca-file", ca);
+    let err = refused(wrong, config, &mut outputs).await;
     assert!(
         err.contains("HTTP 401") && err.contains("invalid credentials"),
         "{err}"
     );
     assert!(err.contains("nothing was saved"), "{err}");
-    assert_eq!(config_text(&config), before);
+    assert_eq!(config_text(config), before);
 
     // Self-signed → refused with a message that says so.
-    let selfsigned = receiver(dir.path(), true).await;
-    let (code, _, err) = webhook_cli(
-        &config,
-        &[
-            "add",
-            "--name",
-            "ss",
-            "--url",
-            &selfsigned.url,
-            "--authorization",
-            TOKEN,
-            "--statuses",
-            "RoomAnalytics.*",
-        ],
-    )
-    .await;
-    outputs.push_str(&err);
-    assert_ne!(code, 0);
+    let selfsigned = receiver(r.dir.path(), true).await;
+    let ss = AddWebhook::new("ss", &selfsigned.url).arg("--authorization", TOKEN);
+    let err = refused(ss, config, &mut outputs).await;
     assert!(err.contains("TLS") && err.contains("self-signed"), "{err}");
     assert_eq!(health_checks(&selfsigned.receiver), 0);
 
     // Unreachable → refused (connect).
     let url = format!("https://127.0.0.1:{}/hook", free_port());
-    let (code, _, err) = webhook_cli(
-        &config,
-        &[
-            "add",
-            "--name",
-            "gone",
-            "--url",
-            &url,
-            "--authorization",
-            TOKEN,
-            "--statuses",
-            "RoomAnalytics.*",
-        ],
-    )
-    .await;
-    outputs.push_str(&err);
-    assert_ne!(code, 0);
+    let gone = AddWebhook::new("gone", &url).arg("--authorization", TOKEN);
+    let err = refused(gone, config, &mut outputs).await;
     assert!(err.contains("connect"), "{err}");
 
     // A name that does not resolve → refused at the DNS stage.
-    let (code, _, err) = webhook_cli(
-        &config,
-        &[
-            "add",
-            "--name",
-            "nowhere",
-            "--url",
-            "https://roomhook-test.invalid/hook",
-            "--authorization",
-            TOKEN,
-            "--statuses",
-            "RoomAnalytics.*",
-        ],
-    )
-    .await;
-    outputs.push_str(&err);
-    assert_ne!(code, 0);
+    let nowhere = AddWebhook::new("nowhere", "https://roomhook-test.invalid/hook")
+        .arg("--authorization", TOKEN);
+    let err = refused(nowhere, config, &mut outputs).await;
     assert!(
         err.contains("DNS: cannot resolve roomhook-test.invalid")
             || err.contains("timeout: resolving the host"),
@@ -184,62 +115,37 @@ async fn add_is_saved_only_after_the_receiver_answers_200() {
     );
 
     // An invalid setting → the config error with its key; nothing saved.
-    let (code, _, err) = webhook_cli(
-        &config,
-        &[
-            "add",
-            "--name",
-            "typo",
-            "--url",
-            &good.url,
-            "--no-auth",
-            "--statuses",
-            "RoomAnalytics.PeopleCnt",
-        ],
-    )
-    .await;
-    assert_ne!(code, 0);
+    let typo = AddWebhook::new("typo", &good.url)
+        .flag("--no-auth")
+        .statuses("RoomAnalytics.PeopleCnt");
+    let err = refused(typo, config, &mut outputs).await;
     assert!(
         err.contains("statuses") && err.contains("did you mean"),
         "{err}"
     );
-    assert_eq!(config_text(&config), before);
+    assert_eq!(config_text(config), before);
 
     // --no-verify → saved disabled; enable verifies it.
-    let (code, out, err) = webhook_cli(
-        &config,
-        &[
-            "add",
-            "--name",
-            "later",
-            "--url",
-            &good.url,
-            "--authorization",
-            TOKEN,
-            "--ca-file",
-            good.ca_file.to_str().unwrap(),
-            "--statuses",
-            "RoomAnalytics.*",
-            "--no-verify",
-        ],
-    )
-    .await;
+    let (code, out, err) = AddWebhook::to("later", &good)
+        .flag("--no-verify")
+        .run(config)
+        .await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("saved disabled"), "{out}");
-    let list = webhook_list(&config).await;
+    let list = webhook_list(config).await;
     assert_eq!(find(&list, "later").unwrap()["status"]["state"], "disabled");
     assert_eq!(find(&list, "later").unwrap()["enabled"], false);
     let checks = health_checks(&good.receiver);
-    let (code, out, err) = webhook_cli(&config, &["enable", "later"]).await;
+    let (code, out, err) = webhook_cli(config, &["enable", "later"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("enabled (verified: HTTP 200"), "{out}");
     assert_eq!(health_checks(&good.receiver), checks + 1);
-    let list = webhook_list(&config).await;
+    let list = webhook_list(config).await;
     assert_eq!(find(&list, "later").unwrap()["status"]["state"], "active");
 
     // Secrets appear nowhere: command output, list/show, logs.
-    let (_, show, _) = webhook_cli(&config, &["show", "bi"]).await;
-    let (_, list_text, _) = webhook_cli(&config, &["list", "--json"]).await;
+    let (_, show, _) = webhook_cli(config, &["show", "bi"]).await;
+    let (_, list_text, _) = webhook_cli(config, &["list", "--json"]).await;
     for text in [&outputs, &show, &list_text, &daemon.logs()] {
         assert!(!text.contains("s3cr3t-token"), "token leaked:\n{text}");
         assert!(!text.contains("nope-nope"), "token leaked:\n{text}");
@@ -249,16 +155,9 @@ async fn add_is_saved_only_after_the_receiver_answers_200() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_changes_url_selection_and_name_with_events_flowing() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let a = receiver(dir.path(), false).await;
-    let b = receiver(dir.path(), false).await;
-    let admin = free_port();
-    let config = write_config(
-        dir.path(),
-        &with_admin(&standard_config(broker.port, &a.url, &a.ca_file, ""), admin),
-    );
-    let daemon = Daemon::start(&config);
+    let (r, daemon) = Rig::new().start().await;
+    let (config, a, admin, broker) = (&r.config, &r.rx, r.admin, &r.broker);
+    let b = receiver(r.dir.path(), false).await;
 
     // Events flow while the URL changes: every one arrives at a or b, none after the change at a.
     let port = broker.port;
@@ -271,7 +170,7 @@ async fn set_changes_url_selection_and_name_with_events_flowing() {
     });
     assert!(a.receiver.wait_accepted(8, Duration::from_secs(20)).await);
     let (code, out, err) = webhook_cli(
-        &config,
+        config,
         &[
             "set",
             "facilities",
@@ -333,21 +232,21 @@ async fn set_changes_url_selection_and_name_with_events_flowing() {
         80,
         "every (device, value) delivered once at least"
     );
-    assert!(config_text(&config).contains(&b.url));
+    assert!(config_text(config).contains(&b.url));
 
     // New credentials that the receiver refuses: nothing changes.
-    let before = config_text(&config);
+    let before = config_text(config);
     let (code, _, err) = webhook_cli(
-        &config,
+        config,
         &["set", "facilities", "--authorization", "Bearer wrong-one"],
     )
     .await;
     assert_ne!(code, 0);
     assert!(err.contains("HTTP 401"), "{err}");
-    assert_eq!(config_text(&config), before);
+    assert_eq!(config_text(config), before);
 
     // Selection: only room-0 from now on.
-    let (code, _, err) = webhook_cli(&config, &["set", "facilities", "--devices", "room-0"]).await;
+    let (code, _, err) = webhook_cli(config, &["set", "facilities", "--devices", "room-0"]).await;
     assert_eq!(code, 0, "{err}");
     let before = b.receiver.accepted_messages();
     let not_selected = "roomhook_events_filtered_total{reason=\"not_selected\"}";
@@ -379,13 +278,13 @@ async fn set_changes_url_selection_and_name_with_events_flowing() {
     )
     .await;
     let queued = wait_until(Duration::from_secs(10), || {
-        futures_block(webhook_list(&config))
+        futures_block(webhook_list(config))
             .iter()
             .any(|w| w["queue"]["events"].as_u64() == Some(2))
     });
     assert!(queued, "backlog not queued");
     let (code, out, err) = webhook_cli(
-        &config,
+        config,
         &[
             "set",
             "facilities",
@@ -397,7 +296,7 @@ async fn set_changes_url_selection_and_name_with_events_flowing() {
     .await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("facilities-v2 changed"), "{out}");
-    let list = webhook_list(&config).await;
+    let list = webhook_list(config).await;
     assert!(find(&list, "facilities").is_none());
     assert_eq!(find(&list, "facilities-v2").unwrap()["queue"]["events"], 2);
     b.receiver.set_behaviour(Behaviour::Accept);
@@ -406,7 +305,7 @@ async fn set_changes_url_selection_and_name_with_events_flowing() {
             .wait_accepted(before + 3, Duration::from_secs(20))
             .await
     );
-    let text = config_text(&config);
+    let text = config_text(config);
     assert!(text.contains("name = \"facilities-v2\"") && !text.contains("name = \"facilities\""));
 }
 
@@ -417,30 +316,24 @@ fn futures_block<F: std::future::Future>(f: F) -> F::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_purges_the_backlog_and_survives_a_restart() {
-    let Rig {
-        dir: _dir,
-        broker,
-        rx,
-        config,
-        ..
-    } = Rig::new().receiver(Behaviour::Status(503)).build().await;
-    let mut daemon = Daemon::start(&config);
+    let (r, mut daemon) = Rig::new().receiver(Behaviour::Status(503)).start().await;
+    let (config, rx, broker) = (&r.config, &r.rx, &r.broker);
     publish(broker.port, &workload(5, 10)).await;
     let queued = wait_until(Duration::from_secs(20), || {
-        futures_block(webhook_list(&config))
+        futures_block(webhook_list(config))
             .first()
             .is_some_and(|w| w["queue"]["events"].as_u64() == Some(50))
     });
     assert!(queued, "backlog not queued; log:\n{}", daemon.logs());
-    let (code, out, err) = webhook_cli(&config, &["delete", "facilities"]).await;
+    let (code, out, err) = webhook_cli(config, &["delete", "facilities"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("webhook facilities deleted; 50 queued event(s) discarded"),
         "{out}"
     );
-    assert!(webhook_list(&config).await.is_empty());
-    assert!(!config_text(&config).contains("[[webhooks]]"));
-    let (code, _, err) = webhook_cli(&config, &["delete", "facilities"]).await;
+    assert!(webhook_list(config).await.is_empty());
+    assert!(!config_text(config).contains("[[webhooks]]"));
+    let (code, _, err) = webhook_cli(config, &["delete", "facilities"]).await;
     assert_ne!(code, 0);
     assert!(err.contains("no webhook named"), "{err}");
     assert_eq!(daemon.stop(), Some(0));
@@ -452,14 +345,12 @@ async fn delete_purges_the_backlog_and_survives_a_restart() {
     // A webhook of the same name added back starts with an empty queue: nothing of the
     // deleted backlog goes out.
     rx.receiver.set_behaviour(Behaviour::Accept);
-    std::fs::write(
-        &config,
-        standard_config(broker.port, &rx.url, &rx.ca_file, ""),
-    )
-    .unwrap();
+    r.edit_config(|d| {
+        d.add(Section::webhook("facilities", &rx.url, &rx.ca_file));
+    });
     let requests = rx.receiver.requests().len();
-    let daemon = Daemon::start(&config);
-    let list = webhook_list(&config).await;
+    let daemon = Daemon::start(config);
+    let list = webhook_list(config).await;
     assert_eq!(list[0]["queue"]["events"].as_u64(), Some(0), "{list:?}");
     publish(broker.port, &[("after".to_string(), 1)]).await;
     let from_after = |reqs: &[roomhook::demo::receiver::Received]| {
@@ -487,15 +378,9 @@ async fn delete_purges_the_backlog_and_survives_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_reports_status_latency_tls_and_certificate() {
-    let Rig {
-        dir: _dir,
-        broker: _broker,
-        rx,
-        config,
-        ..
-    } = Rig::new().build().await;
-    let _daemon = Daemon::start(&config);
-    let (code, out, err) = webhook_cli(&config, &["test", "facilities"]).await;
+    let (r, _daemon) = Rig::new().start().await;
+    let (config, rx) = (&r.config, &r.rx);
+    let (code, out, err) = webhook_cli(config, &["test", "facilities"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("healthCheck to facilities: HTTP 200 in "),
@@ -513,26 +398,16 @@ async fn test_reports_status_latency_tls_and_certificate() {
     assert_eq!(health_checks(&rx.receiver), 1);
     // A failing receiver: the test says what it answered, exit code non-zero.
     rx.receiver.set_behaviour(Behaviour::Status(500));
-    let (code, _, err) = webhook_cli(&config, &["test", "facilities"]).await;
+    let (code, _, err) = webhook_cli(config, &["test", "facilities"]).await;
     assert_ne!(code, 0);
     assert!(err.contains("HTTP 500"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disabled_webhook_enqueues_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    let admin = free_port();
-    let config = write_config(
-        dir.path(),
-        &with_admin(
-            &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
-            admin,
-        ),
-    );
-    let _daemon = Daemon::start(&config);
-    let (code, out, err) = webhook_cli(&config, &["disable", "facilities"]).await;
+    let (r, _daemon) = Rig::new().start().await;
+    let (config, rx, admin, broker) = (&r.config, &r.rx, r.admin, &r.broker);
+    let (code, out, err) = webhook_cli(config, &["disable", "facilities"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("webhook facilities disabled"), "{out}");
     publish(broker.port, &workload(2, 10)).await;
@@ -544,9 +419,9 @@ async fn a_disabled_webhook_enqueues_nothing() {
         ) == Some(20.0)
     });
     assert!(routed, "{}", scrape(admin));
-    assert_eq!(webhook_list(&config).await[0]["queue"]["events"], 0);
+    assert_eq!(webhook_list(config).await[0]["queue"]["events"], 0);
     assert_eq!(rx.receiver.requests().len(), 0);
-    let (code, _, err) = webhook_cli(&config, &["enable", "facilities"]).await;
+    let (code, _, err) = webhook_cli(config, &["enable", "facilities"]).await;
     assert_eq!(code, 0, "{err}");
     publish(broker.port, &[("room-0".into(), 50)]).await;
     assert!(rx.receiver.wait_accepted(2, Duration::from_secs(20)).await); // healthCheck + 1
@@ -570,35 +445,19 @@ async fn a_disabled_webhook_enqueues_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_a_valid_file_and_keeps_the_old_config_on_an_invalid_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    let other = receiver(dir.path(), false).await;
-    let config = write_config(
-        dir.path(),
-        &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
-    );
-    let mut daemon = Daemon::start(&config);
-    let pid = daemon.pid();
-    let hup = || {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGHUP,
-        )
-        .unwrap()
-    };
+    let (r, mut daemon) = Rig::new().start().await;
+    let (config, rx, broker) = (&r.config, &r.rx, &r.broker);
+    let other = receiver(r.dir.path(), false).await;
+    let hup = || daemon.signal(SIGHUP);
 
     // A hand edit adds a webhook: SIGHUP starts it.
-    let mut text = config_text(&config);
-    text.push_str(&format!(
-        "\n[[webhooks]]\nname = \"hand-made\"\nurl = \"{}\"\nauthorization = \"{TOKEN}\"\nca_file = \"{}\"\nstatuses = [\"RoomAnalytics.PeopleCount.Current\"]\ndrain_start_jitter = \"0s\"\n",
-        other.url,
-        other.ca_file.display()
-    ));
-    std::fs::write(&config, &text).unwrap();
+    r.edit_config(|d| {
+        d.add(Section::webhook("hand-made", &other.url, &other.ca_file));
+    });
+    let text = config_text(config);
     hup();
     let reloaded = wait_until(Duration::from_secs(10), || {
-        find(&futures_block(webhook_list(&config)), "hand-made").is_some()
+        find(&futures_block(webhook_list(config)), "hand-made").is_some()
     });
     assert!(
         reloaded,
@@ -614,11 +473,9 @@ async fn sighup_applies_a_valid_file_and_keeps_the_old_config_on_an_invalid_one(
     );
 
     // An invalid file: logged, old config kept, events still flow.
-    std::fs::write(
-        &config,
-        format!("{text}statuses_typo = [\"Nope.Nothing\"]\n"),
-    )
-    .unwrap();
+    r.edit_config(|d| {
+        d.set("webhooks[hand-made].statuses_typo", list(["Nope.Nothing"]));
+    });
     hup();
     let logged = wait_until(Duration::from_secs(10), || {
         daemon
@@ -627,7 +484,7 @@ async fn sighup_applies_a_valid_file_and_keeps_the_old_config_on_an_invalid_one(
     });
     assert!(logged, "log:\n{}", daemon.logs());
     assert!(daemon.logs().contains("statuses_typo"), "{}", daemon.logs());
-    assert_eq!(webhook_list(&config).await.len(), 2);
+    assert_eq!(webhook_list(config).await.len(), 2);
     publish(broker.port, &[("room-7".into(), 2)]).await;
     assert!(
         other
@@ -638,14 +495,14 @@ async fn sighup_applies_a_valid_file_and_keeps_the_old_config_on_an_invalid_one(
     assert!(rx.receiver.wait_accepted(2, Duration::from_secs(20)).await);
 
     // API edits persist across a restart (the file is the one source of truth).
-    std::fs::write(&config, &text).unwrap();
+    std::fs::write(config, &text).unwrap();
     hup();
     let (code, _, err) =
-        webhook_cli(&config, &["set", "hand-made", "--devices", "room-7,room-8"]).await;
+        webhook_cli(config, &["set", "hand-made", "--devices", "room-7,room-8"]).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(daemon.stop(), Some(0));
-    let _daemon = Daemon::start(&config);
-    let list = webhook_list(&config).await;
+    let _daemon = Daemon::start(config);
+    let list = webhook_list(config).await;
     assert_eq!(
         find(&list, "hand-made").unwrap()["devices"],
         serde_json::json!(["room-7", "room-8"])
@@ -655,20 +512,22 @@ async fn sighup_applies_a_valid_file_and_keeps_the_old_config_on_an_invalid_one(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tcp_control_api_needs_the_token_and_the_socket_is_private() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
+    let r = Rig::new()
+        .config(|d| {
+            d.set("admin.token_file", "admin-token");
+        })
+        .build()
+        .await;
+    let (dir, rx, admin_port, broker) = (&r.dir, &r.rx, r.admin, &r.broker);
     let token = "a-long-admin-token-0123456789";
     std::fs::write(dir.path().join("admin-token"), format!("{token}\n")).unwrap();
-    let admin_port = free_port();
     // A receiver that takes a key in its URL: the key is never shown.
     let url = format!("{}?key=url-secret-123", rx.url);
-    let text = edit(&standard_config(broker.port, &url, &rx.ca_file, ""), |d| {
-        d.set("admin.listen", format!("127.0.0.1:{admin_port}"))
-            .set("admin.token_file", "admin-token");
+    r.edit_config(|d| {
+        d.set("webhooks[facilities].url", url);
     });
-    let config = write_config(dir.path(), &text);
-    let daemon = Daemon::start(&config);
+    let config = &r.config;
+    let daemon = Daemon::start(config);
     let get = |auth: Option<String>| {
         roomhook_testkit::http_get(admin_port, "/v1/webhooks", auth.as_deref())
     };
@@ -703,8 +562,15 @@ async fn the_tcp_control_api_needs_the_token_and_the_socket_is_private() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_static_headers_and_systemd_credentials() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
+    let r = Rig::new()
+        .webhook("headers = { \"X-Site\" = \"oslo-7\" }")
+        .config(|d| {
+            d.remove("webhooks[facilities].authorization")
+                .set("webhooks[facilities].authorization_file", "receiver-token");
+        })
+        .build()
+        .await;
+    let (dir, rx, broker, config) = (&r.dir, &r.rx, &r.broker, &r.config);
     let client = roomhook::demo::pki::client_identity("gateway-7").unwrap();
     let server = roomhook::demo::pki::private_ca(&["127.0.0.1"]).unwrap();
     let mtls = roomhook::demo::receiver::Receiver::start(
@@ -733,20 +599,8 @@ async fn mutual_tls_static_headers_and_systemd_credentials() {
     let creds = dir.path().join("credentials");
     std::fs::create_dir(&creds).unwrap();
     std::fs::write(creds.join("receiver-token"), format!("{TOKEN}\n")).unwrap();
-    let rx = receiver(dir.path(), false).await;
-    let text = standard_config(
-        broker.port,
-        &rx.url,
-        &rx.ca_file,
-        "headers = { \"X-Site\" = \"oslo-7\" }",
-    );
-    let text = edit(&text, |d| {
-        d.remove("webhooks[facilities].authorization")
-            .set("webhooks[facilities].authorization_file", "receiver-token");
-    });
-    let config = write_config(dir.path(), &text);
     let daemon = Daemon::start_with_env(
-        &config,
+        config,
         &[("CREDENTIALS_DIRECTORY", creds.to_str().unwrap())],
     );
     publish(broker.port, &[("room-1".into(), 5)]).await;
@@ -762,46 +616,17 @@ async fn mutual_tls_static_headers_and_systemd_credentials() {
     );
 
     // Without a client certificate the handshake is refused, and the message says why.
-    let (code, _, err) = webhook_cli(
-        &config,
-        &[
-            "add",
-            "--name",
-            "mtls",
-            "--url",
-            &url,
-            "--authorization",
-            TOKEN,
-            "--ca-file",
-            ca.to_str().unwrap(),
-            "--statuses",
-            "RoomAnalytics.*",
-        ],
-    )
-    .await;
+    let add = AddWebhook::new("mtls", &url)
+        .arg("--authorization", TOKEN)
+        .arg("--ca-file", ca.to_str().unwrap());
+    let (code, _, err) = add.run(config).await;
     assert_ne!(code, 0);
     assert!(err.contains("client certificate"), "{err}");
-    let (code, out, err) = webhook_cli(
-        &config,
-        &[
-            "add",
-            "--name",
-            "mtls",
-            "--url",
-            &url,
-            "--authorization",
-            TOKEN,
-            "--ca-file",
-            ca.to_str().unwrap(),
-            "--client-cert-file",
-            cert.to_str().unwrap(),
-            "--client-key-file",
-            key.to_str().unwrap(),
-            "--statuses",
-            "RoomAnalytics.*",
-        ],
-    )
-    .await;
+    let (code, out, err) = add
+        .arg("--client-cert-file", cert.to_str().unwrap())
+        .arg("--client-key-file", key.to_str().unwrap())
+        .run(config)
+        .await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("verified: HTTP 200"), "{out}");
     publish(broker.port, &[("room-2".into(), 6)]).await;
@@ -815,33 +640,25 @@ async fn mutual_tls_static_headers_and_systemd_credentials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_api_surface_is_careful() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    let admin_port = free_port();
     let token = "a-long-admin-token-0123456789";
+    let r = Rig::new()
+        .config(move |d| {
+            d.set("admin.token", token);
+        })
+        .build()
+        .await;
+    let (dir, rx, admin_port, config) = (&r.dir, &r.rx, r.admin, &r.config);
+    let data = dir.path().join("data").display().to_string();
+    r.edit_config(|d| {
+        d.set("gateway.data_dir", data)
+            .comment("gateway.data_dir", "data beside the link");
+    });
     // The config is a symlink to the real file (as configuration managers lay it out).
     std::fs::create_dir(dir.path().join("etc")).unwrap();
     let real = dir.path().join("etc/real.toml");
-    std::fs::write(
-        &real,
-        edit(
-            &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
-            |d| {
-                d.set("admin.listen", format!("127.0.0.1:{admin_port}"))
-                    .set("admin.token", token)
-                    .set(
-                        "gateway.data_dir",
-                        dir.path().join("data").display().to_string(),
-                    )
-                    .comment("gateway.data_dir", "data beside the link");
-            },
-        ),
-    )
-    .unwrap();
+    std::fs::rename(config, &real).unwrap();
     std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let config = dir.path().join("roomhook.toml");
-    std::os::unix::fs::symlink(&real, &config).unwrap();
+    std::os::unix::fs::symlink(&real, config).unwrap();
 
     // A file that is not a socket where the socket goes: refused, not deleted.
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
@@ -860,37 +677,21 @@ async fn the_control_api_surface_is_careful() {
     assert_eq!(std::fs::read_to_string(&socket).unwrap(), "precious");
     std::fs::remove_file(&socket).unwrap();
 
-    let daemon = Daemon::start(&config);
+    let daemon = Daemon::start(config);
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 
     // A name with a space, a slash and a percent sign works end to end.
     let name = "lobby east/2 50%";
-    let (code, out, err) = webhook_cli(
-        &config,
-        &[
-            "add",
-            "--name",
-            name,
-            "--url",
-            &rx.url,
-            "--authorization",
-            TOKEN,
-            "--ca-file",
-            rx.ca_file.to_str().unwrap(),
-            "--statuses",
-            "RoomAnalytics.*",
-        ],
-    )
-    .await;
+    let (code, out, err) = AddWebhook::to(name, rx).run(config).await;
     assert_eq!(code, 0, "{out}{err}");
-    let (code, out, err) = webhook_cli(&config, &["show", name]).await;
+    let (code, out, err) = webhook_cli(config, &["show", name]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("lobby east/2 50%"), "{out}");
-    let (code, out, err) = webhook_cli(&config, &["delete", name]).await;
+    let (code, out, err) = webhook_cli(config, &["delete", name]).await;
     assert_eq!(code, 0, "{out}{err}");
     // The edits went to the link's target, which kept its mode; the link is still a link.
-    assert!(std::fs::symlink_metadata(&config)
+    assert!(std::fs::symlink_metadata(config)
         .unwrap()
         .file_type()
         .is_symlink());
@@ -921,21 +722,10 @@ async fn the_control_api_surface_is_careful() {
             "{answer}"
         );
     }
-    let (code, _, err) = webhook_cli(
-        &config,
-        &[
-            "add",
-            "--name",
-            "leak",
-            "--url",
-            &rx.url,
-            "--authorization-file",
-            "/etc/hostname",
-            "--statuses",
-            "RoomAnalytics.*",
-        ],
-    )
-    .await;
+    let (code, _, err) = AddWebhook::new("leak", &rx.url)
+        .arg("--authorization-file", "/etc/hostname")
+        .run(config)
+        .await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("is outside"), "{err}");
     assert!(!std::fs::read_to_string(&real).unwrap().contains("leak"));
@@ -978,37 +768,23 @@ fn post(port: u16, path: &str, authorization: &str, body: &str) -> (u16, String)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_dropped_from_the_file_keeps_its_queue_as_an_orphan() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    rx.receiver.set_behaviour(Behaviour::Status(503));
-    let admin = free_port();
-    let with_hook = edit(
-        &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
-        |d| {
-            d.set("gateway.orphan_retention", "1h")
-                .set("admin.listen", format!("127.0.0.1:{admin}"));
-        },
-    );
+    let (r, mut daemon) = Rig::new()
+        .gateway("orphan_retention = \"1h\"")
+        .receiver(Behaviour::Status(503))
+        .start()
+        .await;
+    let (config, rx, admin, broker) = (&r.config, &r.rx, r.admin, &r.broker);
+    let with_hook = config_text(config);
     // The same file after a hand edit that lost the webhook (a typo in its name, say).
     let without = edit(&with_hook, |d| {
         d.set("webhooks[facilities].name", "facilites");
     });
-    let config = write_config(dir.path(), &with_hook);
-    let mut daemon = Daemon::start(&config);
     publish(broker.port, &workload(5, 10)).await;
     assert!(wait_until(Duration::from_secs(20), || {
         metric(admin, "roomhook_queue_events{webhook=\"facilities\"}") == Some(50.0)
     }));
-    std::fs::write(&config, &without).unwrap();
-    let hup = |pid: i32| {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGHUP,
-        )
-        .unwrap()
-    };
-    hup(daemon.pid());
+    std::fs::write(config, &without).unwrap();
+    daemon.signal(SIGHUP);
     assert!(
         wait_until(Duration::from_secs(10), || metric(
             admin,
@@ -1032,12 +808,12 @@ async fn a_webhook_dropped_from_the_file_keeps_its_queue_as_an_orphan() {
         out.contains("webhook facilities: 50 queued, 0 dead letters (orphaned since"),
         "{out}"
     );
-    let mut daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start(config);
     assert_eq!(metric(admin, "roomhook_orphaned_events"), Some(50.0));
     // The name is fixed: the webhook takes its queue back, and everything arrives.
     rx.receiver.set_behaviour(Behaviour::Accept);
-    std::fs::write(&config, &with_hook).unwrap();
-    hup(daemon.pid());
+    std::fs::write(config, &with_hook).unwrap();
+    daemon.signal(SIGHUP);
     assert!(
         rx.receiver.wait_accepted(50, Duration::from_secs(30)).await,
         "{}",
@@ -1052,13 +828,13 @@ async fn a_webhook_dropped_from_the_file_keeps_its_queue_as_an_orphan() {
         metric(admin, "roomhook_queue_events{webhook=\"facilities\"}") == Some(1.0)
     }));
     std::fs::write(
-        &config,
+        config,
         edit(&without, |d| {
             d.set("gateway.orphan_retention", "1s");
         }),
     )
     .unwrap();
-    hup(daemon.pid());
+    daemon.signal(SIGHUP);
     assert!(wait_until(Duration::from_secs(10), || metric(
         admin,
         "roomhook_orphaned_queues"
@@ -1066,7 +842,7 @@ async fn a_webhook_dropped_from_the_file_keeps_its_queue_as_an_orphan() {
     // Reloads until the retention has passed (no guess at how long that takes).
     assert!(
         wait_until(Duration::from_secs(10), || {
-            hup(daemon.pid());
+            daemon.signal(SIGHUP);
             std::thread::sleep(Duration::from_millis(200));
             metric(admin, "roomhook_orphaned_queues") == Some(0.0)
         }),

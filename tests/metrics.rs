@@ -6,65 +6,33 @@ use roomhook::demo::receiver::Behaviour;
 use roomhook_testkit::*;
 use std::time::Duration;
 
-fn config(
-    broker: u16,
-    admin: u16,
-    main: &TestReceiver,
-    strict: &TestReceiver,
-    stale: &TestReceiver,
-) -> String {
-    let hook = |name: &str, rx: &TestReceiver, devices: &str, extra: &str| {
-        format!(
-            "\n[[webhooks]]\nname = \"{name}\"\nurl = \"{}\"\nauthorization = \"{TOKEN}\"\nca_file = \"{}\"\ndevices = {devices}\nstatuses = [\"RoomAnalytics.PeopleCount.Current\"]\nretry_base = \"100ms\"\nretry_max = \"300ms\"\ndrain_start_jitter = \"0s\"\n{extra}\n",
-            rx.url,
-            rx.ca_file.display()
-        )
-    };
-    format!(
-        r#"[gateway]
-data_dir = "data"
-org_id = "test-org"
-
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[log]
-filter = "info"
-format = "json"
-
-[[sources.mqtt]]
-name = "sensors"
-url = "mqtt://127.0.0.1:{broker}"
-client_id = "roomhook-metrics-test"
-
-[[sources.mqtt.subscriptions]]
-topic = "bench/+/status"
-device = "{{1}}"
-[sources.mqtt.subscriptions.fields]
-"/people" = "RoomAnalytics.PeopleCount.Current"
-{}{}{}"#,
-        hook("main", main, "[\"room-*\"]", ""),
-        hook("strict", strict, "[\"room-1\"]", ""),
-        hook("stale", stale, "[\"room-2\"]", "max_queue_age = \"1s\""),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_counter_is_exact_for_a_known_mix() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let main = receiver(dir.path(), false).await;
-    let strict = receiver(dir.path(), false).await;
-    strict.receiver.set_behaviour(Behaviour::Status(422));
-    let stale = receiver(dir.path(), false).await;
-    stale.receiver.set_behaviour(Behaviour::Status(503));
-    let admin = free_port();
-    let path = write_config(
-        dir.path(),
-        &config(broker.port, admin, &main, &strict, &stale),
-    );
+    // Three webhooks: `main` (the rig's, renamed) for every room, `strict` for room-1 (its
+    // receiver refuses: 422) and `stale` for room-2 (its receiver is down: 503).
+    let retry = "retry_max = \"300ms\"\n";
+    let rig = Rig::new()
+        .webhook(&format!("{retry}devices = [\"room-*\"]"))
+        .hook("strict", &format!("{retry}devices = [\"room-1\"]"))
+        .hook(
+            "stale",
+            &format!("{retry}devices = [\"room-2\"]\nmax_queue_age = \"1s\""),
+        )
+        .config(|d| {
+            d.set("webhooks[facilities].name", "main")
+                .merge("log", "filter = \"info\"\nformat = \"json\"");
+        })
+        .build()
+        .await;
+    let (main, broker, admin, path) = (&rig.rx, &rig.broker, rig.admin, &rig.config);
+    rig.hook("strict")
+        .receiver
+        .set_behaviour(Behaviour::Status(422));
+    rig.hook("stale")
+        .receiver
+        .set_behaviour(Behaviour::Status(503));
     // The flag would win over [log]; the harness passes --log, so check the format here.
-    let daemon = Daemon::start(&path);
+    let daemon = Daemon::start(path);
 
     let msg = |device: &str, payload: &str| (format!("bench/{device}/status"), payload.to_string());
     let mix = vec![
@@ -249,18 +217,10 @@ async fn every_counter_is_exact_for_a_known_mix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_names_a_source_that_stays_disconnected() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    let admin = free_port();
-    let text = with_admin(
-        &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
-        admin,
-    );
-    let path = write_config(dir.path(), &text);
-    let _daemon = Daemon::start(&path);
+    let (rig, _daemon) = Rig::new().start().await;
+    let (admin, path) = (rig.admin, &rig.config);
     assert_eq!(roomhook_testkit::http_get(admin, "/readyz", None).0, 200);
-    drop(broker);
+    drop(rig.broker);
     // Disconnected at once; not ready only after the allowance (60 s) — check the status
     // says "NO" now, without waiting a minute in a test.
     let down = wait_until(Duration::from_secs(10), || {
@@ -413,26 +373,11 @@ async fn every_metric_the_dashboard_and_the_alert_rules_query_exists() {
     // device: each exports families of its own) that delivered an event and reloaded its
     // config once, so that every family (histograms and the reload counter too) has a
     // series: prometheus-client prints nothing for a family without one.
-    let rig = Rig::new().build().await;
-    let device =
-        roomhook::demo::device::DeviceSim::start(roomhook::demo::device::DeviceSimOptions {
-            serial: "FOC2447N0AB".into(),
-            product_id: "Cisco Room Kit Pro".into(),
-            username: "roomhook".into(),
-            password: "device-pass-123".into(),
-            role: roomhook::demo::device::Role::Integrator,
-            tls: true,
-        })
-        .await
-        .expect("device simulator");
-    let mut config = std::fs::read_to_string(&rig.config).expect("the rig's config");
-    config.push_str(&format!(
-        "\n[[sources.roomos]]\nname = \"desk\"\nurl = \"{}\"\nusername = \"roomhook\"\npassword = \"device-pass-123\"\npin_sha256 = \"{}\"\nworkspace = \"ws-desk\"\nkeep_alive = \"10s\"\n",
-        device.url(),
-        device.cert_sha256()
-    ));
-    std::fs::write(&rig.config, config).expect("the rig's config");
-    let daemon = Daemon::start(&rig.config);
+    let device = device(device_options("FOC2447N0AB")).await;
+    let (rig, daemon) = Rig::new()
+        .with(Section::roomos("desk", &device))
+        .start()
+        .await;
     publish(rig.broker.port, &[("room-1".to_string(), 3)]).await;
     daemon.signal(nix::sys::signal::Signal::SIGHUP);
     let settled = wait_until(Duration::from_secs(30), || {

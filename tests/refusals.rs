@@ -12,53 +12,30 @@ fn dead_letters(admin: u16) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_answering_404_during_a_deploy_loses_nothing() {
-    let Rig {
-        dir: _dir,
-        broker,
-        rx,
-        admin,
-        config,
-    } = Rig::new().build().await;
-    rx.receiver.set_behaviour(Behaviour::Status(404));
-    let mut daemon = Daemon::start(&config);
+    let (r, mut daemon) = Rig::new().receiver(Behaviour::Status(404)).start().await;
     let (devices, per_device) = (5, 20);
-    publish(broker.port, &workload(devices, per_device)).await;
+    publish(r.broker.port, &workload(devices, per_device)).await;
+    assert!(r.rx.wait_status(404, 30, Duration::from_secs(20)).await);
+    assert_eq!(dead_letters(r.admin), Some(0.0), "404 must not dead-letter");
+    r.rx.receiver.set_behaviour(Behaviour::Accept);
     assert!(
-        rx.receiver
-            .wait_for(Duration::from_secs(20), |r| r
-                .iter()
-                .filter(|x| x.status == 404)
-                .count()
-                >= 30)
-            .await
-    );
-    assert_eq!(dead_letters(admin), Some(0.0), "404 must not dead-letter");
-    rx.receiver.set_behaviour(Behaviour::Accept);
-    assert!(
-        rx.receiver
+        r.rx.receiver
             .wait_accepted(devices * per_device, Duration::from_secs(60))
             .await,
         "{}",
         daemon.logs()
     );
-    assert_complete_and_ordered(&rx.receiver.accepted(), devices, per_device);
-    assert_eq!(dead_letters(admin), Some(0.0));
+    assert_complete_and_ordered(&r.rx.receiver.accepted(), devices, per_device);
+    assert_eq!(dead_letters(r.admin), Some(0.0));
     assert_eq!(daemon.stop(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_refusing_everything_does_not_empty_the_queue() {
-    let Rig {
-        dir: _dir,
-        broker,
-        rx,
-        admin,
-        config,
-    } = Rig::new().build().await;
-    rx.receiver.set_behaviour(Behaviour::Status(422));
-    let mut daemon = Daemon::start(&config);
+    let (r, mut daemon) = Rig::new().receiver(Behaviour::Status(422)).start().await;
+    let (rx, admin) = (&r.rx, r.admin);
     let n = 100;
-    publish(broker.port, &workload(1, n)).await;
+    publish(r.broker.port, &workload(1, n)).await;
     let state = |s: &str| {
         metric(
             admin,
@@ -101,44 +78,26 @@ async fn a_receiver_refusing_everything_does_not_empty_the_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_413_on_a_batch_is_retried_in_smaller_batches() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    rx.receiver.set_behaviour(Behaviour::MaxMessages(10));
-    let admin = free_port();
-    let config = write_config(
-        dir.path(),
-        &with_admin(
-            &standard_config(broker.port, &rx.url, &rx.ca_file, "batch_max_messages = 50"),
-            admin,
-        ),
-    );
+    let r = Rig::new()
+        .webhook("batch_max_messages = 50")
+        .receiver(Behaviour::MaxMessages(10))
+        .build()
+        .await;
     // A backlog in the store before the start: the first batches are full (50 > 10).
     let (devices, per_device) = (10, 20);
     let backlog = workload(devices, per_device)
         .iter()
         .map(|(d, v)| people_event(d, *v))
         .collect();
-    prefill(&dir.path().join("data"), "facilities", backlog).await;
-    let mut daemon = Daemon::start(&config);
+    prefill(&r.dir.path().join("data"), "facilities", backlog).await;
+    let mut daemon = Daemon::start(&r.config);
+    r.rx.expect_messages(devices * per_device, Duration::from_secs(60), &daemon)
+        .await;
     assert!(
-        rx.receiver
-            .wait_for(Duration::from_secs(60), |r| {
-                r.iter()
-                    .filter(|x| x.status == 200)
-                    .map(|x| x.messages().len())
-                    .sum::<usize>()
-                    >= devices * per_device
-            })
-            .await,
-        "{}",
-        daemon.logs()
-    );
-    assert!(
-        rx.receiver.requests().iter().any(|r| r.status == 413),
+        r.rx.receiver.requests().iter().any(|r| r.status == 413),
         "the receiver never saw a batch over its limit"
     );
-    assert_complete_and_ordered(&rx.receiver.accepted(), devices, per_device);
-    assert_eq!(dead_letters(admin), Some(0.0));
+    assert_complete_and_ordered(&r.rx.receiver.accepted(), devices, per_device);
+    assert_eq!(dead_letters(r.admin), Some(0.0));
     assert_eq!(daemon.stop(), Some(0));
 }

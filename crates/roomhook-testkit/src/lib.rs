@@ -16,7 +16,7 @@ pub mod mqtt_wire;
 pub mod proxy;
 pub mod rig;
 
-pub use config::{edit, Doc};
+pub use config::{edit, list, Config, Doc, Section, DEVICE_PASSWORD, PEOPLE};
 pub use http::{http_get, metric, request, request_from, scrape, Answer};
 pub use rig::*;
 

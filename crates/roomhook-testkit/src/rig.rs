@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::config::{Config, Section};
 use crate::{free_port, wait_until, Mosquitto};
 
 /// Starts a broker; a missing Mosquitto fails the test (never a skip).
@@ -51,6 +52,72 @@ pub async fn receiver(dir: &Path, self_signed: bool) -> TestReceiver {
         ca_file,
         url,
     }
+}
+
+impl TestReceiver {
+    /// Waits up to `within` until at least `n` requests were answered `status`.
+    pub async fn wait_status(&self, status: u16, n: usize, within: Duration) -> bool {
+        self.receiver
+            .wait_for(within, |r| {
+                r.iter().filter(|x| x.status == status).count() >= n
+            })
+            .await
+    }
+
+    /// Waits up to `within` until `n` requests were answered 200 (delivered); fails the test
+    /// with how many were, and `daemon`'s log, if not.
+    pub async fn expect_ok(&self, n: usize, within: Duration, daemon: &Daemon) {
+        assert!(
+            self.wait_status(200, n, within).await,
+            "only {} of {n} delivered within {within:?}; log:\n{}",
+            self.receiver.accepted().len(),
+            daemon.logs()
+        );
+    }
+
+    /// Waits up to `within` until the requests answered 200 carry `n` messages in all
+    /// (batches counted message by message); fails the test with `daemon`'s log if not.
+    pub async fn expect_messages(&self, n: usize, within: Duration, daemon: &Daemon) {
+        let all = self
+            .receiver
+            .wait_for(within, |r| {
+                r.iter()
+                    .filter(|x| x.status == 200)
+                    .map(|x| x.messages().len())
+                    .sum::<usize>()
+                    >= n
+            })
+            .await;
+        assert!(
+            all,
+            "only {} of {n} messages delivered within {within:?}; log:\n{}",
+            self.receiver.accepted_messages(),
+            daemon.logs()
+        );
+    }
+}
+
+/// The options of the tests' simulated RoomOS device `serial`: a Cisco Room Kit Pro over
+/// wss://, user `roomhook` with [`DEVICE_PASSWORD`](crate::DEVICE_PASSWORD), role Integrator
+/// (what [`Section::roomos`] expects).
+pub fn device_options(serial: &str) -> roomhook::demo::device::DeviceSimOptions {
+    roomhook::demo::device::DeviceSimOptions {
+        serial: serial.into(),
+        product_id: "Cisco Room Kit Pro".into(),
+        username: "roomhook".into(),
+        password: crate::DEVICE_PASSWORD.into(),
+        role: roomhook::demo::device::Role::Integrator,
+        tls: true,
+    }
+}
+
+/// Starts a simulated RoomOS device with `opts` (e.g. [`device_options`]).
+pub async fn device(
+    opts: roomhook::demo::device::DeviceSimOptions,
+) -> roomhook::demo::device::DeviceSim {
+    roomhook::demo::device::DeviceSim::start(opts)
+        .await
+        .expect("device simulator")
 }
 
 /// The `roomhook` binary the tests run: this build's, or `ROOMHOOK_TEST_BINARY` (a cross
@@ -245,55 +312,31 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     path
 }
 
-/// A config with one MQTT source (`bench/{device}/status`, `/people` → PeopleCount) and one
-/// webhook to `url` trusting `ca_file`.
+/// A config with one MQTT source (`bench/{device}/status`, `/people` → PeopleCount:
+/// [`Section::sensors`]) and one webhook `facilities` to `url` trusting `ca_file`
+/// ([`Section::webhook`]) with the keys of `extra_webhook` (TOML).
 pub fn standard_config(broker_port: u16, url: &str, ca_file: &Path, extra_webhook: &str) -> String {
-    let text = format!(
-        r#"[gateway]
-data_dir = "data"
-org_id = "test-org"
-
-[[sources.mqtt]]
-name = "sensors"
-url = "mqtt://127.0.0.1:{broker_port}"
-client_id = "roomhook-test"
-
-[[sources.mqtt.subscriptions]]
-topic = "bench/+/status"
-format = "json"
-device = "{{1}}"
-workspace = "ws-{{1}}"
-[sources.mqtt.subscriptions.fields]
-"/people" = "RoomAnalytics.PeopleCount.Current"
-
-[[webhooks]]
-name = "facilities"
-url = "{url}"
-authorization = "{TOKEN}"
-ca_file = "{ca}"
-devices = ["*"]
-statuses = ["RoomAnalytics.PeopleCount.Current"]
-retry_base = "100ms"
-retry_max = "1s"
-drain_start_jitter = "0s"
-"#,
-        ca = ca_file.display()
-    );
-    crate::edit(&text, |d| {
-        d.merge("webhooks[facilities]", extra_webhook);
-    })
+    Config::new()
+        .with(Section::sensors(broker_port))
+        .with(Section::webhook("facilities", url, ca_file).merge(extra_webhook))
+        .to_string()
 }
 
 /// Publishes `{"people": value}` to `bench/<device>/status` with QoS 1 for every pair and
 /// waits until the broker acknowledged all of them.
 pub async fn publish(port: u16, messages: &[(String, i64)]) {
-    let msgs = messages
-        .iter()
-        .map(|(d, v)| (format!("bench/{d}/status"), format!("{{\"people\":{v}}}")))
-        .collect();
-    crate::publish_all(port, msgs, None)
+    crate::publish_all(port, people_messages(messages), None)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The MQTT messages (topic, payload) the standard subscription reads as these people
+/// counts: `{"people": value}` on `bench/<device>/status`.
+pub fn people_messages(messages: &[(String, i64)]) -> Vec<(String, String)> {
+    messages
+        .iter()
+        .map(|(d, v)| (format!("bench/{d}/status"), format!("{{\"people\":{v}}}")))
+        .collect()
 }
 
 /// `devices` devices × `per_device` messages, interleaved; values 0.. per device.
@@ -384,6 +427,68 @@ pub async fn webhook_cli(config: &Path, args: &[&str]) -> (i32, String, String) 
     run_cli(&all).await
 }
 
+/// `roomhook webhook add`, argument by argument: the name, the URL and `--statuses`
+/// (`RoomAnalytics.*` unless changed), then whatever else is given.
+#[derive(Debug, Clone)]
+pub struct AddWebhook {
+    name: String,
+    url: String,
+    statuses: String,
+    more: Vec<String>,
+}
+
+impl AddWebhook {
+    /// `--name name --url url`, nothing else.
+    pub fn new(name: &str, url: &str) -> AddWebhook {
+        AddWebhook {
+            name: name.into(),
+            url: url.into(),
+            statuses: "RoomAnalytics.*".into(),
+            more: Vec::new(),
+        }
+    }
+
+    /// A webhook to `rx`: its URL, `--authorization` [`TOKEN`] and `--ca-file` its CA.
+    pub fn to(name: &str, rx: &TestReceiver) -> AddWebhook {
+        AddWebhook::new(name, &rx.url)
+            .arg("--authorization", TOKEN)
+            .arg("--ca-file", &rx.ca_file.to_string_lossy())
+    }
+
+    /// `--statuses` (instead of `RoomAnalytics.*`).
+    pub fn statuses(mut self, statuses: &str) -> AddWebhook {
+        self.statuses = statuses.into();
+        self
+    }
+
+    /// Another option and its value (`--devices room-1`).
+    pub fn arg(mut self, option: &str, value: &str) -> AddWebhook {
+        self.more.extend([option.to_string(), value.to_string()]);
+        self
+    }
+
+    /// A flag (`--no-verify`, `--no-auth`).
+    pub fn flag(mut self, flag: &str) -> AddWebhook {
+        self.more.push(flag.into());
+        self
+    }
+
+    /// Runs it against the daemon of `config`: (exit code, stdout, stderr).
+    pub async fn run(&self, config: &Path) -> (i32, String, String) {
+        let mut args = vec![
+            "add",
+            "--name",
+            &self.name,
+            "--url",
+            &self.url,
+            "--statuses",
+            &self.statuses,
+        ];
+        args.extend(self.more.iter().map(String::as_str));
+        webhook_cli(config, &args).await
+    }
+}
+
 /// The daemon's webhooks as `webhook list --json` prints them.
 pub async fn webhook_list(config: &Path) -> Vec<serde_json::Value> {
     let (code, out, err) = webhook_cli(config, &["list", "--json"]).await;
@@ -429,6 +534,8 @@ pub struct Rig {
     pub admin: u16,
     /// The config file.
     pub config: PathBuf,
+    /// The other webhooks' receivers, by webhook name ([`RigBuilder::hook`]).
+    pub hooks: Vec<(String, TestReceiver)>,
 }
 
 /// A change of the rig's config.
@@ -441,6 +548,8 @@ pub struct RigBuilder {
     webhook: Vec<String>,
     behaviour: Option<roomhook::demo::receiver::Behaviour>,
     console: Option<String>,
+    hooks: Vec<(String, String)>,
+    source: Option<Box<dyn FnOnce(u16) -> Section + Send>>,
     edits: Vec<ConfigEdit>,
 }
 
@@ -455,6 +564,20 @@ impl Rig {
     pub fn edit_config(&self, f: impl FnOnce(&mut crate::Doc)) {
         let text = std::fs::read_to_string(&self.config).expect("the rig's config");
         std::fs::write(&self.config, crate::edit(&text, f)).expect("the rig's config");
+    }
+
+    /// The receiver of webhook `name` (one added with [`RigBuilder::hook`]).
+    pub fn hook(&self, name: &str) -> &TestReceiver {
+        self.hooks
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, rx)| rx)
+            .unwrap_or_else(|| panic!("the rig has no webhook {name}"))
+    }
+
+    /// The metric `series` from its admin listener (0 when it is not exposed).
+    pub fn metric(&self, series: &str) -> f64 {
+        crate::metric(self.admin, series).unwrap_or(0.0)
     }
 }
 
@@ -483,6 +606,26 @@ impl RigBuilder {
         self
     }
 
+    /// Another webhook, `name`, to a receiver of its own (the same defaults as
+    /// `facilities`, and the keys of `snippet`); its receiver is [`Rig::hook`]`(name)`.
+    pub fn hook(mut self, name: &str, snippet: &str) -> Self {
+        self.hooks.push((name.to_string(), snippet.to_string()));
+        self
+    }
+
+    /// The MQTT source instead of the standard one: `f` makes it for the broker's port.
+    pub fn source(mut self, f: impl FnOnce(u16) -> Section + Send + 'static) -> Self {
+        self.source = Some(Box::new(f));
+        self
+    }
+
+    /// A section added to the config (a RoomOS source, a `[[devices]]` entry).
+    pub fn with(self, section: Section) -> Self {
+        self.config(move |d| {
+            d.add(section);
+        })
+    }
+
     /// Any other change of the config, by path (see [`crate::config`]).
     pub fn config(mut self, f: impl FnOnce(&mut crate::Doc) + Send + 'static) -> Self {
         self.edits.push(Box::new(f));
@@ -498,11 +641,21 @@ impl RigBuilder {
             rx.receiver.set_behaviour(b);
         }
         let admin = free_port();
-        let mut text = with_admin(
-            &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
-            admin,
-        );
-        text = crate::edit(&text, |d| {
+        let source = match self.source {
+            Some(f) => f(broker.port),
+            None => Section::sensors(broker.port),
+        };
+        let mut config = Config::new()
+            .admin(admin)
+            .with(source)
+            .with(Section::webhook("facilities", &rx.url, &rx.ca_file));
+        let mut hooks = Vec::new();
+        for (name, snippet) in &self.hooks {
+            let hook = receiver(dir.path(), false).await;
+            config = config.with(Section::webhook(name, &hook.url, &hook.ca_file).merge(snippet));
+            hooks.push((name.clone(), hook));
+        }
+        let text = crate::edit(&config.to_string(), |d| {
             for g in &self.gateway {
                 d.merge("gateway", g);
             }
@@ -524,6 +677,7 @@ impl RigBuilder {
             rx,
             admin,
             config,
+            hooks,
         }
     }
 
