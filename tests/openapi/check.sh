@@ -66,7 +66,13 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 admin_port=$(free_port)
 closed_port=$(free_port)
 token=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
-cat >"$work/roomhook.toml" <<EOF
+# Every shape the answers can take shows up during the run: dead letters (the receiver
+# refuses device dead-1), a decode error (the broker stub sends one message that is not
+# JSON), drops and a last error (`stuck`: nothing listens at its URL, events expire after
+# 1 s), and a kept queue (`gone` is taken out of the file and the daemon reloaded once it
+# holds events).
+config() {
+    cat <<EOF
 [gateway]
 data_dir = "data"
 org_id = "openapi-check"
@@ -117,7 +123,29 @@ url = "https://127.0.0.1:$closed_port/hook"
 enabled = false
 auth = "none"
 statuses = ["RoomAnalytics.PeopleCount.Current"]
+
+[[webhooks]]
+name = "stuck"
+url = "https://127.0.0.1:$closed_port/stuck"
+auth = "none"
+statuses = ["RoomAnalytics.PeopleCount.Current"]
+max_queue_age = "1s"
+retry_base = "100ms"
+retry_max = "500ms"
+drain_start_jitter = "0s"
 EOF
+    if [[ $1 == with-gone ]]; then
+        cat <<EOF
+
+[[webhooks]]
+name = "gone"
+url = "https://127.0.0.1:$closed_port/gone"
+auth = "none"
+statuses = ["RoomAnalytics.PeopleCount.Current"]
+EOF
+    fi
+}
+config with-gone >"$work/roomhook.toml"
 
 "$binary" --log info run -c "$work/roomhook.toml" 2>"$work/roomhook.log" &
 daemon_pid=$!
@@ -137,6 +165,15 @@ dead_letter() {
     curl -s -H "Authorization: Bearer $token" "$base/v1/webhooks/receiver/dead-letters" | grep -q '"seq"'
 }
 wait_for 20 dead_letter || { echo "check.sh: no dead letter within 20 s" >&2; cat "$work/roomhook.log" >&2; exit 1; }
+status_has() { curl -s -H "Authorization: Bearer $token" "$base/v1/status" | grep -q "$1"; }
+wait_for 20 status_has '"gone","queue":{"bytes":[0-9]*,"dead_letters":0,"dropped":{},"events":[1-9]' \
+    || { echo "check.sh: webhook gone queued nothing within 20 s" >&2; exit 1; }
+config without-gone >"$work/roomhook.toml"
+curl -s -f -o /dev/null -X POST -H "Authorization: Bearer $token" "$base/v1/reload"
+checks=('"orphans":\[{"events":[1-9]' '"expired":[1-9]' '"decode_errors":[1-9]')
+for c in "${checks[@]}"; do
+    wait_for 20 status_has "$c" || { echo "check.sh: no $c in /v1/status within 20 s" >&2; exit 1; }
+done
 
 echo "check.sh: roomhook $("$binary" --version | head -1) ready on $base; schemathesis $("$schemathesis" --version | awk '{print $NF}'), $max_examples examples per operation"
 status=0

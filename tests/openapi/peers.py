@@ -5,8 +5,8 @@
   answers 200 to everything, except 400 to a request naming the device "dead-1", so that
   its events become dead letters (GET .../dead-letters then has entries to show);
 - a minimal MQTT 3.1.1 broker stub (CONNACK, SUBACK granting QoS 1, PINGRESP) that
-  publishes a few QoS 0 messages after each SUBSCRIBE, so the source is connected and
-  subscribed and events flow.
+  publishes a few QoS 0 messages after each SUBSCRIBE (one of them not JSON), so the
+  source is connected and subscribed and events flow.
 
 Writes "RECEIVER_PORT MQTT_PORT" to the file given as the last argument once both listen.
 Usage: peers.py CERT KEY PORTS_FILE
@@ -23,6 +23,7 @@ MESSAGES = [
     ("openapi/room-1/status", b'{"people": 3}'),
     ("openapi/room-2/status", b'{"people": 1}'),
     ("openapi/dead-1/status", b'{"people": 2}'),
+    ("openapi/room-3/status", b"not json"),
 ]
 
 
