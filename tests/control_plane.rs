@@ -235,60 +235,39 @@ impl World {
         self.rxs[rx].ca_file.display().to_string()
     }
 
-    /// The config file the model describes.
-    fn file_text(&self) -> String {
-        let mut t = format!(
-            r#"[gateway]
-data_dir = "data"
-org_id = "test-org"
-orphan_retention = "7d"
-
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[[sources.mqtt]]
-name = "sensors"
-url = "mqtt://127.0.0.1:{port}"
-client_id = "roomhook-model"
-
-[[sources.mqtt.subscriptions]]
-topic = "bench/+/status"
-format = "json"
-device = "{{1}}"
-workspace = "ws-{{1}}"
-[sources.mqtt.subscriptions.fields]
-"/people" = "RoomAnalytics.PeopleCount.Current"
-"#,
-            admin = self.admin,
-            port = self.broker.port
-        );
+    /// The config the model describes.
+    fn file(&self) -> Config {
+        let source = Section::sensors(self.broker.port).set("client_id", "roomhook-model");
+        let mut config = Config::new()
+            .admin(self.admin)
+            .gateway("orphan_retention = \"7d\"")
+            .with(source);
         for h in &self.hooks {
-            t.push_str(&self.hook_text(h, &self.hook_url(h)));
+            config = config.with(self.hook_section(h, &self.hook_url(h)));
         }
-        t
+        config
     }
 
-    fn hook_text(&self, h: &Hook, url: &str) -> String {
-        let devices: Vec<String> = h.devices.iter().map(|d| format!("\"room-{d}\"")).collect();
-        format!(
-            r#"
-[[webhooks]]
-name = "{name}"
-url = "{url}"
-authorization = "{TOKEN}"
-ca_file = "{ca}"
-enabled = {enabled}
-devices = [{devices}]
-statuses = ["RoomAnalytics.PeopleCount.Current"]
-retry_base = "100ms"
-retry_max = "1s"
-drain_start_jitter = "0s"
-"#,
-            name = h.name,
-            ca = self.ca(h.rx),
-            enabled = h.enabled,
-            devices = devices.join(", "),
-        )
+    /// The config file the model describes.
+    fn file_text(&self) -> String {
+        self.file().to_string()
+    }
+
+    /// The webhook `h` of the file, to `url`.
+    fn hook_section(&self, h: &Hook, url: &str) -> Section {
+        Section::webhook(&h.name, url, &self.rxs[h.rx].ca_file)
+            .set("enabled", h.enabled)
+            .set(
+                "devices",
+                list(h.devices.iter().map(|d| format!("room-{d}"))),
+            )
+    }
+
+    fn hook_mut(&mut self, name: &str) -> &mut Hook {
+        self.hooks
+            .iter_mut()
+            .find(|h| h.name == name)
+            .expect("hook")
     }
 
     fn daemon(&self) -> &Daemon {
@@ -506,28 +485,15 @@ drain_start_jitter = "0s"
                 let q = self.queues.len();
                 let url = self.url(q, rx, 1);
                 let kept = self.kept_named(&name);
-                let out = self
-                    .cli(&[
-                        "add",
-                        "--name",
-                        &name,
-                        "--url",
-                        &url,
-                        "--authorization",
-                        TOKEN,
-                        "--ca-file",
-                        &self.ca(rx),
-                        "--devices",
-                        &devices_text(&devices),
-                        "--statuses",
-                        "RoomAnalytics.PeopleCount.Current",
-                        "--set",
-                        "retry_base=100ms",
-                        "--set",
-                        "retry_max=1s",
-                        "--set",
-                        "drain_start_jitter=0s",
-                    ])
+                let out = AddWebhook::new(&name, &url)
+                    .arg("--authorization", TOKEN)
+                    .arg("--ca-file", &self.ca(rx))
+                    .arg("--devices", &devices_text(&devices))
+                    .statuses(PEOPLE)
+                    .arg("--set", "retry_base=100ms")
+                    .arg("--set", "retry_max=1s")
+                    .arg("--set", "drain_start_jitter=0s")
+                    .run(&self.config)
                     .await;
                 if self.hook(&name).is_some() {
                     self.expect_refused("add of a taken name", &before, out, "exists");
@@ -570,11 +536,7 @@ drain_start_jitter = "0s"
                     );
                 } else {
                     self.expect_ok("set --url", out);
-                    let h = self
-                        .hooks
-                        .iter_mut()
-                        .find(|h| h.name == name)
-                        .expect("hook");
+                    let h = self.hook_mut(&name);
                     h.rx = rx;
                     h.ver = ver;
                 }
@@ -587,12 +549,7 @@ drain_start_jitter = "0s"
                     .cli(&["set", &name, "--devices", &devices_text(&devices)])
                     .await;
                 self.expect_ok("set --devices", out);
-                let h = self
-                    .hooks
-                    .iter_mut()
-                    .find(|h| h.name == name)
-                    .expect("hook");
-                h.devices = devices;
+                self.hook_mut(&name).devices = devices;
             }
             Op::Rename { name, to } => {
                 if self.hook(&name).is_none() || name == to {
@@ -608,12 +565,7 @@ drain_start_jitter = "0s"
                     self.expect_refused("rename onto a kept queue", &before, out, "webhook delete");
                 } else {
                     self.expect_ok("rename", out);
-                    let h = self
-                        .hooks
-                        .iter_mut()
-                        .find(|h| h.name == name)
-                        .expect("hook");
-                    h.name = to;
+                    self.hook_mut(&name).name = to;
                 }
             }
             Op::Delete { name } => {
@@ -651,11 +603,7 @@ drain_start_jitter = "0s"
                     self.expect_refused("enable, receiver refusing", &before, out, "verification");
                 } else {
                     self.expect_ok("enable", out);
-                    self.hooks
-                        .iter_mut()
-                        .find(|h| h.name == name)
-                        .expect("hook")
-                        .enabled = true;
+                    self.hook_mut(&name).enabled = true;
                 }
             }
             Op::Disable { name } => {
@@ -664,11 +612,7 @@ drain_start_jitter = "0s"
                 }
                 let out = self.cli(&["disable", &name]).await;
                 self.expect_ok("disable", out);
-                self.hooks
-                    .iter_mut()
-                    .find(|h| h.name == name)
-                    .expect("hook")
-                    .enabled = false;
+                self.hook_mut(&name).enabled = false;
             }
             Op::FileDrop { name } => {
                 let Some(h) = self.hook(&name).cloned() else {
@@ -712,9 +656,9 @@ drain_start_jitter = "0s"
                     enabled: true,
                 };
                 if other_url {
-                    let mut text = self.file_text();
-                    text.push_str(&self.hook_text(&h, &self.url(q, rx, ver + 100)));
-                    std::fs::write(&self.config, &text).expect("config");
+                    let elsewhere = self.hook_section(&h, &self.url(q, rx, ver + 100));
+                    let text = self.file().with(elsewhere).to_string();
+                    std::fs::write(&self.config, text).expect("config");
                     if self.sighup().await {
                         self.fail(format!("{name} took its kept queue with another url"));
                     }

@@ -151,6 +151,68 @@ enum Action {
 use Action::*;
 use Like::*;
 
+/// A new message of source `src` that arrives (`New { src, like, lost: false }`).
+fn arrives(src: usize, like: Like) -> Action {
+    New {
+        src,
+        like,
+        lost: false,
+    }
+}
+
+/// A new message of source `src` lost in transit (`New { src, like, lost: true }`).
+fn lost(src: usize, like: Like) -> Action {
+    New {
+        src,
+        like,
+        lost: true,
+    }
+}
+
+/// A break of source `src`'s connection that loses the last `lose_acks` PUBACKs (no ping
+/// answered first, nothing published meanwhile).
+fn broken(src: usize, lose_acks: u8) -> Action {
+    Break {
+        src,
+        lose_acks,
+        pong: false,
+        meanwhile: false,
+    }
+}
+
+impl Action {
+    /// The same break, the pings answered first.
+    fn pong(self) -> Action {
+        match self {
+            Break { src, lose_acks, .. } => Break {
+                src,
+                lose_acks,
+                pong: true,
+                meanwhile: false,
+            },
+            other => other,
+        }
+    }
+
+    /// The same break, the other source publishing meanwhile.
+    fn meanwhile(self) -> Action {
+        match self {
+            Break {
+                src,
+                lose_acks,
+                pong,
+                ..
+            } => Break {
+                src,
+                lose_acks,
+                pong,
+                meanwhile: true,
+            },
+            other => other,
+        }
+    }
+}
+
 /// Whether the seed's runs use `commit_interval` (two seeds of three do).
 fn grouped(seed: u64) -> bool {
     seed % 3 != 0
@@ -180,18 +242,10 @@ fn generate(seed: u64, n: usize) -> Vec<Action> {
             continue;
         }
         let a = match r.below(100) {
-            0..=44 => New {
-                src,
-                like: like(&mut r),
-                lost: false,
-            },
+            0..=44 => arrives(src, like(&mut r)),
             45..=50 => {
                 lossy[src] = true;
-                New {
-                    src,
-                    like: like(&mut r),
-                    lost: true,
-                }
+                lost(src, like(&mut r))
             }
             51..=68 => Acks { src },
             69..=77 => Pong { src },
@@ -813,50 +867,31 @@ impl Driver {
 // ---------------------------------------------------------------------------------------
 // The daemon, the receiver and the check.
 
-fn config(ports: &[u16], rx: &TestReceiver, admin: u16, grouped: bool) -> String {
-    let mut text = format!(
-        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[gateway]\ndata_dir = \"data\"\norg_id = \"test-org\"\n{}\n",
-        if grouped { "commit_interval = \"50ms\"" } else { "" }
-    );
+fn config(ports: &[u16], rx: &TestReceiver, admin: u16, grouped: bool) -> Config {
+    let mut config = Config::new().admin(admin);
+    if grouped {
+        config = config.gateway("commit_interval = \"50ms\"");
+    }
     for (name, port) in SOURCES.iter().zip(ports) {
-        let _ = write!(
-            text,
-            r#"
-[[sources.mqtt]]
-name = "{name}"
-url = "mqtt://127.0.0.1:{port}"
-client_id = "dupguard-{name}"
-keep_alive = "5s"
-
-[[sources.mqtt.subscriptions]]
-topic = "{name}/+/click"
-format = "json"
-device = "{{1}}"
-workspace = "ws-{{1}}"
-[sources.mqtt.subscriptions.fields]
-"/click" = "UserInterface.Extensions.Widget.Action"
-"#
+        let clicks = Section::subscription(&format!("{name}/+/click"), "json")
+            .set("device", "{1}")
+            .set("workspace", "ws-{1}")
+            .field("/click", WIDGET);
+        config = config.with(
+            Section::mqtt(name, *port)
+                .set("client_id", format!("dupguard-{name}"))
+                .set("keep_alive", "5s")
+                .subscribe(clicks),
         );
     }
-    let _ = write!(
-        text,
-        r#"
-[[webhooks]]
-name = "facilities"
-url = "{url}"
-authorization = "{TOKEN}"
-ca_file = "{ca}"
-devices = ["*"]
-events = ["UserInterface.Extensions.Widget.Action"]
-retry_base = "100ms"
-retry_max = "1s"
-drain_start_jitter = "0s"
-"#,
-        url = rx.url,
-        ca = rx.ca_file.display()
-    );
-    text
+    config.with(
+        Section::webhook("facilities", &rx.url, &rx.ca_file)
+            .remove("statuses")
+            .set("events", list([WIDGET])),
+    )
 }
+
+const WIDGET: &str = "UserInterface.Extensions.Widget.Action";
 
 /// How many times each value arrived.
 fn arrived(rx: &TestReceiver) -> BTreeMap<String, usize> {
@@ -916,7 +951,7 @@ async fn check(label: &str, grouped: bool, actions: &[Action]) -> Result<(), Str
         .map(|l| l.local_addr().expect("addr").port())
         .collect();
     let admin = free_port();
-    let config = write_config(dir.path(), &config(&ports, &rx, admin, grouped));
+    let config = config(&ports, &rx, admin, grouped).write(dir.path());
     let played = actions.to_vec();
     let driver = std::thread::spawn(move || Driver::new(listeners).run(&played));
     let mut daemon = Daemon::start(&config);
@@ -1095,23 +1130,10 @@ async fn a_reused_packet_id_keeps_the_new_mark_when_its_clear_opens_the_group() 
     replay(
         true,
         &[
-            New {
-                src: 0,
-                like: Fresh,
-                lost: false,
-            },
+            arrives(0, Fresh),
             Acks { src: 0 },
-            New {
-                src: 0,
-                like: PkidOwner,
-                lost: false,
-            },
-            Break {
-                src: 0,
-                lose_acks: 1,
-                pong: false,
-                meanwhile: false,
-            },
+            arrives(0, PkidOwner),
+            broken(0, 1),
         ],
     )
     .await;
@@ -1142,28 +1164,11 @@ async fn a_held_back_clear_must_not_delete_the_mark_of_the_message_that_reused_t
     replay(
         true,
         &[
-            New {
-                src: 0,
-                like: Fresh,
-                lost: false,
-            },
+            arrives(0, Fresh),
             Acks { src: 0 },
-            New {
-                src: 1,
-                like: Fresh,
-                lost: false,
-            },
-            New {
-                src: 0,
-                like: PkidOwner,
-                lost: false,
-            },
-            Break {
-                src: 0,
-                lose_acks: 1,
-                pong: false,
-                meanwhile: false,
-            },
+            arrives(1, Fresh),
+            arrives(0, PkidOwner),
+            broken(0, 1),
         ],
     )
     .await;
@@ -1191,18 +1196,9 @@ async fn a_ping_answer_read_with_the_break_must_not_clear_the_carried_marks() {
         false,
         &[
             AwaitPing { src: 0 },
-            New {
-                src: 0,
-                like: Fresh,
-                lost: false,
-            },
+            arrives(0, Fresh),
             Acks { src: 0 },
-            Break {
-                src: 0,
-                lose_acks: 1,
-                pong: true,
-                meanwhile: false,
-            },
+            broken(0, 1).pong(),
         ],
     )
     .await;
@@ -1227,25 +1223,12 @@ async fn a_new_message_with_the_old_topic_and_payload_must_not_be_taken_for_a_re
     replay(
         true,
         &[
-            New {
-                src: 0,
-                like: Fresh,
-                lost: false,
-            },
+            arrives(0, Fresh),
             Acks { src: 0 },
             AwaitPing { src: 0 },
             Pong { src: 0 },
-            New {
-                src: 0,
-                like: PkidOwner,
-                lost: true,
-            },
-            Break {
-                src: 0,
-                lose_acks: 0,
-                pong: false,
-                meanwhile: true,
-            },
+            lost(0, PkidOwner),
+            broken(0, 0).meanwhile(),
         ],
     )
     .await;

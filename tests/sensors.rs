@@ -41,67 +41,38 @@ fn received(rx: &TestReceiver) -> Vec<(String, String, serde_json::Value, Instan
         .collect()
 }
 
+/// Waits (20 s at most) until a people count of `n` arrived.
+async fn wait_count(rx: &TestReceiver, n: i64, daemon: &Daemon) {
+    let arrived = rx
+        .receiver
+        .wait_for(Duration::from_secs(20), |r| {
+            r.iter()
+                .flat_map(|x| x.messages())
+                .any(|m| m["changes"]["updated"][PC] == n)
+        })
+        .await;
+    assert!(arrived, "{:?}\n{}", received(rx), daemon.logs());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zigbee2mqtt_and_meraki_mv_through_mosquitto_with_identity_and_filters() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    let admin = free_port();
-    let text = format!(
-        r#"[admin]
-listen = "127.0.0.1:{admin}"
-
-[gateway]
-data_dir = "data"
-org_id = "test-org"
-
-[[sources.mqtt]]
-name = "sensors"
-url = "mqtt://127.0.0.1:{port}"
-client_id = "roomhook-sensors"
-
-[[sources.mqtt.subscriptions]]
-topic = "zigbee2mqtt/#"
-format = "zigbee2mqtt"
-
-[[sources.mqtt.subscriptions]]
-topic = "/merakimv/#"
-format = "meraki-mv"
-
-[[devices]]
-sensor = "Room 12/PIR"
-device = "room-12"
-workspace = "ws-12"
-
-[[devices]]
-sensor = "0x00158d0001a2b3c4"
-device = "room-12"
-workspace = "ws-12"
-
-[[devices]]
-sensor = "Q2GV-ABCD-1234"
-device = "room-12"
-workspace = "ws-12"
-
-[[webhooks]]
-name = "facilities"
-url = "{url}"
-authorization = "{TOKEN}"
-ca_file = "{ca}"
-statuses = ["RoomAnalytics.*"]
-retry_base = "100ms"
-drain_start_jitter = "0s"
-[webhooks.filters."RoomAnalytics.AmbientTemperature"]
-deadband = 0.3
-[webhooks.filters."RoomAnalytics.PeopleCount.Current"]
-min_interval = "2s"
-"#,
-        port = broker.port,
-        url = rx.url,
-        ca = rx.ca_file.display()
-    );
-    let config = write_config(dir.path(), &text);
-    let mut daemon = Daemon::start(&config);
+    let (rig, mut daemon) = Rig::new()
+        .source(|port| {
+            Section::mqtt("sensors", port)
+                .subscribe(Section::subscription("zigbee2mqtt/#", "zigbee2mqtt"))
+                .subscribe(Section::subscription("/merakimv/#", "meraki-mv"))
+        })
+        .with(Section::device("Room 12/PIR", "room-12", "ws-12"))
+        .with(Section::device("0x00158d0001a2b3c4", "room-12", "ws-12"))
+        .with(Section::device("Q2GV-ABCD-1234", "room-12", "ws-12"))
+        .webhook(
+            "statuses = [\"RoomAnalytics.*\"]\n\
+             filters.\"RoomAnalytics.AmbientTemperature\".deadband = 0.3\n\
+             filters.\"RoomAnalytics.PeopleCount.Current\".min_interval = \"2s\"",
+        )
+        .start()
+        .await;
+    let (broker, rx, admin) = (&rig.broker, &rig.rx, rig.admin);
 
     // Zigbee2MQTT: a PIR, a climate sensor with small moves, availability, the bridge, junk.
     let climate = "zigbee2mqtt/0x00158d0001a2b3c4";
@@ -147,15 +118,7 @@ min_interval = "2s"
     };
     let camera = "/merakimv/Q2GV-ABCD-1234/0";
     send(broker.port, &[(camera, &count(1))]).await;
-    let first = rx
-        .receiver
-        .wait_for(Duration::from_secs(20), |r| {
-            r.iter()
-                .flat_map(|x| x.messages())
-                .any(|m| m["changes"]["updated"][PC] == 1)
-        })
-        .await;
-    assert!(first, "{:?}\n{}", received(&rx), daemon.logs());
+    wait_count(rx, 1, &daemon).await;
     let more: Vec<String> = (2..=5).map(count).collect();
     let mut more: Vec<(&str, &str)> = more.iter().map(|p| (camera, p.as_str())).collect();
     // The same device's temperature right behind the held count: not held with it.
@@ -166,16 +129,8 @@ min_interval = "2s"
     send(broker.port, &more).await;
 
     // The final count arrives, after the interval.
-    let last = rx
-        .receiver
-        .wait_for(Duration::from_secs(20), |r| {
-            r.iter()
-                .flat_map(|x| x.messages())
-                .any(|m| m["changes"]["updated"][PC] == 5)
-        })
-        .await;
-    assert!(last, "{:?}\n{}", received(&rx), daemon.logs());
-    let got = received(&rx);
+    wait_count(rx, 5, &daemon).await;
+    let got = received(rx);
     let of = |path: &str| -> Vec<serde_json::Value> {
         got.iter()
             .filter(|(_, p, _, _)| p == path)

@@ -272,31 +272,6 @@ impl Section {
         fields.insert(pointer, Item::Value(path.into()));
         self
     }
-
-    /// Sets `key` of the table `table` of this entry (e.g. a webhook's `filters.<path>`:
-    /// `.sub("filters", path, "deadband = 0.3")`), every key of `snippet`.
-    pub fn sub(mut self, table: &str, key: &str, snippet: &str) -> Section {
-        let extra: DocumentMut = snippet.parse().expect("a snippet that parses");
-        let outer = self
-            .table
-            .entry(table)
-            .or_insert_with(|| {
-                let mut t = Table::new();
-                t.set_implicit(true);
-                Item::Table(t)
-            })
-            .as_table_mut()
-            .expect("a table");
-        let inner = outer
-            .entry(key)
-            .or_insert_with(|| Item::Table(Table::new()))
-            .as_table_mut()
-            .expect("a table");
-        for (k, v) in extra.iter() {
-            inner.insert(k, v.clone());
-        }
-        self
-    }
 }
 
 /// A whole config, built as a value: `[gateway]` with `data_dir = "data"` and `org_id =
@@ -390,15 +365,11 @@ mod tests {
             )
             .with(
                 Section::webhook("a", "https://x/hook", std::path::Path::new("/ca.pem"))
-                    .merge("max_in_flight = 4")
-                    .sub(
-                        "filters",
-                        "RoomAnalytics.AmbientTemperature",
-                        "deadband = 0.3",
-                    ),
+                    .merge("max_in_flight = 4\nfilters.\"RoomAnalytics.AmbientTemperature\".deadband = 0.3"),
             )
             .with(Section::device("pir", "room-1", "ws-1"))
             .to_string();
+        assert!(!text.contains("[sources]\n"), "{text}");
         let v: toml_edit::DocumentMut = text.parse().unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(v["gateway"]["org_id"].as_str(), Some("test-org"));
         assert_eq!(v["gateway"]["commit_interval"].as_str(), Some("2s"));
