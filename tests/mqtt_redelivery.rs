@@ -44,6 +44,22 @@ fn handshake(s: &mut TcpStream, session_present: bool) {
     s.write_all(&[0x90, 0x03, body[0], body[1], 0x01]).unwrap();
 }
 
+/// The topic the scripts publish on (the standard subscription's).
+const TOPIC: &str = "bench/room-1/status";
+
+/// Publishes and reads until its PUBACK (answering pings).
+fn acked(s: &mut TcpStream, pkid: u16, dup: bool, topic: &str, payload: &str) {
+    publish(s, pkid, dup, topic, payload);
+    await_puback(s, pkid);
+}
+
+/// Takes the next connection and its handshake (`session_present`).
+fn connection(listener: &TcpListener, session_present: bool) -> TcpStream {
+    let (mut s, _) = listener.accept().unwrap();
+    handshake(&mut s, session_present);
+    s
+}
+
 /// Reads until a PINGREQ and answers it.
 fn await_ping(s: &mut TcpStream) {
     loop {
@@ -55,11 +71,12 @@ fn await_ping(s: &mut TcpStream) {
     }
 }
 
-/// Runs roomhook against a mock broker that plays `script` (it takes the listener), waits
+/// Runs roomhook against a mock broker that takes the first connection (no session yet)
+/// and plays `script` on it (and on the listener, for the next ones), waits
 /// for the people count `last`, and checks what the receiver got (`want`, in order) and
 /// how many resends roomhook recognised.
 async fn against(
-    script: impl FnOnce(TcpListener) + Send + 'static,
+    script: impl FnOnce(TcpListener, TcpStream) + Send + 'static,
     last: i64,
     want: &[i64],
     resends: f64,
@@ -69,7 +86,10 @@ async fn against(
     let rx = receiver(dir.path(), false).await;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let server = std::thread::spawn(move || script(listener));
+    let server = std::thread::spawn(move || {
+        let first = connection(&listener, false);
+        script(listener, first)
+    });
     let admin = free_port();
     let config = edit(&standard_config(port, &rx.url, &rx.ca_file, ""), |d| {
         d.set("sources.mqtt[sensors].keep_alive", "5s");
@@ -123,39 +143,28 @@ async fn against(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_packet_id_after_a_reconnect_is_a_new_message_and_a_crossed_resend_is_not() {
-    let script = |listener: TcpListener| {
-        let topic = "bench/room-1/status";
-        let (mut s, _) = listener.accept().unwrap();
-        handshake(&mut s, false);
+    let script = |listener: TcpListener, mut s: TcpStream| {
         // A: packet id 7, acked; B: another value, acked; a ping answered after both
         // PUBACKs tells roomhook they arrived.
-        publish(&mut s, 7, false, topic, r#"{"people":1}"#);
-        await_puback(&mut s, 7);
-        publish(&mut s, 8, false, topic, r#"{"people":2}"#);
-        await_puback(&mut s, 8);
+        acked(&mut s, 7, false, TOPIC, r#"{"people":1}"#);
+        acked(&mut s, 8, false, TOPIC, r#"{"people":2}"#);
         await_ping(&mut s);
         // C reuses packet id 7 (free again: A was acked) with A's payload — the sensor
         // went back to 1 person — and is lost with the connection, a moment later (the
         // script's pace: roomhook reads the ping answer before the connection goes).
         std::thread::sleep(Duration::from_millis(500));
         drop(s);
-        let (mut s, _) = listener.accept().unwrap();
-        handshake(&mut s, true);
+        let mut s = connection(&listener, true);
         // The broker resends C, DUP set: a new message, not A again.
-        publish(&mut s, 7, true, topic, r#"{"people":1}"#);
-        await_puback(&mut s, 7);
+        acked(&mut s, 7, true, TOPIC, r#"{"people":1}"#);
         // D and E, acked; then D resent with DUP as if the resend had crossed our PUBACK
         // (a PUBACK queued before a break and written after it): the same message. (E
         // between them keeps change-only from hiding a second D.)
-        publish(&mut s, 9, false, topic, r#"{"people":3}"#);
-        await_puback(&mut s, 9);
-        publish(&mut s, 10, false, topic, r#"{"people":4}"#);
-        await_puback(&mut s, 10);
-        publish(&mut s, 9, true, topic, r#"{"people":3}"#);
-        await_puback(&mut s, 9);
+        acked(&mut s, 9, false, TOPIC, r#"{"people":3}"#);
+        acked(&mut s, 10, false, TOPIC, r#"{"people":4}"#);
+        acked(&mut s, 9, true, TOPIC, r#"{"people":3}"#);
         // F shows the end: everything before it was handled.
-        publish(&mut s, 11, false, topic, r#"{"people":5}"#);
-        await_puback(&mut s, 11);
+        acked(&mut s, 11, false, TOPIC, r#"{"people":5}"#);
         // Keep the connection until the test is done with it.
         let _ = read_packet(&mut s);
     };
@@ -164,35 +173,24 @@ async fn a_reused_packet_id_after_a_reconnect_is_a_new_message_and_a_crossed_res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marks_of_pubacks_unconfirmed_at_a_break_meet_the_resends_then_go_at_the_first_ping() {
-    let script = |listener: TcpListener| {
-        let topic = "bench/room-1/status";
+    let script = |listener: TcpListener, mut s: TcpStream| {
         // X: A and B acked, and the connection breaks before any ping.
-        let (mut s, _) = listener.accept().unwrap();
-        handshake(&mut s, false);
-        publish(&mut s, 7, false, topic, r#"{"people":1}"#);
-        await_puback(&mut s, 7);
-        publish(&mut s, 8, false, topic, r#"{"people":2}"#);
-        await_puback(&mut s, 8);
+        acked(&mut s, 7, false, TOPIC, r#"{"people":1}"#);
+        acked(&mut s, 8, false, TOPIC, r#"{"people":2}"#);
         drop(s);
         // Y: the broker never read A's PUBACK: A comes again (DUP) and must meet its mark.
         // It did read B's. A ping answered, then D, then another break.
-        let (mut s, _) = listener.accept().unwrap();
-        handshake(&mut s, true);
-        publish(&mut s, 7, true, topic, r#"{"people":1}"#);
-        await_puback(&mut s, 7);
+        let mut s = connection(&listener, true);
+        acked(&mut s, 7, true, TOPIC, r#"{"people":1}"#);
         await_ping(&mut s);
-        publish(&mut s, 9, false, topic, r#"{"people":3}"#);
-        await_puback(&mut s, 9);
+        acked(&mut s, 9, false, TOPIC, r#"{"people":3}"#);
         std::thread::sleep(Duration::from_millis(500));
         drop(s);
         // Z: C reused B's packet id 8 with B's payload and was lost with Y: it comes with
         // DUP and is new (B's mark went with Y's first ping answer).
-        let (mut s, _) = listener.accept().unwrap();
-        handshake(&mut s, true);
-        publish(&mut s, 8, true, topic, r#"{"people":2}"#);
-        await_puback(&mut s, 8);
-        publish(&mut s, 10, false, topic, r#"{"people":4}"#);
-        await_puback(&mut s, 10);
+        let mut s = connection(&listener, true);
+        acked(&mut s, 8, true, TOPIC, r#"{"people":2}"#);
+        acked(&mut s, 10, false, TOPIC, r#"{"people":4}"#);
         let _ = read_packet(&mut s);
     };
     against(script, 4, &[1, 2, 3, 2, 4], 1.0, 0.0).await;
@@ -227,12 +225,8 @@ fn huge_publish(s: &mut TcpStream, pkid: u16, send: usize) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_declared_256_mib_long_is_never_buffered_and_the_next_one_flows() {
-    let script = |listener: TcpListener| {
-        let topic = "bench/room-1/status";
-        let (mut s, _) = listener.accept().unwrap();
-        handshake(&mut s, false);
-        publish(&mut s, 6, false, topic, r#"{"people":1}"#);
-        await_puback(&mut s, 6);
+    let script = |listener: TcpListener, mut s: TcpStream| {
+        acked(&mut s, 6, false, TOPIC, r#"{"people":1}"#);
         // On main, rumqttc read all of it (it reserves the declared length); now the
         // connection drops at the header, and little more than the socket buffers goes out.
         s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -270,8 +264,7 @@ async fn a_message_declared_256_mib_long_is_never_buffered_and_the_next_one_flow
             at.elapsed()
         );
         handshake(&mut s, true);
-        publish(&mut s, 8, false, topic, r#"{"people":2}"#);
-        await_puback(&mut s, 8);
+        acked(&mut s, 8, false, TOPIC, r#"{"people":2}"#);
         let _ = read_packet(&mut s);
     };
     against(script, 2, &[1, 2], 0.0, 1.0).await;

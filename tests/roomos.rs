@@ -1,77 +1,24 @@
 //! RoomOS devices end to end: a simulated device (a real wss:// server speaking the xAPI's
 //! JSON-RPC) → roomhook (the binary) → an HTTPS receiver with a private CA.
 
-use roomhook::demo::device::{DeviceSim, DeviceSimOptions, Role};
+use roomhook::demo::device::{DeviceSim, DeviceSimOptions};
 use roomhook_testkit::*;
 use serde_json::{json, Value};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 const PEOPLE: &str = "RoomAnalytics.PeopleCount.Current";
+/// The selection most tests' webhook has.
+const ANALYTICS: &str = "statuses = [\"RoomAnalytics.*\"]";
 const NAV: &str = "Peripherals.ConnectedDevice[1002].RoomAnalytics";
 
-async fn device(opts: DeviceSimOptions) -> DeviceSim {
-    DeviceSim::start(opts).await.expect("device simulator")
-}
-
-fn opts(serial: &str) -> DeviceSimOptions {
-    DeviceSimOptions {
-        serial: serial.into(),
-        product_id: "Cisco Room Kit Pro".into(),
-        username: "roomhook".into(),
-        password: "device-pass-123".into(),
-        role: Role::Integrator,
-        tls: true,
+/// A config with the RoomOS `sources` and one webhook to `rx` selecting what `selection`
+/// (TOML) says.
+fn config(rx: &TestReceiver, admin_port: u16, sources: Vec<Section>, selection: &str) -> Config {
+    let mut config = Config::new().admin(admin_port);
+    for source in sources {
+        config = config.with(source);
     }
-}
-
-/// A `[[sources.roomos]]` table for a simulated device; `extra` adds keys.
-fn roomos_source(name: &str, dev: &DeviceSim, extra: &str) -> String {
-    format!(
-        r#"
-[[sources.roomos]]
-name = "{name}"
-url = "{url}"
-username = "roomhook"
-password = "device-pass-123"
-pin_sha256 = "{pin}"
-workspace = "ws-{name}"
-{keep_alive}
-{extra}
-"#,
-        url = dev.url(),
-        pin = dev.cert_sha256(),
-        // Short only where a test is about it: a loaded CI machine must not see dead peers.
-        keep_alive = if extra.contains("keep_alive") {
-            ""
-        } else {
-            "keep_alive = \"10s\""
-        },
-    )
-}
-
-fn config(rx: &TestReceiver, admin_port: u16, sources: &str, selection: &str) -> String {
-    format!(
-        r#"[gateway]
-data_dir = "data"
-org_id = "test-org"
-
-[admin]
-listen = "127.0.0.1:{admin_port}"
-{sources}
-[[webhooks]]
-name = "facilities"
-url = "{url}"
-authorization = "{TOKEN}"
-ca_file = "{ca}"
-retry_base = "100ms"
-retry_max = "1s"
-drain_start_jitter = "0s"
-{selection}
-"#,
-        url = rx.url,
-        ca = rx.ca_file.display()
-    )
+    config.with(Section::webhook("facilities", &rx.url, &rx.ca_file).merge(selection))
 }
 
 /// Every message the receiver accepted, in arrival order.
@@ -129,8 +76,9 @@ fn updated<'a>(m: &'a Value, path: &str) -> Option<&'a Value> {
 
 /// One simulated device, a receiver, and roomhook reading the device (its first full sync
 /// already delivered).
-struct Rig {
-    dir: tempfile::TempDir,
+struct OneDevice {
+    /// The config and the store (removed with the rig).
+    _dir: tempfile::TempDir,
     dev: DeviceSim,
     rx: TestReceiver,
     admin: u16,
@@ -139,17 +87,17 @@ struct Rig {
     sync: Value,
 }
 
-async fn rig(serial: &str, name: &str, extra: &str, selection: &str) -> Rig {
+async fn rig(serial: &str, name: &str, extra: &str, selection: &str) -> OneDevice {
     let dir = tempfile::tempdir().unwrap();
-    let dev = device(opts(serial)).await;
+    let dev = device(device_options(serial)).await;
     let rx = receiver(dir.path(), false).await;
     let admin = free_port();
-    let source = roomos_source(name, &dev, extra);
-    let path = write_config(dir.path(), &config(&rx, admin, &source, selection));
+    let source = Section::roomos(name, &dev).merge(extra);
+    let path = config(&rx, admin, vec![source], selection).write(dir.path());
     let daemon = Daemon::start(&path);
     let sync = wait_message(&rx, "full sync", is_sync).await;
-    Rig {
-        dir,
+    OneDevice {
+        _dir: dir,
         dev,
         rx,
         admin,
@@ -161,21 +109,14 @@ async fn rig(serial: &str, name: &str, extra: &str, selection: &str) -> Rig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statuses_events_removals_and_full_syncs_arrive_as_control_hub_sends_them() {
-    let Rig {
-        dir: _dir,
-        dev,
-        rx,
-        admin,
-        mut daemon,
-        sync,
-        ..
-    } = rig(
+    let mut r = rig(
         "FOC2447N0AB",
         "boardroom",
         "",
         "statuses = [\"RoomAnalytics.PeopleCount.Current\", \"Peripherals.*\"]\nevents = [\"UserInterface.Extensions.Widget.Action\"]",
     )
     .await;
+    let (dev, rx, admin, daemon, sync) = (&r.dev, &r.rx, r.admin, &mut r.daemon, &r.sync);
     // The first connect: one full sync with every selected current value.
     assert_eq!(sync["deviceId"], "FOC2447N0AB", "device id = serial number");
     assert_eq!(sync["workspaceId"], "ws-boardroom");
@@ -289,22 +230,15 @@ async fn statuses_events_removals_and_full_syncs_arrive_as_control_hub_sends_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_and_forbidden_paths_are_reported_and_the_others_flow() {
     // The subprotocol form of authentication, as browsers (jsxapi) use it.
-    let Rig {
-        dir: _dir,
-        dev,
-        rx,
-        admin,
-        path,
-        mut daemon,
-        sync,
-        ..
-    } = rig(
+    let mut r = rig(
         "FOC0000FORB",
         "hall",
         "auth_mode = \"subprotocol\"\ndevice = \"hall-kit\"\nstatuses = [\"RoomAnalytics.PeopleCount.Current\", \"RoomAnalytics.AmbientTemperature\", \"MicrosoftTeams.Calling.InCall\"]",
-        "statuses = [\"RoomAnalytics.*\"]",
+        ANALYTICS,
     )
     .await;
+    let (dev, rx, admin, path, daemon, sync) =
+        (&r.dev, &r.rx, r.admin, &r.path, &mut r.daemon, &r.sync);
     assert_eq!(sync["deviceId"], "hall-kit");
     assert_eq!(
         sync["changes"]["updated"],
@@ -362,32 +296,25 @@ async fn invalid_and_forbidden_paths_are_reported_and_the_others_flow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_or_pin_is_a_clear_error_and_no_tight_loop() {
     let dir = tempfile::tempdir().unwrap();
-    let good = device(opts("FOC0000GOOD")).await;
+    let good = device(device_options("FOC0000GOOD")).await;
     let locked = device(DeviceSimOptions {
         password: "another-password".into(),
-        ..opts("FOC0000LOCK")
+        ..device_options("FOC0000LOCK")
     })
     .await;
-    let other = device(opts("FOC0000PIN1")).await;
+    let other = device(device_options("FOC0000PIN1")).await;
     let rx = receiver(dir.path(), false).await;
     let admin = free_port();
-    let wrong_pin = roomos_source("lobby", &other, "")
-        .replace(&other.cert_sha256(), &good.cert_sha256().to_lowercase());
-    let unpinned: String = roomos_source("new-room", &good, "")
-        .lines()
-        .filter(|l| !l.starts_with("pin_sha256"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let sources = format!(
-        "{}{}{}",
-        roomos_source("good", &good, ""),
-        roomos_source("locked", &locked, ""),
-        wrong_pin
-    );
-    let path = write_config(
-        dir.path(),
-        &config(&rx, admin, &sources, "statuses = [\"RoomAnalytics.*\"]"),
-    );
+    // Pinned to another device's certificate (the good one's, in lower case).
+    let wrong_pin =
+        Section::roomos("lobby", &other).set("pin_sha256", good.cert_sha256().to_lowercase());
+    let unpinned = Section::roomos("new-room", &good).remove("pin_sha256");
+    let sources = vec![
+        Section::roomos("good", &good),
+        Section::roomos("locked", &locked),
+        wrong_pin,
+    ];
+    let path = config(&rx, admin, sources, ANALYTICS).write(dir.path());
     // Two of the three devices refuse: only the control API is waited for.
     let mut daemon = Daemon::start_answering(&path);
     assert!(
@@ -456,16 +383,8 @@ async fn a_wrong_password_or_pin_is_a_clear_error_and_no_tight_loop() {
     assert_eq!(code, 1);
     assert!(out.contains("refused the credentials"), "{out}");
     // A source not pinned yet: the certificate is shown, nothing is sent to it.
-    let fresh = write_config_named(
-        dir.path(),
-        "fresh.toml",
-        &config(
-            &rx,
-            free_port(),
-            &unpinned,
-            "statuses = [\"RoomAnalytics.*\"]",
-        ),
-    );
+    let fresh =
+        config(&rx, free_port(), vec![unpinned], ANALYTICS).write_as(dir.path(), "fresh.toml");
     let handshakes = good.handshakes();
     let (code, out, _) =
         run_cli(&["source", "test", "new-room", "-c", fresh.to_str().unwrap()]).await;
@@ -485,29 +404,17 @@ async fn a_wrong_password_or_pin_is_a_clear_error_and_no_tight_loop() {
     assert_eq!(daemon.stop(), Some(0));
 }
 
-fn write_config_named(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).expect("write config");
-    p
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_are_counted_and_never_stall_the_source() {
-    let Rig {
-        dir: _dir,
-        dev,
-        rx,
-        admin,
-        mut daemon,
-        ..
-    } = rig(
+    let mut r = rig(
         // A serial number is the device's to choose: it must not forge a log line.
         "FOC0000JUNK\nERROR forged line",
         "junk",
         "max_frame = \"64KiB\"",
-        "statuses = [\"RoomAnalytics.*\"]",
+        ANALYTICS,
     )
     .await;
+    let (dev, rx, admin, daemon) = (&r.dev, &r.rx, r.admin, &mut r.daemon);
     dev.send_raw("this is not JSON");
     dev.send_raw(r#"{"jsonrpc":"2.0","method":"xCommand/Dial","params":{}}"#);
     dev.send_raw(r#"{"jsonrpc":"2.0","method":"xFeedback/Event","params":{"Id":999,"Status":{"RoomAnalytics":{"PeopleCount":{"Current":9}}}}}"#);
@@ -583,19 +490,8 @@ async fn bad_frames_are_counted_and_never_stall_the_source() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_device_is_detected_by_the_keepalive_and_reconnected() {
-    let Rig {
-        dir: _dir,
-        dev,
-        rx,
-        mut daemon,
-        ..
-    } = rig(
-        "FOC0000DEAD",
-        "quiet",
-        "keep_alive = \"2s\"",
-        "statuses = [\"RoomAnalytics.*\"]",
-    )
-    .await;
+    let mut r = rig("FOC0000DEAD", "quiet", "keep_alive = \"2s\"", ANALYTICS).await;
+    let (dev, rx, daemon) = (&r.dev, &r.rx, &mut r.daemon);
     dev.set_silent(true);
     // keep_alive = 2s: a ping unanswered for one interval means a dead peer.
     assert!(
@@ -620,21 +516,13 @@ async fn devices_that_drop_together_reconnect_spread_over_the_jitter() {
     let dir = tempfile::tempdir().unwrap();
     let rx = receiver(dir.path(), false).await;
     let mut devices = Vec::new();
-    let mut sources = String::new();
+    let mut sources = Vec::new();
     for i in 0..8 {
-        let d = device(opts(&format!("FOC00000{i:03}"))).await;
-        sources.push_str(&roomos_source(&format!("room-{i}"), &d, ""));
+        let d = device(device_options(&format!("FOC00000{i:03}"))).await;
+        sources.push(Section::roomos(&format!("room-{i}"), &d));
         devices.push(d);
     }
-    let path = write_config(
-        dir.path(),
-        &config(
-            &rx,
-            free_port(),
-            &sources,
-            "statuses = [\"RoomAnalytics.*\"]",
-        ),
-    );
+    let path = config(&rx, free_port(), sources, ANALYTICS).write(dir.path());
     let mut daemon = Daemon::start(&path);
     assert!(
         wait_until(Duration::from_secs(20), || devices
@@ -670,19 +558,11 @@ async fn devices_that_drop_together_reconnect_spread_over_the_jitter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebooting_or_rate_limiting_device_is_waited_for() {
     let dir = tempfile::tempdir().unwrap();
-    let dev = device(opts("FOC0000BOOT")).await;
+    let dev = device(device_options("FOC0000BOOT")).await;
     dev.set_handshake_status(Some(502));
     let rx = receiver(dir.path(), false).await;
-    let source = roomos_source("boot", &dev, "");
-    let path = write_config(
-        dir.path(),
-        &config(
-            &rx,
-            free_port(),
-            &source,
-            "statuses = [\"RoomAnalytics.*\"]",
-        ),
-    );
+    let source = Section::roomos("boot", &dev);
+    let path = config(&rx, free_port(), vec![source], ANALYTICS).write(dir.path());
     // Not Daemon::start: it waits for a subscription, which needs the device up.
     let mut daemon = Daemon::start_answering(&path);
     let logs = || daemon.logs();

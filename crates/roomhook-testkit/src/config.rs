@@ -323,7 +323,14 @@ impl Config {
 
     /// Written to `dir/roomhook.toml`; its path.
     pub fn write(&self, dir: &Path) -> PathBuf {
-        crate::write_config(dir, &self.to_string())
+        self.write_as(dir, "roomhook.toml")
+    }
+
+    /// Written to `dir/name`; its path.
+    pub fn write_as(&self, dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, self.to_string()).expect("write the config");
+        path
     }
 }
 
