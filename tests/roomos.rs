@@ -121,21 +121,21 @@ async fn statuses_events_removals_and_full_syncs_arrive_as_control_hub_sends_the
     assert_eq!(sync["deviceId"], "FOC2447N0AB", "device id = serial number");
     assert_eq!(sync["workspaceId"], "ws-boardroom");
     assert_eq!(sync["orgId"], "test-org");
-    assert_eq!(updated(&sync, PEOPLE), Some(&json!(-1)));
+    assert_eq!(updated(sync, PEOPLE), Some(&json!(-1)));
     assert_eq!(
-        updated(&sync, &format!("{NAV}.AmbientTemperature")),
+        updated(sync, &format!("{NAV}.AmbientTemperature")),
         Some(&json!(22.5)),
         "a Navigator's string temperature is coerced to a number: {sync}"
     );
     assert_eq!(
-        updated(&sync, &format!("{NAV}.AirQuality.Index")),
+        updated(sync, &format!("{NAV}.AirQuality.Index")),
         Some(&json!(1.2))
     );
     assert_eq!(sync["changes"]["updated"].as_object().unwrap().len(), 4);
 
     // A people count change is a status message.
     dev.set_status(PEOPLE, json!(3));
-    let m = wait_message(&rx, "people count 3", |m| {
+    let m = wait_message(rx, "people count 3", |m| {
         !is_sync(m) && updated(m, PEOPLE) == Some(&json!(3))
     })
     .await;
@@ -146,7 +146,7 @@ async fn statuses_events_removals_and_full_syncs_arrive_as_control_hub_sends_the
         "UserInterface.Extensions.Widget.Action",
         json!({"WidgetId": "help-button", "Type": "clicked", "Value": ""}),
     );
-    let m = wait_message(&rx, "widget action", |m| m["type"] == "events").await;
+    let m = wait_message(rx, "widget action", |m| m["type"] == "events").await;
     assert_eq!(
         m["events"][0]["key"],
         "UserInterface.Extensions.Widget.Action"
@@ -156,7 +156,7 @@ async fn statuses_events_removals_and_full_syncs_arrive_as_control_hub_sends_the
 
     // The Navigator is unplugged: its paths are removed.
     dev.remove("Peripherals.ConnectedDevice[1002]");
-    let m = wait_message(&rx, "removal", |m| {
+    let m = wait_message(rx, "removal", |m| {
         m["changes"]["removed"]
             .as_array()
             .is_some_and(|r| !r.is_empty())
@@ -179,16 +179,16 @@ async fn statuses_events_removals_and_full_syncs_arrive_as_control_hub_sends_the
     );
     // Plugged in again with the same value: new again, because the removal was forgotten.
     dev.set_status(&format!("{NAV}.AmbientTemperature"), json!("22.5"));
-    wait_message(&rx, "the Navigator back", |m| {
+    wait_message(rx, "the Navigator back", |m| {
         !is_sync(m) && updated(m, &format!("{NAV}.AmbientTemperature")) == Some(&json!(22.5))
     })
     .await;
 
     // The connection drops: roomhook reconnects and sends a full sync again, flagged, with
     // the unchanged people count (the receiver's resync point) ...
-    let before = messages(&rx).len();
+    let before = messages(rx).len();
     dev.drop_connections();
-    let second = wait_nth(&rx, "second full sync", 2, is_sync).await;
+    let second = wait_nth(rx, "second full sync", 2, is_sync).await;
     assert_eq!(updated(&second, PEOPLE), Some(&json!(3)));
     assert_eq!(dev.connects(), 2);
     // ... and nothing else: the current values the device re-sends on subscribing are not
@@ -198,11 +198,11 @@ async fn statuses_events_removals_and_full_syncs_arrive_as_control_hub_sends_the
         r#"{"jsonrpc":"2.0","method":"xFeedback/Event","params":{"Id":1,"Status":{"RoomAnalytics":{"PeopleCount":{"Current":3}}}}}"#,
     );
     dev.set_status(PEOPLE, json!(5));
-    wait_message(&rx, "people count 5", |m| {
+    wait_message(rx, "people count 5", |m| {
         updated(m, PEOPLE) == Some(&json!(5))
     })
     .await;
-    let after: Vec<Value> = messages(&rx).into_iter().skip(before).collect();
+    let after: Vec<Value> = messages(rx).into_iter().skip(before).collect();
     assert_eq!(
         after.len(),
         2,
@@ -246,7 +246,7 @@ async fn invalid_and_forbidden_paths_are_reported_and_the_others_flow() {
         "only what the role may read and the device has"
     );
     dev.set_status(PEOPLE, json!(2));
-    wait_message(&rx, "people count 2", |m| {
+    wait_message(rx, "people count 2", |m| {
         updated(m, PEOPLE) == Some(&json!(2))
     })
     .await;
@@ -423,7 +423,7 @@ async fn bad_frames_are_counted_and_never_stall_the_source() {
     dev.send_binary(vec![0, 159, 146, 150]);
     dev.set_status(PEOPLE, json!("many"));
     dev.set_status(PEOPLE, json!(4));
-    wait_message(&rx, "people count 4", |m| {
+    wait_message(rx, "people count 4", |m| {
         updated(m, PEOPLE) == Some(&json!(4))
     })
     .await;
@@ -444,7 +444,7 @@ async fn bad_frames_are_counted_and_never_stall_the_source() {
         assert_eq!(reason(r), Some(n), "{r}:\n{}", scrape(admin));
     }
     assert!(
-        !messages(&rx)
+        !messages(rx)
             .iter()
             .any(|m| updated(m, PEOPLE) == Some(&json!(9))),
         "a notification for an unknown subscription was forwarded"
@@ -461,12 +461,12 @@ async fn bad_frames_are_counted_and_never_stall_the_source() {
         "{}",
         daemon.logs()
     );
-    wait_message(&rx, "second full sync", |m| {
+    wait_message(rx, "second full sync", |m| {
         is_sync(m) && updated(m, PEOPLE) == Some(&json!(4))
     })
     .await;
     dev.set_status(PEOPLE, json!(6));
-    wait_message(&rx, "people count 6", |m| {
+    wait_message(rx, "people count 6", |m| {
         updated(m, PEOPLE) == Some(&json!(6))
     })
     .await;
@@ -504,7 +504,7 @@ async fn a_silent_device_is_detected_by_the_keepalive_and_reconnected() {
     dev.set_silent(false);
     assert!(wait_until(Duration::from_secs(15), || dev.connects() >= 2));
     dev.set_status(PEOPLE, json!(7));
-    wait_message(&rx, "people count 7", |m| {
+    wait_message(rx, "people count 7", |m| {
         updated(m, PEOPLE) == Some(&json!(7))
     })
     .await;
