@@ -3,12 +3,18 @@
 
 use roomhook_testkit::run_roomhook as roomhook;
 
+/// `roomhook check-config` of `text` as the file `name`.
+fn check_config(name: &str, text: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    roomhook(&["check-config", "-c", path.to_str().unwrap()])
+}
+
 #[test]
 fn check_config_reports_every_problem_with_key_line_and_fix() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.toml");
-    std::fs::write(
-        &path,
+    let (code, _, err) = check_config(
+        "bad.toml",
         r#"[gateway]
 data_dir = "data"
 
@@ -18,9 +24,7 @@ url = "http://hooks.example.com/rooms"
 authorization = "Bearer top-secret-value"
 statuses = ["RoomAnalytics.PeopleCount.Curent"]
 "#,
-    )
-    .unwrap();
-    let (code, _, err) = roomhook(&["check-config", "-c", path.to_str().unwrap()]);
+    );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("bad.toml:6: webhooks[0].url"), "{err}");
     assert!(err.contains("bad.toml:8: webhooks[0].statuses[0]"), "{err}");
@@ -35,14 +39,10 @@ statuses = ["RoomAnalytics.PeopleCount.Curent"]
 
 #[test]
 fn check_config_accepts_a_good_file_and_a_missing_file_is_an_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("good.toml");
-    std::fs::write(
-        &path,
+    let (code, out, err) = check_config(
+        "good.toml",
         "[gateway]\ndata_dir = \"data\"\n[[webhooks]]\nname = \"a\"\nurl = \"https://x.example/\"\nauth = \"none\"\nstatuses = [\"RoomAnalytics.*\"]\n",
-    )
-    .unwrap();
-    let (code, out, err) = roomhook(&["check-config", "-c", path.to_str().unwrap()]);
+    );
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("OK (0 MQTT source(s), 0 RoomOS device(s), 1 webhook(s)"),

@@ -31,12 +31,20 @@ fn http_with(
     request(port, method, path, &headers, form.unwrap_or(""))
 }
 
+/// The sign-in form sent with `token`.
+fn sign_in(port: u16, token: &str) -> Answer {
+    http(
+        port,
+        "POST",
+        "/login",
+        None,
+        Some(&format!("token={token}")),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_live_state_csrf_sign_out_and_the_rate_limit() {
-    let e = Rig::new().build().await;
-    let text = with_console(&std::fs::read_to_string(&e.config).unwrap(), ADMIN_TOKEN);
-    std::fs::write(&e.config, text).unwrap();
-    let mut daemon = Daemon::start(&e.config);
+    let (e, mut daemon) = Rig::new().console(ADMIN_TOKEN).start().await;
     let port = e.admin;
 
     // Nothing but the sign-in page without a session.
@@ -47,13 +55,7 @@ async fn sign_in_live_state_csrf_sign_out_and_the_rate_limit() {
     assert_eq!(http(port, "GET", "/console/app.js", None, None).status, 401);
 
     // Sign in: a session cookie, HttpOnly and SameSite=Strict.
-    let ok = http(
-        port,
-        "POST",
-        "/login",
-        None,
-        Some(&format!("token={ADMIN_TOKEN}")),
-    );
+    let ok = sign_in(port, ADMIN_TOKEN);
     assert_eq!(ok.status, 303);
     let set = ok.header("set-cookie").expect("a cookie").to_string();
     assert!(
@@ -142,18 +144,9 @@ async fn sign_in_live_state_csrf_sign_out_and_the_rate_limit() {
 
     // Wrong tokens: refused, then rate limited (even the right one waits).
     for _ in 0..5 {
-        assert_eq!(
-            http(port, "POST", "/login", None, Some("token=guess")).status,
-            401
-        );
+        assert_eq!(sign_in(port, "guess").status, 401);
     }
-    let limited = http(
-        port,
-        "POST",
-        "/login",
-        None,
-        Some(&format!("token={ADMIN_TOKEN}")),
-    );
+    let limited = sign_in(port, ADMIN_TOKEN);
     assert_eq!(limited.status, 429);
     assert!(limited.header("retry-after").is_some());
     assert_eq!(daemon.stop(), Some(0));
@@ -161,8 +154,7 @@ async fn sign_in_live_state_csrf_sign_out_and_the_rate_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_is_off_unless_asked_for() {
-    let e = Rig::new().build().await;
-    let mut daemon = Daemon::start(&e.config);
+    let (e, mut daemon) = Rig::new().start().await;
     assert_eq!(http(e.admin, "GET", "/", None, None).status, 404);
     assert_eq!(daemon.stop(), Some(0));
 }

@@ -62,22 +62,19 @@ fn run_fixtures(format: &str) -> usize {
     cases.len()
 }
 
-#[test]
-fn zigbee2mqtt() {
-    assert!(run_fixtures("zigbee2mqtt") >= 10);
+/// A test per format: its fixtures pass, and there are at least `min` of them.
+macro_rules! fixtures {
+    ($($test:ident: $format:literal, at least $min:literal;)*) => {$(
+        #[test]
+        fn $test() {
+            assert!(run_fixtures($format) >= $min);
+        }
+    )*};
 }
 
-#[test]
-fn meraki_mt() {
-    assert!(run_fixtures("meraki-mt") >= 8);
-}
-
-#[test]
-fn meraki_mv() {
-    assert!(run_fixtures("meraki-mv") >= 5);
-}
-
-#[test]
-fn generic_json_with_transforms() {
-    assert!(run_fixtures("json") >= 3);
+fixtures! {
+    zigbee2mqtt: "zigbee2mqtt", at least 10;
+    meraki_mt: "meraki-mt", at least 8;
+    meraki_mv: "meraki-mv", at least 5;
+    generic_json_with_transforms: "json", at least 3;
 }

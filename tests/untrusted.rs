@@ -170,23 +170,11 @@ async fn the_api_sends_no_secret_of_a_source_or_the_admin_to_a_webhook() {
         "a refused secret reached the receiver"
     );
     // The CLI gets the same answer.
-    let (code, _, err) = webhook_cli(
-        &rig.config,
-        &[
-            "add",
-            "--name",
-            "leak",
-            "--url",
-            &rig.rx.url,
-            "--username",
-            "u",
-            "--password-file",
-            "mqtt-password",
-            "--statuses",
-            "RoomAnalytics.*",
-        ],
-    )
-    .await;
+    let (code, _, err) = AddWebhook::new("leak", &rig.rx.url)
+        .arg("--username", "u")
+        .arg("--password-file", "mqtt-password")
+        .run(&rig.config)
+        .await;
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("[sources]'s secret"), "{err}");
     // A webhook secret is taken, and a second webhook to elsewhere cannot borrow it.
@@ -233,6 +221,12 @@ fn login_from(admin: u16, from: [u8; 4], token: &str, headers: &[(&str, &str)]) 
     )
 }
 
+/// A console sign-in from `from` as the client `forwarded_for` (an X-Forwarded-For): the
+/// status.
+fn login_as(admin: u16, from: [u8; 4], token: &str, forwarded_for: &str) -> u16 {
+    login_from(admin, from, token, &[("x-forwarded-for", forwarded_for)]).status
+}
+
 /// A daemon with the console on, whose admin listener trusts a proxy at 127.0.0.1.
 async fn behind_a_proxy_at_127_0_0_1() -> (Rig, Daemon) {
     Rig::new()
@@ -259,45 +253,23 @@ async fn guessing_the_admin_token_is_limited_and_never_locks_out_the_right_one()
 
     // Behind the trusted proxy every client has its own count: one client's wrong
     // sign-ins do not lock out another's right one.
+    let proxy = [127, 0, 0, 1];
     for _ in 0..5 {
-        let a = login_from(
-            admin,
-            [127, 0, 0, 1],
-            "guess",
-            &[("x-forwarded-for", "10.0.0.5")],
-        );
+        let a = login_from(admin, proxy, "guess", &[("x-forwarded-for", "10.0.0.5")]);
         assert_eq!(a.status, 401, "{}", a.body);
     }
-    let a = login_from(
-        admin,
-        [127, 0, 0, 1],
-        "guess",
-        &[("x-forwarded-for", "10.0.0.5")],
-    );
-    assert_eq!(a.status, 429);
-    let a = login_from(
-        admin,
-        [127, 0, 0, 1],
-        ADMIN,
-        &[("x-forwarded-for", "10.0.0.6")],
-    );
+    assert_eq!(login_as(admin, proxy, "guess", "10.0.0.5"), 429);
     assert_eq!(
-        a.status, 303,
+        login_as(admin, proxy, ADMIN, "10.0.0.6"),
+        303,
         "the right token from another client behind the proxy"
     );
     // A client that is not the proxy cannot name itself another address.
     for i in 0..5 {
         let xff = format!("10.0.1.{i}");
-        let a = login_from(admin, [127, 0, 0, 4], "guess", &[("x-forwarded-for", &xff)]);
-        assert_eq!(a.status, 401);
+        assert_eq!(login_as(admin, [127, 0, 0, 4], "guess", &xff), 401);
     }
-    let a = login_from(
-        admin,
-        [127, 0, 0, 4],
-        "guess",
-        &[("x-forwarded-for", "10.0.1.99")],
-    );
-    assert_eq!(a.status, 429);
+    assert_eq!(login_as(admin, [127, 0, 0, 4], "guess", "10.0.1.99"), 429);
 
     // Guesses spread over many addresses: past the global limit wrong answers slow down,
     // and the right token is still answered at once.
