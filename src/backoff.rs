@@ -9,7 +9,7 @@ const FLOOR: Duration = Duration::from_millis(50);
 
 /// Exponential backoff with full jitter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     /// Delay ceiling of the first retry.
     pub base: Duration,
     /// Largest delay ceiling.
@@ -34,7 +34,7 @@ impl Backoff {
 /// The delay of a loop that retries one thing: `base` at first, doubled after each
 /// failure up to `max`, back to `base` after a success.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Doubling {
+pub(crate) struct Doubling {
     backoff: Backoff,
     attempt: u32,
 }

@@ -67,7 +67,7 @@ const fn event(path: &'static str) -> Entry {
 /// decimal and accepts both on input; where the reference gives the string a sentinel of its
 /// own (`"Unavailable"` for the `InsideRoom`/`OutsideRoom` readings), the catalog keeps it text,
 /// so that the sentinel is forwarded rather than rejected.
-pub const ENTRIES: &[Entry] = &[
+pub(crate) const ENTRIES: &[Entry] = &[
     status("RoomAnalytics.PeopleCount.Current", ValueType::Integer),
     status("RoomAnalytics.PeopleCount.Capacity", ValueType::Integer),
     status("RoomAnalytics.PeoplePresence", ValueType::Enum(YES_NO)),
@@ -198,7 +198,7 @@ pub const ENTRIES: &[Entry] = &[
 ];
 
 /// Replaces every bracketed array id (`[1002]`, `[{2}]`) with `[*]`, the catalog's spelling.
-pub fn generic_path(path: &str) -> String {
+pub(crate) fn generic_path(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     let mut in_brackets = false;
     for c in path.chars() {
@@ -230,7 +230,7 @@ pub fn lookup(path: &str) -> Option<&'static Entry> {
 
 /// Whether a selection pattern (`*`, `RoomAnalytics.*`, or an exact path) matches a path.
 /// Wildcards only stand for whole segments at the end of the pattern.
-pub fn pattern_matches(pattern: &str, generic: &str) -> bool {
+pub(crate) fn pattern_matches(pattern: &str, generic: &str) -> bool {
     if pattern == "*" {
         return true;
     }
@@ -245,7 +245,7 @@ pub fn pattern_matches(pattern: &str, generic: &str) -> bool {
 }
 
 /// Catalog entries of the given kind that a selection pattern matches (empty: a bad pattern).
-pub fn expand(pattern: &str, kind: Kind) -> Vec<&'static Entry> {
+pub(crate) fn expand(pattern: &str, kind: Kind) -> Vec<&'static Entry> {
     ENTRIES
         .iter()
         .filter(|e| e.kind == kind && pattern_matches(pattern, e.path))
@@ -253,7 +253,7 @@ pub fn expand(pattern: &str, kind: Kind) -> Vec<&'static Entry> {
 }
 
 /// Up to three catalog paths closest to `wanted` (for "did you mean" hints).
-pub fn suggest(wanted: &str, kind: Option<Kind>) -> Vec<&'static str> {
+pub(crate) fn suggest(wanted: &str, kind: Option<Kind>) -> Vec<&'static str> {
     let wanted_lower = wanted.to_ascii_lowercase();
     let mut scored: Vec<(usize, &'static str)> = ENTRIES
         .iter()

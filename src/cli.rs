@@ -327,7 +327,7 @@ fn parse_since(raw: &str) -> Result<i64, String> {
 }
 
 /// The control socket named by `--socket`, or by the config file.
-pub fn socket_of(config: &Path, socket: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
+pub(crate) fn socket_of(config: &Path, socket: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
     if let Some(s) = socket {
         return Ok(s);
     }
@@ -629,7 +629,7 @@ fn mib(bytes: u64) -> String {
 }
 
 /// The `roomhook status` table, from the control API's `/v1/status` answer.
-pub fn render_status(s: &StatusReport) -> String {
+pub(crate) fn render_status(s: &StatusReport) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let store = &s.store;

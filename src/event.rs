@@ -9,7 +9,7 @@ use serde_json::Value;
 /// come from a publisher or device that is broken or hostile, and are refused where they
 /// are decoded (`reason="too_long"`): the router, the throttle and the devices-seen map
 /// bound how many keys they hold, and this bounds what each key can cost.
-pub const MAX_ID_BYTES: usize = 256;
+pub(crate) const MAX_ID_BYTES: usize = 256;
 
 /// One normalised observation. Stored as compact JSON (short field names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,7 +50,7 @@ impl Event {
     }
 
     /// A status message made of several changes (full sync, removal); `None` when empty.
-    pub fn with_changes(
+    pub(crate) fn with_changes(
         device: String,
         workspace: Option<String>,
         ts_ms: i64,

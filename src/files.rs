@@ -2,11 +2,11 @@
 //! size. A utility: imports nothing of the pipeline.
 
 /// Largest secret file read (also private keys).
-pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+pub(crate) const MAX_SECRET_FILE: u64 = 64 * 1024;
 
 /// Checks that `path` is a regular file of at most `max` bytes (never a device, a FIFO or a
 /// directory, which could block or feed endless data).
-pub fn check_regular_file(path: &std::path::Path, max: u64) -> std::io::Result<()> {
+pub(crate) fn check_regular_file(path: &std::path::Path, max: u64) -> std::io::Result<()> {
     let meta = std::fs::metadata(path)?;
     if !meta.is_file() {
         return Err(std::io::Error::new(

@@ -61,7 +61,7 @@ impl Ingest {
     }
 
     /// Also notes every device and its latest values in `seen`, when given (the console).
-    pub fn recording_seen(mut self, seen: Option<Arc<crate::seen::Seen>>) -> Self {
+    pub(crate) fn recording_seen(mut self, seen: Option<Arc<crate::seen::Seen>>) -> Self {
         self.seen = seen;
         self
     }
@@ -138,7 +138,7 @@ impl Ingest {
     }
 
     /// Adds a webhook or changes its name or selection; applies to events submitted after.
-    pub fn upsert_webhook(&self, id: WebhookId, w: &crate::config::WebhookSettings) {
+    pub(crate) fn upsert_webhook(&self, id: WebhookId, w: &crate::config::WebhookSettings) {
         let counter = self
             .metrics
             .events_enqueued
@@ -155,7 +155,7 @@ impl Ingest {
     }
 
     /// Removes a webhook: events submitted after this no longer go to it.
-    pub fn remove_webhook(&self, id: WebhookId) {
+    pub(crate) fn remove_webhook(&self, id: WebhookId) {
         self.router
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -171,19 +171,14 @@ impl Ingest {
         self.submit(events, None).await?.await
     }
 
-    /// The store (for the MQTT redelivery guard).
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// The PUBACKs of these packet ids of MQTT source `source` were written: their
     /// redelivery marks go with the next commit ([`Store::clear_marks`]).
-    pub async fn clear_marks(&self, source: &str, pkids: Vec<u16>) {
+    pub(crate) async fn clear_marks(&self, source: &str, pkids: Vec<u16>) {
         self.store.clear_marks(source, pkids).await
     }
 
     /// A quiet source's cleared marks are written now ([`Store::flush_marks`]).
-    pub fn flush_marks(&self, source: &str) {
+    pub(crate) fn flush_marks(&self, source: &str) {
         self.store.flush_marks(source)
     }
 

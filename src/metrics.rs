@@ -10,14 +10,14 @@ use prometheus_client::registry::Registry;
 
 /// `{source}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SourceLabel {
+pub(crate) struct SourceLabel {
     /// Source name.
     pub source: String,
 }
 
 /// `{source,reason}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SourceReasonLabel {
+pub(crate) struct SourceReasonLabel {
     /// Source name.
     pub source: String,
     /// Why the payload was rejected.
@@ -26,21 +26,21 @@ pub struct SourceReasonLabel {
 
 /// `{webhook}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WebhookLabel {
+pub(crate) struct WebhookLabel {
     /// Webhook name.
     pub webhook: String,
 }
 
 /// `{reason}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
+pub(crate) struct ReasonLabel {
     /// Why.
     pub reason: String,
 }
 
 /// `{webhook,code}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WebhookCodeLabel {
+pub(crate) struct WebhookCodeLabel {
     /// Webhook name.
     pub webhook: String,
     /// HTTP status code.
@@ -49,7 +49,7 @@ pub struct WebhookCodeLabel {
 
 /// `{webhook,kind}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WebhookKindLabel {
+pub(crate) struct WebhookKindLabel {
     /// Webhook name.
     pub webhook: String,
     /// Error kind: connect, tls, timeout, http_3xx, http_4xx, http_5xx, other.
@@ -58,7 +58,7 @@ pub struct WebhookKindLabel {
 
 /// `{webhook,reason}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WebhookReasonLabel {
+pub(crate) struct WebhookReasonLabel {
     /// Webhook name.
     pub webhook: String,
     /// Why.
@@ -67,7 +67,7 @@ pub struct WebhookReasonLabel {
 
 /// `{webhook,state}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WebhookStateLabel {
+pub(crate) struct WebhookStateLabel {
     /// Webhook name.
     pub webhook: String,
     /// State name.
@@ -76,7 +76,7 @@ pub struct WebhookStateLabel {
 
 /// `{version, commit, target, profile, features}`: what `roomhook --version` prints.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct VersionLabel {
+pub(crate) struct VersionLabel {
     /// Crate version.
     pub version: String,
     /// Git commit, or "unknown".
@@ -101,74 +101,74 @@ pub struct Metrics {
     registry: Registry,
     refreshers: std::sync::Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
     /// MQTT messages (or simulator batches) received.
-    pub source_messages: Family<SourceLabel, Counter>,
+    pub(crate) source_messages: Family<SourceLabel, Counter>,
     /// Payloads that could not be decoded, by reason.
-    pub source_decode_errors: Family<SourceReasonLabel, Counter>,
+    pub(crate) source_decode_errors: Family<SourceReasonLabel, Counter>,
     /// 1 while the source is connected.
-    pub source_connected: Family<SourceLabel, Gauge>,
+    pub(crate) source_connected: Family<SourceLabel, Gauge>,
     /// Connection losses.
-    pub source_reconnects: Family<SourceLabel, Counter>,
+    pub(crate) source_reconnects: Family<SourceLabel, Counter>,
     /// Broker redeliveries of messages already committed (acked again, not stored twice).
-    pub source_redelivered: Family<SourceLabel, Counter>,
+    pub(crate) source_redelivered: Family<SourceLabel, Counter>,
     /// Subscriptions a RoomOS device refuses now (invalid path, permission denied, …).
-    pub source_subscriptions_failed: Family<SourceLabel, Gauge>,
+    pub(crate) source_subscriptions_failed: Family<SourceLabel, Gauge>,
     /// Events committed to a webhook's queue.
-    pub events_enqueued: Family<WebhookLabel, Counter>,
+    pub(crate) events_enqueued: Family<WebhookLabel, Counter>,
     /// Events the receiver answered 2xx for.
-    pub events_delivered: Family<WebhookLabel, Counter>,
+    pub(crate) events_delivered: Family<WebhookLabel, Counter>,
     /// Events that went to no webhook, by reason.
-    pub events_filtered: Family<ReasonLabel, Counter>,
+    pub(crate) events_filtered: Family<ReasonLabel, Counter>,
     /// Requests by HTTP status code.
-    pub requests: Family<WebhookCodeLabel, Counter>,
+    pub(crate) requests: Family<WebhookCodeLabel, Counter>,
     /// Failed requests by kind.
-    pub request_errors: Family<WebhookKindLabel, Counter>,
+    pub(crate) request_errors: Family<WebhookKindLabel, Counter>,
     /// Request round trip.
-    pub request_duration: HistogramFamily<WebhookLabel>,
+    pub(crate) request_duration: HistogramFamily<WebhookLabel>,
     /// Event observed → receiver answered 2xx.
-    pub delivery_latency: HistogramFamily<WebhookLabel>,
+    pub(crate) delivery_latency: HistogramFamily<WebhookLabel>,
     /// Queue depth.
-    pub queue_events: Family<WebhookLabel, Gauge>,
+    pub(crate) queue_events: Family<WebhookLabel, Gauge>,
     /// Bytes charged for a queue.
-    pub queue_bytes: Family<WebhookLabel, Gauge>,
+    pub(crate) queue_bytes: Family<WebhookLabel, Gauge>,
     /// Bytes charged for all queues (bounded by max_store_bytes).
-    pub store_bytes: Gauge,
+    pub(crate) store_bytes: Gauge,
     /// The store's budget, `[gateway] max_store_bytes`.
-    pub store_max_bytes: Gauge,
+    pub(crate) store_max_bytes: Gauge,
     /// 1 when `/readyz` would answer 200, else 0 (set at every scrape).
     pub ready: Gauge,
     /// Events dropped, by reason (overflow, coalesced, expired).
-    pub events_dropped: Family<WebhookReasonLabel, Counter>,
+    pub(crate) events_dropped: Family<WebhookReasonLabel, Counter>,
     /// Requests in flight now.
-    pub in_flight: Family<WebhookLabel, Gauge>,
+    pub(crate) in_flight: Family<WebhookLabel, Gauge>,
     /// The adaptive in-flight limit.
-    pub in_flight_limit: Family<WebhookLabel, Gauge>,
+    pub(crate) in_flight_limit: Family<WebhookLabel, Gauge>,
     /// 1 for the webhook's current state, 0 for the others.
-    pub webhook_state: Family<WebhookStateLabel, Gauge>,
+    pub(crate) webhook_state: Family<WebhookStateLabel, Gauge>,
     /// Dead letters held.
-    pub dead_letters: Family<WebhookLabel, Gauge>,
+    pub(crate) dead_letters: Family<WebhookLabel, Gauge>,
     /// Build version (value 1).
-    pub build_info: Family<VersionLabel, Gauge>,
+    pub(crate) build_info: Family<VersionLabel, Gauge>,
     /// Age of the oldest queued event.
-    pub queue_oldest_age: Family<WebhookLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub(crate) queue_oldest_age: Family<WebhookLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Failed store commits.
-    pub store_errors: Counter,
+    pub(crate) store_errors: Counter,
     /// Events the store dropped that no webhook's figures count, by reason.
-    pub store_events_dropped: Family<ReasonLabel, Counter>,
+    pub(crate) store_events_dropped: Family<ReasonLabel, Counter>,
     /// Queues kept after their webhook left the config.
-    pub orphaned_queues: Gauge,
+    pub(crate) orphaned_queues: Gauge,
     /// Events in those queues.
-    pub orphaned_events: Gauge,
+    pub(crate) orphaned_events: Gauge,
     /// Duration of each group commit (fsync included).
-    pub store_commit_duration: Histogram,
+    pub(crate) store_commit_duration: Histogram,
     /// Config reloads (SIGHUP, `POST /v1/reload`) by result: `applied` or `refused`.
-    pub config_reloads: Family<ResultLabel, Counter>,
+    pub(crate) config_reloads: Family<ResultLabel, Counter>,
     /// 1 when the last reload was applied, 0 when it was refused (the running config stays).
-    pub config_last_reload_successful: Gauge,
+    pub(crate) config_last_reload_successful: Gauge,
 }
 
 /// `{result}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
+pub(crate) struct ResultLabel {
     /// How it ended.
     pub result: String,
 }
@@ -403,7 +403,7 @@ impl Metrics {
     }
 
     /// Registers a function that brings gauges up to date before every scrape.
-    pub fn on_scrape(&self, f: impl Fn() + Send + Sync + 'static) {
+    pub(crate) fn on_scrape(&self, f: impl Fn() + Send + Sync + 'static) {
         if let Ok(mut r) = self.refreshers.lock() {
             r.push(Box::new(f));
         }
@@ -425,7 +425,7 @@ impl Metrics {
 
     /// Removes every series of a webhook (deleted, or renamed: it reappears under the new
     /// name); `states` and `reasons` are the values its `state` and `reason` labels take.
-    pub fn forget_webhook(&self, name: &str, states: &[&str], reasons: &[&str]) {
+    pub(crate) fn forget_webhook(&self, name: &str, states: &[&str], reasons: &[&str]) {
         let label = Self::webhook(name);
         for f in [&self.events_enqueued, &self.events_delivered] {
             f.remove(&label);
@@ -457,14 +457,14 @@ impl Metrics {
     }
 
     /// `{webhook}` label.
-    pub fn webhook(name: &str) -> WebhookLabel {
+    pub(crate) fn webhook(name: &str) -> WebhookLabel {
         WebhookLabel {
             webhook: name.to_string(),
         }
     }
 
     /// `{source}` label.
-    pub fn source(name: &str) -> SourceLabel {
+    pub(crate) fn source(name: &str) -> SourceLabel {
         SourceLabel {
             source: name.to_string(),
         }
@@ -474,7 +474,7 @@ impl Metrics {
 /// `roomhook_source_decode_errors_total` of one source: the known reasons are exported at
 /// 0 from the start and counted through handles resolved once (no label built per error).
 #[derive(Clone, Debug)]
-pub struct DecodeErrors {
+pub(crate) struct DecodeErrors {
     known: Vec<(&'static str, Counter)>,
 }
 
@@ -498,7 +498,7 @@ impl DecodeErrors {
     }
 
     /// Counts one error of a known reason (an unknown one is a bug: not counted).
-    pub fn inc(&self, reason: &str) {
+    pub(crate) fn inc(&self, reason: &str) {
         match self.known.iter().find(|(r, _)| *r == reason) {
             Some((_, c)) => {
                 c.inc();

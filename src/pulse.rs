@@ -24,7 +24,7 @@ struct Beat {
 
 /// One loop's mark. Cheap to clone; dropped with the loop.
 #[derive(Clone)]
-pub struct Pulse(Arc<Beat>);
+pub(crate) struct Pulse(Arc<Beat>);
 
 impl Pulse {
     /// A mark not (yet) in any register.
@@ -56,7 +56,7 @@ impl Pulse {
     }
 
     /// How long the current step has lasted (`None` while resting).
-    pub fn busy_for(&self) -> Option<Duration> {
+    pub(crate) fn busy_for(&self) -> Option<Duration> {
         match self.0.busy_since.load(Ordering::Relaxed) {
             0 => None,
             since => Some(Duration::from_millis(now_ms().saturating_sub(since))),
@@ -72,11 +72,11 @@ impl Pulse {
 /// The register of the loops that must turn. Loops that end (a webhook removed, a source
 /// stopped) leave it by dropping their [`Pulse`].
 #[derive(Clone, Default)]
-pub struct Pulses(Arc<Mutex<Vec<Weak<Beat>>>>);
+pub(crate) struct Pulses(Arc<Mutex<Vec<Weak<Beat>>>>);
 
 impl Pulses {
     /// A new mark named `name`, in the register.
-    pub fn register(&self, name: impl Into<String>) -> Pulse {
+    pub(crate) fn register(&self, name: impl Into<String>) -> Pulse {
         let p = Pulse::new(name);
         self.add(&p);
         p
@@ -91,7 +91,7 @@ impl Pulses {
     }
 
     /// The loops in one step for longer than `limit`, with how long.
-    pub fn stalled(&self, limit: Duration) -> Vec<(String, Duration)> {
+    pub(crate) fn stalled(&self, limit: Duration) -> Vec<(String, Duration)> {
         let Ok(mut list) = self.0.lock() else {
             return Vec::new();
         };

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 /// One rate-limited log line (per kind of problem).
 #[derive(Debug)]
-pub struct RateLog {
+pub(crate) struct RateLog {
     interval: Duration,
     last: Option<Instant>,
     suppressed: u64,

@@ -49,7 +49,7 @@ mod tests {
 /// `text` as one printable line: every control character (newlines, escapes, NUL) becomes
 /// a space. For peer-supplied text on its way to status, logs and `STATUS=` of sd_notify,
 /// where a newline would start a line of its own (`WATCHDOG=trigger`, a forged log line).
-pub fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()

@@ -91,7 +91,7 @@ impl Route {
 
 /// Why an event went to no webhook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Filtered {
+pub(crate) enum Filtered {
     /// No (enabled) webhook selects this device and path.
     NotSelected = 0,
     /// Every webhook that selects it already got this value.
@@ -119,7 +119,7 @@ fn deadbands(w: &WebhookSettings) -> Vec<(String, f64)> {
 }
 
 /// Routes events to webhooks; owns the change-only memory.
-pub struct Router {
+pub(crate) struct Router {
     routes: Vec<Route>,
 }
 
@@ -134,7 +134,7 @@ impl Router {
     }
 
     /// Adds a webhook, or changes its selection (keeping its change-only memory).
-    pub fn upsert(&mut self, id: WebhookId, w: &WebhookSettings) {
+    pub(crate) fn upsert(&mut self, id: WebhookId, w: &WebhookSettings) {
         match self.routes.iter_mut().find(|r| r.id == id) {
             Some(r) => {
                 r.enabled = w.enabled;
@@ -161,7 +161,7 @@ impl Router {
     }
 
     /// Forgets every remembered value (after a failed commit: the input comes again).
-    pub fn forget(&mut self) {
+    pub(crate) fn forget(&mut self) {
         for r in &mut self.routes {
             r.last.clear();
         }

@@ -10,11 +10,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 /// Most devices remembered; past it the one heard from longest ago is forgotten.
-pub const MAX_DEVICES: usize = 1000;
+pub(crate) const MAX_DEVICES: usize = 1000;
 /// Most paths remembered per device; past it new paths are not added.
-pub const MAX_PATHS: usize = 64;
+pub(crate) const MAX_PATHS: usize = 64;
 /// A value longer than this (as JSON) is shown by its size only.
-pub const MAX_VALUE: usize = 256;
+pub(crate) const MAX_VALUE: usize = 256;
 
 #[derive(Debug, Default, Clone)]
 struct Device {

@@ -162,7 +162,7 @@ pub struct Applied {
     /// Sources restarted, started or stopped.
     pub sources: Vec<String>,
     /// Changes that only take effect after a restart.
-    pub need_restart: Vec<String>,
+    pub(crate) need_restart: Vec<String>,
 }
 
 /// Why a control action failed.
@@ -415,11 +415,6 @@ impl Supervisor {
         &self.store
     }
 
-    /// `orgId` of payloads.
-    pub fn org_id(&self) -> &str {
-        &self.org_id
-    }
-
     /// Brings the queue and store figures in the metrics up to date (before a scrape).
     fn refresh_metrics(&self) {
         use crate::store::DropReason;
@@ -476,12 +471,14 @@ impl Supervisor {
     }
 
     /// The register of the loops that must turn (store writer, delivery loops, sources).
-    pub fn pulses(&self) -> &Pulses {
+    pub(crate) fn pulses(&self) -> &Pulses {
         &self.pulses
     }
 
-    /// The live status of the source `name` (for a source started outside the config).
-    pub fn source_status(&self, name: &str) -> Arc<crate::source::status::SourceStatus> {
+    /// The live status of the source `name` (for a source started outside the config:
+    /// the demo's simulator).
+    #[cfg(feature = "demo")]
+    pub(crate) fn source_status(&self, name: &str) -> Arc<crate::source::status::SourceStatus> {
         self.source_status.get(name)
     }
 
@@ -492,7 +489,7 @@ impl Supervisor {
 
     /// Names of webhooks and sources whose task ended while the daemon runs (a bug: they
     /// only end when stopped). Empty when the supervisor is busy applying a change.
-    pub fn dead_tasks(&self) -> Vec<String> {
+    pub(crate) fn dead_tasks(&self) -> Vec<String> {
         let Ok(inner) = self.inner.try_lock() else {
             return Vec::new();
         };
@@ -512,11 +509,6 @@ impl Supervisor {
             }
         }
         out
-    }
-
-    /// The config file the daemon runs on.
-    pub async fn config_file(&self) -> PathBuf {
-        self.inner.lock().await.settings.file.clone()
     }
 
     /// Re-reads the config file and applies it; an invalid file changes nothing.
@@ -685,7 +677,7 @@ impl Supervisor {
     }
 
     /// Purges orphans older than `orphan_retention`.
-    pub async fn expire_orphans(&self) -> Result<(), ActionError> {
+    pub(crate) async fn expire_orphans(&self) -> Result<(), ActionError> {
         let expired = expired_orphans(
             &self.orphans.lock().unwrap_or_else(|p| p.into_inner()),
             self.orphan_retention(),
@@ -740,7 +732,7 @@ impl Supervisor {
     }
 
     /// Stops the sources (first step of a shutdown).
-    pub async fn stop_sources(&self) {
+    pub(crate) async fn stop_sources(&self) {
         self.source_stop.cancel();
         let mut inner = self.inner.lock().await;
         for s in inner.sources.drain(..) {
@@ -749,7 +741,7 @@ impl Supervisor {
     }
 
     /// Stops the delivery workers (after the sources).
-    pub async fn stop_webhooks(&self) {
+    pub(crate) async fn stop_webhooks(&self) {
         self.worker_stop.cancel();
         let mut inner = self.inner.lock().await;
         for w in inner.webhooks.drain(..) {
@@ -1153,7 +1145,7 @@ impl Supervisor {
                     pulse: self
                         .pulses
                         .register(format!("the delivery loop of webhook {}", w.name)),
-                    claim,
+                    _claim: claim,
                 };
                 tokio::spawn(worker.run())
             }

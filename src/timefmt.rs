@@ -12,7 +12,7 @@ pub fn now_ms() -> i64 {
 }
 
 /// A duration for people, as the config writes it: `50ms`, `1500ms`, `45s`, `12m`, `5h`, `7d`.
-pub fn human_duration(d: std::time::Duration) -> String {
+pub(crate) fn human_duration(d: std::time::Duration) -> String {
     if d.subsec_millis() != 0 {
         return format!("{}ms", d.as_millis());
     }
@@ -27,7 +27,7 @@ pub fn human_duration(d: std::time::Duration) -> String {
 }
 
 /// Unix milliseconds as RFC 3339 UTC with milliseconds (`2026-11-27T10:15:30.123Z`).
-pub fn rfc3339_ms(ms: i64) -> String {
+pub(crate) fn rfc3339_ms(ms: i64) -> String {
     let fmt = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );

@@ -24,7 +24,7 @@ pub fn install_crypto_provider() {
 
 /// Why trust anchors could not be loaded.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     /// The file could not be read or holds no PEM certificate (or key).
     #[error("cannot load {path}: {reason}")]
     CaFile {
@@ -42,7 +42,7 @@ pub enum TlsError {
 const MAX_PEM_FILE: u64 = 1024 * 1024;
 
 /// Reads every certificate of a PEM file (at least one).
-pub fn load_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn load_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     crate::files::check_regular_file(path, MAX_PEM_FILE).map_err(|e| TlsError::CaFile {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -67,7 +67,7 @@ pub fn load_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsEr
 }
 
 /// Root store: webpki roots plus the private CA, if any.
-pub fn root_store(trust: &TlsTrust) -> Result<RootCertStore, TlsError> {
+pub(crate) fn root_store(trust: &TlsTrust) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = &trust.ca_file {
@@ -79,7 +79,7 @@ pub fn root_store(trust: &TlsTrust) -> Result<RootCertStore, TlsError> {
 }
 
 /// A client certificate chain and its private key (PEM files), for mutual TLS.
-pub fn load_identity(
+pub(crate) fn load_identity(
     cert: &Path,
     key: &Path,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
@@ -99,7 +99,10 @@ pub fn load_identity(
 
 /// A client configuration that verifies the server against `trust`, offering `alpn`, and
 /// presenting the client certificate when `trust` has one.
-pub fn client_config(trust: &TlsTrust, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, TlsError> {
+pub(crate) fn client_config(
+    trust: &TlsTrust,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, TlsError> {
     install_crypto_provider();
     let builder = ClientConfig::builder().with_root_certificates(root_store(trust)?);
     let mut cfg = match &trust.client_identity {
@@ -114,7 +117,7 @@ pub fn client_config(trust: &TlsTrust, alpn: &[&[u8]]) -> Result<Arc<ClientConfi
 }
 
 /// Subject, issuer and expiry of a DER certificate.
-pub fn describe_cert(der: &[u8]) -> (String, String, String) {
+pub(crate) fn describe_cert(der: &[u8]) -> (String, String, String) {
     match x509_parser::parse_x509_certificate(der) {
         Ok((_, cert)) => {
             let not_after = cert.validity().not_after.to_datetime();

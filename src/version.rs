@@ -2,15 +2,9 @@
 //! built in, for `roomhook --version`, `roomhook_build_info` and `status`. Written by
 //! `build.rs`; imports nothing.
 
-/// The crate's version.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// The git commit built (12 hex digits, "-dirty" for uncommitted changes), or "unknown"
-/// outside a checkout.
-pub const COMMIT: &str = env!("ROOMHOOK_BUILD_COMMIT");
-/// The target triple.
-pub const TARGET: &str = env!("ROOMHOOK_BUILD_TARGET");
-/// The cargo profile (`dev`, `release`, `gateway`, `ci`).
-pub const PROFILE: &str = env!("ROOMHOOK_BUILD_PROFILE");
+// build.rs sets ROOMHOOK_BUILD_COMMIT (12 hex digits, "-dirty" for uncommitted changes,
+// "unknown" outside a checkout), ROOMHOOK_BUILD_TARGET (the target triple) and
+// ROOMHOOK_BUILD_PROFILE (`dev`, `release`, `gateway`, `ci`).
 
 #[cfg(feature = "testkit")]
 macro_rules! features {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 /// under 2 s between the hourly readings the orphan check takes) and steps corrections of
 /// seconds; a clock restarted at its last saved time is behind by the minutes or hours the
 /// gateway was off, and those must not age anything.
-pub const JUMP: Duration = Duration::from_secs(60);
+pub(crate) const JUMP: Duration = Duration::from_secs(60);
 
 /// Jumps remembered; past that the two oldest merge into one, which ages the stamps between
 /// them less than it should, never more.
@@ -31,11 +31,11 @@ const KEPT: usize = 16;
 
 /// One reading of both clocks.
 #[derive(Debug, Clone, Copy)]
-pub struct Reading {
+pub(crate) struct Reading {
     /// Unix milliseconds.
-    pub wall_ms: i64,
+    pub(crate) wall_ms: i64,
     /// The monotonic clock at the same moment.
-    pub mono: Instant,
+    pub(crate) mono: Instant,
 }
 
 impl Reading {
@@ -59,7 +59,7 @@ struct Jump {
 
 /// The forward jumps seen between the readings taken so far.
 #[derive(Debug, Default)]
-pub struct Jumps {
+pub(crate) struct Jumps {
     last: Option<Reading>,
     /// Oldest first.
     jumps: Vec<Jump>,
@@ -68,7 +68,7 @@ pub struct Jumps {
 impl Jumps {
     /// Takes a reading; returns how far the wall clock jumped forward since the last one,
     /// when that is more than [`JUMP`] beyond what the monotonic clock counted.
-    pub fn observe(&mut self, now: Reading) -> Option<Duration> {
+    pub(crate) fn observe(&mut self, now: Reading) -> Option<Duration> {
         let last = self.last.replace(now)?;
         let counted = now.mono.saturating_duration_since(last.mono);
         let counted_ms = i64::try_from(counted.as_millis()).unwrap_or(i64::MAX);
@@ -94,7 +94,7 @@ impl Jumps {
     }
 
     /// Ages as of `now_ms` (the wall clock of the latest reading).
-    pub fn ages(&self, now_ms: i64) -> Ages {
+    pub(crate) fn ages(&self, now_ms: i64) -> Ages {
         Ages {
             now_ms,
             jumps: self.jumps.clone(),
@@ -104,7 +104,7 @@ impl Jumps {
 
 /// Ages of wall-clock stamps as of one reading.
 #[derive(Debug, Clone)]
-pub struct Ages {
+pub(crate) struct Ages {
     now_ms: i64,
     jumps: Vec<Jump>,
 }
@@ -112,7 +112,7 @@ pub struct Ages {
 impl Ages {
     /// How old a wall-clock stamp (unix ms) is, in milliseconds, not counting the jumps
     /// after it. Negative for a stamp ahead of the clock.
-    pub fn age_ms(&self, stamp_ms: i64) -> i64 {
+    pub(crate) fn age_ms(&self, stamp_ms: i64) -> i64 {
         // Each jump moves the stamps made before it onto the clock after it, oldest jump
         // first (a later jump's `before_ms` is on the clock the earlier one left).
         let moved = self.jumps.iter().fold(stamp_ms, |t, j| {
@@ -141,7 +141,7 @@ static CLOCK: LazyLock<Mutex<Clock>> = LazyLock::new(|| {
 
 /// Reads the clocks now (a jump since the last reading is noted and logged) and returns
 /// the ages as of now.
-pub fn ages() -> Ages {
+pub(crate) fn ages() -> Ages {
     let mut clock = CLOCK.lock().unwrap_or_else(|p| p.into_inner());
     // Read under the lock, so that the readings reach `observe` in the order taken.
     let now = Reading::now();

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub use crate::deliver::status::RecentCounts;
+pub(crate) use crate::deliver::status::RecentCounts;
 
 /// `GET /v1/status`: everything `roomhook status` shows, with the readiness verdict.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -17,22 +17,22 @@ pub struct StatusReport {
     /// What is wrong, each with what to do.
     pub problems: Vec<String>,
     /// The store.
-    pub store: StoreReport,
+    pub(crate) store: StoreReport,
     /// Every source.
     pub sources: Vec<SourceReport>,
     /// Every webhook of the running set.
     pub webhooks: Vec<WebhookReport>,
     /// Queues kept after their webhook left the config.
-    pub orphans: Vec<OrphanReport>,
+    pub(crate) orphans: Vec<OrphanReport>,
     /// The store's register of delivery loops: one per queue.
-    pub delivery_loops: Vec<LoopReport>,
+    pub(crate) delivery_loops: Vec<LoopReport>,
     /// Second loops the register refused since start (a bug if ever non-zero).
     pub delivery_loops_refused: u64,
 }
 
 /// The store in [`StatusReport`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StoreReport {
+pub(crate) struct StoreReport {
     /// No commit failed lately.
     pub ok: bool,
     /// Commits that failed since start.
@@ -40,7 +40,7 @@ pub struct StoreReport {
     /// The last failure.
     pub last_error: Option<String>,
     /// When it happened (RFC 3339).
-    pub last_error_at: Option<String>,
+    pub(crate) last_error_at: Option<String>,
     /// Bytes held by the queues.
     pub bytes: u64,
     /// The byte budget.
@@ -64,15 +64,15 @@ pub struct WebhookReport {
     /// Delivery state (`delivering`, `retrying`, `paused`, …).
     pub state: String,
     /// Seconds in that state.
-    pub state_age_s: f64,
+    pub(crate) state_age_s: f64,
     /// Delivered events and failed requests over 5 minutes, an hour, a day.
     pub recent: RecentCounts,
     /// Its queue.
     pub queue: QueueReport,
     /// Requests in flight.
-    pub in_flight: usize,
+    pub(crate) in_flight: usize,
     /// The adaptive in-flight limit.
-    pub in_flight_limit: usize,
+    pub(crate) in_flight_limit: usize,
     /// The last failure.
     pub last_error: Option<ErrorReport>,
 }
@@ -85,7 +85,7 @@ pub struct QueueReport {
     /// Their bytes.
     pub bytes: u64,
     /// Age of the oldest, in seconds.
-    pub oldest_age_s: Option<f64>,
+    pub(crate) oldest_age_s: Option<f64>,
     /// Dead letters held.
     pub dead_letters: u64,
     /// Events dropped since start, by reason.
@@ -100,12 +100,12 @@ pub struct ErrorReport {
     /// When (RFC 3339).
     pub at: String,
     /// How long ago, in seconds.
-    pub age_s: f64,
+    pub(crate) age_s: f64,
 }
 
 /// A kept (orphaned) queue.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OrphanReport {
+pub(crate) struct OrphanReport {
     /// The name its webhook had.
     pub name: String,
     /// Events it holds.
@@ -116,21 +116,21 @@ pub struct OrphanReport {
 
 /// A delivery loop in the store's register.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LoopReport {
+pub(crate) struct LoopReport {
     /// The queue it holds.
     pub queue: u32,
     /// The webhook of that queue, if it is in the running set.
     pub webhook: Option<String>,
 }
 
-pub use crate::deliver::probe::ProbeReport;
-pub use crate::deliver::status::LastError;
-pub use crate::supervisor::Applied;
+pub(crate) use crate::deliver::probe::ProbeReport;
+pub(crate) use crate::deliver::status::LastError;
+pub(crate) use crate::supervisor::Applied;
 
 /// A webhook as `GET /v1/webhooks` lists it and `webhook show` prints it: its settings
 /// (secrets masked), live status and queue.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WebhookDescription {
+pub(crate) struct WebhookDescription {
     /// Name.
     pub name: String,
     /// URL, secrets hidden.
@@ -146,9 +146,9 @@ pub struct WebhookDescription {
     /// Extra CA certificates.
     pub ca_file: Option<std::path::PathBuf>,
     /// Client certificate (mutual TLS).
-    pub client_cert_file: Option<std::path::PathBuf>,
+    pub(crate) client_cert_file: Option<std::path::PathBuf>,
     /// Client key (mutual TLS).
-    pub client_key_file: Option<std::path::PathBuf>,
+    pub(crate) client_key_file: Option<std::path::PathBuf>,
     /// Device patterns.
     pub devices: Vec<String>,
     /// Status patterns.
@@ -176,15 +176,15 @@ pub struct WebhookDescription {
     /// See `connect_timeout`.
     pub drain_start_jitter: String,
     /// Per-device or global ordering.
-    pub ordering: String,
+    pub(crate) ordering: String,
     /// Failures in a row that open the circuit.
     pub circuit_breaker_threshold: u32,
     /// See `connect_timeout`.
     pub auth_retry: String,
     /// Bytes per batch at most.
-    pub batch_max_bytes: u64,
+    pub(crate) batch_max_bytes: u64,
     /// See `connect_timeout`.
-    pub batch_linger: String,
+    pub(crate) batch_linger: String,
     /// Oldest age kept in the queue, if limited.
     pub max_queue_age: Option<String>,
     /// Live delivery status (absent while it cannot be read).
@@ -196,7 +196,7 @@ pub struct WebhookDescription {
 /// How a webhook authenticates, secrets masked.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum AuthView {
+pub(crate) enum AuthView {
     /// None.
     None,
     /// An `Authorization` header (`value` is `***`).
@@ -215,19 +215,19 @@ pub enum AuthView {
 
 /// A webhook's live delivery status in [`WebhookDescription`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StatusView {
+pub(crate) struct StatusView {
     /// State (`delivering`, `retrying`, …).
     pub state: String,
     /// The adaptive in-flight limit.
-    pub in_flight_limit: usize,
+    pub(crate) in_flight_limit: usize,
     /// Requests in flight.
-    pub in_flight: usize,
+    pub(crate) in_flight: usize,
     /// Failed requests in a row.
-    pub consecutive_failures: u32,
+    pub(crate) consecutive_failures: u32,
     /// The last failure.
     pub last_error: Option<LastError>,
     /// When the state last changed (unix ms).
-    pub state_since_ms: i64,
+    pub(crate) state_since_ms: i64,
 }
 
 impl From<&crate::deliver::status::WebhookStatus> for StatusView {
@@ -245,7 +245,7 @@ impl From<&crate::deliver::status::WebhookStatus> for StatusView {
 
 /// A webhook's queue in [`WebhookDescription`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct QueueBrief {
+pub(crate) struct QueueBrief {
     /// Events queued.
     pub events: u64,
     /// Their bytes.
@@ -256,14 +256,14 @@ pub struct QueueBrief {
 
 /// `GET /v1/webhooks`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WebhookList {
+pub(crate) struct WebhookList {
     /// Every webhook of the running set.
     pub webhooks: Vec<WebhookDescription>,
 }
 
 /// The answer to an add, set or enable.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EditAnswer {
+pub(crate) struct EditAnswer {
     /// The webhook as it is now (none after a rename away, say).
     pub webhook: Option<WebhookDescription>,
     /// The healthCheck that verified it, when one was sent.
@@ -274,7 +274,7 @@ pub struct EditAnswer {
 
 /// The answer to a delete.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeleteAnswer {
+pub(crate) struct DeleteAnswer {
     /// The webhook deleted.
     pub deleted: String,
     /// Queued events discarded with it.
@@ -283,28 +283,28 @@ pub struct DeleteAnswer {
 
 /// The answer to `POST /v1/webhooks/NAME/test`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TestAnswer {
+pub(crate) struct TestAnswer {
     /// What the healthCheck showed.
     pub test: ProbeReport,
 }
 
 /// The answer to a replay of dead letters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReplayAnswer {
+pub(crate) struct ReplayAnswer {
     /// Dead letters put back in the queue.
     pub replayed: u64,
 }
 
 /// `GET /v1/webhooks/NAME/dead-letters`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeadLetterList {
+pub(crate) struct DeadLetterList {
     /// The oldest first.
     pub dead_letters: Vec<DeadLetterReport>,
 }
 
 /// One dead letter.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeadLetterReport {
+pub(crate) struct DeadLetterReport {
     /// Its sequence number.
     pub seq: u64,
     /// The receiver's last HTTP status, if it answered.

@@ -25,12 +25,12 @@ use tokio_util::sync::CancellationToken;
 /// Everything the control API serves.
 pub struct Control {
     /// The running webhooks and sources.
-    pub supervisor: Arc<Supervisor>,
+    pub(crate) supervisor: Arc<Supervisor>,
 }
 
 /// Why the control socket could not be opened.
 #[derive(Debug, thiserror::Error)]
-pub enum SocketError {
+pub(crate) enum SocketError {
     /// Another roomhook answers on it.
     #[error("another roomhook is running on the control socket {0}")]
     InUse(PathBuf),
@@ -46,7 +46,7 @@ pub enum SocketError {
 
 /// Binds the socket, mode 0600 from its creation (never briefly open to others). Only a
 /// stale *socket* left by a crashed daemon is removed; any other file there is an error.
-pub async fn bind(path: &Path) -> Result<UnixListener, SocketError> {
+pub(crate) async fn bind(path: &Path) -> Result<UnixListener, SocketError> {
     use std::os::unix::fs::FileTypeExt;
     let io = |source| SocketError::Io {
         path: path.to_path_buf(),
@@ -146,7 +146,7 @@ fn failed(e: &ActionError) -> Reply {
 
 /// A webhook's settings and live figures, secrets redacted (header values too: they often
 /// carry API keys).
-pub fn describe(store: &crate::store::Store, w: &WebhookView) -> WebhookDescription {
+pub(crate) fn describe(store: &crate::store::Store, w: &WebhookView) -> WebhookDescription {
     let s = &w.settings;
     let status = w.status.lock().ok().map(|st| StatusView::from(&*st));
     let auth = match &s.auth {
@@ -236,7 +236,7 @@ const SECRET_FILE_KEYS: [&str; 4] = [
 ];
 
 /// Where webhook secrets named through the API live, beside the config file.
-pub const WEBHOOK_SECRETS_DIR: &str = "secrets/webhooks";
+pub(crate) const WEBHOOK_SECRETS_DIR: &str = "secrets/webhooks";
 
 /// File references made through the API for webhook `name` (`None`: a new one) going to
 /// `url`. Every file stays inside the config directory or `$CREDENTIALS_DIRECTORY`:

@@ -12,19 +12,19 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// Wrong tokens one address may send per [`WINDOW`].
-pub const PER_ADDRESS: u32 = 5;
+pub(crate) const PER_ADDRESS: u32 = 5;
 /// Wrong tokens from all addresses together per [`WINDOW`] before answers slow down.
-pub const GLOBAL: u32 = 50;
+pub(crate) const GLOBAL: u32 = 50;
 /// The window of both limits.
-pub const WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const WINDOW: Duration = Duration::from_secs(60);
 /// How long a wrong answer waits past [`GLOBAL`].
-pub const SLOW_DOWN: Duration = Duration::from_secs(2);
+pub(crate) const SLOW_DOWN: Duration = Duration::from_secs(2);
 /// Addresses tracked at most (past that the oldest window goes).
 const MAX_ADDRESSES: usize = 4096;
 
 /// Wrong tokens per address and in all, each as (window start, count).
 #[derive(Debug, Default)]
-pub struct Guard {
+pub(crate) struct Guard {
     by_address: HashMap<IpAddr, (Instant, u32)>,
     global: Option<(Instant, u32)>,
 }
@@ -68,7 +68,7 @@ impl Guard {
     }
 
     /// A right token from `from`: its count starts again.
-    pub fn succeeded(&mut self, from: IpAddr) {
+    pub(crate) fn succeeded(&mut self, from: IpAddr) {
         self.by_address.remove(&from);
     }
 }

@@ -34,7 +34,7 @@ pub struct Admin {
     /// `[admin] trusted_proxies`.
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Wrong tokens, at the console's sign-in and on `/v1/`.
-    pub guard: Arc<std::sync::Mutex<guard::Guard>>,
+    pub(crate) guard: Arc<std::sync::Mutex<guard::Guard>>,
 }
 
 /// A client must send its request headers within this, from the moment it connects, and

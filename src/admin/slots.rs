@@ -13,13 +13,13 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 /// Connections the listener serves at once.
-pub const MAX_CONNECTIONS: usize = 32;
+pub(crate) const MAX_CONNECTIONS: usize = 32;
 /// Connections one client address may hold at once (a browser opens about six).
-pub const PER_ADDRESS: usize = 8;
+pub(crate) const PER_ADDRESS: usize = 8;
 
 /// The connections held, per client address, oldest first.
 #[derive(Debug)]
-pub struct Slots {
+pub(crate) struct Slots {
     max: usize,
     per_address: usize,
     held: Mutex<Held>,
@@ -55,7 +55,7 @@ impl Held {
 
 /// One connection's state, shared with its task.
 #[derive(Debug, Default)]
-pub struct Conn {
+pub(crate) struct Conn {
     /// Requests being answered.
     busy: AtomicUsize,
     /// Cancelled when its place is given to another connection.
@@ -75,7 +75,7 @@ impl Conn {
 }
 
 /// A request being answered (see [`Conn::busy`]).
-pub struct Busy(Arc<Conn>);
+pub(crate) struct Busy(Arc<Conn>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -85,7 +85,7 @@ impl Drop for Busy {
 
 /// One connection's place; given back when dropped.
 #[derive(Debug)]
-pub struct Slot {
+pub(crate) struct Slot {
     slots: Arc<Slots>,
     ip: IpAddr,
     id: u64,

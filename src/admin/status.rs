@@ -9,18 +9,18 @@ use crate::supervisor::Supervisor;
 use serde_json::{json, Value};
 
 /// A source disconnected longer than this makes the daemon not ready.
-pub const SOURCE_DOWN_LIMIT_S: f64 = 60.0;
+pub(crate) const SOURCE_DOWN_LIMIT_S: f64 = 60.0;
 /// A webhook failing (retrying, paused, circuit open, auth failed) longer than this makes
 /// the daemon not ready.
-pub const WEBHOOK_STUCK_LIMIT_S: f64 = 300.0;
+pub(crate) const WEBHOOK_STUCK_LIMIT_S: f64 = 300.0;
 
 /// A loop in one step for longer than this makes `/healthz` fail (the systemd watchdog
 /// uses its own period).
-pub const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What stopped or hangs that must run: the store writer, every worker and source task,
 /// and any of their loops in one step for longer than `limit`.
-pub fn stuck_parts(sup: &Supervisor, limit: std::time::Duration) -> Vec<String> {
+pub(crate) fn stuck_parts(sup: &Supervisor, limit: std::time::Duration) -> Vec<String> {
     let mut problems = sup.dead_tasks();
     if !sup.store().writer_alive() {
         problems.push("the store writer thread stopped".into());
@@ -39,7 +39,7 @@ fn dead_parts(sup: &Supervisor) -> Vec<String> {
 }
 
 /// Liveness: the store writer and every worker and source task run, none of them hangs.
-pub fn alive(sup: &Supervisor) -> (bool, Value) {
+pub(crate) fn alive(sup: &Supervisor) -> (bool, Value) {
     let problems = dead_parts(sup);
     let ok = problems.is_empty();
     (
@@ -49,12 +49,12 @@ pub fn alive(sup: &Supervisor) -> (bool, Value) {
 }
 
 /// Everything `roomhook status` shows, with the readiness verdict, as JSON.
-pub fn status(sup: &Supervisor) -> Value {
+pub(crate) fn status(sup: &Supervisor) -> Value {
     serde_json::to_value(report(sup)).unwrap_or(Value::Null)
 }
 
 /// Everything `roomhook status` shows, with the readiness verdict.
-pub fn report(sup: &Supervisor) -> StatusReport {
+pub(crate) fn report(sup: &Supervisor) -> StatusReport {
     let now = crate::timefmt::now_ms();
     // The oldest queued event's age as max_queue_age measures it.
     let ages = crate::wallclock::ages();

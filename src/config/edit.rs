@@ -60,7 +60,7 @@ pub enum EditError {
 }
 
 /// Applies an edit to config text and returns the new text (not yet checked as config).
-pub fn apply(text: &str, edit: &Edit) -> Result<String, EditError> {
+pub(crate) fn apply(text: &str, edit: &Edit) -> Result<String, EditError> {
     let mut doc: DocumentMut = text
         .parse()
         .map_err(|e: toml_edit::TomlError| EditError::Parse(e.to_string()))?;
@@ -179,7 +179,7 @@ fn to_toml(key: &str, v: &Value) -> Result<toml_edit::Value, EditError> {
 /// Replaces `path` with `text`: written to a temporary file beside it (same mode, owner
 /// and group), flushed to disk, renamed over it, and the directory synced. A symlinked
 /// config is followed: its target is replaced, the link stays.
-pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let path = target.as_path();
     let dir = super::base_dir(path);

@@ -5,7 +5,7 @@ use toml_edit::{Item, TableLike, Value};
 
 /// One step of a key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// A table key.
     Key(String),
     /// An array index.
@@ -13,7 +13,7 @@ pub enum Step {
 }
 
 /// Splits `a.b[2].c` into steps.
-pub fn parse_path(path: &str) -> Vec<Step> {
+pub(crate) fn parse_path(path: &str) -> Vec<Step> {
     let mut steps = Vec::new();
     for part in path.split('.') {
         let (name, rest) = match part.find('[') {
@@ -39,7 +39,7 @@ enum Cursor<'a> {
 }
 
 /// The 1-based line of the deepest part of `path` present in `text`, if the text parses.
-pub fn line_of(text: &str, path: &str) -> Option<usize> {
+pub(crate) fn line_of(text: &str, path: &str) -> Option<usize> {
     let doc = toml_edit::Document::parse(text).ok()?;
     let mut cursor = Cursor::Item(doc.as_item());
     let mut span = None;

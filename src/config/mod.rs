@@ -11,7 +11,9 @@ pub mod units;
 mod validate;
 
 pub use secret::Secret;
-pub use validate::{parse_pin, validate};
+#[cfg(test)]
+pub(crate) use validate::parse_pin;
+pub(crate) use validate::validate;
 
 use crate::catalog::Entry;
 use crate::value::devices::DeviceSelector;
@@ -30,7 +32,7 @@ use std::time::Duration;
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     /// `[gateway]`: where the store lives and what goes into every payload.
     pub gateway: RawGateway,
     /// `[admin]`: the local HTTP listener for metrics and health.
@@ -53,7 +55,7 @@ pub struct RawConfig {
 /// `[log]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLog {
+pub(crate) struct RawLog {
     /// `RUST_LOG`-style filter, e.g. `"info,roomhook=debug"` (the `--log` flag wins).
     pub filter: Option<String>,
     /// `auto` (journald under systemd, else text), `text`, `json` or `journald`.
@@ -65,12 +67,12 @@ pub struct RawLog {
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The longest `[gateway] shutdown_grace` accepted: the unit's `TimeoutStopSec` (30 s)
 /// less the time the stop takes beside the grace (sources draining, the store closing).
-pub const SHUTDOWN_GRACE_MAX: Duration = Duration::from_secs(20);
+pub(crate) const SHUTDOWN_GRACE_MAX: Duration = Duration::from_secs(20);
 
 /// `[gateway]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawGateway {
+pub(crate) struct RawGateway {
     /// Directory of the embedded store (relative paths: relative to the config file).
     pub data_dir: PathBuf,
     /// Copied into payloads as `orgId`.
@@ -90,7 +92,7 @@ pub struct RawGateway {
 /// `[admin]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAdmin {
+pub(crate) struct RawAdmin {
     /// `host:port` for `GET /metrics` and `GET /healthz`.
     pub listen: Option<String>,
     /// Unix socket of the control API (default `<data_dir>/roomhook.sock`).
@@ -109,7 +111,7 @@ pub struct RawAdmin {
 /// `[sources]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSources {
+pub(crate) struct RawSources {
     /// `[[sources.mqtt]]`.
     #[serde(default)]
     pub mqtt: Vec<RawMqtt>,
@@ -121,13 +123,13 @@ pub struct RawSources {
 /// `[[sources.roomos]]`: one Cisco RoomOS device read over its xAPI WebSocket.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRoomos {
+pub(crate) struct RawRoomos {
     /// Name used in logs and metrics.
     pub name: String,
     /// `wss://<device>/ws` (`ws://` only with `allow_plaintext`).
     pub url: String,
     /// Allows a plain `ws://` URL (lab use).
-    pub allow_plaintext: Option<bool>,
+    pub(crate) allow_plaintext: Option<bool>,
     /// Local user on the device (the Integrator role is enough for most statuses).
     pub username: String,
     /// Its password (prefer `password_file`).
@@ -157,7 +159,7 @@ pub struct RawRoomos {
 /// `[[sources.mqtt]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawMqtt {
+pub(crate) struct RawMqtt {
     /// Name used in logs and metrics.
     pub name: String,
     /// `mqtt://host:port` or `mqtts://host:port`.
@@ -184,7 +186,7 @@ pub struct RawMqtt {
 /// `[[sources.mqtt.subscriptions]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSubscription {
+pub(crate) struct RawSubscription {
     /// MQTT filter.
     pub topic: String,
     /// Payload decoder: `"json"` (generic, with `fields`), `"zigbee2mqtt"`, `"meraki-mt"`,
@@ -197,33 +199,33 @@ pub struct RawSubscription {
     /// Workspace id: a literal or `{n}` topic levels.
     pub workspace: Option<String>,
     /// JSON pointer in the payload whose value is the device id.
-    pub device_field: Option<String>,
+    pub(crate) device_field: Option<String>,
     /// JSON pointer in the payload whose value is the workspace id.
-    pub workspace_field: Option<String>,
+    pub(crate) workspace_field: Option<String>,
     /// `json`: JSON pointer → catalog path. Built-in formats: property (metric, object
     /// class) → catalog path, overriding the defaults; `""` drops a default.
     #[serde(default)]
     pub fields: BTreeMap<String, String>,
     /// Value transforms, by the same keys as `fields`.
     #[serde(default)]
-    pub transforms: BTreeMap<String, RawTransform>,
+    pub(crate) transforms: BTreeMap<String, RawTransform>,
     /// `meraki-mv`: count the `person` objects of `…/raw_detections` (default false).
-    pub raw_detections: Option<bool>,
+    pub(crate) raw_detections: Option<bool>,
     /// `zigbee2mqtt`: Zigbee2MQTT's base topic (default: the filter's first level).
-    pub base_topic: Option<String>,
+    pub(crate) base_topic: Option<String>,
 }
 
 /// `[sources.mqtt.subscriptions.transforms."<key>"]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTransform {
+pub(crate) struct RawTransform {
     /// Replacements by the value's text, e.g. `{ "true" = "Yes", "false" = "No" }`.
     #[serde(default)]
     pub map: BTreeMap<String, serde_json::Value>,
     /// Multiply numbers by this.
-    pub scale: Option<f64>,
+    pub(crate) scale: Option<f64>,
     /// Then add this.
-    pub offset: Option<f64>,
+    pub(crate) offset: Option<f64>,
     /// Then round to this many decimals.
     pub round: Option<u32>,
 }
@@ -232,7 +234,7 @@ pub struct RawTransform {
 /// subscription gives) → the device (and workspace) its events carry.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawDevice {
+pub(crate) struct RawDevice {
     /// The sensor's id as its format gives it (case does not matter).
     pub sensor: String,
     /// Device id in payloads.
@@ -248,7 +250,7 @@ fn default_format() -> String {
 /// `[[webhooks]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawWebhook {
+pub(crate) struct RawWebhook {
     /// Unique name.
     pub name: String,
     /// `https://…` only.
@@ -294,13 +296,13 @@ pub struct RawWebhook {
     /// Random delay before the first request after start-up (default `"3s"`).
     pub drain_start_jitter: Option<String>,
     /// `"device"` (default: one request in flight per device) or `"none"`.
-    pub ordering: Option<String>,
+    pub(crate) ordering: Option<String>,
     /// Messages per request; above 1 sends a JSON array (default 1).
     pub batch_max_messages: Option<usize>,
     /// Largest request body of a batch (default `"1MiB"`).
-    pub batch_max_bytes: Option<String>,
+    pub(crate) batch_max_bytes: Option<String>,
     /// How long a partial batch may wait for more messages (default `"50ms"`).
-    pub batch_linger: Option<String>,
+    pub(crate) batch_linger: Option<String>,
     /// Failed requests in a row that open the circuit (default 5).
     pub circuit_breaker_threshold: Option<u32>,
     /// Retry interval while the receiver answers 401/403 (default `"60s"`).
@@ -310,15 +312,15 @@ pub struct RawWebhook {
     /// Events older than this are dropped, never delivered (default: kept until delivered).
     pub max_queue_age: Option<String>,
     /// Standard Webhooks signing secret (`whsec_…`).
-    pub signing_secret: Option<String>,
+    pub(crate) signing_secret: Option<String>,
     /// File holding the signing secret.
     pub signing_secret_file: Option<PathBuf>,
     /// Static extra headers sent with every request.
     pub headers: Option<BTreeMap<String, String>>,
     /// Client certificate (PEM) for mutual TLS.
-    pub client_cert_file: Option<PathBuf>,
+    pub(crate) client_cert_file: Option<PathBuf>,
     /// Its private key (PEM).
-    pub client_key_file: Option<PathBuf>,
+    pub(crate) client_key_file: Option<PathBuf>,
     /// Per-path noise filters: `[webhooks.filters."<status or pattern>"]`.
     #[serde(default)]
     pub filters: BTreeMap<String, RawFilter>,
@@ -327,7 +329,7 @@ pub struct RawWebhook {
 /// `[webhooks.filters."<status>"]`: what of a noisy status this webhook wants.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawFilter {
+pub(crate) struct RawFilter {
     /// A numeric value goes out only when it moved at least this far from the last one sent.
     pub deadband: Option<f64>,
     /// At most one value per device and path per interval: always the latest, the final one
@@ -350,15 +352,15 @@ pub struct Settings {
     /// Budget for all queued events, in bytes.
     pub max_store_bytes: u64,
     /// Admin HTTP listener.
-    pub admin_listen: Option<SocketAddr>,
+    pub(crate) admin_listen: Option<SocketAddr>,
     /// Unix socket of the control API.
-    pub control_socket: PathBuf,
+    pub(crate) control_socket: PathBuf,
     /// Token that opens the control API on the TCP listener; without it `/v1/…` answers 401.
-    pub admin_token: Option<Secret>,
+    pub(crate) admin_token: Option<Secret>,
     /// Serve the web console on the TCP listener.
-    pub admin_console: bool,
+    pub(crate) admin_console: bool,
     /// Reverse proxies believed about the client's address and scheme.
-    pub admin_trusted_proxies: Vec<std::net::IpAddr>,
+    pub(crate) admin_trusted_proxies: Vec<std::net::IpAddr>,
     /// MQTT sources.
     pub mqtt: Vec<MqttSettings>,
     /// RoomOS devices.
@@ -457,7 +459,7 @@ pub enum DeviceAuthMode {
     Subprotocol,
 }
 
-pub use crate::tls::TlsTrust;
+pub(crate) use crate::tls::TlsTrust;
 
 /// One subscription of an MQTT source.
 #[derive(Debug, Clone, PartialEq)]
@@ -471,9 +473,9 @@ pub struct SubscriptionSettings {
     /// Workspace id template.
     pub workspace: Option<Template>,
     /// JSON pointer of the device id in the payload.
-    pub device_field: Option<String>,
+    pub(crate) device_field: Option<String>,
     /// JSON pointer of the workspace id in the payload.
-    pub workspace_field: Option<String>,
+    pub(crate) workspace_field: Option<String>,
 }
 
 /// A payload decoder and its mapping (defaults merged with the config's `fields`).
@@ -509,7 +511,7 @@ pub struct FieldMap {
     /// The catalog entry (type and kind).
     pub entry: &'static Entry,
     /// Applied before the value is coerced to the entry's type.
-    pub transform: Transform,
+    pub(crate) transform: Transform,
 }
 
 /// A device (and workspace) that a sensor's events carry.
@@ -558,7 +560,7 @@ pub enum Auth {
 
 impl Auth {
     /// The Authorization header value to send, if any.
-    pub fn header_value(&self) -> Option<Secret> {
+    pub(crate) fn header_value(&self) -> Option<Secret> {
         use base64::Engine;
         match self {
             Auth::None => None,
@@ -610,7 +612,7 @@ pub struct WebhookSettings {
     /// Events older than this are dropped.
     pub max_queue_age: Option<Duration>,
     /// Signs every request (Standard Webhooks) when set.
-    pub signer: Option<crate::value::signing::Signer>,
+    pub(crate) signer: Option<crate::value::signing::Signer>,
     /// Static extra headers (names lower-case, checked).
     pub headers: Vec<(String, String)>,
     /// Per-path noise filters, the most specific pattern first (the first that matches
@@ -622,26 +624,17 @@ pub struct WebhookSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PathFilter {
     /// Generic status path or `…*` pattern.
-    pub pattern: String,
+    pub(crate) pattern: String,
     /// Least change of a numeric value that goes out (0: any change).
     pub deadband: Option<f64>,
     /// Least time between two values of one device and path.
     pub min_interval: Option<Duration>,
 }
 
-impl WebhookSettings {
-    /// The filter for a generic status path, if one applies.
-    pub fn filter_for(&self, generic: &str) -> Option<&PathFilter> {
-        self.filters
-            .iter()
-            .find(|f| crate::catalog::pattern_matches(&f.pattern, generic))
-    }
-}
-
 /// The defaults of a webhook's optional keys that have a fixed default, as config values
 /// (a number, or the text of a string): what the console's forms show. A test checks them
 /// against the validator.
-pub const WEBHOOK_DEFAULTS: &[(&str, &str)] = &[
+pub(crate) const WEBHOOK_DEFAULTS: &[(&str, &str)] = &[
     ("max_in_flight", "8"),
     ("connect_timeout", "5s"),
     ("request_timeout", "15s"),
@@ -659,7 +652,7 @@ pub const WEBHOOK_DEFAULTS: &[(&str, &str)] = &[
 
 /// Whether a device's messages must stay in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ordering {
+pub(crate) enum Ordering {
     /// One request in flight per device; a failed message is retried before the next.
     Device,
     /// No ordering: a device's messages may be in flight together.
@@ -686,13 +679,13 @@ pub struct Pacing {
     /// Random delay before the first request after start-up.
     pub drain_start_jitter: Duration,
     /// Ordering.
-    pub ordering: Ordering,
+    pub(crate) ordering: Ordering,
     /// Messages per request.
     pub batch_max_messages: usize,
     /// Largest batch body in bytes.
-    pub batch_max_bytes: u64,
+    pub(crate) batch_max_bytes: u64,
     /// Wait for a fuller batch at most this long.
-    pub batch_linger: Duration,
+    pub(crate) batch_linger: Duration,
     /// Failed requests in a row that open the circuit.
     pub circuit_breaker_threshold: u32,
     /// Retry interval while the receiver answers 401/403.
@@ -831,7 +824,10 @@ fn parse(file: &Path, text: &str) -> Result<RawConfig, ConfigErrors> {
 /// of that name without `pin_sha256` or `ca_file` gets a pin no certificate matches, so the
 /// test can show the device's certificate (and the fingerprint to pin) without trusting it.
 /// The bool says whether that happened.
-pub fn load_for_source_test(file: &Path, name: &str) -> Result<(Settings, bool), ConfigErrors> {
+pub(crate) fn load_for_source_test(
+    file: &Path,
+    name: &str,
+) -> Result<(Settings, bool), ConfigErrors> {
     let text = read(file)?;
     let mut raw = parse(file, &text)?;
     let mut unpinned = false;

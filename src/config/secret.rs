@@ -13,7 +13,7 @@ impl Secret {
     }
 
     /// The secret text, for the one place that must send it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -30,12 +30,12 @@ impl fmt::Display for Secret {
     }
 }
 
-pub use crate::files::MAX_SECRET_FILE;
+pub(crate) use crate::files::MAX_SECRET_FILE;
 
 /// Where a secret file named `p` in a config whose directory is `base` is: a relative path
 /// is looked up first in systemd's `$CREDENTIALS_DIRECTORY` (`LoadCredential=`), then
 /// relative to `base`.
-pub fn secret_path(base: &std::path::Path, p: &std::path::Path) -> std::path::PathBuf {
+pub(crate) fn secret_path(base: &std::path::Path, p: &std::path::Path) -> std::path::PathBuf {
     if p.is_relative() {
         if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
             let cred = std::path::Path::new(&dir).join(p);
@@ -47,11 +47,11 @@ pub fn secret_path(base: &std::path::Path, p: &std::path::Path) -> std::path::Pa
     base.join(p)
 }
 
-pub use crate::files::check_regular_file;
+pub(crate) use crate::files::check_regular_file;
 
 /// Reads a secret file (a regular file of at most 64 KiB); surrounding whitespace (a
 /// trailing newline) is trimmed.
-pub fn read_secret_file(path: &std::path::Path) -> std::io::Result<Secret> {
+pub(crate) fn read_secret_file(path: &std::path::Path) -> std::io::Result<Secret> {
     check_regular_file(path, MAX_SECRET_FILE)?;
     let text = std::fs::read_to_string(path)?;
     let secret = text.trim();

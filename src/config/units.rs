@@ -32,7 +32,7 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
 }
 
 /// Parses `"<number><unit>"` with unit B, KB, MB, GB (powers of 1000) or KiB, MiB, GiB.
-pub fn parse_bytes(raw: &str) -> Result<u64, String> {
+pub(crate) fn parse_bytes(raw: &str) -> Result<u64, String> {
     let s = raw.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

@@ -12,7 +12,6 @@ use crate::metrics::Metrics;
 use crate::store::{Limits, Store};
 use crate::supervisor::Supervisor;
 use anyhow::Context;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -21,10 +20,6 @@ use tokio_util::sync::CancellationToken;
 pub struct Running {
     /// Where sources hand over events (the demo attaches its simulator here).
     pub ingest: Ingest,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// The admin listener's address, if configured.
-    pub admin_addr: Option<SocketAddr>,
     /// The running webhooks and sources.
     pub supervisor: Arc<Supervisor>,
     store: Store,
@@ -78,33 +73,29 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
     let control = Arc::new(crate::admin::control::Control {
         supervisor: supervisor.clone(),
     });
-    let admin_addr = match settings.admin_listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on admin.listen = {addr}"))?;
-            let local = listener.local_addr()?;
-            tracing::info!("metrics on http://{local}/metrics");
-            services.spawn(crate::admin::serve(
-                listener,
-                crate::admin::Admin {
-                    metrics: metrics.clone(),
-                    control: control.clone(),
-                    token: settings.admin_token.clone(),
-                    console: settings
-                        .admin_token
-                        .clone()
-                        .zip(seen.clone())
-                        .map(|(t, seen)| Arc::new(crate::admin::console::Console::new(t, seen))),
-                    trusted_proxies: settings.admin_trusted_proxies.clone(),
-                    guard: Default::default(),
-                },
-                service_stop.clone(),
-            ));
-            Some(local)
-        }
-        None => None,
-    };
+    if let Some(addr) = settings.admin_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on admin.listen = {addr}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!("metrics on http://{local}/metrics");
+        services.spawn(crate::admin::serve(
+            listener,
+            crate::admin::Admin {
+                metrics: metrics.clone(),
+                control: control.clone(),
+                token: settings.admin_token.clone(),
+                console: settings
+                    .admin_token
+                    .clone()
+                    .zip(seen.clone())
+                    .map(|(t, seen)| Arc::new(crate::admin::console::Console::new(t, seen))),
+                trusted_proxies: settings.admin_trusted_proxies.clone(),
+                guard: Default::default(),
+            },
+            service_stop.clone(),
+        ));
+    }
 
     let socket = crate::admin::control::bind(&settings.control_socket).await?;
     tracing::info!(socket = %settings.control_socket.display(), "control API listening");
@@ -138,8 +129,6 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
 
     Ok(Running {
         ingest,
-        metrics,
-        admin_addr,
         supervisor,
         store,
         extra_sources: JoinSet::new(),
@@ -151,8 +140,10 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
 }
 
 impl Running {
-    /// Adds a task that feeds the ingest path and stops with the sources.
-    pub fn spawn_source<F>(
+    /// Adds a task that feeds the ingest path and stops with the sources (the demo's
+    /// simulator).
+    #[cfg(feature = "demo")]
+    pub(crate) fn spawn_source<F>(
         &mut self,
         name: &str,
         f: impl FnOnce(Ingest, Arc<crate::source::status::SourceStatus>, CancellationToken) -> F,

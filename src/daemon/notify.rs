@@ -53,7 +53,7 @@ pub fn watchdog() {
 }
 
 /// The watchdog period systemd asked for (`WATCHDOG_USEC`, for this process), if any.
-pub fn watchdog_period() -> Option<Duration> {
+pub(crate) fn watchdog_period() -> Option<Duration> {
     sd_notify::watchdog_enabled().filter(|d| !d.is_zero())
 }
 
@@ -63,7 +63,7 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 
 /// The status line: `3/3 webhooks active, 120 queued, 2/2 sources connected`, and the first
 /// problem when the daemon is not ready.
-pub fn status_line(sup: &Supervisor) -> String {
+pub(crate) fn status_line(sup: &Supervisor) -> String {
     let store = sup.store();
     let webhooks = sup.webhooks();
     let active = webhooks
@@ -93,7 +93,7 @@ pub fn status_line(sup: &Supervisor) -> String {
 }
 
 /// Sends the status line when it changes (at most once a second) until `stop`.
-pub async fn keep_status(sup: Arc<Supervisor>, stop: CancellationToken) {
+pub(crate) async fn keep_status(sup: Arc<Supervisor>, stop: CancellationToken) {
     let mut last = String::new();
     loop {
         tokio::select! {

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 /// What the daemon may take beyond the grace period: the sources drain first (an MQTT
 /// source commits and acks what it took, 5 s at most, and says goodbye, 2 s at most), then
 /// the requests in flight get the grace, then the store closes.
-pub const CLOSE_MARGIN: Duration = Duration::from_secs(10);
+pub(crate) const CLOSE_MARGIN: Duration = Duration::from_secs(10);
 
 /// Cancels `token` on the first SIGTERM or SIGINT; exits at once (status 1) on a second
 /// one, or when the shutdown outlasts `grace` + [`CLOSE_MARGIN`]. Either way nothing
@@ -47,7 +47,7 @@ pub fn stop_on_signals(token: CancellationToken, grace: Duration) {
 }
 
 /// The SIGHUP handler, installed at once (a SIGHUP before it would end the process).
-pub fn hangups() -> Option<Signal> {
+pub(crate) fn hangups() -> Option<Signal> {
     match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -58,7 +58,7 @@ pub fn hangups() -> Option<Signal> {
 }
 
 /// SIGHUP re-reads the config file until `stop`; systemd hears `RELOADING=1` … `READY=1`.
-pub async fn reload_on_sighup(
+pub(crate) async fn reload_on_sighup(
     hangups: Option<Signal>,
     supervisor: Arc<Supervisor>,
     shutdown: CancellationToken,

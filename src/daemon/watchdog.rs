@@ -12,12 +12,12 @@ use tokio_util::sync::CancellationToken;
 /// How often to check (and ping) and how long one step may last, from the period systemd
 /// gives: four looks per period, so that one late look never misses a ping; a step stuck
 /// for half the period stops the pings (systemd acts after the rest of it).
-pub fn timing(period: Duration) -> (Duration, Duration) {
+pub(crate) fn timing(period: Duration) -> (Duration, Duration) {
     (period / 4, period / 2)
 }
 
 /// Pings systemd every `period / 4` while nothing is stuck, until `stop`.
-pub async fn run(sup: Arc<Supervisor>, period: Duration, stop: CancellationToken) {
+pub(crate) async fn run(sup: Arc<Supervisor>, period: Duration, stop: CancellationToken) {
     let (every, limit) = timing(period);
     tracing::info!("systemd watchdog: {period:?}; a part stuck for {limit:?} stops the pings");
     let mut failing_since: Option<Instant> = None;

@@ -82,7 +82,7 @@ pub struct Failure {
     /// A one-line description (error chain, or status and body excerpt).
     pub message: String,
     /// `Retry-After`, if the receiver sent one.
-    pub retry_after: Option<Duration>,
+    pub(crate) retry_after: Option<Duration>,
 }
 
 /// Why a client could not be built.
@@ -220,7 +220,7 @@ impl WebhookClient {
 }
 
 /// Parses `Retry-After`: seconds, or an HTTP date.
-pub fn parse_retry_after(v: &str) -> Option<Duration> {
+pub(crate) fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));

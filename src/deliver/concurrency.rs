@@ -31,7 +31,7 @@ pub enum Signal {
 
 /// The controller of one webhook.
 #[derive(Debug, Clone)]
-pub struct Controller {
+pub(crate) struct Controller {
     limit: usize,
     max: usize,
     /// Long-term EWMA of the RTT and its variance.
@@ -79,14 +79,14 @@ impl Controller {
     }
 
     /// Records that a request was sent with `in_flight` requests (itself included) out.
-    pub fn on_send(&mut self, in_flight: usize) {
+    pub(crate) fn on_send(&mut self, in_flight: usize) {
         if in_flight >= self.limit {
             self.reached_limit = true;
         }
     }
 
     /// Records a response; the limit changes at most once per round trip.
-    pub fn on_response(&mut self, rtt: Duration, signal: Signal, now: Instant) {
+    pub(crate) fn on_response(&mut self, rtt: Duration, signal: Signal, now: Instant) {
         let x = rtt.as_secs_f64();
         match signal {
             Signal::Backpressure => {

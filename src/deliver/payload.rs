@@ -97,7 +97,7 @@ pub fn message(e: &Event, org_id: &str) -> Vec<u8> {
 }
 
 /// The JSON body of a `healthCheck` message, stamped now.
-pub fn health_check(org_id: &str) -> Vec<u8> {
+pub(crate) fn health_check(org_id: &str) -> Vec<u8> {
     serde_json::to_vec(&HealthCheck {
         kind: "healthCheck",
         org_id,

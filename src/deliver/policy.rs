@@ -7,7 +7,7 @@ use super::concurrency::Signal;
 use std::time::Duration;
 
 /// Shortest and longest pause a `Retry-After` may ask for.
-pub const RETRY_AFTER_RANGE: (Duration, Duration) =
+pub(crate) const RETRY_AFTER_RANGE: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(3600));
 
 /// What to do after a request.
@@ -46,7 +46,7 @@ impl Action {
 }
 
 /// Classifies an outcome.
-pub fn classify(outcome: &Outcome) -> Action {
+pub(crate) fn classify(outcome: &Outcome) -> Action {
     match outcome {
         Outcome::Delivered { .. } => Action::Delivered,
         Outcome::Failed(f) => classify_failure(f),

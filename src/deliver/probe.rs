@@ -22,15 +22,15 @@ pub struct ProbeReport {
     /// The receiver's HTTP status.
     pub status: u16,
     /// Connect + TLS + request + answer, in milliseconds.
-    pub latency_ms: f64,
+    pub(crate) latency_ms: f64,
     /// Negotiated TLS version, e.g. "TLS 1.3".
-    pub tls_version: String,
+    pub(crate) tls_version: String,
     /// Subject of the receiver's certificate.
-    pub peer_subject: String,
+    pub(crate) peer_subject: String,
     /// Issuer of the receiver's certificate.
-    pub peer_issuer: String,
+    pub(crate) peer_issuer: String,
     /// Expiry of the receiver's certificate (RFC 3339).
-    pub peer_not_after: String,
+    pub(crate) peer_not_after: String,
     /// The first bytes of the receiver's answer.
     pub body: String,
 }
@@ -98,7 +98,7 @@ pub enum ProbeError {
 }
 
 /// Sends a `healthCheck` to the webhook's URL with its auth, headers and signature.
-pub async fn probe(
+pub(crate) async fn probe(
     w: &WebhookSettings,
     org_id: &str,
     message_id: &str,

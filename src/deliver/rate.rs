@@ -9,7 +9,7 @@ const MAX_WAIT: Duration = Duration::from_secs(86_400);
 
 /// A token bucket.
 #[derive(Debug, Clone)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -52,7 +52,7 @@ impl TokenBucket {
     }
 
     /// When the next token will be available.
-    pub fn next_token(&mut self, now: Instant) -> Instant {
+    pub(crate) fn next_token(&mut self, now: Instant) -> Instant {
         self.refill(now);
         if self.tokens >= 1.0 || self.rate <= 0.0 {
             now

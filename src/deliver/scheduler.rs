@@ -18,7 +18,7 @@ struct Lane<T> {
 
 /// How a finished request went, for scheduling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// The items leave the queue (delivered, or moved to the dead letters).
     Done,
     /// Failed: retry the same items later; `pause` holds the whole webhook that long.
@@ -30,7 +30,7 @@ pub enum Verdict {
 
 /// The circuit breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Circuit {
+pub(crate) enum Circuit {
     /// Sending normally.
     Closed,
     /// Paused after repeated failures.
@@ -40,7 +40,7 @@ pub enum Circuit {
 }
 
 /// The scheduler of one webhook.
-pub struct Scheduler<T> {
+pub(crate) struct Scheduler<T> {
     lanes: HashMap<Arc<str>, Lane<T>>,
     ready: VecDeque<Arc<str>>,
     waiting: BTreeSet<(Instant, Arc<str>)>,
@@ -73,23 +73,18 @@ impl<T: Clone> Scheduler<T> {
         self.len
     }
 
-    /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The circuit breaker's state.
     pub fn circuit(&self) -> Circuit {
         self.circuit
     }
 
     /// Failed requests in a row.
-    pub fn consecutive_failures(&self) -> u32 {
+    pub(crate) fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures
     }
 
     /// Until when the whole webhook is paused, if it is.
-    pub fn paused_until(&self, now: Instant) -> Option<Instant> {
+    pub(crate) fn paused_until(&self, now: Instant) -> Option<Instant> {
         self.paused_until.filter(|p| *p > now)
     }
 
@@ -113,7 +108,7 @@ impl<T: Clone> Scheduler<T> {
     }
 
     /// Whether something could be sent now (ignoring concurrency and rate).
-    pub fn has_ready(&mut self, now: Instant) -> bool {
+    pub(crate) fn has_ready(&mut self, now: Instant) -> bool {
         self.release(now);
         self.paused_until.is_none() && !self.ready.is_empty()
     }
@@ -153,7 +148,7 @@ impl<T: Clone> Scheduler<T> {
 
     /// Hands back all but the first `keep` items taken from a lane (they did not fit); with
     /// `keep == 0` the lane is idle again and first in line.
-    pub fn give_back(&mut self, lane: &Arc<str>, keep: usize) {
+    pub(crate) fn give_back(&mut self, lane: &Arc<str>, keep: usize) {
         if let Some(l) = self.lanes.get_mut(lane) {
             l.taken = keep.min(l.taken);
             if l.taken == 0 {
@@ -245,7 +240,7 @@ impl<T: Clone> Scheduler<T> {
     }
 
     /// When `next` may have something new to give (a backoff or pause ends).
-    pub fn next_wakeup(&self) -> Option<Instant> {
+    pub(crate) fn next_wakeup(&self) -> Option<Instant> {
         // While paused nothing goes before the pause ends, whatever backoffs end earlier.
         self.paused_until
             .or_else(|| self.waiting.first().map(|(t, _)| *t))

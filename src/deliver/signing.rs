@@ -2,12 +2,12 @@
 //! can dedupe), `webhook-timestamp` (unix seconds of the attempt), and, when the webhook
 //! has a signing secret, `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`.
 
-pub use crate::value::signing::{parse_secret, Signer};
+pub(crate) use crate::value::signing::Signer;
 
 /// The `webhook-id` of a request: the store id, the webhook and the sequence numbers it
 /// carries. A single message keeps its id across retries and restarts; a batch's id names
 /// its first and last message and their count.
-pub fn message_id(store_id: u64, webhook: u32, seqs: &[u64]) -> String {
+pub(crate) fn message_id(store_id: u64, webhook: u32, seqs: &[u64]) -> String {
     match seqs {
         [one] => format!("msg_{store_id:x}_{webhook}_{one}"),
         _ => format!(
@@ -20,7 +20,11 @@ pub fn message_id(store_id: u64, webhook: u32, seqs: &[u64]) -> String {
 }
 
 /// The Standard Webhooks headers of one attempt.
-pub fn headers(signer: Option<&Signer>, id: &str, body: &[u8]) -> Vec<(&'static str, String)> {
+pub(crate) fn headers(
+    signer: Option<&Signer>,
+    id: &str,
+    body: &[u8],
+) -> Vec<(&'static str, String)> {
     let ts = crate::timefmt::now_ms() / 1000;
     let mut h = vec![
         ("webhook-id", id.to_string()),
@@ -35,6 +39,7 @@ pub fn headers(signer: Option<&Signer>, id: &str, body: &[u8]) -> Vec<(&'static 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::value::signing::parse_secret;
 
     #[test]
     fn signs_like_the_standard_webhooks_example() {

@@ -27,7 +27,7 @@ pub enum State {
 
 impl State {
     /// Every state, for metrics.
-    pub const ALL: [State; 7] = [
+    pub(crate) const ALL: [State; 7] = [
         State::Active,
         State::Retrying,
         State::Paused,
@@ -57,7 +57,7 @@ pub struct LastError {
     /// What happened (never contains secrets).
     pub message: String,
     /// When, unix milliseconds.
-    pub at_ms: i64,
+    pub(crate) at_ms: i64,
 }
 
 /// A webhook's live status.
@@ -66,15 +66,15 @@ pub struct WebhookStatus {
     /// State.
     pub state: State,
     /// Current adaptive in-flight limit.
-    pub in_flight_limit: usize,
+    pub(crate) in_flight_limit: usize,
     /// Requests in flight.
-    pub in_flight: usize,
+    pub(crate) in_flight: usize,
     /// Failed requests in a row.
-    pub consecutive_failures: u32,
+    pub(crate) consecutive_failures: u32,
     /// The last failure.
     pub last_error: Option<LastError>,
     /// When the state last changed (unix ms).
-    pub state_since_ms: i64,
+    pub(crate) state_since_ms: i64,
     /// Delivered events and failed requests per minute, last 24 hours.
     #[serde(skip)]
     pub recent: Recent,
@@ -107,15 +107,15 @@ pub struct RecentCounts {
     /// Events delivered in the last 5 minutes.
     pub delivered_5m: u64,
     /// Failed requests in the last 5 minutes.
-    pub errors_5m: u64,
+    pub(crate) errors_5m: u64,
     /// Events delivered in the last hour.
-    pub delivered_1h: u64,
+    pub(crate) delivered_1h: u64,
     /// Failed requests in the last hour.
-    pub errors_1h: u64,
+    pub(crate) errors_1h: u64,
     /// Events delivered in the last 24 hours.
     pub delivered_24h: u64,
     /// Failed requests in the last 24 hours.
-    pub errors_24h: u64,
+    pub(crate) errors_24h: u64,
 }
 
 impl Recent {
@@ -185,10 +185,10 @@ impl Recent {
 }
 
 /// Shared handle to a webhook's status.
-pub type SharedStatus = Arc<Mutex<WebhookStatus>>;
+pub(crate) type SharedStatus = Arc<Mutex<WebhookStatus>>;
 
 /// A fresh status.
-pub fn shared(state: State) -> SharedStatus {
+pub(crate) fn shared(state: State) -> SharedStatus {
     Arc::new(Mutex::new(WebhookStatus {
         state,
         in_flight_limit: 1,

@@ -17,7 +17,7 @@ type Key = (String, String);
 
 /// What to do with a queued value now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Turn {
+pub(crate) enum Turn {
     /// Send it (no interval applies, or its interval has passed).
     Now,
     /// A later value of the same device and path is queued: leave without a request.
@@ -28,7 +28,7 @@ pub enum Turn {
 
 /// The minimum intervals of one webhook and what it last sent.
 #[derive(Debug, Default)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     /// Generic status pattern → interval, in config order.
     rules: Vec<(String, Duration)>,
     /// When each (device, path) last went out.
@@ -50,7 +50,7 @@ impl Throttle {
     }
 
     /// Whether no rule applies at all (the common case: nothing to do per message).
-    pub fn is_off(&self) -> bool {
+    pub(crate) fn is_off(&self) -> bool {
         self.rules.is_empty()
     }
 
@@ -98,7 +98,7 @@ impl Throttle {
     }
 
     /// An attempt failed and is retried: it does not count.
-    pub fn unsent(&mut self, e: &Event) {
+    pub(crate) fn unsent(&mut self, e: &Event) {
         if let Some((key, _)) = self.rule(e) {
             self.sent.remove(&key);
         }

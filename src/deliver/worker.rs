@@ -30,17 +30,17 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Most queue entries held in memory per webhook.
-pub const WINDOW: usize = 4096;
+pub(crate) const WINDOW: usize = 4096;
 /// Most delivered entries whose removal is not yet durable; sending pauses beyond it, so a
 /// crash redelivers at most this many (plus the requests in flight).
 /// Twice what the store lets wait for a group with other work (`LAZY_REMOVALS`).
-pub const REMOVAL_SLACK: usize = 2 * crate::store::LAZY_REMOVALS;
+pub(crate) const REMOVAL_SLACK: usize = 2 * crate::store::LAZY_REMOVALS;
 /// The same with `[gateway] commit_interval` set (a removal then waits up to that long for
 /// its commit; 64 per interval would cap delivery at 256 events/s with 250 ms).
 pub const REMOVAL_SLACK_GROUPED: usize = 2 * crate::store::LAZY_REMOVALS_GROUPED;
 
 /// Everything one webhook's delivery loop needs.
-pub struct Worker {
+pub(crate) struct Worker {
     /// Store id of the webhook.
     pub id: WebhookId,
     /// Its settings.
@@ -63,7 +63,7 @@ pub struct Worker {
     pub pulse: crate::pulse::Pulse,
     /// The right to read the queue `id`, held for as long as the loop runs (one loop per
     /// queue: the store refuses a second claim).
-    pub claim: crate::store::change::Claim,
+    pub(crate) _claim: crate::store::change::Claim,
 }
 
 /// One request in flight: which lanes it carries and the entries in it.
@@ -127,7 +127,7 @@ impl Pace {
 /// Permanent refusals in a row after which the queue is held (state `refusing`) rather
 /// than moved into the dead letters: a receiver that refuses everything is broken, not
 /// judging messages.
-pub const REFUSING_AFTER: u32 = 20;
+pub(crate) const REFUSING_AFTER: u32 = 20;
 
 impl Worker {
     /// Runs until shutdown.
@@ -1046,7 +1046,7 @@ mod demo_tests {
             shutdown: shutdown.clone(),
             grace: Duration::from_secs(1),
             pulse: crate::pulse::Pulse::new("the delivery loop of webhook a"),
-            claim: store.claim(a).unwrap(),
+            _claim: store.claim(a).unwrap(),
         };
         let task = tokio::spawn(worker.run());
         // Dead-lettered in the end: out of the queue, into the dead letters, sent once.

@@ -38,13 +38,13 @@ const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// Why the source could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("MQTT source {name}: {reason}")]
-pub struct MqttSetupError {
+pub(crate) struct MqttSetupError {
     name: String,
     reason: String,
 }
 
 /// Builds the rumqttc options for a source.
-pub fn options(s: &MqttSettings) -> Result<MqttOptions, MqttSetupError> {
+pub(crate) fn options(s: &MqttSettings) -> Result<MqttOptions, MqttSetupError> {
     let mut o = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
     o.set_keep_alive(s.keep_alive)
         .set_clean_session(false)
@@ -71,7 +71,7 @@ pub fn options(s: &MqttSettings) -> Result<MqttOptions, MqttSetupError> {
 }
 
 /// The largest packet the source reads: `max_payload` plus room for a topic.
-pub fn packet_cap(s: &MqttSettings) -> usize {
+pub(crate) fn packet_cap(s: &MqttSettings) -> usize {
     s.max_payload.saturating_add(super::mqtt_drain::HEADROOM)
 }
 
@@ -107,7 +107,7 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 /// refuses everything after it from this source too; those messages queue here, in order,
 /// unacknowledged (the broker holds everything behind them), and the head is retried with
 /// backoff until it commits; then the rest follow in order.
-pub async fn run(
+pub(crate) async fn run(
     s: MqttSettings,
     ingest: Ingest,
     status: Arc<SourceStatus>,

@@ -19,7 +19,7 @@ use tokio::time::{timeout, Instant};
 
 /// Room above `max_payload` in the packet cap: a topic (up to 65,535 bytes and its length)
 /// and a packet id.
-pub const HEADROOM: usize = 65_535 + 2 + 2 + 1024;
+pub(crate) const HEADROOM: usize = 65_535 + 2 + 2 + 1024;
 /// How long the connection and the broker's CONNACK may take.
 const CONNECT_WITHIN: Duration = Duration::from_secs(10);
 /// A broker resends what is in flight right after CONNACK: this long without a packet
@@ -37,7 +37,7 @@ const KEEP_ALIVE_S: u16 = 600;
 
 /// An oversized message read past and acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Skipped {
+pub(crate) struct Skipped {
     /// Its topic (lossy UTF-8, cut at 200 characters).
     pub topic: String,
     /// Its declared remaining length in bytes.
@@ -47,7 +47,7 @@ pub struct Skipped {
 /// Connects as the source does (TCP or TLS, same client id and credentials, persistent
 /// session), reads past and acknowledges every PUBLISH over `cap` that the broker resends,
 /// and disconnects. The oversized messages it skipped, or why it could not.
-pub async fn drain(s: &MqttSettings, cap: usize) -> Result<Vec<Skipped>, String> {
+pub(crate) async fn drain(s: &MqttSettings, cap: usize) -> Result<Vec<Skipped>, String> {
     let tcp = timeout(
         CONNECT_WITHIN,
         tokio::net::TcpStream::connect((s.host.as_str(), s.port)),
@@ -80,7 +80,7 @@ pub async fn drain(s: &MqttSettings, cap: usize) -> Result<Vec<Skipped>, String>
 }
 
 /// The drain over an open stream (see [`drain`]).
-pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     mut io: S,
     s: &MqttSettings,
     cap: usize,

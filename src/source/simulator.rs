@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 /// How the simulated rooms behave.
 #[derive(Debug, Clone)]
-pub struct Simulation {
+pub(crate) struct Simulation {
     /// Number of rooms (devices `room-1` … `room-N`).
     pub rooms: usize,
     /// Time between two observations.
@@ -24,7 +24,7 @@ struct Room {
 }
 
 /// Runs the simulation until shutdown; each observation is committed before the next.
-pub async fn run(
+pub(crate) async fn run(
     sim: Simulation,
     ingest: Ingest,
     status: std::sync::Arc<super::status::SourceStatus>,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 /// Live figures of one source.
 #[derive(Debug, Default)]
-pub struct SourceStatus {
+pub(crate) struct SourceStatus {
     connected: AtomicBool,
     /// Its subscriptions are in place on this connection (MQTT: SUBACK with at least one
     /// granted; RoomOS: subscribed and fully synced).
@@ -36,7 +36,7 @@ impl SourceStatus {
     }
 
     /// The connection failed or was lost.
-    pub fn disconnected(&self, why: String) {
+    pub(crate) fn disconnected(&self, why: String) {
         self.subscribed.store(false, Ordering::Relaxed);
         if self.connected.swap(false, Ordering::Relaxed) {
             self.since_ms
@@ -61,14 +61,14 @@ impl SourceStatus {
     }
 
     /// The counters of the source's decode errors by reason (set once at its start).
-    pub fn count_reasons(&self, counters: crate::metrics::DecodeErrors) {
+    pub(crate) fn count_reasons(&self, counters: crate::metrics::DecodeErrors) {
         if let Ok(mut g) = self.decode_reasons.lock() {
             *g = Some(counters);
         }
     }
 
     /// The subscriptions the device refuses now.
-    pub fn set_failed_subscriptions(&self, failed: Vec<String>) {
+    pub(crate) fn set_failed_subscriptions(&self, failed: Vec<String>) {
         if let Ok(mut g) = self.failed_subscriptions.lock() {
             *g = failed;
         }
@@ -127,16 +127,16 @@ pub struct SourceView {
     #[serde(default)]
     pub subscribed: bool,
     /// Seconds in the current connected/disconnected state.
-    pub state_age_s: f64,
+    pub(crate) state_age_s: f64,
     /// Messages received since start.
     pub messages: u64,
     /// Payload errors since start.
     pub decode_errors: u64,
     /// The same by reason (`roomhook_source_decode_errors_total`'s, since start).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub decode_errors_by_reason: BTreeMap<String, u64>,
+    pub(crate) decode_errors_by_reason: BTreeMap<String, u64>,
     /// Seconds since the last message.
-    pub last_message_age_s: Option<f64>,
+    pub(crate) last_message_age_s: Option<f64>,
     /// The last connection error.
     pub last_error: Option<String>,
     /// Subscriptions the device refuses ("path: reason"); RoomOS sources only.
@@ -150,7 +150,7 @@ pub struct Sources(Arc<Mutex<BTreeMap<String, Arc<SourceStatus>>>>);
 
 impl Sources {
     /// The status of a source (created, and its clock started, on first use).
-    pub fn get(&self, name: &str) -> Arc<SourceStatus> {
+    pub(crate) fn get(&self, name: &str) -> Arc<SourceStatus> {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(name.to_string())
             .or_insert_with(|| {
@@ -171,7 +171,7 @@ impl Sources {
     }
 
     /// Snapshots of every source.
-    pub fn views(&self) -> Vec<SourceView> {
+    pub(crate) fn views(&self) -> Vec<SourceView> {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -41,6 +41,7 @@ impl DbCell {
     }
 
     /// Whether a compaction holds the database now.
+    #[cfg(test)]
     pub(crate) fn busy(&self) -> bool {
         self.exclusive.load(Ordering::Acquire)
     }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 /// One step of a [`Change`].
 #[derive(Debug, Clone, PartialEq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Open (or create) the queue of a name with an overflow policy.
     Register {
         /// Webhook name.
@@ -57,7 +57,7 @@ pub enum Step {
 
 /// What one step did, in the order of the steps.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Done {
+pub(crate) enum Done {
     /// The queue's id.
     Registered(WebhookId),
     /// Renamed.
@@ -71,7 +71,7 @@ pub enum Done {
 }
 
 /// A list of steps applied all together or not at all.
-pub type Change = Vec<Step>;
+pub(crate) type Change = Vec<Step>;
 
 /// A kept (orphaned) queue as the store records it.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,7 +79,7 @@ pub struct Kept {
     /// Webhook name.
     pub name: String,
     /// Since when (unix ms).
-    pub since_ms: i64,
+    pub(crate) since_ms: i64,
     /// The URL its events were routed for, when known.
     pub url: Option<String>,
 }
@@ -322,7 +322,7 @@ pub(crate) struct Claims {
 
 /// The right to read (deliver and remove from) one queue, held by its delivery loop for as
 /// long as it runs; dropping it lets the next loop take the queue.
-pub struct Claim {
+pub(crate) struct Claim {
     shared: Arc<Shared>,
     id: WebhookId,
 }
@@ -335,7 +335,8 @@ impl std::fmt::Debug for Claim {
 
 impl Claim {
     /// The queue it holds.
-    pub fn queue(&self) -> WebhookId {
+    #[cfg(test)]
+    pub(crate) fn queue(&self) -> WebhookId {
         self.id
     }
 }

@@ -22,12 +22,17 @@ pub mod wal;
 mod writer;
 
 pub use crate::value::overflow::Overflow;
-pub use schema::{ENTRY_OVERHEAD, FILE_NAME, MAX_DEAD_LETTERS};
-pub use types::{
-    DeadLetter, DropReason, Entry, Limits, Mark, QueueStats, StoreError, StoreHealth, WebhookId,
-    Window, HEALTHY_AFTER, WEBHOOK_REMOVED,
+pub use schema::FILE_NAME;
+#[cfg(test)]
+use schema::MAX_DEAD_LETTERS;
+pub(crate) use types::{
+    DeadLetter, DropReason, Entry, Mark, QueueStats, StoreHealth, Window, HEALTHY_AFTER,
+    WEBHOOK_REMOVED,
 };
-pub use writer::{LAZY_REMOVALS, LAZY_REMOVALS_GROUPED, LAZY_WAIT};
+pub use types::{Limits, StoreError, WebhookId};
+#[cfg(test)]
+use writer::LAZY_WAIT;
+pub(crate) use writer::{LAZY_REMOVALS, LAZY_REMOVALS_GROUPED};
 
 use cell::DbCell;
 use recover::{bloated, compact, init, open_wal, quietly, scan};
@@ -149,7 +154,7 @@ impl Store {
 
     /// Trades a bounded delay of every commit (and so of MQTT acks) for fewer, larger
     /// durable commits: a group gathers ops for `interval` after its first one.
-    pub fn set_commit_interval(&self, interval: std::time::Duration) {
+    pub(crate) fn set_commit_interval(&self, interval: std::time::Duration) {
         self.shared.commit_interval_ns.store(
             u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
@@ -159,7 +164,7 @@ impl Store {
     /// Removals of delivered entries the writer lets wait for a group with other work
     /// (more are committed on their own): [`LAZY_REMOVALS`], or [`LAZY_REMOVALS_GROUPED`]
     /// with a `commit_interval`.
-    pub fn lazy_removals(&self) -> usize {
+    pub(crate) fn lazy_removals(&self) -> usize {
         self.shared.lazy_removals()
     }
 
@@ -169,7 +174,7 @@ impl Store {
     }
 
     /// A random number fixed at store creation; part of every `webhook-id`.
-    pub fn store_id(&self) -> u64 {
+    pub(crate) fn store_id(&self) -> u64 {
         self.shared.store_id
     }
 
@@ -180,7 +185,7 @@ impl Store {
 
     /// Queues encoded events; waits for room in the writer's channel (backpressure) and
     /// returns a future that resolves once they are durably committed.
-    pub async fn submit(
+    pub(crate) async fn submit(
         &self,
         items: Vec<(WebhookId, Vec<u8>)>,
         mark: Option<Mark>,
@@ -201,7 +206,7 @@ impl Store {
     /// The PUBACKs of these packet ids of `source` were written: their redelivery marks are
     /// cleared with the next commit. Waits for room in the op channel: a mark left behind
     /// could swallow a new message that reuses the packet id with the same payload.
-    pub async fn clear_marks(&self, source: &str, pkids: Vec<u16>) {
+    pub(crate) async fn clear_marks(&self, source: &str, pkids: Vec<u16>) {
         if pkids.is_empty() {
             return;
         }
@@ -216,7 +221,7 @@ impl Store {
 
     /// A quiet source asks for the cleared marks that wait to be committed now (an op
     /// with no packet ids; never worth a wait: a full channel means commits are coming).
-    pub fn flush_marks(&self, source: &str) {
+    pub(crate) fn flush_marks(&self, source: &str) {
         let _ = self.tx.try_send(Op::ClearMarks {
             source: source.to_string(),
             pkids: Vec::new(),
@@ -281,7 +286,7 @@ impl Store {
     /// Moves entries from a webhook's queue to its dead letters (committed with the next
     /// group); the returned future resolves once the move is durable, or failed (then the
     /// entries are still queued: the caller tries again).
-    pub async fn dead_letter(
+    pub(crate) async fn dead_letter(
         &self,
         webhook: WebhookId,
         items: &[(u64, DeadLetter)],
@@ -307,7 +312,7 @@ impl Store {
 
     /// Re-enqueues a webhook's dead letters that died at or after `since_ms` (unix ms; 0 for
     /// all); returns how many. They keep their event and get new sequence numbers.
-    pub async fn replay_dead_letters(
+    pub(crate) async fn replay_dead_letters(
         &self,
         webhook: WebhookId,
         since_ms: i64,
@@ -329,7 +334,7 @@ impl Store {
     }
 
     /// Up to `limit` dead letters of a webhook, oldest first. Blocking.
-    pub fn dead_letters(
+    pub(crate) fn dead_letters(
         &self,
         webhook: WebhookId,
         limit: usize,
@@ -356,37 +361,37 @@ impl Store {
     }
 
     /// Bytes charged for a webhook's queue.
-    pub fn bytes(&self, webhook: WebhookId) -> u64 {
+    pub(crate) fn bytes(&self, webhook: WebhookId) -> u64 {
         self.stat(webhook, |s| s.bytes.load(Ordering::Relaxed))
     }
 
     /// Bytes charged for all queues (what `max_store_bytes` bounds).
-    pub fn total_bytes(&self) -> u64 {
+    pub(crate) fn total_bytes(&self) -> u64 {
         self.shared.queued_bytes()
     }
 
     /// Events dropped from a webhook's queue for a reason, since start.
-    pub fn dropped(&self, webhook: WebhookId, reason: DropReason) -> u64 {
+    pub(crate) fn dropped(&self, webhook: WebhookId, reason: DropReason) -> u64 {
         self.stat(webhook, |s| {
             s.dropped[reason.index()].load(Ordering::Relaxed)
         })
     }
 
     /// Tells the store up to which sequence number the delivery worker holds entries.
-    pub fn set_window_end(&self, webhook: WebhookId, seq: u64) {
+    pub(crate) fn set_window_end(&self, webhook: WebhookId, seq: u64) {
         if let Some(q) = self.shared.queue(webhook) {
             q.stats.window_end.store(seq, Ordering::Relaxed);
         }
     }
 
     /// Entries at or below this sequence number were dropped as oldest (see `QueueStats`).
-    pub fn dropped_through(&self, webhook: WebhookId) -> u64 {
+    pub(crate) fn dropped_through(&self, webhook: WebhookId) -> u64 {
         self.stat(webhook, |s| s.dropped_through.load(Ordering::Relaxed))
     }
 
     /// Events dropped because their webhook was removed before their commit (routed before
     /// the removal, committed after it), since start: no queue's figures count them.
-    pub fn dropped_unregistered(&self) -> u64 {
+    pub(crate) fn dropped_unregistered(&self) -> u64 {
         self.shared
             .health
             .dropped_unregistered
@@ -394,7 +399,7 @@ impl Store {
     }
 
     /// Counts events the worker dropped itself (expired before sending).
-    pub fn count_dropped(&self, webhook: WebhookId, reason: DropReason, n: u64) {
+    pub(crate) fn count_dropped(&self, webhook: WebhookId, reason: DropReason, n: u64) {
         if let Some(q) = self.shared.queue(webhook) {
             q.stats.dropped[reason.index()].fetch_add(n, Ordering::Relaxed);
         }
@@ -405,7 +410,7 @@ impl Store {
     }
 
     /// Dead letters held for a webhook.
-    pub fn dead_count(&self, webhook: WebhookId) -> u64 {
+    pub(crate) fn dead_count(&self, webhook: WebhookId) -> u64 {
         self.shared
             .queue(webhook)
             .map(|q| q.stats.dead.load(Ordering::Relaxed))
@@ -444,7 +449,10 @@ impl Store {
     /// Refused at once while the writer reopens the database after an I/O error (a full
     /// disk): an edit must not wait for the disk.
     /// A compaction in progress is waited out (asynchronously: the change queues behind it).
-    pub async fn change(&self, steps: change::Change) -> Result<Vec<change::Done>, StoreError> {
+    pub(crate) async fn change(
+        &self,
+        steps: change::Change,
+    ) -> Result<Vec<change::Done>, StoreError> {
         if let Err(StoreError::Reopening) = self.db.get() {
             return Err(StoreError::Reopening);
         }
@@ -466,8 +474,14 @@ impl Store {
             .ok_or_else(|| StoreError::Commit("the change answered nothing".into()))
     }
 
-    /// Opens the queue of a webhook (creating it for a new name) with an overflow policy.
-    pub async fn register(&self, name: &str, overflow: Overflow) -> Result<WebhookId, StoreError> {
+    /// Opens the queue of a webhook (creating it for a new name) with an overflow policy
+    /// (the supervisor does it in a change with its other steps).
+    #[cfg(test)]
+    pub(crate) async fn register(
+        &self,
+        name: &str,
+        overflow: Overflow,
+    ) -> Result<WebhookId, StoreError> {
         let step = change::Step::Register {
             name: name.to_string(),
             overflow,
@@ -480,7 +494,7 @@ impl Store {
 
     /// Deletes a webhook's queue and dead letters; returns how many queued events were
     /// discarded. Stop its delivery worker first.
-    pub async fn purge(&self, name: &str) -> Result<u64, StoreError> {
+    pub(crate) async fn purge(&self, name: &str) -> Result<u64, StoreError> {
         let step = change::Step::Purge {
             name: name.to_string(),
         };
@@ -499,17 +513,17 @@ impl Store {
 
     /// Takes `webhook`'s queue for one delivery loop, which holds the claim for as long as
     /// it runs; `None` (and counted) while another loop holds it: one loop per queue.
-    pub fn claim(&self, webhook: WebhookId) -> Option<change::Claim> {
+    pub(crate) fn claim(&self, webhook: WebhookId) -> Option<change::Claim> {
         change::Claims::take(&self.shared, webhook)
     }
 
     /// The queues held by a delivery loop now, in id order.
-    pub fn claimed(&self) -> Vec<WebhookId> {
+    pub(crate) fn claimed(&self) -> Vec<WebhookId> {
         self.shared.claims.held()
     }
 
     /// Second delivery loops refused since start (each one a bug; 0 expected).
-    pub fn claims_refused(&self) -> u64 {
+    pub(crate) fn claims_refused(&self) -> u64 {
         self.shared.claims.refused()
     }
 
@@ -529,18 +543,19 @@ impl Store {
 
     /// Whether a compaction holds the database now (readers are answered
     /// [`StoreError::Busy`] meanwhile).
-    pub fn compacting(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn compacting(&self) -> bool {
         self.db.busy()
     }
 
     /// Whether the writer thread still runs.
-    pub fn writer_alive(&self) -> bool {
+    pub(crate) fn writer_alive(&self) -> bool {
         !self.tx.is_closed()
     }
 
     /// The writer's liveness mark: busy while it applies a group, resting while it waits
     /// for work (or for a full disk to take writes again).
-    pub fn pulse(&self) -> crate::pulse::Pulse {
+    pub(crate) fn pulse(&self) -> crate::pulse::Pulse {
         self.shared.pulse.clone()
     }
 
@@ -550,7 +565,7 @@ impl Store {
     }
 
     /// Whether commits succeed (for /readyz, metrics and `roomhook status`).
-    pub fn health(&self) -> StoreHealth {
+    pub(crate) fn health(&self) -> StoreHealth {
         let h = &self.shared.health;
         let last = h.last_error.lock().ok().and_then(|g| g.clone());
         // A full disk lets some small commits through between failures: the store counts
@@ -576,13 +591,13 @@ impl Store {
     }
 
     /// Records every group commit's duration in `h` from now on.
-    pub fn observe_commits(&self, h: prometheus_client::metrics::histogram::Histogram) {
+    pub(crate) fn observe_commits(&self, h: prometheus_client::metrics::histogram::Histogram) {
         let _ = self.shared.commit_duration.set(h);
     }
 
     /// Event time (unix ms) of the oldest queued entry of a webhook. Blocking, one lookup.
     /// While a compaction holds the database, the last one read (no wait).
-    pub fn oldest_ts(&self, webhook: WebhookId) -> Option<i64> {
+    pub(crate) fn oldest_ts(&self, webhook: WebhookId) -> Option<i64> {
         let queue = self.shared.queue(webhook);
         let seen = queue.as_ref().map(|q| &q.stats.oldest_seen);
         let db = match self.db.get() {
@@ -608,14 +623,14 @@ impl Store {
     }
 
     /// Changes what gives way in a webhook's queue when the store is full.
-    pub fn set_overflow(&self, webhook: WebhookId, overflow: Overflow) {
+    pub(crate) fn set_overflow(&self, webhook: WebhookId, overflow: Overflow) {
         if let Some(q) = self.shared.queue(webhook) {
             q.set_overflow(overflow);
         }
     }
 
     /// Every webhook name the store holds a queue for. Blocking.
-    pub fn names(&self) -> Result<Vec<(String, WebhookId)>, StoreError> {
+    pub(crate) fn names(&self) -> Result<Vec<(String, WebhookId)>, StoreError> {
         let read = self.db.get()?.begin_read().map_err(redb::Error::from)?;
         let t = read.open_table(WEBHOOKS).map_err(redb::Error::from)?;
         let mut out = Vec::new();
@@ -627,12 +642,12 @@ impl Store {
     }
 
     /// The last committed sequence number of a webhook's queue; changes on every commit.
-    pub fn watch(&self, webhook: WebhookId) -> Option<watch::Receiver<u64>> {
+    pub(crate) fn watch(&self, webhook: WebhookId) -> Option<watch::Receiver<u64>> {
         self.shared.queue(webhook).map(|q| q.committed.subscribe())
     }
 
     /// Entries queued for a webhook.
-    pub fn depth(&self, webhook: WebhookId) -> u64 {
+    pub(crate) fn depth(&self, webhook: WebhookId) -> u64 {
         self.shared
             .queue(webhook)
             .map(|q| q.stats.depth.load(Ordering::Relaxed))

@@ -17,7 +17,7 @@ const NEXT: u8 = 7;
 
 /// The changes of one group, encoded as they are made.
 #[derive(Default)]
-pub struct Redo {
+pub(crate) struct Redo {
     buf: Vec<u8>,
     /// Where the last change starts, when it is a removal range that may grow: (offset of
     /// its `last` field, webhook, last).
@@ -60,7 +60,7 @@ impl Redo {
     }
 
     /// A queue entry removed; consecutive removals of one webhook become one range.
-    pub fn del(&mut self, w: u32, seq: u64) {
+    pub(crate) fn del(&mut self, w: u32, seq: u64) {
         if let Some((at, rw, last)) = self.open_range {
             if rw == w && seq == last + 1 {
                 self.buf[at..at + 8].copy_from_slice(&seq.to_le_bytes());
@@ -77,7 +77,7 @@ impl Redo {
     }
 
     /// A dead letter stored.
-    pub fn dead_put(&mut self, w: u32, seq: u64, value: &[u8]) {
+    pub(crate) fn dead_put(&mut self, w: u32, seq: u64, value: &[u8]) {
         self.open_range = None;
         self.buf.push(DEAD_PUT);
         self.buf.extend_from_slice(&w.to_le_bytes());
@@ -86,7 +86,7 @@ impl Redo {
     }
 
     /// A dead letter removed.
-    pub fn dead_del(&mut self, w: u32, seq: u64) {
+    pub(crate) fn dead_del(&mut self, w: u32, seq: u64) {
         self.open_range = None;
         self.buf.push(DEAD_DEL);
         self.buf.extend_from_slice(&w.to_le_bytes());
@@ -94,7 +94,7 @@ impl Redo {
     }
 
     /// An MQTT redelivery mark set.
-    pub fn seen_put(&mut self, source: &str, pkid: u16, digest: u64) {
+    pub(crate) fn seen_put(&mut self, source: &str, pkid: u16, digest: u64) {
         self.open_range = None;
         self.buf.push(SEEN_PUT);
         self.bytes_field(source.as_bytes());
@@ -103,7 +103,7 @@ impl Redo {
     }
 
     /// An MQTT redelivery mark cleared.
-    pub fn seen_del(&mut self, source: &str, pkid: u16) {
+    pub(crate) fn seen_del(&mut self, source: &str, pkid: u16) {
         self.open_range = None;
         self.buf.push(SEEN_DEL);
         self.bytes_field(source.as_bytes());
@@ -111,7 +111,7 @@ impl Redo {
     }
 
     /// A webhook's next sequence number.
-    pub fn next_seq(&mut self, w: u32, seq: u64) {
+    pub(crate) fn next_seq(&mut self, w: u32, seq: u64) {
         self.open_range = None;
         self.buf.push(NEXT);
         self.buf.extend_from_slice(&w.to_le_bytes());
@@ -127,7 +127,7 @@ impl Redo {
 /// A record whose checksum matched but whose content does not parse (a bug, not a torn
 /// write).
 #[derive(Debug, thiserror::Error)]
-pub enum ReplayError {
+pub(crate) enum ReplayError {
     /// The record is malformed.
     #[error("a write-ahead log record is malformed at byte {0}")]
     Malformed(usize),

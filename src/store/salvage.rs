@@ -16,9 +16,9 @@ pub struct Report {
     /// The store file.
     pub path: PathBuf,
     /// Its size in bytes.
-    pub file_bytes: u64,
+    pub(crate) file_bytes: u64,
     /// redb's integrity check passed (or the file was repaired on open).
-    pub integrity_ok: bool,
+    pub(crate) integrity_ok: bool,
     /// Webhook name → (queued entries, dead letters).
     pub webhooks: BTreeMap<String, (u64, u64)>,
     /// Queues kept after their webhook left the config: name → since (unix ms).
@@ -26,7 +26,7 @@ pub struct Report {
     /// Entries whose value does not decode as an event.
     pub undecodable: u64,
     /// Read errors met while walking the tables.
-    pub read_errors: Vec<String>,
+    pub(crate) read_errors: Vec<String>,
     /// This is the report of a salvage (what was copied), not of a check.
     pub salvaged: bool,
     /// The write-ahead log: records not yet in the store file (the next start applies

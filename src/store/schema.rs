@@ -8,7 +8,7 @@ pub(crate) const QUEUE: TableDefinition<(u32, u64), &[u8]> = TableDefinition::ne
 /// Dead letters: (webhook id, sequence number) → encoded [`DeadLetter`](super::DeadLetter).
 pub(crate) const DEAD: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("dead_letters");
 /// Most dead letters kept per webhook; past it the oldest go.
-pub const MAX_DEAD_LETTERS: u64 = 10_000;
+pub(crate) const MAX_DEAD_LETTERS: u64 = 10_000;
 /// Next sequence number per webhook (never reused, so `webhook-id`s stay unique).
 pub(crate) const NEXT_SEQ: TableDefinition<u32, u64> = TableDefinition::new("next_seq");
 /// MQTT redelivery guard: (source name, packet id) → digest of the last message committed
@@ -33,4 +33,4 @@ pub const FILE_NAME: &str = "roomhook.redb";
 pub(crate) const CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Bytes an entry is charged beyond its value (key and B-tree overhead, estimated).
-pub const ENTRY_OVERHEAD: u64 = 32;
+pub(crate) const ENTRY_OVERHEAD: u64 = 32;

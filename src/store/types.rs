@@ -19,7 +19,7 @@ pub struct Limits {
 
 /// Why events were dropped (the `reason` label of `roomhook_events_dropped_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DropReason {
+pub(crate) enum DropReason {
     /// The store was full: oldest first.
     Overflow,
     /// The store was full: a newer value of the same status superseded it.
@@ -34,7 +34,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason.
-    pub const ALL: [DropReason; 5] = [
+    pub(crate) const ALL: [DropReason; 5] = [
         DropReason::Overflow,
         DropReason::Coalesced,
         DropReason::Expired,
@@ -72,7 +72,7 @@ impl DropReason {
 /// The `reason` of events dropped because their webhook was removed before their commit
 /// ([`Store::dropped_unregistered`](super::Store::dropped_unregistered)): the store's
 /// count, in no webhook's figures (they were never counted as enqueued either).
-pub const WEBHOOK_REMOVED: &str = "webhook_removed";
+pub(crate) const WEBHOOK_REMOVED: &str = "webhook_removed";
 
 /// Stable number of a webhook inside the store (survives restarts; names map to it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -162,7 +162,7 @@ pub struct Entry {
 
 /// Per-webhook figures the writer keeps current.
 #[derive(Debug, Default)]
-pub struct QueueStats {
+pub(crate) struct QueueStats {
     /// Entries in the queue.
     pub depth: AtomicU64,
     /// Entries in the dead-letter queue.
@@ -173,21 +173,21 @@ pub struct QueueStats {
     /// these entries alone; `drop_oldest` drops the oldest whatever the worker holds (that is
     /// what oldest means) and publishes [`QueueStats::dropped_through`], so that the worker
     /// does not send what was dropped.
-    pub window_end: AtomicU64,
+    pub(crate) window_end: AtomicU64,
     /// Events dropped, by [`DropReason`].
     pub dropped: [AtomicU64; 5],
     /// Every entry at or below this sequence number that is still unsent was dropped as
     /// oldest; the worker skips such entries it already holds.
-    pub dropped_through: AtomicU64,
+    pub(crate) dropped_through: AtomicU64,
     /// The oldest queued entry's event time (unix ms) as last read, plus one (0: none
     /// read yet, or the queue was empty): what a reader is told while a compaction holds
     /// the database.
-    pub oldest_seen: std::sync::atomic::AtomicI64,
+    pub(crate) oldest_seen: std::sync::atomic::AtomicI64,
 }
 
 /// A message the receiver refused for good, kept for inspection and replay.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct DeadLetter {
+pub(crate) struct DeadLetter {
     /// The event.
     pub event: Event,
     /// The receiver's HTTP status.
@@ -195,7 +195,7 @@ pub struct DeadLetter {
     /// The receiver's answer (status line and the first bytes of the body).
     pub reason: String,
     /// When it was dead-lettered, unix milliseconds.
-    pub at_ms: i64,
+    pub(crate) at_ms: i64,
 }
 
 /// Marks an appended group as the content of one MQTT message, so that a redelivery of it
@@ -269,11 +269,11 @@ impl Op {
 }
 
 /// How long after its last failed commit the store counts as healthy again.
-pub const HEALTHY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const HEALTHY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What the store says about its own health.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct StoreHealth {
+pub(crate) struct StoreHealth {
     /// No commit failed in the last [`HEALTHY_AFTER`].
     pub ok: bool,
     /// Commits that failed since start.
@@ -281,5 +281,5 @@ pub struct StoreHealth {
     /// The last failure.
     pub last_error: Option<String>,
     /// When it happened (RFC 3339).
-    pub last_error_at: Option<String>,
+    pub(crate) last_error_at: Option<String>,
 }

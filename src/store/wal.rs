@@ -16,14 +16,14 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// The log file inside `data_dir`.
-pub const WAL_FILE: &str = "roomhook.wal";
+pub(crate) const WAL_FILE: &str = "roomhook.wal";
 /// Bytes of a record's header.
 const HEADER: u64 = 16;
 /// The smallest log worth having; a smaller file is made again.
 const MIN_SIZE: u64 = 64 * 1024;
 
 /// The log's size for a store budget: a sixteenth of it, between 1 and 8 MiB.
-pub fn size_for(max_store_bytes: u64) -> u64 {
+pub(crate) fn size_for(max_store_bytes: u64) -> u64 {
     const MIB: u64 = 1024 * 1024;
     if max_store_bytes == 0 {
         return 8 * MIB;
@@ -33,7 +33,7 @@ pub fn size_for(max_store_bytes: u64) -> u64 {
 
 /// How reading the log ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Tail {
+pub(crate) enum Tail {
     /// At a clean end (zeros, an older generation, or the end of the file).
     Clean,
     /// At a record that is not whole (a torn write) at this offset: the log ends before it.
@@ -46,7 +46,7 @@ pub enum Tail {
 }
 
 /// The open log.
-pub struct Wal {
+pub(crate) struct Wal {
     file: File,
     path: PathBuf,
     size: u64,
@@ -105,7 +105,7 @@ impl Wal {
     }
 
     /// Reads the current generation's records again (after redb was reopened).
-    pub fn records(&self) -> io::Result<Vec<Vec<u8>>> {
+    pub(crate) fn records(&self) -> io::Result<Vec<Vec<u8>>> {
         let (records, _, _) = read(&self.file, self.size, self.generation)?;
         forget_cache(&self.file);
         Ok(records)
@@ -117,7 +117,7 @@ impl Wal {
     }
 
     /// Whether a record of `len` payload bytes fits.
-    pub fn fits(&self, len: usize) -> bool {
+    pub(crate) fn fits(&self, len: usize) -> bool {
         self.offset + HEADER + len as u64 <= self.size
     }
 
@@ -144,7 +144,7 @@ impl Wal {
 
     /// Takes back the last record (redb could not apply it): its header is zeroed, so it is
     /// never replayed, and the next record goes where it was.
-    pub fn void_last(&mut self) -> io::Result<()> {
+    pub(crate) fn void_last(&mut self) -> io::Result<()> {
         if let Some(at) = self.last.take() {
             self.file.write_all_at(&[0u8; HEADER as usize], at)?;
             self.file.sync_data()?;
@@ -164,7 +164,7 @@ impl Wal {
 
 /// Looks at the log in `dir` without changing it (for `roomhook store check`): how many
 /// records of `generation` it holds, their bytes, and how it ends. `None`: no log.
-pub fn inspect(dir: &Path, generation: u64) -> io::Result<Option<(usize, u64, Tail)>> {
+pub(crate) fn inspect(dir: &Path, generation: u64) -> io::Result<Option<(usize, u64, Tail)>> {
     let path = dir.join(WAL_FILE);
     let file = match File::open(&path) {
         Ok(f) => f,
@@ -179,7 +179,11 @@ pub fn inspect(dir: &Path, generation: u64) -> io::Result<Option<(usize, u64, Ta
 
 /// Reads generation `generation`'s records from the start of the file: the payloads, where
 /// they end, and how reading ended.
-pub fn read(file: &File, size: u64, generation: u64) -> io::Result<(Vec<Vec<u8>>, u64, Tail)> {
+pub(crate) fn read(
+    file: &File,
+    size: u64,
+    generation: u64,
+) -> io::Result<(Vec<Vec<u8>>, u64, Tail)> {
     let mut data = vec![0u8; size as usize];
     file.read_exact_at(&mut data, 0)?;
     let mut records = Vec::new();

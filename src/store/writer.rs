@@ -25,9 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_GROUP: usize = 8192;
 /// Delivered entries whose removal waits for a group with other work at most; this many
 /// are committed on their own (half the worker's `REMOVAL_SLACK`, so delivery never stalls).
-pub const LAZY_REMOVALS: usize = 32;
+pub(crate) const LAZY_REMOVALS: usize = 32;
 /// The same with `[gateway] commit_interval` set (half the worker's `REMOVAL_SLACK_GROUPED`).
-pub const LAZY_REMOVALS_GROUPED: usize = 128;
+pub(crate) const LAZY_REMOVALS_GROUPED: usize = 128;
 /// How long a removal waits for a group with other work at most.
 pub const LAZY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 

@@ -18,7 +18,7 @@ impl DeviceSelector {
     }
 
     /// The patterns as written.
-    pub fn patterns(&self) -> &[String] {
+    pub(crate) fn patterns(&self) -> &[String] {
         &self.0
     }
 

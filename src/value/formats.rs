@@ -2,7 +2,7 @@
 //! path): read by the config's validator and by the decoders alike (a leaf).
 
 /// `zigbee2mqtt` default mapping: property → catalog path (the config's `fields` override it).
-pub const ZIGBEE2MQTT: &[(&str, &str)] = &[
+pub(crate) const ZIGBEE2MQTT: &[(&str, &str)] = &[
     ("occupancy", "RoomAnalytics.PeoplePresence"),
     ("presence", "RoomAnalytics.PeoplePresence"),
     ("temperature", "RoomAnalytics.AmbientTemperature"),
@@ -10,7 +10,7 @@ pub const ZIGBEE2MQTT: &[(&str, &str)] = &[
 ];
 
 /// `meraki-mt` default mapping: metric → catalog path (the config's `fields` override it).
-pub const MERAKI_MT: &[(&str, &str)] = &[
+pub(crate) const MERAKI_MT: &[(&str, &str)] = &[
     ("temperature", "RoomAnalytics.AmbientTemperature"),
     ("humidity", "RoomAnalytics.RelativeHumidity"),
     ("ambientNoise", "RoomAnalytics.AmbientNoise.Level.A"),
@@ -18,4 +18,4 @@ pub const MERAKI_MT: &[(&str, &str)] = &[
 ];
 
 /// `meraki-mv` default mapping: object class → catalog path (the config's `fields` override it).
-pub const MERAKI_MV: &[(&str, &str)] = &[("person", "RoomAnalytics.PeopleCount.Current")];
+pub(crate) const MERAKI_MV: &[(&str, &str)] = &[("person", "RoomAnalytics.PeopleCount.Current")];

@@ -7,4 +7,4 @@ pub mod formats;
 pub mod overflow;
 pub mod signing;
 pub mod topic;
-pub mod transform;
+pub(crate) mod transform;

@@ -6,7 +6,7 @@ use ring::hmac;
 
 /// A webhook's signing key, from a `whsec_<base64>` secret.
 #[derive(Clone)]
-pub struct Signer {
+pub(crate) struct Signer {
     key: hmac::Key,
     /// Digest of the key, to tell whether a reload changed it.
     fingerprint: [u8; 32],
@@ -26,7 +26,7 @@ impl std::fmt::Debug for Signer {
 
 /// Decodes a `whsec_…` secret into its key bytes (24 to 64 bytes, as Standard Webhooks says;
 /// at least 16 accepted).
-pub fn parse_secret(secret: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn parse_secret(secret: &str) -> Result<Vec<u8>, String> {
     let b64 = secret
         .strip_prefix("whsec_")
         .ok_or_else(|| "a signing secret starts with \"whsec_\" followed by base64".to_string())?;

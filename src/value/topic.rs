@@ -150,7 +150,8 @@ impl Template {
     }
 
     /// Whether the template takes anything from the topic.
-    pub fn is_literal(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_literal(&self) -> bool {
         self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
     }
 

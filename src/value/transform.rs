@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 
 /// What to do to a value (the default does nothing).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Transform {
+pub(crate) struct Transform {
     /// Replacements, by the value's text (`true`, `3`, `on`).
     pub map: BTreeMap<String, Value>,
     /// Multiplied by this.
-    pub scale: Option<f64>,
+    pub(crate) scale: Option<f64>,
     /// Then this added.
-    pub offset: Option<f64>,
+    pub(crate) offset: Option<f64>,
     /// Then rounded to this many decimals (0: a whole number).
     pub round: Option<u32>,
 }
@@ -28,7 +28,7 @@ impl Transform {
     }
 
     /// The transformed value.
-    pub fn apply(&self, v: &Value) -> Value {
+    pub(crate) fn apply(&self, v: &Value) -> Value {
         if !self.map.is_empty() {
             let text = match v {
                 Value::String(s) => s.trim().to_string(),

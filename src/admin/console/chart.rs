@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 /// Minutes the chart shows.
-pub const MINUTES: usize = 60;
+pub(crate) const MINUTES: usize = 60;
 const WIDTH: u32 = 360;
 const HEIGHT: u32 = 90;
 const TOP: u32 = 14;

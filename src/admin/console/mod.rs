@@ -6,7 +6,7 @@
 //! token. HTML, CSS and script are compiled in.
 
 pub mod chart;
-pub mod sessions;
+pub(crate) mod sessions;
 
 use crate::admin::control::Control;
 use crate::config::Secret;
@@ -177,7 +177,7 @@ impl Console {
     }
 
     /// Answers a console request from `peer`.
-    pub async fn handle(
+    pub(crate) async fn handle(
         &self,
         req: Request<Incoming>,
         peer: IpAddr,

@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// How long a session lives without use.
-pub const SESSION_IDLE: Duration = Duration::from_secs(12 * 3600);
+pub(crate) const SESSION_IDLE: Duration = Duration::from_secs(12 * 3600);
 /// Most sessions at once (the oldest goes).
 const MAX_SESSIONS: usize = 64;
 
 /// One logged-in browser.
 #[derive(Debug, Clone)]
-pub struct Session {
+pub(crate) struct Session {
     /// Every form posts it back.
     pub csrf: String,
     /// Last use.
@@ -21,7 +21,7 @@ pub struct Session {
 
 /// The open sessions.
 #[derive(Debug, Default)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     open: HashMap<String, Session>,
 }
 
@@ -75,7 +75,7 @@ impl Sessions {
 }
 
 /// Whether a form's CSRF token is the session's (constant time).
-pub fn csrf_ok(session: &Session, given: Option<&str>) -> bool {
+pub(crate) fn csrf_ok(session: &Session, given: Option<&str>) -> bool {
     use subtle::ConstantTimeEq;
     given.is_some_and(|g| g.as_bytes().ct_eq(session.csrf.as_bytes()).into())
 }

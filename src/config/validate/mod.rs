@@ -7,7 +7,8 @@ mod mqtt;
 mod roomos;
 mod webhook;
 
-pub use roomos::parse_pin;
+#[cfg(test)]
+pub(crate) use roomos::parse_pin;
 
 use super::secret::read_secret_file;
 use super::units::parse_duration;
@@ -170,7 +171,11 @@ impl Ctx<'_> {
 }
 
 /// Validates a parsed file; `base` is the directory relative paths start from.
-pub fn validate(raw: &RawConfig, base: &Path, file: &Path) -> Result<Settings, ConfigErrors> {
+pub(crate) fn validate(
+    raw: &RawConfig,
+    base: &Path,
+    file: &Path,
+) -> Result<Settings, ConfigErrors> {
     let mut cx = Ctx {
         file,
         base,

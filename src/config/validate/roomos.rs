@@ -40,7 +40,7 @@ pub(super) fn device_map(cx: &mut Ctx<'_>, raw: &[RawDevice]) -> DeviceMap {
 }
 
 /// Parses a SHA-256 fingerprint: 64 hex digits, any case, colons (or spaces) optional.
-pub fn parse_pin(text: &str) -> Result<[u8; 32], String> {
+pub(crate) fn parse_pin(text: &str) -> Result<[u8; 32], String> {
     let hex: String = text
         .chars()
         .filter(|c| !matches!(c, ':' | ' ' | '-'))

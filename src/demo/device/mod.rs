@@ -231,11 +231,6 @@ impl DeviceSim {
         self.shared().cert_pem.clone()
     }
 
-    /// The certificate (DER), e.g. to pin it in a client.
-    pub fn cert_der(&self) -> Vec<u8> {
-        self.shared().cert_der.clone()
-    }
-
     /// Sets a status value ("RoomAnalytics.PeopleCount.Current",
     /// "Peripherals.ConnectedDevice[1002].RoomAnalytics.AmbientTemperature"), creating what is
     /// missing, and notifies the matching subscriptions if the value changed.

@@ -7,7 +7,7 @@ use crate::config::FieldMap;
 use serde_json::Value;
 
 /// Reads the configured pointers out of one payload.
-pub fn read(map: &[FieldMap], payload: &[u8]) -> Read {
+pub(crate) fn read(map: &[FieldMap], payload: &[u8]) -> Read {
     let doc: Value = match serde_json::from_slice(payload) {
         Ok(v) => v,
         Err(e) => return Read::Rejected(DecodeError::NotJson(e.to_string())),

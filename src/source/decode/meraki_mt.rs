@@ -17,7 +17,7 @@ const FIELD: &[(&str, &str)] = &[
 ];
 
 /// Metrics MT sensors publish that no catalog path carries: not mapped by default.
-pub const KNOWN: &[&str] = &[
+pub(crate) const KNOWN: &[&str] = &[
     "iaqIndex",
     "tvoc",
     "CO2",
@@ -28,8 +28,6 @@ pub const KNOWN: &[&str] = &[
     "battery",
     "indoorAirQuality",
 ];
-
-pub use crate::value::formats::MERAKI_MT as DEFAULTS;
 
 /// Reads one message.
 pub fn read(topic: &str, payload: &[u8]) -> Read {

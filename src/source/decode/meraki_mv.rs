@@ -7,8 +7,6 @@
 use super::{object, payload_time, DecodeError, Read, Reading};
 use serde_json::Value;
 
-pub use crate::value::formats::MERAKI_MV as DEFAULTS;
-
 /// Reads one message.
 pub fn read(topic: &str, payload: &[u8], raw_detections: bool) -> Read {
     let levels: Vec<&str> = topic.split('/').filter(|l| !l.is_empty()).collect();

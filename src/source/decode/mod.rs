@@ -117,7 +117,7 @@ pub enum Read {
 }
 
 /// Parses a payload as one JSON object.
-pub fn object(payload: &[u8]) -> Result<Value, DecodeError> {
+pub(crate) fn object(payload: &[u8]) -> Result<Value, DecodeError> {
     let doc: Value =
         serde_json::from_slice(payload).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     if !doc.is_object() {
@@ -175,7 +175,7 @@ pub fn timestamp(v: &Value) -> Option<i64> {
 }
 
 /// The first of `ts`, `time`, `timestamp`, `last_seen` in an object that is a timestamp.
-pub fn payload_time(doc: &Value) -> Option<i64> {
+pub(crate) fn payload_time(doc: &Value) -> Option<i64> {
     ["ts", "time", "timestamp", "last_seen"]
         .iter()
         .find_map(|k| doc.get(*k).and_then(timestamp))

@@ -8,7 +8,7 @@ use super::{object, payload_time, Read, Reading};
 
 /// Properties Zigbee2MQTT sensors expose that no catalog path carries: not mapped by
 /// default, and not a reason to count a payload as unknown.
-pub const KNOWN: &[&str] = &[
+pub(crate) const KNOWN: &[&str] = &[
     "battery",
     "battery_low",
     "voltage",
@@ -26,8 +26,6 @@ pub const KNOWN: &[&str] = &[
     "device_temperature",
     "power_outage_count",
 ];
-
-pub use crate::value::formats::ZIGBEE2MQTT as DEFAULTS;
 
 /// Reads one message; `base` is the number of topic levels of the base topic.
 pub fn read(topic: &str, base: usize, payload: &[u8]) -> Read {

@@ -16,15 +16,15 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
 /// A byte stream a WebSocket runs over (TLS or, for a lab, plain TCP).
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// An open xAPI WebSocket.
-pub type Ws = WebSocketStream<Box<dyn Io>>;
+pub(crate) type Ws = WebSocketStream<Box<dyn Io>>;
 
 /// Why a connection failed, as far as what to do next is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailKind {
+pub(crate) enum FailKind {
     /// DNS, TCP, timeouts: back off and retry.
     Network,
     /// The certificate is not the pinned one / not trusted: retry slowly, it will not fix itself.
@@ -42,7 +42,7 @@ pub enum FailKind {
 /// A failed connection attempt, with a sentence for the log.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
-pub struct ConnectError {
+pub(crate) struct ConnectError {
     /// What kind of failure.
     pub kind: FailKind,
     /// What happened and what to do.
@@ -51,15 +51,15 @@ pub struct ConnectError {
 
 /// What the TLS handshake saw of the device's certificate.
 #[derive(Debug, Clone, Default)]
-pub struct PeerCert {
+pub(crate) struct PeerCert {
     /// The leaf certificate (DER), when one was presented.
-    pub der: Option<Vec<u8>>,
+    pub(crate) der: Option<Vec<u8>>,
     /// Negotiated TLS version.
     pub version: Option<String>,
 }
 
 /// SHA-256 of a certificate, as `AB:CD:…` (what `pin_sha256` takes).
-pub fn fingerprint(der: &[u8]) -> String {
+pub(crate) fn fingerprint(der: &[u8]) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, der);
     d.as_ref()
         .iter()
@@ -145,7 +145,7 @@ impl ServerCertVerifier for Verifier {
 
 /// The rustls client configuration for a device: its pin or CA, no session cache; what the
 /// handshake sees of the certificate goes to `seen`.
-pub fn tls_config(
+pub(crate) fn tls_config(
     trust: &DeviceTrust,
     seen: Arc<Mutex<PeerCert>>,
 ) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
@@ -191,7 +191,7 @@ pub fn tls_config(
 }
 
 /// The `auth-…` subprotocol: base64url of `user:pass` without padding.
-pub fn auth_subprotocol(user: &str, pass: &str) -> String {
+pub(crate) fn auth_subprotocol(user: &str, pass: &str) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
     format!(
         "auth-{}",
@@ -212,7 +212,7 @@ fn ws_url(s: &RoomosSettings) -> String {
 }
 
 /// The WebSocket limits: small buffers (a gateway holds dozens of these), frames capped.
-pub fn ws_config(max_frame: usize) -> WebSocketConfig {
+pub(crate) fn ws_config(max_frame: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)
@@ -222,7 +222,7 @@ pub fn ws_config(max_frame: usize) -> WebSocketConfig {
 }
 
 /// Connects, authenticates and upgrades, within `timeout`.
-pub async fn connect(
+pub(crate) async fn connect(
     s: &RoomosSettings,
     timeout: Duration,
     seen: Arc<Mutex<PeerCert>>,

@@ -9,7 +9,7 @@
 
 pub mod connect;
 pub mod probe;
-pub mod rpc;
+pub(crate) mod rpc;
 pub mod tree;
 
 use crate::backoff::Doubling;
@@ -106,7 +106,7 @@ impl Counters {
 }
 
 /// Runs one RoomOS source until shutdown.
-pub async fn run(
+pub(crate) async fn run(
     s: RoomosSettings,
     ingest: Ingest,
     status: std::sync::Arc<crate::source::status::SourceStatus>,

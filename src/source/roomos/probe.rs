@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// What the test found.
 #[derive(Debug, Default)]
-pub struct SourceReport {
+pub(crate) struct SourceReport {
     /// Lines for the operator, in order.
     pub lines: Vec<String>,
     /// Everything worked: connected, authenticated, every subscription accepted.
@@ -42,7 +42,7 @@ fn describe_peer(seen: &Arc<Mutex<PeerCert>>, report: &mut SourceReport) -> Opti
 
 /// Runs the test against the device of `s` (at most about `limit` long). `unpinned`: the
 /// config has no `pin_sha256`/`ca_file` yet (the certificate is only shown).
-pub async fn test(s: &RoomosSettings, limit: Duration, unpinned: bool) -> SourceReport {
+pub(crate) async fn test(s: &RoomosSettings, limit: Duration, unpinned: bool) -> SourceReport {
     let mut report = SourceReport::default();
     report.say(format!("source {}: {}", s.name, s.url));
     let seen = Arc::new(Mutex::new(PeerCert::default()));

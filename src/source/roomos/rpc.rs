@@ -36,7 +36,7 @@ pub enum Incoming {
 /// Why a frame is not something roomhook understands; the `reason` label of
 /// `roomhook_source_decode_errors_total`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
+pub(crate) enum FrameError {
     /// Not JSON at all.
     #[error("not JSON: {0}")]
     NotJson(String),
@@ -162,12 +162,12 @@ pub fn parse(text: &str) -> Result<Incoming, FrameError> {
 }
 
 /// The xAPI error of a device that is still starting up (retried).
-pub const NOT_READY: i64 = -31997;
+pub(crate) const NOT_READY: i64 = -31997;
 /// The xAPI error for too many feedback subscriptions on the device.
-pub const TOO_MANY_SUBSCRIPTIONS: i64 = -31998;
+pub(crate) const TOO_MANY_SUBSCRIPTIONS: i64 = -31998;
 
 /// What an xAPI error code means, in words an operator can act on.
-pub fn explain(code: i64, message: &str) -> String {
+pub(crate) fn explain(code: i64, message: &str) -> String {
     let what = match code {
         3 => "invalid path: the device has no such status or event (check the path; some exist only on certain models or RoomOS versions)",
         -31999 => "permission denied: the device user's role may not read this (an Integrator may read people count, presence and a Navigator's sensors, but not the main unit's temperature, humidity or air quality: use a User or Admin account for those, or read them from a Room Navigator)",
@@ -186,7 +186,7 @@ pub fn explain(code: i64, message: &str) -> String {
 }
 
 /// Whether a failed subscription is worth trying again later on the same connection.
-pub fn retryable(code: i64) -> bool {
+pub(crate) fn retryable(code: i64) -> bool {
     matches!(code, NOT_READY | TOO_MANY_SUBSCRIPTIONS)
 }
 

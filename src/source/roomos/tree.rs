@@ -25,12 +25,12 @@ pub struct Decoded {
     /// Events: catalog key and the event's parameters.
     pub events: Vec<(String, Value)>,
     /// Values that did not fit their catalog type: path and why.
-    pub bad_values: Vec<(String, String)>,
+    pub(crate) bad_values: Vec<(String, String)>,
 }
 
 impl Selection {
     /// Whether a generic status path is selected (and in the catalog).
-    pub fn wants_status(&self, generic: &str) -> bool {
+    pub(crate) fn wants_status(&self, generic: &str) -> bool {
         catalog::lookup(generic).is_some_and(|e| e.kind == Kind::Status)
             && self
                 .statuses
@@ -39,7 +39,7 @@ impl Selection {
     }
 
     /// Whether a generic event path is selected (and in the catalog).
-    pub fn wants_event(&self, generic: &str) -> bool {
+    pub(crate) fn wants_event(&self, generic: &str) -> bool {
         catalog::lookup(generic).is_some_and(|e| e.kind == Kind::Event)
             && self
                 .events
@@ -93,18 +93,18 @@ impl Selection {
 }
 
 /// A query as a dotted path for messages (`Status.RoomAnalytics`).
-pub fn query_text(q: &[String]) -> String {
+pub(crate) fn query_text(q: &[String]) -> String {
     q.join(".")
 }
 
 /// Flattens a status tree (the content under `Status`) into `out`.
-pub fn decode_status(tree: &Value, sel: &Selection, out: &mut Decoded) {
+pub(crate) fn decode_status(tree: &Value, sel: &Selection, out: &mut Decoded) {
     let mut path = String::new();
     walk_status(tree, &mut path, sel, out);
 }
 
 /// Finds the events in an event tree (the content under `Event`) and adds them to `out`.
-pub fn decode_events(tree: &Value, sel: &Selection, out: &mut Decoded) {
+pub(crate) fn decode_events(tree: &Value, sel: &Selection, out: &mut Decoded) {
     let mut path = String::new();
     walk_event(tree, &mut path, sel, out);
 }
