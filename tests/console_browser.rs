@@ -223,15 +223,17 @@ async fn wait_values(rx: &roomhook::demo::receiver::Receiver, path: &str, n: usi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_does_in_a_browser_what_the_control_hub_page_does() {
-    let e = Rig::new().build().await;
+    // The standard source, reading a temperature too.
+    let e = Rig::new()
+        .console(ADMIN_TOKEN)
+        .source(|port| {
+            let people = Section::people().field("/temperature", TEMP);
+            Section::mqtt("sensors", port).subscribe(people)
+        })
+        .build()
+        .await;
     let bi = receiver(e.dir.path(), false).await;
     let self_signed = receiver(e.dir.path(), true).await;
-    let text = with_console(&std::fs::read_to_string(&e.config).unwrap(), ADMIN_TOKEN).replacen(
-        &format!("\"/people\" = \"{PC}\"\n"),
-        &format!("\"/people\" = \"{PC}\"\n\"/temperature\" = \"{TEMP}\"\n"),
-        1,
-    );
-    std::fs::write(&e.config, text).unwrap();
     let mut daemon = Daemon::start(&e.config);
     let base = format!("http://127.0.0.1:{}", e.admin);
     let driver = Driver::start();

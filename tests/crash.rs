@@ -99,34 +99,32 @@ async fn every_acked_message_survives_20_kill_9_cycles() {
 /// delivered events would be waiting when the daemon is killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_redelivers_at_most_the_removal_slack() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    let base = standard_config(broker.port, &rx.url, &rx.ca_file, "max_in_flight = 16");
-    let slow = with_gateway(&base, "commit_interval = \"2s\"");
-    let config = write_config(dir.path(), &slow);
+    let r = Rig::new()
+        .webhook("max_in_flight = 16")
+        .gateway("commit_interval = \"2s\"")
+        .build()
+        .await;
+    let rx = &r.rx;
     // A backlog of 5,000 events, written straight into the store.
     let n: i64 = 5000;
     prefill(
-        &dir.path().join("data"),
+        &r.dir.path().join("data"),
         "facilities",
         (1..=n)
             .map(|v| people_event(&format!("room-{}", v % 10), v))
             .collect(),
     )
     .await;
-    let mut daemon = Daemon::start(&config);
-    assert!(
-        rx.receiver
-            .wait_accepted(1000, Duration::from_secs(30))
-            .await,
-        "{}",
-        daemon.logs()
-    );
+    let mut daemon = Daemon::start(&r.config);
+    rx.expect_accepted(1000, Duration::from_secs(30), &daemon)
+        .await;
     daemon.kill9();
     let before_restart = accepted_messages(&rx.receiver);
-    std::fs::write(&config, &base).unwrap();
-    let mut daemon = Daemon::start(&config);
+    // Restarted with commits at their usual pace.
+    r.edit_config(|d| {
+        d.remove("gateway.commit_interval");
+    });
+    let mut daemon = Daemon::start(&r.config);
     let seen = || times_seen(&rx.receiver.accepted());
     assert!(wait_until(Duration::from_secs(60), || seen().len() as i64 >= n));
     assert_eq!(daemon.stop(), Some(0));

@@ -55,69 +55,67 @@ struct FullDisk {
     daemon: Daemon,
     publisher: tokio::task::JoinHandle<()>,
     ballast: PathBuf,
-    rx: TestReceiver,
-    admin: u16,
-    _broker: Mosquitto,
     _mount: Mount,
-    _dir: tempfile::TempDir,
+    rig: Rig,
 }
 
 const DEVICES: usize = 10;
 const PER_DEVICE: usize = 2000;
 
 async fn full_disk() -> FullDisk {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let rig = Rig::new()
+        // A 1 MiB write-ahead log (a sixteenth of the budget): the log fills, and the
+        // checkpoint into redb meets the full disk.
+        .gateway("max_store_bytes = \"16MiB\"")
+        .receiver(Behaviour::Status(503))
+        .build()
+        .await;
+    let data = rig.dir.path().join("data");
     let mount = Mount::tmpfs(&data, "8m");
-    let broker = broker();
-    let rx = receiver(dir.path(), false).await;
-    rx.receiver.set_behaviour(Behaviour::Status(503));
-    let admin = free_port();
-    let text = with_admin(
-        &with_gateway(
-            &standard_config(broker.port, &rx.url, &rx.ca_file, ""),
-            // A 1 MiB write-ahead log (a sixteenth of the budget): the log fills, and the
-            // checkpoint into redb meets the full disk.
-            "max_store_bytes = \"16MiB\"",
-        ),
-        admin,
-    );
-    let config = write_config(dir.path(), &text);
-    let daemon = Daemon::start(&config);
+    let daemon = Daemon::start(&rig.config);
     let ballast = fill(&data, 1024 * 1024);
-    let port = broker.port;
+    let port = rig.broker.port;
     let publisher =
         tokio::spawn(async move { publish(port, &workload(DEVICES, PER_DEVICE)).await });
-    let failed = wait_until(Duration::from_secs(60), || {
-        daemon.logs().contains("store commit failed")
-    });
-    assert!(failed, "the disk never filled; log:\n{}", daemon.logs());
+    // The disk filled.
+    daemon.expect_log("store commit failed", Duration::from_secs(60));
     FullDisk {
         daemon,
         publisher,
         ballast,
-        rx,
-        admin,
-        _broker: broker,
         _mount: mount,
-        _dir: dir,
+        rig,
     }
+}
+
+/// Once space returned: the broker gets every PUBACK, and every message arrives (each
+/// within 120 s).
+async fn space_returned(
+    publisher: tokio::task::JoinHandle<()>,
+    rx: &TestReceiver,
+    daemon: &Daemon,
+) {
+    tokio::time::timeout(Duration::from_secs(120), publisher)
+        .await
+        .expect("the broker got every PUBACK once space returned")
+        .unwrap();
+    rx.expect_accepted(DEVICES * PER_DEVICE, Duration::from_secs(120), daemon)
+        .await;
+}
+
+/// Every message arrived once, in order per device: a message redelivered by the broker
+/// after a failed commit may arrive twice in a row, and is counted once.
+fn once_in_order(rx: &TestReceiver) {
+    let mut received = rx.receiver.accepted();
+    received.dedup_by(|a, b| a.headers.get("webhook-id") == b.headers.get("webhook-id"));
+    assert_complete_and_ordered(&received, DEVICES, PER_DEVICE);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: mounts a tmpfs (.ci/run runs it)"]
 async fn a_full_disk_pauses_input_and_resumes_when_space_returns() {
-    let FullDisk {
-        daemon,
-        publisher,
-        ballast,
-        rx,
-        admin,
-        _broker,
-        _mount,
-        _dir,
-    } = full_disk().await;
-    let (devices, per_device) = (DEVICES, PER_DEVICE);
+    let f = full_disk().await;
+    let (rx, admin) = (&f.rig.rx, f.rig.admin);
     let (status, body) = roomhook_testkit::http_get(admin, "/readyz", None);
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("store"), "{body}");
@@ -130,23 +128,9 @@ async fn a_full_disk_pauses_input_and_resumes_when_space_returns() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(roomhook_testkit::http_get(admin, "/healthz", None).0, 200);
 
-    std::fs::remove_file(&ballast).unwrap();
+    std::fs::remove_file(&f.ballast).unwrap();
     rx.receiver.set_behaviour(Behaviour::Accept);
-    tokio::time::timeout(Duration::from_secs(120), publisher)
-        .await
-        .expect("the broker got every PUBACK once space returned")
-        .unwrap();
-    let all = rx
-        .receiver
-        .wait_accepted(devices * per_device, Duration::from_secs(120))
-        .await;
-    assert!(
-        all,
-        "{} of {} delivered; log:\n{}",
-        rx.receiver.accepted_messages(),
-        devices * per_device,
-        daemon.logs()
-    );
+    space_returned(f.publisher, rx, &f.daemon).await;
     // Ready again once no commit failed for 10 s.
     let ready = wait_until(Duration::from_secs(40), || {
         roomhook_testkit::http_get(admin, "/readyz", None).0 == 200
@@ -158,42 +142,32 @@ async fn a_full_disk_pauses_input_and_resumes_when_space_returns() {
     );
     // redb refuses everything after an I/O error until reopened: the writer did that.
     assert!(
-        daemon.logs().contains("store reopened after the I/O error"),
+        f.daemon
+            .logs()
+            .contains("store reopened after the I/O error"),
         "{}",
-        daemon.logs()
+        f.daemon.logs()
     );
-    let mut received = rx.receiver.accepted();
-    // A message redelivered by the broker after a failed commit may arrive twice; count once.
-    received.dedup_by(|a, b| a.headers.get("webhook-id") == b.headers.get("webhook-id"));
-    assert_complete_and_ordered(&received, devices, per_device);
+    once_in_order(rx);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: mounts a tmpfs (.ci/run runs it)"]
 async fn sigterm_ends_the_daemon_in_time_while_the_disk_is_full() {
-    let FullDisk {
-        mut daemon,
-        publisher,
-        ballast: _ballast,
-        rx: _rx,
-        admin: _admin,
-        _broker,
-        _mount,
-        _dir,
-    } = full_disk().await;
+    let mut f = full_disk().await;
     // Input held, commits failing, the store reopening: SIGTERM still ends it in time.
     let t = std::time::Instant::now();
-    let code = daemon.stop();
+    let code = f.daemon.stop();
     let took = t.elapsed();
     assert!(
         took < roomhook::config::SHUTDOWN_GRACE + Duration::from_secs(7),
         "SIGTERM took {took:?}; log:\n{}",
-        daemon.logs()
+        f.daemon.logs()
     );
     // A clean exit: the sources and the store writer saw the shutdown (the backstop, which
     // exits 1 once the grace period is over, was not needed).
-    assert_eq!(code, Some(0), "{}", daemon.logs());
-    publisher.abort();
+    assert_eq!(code, Some(0), "{}", f.daemon.logs());
+    f.publisher.abort();
 }
 
 /// An edit that the full disk refuses changes nothing: the answer says so, the config file is
@@ -202,26 +176,17 @@ async fn sigterm_ends_the_daemon_in_time_while_the_disk_is_full() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: mounts a tmpfs (.ci/run runs it)"]
 async fn an_edit_the_full_disk_refuses_changes_nothing() {
-    let FullDisk {
-        daemon,
-        publisher,
-        ballast,
-        rx,
-        admin: _admin,
-        _broker,
-        _mount,
-        _dir,
-    } = full_disk().await;
-    let config = _dir.path().join("roomhook.toml");
-    let before = std::fs::read(&config).unwrap();
-    let (code, _, err) = webhook_cli(&config, &["set", "facilities", "--name", "renamed"]).await;
+    let f = full_disk().await;
+    let (rx, config) = (&f.rig.rx, &f.rig.config);
+    let before = std::fs::read(config).unwrap();
+    let (code, _, err) = webhook_cli(config, &["set", "facilities", "--name", "renamed"]).await;
     assert_ne!(code, 0, "a rename went through on a full disk");
     assert!(
         err.contains("the store refused the change, nothing was changed"),
         "{err}"
     );
-    assert_eq!(std::fs::read(&config).unwrap(), before, "the file changed");
-    let names: Vec<String> = webhook_list(&config)
+    assert_eq!(std::fs::read(config).unwrap(), before, "the file changed");
+    let names: Vec<String> = webhook_list(config)
         .await
         .iter()
         .map(|w| w["name"].as_str().unwrap_or("").to_string())
@@ -237,7 +202,7 @@ async fn an_edit_the_full_disk_refuses_changes_nothing() {
     assert_eq!(loops.len(), 1, "{status}");
     assert_eq!(loops[0]["webhook"], "facilities", "{status}");
     // Space returns: the rename goes through, and everything arrives once, in order.
-    std::fs::remove_file(&ballast).unwrap();
+    std::fs::remove_file(&f.ballast).unwrap();
     rx.receiver.set_behaviour(Behaviour::Accept);
     let renamed = wait_until(Duration::from_secs(60), || {
         run_roomhook(&[
@@ -251,21 +216,7 @@ async fn an_edit_the_full_disk_refuses_changes_nothing() {
         ])
         .0 == 0
     });
-    assert!(renamed, "{}", daemon.logs());
-    tokio::time::timeout(Duration::from_secs(120), publisher)
-        .await
-        .expect("the broker got every PUBACK once space returned")
-        .unwrap();
-    assert!(
-        rx.receiver
-            .wait_accepted(DEVICES * PER_DEVICE, Duration::from_secs(120))
-            .await,
-        "{} of {} delivered; log:\n{}",
-        rx.receiver.accepted_messages(),
-        DEVICES * PER_DEVICE,
-        daemon.logs()
-    );
-    let mut received = rx.receiver.accepted();
-    received.dedup_by(|a, b| a.headers.get("webhook-id") == b.headers.get("webhook-id"));
-    assert_complete_and_ordered(&received, DEVICES, PER_DEVICE);
+    assert!(renamed, "{}", f.daemon.logs());
+    space_returned(f.publisher, rx, &f.daemon).await;
+    once_in_order(rx);
 }

@@ -68,11 +68,8 @@ async fn drop_oldest_keeps_the_store_in_budget_and_the_newest_events() {
         "dropped + queued != enqueued"
     );
     r.rx.receiver.set_behaviour(Behaviour::Accept);
-    let all =
-        r.rx.receiver
-            .wait_accepted(queued as usize, Duration::from_secs(60))
-            .await;
-    assert!(all, "{}", daemon.logs());
+    r.rx.expect_accepted(queued as usize, Duration::from_secs(60), &daemon)
+        .await;
     assert!(wait_until(Duration::from_secs(10), || r.metric(QUEUED) == 0.0));
     let delivered_total = r.metric("roomhook_events_delivered_total{webhook=\"facilities\"}");
     assert_eq!(
@@ -97,13 +94,8 @@ async fn coalesce_drops_superseded_values_first() {
     let queued = r.metric(QUEUED);
     assert_eq!(coalesced + dropped(&r, "overflow") + queued, 20_000.0);
     r.rx.receiver.set_behaviour(Behaviour::Accept);
-    assert!(
-        r.rx.receiver
-            .wait_accepted(queued as usize, Duration::from_secs(60))
-            .await,
-        "{}",
-        daemon.logs()
-    );
+    r.rx.expect_accepted(queued as usize, Duration::from_secs(60), &daemon)
+        .await;
     assert_eq!(daemon.stop(), Some(0));
     delivered_up_to_the_newest(&r);
 }
@@ -115,9 +107,7 @@ async fn block_loses_nothing_the_broker_holds_the_rest() {
     assert!(wait_until(Duration::from_secs(20), || r
         .metric("roomhook_store_bytes")
         > BUDGET * 0.8));
-    assert!(wait_until(Duration::from_secs(10), || daemon
-        .logs()
-        .contains("input waits")));
+    daemon.expect_log("input waits", Duration::from_secs(10));
     assert!(r.metric("roomhook_store_bytes") <= BUDGET);
     assert!(r.metric(ENQUEUED) < 20_000.0);
     r.rx.receiver.set_behaviour(Behaviour::Accept);
@@ -134,8 +124,7 @@ async fn block_loses_nothing_the_broker_holds_the_rest() {
         scrape(r.admin)
     );
     assert_eq!(dropped(&r, "overflow") + dropped(&r, "coalesced"), 0.0);
-    assert_eq!(daemon.stop(), Some(0));
-    assert_complete_and_ordered(&r.rx.receiver.accepted(), 10, 2000);
+    stop_and_check(&mut daemon, &r.rx, 10, 2000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,11 +148,8 @@ async fn events_older_than_max_queue_age_are_dropped_not_delivered() {
         scrape(r.admin)
     );
     publish(r.broker.port, &[("room-0".into(), 500)]).await;
-    assert!(
-        r.rx.receiver
-            .wait_accepted(1, Duration::from_secs(10))
-            .await
-    );
+    r.rx.expect_accepted(1, Duration::from_secs(10), &daemon)
+        .await;
     assert_eq!(daemon.stop(), Some(0));
     assert_eq!(
         r.rx.receiver.accepted().len(),
@@ -187,13 +173,9 @@ async fn an_undecodable_entry_is_skipped_and_the_queue_goes_on() {
     )
     .await;
     let mut daemon = Daemon::start(&r.config);
-    assert!(
-        r.rx.receiver
-            .wait_accepted(2, Duration::from_secs(20))
-            .await,
-        "the queue stopped at the damaged entry; log:\n{}",
-        daemon.logs()
-    );
+    // Both good ones: the queue did not stop at the damaged entry.
+    r.rx.expect_accepted(2, Duration::from_secs(20), &daemon)
+        .await;
     assert!(wait_until(Duration::from_secs(10), || metric(
         r.admin,
         "roomhook_events_dropped_total{webhook=\"facilities\",reason=\"undecodable\"}"
@@ -223,13 +205,7 @@ async fn a_full_block_queue_holds_input_for_every_webhook_and_loses_nothing() {
     let port = r.broker.port;
     let publisher = tokio::spawn(async move { publish(port, &workload(10, 2000)).await });
     let m = |s: &str| metric(admin, s).unwrap_or(0.0);
-    assert!(
-        wait_until(Duration::from_secs(30), || daemon
-            .logs()
-            .contains("input waits")),
-        "{}",
-        daemon.logs()
-    );
+    daemon.expect_log("input waits", Duration::from_secs(30));
     // While the healthy webhook drains, its freed room lets a little more in; once the
     // block queue alone fills the budget, input stops for the healthy webhook too.
     let mut last = -1.0;
@@ -279,7 +255,6 @@ async fn a_full_block_queue_holds_input_for_every_webhook_and_loses_nothing() {
         "{}",
         daemon.logs()
     );
-    assert_eq!(daemon.stop(), Some(0));
-    assert_complete_and_ordered(&stuck.receiver.accepted(), 10, 2000);
+    stop_and_check(&mut daemon, stuck, 10, 2000);
     assert_complete_and_ordered(&fine.receiver.accepted(), 10, 2000);
 }

@@ -12,8 +12,7 @@ async fn forwards_5000_messages_from_50_devices_in_order_with_auth() {
     publish(r.broker.port, &workload(devices, per_device)).await;
     r.rx.expect_ok(devices * per_device, Duration::from_secs(120), &daemon)
         .await;
-    assert_eq!(daemon.stop(), Some(0));
-    assert_complete_and_ordered(&r.rx.receiver.accepted(), devices, per_device);
+    stop_and_check(&mut daemon, &r.rx, devices, per_device);
     assert!(
         !daemon.logs().contains(TOKEN),
         "the token appeared in the log"
@@ -31,8 +30,7 @@ async fn a_receiver_answering_503_for_a_while_loses_nothing() {
     r.rx.receiver.set_behaviour(Behaviour::Accept);
     r.rx.expect_ok(devices * per_device, Duration::from_secs(60), &daemon)
         .await;
-    assert_eq!(daemon.stop(), Some(0));
-    assert_complete_and_ordered(&r.rx.receiver.accepted(), devices, per_device);
+    stop_and_check(&mut daemon, &r.rx, devices, per_device);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,10 +43,7 @@ async fn a_self_signed_receiver_gets_nothing_and_the_events_are_kept() {
     });
     let mut daemon = Daemon::start(&r.config);
     publish(r.broker.port, &workload(5, 10)).await;
-    let logged = wait_until(Duration::from_secs(20), || {
-        daemon.logs().contains("TLS handshake failed")
-    });
-    assert!(logged, "no clear TLS error in the log:\n{}", daemon.logs());
+    daemon.expect_log("TLS handshake failed", Duration::from_secs(20));
     let logs = daemon.logs();
     assert!(
         logs.contains("UnknownIssuer") || logs.contains("certificate"),
@@ -65,8 +60,7 @@ async fn a_self_signed_receiver_gets_nothing_and_the_events_are_kept() {
     });
     let mut daemon = Daemon::start(&r.config);
     r.rx.expect_ok(50, Duration::from_secs(30), &daemon).await;
-    assert_eq!(daemon.stop(), Some(0));
-    assert_complete_and_ordered(&r.rx.receiver.accepted(), 5, 10);
+    stop_and_check(&mut daemon, &r.rx, 5, 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,8 +73,7 @@ async fn events_queued_at_a_stop_are_delivered_after_the_restart() {
     r.rx.receiver.set_behaviour(Behaviour::Accept);
     let mut daemon = Daemon::start(&r.config);
     r.rx.expect_ok(200, Duration::from_secs(30), &daemon).await;
-    assert_eq!(daemon.stop(), Some(0));
-    assert_complete_and_ordered(&r.rx.receiver.accepted(), 4, 50);
+    stop_and_check(&mut daemon, &r.rx, 4, 50);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

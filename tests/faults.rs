@@ -87,6 +87,33 @@ fn request_errors(r: &Faulty) -> f64 {
         .sum()
 }
 
+/// The rig behind its proxies with the keys of `webhook`, `fault` on the way to the
+/// receiver, and `per_device` people counts of each device published.
+async fn faulty(webhook: &str, fault: Fault, per_device: usize) -> Faulty {
+    let r = rig(webhook).await;
+    r.to_receiver.set(fault);
+    publish(r.broker.port, &workload(DEVICES, per_device)).await;
+    r
+}
+
+/// Waits up to `within` until `n` requests failed.
+fn wait_errors(r: &Faulty, n: f64, within: Duration) {
+    assert!(
+        wait_until(within, || request_errors(r) >= n),
+        "{}\n{}",
+        scrape(r.admin),
+        r.daemon.logs()
+    );
+}
+
+/// Every one of the `per_device` values of each device arrives (within `within`), in
+/// order, and the daemon stops cleanly.
+async fn delivered_in_order(mut r: Faulty, per_device: usize, within: Duration) {
+    wait_all(&r, DEVICES * per_device, within).await;
+    assert_eq!(r.daemon.stop(), Some(0));
+    assert_all_in_order(&r, per_device);
+}
+
 async fn wait_all(r: &Faulty, n: usize, within: Duration) {
     let all = |reqs: &[roomhook::demo::receiver::Received]| {
         people_counts(reqs)
@@ -101,48 +128,30 @@ async fn wait_all(r: &Faulty, n: usize, within: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_seconds_of_latency_with_a_one_second_timeout() {
-    let mut r = rig("request_timeout = \"1s\"").await;
-    r.to_receiver.set(Fault::Latency(Duration::from_secs(2)));
-    publish(r.broker.port, &workload(DEVICES, 50)).await;
+    let slow = Fault::Latency(Duration::from_secs(2));
+    let r = faulty("request_timeout = \"1s\"", slow, 50).await;
     // Requests time out (and are retried) while the path is slow.
-    assert!(
-        wait_until(Duration::from_secs(30), || request_errors(&r) >= 3.0),
-        "{}",
-        scrape(r.admin)
-    );
+    wait_errors(&r, 3.0, Duration::from_secs(30));
     r.to_receiver.set(Fault::Pass);
-    wait_all(&r, DEVICES * 50, Duration::from_secs(60)).await;
-    assert_eq!(r.daemon.stop(), Some(0));
-    assert_all_in_order(&r, 50);
+    delivered_in_order(r, 50, Duration::from_secs(60)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_hole_that_times_out_request_after_request() {
     // A short timeout: the black hole lasts three of them (each retried after a backoff),
     // not a wall-clock minute.
-    let mut r = rig("request_timeout = \"2s\"").await;
-    r.to_receiver.set(Fault::BlackHole);
-    publish(r.broker.port, &workload(DEVICES, 100)).await;
-    assert!(
-        wait_until(Duration::from_secs(60), || request_errors(&r) >= 3.0),
-        "{}\n{}",
-        scrape(r.admin),
-        r.daemon.logs()
-    );
+    let r = faulty("request_timeout = \"2s\"", Fault::BlackHole, 100).await;
+    wait_errors(&r, 3.0, Duration::from_secs(60));
     assert_eq!(distinct(&r), 0, "nothing passes a black hole");
     r.to_receiver.set(Fault::Pass);
-    wait_all(&r, DEVICES * 100, Duration::from_secs(90)).await;
-    assert_eq!(r.daemon.stop(), Some(0));
-    assert_all_in_order(&r, 100);
+    delivered_in_order(r, 100, Duration::from_secs(90)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_reset_in_the_middle_of_requests() {
-    let mut r = rig("").await;
     // The TLS handshake passes, then a request or two, then a reset mid-stream: on every
     // connection, for the whole run.
-    r.to_receiver.set(Fault::ResetAfter(4000));
-    publish(r.broker.port, &workload(DEVICES, 100)).await;
+    let mut r = faulty("", Fault::ResetAfter(4000), 100).await;
     wait_all(&r, DEVICES * 100, Duration::from_secs(120)).await;
     assert!(request_errors(&r) >= 1.0, "{}", scrape(r.admin));
     assert_eq!(r.daemon.stop(), Some(0));
@@ -152,26 +161,18 @@ async fn connections_reset_in_the_middle_of_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_never_finishes_the_tls_handshake() {
     // The handshake is bounded by request_timeout (connect_timeout covers TCP only).
-    let mut r = rig("connect_timeout = \"2s\"\nrequest_timeout = \"3s\"").await;
-    r.to_receiver.set(Fault::Silent);
-    publish(r.broker.port, &workload(DEVICES, 50)).await;
+    let timeouts = "connect_timeout = \"2s\"\nrequest_timeout = \"3s\"";
+    let r = faulty(timeouts, Fault::Silent, 50).await;
     // The handshake times out (it is not waited on forever), again and again.
-    assert!(
-        wait_until(Duration::from_secs(40), || request_errors(&r) >= 2.0),
-        "{}\n{}",
-        scrape(r.admin),
-        r.daemon.logs()
-    );
+    wait_errors(&r, 2.0, Duration::from_secs(40));
     assert_eq!(distinct(&r), 0);
     r.to_receiver.set(Fault::Pass);
-    wait_all(&r, DEVICES * 50, Duration::from_secs(90)).await;
-    assert_eq!(r.daemon.stop(), Some(0));
-    assert_all_in_order(&r, 50);
+    delivered_in_order(r, 50, Duration::from_secs(90)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_gone_while_the_receiver_is_slow() {
-    let mut r = rig("").await;
+    let r = rig("").await;
     r.rx.receiver
         .set_behaviour(Behaviour::SlowPerConcurrent(10));
     let first: Vec<(String, i64)> = workload(DEVICES, 200)
@@ -206,7 +207,5 @@ async fn the_broker_gone_while_the_receiver_is_slow() {
         Some(0.0)
     );
     r.to_broker.set(Fault::Pass);
-    wait_all(&r, DEVICES * 200, Duration::from_secs(120)).await;
-    assert_eq!(r.daemon.stop(), Some(0));
-    assert_all_in_order(&r, 200);
+    delivered_in_order(r, 200, Duration::from_secs(120)).await;
 }

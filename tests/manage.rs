@@ -465,33 +465,25 @@ async fn sighup_applies_a_valid_file_and_keeps_the_old_config_on_an_invalid_one(
         daemon.logs()
     );
     publish(broker.port, &[("room-7".into(), 1)]).await;
-    assert!(
-        other
-            .receiver
-            .wait_accepted(1, Duration::from_secs(20))
-            .await
-    );
+    other
+        .expect_accepted(1, Duration::from_secs(20), &daemon)
+        .await;
 
     // An invalid file: logged, old config kept, events still flow.
     r.edit_config(|d| {
         d.set("webhooks[hand-made].statuses_typo", list(["Nope.Nothing"]));
     });
     hup();
-    let logged = wait_until(Duration::from_secs(10), || {
-        daemon
-            .logs()
-            .contains("config not reloaded, the running config stays")
-    });
-    assert!(logged, "log:\n{}", daemon.logs());
+    daemon.expect_log(
+        "config not reloaded, the running config stays",
+        Duration::from_secs(10),
+    );
     assert!(daemon.logs().contains("statuses_typo"), "{}", daemon.logs());
     assert_eq!(webhook_list(config).await.len(), 2);
     publish(broker.port, &[("room-7".into(), 2)]).await;
-    assert!(
-        other
-            .receiver
-            .wait_accepted(2, Duration::from_secs(20))
-            .await
-    );
+    other
+        .expect_accepted(2, Duration::from_secs(20), &daemon)
+        .await;
     assert!(rx.receiver.wait_accepted(2, Duration::from_secs(20)).await);
 
     // API edits persist across a restart (the file is the one source of truth).

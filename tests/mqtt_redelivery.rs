@@ -91,10 +91,11 @@ async fn against(
         script(listener, first)
     });
     let admin = free_port();
-    let config = edit(&standard_config(port, &rx.url, &rx.ca_file, ""), |d| {
-        d.set("sources.mqtt[sensors].keep_alive", "5s");
-    });
-    let config = write_config(dir.path(), &with_admin(&config, admin));
+    let config = Config::new()
+        .admin(admin)
+        .with(Section::sensors(port).set("keep_alive", "5s"))
+        .with(Section::webhook("facilities", &rx.url, &rx.ca_file))
+        .write(dir.path());
     let mut daemon = Daemon::start(&config);
     let values = || {
         people_counts(&rx.receiver.accepted())

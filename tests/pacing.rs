@@ -13,29 +13,25 @@ fn state(r: &Rig, state: &str) -> bool {
     ) == Some(1.0)
 }
 
+/// The rig with the keys of `webhook` and a receiver that does `receiver`, the daemon
+/// started; then `devices` × `per_device` people counts published.
+async fn loaded(
+    webhook: &str,
+    receiver: Behaviour,
+    devices: usize,
+    per_device: usize,
+) -> (Rig, Daemon) {
+    let (r, daemon) = Rig::new().webhook(webhook).receiver(receiver).start().await;
+    publish(r.broker.port, &workload(devices, per_device)).await;
+    (r, daemon)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_holds_every_request_for_that_long() {
-    let (r, mut daemon) = Rig::new()
-        .webhook("")
-        .receiver(Behaviour::StatusRetryAfter(429, 3))
-        .start()
-        .await;
-    publish(r.broker.port, &workload(3, 5)).await;
-    assert!(
-        r.rx.receiver
-            .wait_for(Duration::from_secs(10), |q| q
-                .iter()
-                .any(|x| x.status == 429))
-            .await
-    );
+    let (r, mut daemon) = loaded("", Behaviour::StatusRetryAfter(429, 3), 3, 5).await;
+    assert!(r.rx.wait_status(429, 1, Duration::from_secs(10)).await);
     r.rx.receiver.set_behaviour(Behaviour::Accept);
-    let all =
-        r.rx.receiver
-            .wait_for(Duration::from_secs(20), |q| {
-                q.iter().filter(|x| x.status == 200).count() >= 15
-            })
-            .await;
-    assert!(all, "{}", daemon.logs());
+    r.rx.expect_ok(15, Duration::from_secs(20), &daemon).await;
     let reqs = r.rx.receiver.requests();
     let first_429 = reqs.iter().find(|x| x.status == 429).unwrap().at;
     let last_429 = reqs
@@ -57,30 +53,19 @@ async fn retry_after_holds_every_request_for_that_long() {
         next.duration_since(last_429)
     );
     assert!(last_429.duration_since(first_429) < Duration::from_secs(1));
-    assert_eq!(daemon.stop(), Some(0));
-    assert_complete_and_ordered(&r.rx.receiver.accepted(), 3, 5);
+    stop_and_check(&mut daemon, &r.rx, 3, 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_percent_503_still_delivers_everything_in_order() {
-    let (r, mut daemon) = Rig::new()
-        .webhook("circuit_breaker_threshold = 50")
-        .receiver(Behaviour::FailPercent(503, 30))
-        .start()
-        .await;
-    publish(r.broker.port, &workload(10, 30)).await;
-    let all =
-        r.rx.receiver
-            .wait_for(Duration::from_secs(60), |q| {
-                q.iter().filter(|x| x.status == 200).count() >= 300
-            })
-            .await;
-    assert!(
-        all,
-        "{} delivered; {}",
-        r.rx.receiver.accepted().len(),
-        daemon.logs()
-    );
+    let (r, mut daemon) = loaded(
+        "circuit_breaker_threshold = 50",
+        Behaviour::FailPercent(503, 30),
+        10,
+        30,
+    )
+    .await;
+    r.rx.expect_ok(300, Duration::from_secs(60), &daemon).await;
     assert!(
         r.rx.receiver
             .requests()
@@ -89,18 +74,13 @@ async fn thirty_percent_503_still_delivers_everything_in_order() {
             .count()
             > 30
     );
-    assert_eq!(daemon.stop(), Some(0));
-    assert_complete_and_ordered(&r.rx.receiver.accepted(), 10, 30);
+    stop_and_check(&mut daemon, &r.rx, 10, 30);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_drains_within_the_rate_limit() {
-    let (r, mut daemon) = Rig::new()
-        .webhook("rate_limit = 20\nburst = 5")
-        .receiver(Behaviour::Status(503))
-        .start()
-        .await;
-    publish(r.broker.port, &workload(10, 10)).await;
+    let (r, mut daemon) =
+        loaded("rate_limit = 20\nburst = 5", Behaviour::Status(503), 10, 10).await;
     // The receiver was down while the backlog built up; now it recovers.
     assert!(
         r.rx.receiver
@@ -108,13 +88,7 @@ async fn a_backlog_drains_within_the_rate_limit() {
             .await
     );
     r.rx.receiver.set_behaviour(Behaviour::Accept);
-    let all =
-        r.rx.receiver
-            .wait_for(Duration::from_secs(60), |q| {
-                q.iter().filter(|x| x.status == 200).count() >= 100
-            })
-            .await;
-    assert!(all, "{}", daemon.logs());
+    r.rx.expect_ok(100, Duration::from_secs(60), &daemon).await;
     assert_eq!(daemon.stop(), Some(0));
     // Every request the receiver saw, in any one-second window: at most rate + burst.
     // (Arrival times at the receiver carry network and scheduling jitter: a little slack.)
@@ -140,11 +114,7 @@ async fn a_backlog_drains_within_the_rate_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_in_flight_limit_grows_on_a_fast_receiver_and_shrinks_on_a_slow_one() {
-    let (r, mut daemon) = Rig::new()
-        .webhook("max_in_flight = 4")
-        .receiver(Behaviour::Accept)
-        .start()
-        .await;
+    let (r, mut daemon) = Rig::new().webhook("max_in_flight = 4").start().await;
     let limit = |r: &Rig| {
         metric(r.admin, "roomhook_in_flight_limit{webhook=\"facilities\"}").unwrap_or(0.0)
     };
@@ -183,7 +153,6 @@ async fn the_in_flight_limit_grows_on_a_fast_receiver_and_shrinks_on_a_slow_one(
 async fn a_chatty_device_does_not_starve_the_others() {
     let (r, mut daemon) = Rig::new()
         .webhook("rate_limit = 100\nburst = 1\nmax_in_flight = 1")
-        .receiver(Behaviour::Accept)
         .start()
         .await;
     let mut msgs: Vec<(String, i64)> = (0..500).map(|i| ("chatty".to_string(), i)).collect();
@@ -193,13 +162,7 @@ async fn a_chatty_device_does_not_starve_the_others() {
         }
     }
     publish(r.broker.port, &msgs).await;
-    let all =
-        r.rx.receiver
-            .wait_for(Duration::from_secs(60), |q| {
-                q.iter().filter(|x| x.status == 200).count() >= 545
-            })
-            .await;
-    assert!(all, "{}", daemon.logs());
+    r.rx.expect_ok(545, Duration::from_secs(60), &daemon).await;
     assert_eq!(daemon.stop(), Some(0));
     let order: Vec<String> =
         r.rx.receiver
@@ -219,12 +182,7 @@ async fn a_chatty_device_does_not_starve_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthorized_holds_the_queue_and_gone_disables_the_webhook() {
-    let (r, mut daemon) = Rig::new()
-        .webhook("auth_retry = \"1s\"")
-        .receiver(Behaviour::Status(401))
-        .start()
-        .await;
-    publish(r.broker.port, &workload(2, 5)).await;
+    let (r, mut daemon) = loaded("auth_retry = \"1s\"", Behaviour::Status(401), 2, 5).await;
     assert!(
         wait_until(Duration::from_secs(10), || state(&r, "auth_failed")),
         "{}",
@@ -232,13 +190,7 @@ async fn unauthorized_holds_the_queue_and_gone_disables_the_webhook() {
     );
     assert!(daemon.logs().contains("refused the credentials"));
     r.rx.receiver.set_behaviour(Behaviour::Accept);
-    let all =
-        r.rx.receiver
-            .wait_for(Duration::from_secs(20), |q| {
-                q.iter().filter(|x| x.status == 200).count() >= 10
-            })
-            .await;
-    assert!(all, "{}", daemon.logs());
+    r.rx.expect_ok(10, Duration::from_secs(20), &daemon).await;
     assert!(wait_until(Duration::from_secs(5), || state(&r, "active")));
     assert_complete_and_ordered(&r.rx.receiver.accepted(), 2, 5);
 
@@ -271,12 +223,7 @@ async fn unauthorized_holds_the_queue_and_gone_disables_the_webhook() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_client_error_moves_messages_to_the_dead_letters() {
-    let (r, mut daemon) = Rig::new()
-        .webhook("")
-        .receiver(Behaviour::Status(422))
-        .start()
-        .await;
-    publish(r.broker.port, &workload(2, 3)).await;
+    let (r, mut daemon) = loaded("", Behaviour::Status(422), 2, 3).await;
     let dead = wait_until(Duration::from_secs(10), || {
         metric(r.admin, "roomhook_dead_letters{webhook=\"facilities\"}") == Some(6.0)
     });
@@ -342,13 +289,8 @@ async fn a_permanent_client_error_moves_messages_to_the_dead_letters() {
     let (code, out) = cli(&["replay", "facilities", "--dead-letters", "--since", "1h"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("6 dead letter(s)"), "{out}");
-    assert!(
-        r.rx.receiver
-            .wait_accepted(6, Duration::from_secs(20))
-            .await,
-        "{}",
-        daemon.logs()
-    );
+    r.rx.expect_accepted(6, Duration::from_secs(20), &daemon)
+        .await;
     assert_eq!(
         metric(r.admin, "roomhook_dead_letters{webhook=\"facilities\"}"),
         Some(0.0)
@@ -360,23 +302,10 @@ async fn a_permanent_client_error_moves_messages_to_the_dead_letters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batching_sends_arrays_and_keeps_per_device_order() {
-    let (r, mut daemon) = Rig::new()
-        .webhook("batch_max_messages = 50\nbatch_linger = \"20ms\"")
-        .receiver(Behaviour::Accept)
-        .start()
+    let batches = "batch_max_messages = 50\nbatch_linger = \"20ms\"";
+    let (r, mut daemon) = loaded(batches, Behaviour::Accept, 5, 100).await;
+    r.rx.expect_messages(500, Duration::from_secs(30), &daemon)
         .await;
-    publish(r.broker.port, &workload(5, 100)).await;
-    let all =
-        r.rx.receiver
-            .wait_for(Duration::from_secs(30), |q| {
-                q.iter()
-                    .filter(|x| x.status == 200)
-                    .map(|x| x.messages().len())
-                    .sum::<usize>()
-                    >= 500
-            })
-            .await;
-    assert!(all, "{}", daemon.logs());
     assert_eq!(daemon.stop(), Some(0));
     let reqs = r.rx.receiver.accepted();
     assert!(

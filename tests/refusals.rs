@@ -18,13 +18,8 @@ async fn a_proxy_answering_404_during_a_deploy_loses_nothing() {
     assert!(r.rx.wait_status(404, 30, Duration::from_secs(20)).await);
     assert_eq!(dead_letters(r.admin), Some(0.0), "404 must not dead-letter");
     r.rx.receiver.set_behaviour(Behaviour::Accept);
-    assert!(
-        r.rx.receiver
-            .wait_accepted(devices * per_device, Duration::from_secs(60))
-            .await,
-        "{}",
-        daemon.logs()
-    );
+    r.rx.expect_accepted(devices * per_device, Duration::from_secs(60), &daemon)
+        .await;
     assert_complete_and_ordered(&r.rx.receiver.accepted(), devices, per_device);
     assert_eq!(dead_letters(r.admin), Some(0.0));
     assert_eq!(daemon.stop(), Some(0));
@@ -64,13 +59,8 @@ async fn a_receiver_refusing_everything_does_not_empty_the_queue() {
     assert_eq!(metric(admin, "roomhook_ready"), Some(0.0));
     // The receiver is fixed: the held queue goes out.
     rx.receiver.set_behaviour(Behaviour::Accept);
-    assert!(
-        rx.receiver
-            .wait_accepted(n - 19, Duration::from_secs(60))
-            .await,
-        "{}",
-        daemon.logs()
-    );
+    rx.expect_accepted(n - 19, Duration::from_secs(60), &daemon)
+        .await;
     assert!(wait_until(Duration::from_secs(10), || state("active") == Some(1.0)));
     assert_eq!(dead_letters(admin), Some(19.0));
     assert_eq!(daemon.stop(), Some(0));

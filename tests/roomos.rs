@@ -494,13 +494,7 @@ async fn a_silent_device_is_detected_by_the_keepalive_and_reconnected() {
     let (dev, rx, daemon) = (&r.dev, &r.rx, &mut r.daemon);
     dev.set_silent(true);
     // keep_alive = 2s: a ping unanswered for one interval means a dead peer.
-    assert!(
-        wait_until(Duration::from_secs(15), || daemon
-            .logs()
-            .contains("no pong within keep_alive")),
-        "{}",
-        daemon.logs()
-    );
+    daemon.expect_log("no pong within keep_alive", Duration::from_secs(15));
     dev.set_silent(false);
     assert!(wait_until(Duration::from_secs(15), || dev.connects() >= 2));
     dev.set_status(PEOPLE, json!(7));
@@ -565,21 +559,16 @@ async fn a_rebooting_or_rate_limiting_device_is_waited_for() {
     let path = config(&rx, free_port(), vec![source], ANALYTICS).write(dir.path());
     // Not Daemon::start: it waits for a subscription, which needs the device up.
     let mut daemon = Daemon::start_answering(&path);
-    let logs = || daemon.logs();
-    assert!(
-        wait_until(Duration::from_secs(15), || logs()
-            .contains("the device is rebooting (HTTP 502)")),
-        "{}",
-        logs()
+    daemon.expect_log(
+        "the device is rebooting (HTTP 502)",
+        Duration::from_secs(15),
     );
     dev.set_handshake_status(Some(503));
     let before = dev.handshakes();
     let switched = std::time::Instant::now();
-    assert!(
-        wait_until(Duration::from_secs(20), || logs()
-            .contains("limits connection attempts (HTTP 503)")),
-        "{}",
-        logs()
+    daemon.expect_log(
+        "limits connection attempts (HTTP 503)",
+        Duration::from_secs(20),
     );
     // Ten seconds of 503 (the fault's duration): a retry every second, even with jitter,
     // would make 10 or more attempts; the back-off makes a few.

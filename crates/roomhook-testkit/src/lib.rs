@@ -3,9 +3,10 @@
 //!
 //! - this file: a real Mosquitto on a free loopback port, free ports, waiting on a
 //!   condition, /proc readings, a QoS 1 publisher;
-//! - [`rig`]: the daemon as a child process, an HTTPS receiver behind a private CA, configs
-//!   and workloads;
-//! - [`config`]: config files edited as TOML values (toml_edit), never as text;
+//! - [`rig`]: the rig (the daemon as a child process, an HTTPS receiver behind a private
+//!   CA, a broker, the config), workloads, the simulated RoomOS device's options, the CLI,
+//!   and the checks on what a receiver got;
+//! - [`config`]: configs built and edited as TOML values (toml_edit), never as text;
 //! - [`http`]: the one HTTP client of the tests (hyper), for the admin listener;
 //! - [`proxy`]: a fault-injecting TCP proxy (the kernel here has no `netem`);
 //! - [`mqtt_wire`]: MQTT 3.1.1 packets, for tests that play a broker themselves.

@@ -3,7 +3,6 @@
 
 use roomhook::demo::pki::{self, ServerIdentity};
 use roomhook::demo::receiver::Receiver;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -71,6 +70,18 @@ impl TestReceiver {
             self.wait_status(200, n, within).await,
             "only {} of {n} delivered within {within:?}; log:\n{}",
             self.receiver.accepted().len(),
+            daemon.logs()
+        );
+    }
+
+    /// Waits up to `within` until `n` messages were accepted (2xx, batches counted message
+    /// by message: [`Receiver::wait_accepted`]); fails the test with how many were, and
+    /// `daemon`'s log, if not.
+    pub async fn expect_accepted(&self, n: usize, within: Duration, daemon: &Daemon) {
+        assert!(
+            self.receiver.wait_accepted(n, within).await,
+            "{} of {n} messages accepted within {within:?}; log:\n{}",
+            self.receiver.accepted_messages(),
             daemon.logs()
         );
     }
@@ -244,6 +255,16 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits up to `within` until it logged `text` (what a test checks it says; readiness
+    /// is never decided from the log); fails the test with the log if not.
+    pub fn expect_log(&self, text: &str, within: Duration) {
+        assert!(
+            wait_until(within, || self.logs().contains(text)),
+            "{text:?} not logged within {within:?}; log:\n{}",
+            self.logs()
+        );
+    }
+
     /// SIGKILL (a crash, a power cut as far as the process is concerned) and reap it.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -302,24 +323,6 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
-}
-
-/// Writes a config file into `dir` and returns its path.
-pub fn write_config(dir: &Path, text: &str) -> PathBuf {
-    let path = dir.join("roomhook.toml");
-    let mut f = std::fs::File::create(&path).expect("config");
-    f.write_all(text.as_bytes()).expect("write config");
-    path
-}
-
-/// A config with one MQTT source (`bench/{device}/status`, `/people` → PeopleCount:
-/// [`Section::sensors`]) and one webhook `facilities` to `url` trusting `ca_file`
-/// ([`Section::webhook`]) with the keys of `extra_webhook` (TOML).
-pub fn standard_config(broker_port: u16, url: &str, ca_file: &Path, extra_webhook: &str) -> String {
-    Config::new()
-        .with(Section::sensors(broker_port))
-        .with(Section::webhook("facilities", url, ca_file).merge(extra_webhook))
-        .to_string()
 }
 
 /// Publishes `{"people": value}` to `bench/<device>/status` with QoS 1 for every pair and
@@ -392,6 +395,13 @@ pub fn assert_complete_and_ordered(
             "values of {device} (lost, duplicated or out of order)"
         );
     }
+}
+
+/// Stops `daemon` (a clean exit: code 0), then checks what `rx` accepted: every device
+/// got exactly `0..per_device`, in order ([`assert_complete_and_ordered`]).
+pub fn stop_and_check(daemon: &mut Daemon, rx: &TestReceiver, devices: usize, per_device: usize) {
+    assert_eq!(daemon.stop(), Some(0), "{}", daemon.logs());
+    assert_complete_and_ordered(&rx.receiver.accepted(), devices, per_device);
 }
 
 /// Runs `roomhook <args>` to completion: (exit code, stdout, stderr).
@@ -497,30 +507,10 @@ pub async fn webhook_list(config: &Path) -> Vec<serde_json::Value> {
     v["webhooks"].as_array().cloned().unwrap_or_default()
 }
 
-/// `text` with `lines` added to its `[gateway]` table (after `org_id`).
-pub fn with_gateway(text: &str, lines: &str) -> String {
-    crate::edit(text, |d| {
-        d.merge("gateway", lines);
-    })
-}
-
-/// `text` with an `[admin]` listener on `port` (for /metrics, /readyz).
-pub fn with_admin(text: &str, port: u16) -> String {
-    crate::edit(text, |d| {
-        d.set("admin.listen", format!("127.0.0.1:{port}"));
-    })
-}
-
-/// `text` (with an `[admin]` table) with the web console on, opened by `token`.
-pub fn with_console(text: &str, token: &str) -> String {
-    crate::edit(text, |d| {
-        d.set("admin.console", true).set("admin.token", token);
-    })
-}
-
 /// The one test rig: a test's directory, a real Mosquitto, an HTTPS receiver behind a
 /// private CA, a free admin port, and the config file naming them (one MQTT source
-/// `sensors`, one webhook `facilities`: see [`standard_config`]). Built with [`Rig::new`];
+/// `sensors`: [`Section::sensors`]; one webhook `facilities`: [`Section::webhook`]; more
+/// webhooks with receivers of their own: [`RigBuilder::hook`]). Built with [`Rig::new`];
 /// the daemon is started by the test (`Daemon::start(&rig.config)`) or by
 /// [`RigBuilder::start`].
 pub struct Rig {
@@ -655,7 +645,7 @@ impl RigBuilder {
             config = config.with(Section::webhook(name, &hook.url, &hook.ca_file).merge(snippet));
             hooks.push((name.clone(), hook));
         }
-        let text = crate::edit(&config.to_string(), |d| {
+        let config = config.edit(|d| {
             for g in &self.gateway {
                 d.merge("gateway", g);
             }
@@ -670,7 +660,7 @@ impl RigBuilder {
                 f(d);
             }
         });
-        let config = write_config(dir.path(), &text);
+        let config = config.write(dir.path());
         Rig {
             dir,
             broker,
