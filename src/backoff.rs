@@ -11,20 +11,20 @@ const FLOOR: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Backoff {
     /// Delay ceiling of the first retry.
-    pub base: Duration,
+    pub(crate) base: Duration,
     /// Largest delay ceiling.
-    pub max: Duration,
+    pub(crate) max: Duration,
 }
 
 impl Backoff {
     /// The ceiling for the `attempt`-th retry (1-based): `base * 2^(attempt-1)`, capped.
-    pub fn ceiling(&self, attempt: u32) -> Duration {
+    pub(crate) fn ceiling(&self, attempt: u32) -> Duration {
         let exp = attempt.saturating_sub(1).min(30);
         self.base.saturating_mul(1u32 << exp).min(self.max)
     }
 
     /// The delay for the `attempt`-th retry; `unit` is a uniform draw from [0, 1).
-    pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
+    pub(crate) fn delay(&self, attempt: u32, unit: f64) -> Duration {
         self.ceiling(attempt)
             .mul_f64(unit.clamp(0.0, 1.0))
             .max(FLOOR)
@@ -41,7 +41,7 @@ pub(crate) struct Doubling {
 
 impl Doubling {
     /// Starts at `base`.
-    pub fn new(base: Duration, max: Duration) -> Self {
+    pub(crate) fn new(base: Duration, max: Duration) -> Self {
         Doubling {
             backoff: Backoff { base, max },
             attempt: 1,
@@ -49,17 +49,17 @@ impl Doubling {
     }
 
     /// The delay to wait now.
-    pub fn current(&self) -> Duration {
+    pub(crate) fn current(&self) -> Duration {
         self.backoff.ceiling(self.attempt)
     }
 
     /// A failure: the next delay is twice this one (capped).
-    pub fn failed(&mut self) {
+    pub(crate) fn failed(&mut self) {
         self.attempt = self.attempt.saturating_add(1);
     }
 
     /// A success: back to `base`.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.attempt = 1;
     }
 }

@@ -33,9 +33,9 @@ pub enum ValueType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     /// Dotted path; array nodes written `[*]` (e.g. `Peripherals.ConnectedDevice[*].…`).
-    pub path: &'static str,
+    pub(crate) path: &'static str,
     /// Status or event.
-    pub kind: Kind,
+    pub(crate) kind: Kind,
     /// What values look like.
     pub value: ValueType,
 }

@@ -44,7 +44,7 @@ pub struct Event {
 
 impl Event {
     /// Every (path, value) change the event carries: `path`/`value` first, then `more`.
-    pub fn changes(&self) -> impl Iterator<Item = (&str, &Value)> {
+    pub(crate) fn changes(&self) -> impl Iterator<Item = (&str, &Value)> {
         std::iter::once((self.path.as_str(), &self.value))
             .chain(self.more.iter().map(|(p, v)| (p.as_str(), v)))
     }

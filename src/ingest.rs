@@ -31,7 +31,7 @@ pub struct Ingest {
 impl Ingest {
     /// An ingest path into a store, routing to no webhook until they are added with
     /// [`Ingest::upsert_webhook`].
-    pub fn new(store: Store, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(store: Store, metrics: Arc<Metrics>) -> Self {
         let filtered = [
             Filtered::NotSelected,
             Filtered::Unchanged,
@@ -69,7 +69,7 @@ impl Ingest {
     /// Routes and submits events. Waits while the store is busy (backpressure); the
     /// returned future resolves when they are committed. Events of one source reach each
     /// queue in the order the source submitted them.
-    pub async fn submit(
+    pub(crate) async fn submit(
         &self,
         events: Vec<Event>,
         mark: Option<Mark>,
@@ -167,7 +167,7 @@ impl Ingest {
     }
 
     /// Routes, submits and waits for the commit.
-    pub async fn accept(&self, events: Vec<Event>) -> Result<(), StoreError> {
+    pub(crate) async fn accept(&self, events: Vec<Event>) -> Result<(), StoreError> {
         self.submit(events, None).await?.await
     }
 
@@ -183,7 +183,7 @@ impl Ingest {
     }
 
     /// The metrics.
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 }

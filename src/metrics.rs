@@ -10,83 +10,83 @@ use prometheus_client::registry::Registry;
 
 /// `{source}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct SourceLabel {
+pub struct SourceLabel {
     /// Source name.
-    pub source: String,
+    pub(crate) source: String,
 }
 
 /// `{source,reason}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct SourceReasonLabel {
     /// Source name.
-    pub source: String,
+    pub(crate) source: String,
     /// Why the payload was rejected.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 /// `{webhook}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct WebhookLabel {
+pub struct WebhookLabel {
     /// Webhook name.
-    pub webhook: String,
+    pub(crate) webhook: String,
 }
 
 /// `{reason}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReasonLabel {
     /// Why.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 /// `{webhook,code}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct WebhookCodeLabel {
     /// Webhook name.
-    pub webhook: String,
+    pub(crate) webhook: String,
     /// HTTP status code.
-    pub code: String,
+    pub(crate) code: String,
 }
 
 /// `{webhook,kind}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct WebhookKindLabel {
     /// Webhook name.
-    pub webhook: String,
+    pub(crate) webhook: String,
     /// Error kind: connect, tls, timeout, http_3xx, http_4xx, http_5xx, other.
-    pub kind: String,
+    pub(crate) kind: String,
 }
 
 /// `{webhook,reason}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct WebhookReasonLabel {
     /// Webhook name.
-    pub webhook: String,
+    pub(crate) webhook: String,
     /// Why.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 /// `{webhook,state}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct WebhookStateLabel {
     /// Webhook name.
-    pub webhook: String,
+    pub(crate) webhook: String,
     /// State name.
-    pub state: String,
+    pub(crate) state: String,
 }
 
 /// `{version, commit, target, profile, features}`: what `roomhook --version` prints.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct VersionLabel {
     /// Crate version.
-    pub version: String,
+    pub(crate) version: String,
     /// Git commit, or "unknown".
-    pub commit: String,
+    pub(crate) commit: String,
     /// Target triple.
-    pub target: String,
+    pub(crate) target: String,
     /// Cargo profile.
-    pub profile: String,
+    pub(crate) profile: String,
     /// Optional features built in ("demo", or "none").
-    pub features: String,
+    pub(crate) features: String,
 }
 
 fn latency_histogram() -> Histogram {
@@ -135,7 +135,7 @@ pub struct Metrics {
     /// The store's budget, `[gateway] max_store_bytes`.
     pub(crate) store_max_bytes: Gauge,
     /// 1 when `/readyz` would answer 200, else 0 (set at every scrape).
-    pub ready: Gauge,
+    pub(crate) ready: Gauge,
     /// Events dropped, by reason (overflow, coalesced, expired).
     pub(crate) events_dropped: Family<WebhookReasonLabel, Counter>,
     /// Requests in flight now.
@@ -170,7 +170,7 @@ pub struct Metrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ResultLabel {
     /// How it ended.
-    pub result: String,
+    pub(crate) result: String,
 }
 
 impl Default for Metrics {
@@ -181,7 +181,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Creates and registers every metric.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("roomhook");
         let m = Metrics {
             source_messages: Family::default(),
@@ -457,14 +457,14 @@ impl Metrics {
     }
 
     /// `{webhook}` label.
-    pub(crate) fn webhook(name: &str) -> WebhookLabel {
+    pub fn webhook(name: &str) -> WebhookLabel {
         WebhookLabel {
             webhook: name.to_string(),
         }
     }
 
     /// `{source}` label.
-    pub(crate) fn source(name: &str) -> SourceLabel {
+    pub fn source(name: &str) -> SourceLabel {
         SourceLabel {
             source: name.to_string(),
         }
@@ -480,7 +480,7 @@ pub(crate) struct DecodeErrors {
 
 impl DecodeErrors {
     /// The counters of `source` for `reasons`.
-    pub fn new(metrics: &Metrics, source: &str, reasons: &[&'static str]) -> Self {
+    pub(crate) fn new(metrics: &Metrics, source: &str, reasons: &[&'static str]) -> Self {
         let known = reasons
             .iter()
             .map(|r| {
@@ -508,7 +508,7 @@ impl DecodeErrors {
     }
 
     /// Each reason counted so far, with its count (reasons never seen left out).
-    pub fn counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
+    pub(crate) fn counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
         self.known
             .iter()
             .map(|(r, c)| (*r, c.get()))

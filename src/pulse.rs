@@ -28,7 +28,7 @@ pub(crate) struct Pulse(Arc<Beat>);
 
 impl Pulse {
     /// A mark not (yet) in any register.
-    pub fn new(name: impl Into<String>) -> Self {
+    pub(crate) fn new(name: impl Into<String>) -> Self {
         Pulse(Arc::new(Beat {
             name: name.into(),
             busy_since: AtomicU64::new(0),
@@ -36,19 +36,19 @@ impl Pulse {
     }
 
     /// The loop starts a step (one that must end soon on its own).
-    pub fn step(&self) {
+    pub(crate) fn step(&self) {
         self.0.busy_since.store(now_ms(), Ordering::Relaxed);
     }
 
     /// The loop waits by choice (for input, a timer, the network with a timeout).
-    pub fn rest(&self) {
+    pub(crate) fn rest(&self) {
         self.0.busy_since.store(0, Ordering::Relaxed);
     }
 
     /// Awaits `f` resting: a wait on another part (the store writer, a bounded network
     /// send) whose own mark, or own timeout, tells whether it hangs. A full disk that the
     /// writer waits out must not make every loop waiting on it look stuck.
-    pub async fn waiting<F: std::future::Future>(&self, f: F) -> F::Output {
+    pub(crate) async fn waiting<F: std::future::Future>(&self, f: F) -> F::Output {
         self.rest();
         let out = f.await;
         self.step();
@@ -64,7 +64,7 @@ impl Pulse {
     }
 
     /// The loop's name, as the watchdog reports it.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.0.name
     }
 }
@@ -83,7 +83,7 @@ impl Pulses {
     }
 
     /// Puts an existing mark in the register.
-    pub fn add(&self, p: &Pulse) {
+    pub(crate) fn add(&self, p: &Pulse) {
         if let Ok(mut list) = self.0.lock() {
             list.retain(|w| w.strong_count() > 0);
             list.push(Arc::downgrade(&p.0));

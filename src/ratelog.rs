@@ -13,7 +13,7 @@ pub(crate) struct RateLog {
 
 impl RateLog {
     /// At most one line per `interval`.
-    pub fn new(interval: Duration) -> Self {
+    pub(crate) fn new(interval: Duration) -> Self {
         Self {
             interval,
             last: None,

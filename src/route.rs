@@ -125,7 +125,9 @@ pub(crate) struct Router {
 
 impl Router {
     /// A router for these webhooks.
-    pub fn new<'a>(webhooks: impl IntoIterator<Item = (WebhookId, &'a WebhookSettings)>) -> Self {
+    pub(crate) fn new<'a>(
+        webhooks: impl IntoIterator<Item = (WebhookId, &'a WebhookSettings)>,
+    ) -> Self {
         let mut router = Self { routes: Vec::new() };
         for (id, w) in webhooks {
             router.upsert(id, w);
@@ -170,7 +172,7 @@ impl Router {
     /// The webhooks this event goes to (and remembers it as forwarded), or why none. An
     /// event of several changes is narrowed per webhook to the paths it selects (and, unless
     /// a full sync, that changed): `Some(event)` is that webhook's part, `None` the whole.
-    pub fn route(&mut self, e: &Event) -> Result<Vec<(WebhookId, Option<Event>)>, Filtered> {
+    pub(crate) fn route(&mut self, e: &Event) -> Result<Vec<(WebhookId, Option<Event>)>, Filtered> {
         let mut targets = Vec::new();
         let mut selected = false;
         let mut banded = false;

@@ -26,13 +26,13 @@ struct Device {
 
 /// The register.
 #[derive(Debug, Default)]
-pub struct Seen {
+pub(crate) struct Seen {
     devices: Mutex<HashMap<String, Device>>,
 }
 
 impl Seen {
     /// Notes the values of `events`, received at `now_ms` (one lock for the lot).
-    pub fn record(&self, events: &[Event], now_ms: i64) {
+    pub(crate) fn record(&self, events: &[Event], now_ms: i64) {
         let mut all = self.devices.lock().unwrap_or_else(|p| p.into_inner());
         for e in events {
             if !all.contains_key(&e.device) {
@@ -64,7 +64,7 @@ impl Seen {
     }
 
     /// The ids of every device seen, sorted.
-    pub fn ids(&self) -> Vec<String> {
+    pub(crate) fn ids(&self) -> Vec<String> {
         let all = self.devices.lock().unwrap_or_else(|p| p.into_inner());
         let mut ids: Vec<String> = all.keys().cloned().collect();
         ids.sort();
@@ -72,7 +72,7 @@ impl Seen {
     }
 
     /// Every device with its latest values and their ages as of `now_ms`, sorted by id.
-    pub fn view(&self, now_ms: i64) -> Value {
+    pub(crate) fn view(&self, now_ms: i64) -> Value {
         // Copied out under the lock, the JSON built after it (ingest waits on the lock).
         let mut devices: Vec<(String, Device)> = {
             let all = self.devices.lock().unwrap_or_else(|p| p.into_inner());

@@ -27,11 +27,11 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub struct WebhookView {
     /// Store id.
-    pub id: WebhookId,
+    pub(crate) id: WebhookId,
     /// Settings in force.
-    pub settings: WebhookSettings,
+    pub(crate) settings: WebhookSettings,
     /// Live status.
-    pub status: SharedStatus,
+    pub(crate) status: SharedStatus,
 }
 
 /// A delivery loop the supervisor started and tracks until it has ended.
@@ -152,15 +152,15 @@ fn disabled(status: &SharedStatus) -> bool {
 
 /// What an apply changed.
 #[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
-pub struct Applied {
+pub(crate) struct Applied {
     /// Webhooks started.
-    pub added: Vec<String>,
+    pub(crate) added: Vec<String>,
     /// Webhooks restarted with new settings (queue kept).
-    pub changed: Vec<String>,
+    pub(crate) changed: Vec<String>,
     /// Webhooks removed, with the queued events discarded.
-    pub removed: Vec<(String, u64)>,
+    pub(crate) removed: Vec<(String, u64)>,
     /// Sources restarted, started or stopped.
-    pub sources: Vec<String>,
+    pub(crate) sources: Vec<String>,
     /// Changes that only take effect after a restart.
     pub(crate) need_restart: Vec<String>,
 }
@@ -204,11 +204,11 @@ pub enum ActionError {
 
 /// The result of an edit.
 #[derive(Debug, Serialize)]
-pub struct Edited {
+pub(crate) struct Edited {
     /// The health check that verified it, when one was sent.
-    pub verified: Option<ProbeReport>,
+    pub(crate) verified: Option<ProbeReport>,
     /// What changed in the running daemon.
-    pub applied: Applied,
+    pub(crate) applied: Applied,
 }
 
 /// Owns the running webhooks and sources.
@@ -398,7 +398,7 @@ impl Supervisor {
     }
 
     /// The webhooks as of now, in config order.
-    pub fn webhooks(&self) -> Arc<Vec<WebhookView>> {
+    pub(crate) fn webhooks(&self) -> Arc<Vec<WebhookView>> {
         self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -411,7 +411,7 @@ impl Supervisor {
     }
 
     /// The store.
-    pub fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         &self.store
     }
 
@@ -483,7 +483,7 @@ impl Supervisor {
     }
 
     /// The sources' live status.
-    pub fn sources(&self) -> Vec<crate::source::status::SourceView> {
+    pub(crate) fn sources(&self) -> Vec<crate::source::status::SourceView> {
         self.source_status.views()
     }
 
@@ -512,7 +512,7 @@ impl Supervisor {
     }
 
     /// Re-reads the config file and applies it; an invalid file changes nothing.
-    pub async fn reload(&self) -> Result<Applied, ActionError> {
+    pub(crate) async fn reload(&self) -> Result<Applied, ActionError> {
         let mut inner = self.inner.lock().await;
         let file = inner.settings.file.clone();
         let result = match crate::config::load(&file) {
@@ -544,7 +544,7 @@ impl Supervisor {
     /// change: a full disk), the file is written back and the running set restored. A new
     /// webhook added with `verify` unset is saved disabled (until `enable` verifies it).
     /// `Remove` of a name that is only a kept queue deletes that queue.
-    pub async fn edit(&self, mut change: Edit, verify: bool) -> Result<Edited, ActionError> {
+    pub(crate) async fn edit(&self, mut change: Edit, verify: bool) -> Result<Edited, ActionError> {
         let mut inner = self.inner.lock().await;
         let file = inner.settings.file.clone();
         if file.as_os_str().is_empty() {
@@ -699,12 +699,12 @@ impl Supervisor {
     }
 
     /// The config file and the store directory.
-    pub fn paths(&self) -> (&std::path::Path, &std::path::Path) {
+    pub(crate) fn paths(&self) -> (&std::path::Path, &std::path::Path) {
         (&self.config_file, &self.data_dir)
     }
 
     /// The orphaned queues: name, queued events, since when (unix ms).
-    pub fn orphans(&self) -> Vec<(String, u64, i64)> {
+    pub(crate) fn orphans(&self) -> Vec<(String, u64, i64)> {
         self.orphans
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -714,7 +714,7 @@ impl Supervisor {
     }
 
     /// Sends a `healthCheck` to a webhook now, outside its queue.
-    pub async fn test(&self, name: &str) -> Result<ProbeReport, ActionError> {
+    pub(crate) async fn test(&self, name: &str) -> Result<ProbeReport, ActionError> {
         let w = self
             .webhook(name)
             .ok_or_else(|| ActionError::Unknown(name.to_string()))?;

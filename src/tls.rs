@@ -10,11 +10,11 @@ use std::sync::Arc;
 /// Trust anchors for a TLS connection: the public web roots plus an optional private CA;
 /// and, for mutual TLS, the certificate this side presents.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsTrust {
+pub(crate) struct TlsTrust {
     /// PEM file with extra CA certificates.
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// Client certificate and key files (PEM), both checked at load.
-    pub client_identity: Option<(PathBuf, PathBuf)>,
+    pub(crate) client_identity: Option<(PathBuf, PathBuf)>,
 }
 
 /// Installs the ring crypto provider for rustls once per process (idempotent).

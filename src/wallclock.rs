@@ -40,7 +40,7 @@ pub(crate) struct Reading {
 
 impl Reading {
     /// Both clocks now.
-    pub fn now() -> Self {
+    pub(crate) fn now() -> Self {
         Self {
             wall_ms: crate::timefmt::now_ms(),
             mono: Instant::now(),

@@ -11,9 +11,9 @@ pub(crate) use crate::deliver::status::RecentCounts;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReport {
     /// The daemon's version.
-    pub version: String,
+    pub(crate) version: String,
     /// Ready: no problem below.
-    pub ready: bool,
+    pub(crate) ready: bool,
     /// What is wrong, each with what to do.
     pub problems: Vec<String>,
     /// The store.
@@ -27,48 +27,48 @@ pub struct StatusReport {
     /// The store's register of delivery loops: one per queue.
     pub(crate) delivery_loops: Vec<LoopReport>,
     /// Second loops the register refused since start (a bug if ever non-zero).
-    pub delivery_loops_refused: u64,
+    pub(crate) delivery_loops_refused: u64,
 }
 
 /// The store in [`StatusReport`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct StoreReport {
     /// No commit failed lately.
-    pub ok: bool,
+    pub(crate) ok: bool,
     /// Commits that failed since start.
-    pub errors: u64,
+    pub(crate) errors: u64,
     /// The last failure.
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
     /// When it happened (RFC 3339).
     pub(crate) last_error_at: Option<String>,
     /// Bytes held by the queues.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// The byte budget.
-    pub max_bytes: u64,
+    pub(crate) max_bytes: u64,
     /// Events dropped since start, by reason (all webhooks).
-    pub dropped: BTreeMap<String, u64>,
+    pub(crate) dropped: BTreeMap<String, u64>,
 }
 
 /// A source in [`StatusReport`]: the sources' own view.
-pub use crate::source::status::SourceView as SourceReport;
+pub(crate) use crate::source::status::SourceView as SourceReport;
 
 /// A webhook in [`StatusReport`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WebhookReport {
     /// Name.
-    pub name: String,
+    pub(crate) name: String,
     /// URL, secrets hidden.
-    pub url: String,
+    pub(crate) url: String,
     /// Enabled in the config.
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// Delivery state (`delivering`, `retrying`, `paused`, …).
-    pub state: String,
+    pub(crate) state: String,
     /// Seconds in that state.
     pub(crate) state_age_s: f64,
     /// Delivered events and failed requests over 5 minutes, an hour, a day.
-    pub recent: RecentCounts,
+    pub(crate) recent: RecentCounts,
     /// Its queue.
-    pub queue: QueueReport,
+    pub(crate) queue: QueueReport,
     /// Requests in flight.
     pub(crate) in_flight: usize,
     /// The adaptive in-flight limit.
@@ -79,17 +79,17 @@ pub struct WebhookReport {
 
 /// A webhook's queue in [`WebhookReport`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct QueueReport {
+pub(crate) struct QueueReport {
     /// Events queued.
-    pub events: u64,
+    pub(crate) events: u64,
     /// Their bytes.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Age of the oldest, in seconds.
     pub(crate) oldest_age_s: Option<f64>,
     /// Dead letters held.
-    pub dead_letters: u64,
+    pub(crate) dead_letters: u64,
     /// Events dropped since start, by reason.
-    pub dropped: BTreeMap<String, u64>,
+    pub(crate) dropped: BTreeMap<String, u64>,
 }
 
 /// A webhook's last failure.
@@ -98,7 +98,7 @@ pub struct ErrorReport {
     /// What happened.
     pub message: String,
     /// When (RFC 3339).
-    pub at: String,
+    pub(crate) at: String,
     /// How long ago, in seconds.
     pub(crate) age_s: f64,
 }
@@ -107,20 +107,20 @@ pub struct ErrorReport {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct OrphanReport {
     /// The name its webhook had.
-    pub name: String,
+    pub(crate) name: String,
     /// Events it holds.
-    pub events: u64,
+    pub(crate) events: u64,
     /// Kept since (RFC 3339).
-    pub since: String,
+    pub(crate) since: String,
 }
 
 /// A delivery loop in the store's register.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct LoopReport {
     /// The queue it holds.
-    pub queue: u32,
+    pub(crate) queue: u32,
     /// The webhook of that queue, if it is in the running set.
-    pub webhook: Option<String>,
+    pub(crate) webhook: Option<String>,
 }
 
 pub(crate) use crate::deliver::probe::ProbeReport;
@@ -132,65 +132,65 @@ pub(crate) use crate::supervisor::Applied;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct WebhookDescription {
     /// Name.
-    pub name: String,
+    pub(crate) name: String,
     /// URL, secrets hidden.
-    pub url: String,
+    pub(crate) url: String,
     /// Enabled.
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// How it authenticates (secrets masked).
-    pub auth: AuthView,
+    pub(crate) auth: AuthView,
     /// Requests are signed (Standard Webhooks).
-    pub signed: bool,
+    pub(crate) signed: bool,
     /// Static header names (values masked).
-    pub headers: BTreeMap<String, String>,
+    pub(crate) headers: BTreeMap<String, String>,
     /// Extra CA certificates.
-    pub ca_file: Option<std::path::PathBuf>,
+    pub(crate) ca_file: Option<std::path::PathBuf>,
     /// Client certificate (mutual TLS).
     pub(crate) client_cert_file: Option<std::path::PathBuf>,
     /// Client key (mutual TLS).
     pub(crate) client_key_file: Option<std::path::PathBuf>,
     /// Device patterns.
-    pub devices: Vec<String>,
+    pub(crate) devices: Vec<String>,
     /// Status patterns.
-    pub statuses: Vec<String>,
+    pub(crate) statuses: Vec<String>,
     /// Event patterns.
-    pub events: Vec<String>,
+    pub(crate) events: Vec<String>,
     /// What gives way when the store is full.
-    pub overflow: crate::value::overflow::Overflow,
+    pub(crate) overflow: crate::value::overflow::Overflow,
     /// Requests per second, if limited.
-    pub rate_limit: Option<f64>,
+    pub(crate) rate_limit: Option<f64>,
     /// Messages per batch at most.
-    pub batch_max_messages: usize,
+    pub(crate) batch_max_messages: usize,
     /// Requests in flight at most.
-    pub max_in_flight: usize,
+    pub(crate) max_in_flight: usize,
     /// Durations as in the config (`"10s"`).
-    pub connect_timeout: String,
+    pub(crate) connect_timeout: String,
     /// See `connect_timeout`.
-    pub request_timeout: String,
+    pub(crate) request_timeout: String,
     /// See `connect_timeout`.
-    pub retry_base: String,
+    pub(crate) retry_base: String,
     /// See `connect_timeout`.
-    pub retry_max: String,
+    pub(crate) retry_max: String,
     /// Token bucket burst.
-    pub burst: u32,
+    pub(crate) burst: u32,
     /// See `connect_timeout`.
-    pub drain_start_jitter: String,
+    pub(crate) drain_start_jitter: String,
     /// Per-device or global ordering.
     pub(crate) ordering: String,
     /// Failures in a row that open the circuit.
-    pub circuit_breaker_threshold: u32,
+    pub(crate) circuit_breaker_threshold: u32,
     /// See `connect_timeout`.
-    pub auth_retry: String,
+    pub(crate) auth_retry: String,
     /// Bytes per batch at most.
     pub(crate) batch_max_bytes: u64,
     /// See `connect_timeout`.
     pub(crate) batch_linger: String,
     /// Oldest age kept in the queue, if limited.
-    pub max_queue_age: Option<String>,
+    pub(crate) max_queue_age: Option<String>,
     /// Live delivery status (absent while it cannot be read).
-    pub status: Option<StatusView>,
+    pub(crate) status: Option<StatusView>,
     /// Its queue.
-    pub queue: QueueBrief,
+    pub(crate) queue: QueueBrief,
 }
 
 /// How a webhook authenticates, secrets masked.
@@ -217,7 +217,7 @@ pub(crate) enum AuthView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct StatusView {
     /// State (`delivering`, `retrying`, …).
-    pub state: String,
+    pub(crate) state: String,
     /// The adaptive in-flight limit.
     pub(crate) in_flight_limit: usize,
     /// Requests in flight.
@@ -225,7 +225,7 @@ pub(crate) struct StatusView {
     /// Failed requests in a row.
     pub(crate) consecutive_failures: u32,
     /// The last failure.
-    pub last_error: Option<LastError>,
+    pub(crate) last_error: Option<LastError>,
     /// When the state last changed (unix ms).
     pub(crate) state_since_ms: i64,
 }
@@ -247,72 +247,72 @@ impl From<&crate::deliver::status::WebhookStatus> for StatusView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct QueueBrief {
     /// Events queued.
-    pub events: u64,
+    pub(crate) events: u64,
     /// Their bytes.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Dead letters held.
-    pub dead_letters: u64,
+    pub(crate) dead_letters: u64,
 }
 
 /// `GET /v1/webhooks`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct WebhookList {
     /// Every webhook of the running set.
-    pub webhooks: Vec<WebhookDescription>,
+    pub(crate) webhooks: Vec<WebhookDescription>,
 }
 
 /// The answer to an add, set or enable.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct EditAnswer {
     /// The webhook as it is now (none after a rename away, say).
-    pub webhook: Option<WebhookDescription>,
+    pub(crate) webhook: Option<WebhookDescription>,
     /// The healthCheck that verified it, when one was sent.
-    pub verified: Option<ProbeReport>,
+    pub(crate) verified: Option<ProbeReport>,
     /// What changed in the running daemon.
-    pub applied: Applied,
+    pub(crate) applied: Applied,
 }
 
 /// The answer to a delete.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct DeleteAnswer {
     /// The webhook deleted.
-    pub deleted: String,
+    pub(crate) deleted: String,
     /// Queued events discarded with it.
-    pub discarded: u64,
+    pub(crate) discarded: u64,
 }
 
 /// The answer to `POST /v1/webhooks/NAME/test`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct TestAnswer {
     /// What the healthCheck showed.
-    pub test: ProbeReport,
+    pub(crate) test: ProbeReport,
 }
 
 /// The answer to a replay of dead letters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct ReplayAnswer {
     /// Dead letters put back in the queue.
-    pub replayed: u64,
+    pub(crate) replayed: u64,
 }
 
 /// `GET /v1/webhooks/NAME/dead-letters`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct DeadLetterList {
     /// The oldest first.
-    pub dead_letters: Vec<DeadLetterReport>,
+    pub(crate) dead_letters: Vec<DeadLetterReport>,
 }
 
 /// One dead letter.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct DeadLetterReport {
     /// Its sequence number.
-    pub seq: u64,
+    pub(crate) seq: u64,
     /// The receiver's last HTTP status, if it answered.
-    pub status: Option<u16>,
+    pub(crate) status: Option<u16>,
     /// Why it was given up.
-    pub reason: String,
+    pub(crate) reason: String,
     /// When (RFC 3339).
-    pub at: String,
+    pub(crate) at: String,
     /// The event (compact JSON: `d` device, `p` path, `v` value, …).
-    pub event: serde_json::Value,
+    pub(crate) event: serde_json::Value,
 }

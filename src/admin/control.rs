@@ -23,7 +23,7 @@ use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
 /// Everything the control API serves.
-pub struct Control {
+pub(crate) struct Control {
     /// The running webhooks and sources.
     pub(crate) supervisor: Arc<Supervisor>,
 }
@@ -75,7 +75,7 @@ pub(crate) async fn bind(path: &Path) -> Result<UnixListener, SocketError> {
 }
 
 /// Serves the control API until shutdown, then removes the socket file.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: UnixListener,
     path: PathBuf,
     control: Arc<Control>,
@@ -440,7 +440,7 @@ fn query_since(query: &str) -> Result<i64, String> {
 }
 
 /// Answers one control request (from the Unix socket, or an authenticated TCP caller).
-pub async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
+pub(crate) async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let method = req.method().clone();

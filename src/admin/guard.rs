@@ -41,7 +41,7 @@ impl Guard {
     }
 
     /// Counts a wrong token from `from`; how long its answer should wait.
-    pub fn failed(&mut self, from: IpAddr, now: Instant) -> Duration {
+    pub(crate) fn failed(&mut self, from: IpAddr, now: Instant) -> Duration {
         self.by_address
             .retain(|_, (since, _)| now.duration_since(*since) < WINDOW);
         if self.by_address.len() >= MAX_ADDRESSES && !self.by_address.contains_key(&from) {
@@ -76,7 +76,7 @@ impl Guard {
 /// Who sent a request: the client's address and whether it came over TLS. Only a peer named
 /// in `[admin] trusted_proxies` is believed about either (`X-Forwarded-For`, its last
 /// address; `X-Forwarded-Proto`); anyone else's headers are ignored.
-pub fn caller(
+pub(crate) fn caller(
     headers: &hyper::HeaderMap,
     peer: IpAddr,
     trusted_proxies: &[IpAddr],

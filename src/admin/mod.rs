@@ -2,9 +2,9 @@
 //! `/v1/` for callers with the `[admin] token`) and the control API itself.
 
 pub mod api;
-pub mod console;
+pub(crate) mod console;
 pub mod control;
-pub mod guard;
+pub(crate) mod guard;
 mod slots;
 pub mod status;
 
@@ -22,17 +22,17 @@ use tokio_util::sync::CancellationToken;
 
 /// What the admin listener serves.
 #[derive(Clone)]
-pub struct Admin {
+pub(crate) struct Admin {
     /// Metrics.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// The control API, served under `/v1/` to callers with the token.
-    pub control: Arc<control::Control>,
+    pub(crate) control: Arc<control::Control>,
     /// `[admin] token`: without it the control API is not served on TCP.
-    pub token: Option<Secret>,
+    pub(crate) token: Option<Secret>,
     /// The web console (`[admin] console = true`).
-    pub console: Option<Arc<console::Console>>,
+    pub(crate) console: Option<Arc<console::Console>>,
     /// `[admin] trusted_proxies`.
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub(crate) trusted_proxies: Vec<std::net::IpAddr>,
     /// Wrong tokens, at the console's sign-in and on `/v1/`.
     pub(crate) guard: Arc<std::sync::Mutex<guard::Guard>>,
 }
@@ -45,7 +45,7 @@ const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 const CONNECTION_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Serves the admin endpoints on `listener` until shutdown.
-pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationToken) {
     let slots = slots::Slots::new(slots::MAX_CONNECTIONS, slots::PER_ADDRESS);
     let mut refused_log = crate::ratelog::RateLog::new(std::time::Duration::from_secs(30));
     loop {

@@ -59,7 +59,7 @@ pub(crate) struct Conn {
     /// Requests being answered.
     busy: AtomicUsize,
     /// Cancelled when its place is given to another connection.
-    pub closed: CancellationToken,
+    pub(crate) closed: CancellationToken,
 }
 
 impl Conn {
@@ -68,7 +68,7 @@ impl Conn {
     }
 
     /// Marks a request as being answered until the guard is dropped.
-    pub fn busy(self: &Arc<Self>) -> Busy {
+    pub(crate) fn busy(self: &Arc<Self>) -> Busy {
         self.busy.fetch_add(1, Ordering::SeqCst);
         Busy(self.clone())
     }
@@ -90,12 +90,12 @@ pub(crate) struct Slot {
     ip: IpAddr,
     id: u64,
     /// The connection's state.
-    pub conn: Arc<Conn>,
+    pub(crate) conn: Arc<Conn>,
 }
 
 /// Why a connection got no place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// Every place is taken by a connection answering a request.
     Full,
     /// Its address holds its share, every one answering a request.
@@ -104,7 +104,7 @@ pub enum Refused {
 
 impl Slots {
     /// At most `max` connections, `per_address` from one address.
-    pub fn new(max: usize, per_address: usize) -> Arc<Slots> {
+    pub(crate) fn new(max: usize, per_address: usize) -> Arc<Slots> {
         Arc::new(Slots {
             max,
             per_address,
@@ -114,7 +114,7 @@ impl Slots {
 
     /// A place for a connection from `ip`, when both limits allow one, perhaps in place of
     /// an idle connection.
-    pub fn take(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refused> {
+    pub(crate) fn take(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refused> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let mine = held.by_address.get(&ip).map_or(0, Vec::len);
         if mine >= self.per_address && !held.evict_idle(ip) {

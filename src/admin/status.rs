@@ -49,7 +49,7 @@ pub(crate) fn alive(sup: &Supervisor) -> (bool, Value) {
 }
 
 /// Everything `roomhook status` shows, with the readiness verdict, as JSON.
-pub(crate) fn status(sup: &Supervisor) -> Value {
+pub fn status(sup: &Supervisor) -> Value {
     serde_json::to_value(report(sup)).unwrap_or(Value::Null)
 }
 

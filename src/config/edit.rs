@@ -23,7 +23,7 @@ const EITHER: &[(&str, &str)] = &[("signing_secret", "signing_secret_file")];
 /// (strings, numbers, booleans, arrays of strings, a table of strings for `headers`);
 /// `null` removes a key.
 #[derive(Debug, Clone)]
-pub enum Edit {
+pub(crate) enum Edit {
     /// A new webhook (its `name` is among the values).
     Add(Map<String, Value>),
     /// Changes to the webhook named `name` (a `name` value renames it).

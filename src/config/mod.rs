@@ -2,15 +2,15 @@
 //! validated settings the daemon runs on, and loading with errors that name the file, the
 //! key, the line and the fix.
 
-pub mod edit;
+pub(crate) mod edit;
 mod locate;
-pub mod secret;
+pub(crate) mod secret;
 #[cfg(test)]
 mod tests;
 pub mod units;
 mod validate;
 
-pub use secret::Secret;
+pub(crate) use secret::Secret;
 #[cfg(test)]
 pub(crate) use validate::parse_pin;
 pub(crate) use validate::validate;
@@ -34,22 +34,22 @@ use std::time::Duration;
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConfig {
     /// `[gateway]`: where the store lives and what goes into every payload.
-    pub gateway: RawGateway,
+    pub(crate) gateway: RawGateway,
     /// `[admin]`: the local HTTP listener for metrics and health.
     #[serde(default)]
-    pub admin: RawAdmin,
+    pub(crate) admin: RawAdmin,
     /// `[sources]`: where events come from.
     #[serde(default)]
-    pub sources: RawSources,
+    pub(crate) sources: RawSources,
     /// `[[webhooks]]`: where events go.
     #[serde(default)]
-    pub webhooks: Vec<RawWebhook>,
+    pub(crate) webhooks: Vec<RawWebhook>,
     /// `[log]`: log filter and format.
     #[serde(default)]
-    pub log: RawLog,
+    pub(crate) log: RawLog,
     /// `[[devices]]`: sensor ids → device and workspace ids.
     #[serde(default)]
-    pub devices: Vec<RawDevice>,
+    pub(crate) devices: Vec<RawDevice>,
 }
 
 /// `[log]`.
@@ -57,9 +57,9 @@ pub(crate) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLog {
     /// `RUST_LOG`-style filter, e.g. `"info,roomhook=debug"` (the `--log` flag wins).
-    pub filter: Option<String>,
+    pub(crate) filter: Option<String>,
     /// `auto` (journald under systemd, else text), `text`, `json` or `journald`.
-    pub format: Option<crate::logging::LogFormat>,
+    pub(crate) format: Option<crate::logging::LogFormat>,
 }
 
 /// `[gateway] shutdown_grace` when not set: how long in-flight requests may finish after a
@@ -74,19 +74,19 @@ pub(crate) const SHUTDOWN_GRACE_MAX: Duration = Duration::from_secs(20);
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawGateway {
     /// Directory of the embedded store (relative paths: relative to the config file).
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// Copied into payloads as `orgId`.
-    pub org_id: Option<String>,
+    pub(crate) org_id: Option<String>,
     /// Budget for all queued events, e.g. `"64MiB"` (default `"128MiB"`).
-    pub max_store_bytes: Option<String>,
+    pub(crate) max_store_bytes: Option<String>,
     /// Threads of the async runtime (default 1; the store writer has its own).
-    pub threads: Option<usize>,
+    pub(crate) threads: Option<usize>,
     /// Group commits gather this long (default `"0s"`): fewer writes, later acks.
-    pub commit_interval: Option<String>,
+    pub(crate) commit_interval: Option<String>,
     /// How long the queue of a webhook that left the config is kept (default `"7d"`).
-    pub orphan_retention: Option<String>,
+    pub(crate) orphan_retention: Option<String>,
     /// How long in-flight requests may finish after SIGTERM (default `"5s"`).
-    pub shutdown_grace: Option<String>,
+    pub(crate) shutdown_grace: Option<String>,
 }
 
 /// `[admin]`.
@@ -94,18 +94,18 @@ pub(crate) struct RawGateway {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
     /// `host:port` for `GET /metrics` and `GET /healthz`.
-    pub listen: Option<String>,
+    pub(crate) listen: Option<String>,
     /// Unix socket of the control API (default `<data_dir>/roomhook.sock`).
-    pub socket: Option<PathBuf>,
+    pub(crate) socket: Option<PathBuf>,
     /// Bearer token that opens the control API on the TCP listener (`/v1/…`).
-    pub token: Option<String>,
+    pub(crate) token: Option<String>,
     /// File holding the token.
-    pub token_file: Option<PathBuf>,
+    pub(crate) token_file: Option<PathBuf>,
     /// Serve the web console under `/` (needs `listen` and `token`; default false).
-    pub console: Option<bool>,
+    pub(crate) console: Option<bool>,
     /// Addresses of reverse proxies whose `X-Forwarded-For` / `X-Forwarded-Proto` are
     /// believed.
-    pub trusted_proxies: Option<Vec<String>>,
+    pub(crate) trusted_proxies: Option<Vec<String>>,
 }
 
 /// `[sources]`.
@@ -114,10 +114,10 @@ pub(crate) struct RawAdmin {
 pub(crate) struct RawSources {
     /// `[[sources.mqtt]]`.
     #[serde(default)]
-    pub mqtt: Vec<RawMqtt>,
+    pub(crate) mqtt: Vec<RawMqtt>,
     /// `[[sources.roomos]]`.
     #[serde(default)]
-    pub roomos: Vec<RawRoomos>,
+    pub(crate) roomos: Vec<RawRoomos>,
 }
 
 /// `[[sources.roomos]]`: one Cisco RoomOS device read over its xAPI WebSocket.
@@ -125,35 +125,35 @@ pub(crate) struct RawSources {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRoomos {
     /// Name used in logs and metrics.
-    pub name: String,
+    pub(crate) name: String,
     /// `wss://<device>/ws` (`ws://` only with `allow_plaintext`).
-    pub url: String,
+    pub(crate) url: String,
     /// Allows a plain `ws://` URL (lab use).
     pub(crate) allow_plaintext: Option<bool>,
     /// Local user on the device (the Integrator role is enough for most statuses).
-    pub username: String,
+    pub(crate) username: String,
     /// Its password (prefer `password_file`).
-    pub password: Option<String>,
+    pub(crate) password: Option<String>,
     /// File holding the password.
-    pub password_file: Option<PathBuf>,
+    pub(crate) password_file: Option<PathBuf>,
     /// SHA-256 fingerprint of the device's certificate (hex, colons optional).
-    pub pin_sha256: Option<String>,
+    pub(crate) pin_sha256: Option<String>,
     /// Or: PEM with the CA that issued the device's certificate.
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// `"header"` (Authorization: Basic, default) or `"subprotocol"` (`auth-…`).
-    pub auth_mode: Option<String>,
+    pub(crate) auth_mode: Option<String>,
     /// Device id in payloads (default: the device's serial number).
-    pub device: Option<String>,
+    pub(crate) device: Option<String>,
     /// Workspace id in payloads.
-    pub workspace: Option<String>,
+    pub(crate) workspace: Option<String>,
     /// Statuses to subscribe to (default: what the webhooks select).
-    pub statuses: Option<Vec<String>>,
+    pub(crate) statuses: Option<Vec<String>>,
     /// Events to subscribe to (default: what the webhooks select).
-    pub events: Option<Vec<String>>,
+    pub(crate) events: Option<Vec<String>>,
     /// WebSocket ping interval; no pong within it means a dead peer (default `"30s"`).
-    pub keep_alive: Option<String>,
+    pub(crate) keep_alive: Option<String>,
     /// Largest frame accepted from the device (default `"1MiB"`).
-    pub max_frame: Option<String>,
+    pub(crate) max_frame: Option<String>,
 }
 
 /// `[[sources.mqtt]]`.
@@ -161,26 +161,26 @@ pub(crate) struct RawRoomos {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawMqtt {
     /// Name used in logs and metrics.
-    pub name: String,
+    pub(crate) name: String,
     /// `mqtt://host:port` or `mqtts://host:port`.
-    pub url: String,
+    pub(crate) url: String,
     /// Fixed client id (the persistent session hangs on it); default `roomhook-<name>`.
-    pub client_id: Option<String>,
+    pub(crate) client_id: Option<String>,
     /// Broker user name.
-    pub username: Option<String>,
+    pub(crate) username: Option<String>,
     /// Broker password (prefer `password_file`).
-    pub password: Option<String>,
+    pub(crate) password: Option<String>,
     /// File holding the broker password.
-    pub password_file: Option<PathBuf>,
+    pub(crate) password_file: Option<PathBuf>,
     /// Extra trust anchors (PEM) for `mqtts://`.
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// MQTT keep-alive, e.g. `"30s"`.
-    pub keep_alive: Option<String>,
+    pub(crate) keep_alive: Option<String>,
     /// Largest payload decoded (default `"1MiB"`); larger messages are acked, counted, skipped.
-    pub max_payload: Option<String>,
+    pub(crate) max_payload: Option<String>,
     /// `[[sources.mqtt.subscriptions]]`.
     #[serde(default)]
-    pub subscriptions: Vec<RawSubscription>,
+    pub(crate) subscriptions: Vec<RawSubscription>,
 }
 
 /// `[[sources.mqtt.subscriptions]]`.
@@ -188,16 +188,16 @@ pub(crate) struct RawMqtt {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSubscription {
     /// MQTT filter.
-    pub topic: String,
+    pub(crate) topic: String,
     /// Payload decoder: `"json"` (generic, with `fields`), `"zigbee2mqtt"`, `"meraki-mt"`,
     /// `"meraki-mv"`.
     #[serde(default = "default_format")]
-    pub format: String,
+    pub(crate) format: String,
     /// Device id: a literal or `{n}` topic levels (default for the built-in formats: the
     /// sensor's own id).
-    pub device: Option<String>,
+    pub(crate) device: Option<String>,
     /// Workspace id: a literal or `{n}` topic levels.
-    pub workspace: Option<String>,
+    pub(crate) workspace: Option<String>,
     /// JSON pointer in the payload whose value is the device id.
     pub(crate) device_field: Option<String>,
     /// JSON pointer in the payload whose value is the workspace id.
@@ -205,7 +205,7 @@ pub(crate) struct RawSubscription {
     /// `json`: JSON pointer → catalog path. Built-in formats: property (metric, object
     /// class) → catalog path, overriding the defaults; `""` drops a default.
     #[serde(default)]
-    pub fields: BTreeMap<String, String>,
+    pub(crate) fields: BTreeMap<String, String>,
     /// Value transforms, by the same keys as `fields`.
     #[serde(default)]
     pub(crate) transforms: BTreeMap<String, RawTransform>,
@@ -221,13 +221,13 @@ pub(crate) struct RawSubscription {
 pub(crate) struct RawTransform {
     /// Replacements by the value's text, e.g. `{ "true" = "Yes", "false" = "No" }`.
     #[serde(default)]
-    pub map: BTreeMap<String, serde_json::Value>,
+    pub(crate) map: BTreeMap<String, serde_json::Value>,
     /// Multiply numbers by this.
     pub(crate) scale: Option<f64>,
     /// Then add this.
     pub(crate) offset: Option<f64>,
     /// Then round to this many decimals.
-    pub round: Option<u32>,
+    pub(crate) round: Option<u32>,
 }
 
 /// `[[devices]]`: a sensor's id (friendly name, MAC, camera serial, or the id its
@@ -236,11 +236,11 @@ pub(crate) struct RawTransform {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDevice {
     /// The sensor's id as its format gives it (case does not matter).
-    pub sensor: String,
+    pub(crate) sensor: String,
     /// Device id in payloads.
-    pub device: String,
+    pub(crate) device: String,
     /// Workspace id in payloads.
-    pub workspace: Option<String>,
+    pub(crate) workspace: Option<String>,
 }
 
 fn default_format() -> String {
@@ -252,78 +252,78 @@ fn default_format() -> String {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawWebhook {
     /// Unique name.
-    pub name: String,
+    pub(crate) name: String,
     /// `https://…` only.
-    pub url: String,
+    pub(crate) url: String,
     /// Whether it takes events (default true).
-    pub enabled: Option<bool>,
+    pub(crate) enabled: Option<bool>,
     /// `"none"` to send no Authorization header on purpose.
-    pub auth: Option<String>,
+    pub(crate) auth: Option<String>,
     /// Authorization header value, sent verbatim.
-    pub authorization: Option<String>,
+    pub(crate) authorization: Option<String>,
     /// File holding the Authorization header value.
-    pub authorization_file: Option<PathBuf>,
+    pub(crate) authorization_file: Option<PathBuf>,
     /// Basic auth user name.
-    pub username: Option<String>,
+    pub(crate) username: Option<String>,
     /// Basic auth password.
-    pub password: Option<String>,
+    pub(crate) password: Option<String>,
     /// File holding the Basic auth password.
-    pub password_file: Option<PathBuf>,
+    pub(crate) password_file: Option<PathBuf>,
     /// Extra trust anchors (PEM), for a private CA.
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// Device ids or globs (default `["*"]`).
-    pub devices: Option<Vec<String>>,
+    pub(crate) devices: Option<Vec<String>>,
     /// Catalog statuses (`"RoomAnalytics.*"` allowed).
     #[serde(default)]
-    pub statuses: Vec<String>,
+    pub(crate) statuses: Vec<String>,
     /// Catalog events.
     #[serde(default)]
-    pub events: Vec<String>,
+    pub(crate) events: Vec<String>,
     /// Most requests in flight at once (default 8).
-    pub max_in_flight: Option<usize>,
+    pub(crate) max_in_flight: Option<usize>,
     /// TCP + TLS connect timeout (default `"5s"`).
-    pub connect_timeout: Option<String>,
+    pub(crate) connect_timeout: Option<String>,
     /// Whole-request timeout (default `"15s"`).
-    pub request_timeout: Option<String>,
+    pub(crate) request_timeout: Option<String>,
     /// First retry delay (default `"1s"`).
-    pub retry_base: Option<String>,
+    pub(crate) retry_base: Option<String>,
     /// Longest retry delay (default `"5m"`).
-    pub retry_max: Option<String>,
+    pub(crate) retry_max: Option<String>,
     /// Requests per second, never exceeded (default: unlimited).
-    pub rate_limit: Option<f64>,
+    pub(crate) rate_limit: Option<f64>,
     /// Requests that may be saved up for a burst (default: one second's worth).
-    pub burst: Option<u32>,
+    pub(crate) burst: Option<u32>,
     /// Random delay before the first request after start-up (default `"3s"`).
-    pub drain_start_jitter: Option<String>,
+    pub(crate) drain_start_jitter: Option<String>,
     /// `"device"` (default: one request in flight per device) or `"none"`.
     pub(crate) ordering: Option<String>,
     /// Messages per request; above 1 sends a JSON array (default 1).
-    pub batch_max_messages: Option<usize>,
+    pub(crate) batch_max_messages: Option<usize>,
     /// Largest request body of a batch (default `"1MiB"`).
     pub(crate) batch_max_bytes: Option<String>,
     /// How long a partial batch may wait for more messages (default `"50ms"`).
     pub(crate) batch_linger: Option<String>,
     /// Failed requests in a row that open the circuit (default 5).
-    pub circuit_breaker_threshold: Option<u32>,
+    pub(crate) circuit_breaker_threshold: Option<u32>,
     /// Retry interval while the receiver answers 401/403 (default `"60s"`).
-    pub auth_retry: Option<String>,
+    pub(crate) auth_retry: Option<String>,
     /// What gives way when the store is full: `drop_oldest` (default), `coalesce`, `block`.
-    pub overflow: Option<String>,
+    pub(crate) overflow: Option<String>,
     /// Events older than this are dropped, never delivered (default: kept until delivered).
-    pub max_queue_age: Option<String>,
+    pub(crate) max_queue_age: Option<String>,
     /// Standard Webhooks signing secret (`whsec_…`).
     pub(crate) signing_secret: Option<String>,
     /// File holding the signing secret.
-    pub signing_secret_file: Option<PathBuf>,
+    pub(crate) signing_secret_file: Option<PathBuf>,
     /// Static extra headers sent with every request.
-    pub headers: Option<BTreeMap<String, String>>,
+    pub(crate) headers: Option<BTreeMap<String, String>>,
     /// Client certificate (PEM) for mutual TLS.
     pub(crate) client_cert_file: Option<PathBuf>,
     /// Its private key (PEM).
     pub(crate) client_key_file: Option<PathBuf>,
     /// Per-path noise filters: `[webhooks.filters."<status or pattern>"]`.
     #[serde(default)]
-    pub filters: BTreeMap<String, RawFilter>,
+    pub(crate) filters: BTreeMap<String, RawFilter>,
 }
 
 /// `[webhooks.filters."<status>"]`: what of a noisy status this webhook wants.
@@ -331,10 +331,10 @@ pub(crate) struct RawWebhook {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawFilter {
     /// A numeric value goes out only when it moved at least this far from the last one sent.
-    pub deadband: Option<f64>,
+    pub(crate) deadband: Option<f64>,
     /// At most one value per device and path per interval: always the latest, the final one
     /// never dropped.
-    pub min_interval: Option<String>,
+    pub(crate) min_interval: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -344,13 +344,13 @@ pub(crate) struct RawFilter {
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Where the config came from (for reloads and messages).
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// Store directory.
     pub data_dir: PathBuf,
     /// `orgId` of every payload.
     pub org_id: String,
     /// Budget for all queued events, in bytes.
-    pub max_store_bytes: u64,
+    pub(crate) max_store_bytes: u64,
     /// Admin HTTP listener.
     pub(crate) admin_listen: Option<SocketAddr>,
     /// Unix socket of the control API.
@@ -370,9 +370,9 @@ pub struct Settings {
     /// Threads of the async runtime.
     pub threads: usize,
     /// How long a group commit gathers before it is written (0: at once).
-    pub commit_interval: Duration,
+    pub(crate) commit_interval: Duration,
     /// How long an orphaned queue is kept.
-    pub orphan_retention: Duration,
+    pub(crate) orphan_retention: Duration,
     /// How long in-flight requests may finish after a stop signal.
     pub shutdown_grace: Duration,
     /// `[log] filter`, if set.
@@ -385,21 +385,21 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MqttSettings {
     /// Name in logs and metrics.
-    pub name: String,
+    pub(crate) name: String,
     /// Broker host.
     pub host: String,
     /// Broker port.
     pub port: u16,
     /// TLS (`mqtts://`), with optional extra trust anchors.
-    pub tls: Option<TlsTrust>,
+    pub(crate) tls: Option<TlsTrust>,
     /// Fixed client id.
     pub client_id: String,
     /// User name and password.
-    pub credentials: Option<(String, Secret)>,
+    pub(crate) credentials: Option<(String, Secret)>,
     /// Keep-alive interval.
     pub keep_alive: Duration,
     /// Largest payload decoded, bytes.
-    pub max_payload: usize,
+    pub(crate) max_payload: usize,
     /// What to subscribe to and how to decode it.
     pub subscriptions: Vec<SubscriptionSettings>,
     /// The `[[devices]]` table.
@@ -410,40 +410,40 @@ pub struct MqttSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoomosSettings {
     /// Name in logs and metrics.
-    pub name: String,
+    pub(crate) name: String,
     /// The URL as written (for messages).
-    pub url: String,
+    pub(crate) url: String,
     /// Device host (name or IP address).
-    pub host: String,
+    pub(crate) host: String,
     /// Port.
-    pub port: u16,
+    pub(crate) port: u16,
     /// Request path (`/ws`).
-    pub path: String,
+    pub(crate) path: String,
     /// How the device's certificate is trusted; `None` for plain `ws://`.
-    pub trust: Option<DeviceTrust>,
+    pub(crate) trust: Option<DeviceTrust>,
     /// Local user name.
-    pub username: String,
+    pub(crate) username: String,
     /// Its password.
-    pub password: Secret,
+    pub(crate) password: Secret,
     /// Where the credentials go in the handshake.
-    pub auth_mode: DeviceAuthMode,
+    pub(crate) auth_mode: DeviceAuthMode,
     /// Device id (None: the serial number, read at connect).
-    pub device: Option<String>,
+    pub(crate) device: Option<String>,
     /// Workspace id.
-    pub workspace: Option<String>,
+    pub(crate) workspace: Option<String>,
     /// Status selection (catalog patterns) to subscribe to.
-    pub statuses: Vec<String>,
+    pub(crate) statuses: Vec<String>,
     /// Event selection (catalog patterns) to subscribe to.
-    pub events: Vec<String>,
+    pub(crate) events: Vec<String>,
     /// Ping interval and pong deadline.
-    pub keep_alive: Duration,
+    pub(crate) keep_alive: Duration,
     /// Largest frame accepted, bytes.
-    pub max_frame: usize,
+    pub(crate) max_frame: usize,
 }
 
 /// How a device's certificate is trusted (never by switching checks off).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeviceTrust {
+pub(crate) enum DeviceTrust {
     /// The leaf certificate's SHA-256 must be this.
     Pin([u8; 32]),
     /// A chain to this CA (PEM file), names checked.
@@ -452,7 +452,7 @@ pub enum DeviceTrust {
 
 /// Where a device's credentials go in the WebSocket handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceAuthMode {
+pub(crate) enum DeviceAuthMode {
     /// `Authorization: Basic …`.
     Header,
     /// `Sec-WebSocket-Protocol: auth-<base64url(user:pass)>`.
@@ -467,11 +467,11 @@ pub struct SubscriptionSettings {
     /// The MQTT filter.
     pub filter: TopicFilter,
     /// The payload decoder.
-    pub format: Format,
+    pub(crate) format: Format,
     /// Device id template (`None`: the sensor's own id).
-    pub device: Option<Template>,
+    pub(crate) device: Option<Template>,
     /// Workspace id template.
-    pub workspace: Option<Template>,
+    pub(crate) workspace: Option<Template>,
     /// JSON pointer of the device id in the payload.
     pub(crate) device_field: Option<String>,
     /// JSON pointer of the workspace id in the payload.
@@ -480,7 +480,7 @@ pub struct SubscriptionSettings {
 
 /// A payload decoder and its mapping (defaults merged with the config's `fields`).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Format {
+pub(crate) enum Format {
     /// Generic JSON: each JSON pointer gives one catalog path.
     Json(Vec<FieldMap>),
     /// Zigbee2MQTT device state objects.
@@ -503,24 +503,24 @@ pub enum Format {
 
 /// One mapped field: where its value is, which catalog path it becomes, how it changes.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FieldMap {
+pub(crate) struct FieldMap {
     /// JSON pointer (`json`) or property name (built-in formats).
-    pub key: String,
+    pub(crate) key: String,
     /// Catalog path, possibly with `{n}` array ids from the topic.
-    pub path: Template,
+    pub(crate) path: Template,
     /// The catalog entry (type and kind).
-    pub entry: &'static Entry,
+    pub(crate) entry: &'static Entry,
     /// Applied before the value is coerced to the entry's type.
     pub(crate) transform: Transform,
 }
 
 /// A device (and workspace) that a sensor's events carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NamedDevice {
+pub(crate) struct NamedDevice {
     /// Device id.
-    pub device: String,
+    pub(crate) device: String,
     /// Workspace id.
-    pub workspace: Option<String>,
+    pub(crate) workspace: Option<String>,
 }
 
 /// The `[[devices]]` table: sensor id (case folded) → device.
@@ -529,12 +529,12 @@ pub struct DeviceMap(std::collections::HashMap<String, NamedDevice>);
 
 impl DeviceMap {
     /// Adds an entry; `false` when the sensor was named already.
-    pub fn insert(&mut self, sensor: &str, d: NamedDevice) -> bool {
+    pub(crate) fn insert(&mut self, sensor: &str, d: NamedDevice) -> bool {
         self.0.insert(sensor.to_lowercase(), d).is_none()
     }
 
     /// The device a sensor id names.
-    pub fn get(&self, sensor: &str) -> Option<&NamedDevice> {
+    pub(crate) fn get(&self, sensor: &str) -> Option<&NamedDevice> {
         if self.0.is_empty() {
             return None;
         }
@@ -544,7 +544,7 @@ impl DeviceMap {
 
 /// How a webhook authenticates to its receiver.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Auth {
+pub(crate) enum Auth {
     /// No Authorization header (written explicitly as `auth = "none"`).
     None,
     /// Authorization header sent verbatim.
@@ -580,55 +580,55 @@ impl Auth {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebhookSettings {
     /// Unique name.
-    pub name: String,
+    pub(crate) name: String,
     /// HTTPS URL.
-    pub url: hyper::Uri,
+    pub(crate) url: hyper::Uri,
     /// Takes events.
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// Receiver authentication.
-    pub auth: Auth,
+    pub(crate) auth: Auth,
     /// Trust anchors.
-    pub trust: TlsTrust,
+    pub(crate) trust: TlsTrust,
     /// Which devices.
-    pub devices: DeviceSelector,
+    pub(crate) devices: DeviceSelector,
     /// Status patterns (catalog spelling).
-    pub statuses: Vec<String>,
+    pub(crate) statuses: Vec<String>,
     /// Event patterns (catalog spelling).
-    pub events: Vec<String>,
+    pub(crate) events: Vec<String>,
     /// Most requests in flight.
-    pub max_in_flight: usize,
+    pub(crate) max_in_flight: usize,
     /// Connect timeout.
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// Whole-request timeout.
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// First retry delay.
-    pub retry_base: Duration,
+    pub(crate) retry_base: Duration,
     /// Longest retry delay.
-    pub retry_max: Duration,
+    pub(crate) retry_max: Duration,
     /// Pacing and batching.
-    pub pacing: Pacing,
+    pub(crate) pacing: Pacing,
     /// What gives way when the store is full.
-    pub overflow: crate::value::overflow::Overflow,
+    pub(crate) overflow: crate::value::overflow::Overflow,
     /// Events older than this are dropped.
-    pub max_queue_age: Option<Duration>,
+    pub(crate) max_queue_age: Option<Duration>,
     /// Signs every request (Standard Webhooks) when set.
     pub(crate) signer: Option<crate::value::signing::Signer>,
     /// Static extra headers (names lower-case, checked).
-    pub headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, String)>,
     /// Per-path noise filters, the most specific pattern first (the first that matches
     /// applies).
-    pub filters: Vec<PathFilter>,
+    pub(crate) filters: Vec<PathFilter>,
 }
 
 /// One webhook's noise filter for the statuses a pattern matches.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PathFilter {
+pub(crate) struct PathFilter {
     /// Generic status path or `…*` pattern.
     pub(crate) pattern: String,
     /// Least change of a numeric value that goes out (0: any change).
-    pub deadband: Option<f64>,
+    pub(crate) deadband: Option<f64>,
     /// Least time between two values of one device and path.
-    pub min_interval: Option<Duration>,
+    pub(crate) min_interval: Option<Duration>,
 }
 
 /// The defaults of a webhook's optional keys that have a fixed default, as config values
@@ -661,7 +661,7 @@ pub(crate) enum Ordering {
 
 impl Ordering {
     /// The config value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Ordering::Device => "device",
             Ordering::None => "none",
@@ -671,25 +671,25 @@ impl Ordering {
 
 /// How a webhook paces its receiver.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Pacing {
+pub(crate) struct Pacing {
     /// Requests per second (None: unlimited).
-    pub rate_limit: Option<f64>,
+    pub(crate) rate_limit: Option<f64>,
     /// Token bucket size.
-    pub burst: u32,
+    pub(crate) burst: u32,
     /// Random delay before the first request after start-up.
-    pub drain_start_jitter: Duration,
+    pub(crate) drain_start_jitter: Duration,
     /// Ordering.
     pub(crate) ordering: Ordering,
     /// Messages per request.
-    pub batch_max_messages: usize,
+    pub(crate) batch_max_messages: usize,
     /// Largest batch body in bytes.
     pub(crate) batch_max_bytes: u64,
     /// Wait for a fuller batch at most this long.
     pub(crate) batch_linger: Duration,
     /// Failed requests in a row that open the circuit.
-    pub circuit_breaker_threshold: u32,
+    pub(crate) circuit_breaker_threshold: u32,
     /// Retry interval while the receiver answers 401/403.
-    pub auth_retry: Duration,
+    pub(crate) auth_retry: Duration,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -699,15 +699,15 @@ pub struct Pacing {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// The file.
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// The key path (`webhooks[0].url`), empty for file-level problems.
-    pub key: String,
+    pub(crate) key: String,
     /// 1-based line, where known.
-    pub line: Option<usize>,
+    pub(crate) line: Option<usize>,
     /// What is wrong.
-    pub problem: String,
+    pub(crate) problem: String,
     /// How to fix it.
-    pub fix: String,
+    pub(crate) fix: String,
 }
 
 impl fmt::Display for ConfigError {

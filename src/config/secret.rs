@@ -4,11 +4,11 @@ use std::fmt;
 
 /// A secret value. `Debug` and `Display` print `***`; only [`Secret::expose`] gives the text.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub(crate) struct Secret(String);
 
 impl Secret {
     /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
+    pub(crate) fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
 

@@ -2,9 +2,9 @@
 //! listener, the control API, the SIGHUP reload and the systemd notifications, and stops
 //! them in order (sources, then workers, then the listeners, then the store).
 
-pub mod notify;
+pub(crate) mod notify;
 pub mod signals;
-pub mod watchdog;
+pub(crate) mod watchdog;
 
 use crate::config::Settings;
 use crate::ingest::Ingest;
@@ -19,9 +19,9 @@ use tokio_util::sync::CancellationToken;
 /// A started daemon.
 pub struct Running {
     /// Where sources hand over events (the demo attaches its simulator here).
-    pub ingest: Ingest,
+    pub(crate) ingest: Ingest,
     /// The running webhooks and sources.
-    pub supervisor: Arc<Supervisor>,
+    pub(crate) supervisor: Arc<Supervisor>,
     store: Store,
     /// Extra sources (the demo's simulator).
     extra_sources: JoinSet<()>,
@@ -155,8 +155,9 @@ impl Running {
         self.extra_sources.spawn(fut);
     }
 
-    /// The store (for counts in the demo and tests).
-    pub fn store(&self) -> &Store {
+    /// The store (for counts in the demo).
+    #[cfg(feature = "demo")]
+    pub(crate) fn store(&self) -> &Store {
         &self.store
     }
 

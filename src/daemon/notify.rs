@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 /// Whether a service manager listens.
-pub fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     std::env::var_os("NOTIFY_SOCKET").is_some()
 }
 
@@ -28,12 +28,12 @@ fn send(states: &[NotifyState]) {
 }
 
 /// Everything is up: the store is open, the control socket listens, every source started.
-pub fn ready(status: &str) {
+pub(crate) fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 /// A reload begins (with the monotonic time systemd 253+ wants).
-pub fn reloading() {
+pub(crate) fn reloading() {
     let mut states = vec![NotifyState::Reloading];
     if let Ok(now) = NotifyState::monotonic_usec_now() {
         states.push(now);
@@ -43,12 +43,12 @@ pub fn reloading() {
 }
 
 /// The daemon stops.
-pub fn stopping(status: &str) {
+pub(crate) fn stopping(status: &str) {
     send(&[NotifyState::Stopping, NotifyState::Status(status)]);
 }
 
 /// The watchdog's "still turning".
-pub fn watchdog() {
+pub(crate) fn watchdog() {
     send(&[NotifyState::Watchdog]);
 }
 

@@ -17,7 +17,7 @@ pub(crate) fn timing(period: Duration) -> (Duration, Duration) {
 }
 
 /// Pings systemd every `period / 4` while nothing is stuck, until `stop`.
-pub(crate) async fn run(sup: Arc<Supervisor>, period: Duration, stop: CancellationToken) {
+pub async fn run(sup: Arc<Supervisor>, period: Duration, stop: CancellationToken) {
     let (every, limit) = timing(period);
     tracing::info!("systemd watchdog: {period:?}; a part stuck for {limit:?} stops the pings");
     let mut failing_since: Option<Instant> = None;

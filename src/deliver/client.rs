@@ -20,7 +20,7 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// What kind of failure a request ended in (the `kind` label of request errors).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
+pub(crate) enum FailureKind {
     /// DNS or TCP connect failed.
     Connect,
     /// The TLS handshake failed (untrusted or invalid certificate, protocol).
@@ -36,7 +36,7 @@ pub enum FailureKind {
 impl FailureKind {
     /// Every label, exported at 0 from the start so that `rate()` and alerts work before
     /// the first failure.
-    pub const LABELS: [&'static str; 8] = [
+    pub(crate) const LABELS: [&'static str; 8] = [
         "connect",
         "tls",
         "timeout",
@@ -78,9 +78,9 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct Failure {
     /// The kind.
-    pub kind: FailureKind,
+    pub(crate) kind: FailureKind,
     /// A one-line description (error chain, or status and body excerpt).
-    pub message: String,
+    pub(crate) message: String,
     /// `Retry-After`, if the receiver sent one.
     pub(crate) retry_after: Option<Duration>,
 }

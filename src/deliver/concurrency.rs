@@ -20,7 +20,7 @@ const WARMUP: u32 = 5;
 
 /// How a response looked to the controller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
+pub(crate) enum Signal {
     /// Accepted (or a plain client error): only its RTT counts.
     Ok,
     /// The receiver pushes back: 429, 503, other 5xx, or a timeout.
@@ -54,7 +54,7 @@ pub(crate) struct Controller {
 
 impl Controller {
     /// Starts at 1 in flight, never above `max`.
-    pub fn new(max: usize, now: Instant) -> Self {
+    pub(crate) fn new(max: usize, now: Instant) -> Self {
         Self {
             limit: 1,
             max: max.max(1),
@@ -74,7 +74,7 @@ impl Controller {
     }
 
     /// The current in-flight limit.
-    pub fn limit(&self) -> usize {
+    pub(crate) fn limit(&self) -> usize {
         self.limit
     }
 

@@ -12,7 +12,7 @@ pub(crate) const RETRY_AFTER_RANGE: (Duration, Duration) =
 
 /// What to do after a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// 2xx: remove from the queue.
     Delivered,
     /// Try again later; `pause` holds the whole webhook (Retry-After on 429/503).
@@ -34,7 +34,7 @@ pub enum Action {
 
 impl Action {
     /// The signal for the concurrency controller.
-    pub fn signal(&self) -> Signal {
+    pub(crate) fn signal(&self) -> Signal {
         match self {
             Action::Delivered | Action::DeadLetter => Signal::Ok,
             Action::Retry {

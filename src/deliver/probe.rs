@@ -18,9 +18,9 @@ const BODY_EXCERPT: usize = 200;
 
 /// What a successful exchange showed (any HTTP status).
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct ProbeReport {
+pub(crate) struct ProbeReport {
     /// The receiver's HTTP status.
-    pub status: u16,
+    pub(crate) status: u16,
     /// Connect + TLS + request + answer, in milliseconds.
     pub(crate) latency_ms: f64,
     /// Negotiated TLS version, e.g. "TLS 1.3".
@@ -32,12 +32,12 @@ pub struct ProbeReport {
     /// Expiry of the receiver's certificate (RFC 3339).
     pub(crate) peer_not_after: String,
     /// The first bytes of the receiver's answer.
-    pub body: String,
+    pub(crate) body: String,
 }
 
 impl ProbeReport {
     /// The verdict of save-and-verify: only a 200 answer activates a webhook.
-    pub fn verified(&self) -> Result<(), ProbeError> {
+    pub(crate) fn verified(&self) -> Result<(), ProbeError> {
         if self.status == 200 {
             Ok(())
         } else {

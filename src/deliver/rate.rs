@@ -18,7 +18,7 @@ pub(crate) struct TokenBucket {
 
 impl TokenBucket {
     /// `rate` tokens per second, at most `burst` (≥ 1) saved; starts full.
-    pub fn new(rate: f64, burst: u32, now: Instant) -> Self {
+    pub(crate) fn new(rate: f64, burst: u32, now: Instant) -> Self {
         let burst = f64::from(burst.max(1));
         Self {
             rate,
@@ -35,13 +35,13 @@ impl TokenBucket {
     }
 
     /// Whether a token is available now (does not take it).
-    pub fn ready(&mut self, now: Instant) -> bool {
+    pub(crate) fn ready(&mut self, now: Instant) -> bool {
         self.refill(now);
         self.tokens >= 1.0
     }
 
     /// Takes a token if one is available.
-    pub fn take(&mut self, now: Instant) -> bool {
+    pub(crate) fn take(&mut self, now: Instant) -> bool {
         self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;

@@ -54,7 +54,7 @@ pub(crate) struct Scheduler<T> {
 
 impl<T: Clone> Scheduler<T> {
     /// An empty scheduler; the circuit opens after `threshold` failed requests in a row.
-    pub fn new(backoff: Backoff, threshold: u32) -> Self {
+    pub(crate) fn new(backoff: Backoff, threshold: u32) -> Self {
         Self {
             lanes: HashMap::new(),
             ready: VecDeque::new(),
@@ -69,12 +69,12 @@ impl<T: Clone> Scheduler<T> {
     }
 
     /// Items held (queued or in flight).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// The circuit breaker's state.
-    pub fn circuit(&self) -> Circuit {
+    pub(crate) fn circuit(&self) -> Circuit {
         self.circuit
     }
 
@@ -89,7 +89,7 @@ impl<T: Clone> Scheduler<T> {
     }
 
     /// Appends an item to its lane (items of one lane keep their order).
-    pub fn push(&mut self, lane: &str, item: T) {
+    pub(crate) fn push(&mut self, lane: &str, item: T) {
         self.len += 1;
         if let Some(l) = self.lanes.get_mut(lane) {
             l.items.push_back(item);
@@ -134,7 +134,7 @@ impl<T: Clone> Scheduler<T> {
     }
 
     /// Up to `max` consecutive head items of the next ready lane; marks the lane busy.
-    pub fn next(&mut self, now: Instant, max: usize) -> Option<(Arc<str>, Vec<T>)> {
+    pub(crate) fn next(&mut self, now: Instant, max: usize) -> Option<(Arc<str>, Vec<T>)> {
         self.release(now);
         if self.paused_until.is_some() {
             return None;
@@ -159,7 +159,7 @@ impl<T: Clone> Scheduler<T> {
 
     /// Takes the first `n` items handed out from a lane out of the queue without a request
     /// (expired); failure counts and the circuit are untouched.
-    pub fn discard(&mut self, lane: &Arc<str>, n: usize) -> Vec<T> {
+    pub(crate) fn discard(&mut self, lane: &Arc<str>, n: usize) -> Vec<T> {
         let mut out = Vec::new();
         let Some(l) = self.lanes.get_mut(lane) else {
             return out;
@@ -181,7 +181,7 @@ impl<T: Clone> Scheduler<T> {
 
     /// Records the end of one request that carried items of `lanes`; returns the items
     /// that left the queue (on `Done`). `unit` is a uniform draw in [0, 1) for jitter.
-    pub fn complete(
+    pub(crate) fn complete(
         &mut self,
         lanes: &[Arc<str>],
         verdict: Verdict,

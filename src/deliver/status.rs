@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 /// The state of a webhook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum State {
+pub(crate) enum State {
     /// Delivering normally.
     Active,
     /// Recent requests failed; retrying with backoff.
@@ -38,7 +38,7 @@ impl State {
     ];
 
     /// The label / JSON name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             State::Active => "active",
             State::Retrying => "retrying",
@@ -53,18 +53,18 @@ impl State {
 
 /// The last failure of a webhook.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LastError {
+pub(crate) struct LastError {
     /// What happened (never contains secrets).
-    pub message: String,
+    pub(crate) message: String,
     /// When, unix milliseconds.
     pub(crate) at_ms: i64,
 }
 
 /// A webhook's live status.
 #[derive(Debug, Clone, Serialize)]
-pub struct WebhookStatus {
+pub(crate) struct WebhookStatus {
     /// State.
-    pub state: State,
+    pub(crate) state: State,
     /// Current adaptive in-flight limit.
     pub(crate) in_flight_limit: usize,
     /// Requests in flight.
@@ -72,12 +72,12 @@ pub struct WebhookStatus {
     /// Failed requests in a row.
     pub(crate) consecutive_failures: u32,
     /// The last failure.
-    pub last_error: Option<LastError>,
+    pub(crate) last_error: Option<LastError>,
     /// When the state last changed (unix ms).
     pub(crate) state_since_ms: i64,
     /// Delivered events and failed requests per minute, last 24 hours.
     #[serde(skip)]
-    pub recent: Recent,
+    pub(crate) recent: Recent,
 }
 
 /// Minutes kept by [`Recent`].
@@ -85,7 +85,7 @@ const MINUTES: usize = 24 * 60;
 
 /// Delivered events and failed requests per minute over the last 24 hours.
 #[derive(Debug, Clone)]
-pub struct Recent {
+pub(crate) struct Recent {
     /// (delivered, errors) by minute, a ring indexed by unix minute.
     buckets: Vec<(u32, u32)>,
     /// The newest minute written.
@@ -103,9 +103,9 @@ impl Default for Recent {
 
 /// Sums over the windows `roomhook status` shows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecentCounts {
+pub(crate) struct RecentCounts {
     /// Events delivered in the last 5 minutes.
-    pub delivered_5m: u64,
+    pub(crate) delivered_5m: u64,
     /// Failed requests in the last 5 minutes.
     pub(crate) errors_5m: u64,
     /// Events delivered in the last hour.
@@ -113,7 +113,7 @@ pub struct RecentCounts {
     /// Failed requests in the last hour.
     pub(crate) errors_1h: u64,
     /// Events delivered in the last 24 hours.
-    pub delivered_24h: u64,
+    pub(crate) delivered_24h: u64,
     /// Failed requests in the last 24 hours.
     pub(crate) errors_24h: u64,
 }
@@ -131,7 +131,7 @@ impl Recent {
     }
 
     /// Adds to the minute of `now_ms`.
-    pub fn record(&mut self, now_ms: i64, delivered: u64, errors: u64) {
+    pub(crate) fn record(&mut self, now_ms: i64, delivered: u64, errors: u64) {
         let minute = now_ms / 60_000;
         self.advance(minute);
         if minute + (MINUTES as i64) <= self.head {
@@ -145,7 +145,7 @@ impl Recent {
 
     /// (delivered, errors) of each of the last `n` minutes as of `now_ms`, oldest first
     /// (the current minute last): what the console's chart draws.
-    pub fn minutes(&self, now_ms: i64, n: usize) -> Vec<(u32, u32)> {
+    pub(crate) fn minutes(&self, now_ms: i64, n: usize) -> Vec<(u32, u32)> {
         self.last(now_ms, n).collect()
     }
 
@@ -164,7 +164,7 @@ impl Recent {
 
     /// The sums of the last 5 minutes, hour and day as of `now_ms` (the current minute
     /// included).
-    pub fn counts(&self, now_ms: i64) -> RecentCounts {
+    pub(crate) fn counts(&self, now_ms: i64) -> RecentCounts {
         let sum = |minutes: usize| {
             self.last(now_ms, minutes).fold((0u64, 0u64), |(d, e), b| {
                 (d + u64::from(b.0), e + u64::from(b.1))

@@ -39,7 +39,7 @@ pub(crate) struct Throttle {
 
 impl Throttle {
     /// The rules of a webhook's filters (those with `min_interval`).
-    pub fn new(filters: &[PathFilter]) -> Self {
+    pub(crate) fn new(filters: &[PathFilter]) -> Self {
         Throttle {
             rules: filters
                 .iter()
@@ -73,7 +73,7 @@ impl Throttle {
     }
 
     /// An entry joined the window.
-    pub fn queued(&mut self, seq: u64, e: &Event) {
+    pub(crate) fn queued(&mut self, seq: u64, e: &Event) {
         if let Some((key, _)) = self.rule(e) {
             if self.latest.len() >= MAX_REMEMBERED && !self.latest.contains_key(&key) {
                 self.latest.clear();
@@ -84,7 +84,7 @@ impl Throttle {
     }
 
     /// What to do with a queued entry now.
-    pub fn turn(&self, seq: u64, e: &Event, now: Instant) -> Turn {
+    pub(crate) fn turn(&self, seq: u64, e: &Event, now: Instant) -> Turn {
         let Some((key, interval)) = self.rule(e) else {
             return Turn::Now;
         };
@@ -105,7 +105,7 @@ impl Throttle {
     }
 
     /// An entry goes out now.
-    pub fn sent(&mut self, e: &Event, now: Instant) {
+    pub(crate) fn sent(&mut self, e: &Event, now: Instant) {
         if let Some((key, _)) = self.rule(e) {
             if self.sent.len() >= MAX_REMEMBERED && !self.sent.contains_key(&key) {
                 self.sent.clear();

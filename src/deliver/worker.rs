@@ -42,25 +42,25 @@ pub const REMOVAL_SLACK_GROUPED: usize = 2 * crate::store::LAZY_REMOVALS_GROUPED
 /// Everything one webhook's delivery loop needs.
 pub(crate) struct Worker {
     /// Store id of the webhook.
-    pub id: WebhookId,
+    pub(crate) id: WebhookId,
     /// Its settings.
-    pub settings: WebhookSettings,
+    pub(crate) settings: WebhookSettings,
     /// The HTTPS client.
-    pub client: WebhookClient,
+    pub(crate) client: WebhookClient,
     /// The store.
-    pub store: Store,
+    pub(crate) store: Store,
     /// `orgId` of every payload.
-    pub org_id: String,
+    pub(crate) org_id: String,
     /// Metrics.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Live status, read by metrics and status views.
-    pub status: SharedStatus,
+    pub(crate) status: SharedStatus,
     /// Stops the loop.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     /// How long in-flight requests may finish after shutdown.
-    pub grace: Duration,
+    pub(crate) grace: Duration,
     /// Liveness mark for the watchdog: busy in a turn of the loop, resting while it waits.
-    pub pulse: crate::pulse::Pulse,
+    pub(crate) pulse: crate::pulse::Pulse,
     /// The right to read the queue `id`, held for as long as the loop runs (one loop per
     /// queue: the store refuses a second claim).
     pub(crate) _claim: crate::store::change::Claim,

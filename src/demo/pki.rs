@@ -14,9 +14,9 @@ pub struct ServerIdentity {
     /// PEM of the CA certificate a client should trust.
     pub ca_pem: String,
     /// The server's certificate chain (DER).
-    pub chain: Vec<CertificateDer<'static>>,
+    pub(crate) chain: Vec<CertificateDer<'static>>,
     /// The server's private key (PKCS#8 DER).
-    pub key: Vec<u8>,
+    pub(crate) key: Vec<u8>,
 }
 
 /// Why certificates could not be made.

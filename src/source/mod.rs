@@ -2,9 +2,9 @@
 //! [`crate::ingest::Ingest`], acknowledging its input only after the commit.
 
 pub mod decode;
-pub mod mqtt;
+pub(crate) mod mqtt;
 pub mod mqtt_drain;
-pub mod roomos;
+pub(crate) mod roomos;
 #[cfg(feature = "demo")]
-pub mod simulator;
+pub(crate) mod simulator;
 pub mod status;

@@ -107,7 +107,7 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 /// refuses everything after it from this source too; those messages queue here, in order,
 /// unacknowledged (the broker holds everything behind them), and the head is retried with
 /// backoff until it commits; then the rest follow in order.
-pub(crate) async fn run(
+pub async fn run(
     s: MqttSettings,
     ingest: Ingest,
     status: Arc<SourceStatus>,

@@ -39,9 +39,9 @@ const KEEP_ALIVE_S: u16 = 600;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Skipped {
     /// Its topic (lossy UTF-8, cut at 200 characters).
-    pub topic: String,
+    pub(crate) topic: String,
     /// Its declared remaining length in bytes.
-    pub bytes: usize,
+    pub(crate) bytes: usize,
 }
 
 /// Connects as the source does (TCP or TLS, same client id and credentials, persistent

@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub(crate) struct Simulation {
     /// Number of rooms (devices `room-1` … `room-N`).
-    pub rooms: usize,
+    pub(crate) rooms: usize,
     /// Time between two observations.
-    pub interval: Duration,
+    pub(crate) interval: Duration,
 }
 
 struct Room {
@@ -24,7 +24,7 @@ struct Room {
 }
 
 /// Runs the simulation until shutdown; each observation is committed before the next.
-pub(crate) async fn run(
+pub async fn run(
     sim: Simulation,
     ingest: Ingest,
     status: std::sync::Arc<super::status::SourceStatus>,

@@ -28,7 +28,7 @@ pub(crate) struct SourceStatus {
 
 impl SourceStatus {
     /// The source (re)connected.
-    pub fn connected(&self) {
+    pub(crate) fn connected(&self) {
         self.subscribed.store(false, Ordering::Relaxed);
         self.connected.store(true, Ordering::Relaxed);
         self.since_ms
@@ -48,7 +48,7 @@ impl SourceStatus {
     }
 
     /// The subscriptions are in place on this connection.
-    pub fn subscribed(&self) {
+    pub(crate) fn subscribed(&self) {
         self.subscribed.store(true, Ordering::Relaxed);
     }
 
@@ -75,7 +75,7 @@ impl SourceStatus {
     }
 
     /// A snapshot.
-    pub fn view(&self, name: &str) -> SourceView {
+    pub(crate) fn view(&self, name: &str) -> SourceView {
         let now = crate::timefmt::now_ms();
         let since = self.since_ms.load(Ordering::Relaxed);
         let last = self.last_message_ms.load(Ordering::Relaxed);
@@ -119,9 +119,9 @@ impl SourceStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SourceView {
     /// Name.
-    pub name: String,
+    pub(crate) name: String,
     /// Connected now.
-    pub connected: bool,
+    pub(crate) connected: bool,
     /// Its subscriptions are in place on this connection (MQTT: the broker granted at
     /// least one; RoomOS: subscribed and fully synced).
     #[serde(default)]
@@ -129,24 +129,24 @@ pub struct SourceView {
     /// Seconds in the current connected/disconnected state.
     pub(crate) state_age_s: f64,
     /// Messages received since start.
-    pub messages: u64,
+    pub(crate) messages: u64,
     /// Payload errors since start.
-    pub decode_errors: u64,
+    pub(crate) decode_errors: u64,
     /// The same by reason (`roomhook_source_decode_errors_total`'s, since start).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) decode_errors_by_reason: BTreeMap<String, u64>,
     /// Seconds since the last message.
     pub(crate) last_message_age_s: Option<f64>,
     /// The last connection error.
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
     /// Subscriptions the device refuses ("path: reason"); RoomOS sources only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failed_subscriptions: Vec<String>,
+    pub(crate) failed_subscriptions: Vec<String>,
 }
 
 /// Every source's status, by name.
 #[derive(Debug, Clone, Default)]
-pub struct Sources(Arc<Mutex<BTreeMap<String, Arc<SourceStatus>>>>);
+pub(crate) struct Sources(Arc<Mutex<BTreeMap<String, Arc<SourceStatus>>>>);
 
 impl Sources {
     /// The status of a source (created, and its clock started, on first use).

@@ -75,13 +75,13 @@ pub(crate) type Change = Vec<Step>;
 
 /// A kept (orphaned) queue as the store records it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Kept {
+pub(crate) struct Kept {
     /// Webhook name.
-    pub name: String,
+    pub(crate) name: String,
     /// Since when (unix ms).
     pub(crate) since_ms: i64,
     /// The URL its events were routed for, when known.
-    pub url: Option<String>,
+    pub(crate) url: Option<String>,
 }
 
 /// A registered queue: id, next sequence number, (depth, bytes, dead letters) when it was

@@ -9,7 +9,7 @@
 //! `lazy.rs` when removals are written (the writer thread, `writer.rs`, is the I/O around it).
 
 mod cell;
-pub mod change;
+pub(crate) mod change;
 mod lazy;
 mod overflow;
 mod recover;
@@ -166,11 +166,6 @@ impl Store {
     /// with a `commit_interval`.
     pub(crate) fn lazy_removals(&self) -> usize {
         self.shared.lazy_removals()
-    }
-
-    /// The `commit_interval` in force.
-    pub fn commit_interval(&self) -> std::time::Duration {
-        std::time::Duration::from_nanos(self.shared.commit_interval_ns.load(Ordering::Relaxed))
     }
 
     /// A random number fixed at store creation; part of every `webhook-id`.
@@ -506,7 +501,7 @@ impl Store {
 
     /// The kept (orphaned) queues: name, since when (unix ms), and the URL their events
     /// were routed for. Blocking.
-    pub fn orphans(&self) -> Result<Vec<change::Kept>, StoreError> {
+    pub(crate) fn orphans(&self) -> Result<Vec<change::Kept>, StoreError> {
         let db = self.db.get()?;
         Ok(change::kept(&db)?)
     }
@@ -560,7 +555,7 @@ impl Store {
     }
 
     /// The byte budget (`max_store_bytes`).
-    pub fn max_bytes(&self) -> u64 {
+    pub(crate) fn max_bytes(&self) -> u64 {
         self.shared.max_bytes
     }
 
@@ -657,7 +652,7 @@ impl Store {
     /// The daemon is stopping: a writer that is reopening the database after an I/O error
     /// gives up (nothing can be committed then; unacknowledged input stays with its
     /// sender) instead of holding the shutdown up.
-    pub fn stopping(&self) {
+    pub(crate) fn stopping(&self) {
         self.shared.closing.store(true, Ordering::Relaxed);
     }
 

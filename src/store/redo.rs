@@ -26,28 +26,28 @@ pub(crate) struct Redo {
 
 impl Redo {
     /// Starts the next record (the buffer is kept).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.buf.clear();
         self.open_range = None;
     }
 
     /// Nothing recorded.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
 
     /// The encoded changes.
-    pub fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.buf
     }
 
     /// Bytes recorded.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.buf.len()
     }
 
     /// Queue entries with one value under several keys (webhook, sequence number).
-    pub fn put(&mut self, keys: &[(u32, u64)], value: &[u8]) {
+    pub(crate) fn put(&mut self, keys: &[(u32, u64)], value: &[u8]) {
         self.open_range = None;
         self.buf.push(PUT);
         self.buf
@@ -170,7 +170,7 @@ impl<'a> Reader<'a> {
 }
 
 /// Applies one record's changes in `txn`.
-pub fn replay(txn: &redb::WriteTransaction, record: &[u8]) -> Result<(), ReplayError> {
+pub(crate) fn replay(txn: &redb::WriteTransaction, record: &[u8]) -> Result<(), ReplayError> {
     let db = |e: redb::TableError| ReplayError::Db(e.into());
     let st = |e: redb::StorageError| ReplayError::Db(e.into());
     let mut q = txn.open_table(QUEUE).map_err(db)?;

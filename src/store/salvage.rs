@@ -14,24 +14,24 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Default)]
 pub struct Report {
     /// The store file.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// Its size in bytes.
     pub(crate) file_bytes: u64,
     /// redb's integrity check passed (or the file was repaired on open).
     pub(crate) integrity_ok: bool,
     /// Webhook name → (queued entries, dead letters).
-    pub webhooks: BTreeMap<String, (u64, u64)>,
+    pub(crate) webhooks: BTreeMap<String, (u64, u64)>,
     /// Queues kept after their webhook left the config: name → since (unix ms).
-    pub orphans: BTreeMap<String, i64>,
+    pub(crate) orphans: BTreeMap<String, i64>,
     /// Entries whose value does not decode as an event.
-    pub undecodable: u64,
+    pub(crate) undecodable: u64,
     /// Read errors met while walking the tables.
     pub(crate) read_errors: Vec<String>,
     /// This is the report of a salvage (what was copied), not of a check.
-    pub salvaged: bool,
+    pub(crate) salvaged: bool,
     /// The write-ahead log: records not yet in the store file (the next start applies
     /// them), and where it ends torn, if it does.
-    pub wal: Option<(usize, Option<String>)>,
+    pub(crate) wal: Option<(usize, Option<String>)>,
 }
 
 impl Report {

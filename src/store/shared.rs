@@ -155,7 +155,7 @@ impl Shared {
 }
 
 impl Queue {
-    pub fn new(overflow: Overflow, stats: QueueStats, last_seq: u64) -> Self {
+    pub(crate) fn new(overflow: Overflow, stats: QueueStats, last_seq: u64) -> Self {
         let (committed, _) = watch::channel(last_seq);
         Self {
             overflow: std::sync::atomic::AtomicU8::new(overflow as u8),

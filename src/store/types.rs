@@ -54,7 +54,7 @@ impl DropReason {
     }
 
     /// What it means, for the log.
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             DropReason::Overflow => "store full (max_store_bytes), oldest first",
             DropReason::Coalesced => "store full, superseded status values",
@@ -148,7 +148,7 @@ pub struct Window {
     /// Decoded entries, in sequence order.
     pub entries: Vec<Entry>,
     /// Entries that do not decode: sequence number and why.
-    pub undecodable: Vec<(u64, String)>,
+    pub(crate) undecodable: Vec<(u64, String)>,
 }
 
 /// One queued entry as read back.
@@ -157,25 +157,25 @@ pub struct Entry {
     /// Its sequence number in the webhook's queue.
     pub seq: u64,
     /// The event.
-    pub event: Event,
+    pub(crate) event: Event,
 }
 
 /// Per-webhook figures the writer keeps current.
 #[derive(Debug, Default)]
 pub(crate) struct QueueStats {
     /// Entries in the queue.
-    pub depth: AtomicU64,
+    pub(crate) depth: AtomicU64,
     /// Entries in the dead-letter queue.
-    pub dead: AtomicU64,
+    pub(crate) dead: AtomicU64,
     /// Bytes charged for the queued entries.
-    pub bytes: AtomicU64,
+    pub(crate) bytes: AtomicU64,
     /// Highest sequence number the delivery worker holds in memory. `coalesce` leaves
     /// these entries alone; `drop_oldest` drops the oldest whatever the worker holds (that is
     /// what oldest means) and publishes [`QueueStats::dropped_through`], so that the worker
     /// does not send what was dropped.
     pub(crate) window_end: AtomicU64,
     /// Events dropped, by [`DropReason`].
-    pub dropped: [AtomicU64; 5],
+    pub(crate) dropped: [AtomicU64; 5],
     /// Every entry at or below this sequence number that is still unsent was dropped as
     /// oldest; the worker skips such entries it already holds.
     pub(crate) dropped_through: AtomicU64,
@@ -189,11 +189,11 @@ pub(crate) struct QueueStats {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct DeadLetter {
     /// The event.
-    pub event: Event,
+    pub(crate) event: Event,
     /// The receiver's HTTP status.
-    pub status: Option<u16>,
+    pub(crate) status: Option<u16>,
     /// The receiver's answer (status line and the first bytes of the body).
-    pub reason: String,
+    pub(crate) reason: String,
     /// When it was dead-lettered, unix milliseconds.
     pub(crate) at_ms: i64,
 }
@@ -201,18 +201,18 @@ pub(crate) struct DeadLetter {
 /// Marks an appended group as the content of one MQTT message, so that a redelivery of it
 /// (same packet id, same digest, DUP flag set) after a crash can be recognised.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mark {
+pub(crate) struct Mark {
     /// Source name.
-    pub source: String,
+    pub(crate) source: String,
     /// MQTT packet id.
-    pub pkid: u16,
+    pub(crate) pkid: u16,
     /// Digest of topic and payload.
-    pub digest: u64,
+    pub(crate) digest: u64,
     /// A retry of a message the store refused: it may lift the source's refusal.
-    pub resume: bool,
+    pub(crate) resume: bool,
     /// The broker set DUP: if this packet id's mark holds the same digest, the message was
     /// committed before and its PUBACK never written: nothing is stored again.
-    pub dup: bool,
+    pub(crate) dup: bool,
 }
 
 pub(crate) enum Op {
@@ -275,11 +275,11 @@ pub(crate) const HEALTHY_AFTER: std::time::Duration = std::time::Duration::from_
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct StoreHealth {
     /// No commit failed in the last [`HEALTHY_AFTER`].
-    pub ok: bool,
+    pub(crate) ok: bool,
     /// Commits that failed since start.
-    pub errors: u64,
+    pub(crate) errors: u64,
     /// The last failure.
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
     /// When it happened (RFC 3339).
     pub(crate) last_error_at: Option<String>,
 }

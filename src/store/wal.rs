@@ -90,7 +90,7 @@ impl Wal {
     }
 
     /// The generation being written.
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation
     }
 
@@ -100,7 +100,7 @@ impl Wal {
     }
 
     /// The file's size.
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         self.size
     }
 
@@ -112,7 +112,7 @@ impl Wal {
     }
 
     /// Bytes of records in the current generation.
-    pub fn used(&self) -> u64 {
+    pub(crate) fn used(&self) -> u64 {
         self.offset
     }
 
@@ -155,7 +155,7 @@ impl Wal {
 
     /// A durable redb commit recorded `generation` as the log's next one: the records so
     /// far are redundant and the next one is written at the start of the file.
-    pub fn restart(&mut self, generation: u64) {
+    pub(crate) fn restart(&mut self, generation: u64) {
         self.generation = generation;
         self.offset = 0;
         self.last = None;

@@ -29,7 +29,7 @@ pub(crate) const LAZY_REMOVALS: usize = 32;
 /// The same with `[gateway] commit_interval` set (half the worker's `REMOVAL_SLACK_GROUPED`).
 pub(crate) const LAZY_REMOVALS_GROUPED: usize = 128;
 /// How long a removal waits for a group with other work at most.
-pub const LAZY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const LAZY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(super) fn spawn(
     cell: Arc<DbCell>,

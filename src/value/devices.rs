@@ -3,11 +3,11 @@
 
 /// A list of device ids and globs (`*` any run, `?` one character).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceSelector(Vec<String>);
+pub(crate) struct DeviceSelector(Vec<String>);
 
 impl DeviceSelector {
     /// Checks a list of patterns.
-    pub fn parse(patterns: Vec<String>) -> Result<Self, String> {
+    pub(crate) fn parse(patterns: Vec<String>) -> Result<Self, String> {
         if patterns.is_empty() {
             return Err("the device list is empty, so the webhook would get nothing".into());
         }

@@ -2,9 +2,9 @@
 //! of them): topic filters and templates, device selections, value transforms, overflow
 //! policies, signing keys, the built-in payload formats' default mappings.
 
-pub mod devices;
-pub mod formats;
-pub mod overflow;
-pub mod signing;
-pub mod topic;
+pub(crate) mod devices;
+pub(crate) mod formats;
+pub(crate) mod overflow;
+pub(crate) mod signing;
+pub(crate) mod topic;
 pub(crate) mod transform;

@@ -44,7 +44,7 @@ pub(crate) fn parse_secret(secret: &str) -> Result<Vec<u8>, String> {
 
 impl Signer {
     /// A signer for decoded key bytes.
-    pub fn new(key: &[u8]) -> Self {
+    pub(crate) fn new(key: &[u8]) -> Self {
         let mut fingerprint = [0u8; 32];
         fingerprint.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, key).as_ref());
         Self {
@@ -54,7 +54,7 @@ impl Signer {
     }
 
     /// `v1,<base64 signature>` of one attempt.
-    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+    pub(crate) fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
         let mut ctx = hmac::Context::with_key(&self.key);
         ctx.update(id.as_bytes());
         ctx.update(b".");

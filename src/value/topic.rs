@@ -12,7 +12,7 @@ pub struct TopicFilter {
 
 /// Why a topic filter or template is not valid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TopicError {
+pub(crate) enum TopicError {
     /// The filter is empty.
     #[error("the filter is empty")]
     Empty,
@@ -40,7 +40,7 @@ pub enum TopicError {
 
 impl TopicFilter {
     /// Parses and checks a filter.
-    pub fn parse(raw: &str) -> Result<Self, TopicError> {
+    pub(crate) fn parse(raw: &str) -> Result<Self, TopicError> {
         if raw.is_empty() {
             return Err(TopicError::Empty);
         }
@@ -63,7 +63,7 @@ impl TopicFilter {
     }
 
     /// The filter as written.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.raw
     }
 
@@ -110,13 +110,13 @@ enum Part {
 
 /// A string with `{n}` placeholders filled from topic levels (`"{1}"`, `"room-{2}"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template {
+pub(crate) struct Template {
     parts: Vec<Part>,
 }
 
 impl Template {
     /// Parses a template and checks its levels against the filter it is used with.
-    pub fn parse(raw: &str, filter: &TopicFilter) -> Result<Self, TopicError> {
+    pub(crate) fn parse(raw: &str, filter: &TopicFilter) -> Result<Self, TopicError> {
         let mut parts = Vec::new();
         let mut rest = raw;
         while let Some(open) = rest.find('{') {
@@ -156,7 +156,7 @@ impl Template {
     }
 
     /// Fills the template from a topic; `None` when a named level is missing or empty.
-    pub fn render(&self, topic: &str) -> Option<String> {
+    pub(crate) fn render(&self, topic: &str) -> Option<String> {
         let levels: Vec<&str> = topic.split('/').collect();
         let mut out = String::new();
         for part in &self.parts {

@@ -9,18 +9,18 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Transform {
     /// Replacements, by the value's text (`true`, `3`, `on`).
-    pub map: BTreeMap<String, Value>,
+    pub(crate) map: BTreeMap<String, Value>,
     /// Multiplied by this.
     pub(crate) scale: Option<f64>,
     /// Then this added.
     pub(crate) offset: Option<f64>,
     /// Then rounded to this many decimals (0: a whole number).
-    pub round: Option<u32>,
+    pub(crate) round: Option<u32>,
 }
 
 impl Transform {
     /// Rounding only (the defaults of the built-in formats use it).
-    pub fn round(decimals: u32) -> Self {
+    pub(crate) fn round(decimals: u32) -> Self {
         Transform {
             round: Some(decimals),
             ..Transform::default()

@@ -11,7 +11,7 @@ const TOP: u32 = 14;
 const BOTTOM: u32 = 14;
 
 /// The SVG of `minutes` ((delivered, errors), oldest first, the current minute last).
-pub fn svg(name: &str, minutes: &[(u32, u32)]) -> String {
+pub(crate) fn svg(name: &str, minutes: &[(u32, u32)]) -> String {
     let peak = minutes
         .iter()
         .map(|&(d, e)| d.max(e))

@@ -5,7 +5,7 @@
 //! answers without a session; every form and every action carries its session's CSRF
 //! token. HTML, CSS and script are compiled in.
 
-pub mod chart;
+pub(crate) mod chart;
 pub(crate) mod sessions;
 
 use crate::admin::control::Control;
@@ -33,7 +33,7 @@ const SCRIPT: &str = include_str!("app.js");
 const MAX_FORM: usize = 4096;
 
 /// The console's state: the token that opens it, the open sessions, and the devices seen.
-pub struct Console {
+pub(crate) struct Console {
     token: Secret,
     sessions: Mutex<Sessions>,
     seen: Arc<crate::seen::Seen>,
@@ -157,7 +157,7 @@ fn fixed_catalog() -> serde_json::Value {
 
 impl Console {
     /// A console opened by `token`, showing the devices `seen` noted.
-    pub fn new(token: Secret, seen: Arc<crate::seen::Seen>) -> Self {
+    pub(crate) fn new(token: Secret, seen: Arc<crate::seen::Seen>) -> Self {
         Console {
             token,
             sessions: Mutex::new(Sessions::default()),
@@ -172,7 +172,7 @@ impl Console {
     }
 
     /// Whether a path is the console's.
-    pub fn owns(path: &str) -> bool {
+    pub(crate) fn owns(path: &str) -> bool {
         matches!(path, "/" | "/login" | "/logout") || path.starts_with("/console/")
     }
 

@@ -14,9 +14,9 @@ const MAX_SESSIONS: usize = 64;
 #[derive(Debug, Clone)]
 pub(crate) struct Session {
     /// Every form posts it back.
-    pub csrf: String,
+    pub(crate) csrf: String,
     /// Last use.
-    pub seen: Instant,
+    pub(crate) seen: Instant,
 }
 
 /// The open sessions.
@@ -58,7 +58,7 @@ impl Sessions {
     }
 
     /// The session of a cookie value, if it is open (its use renews it).
-    pub fn get(&mut self, id: &str, now: Instant) -> Option<Session> {
+    pub(crate) fn get(&mut self, id: &str, now: Instant) -> Option<Session> {
         let s = self.open.get_mut(id)?;
         if now.duration_since(s.seen) >= SESSION_IDLE {
             self.open.remove(id);
@@ -69,7 +69,7 @@ impl Sessions {
     }
 
     /// Ends a session.
-    pub fn logout(&mut self, id: &str) {
+    pub(crate) fn logout(&mut self, id: &str) {
         self.open.remove(id);
     }
 }

@@ -127,6 +127,7 @@ struct Shared {
     /// The certificate (DER).
     cert_der: Vec<u8>,
     /// The certificate (PEM).
+    #[cfg_attr(not(test), allow(dead_code))]
     cert_pem: String,
     /// The account's `user:password`.
     credentials: Vec<u8>,
@@ -211,7 +212,8 @@ impl DeviceSim {
     }
 
     /// The listening port.
-    pub fn port(&self) -> u16 {
+    #[cfg(test)]
+    pub(crate) fn port(&self) -> u16 {
         self.shared().port
     }
 
@@ -227,7 +229,8 @@ impl DeviceSim {
     }
 
     /// The certificate (PEM).
-    pub fn cert_pem(&self) -> String {
+    #[cfg(test)]
+    pub(crate) fn cert_pem(&self) -> String {
         self.shared().cert_pem.clone()
     }
 
@@ -328,7 +331,8 @@ impl DeviceSim {
     }
 
     /// The Query arrays currently subscribed, over all connections.
-    pub fn subscriptions(&self) -> Vec<Vec<String>> {
+    #[cfg(test)]
+    pub(crate) fn subscriptions(&self) -> Vec<Vec<String>> {
         let st = self.shared().lock();
         st.conns
             .values()

@@ -30,7 +30,7 @@ pub(crate) const KNOWN: &[&str] = &[
 ];
 
 /// Reads one message.
-pub fn read(topic: &str, payload: &[u8]) -> Read {
+pub(crate) fn read(topic: &str, payload: &[u8]) -> Read {
     let levels: Vec<&str> = topic.split('/').collect();
     let n = levels.len();
     if n < 3 || levels[n - 3] != "ble" || levels[n - 2].is_empty() || levels[n - 1].is_empty() {

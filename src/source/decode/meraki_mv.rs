@@ -8,7 +8,7 @@ use super::{object, payload_time, DecodeError, Read, Reading};
 use serde_json::Value;
 
 /// Reads one message.
-pub fn read(topic: &str, payload: &[u8], raw_detections: bool) -> Read {
+pub(crate) fn read(topic: &str, payload: &[u8], raw_detections: bool) -> Read {
     let levels: Vec<&str> = topic.split('/').filter(|l| !l.is_empty()).collect();
     let n = levels.len();
     if n < 2 || levels[n - 2].is_empty() {

@@ -5,10 +5,10 @@
 //! transforms, device and workspace (topic levels, payload fields, the `[[devices]]`
 //! table), and the reasons a payload (or part of it) is rejected.
 
-pub mod json;
-pub mod meraki_mt;
-pub mod meraki_mv;
-pub mod zigbee2mqtt;
+pub(crate) mod json;
+pub(crate) mod meraki_mt;
+pub(crate) mod meraki_mv;
+pub(crate) mod zigbee2mqtt;
 
 use crate::catalog::CoerceError;
 use crate::config::{DeviceMap, FieldMap, Format, SubscriptionSettings};
@@ -92,22 +92,22 @@ impl Decoded {
 
 /// What a format found in one message.
 #[derive(Debug, Default)]
-pub struct Reading {
+pub(crate) struct Reading {
     /// The sensor's own id (friendly name, MAC, camera serial), when the format has one.
-    pub sensor: Option<String>,
+    pub(crate) sensor: Option<String>,
     /// Property (or JSON pointer) → raw value, in payload order.
-    pub values: Vec<(String, Value)>,
+    pub(crate) values: Vec<(String, Value)>,
     /// When the sensor measured it (unix ms), if the payload says.
-    pub ts_ms: Option<i64>,
+    pub(crate) ts_ms: Option<i64>,
     /// Properties the format knows but that map to nothing (battery, link quality, …).
-    pub known: usize,
+    pub(crate) known: usize,
     /// The parsed payload (for `device_field` / `workspace_field`).
-    pub doc: Value,
+    pub(crate) doc: Value,
 }
 
 /// What a format made of a message.
 #[derive(Debug)]
-pub enum Read {
+pub(crate) enum Read {
     /// Sensor data.
     Reading(Reading),
     /// Recognised, and not sensor data (availability, bridge state, commands).
@@ -143,7 +143,7 @@ fn kind_of(v: &Value) -> &'static str {
 /// A timestamp as sensors write it: RFC 3339 text, or a number of epoch seconds,
 /// milliseconds, microseconds or nanoseconds (told apart by size). `None` when it is
 /// neither (then the receive time is used).
-pub fn timestamp(v: &Value) -> Option<i64> {
+pub(crate) fn timestamp(v: &Value) -> Option<i64> {
     match v {
         Value::Number(n) => {
             let f = n.as_f64()?;

@@ -28,7 +28,7 @@ pub(crate) const KNOWN: &[&str] = &[
 ];
 
 /// Reads one message; `base` is the number of topic levels of the base topic.
-pub fn read(topic: &str, base: usize, payload: &[u8]) -> Read {
+pub(crate) fn read(topic: &str, base: usize, payload: &[u8]) -> Read {
     let Some(name) = topic.splitn(base.max(1) + 1, '/').nth(base.max(1)) else {
         return Read::NotData;
     };

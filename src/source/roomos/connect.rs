@@ -44,9 +44,9 @@ pub(crate) enum FailKind {
 #[error("{message}")]
 pub(crate) struct ConnectError {
     /// What kind of failure.
-    pub kind: FailKind,
+    pub(crate) kind: FailKind,
     /// What happened and what to do.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// What the TLS handshake saw of the device's certificate.
@@ -55,7 +55,7 @@ pub(crate) struct PeerCert {
     /// The leaf certificate (DER), when one was presented.
     pub(crate) der: Option<Vec<u8>>,
     /// Negotiated TLS version.
-    pub version: Option<String>,
+    pub(crate) version: Option<String>,
 }
 
 /// SHA-256 of a certificate, as `AB:CD:…` (what `pin_sha256` takes).

@@ -7,10 +7,10 @@
 //! Read top to bottom: [`run`] is the reconnect loop, [`Session`] one connection's state
 //! machine (what is pending, what is subscribed, the snapshot being gathered).
 
-pub mod connect;
-pub mod probe;
+pub(crate) mod connect;
+pub(crate) mod probe;
 pub(crate) mod rpc;
-pub mod tree;
+pub(crate) mod tree;
 
 use crate::backoff::Doubling;
 use crate::catalog::Kind;
@@ -106,7 +106,7 @@ impl Counters {
 }
 
 /// Runs one RoomOS source until shutdown.
-pub(crate) async fn run(
+pub async fn run(
     s: RoomosSettings,
     ingest: Ingest,
     status: std::sync::Arc<crate::source::status::SourceStatus>,

@@ -16,9 +16,9 @@ use tokio_tungstenite::tungstenite::Message;
 #[derive(Debug, Default)]
 pub(crate) struct SourceReport {
     /// Lines for the operator, in order.
-    pub lines: Vec<String>,
+    pub(crate) lines: Vec<String>,
     /// Everything worked: connected, authenticated, every subscription accepted.
-    pub ok: bool,
+    pub(crate) ok: bool,
 }
 
 impl SourceReport {

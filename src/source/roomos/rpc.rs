@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 /// A frame from the device.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Incoming {
+pub(crate) enum Incoming {
     /// The answer to a request.
     Result {
         /// The request id, as text (devices may answer integer ids as strings).
@@ -60,12 +60,12 @@ impl FrameError {
 }
 
 /// A request frame.
-pub fn request(id: u64, method: &str, params: Value) -> String {
+pub(crate) fn request(id: u64, method: &str, params: Value) -> String {
     json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string()
 }
 
 /// `xFeedback/Subscribe` for a query, current values included.
-pub fn subscribe(id: u64, query: &[String]) -> String {
+pub(crate) fn subscribe(id: u64, query: &[String]) -> String {
     request(
         id,
         "xFeedback/Subscribe",
@@ -74,12 +74,12 @@ pub fn subscribe(id: u64, query: &[String]) -> String {
 }
 
 /// `xQuery`: the current values under a query, as a tree from the root.
-pub fn query(id: u64, query: &[String]) -> String {
+pub(crate) fn query(id: u64, query: &[String]) -> String {
     request(id, "xQuery", json!({ "Query": query }))
 }
 
 /// `xGet`: one value, relative to the path.
-pub fn get(id: u64, path: &[&str]) -> String {
+pub(crate) fn get(id: u64, path: &[&str]) -> String {
     request(id, "xGet", json!({ "Path": path }))
 }
 
@@ -100,7 +100,7 @@ fn short(s: &str) -> String {
 }
 
 /// Reads one text frame.
-pub fn parse(text: &str) -> Result<Incoming, FrameError> {
+pub(crate) fn parse(text: &str) -> Result<Incoming, FrameError> {
     let v: Value = serde_json::from_str(text).map_err(|e| FrameError::NotJson(e.to_string()))?;
     let Value::Object(obj) = v else {
         return Err(FrameError::Malformed(format!(

@@ -8,20 +8,20 @@ use serde_json::{Map, Value};
 
 /// The statuses and events a RoomOS source forwards (catalog patterns).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Selection {
+pub(crate) struct Selection {
     /// Status patterns (`RoomAnalytics.*`, exact paths, `*`).
-    pub statuses: Vec<String>,
+    pub(crate) statuses: Vec<String>,
     /// Event patterns.
-    pub events: Vec<String>,
+    pub(crate) events: Vec<String>,
 }
 
 /// A tree turned into catalog terms.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Decoded {
     /// Status values, coerced to their catalog type.
-    pub updated: Vec<(String, Value)>,
+    pub(crate) updated: Vec<(String, Value)>,
     /// Status paths that disappeared (the selected paths of a ghost array entry).
-    pub removed: Vec<String>,
+    pub(crate) removed: Vec<String>,
     /// Events: catalog key and the event's parameters.
     pub events: Vec<(String, Value)>,
     /// Values that did not fit their catalog type: path and why.
@@ -50,7 +50,7 @@ impl Selection {
     /// The `xFeedback/Subscribe` queries that cover the selection, the first element the
     /// document (`Status`, `Event`). Array nodes are named without an index, which matches
     /// every entry; a query already covered by a shorter one is left out.
-    pub fn queries(&self) -> Vec<Vec<String>> {
+    pub(crate) fn queries(&self) -> Vec<Vec<String>> {
         let mut out = Vec::new();
         for (doc, kind, patterns) in [
             ("Status", Kind::Status, &self.statuses),
