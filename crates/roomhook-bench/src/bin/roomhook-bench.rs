@@ -3,8 +3,10 @@
 //! per scenario. Build first: `cargo build --release -p roomhook -p roomhook-bench && target/release/roomhook-bench`.
 
 use clap::Parser;
-use roomhook::demo::{pki, receiver::Receiver};
-use roomhook_testkit::{cpu_seconds, publish_all, status_kib, wait_until, Mosquitto};
+use roomhook::demo::receiver::Receiver;
+use roomhook_testkit::{
+    cpu_seconds, publish_all, status_kib, wait_until, Config, Mosquitto, Section, TestReceiver,
+};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -64,13 +66,14 @@ struct Args {
     gateway: String,
 }
 
-const TOKEN: &str = "Bearer bench-token";
-
+/// What every scenario runs against: the test rig's Mosquitto and HTTPS receiver (behind a
+/// private CA made for the run), and the daemon's configs built as values by the rig.
 struct Setup {
     dir: tempfile::TempDir,
     broker: Mosquitto,
     receiver: Receiver,
     ca_file: PathBuf,
+    url: String,
     /// `--gateway`: extra `[gateway]` lines of every config written for this setup.
     gateway: String,
 }
@@ -78,27 +81,24 @@ struct Setup {
 async fn setup(args: &Args) -> Result<Setup, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let broker = Mosquitto::start().map_err(|e| e.to_string())?;
-    let id = pki::private_ca(&["127.0.0.1"]).map_err(|e| e.to_string())?;
-    let tls = id.server_config().map_err(|e| e.to_string())?;
-    let receiver = Receiver::start(
-        "127.0.0.1:0".parse().map_err(|_| "addr")?,
-        tls,
-        Some(TOKEN.into()),
-        false,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &id.ca_pem).map_err(|e| e.to_string())?;
+    let TestReceiver {
+        receiver,
+        ca_file,
+        url,
+    } = roomhook_testkit::receiver(dir.path(), false).await;
     Ok(Setup {
         dir,
         broker,
         receiver,
         ca_file,
+        url,
         gateway: args.gateway.clone(),
     })
 }
 
+/// The daemon's config: `sources` MQTT sources on the bench topics (people count, no
+/// workspace), `webhooks` webhooks to the receiver with `max_in_flight` and the `extra`
+/// keys, and the run's `--gateway` keys; retries at the daemon's defaults.
 fn config(
     s: &Setup,
     webhooks: usize,
@@ -106,29 +106,27 @@ fn config(
     max_in_flight: usize,
     extra: &str,
 ) -> PathBuf {
-    let mut text = format!(
-        "[gateway]\ndata_dir = \"data\"\norg_id = \"bench\"\n{}\n",
-        s.gateway
-    );
+    let mut config = Config::new()
+        .gateway("org_id = \"bench\"")
+        .gateway(&s.gateway);
     for i in 0..sources {
-        text += &format!(
-            "\n[[sources.mqtt]]\nname = \"s{i}\"\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"roomhook-bench-{i}\"\n\
-             [[sources.mqtt.subscriptions]]\ntopic = \"bench/+/status\"\ndevice = \"{{1}}\"\n\
-             [sources.mqtt.subscriptions.fields]\n\"/people\" = \"RoomAnalytics.PeopleCount.Current\"\n",
-            port = s.broker.port
+        config = config.with(
+            Section::mqtt(&format!("s{i}"), s.broker.port)
+                .set("client_id", format!("roomhook-bench-{i}"))
+                .subscribe(Section::people().remove("workspace").remove("format")),
         );
     }
     for i in 0..webhooks {
-        text += &format!(
-            "\n[[webhooks]]\nname = \"w{i}\"\nurl = \"https://127.0.0.1:{port}/hook\"\nauthorization = \"{TOKEN}\"\n\
-             ca_file = \"{ca}\"\nstatuses = [\"RoomAnalytics.PeopleCount.Current\"]\nmax_in_flight = {max_in_flight}\ndrain_start_jitter = \"0s\"\n{extra}\n",
-            port = s.receiver.addr().port(),
-            ca = s.ca_file.display()
+        config = config.with(
+            Section::webhook(&format!("w{i}"), &s.url, &s.ca_file)
+                .remove("devices")
+                .remove("retry_base")
+                .remove("retry_max")
+                .set("max_in_flight", max_in_flight as i64)
+                .merge(extra),
         );
     }
-    let path = s.dir.path().join("roomhook.toml");
-    let _ = std::fs::write(&path, text);
-    path
+    config.write(s.dir.path())
 }
 
 struct Daemon(Child);
@@ -345,12 +343,10 @@ async fn drain(args: &Args, binary: &Path) -> Result<serde_json::Value, String> 
     // memory at that point. Every message the broker acked reaches the store eventually.
     let config_path = s.dir.path().join("roomhook.toml");
     let admin_port = roomhook_testkit::free_port();
-    let mut text = std::fs::read_to_string(&config_path).map_err(|e| e.to_string())?;
-    text = text.replacen(
-        "[gateway]",
-        &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[gateway]"),
-        1,
-    );
+    let text = std::fs::read_to_string(&config_path).map_err(|e| e.to_string())?;
+    let text = roomhook_testkit::edit(&text, |d| {
+        d.set("admin.listen", format!("127.0.0.1:{admin_port}"));
+    });
     std::fs::write(&config_path, text).map_err(|e| e.to_string())?;
     // Let the daemon take in the whole backlog before the restart.
     let pid = daemon.pid();
@@ -557,36 +553,44 @@ async fn roomos(args: &Args, binary: &Path) -> Result<serde_json::Value, String>
             .map_err(|e| e.to_string())?,
         );
     }
-    let webhook = format!(
-        "[[webhooks]]\nname = \"w\"\nurl = \"https://127.0.0.1:{port}/hook\"\nauthorization = \"{TOKEN}\"\n\
-         ca_file = \"{ca}\"\nstatuses = [\"RoomAnalytics.*\", \"Peripherals.*\"]\nevents = [\"UserInterface.Extensions.Widget.Action\"]\ndrain_start_jitter = \"0s\"\n",
-        port = s.receiver.addr().port(),
-        ca = s.ca_file.display()
-    );
+    let webhook = Section::webhook("w", &s.url, &s.ca_file)
+        .remove("devices")
+        .remove("retry_base")
+        .remove("retry_max")
+        .set(
+            "statuses",
+            roomhook_testkit::list(["RoomAnalytics.*", "Peripherals.*"]),
+        )
+        .set(
+            "events",
+            roomhook_testkit::list(["UserInterface.Extensions.Widget.Action"]),
+        );
     // Both runs also deliver MQTT traffic, so that what the delivery path costs once (the
     // receiver's connection, code paged in) is not charged to the devices.
-    let base = format!(
-        "[gateway]\ndata_dir = \"data\"\norg_id = \"bench\"\n\n[[sources.mqtt]]\nname = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\n\
-         [[sources.mqtt.subscriptions]]\ntopic = \"bench/+/status\"\ndevice = \"{{1}}\"\n\
-         [sources.mqtt.subscriptions.fields]\n\"/people\" = \"RoomAnalytics.PeopleCount.Current\"\n",
-        s.broker.port
+    let base = Config::new().gateway("org_id = \"bench\"").with(
+        Section::mqtt("mqtt", s.broker.port)
+            .remove("client_id")
+            .subscribe(Section::people().remove("workspace").remove("format")),
     );
-    let mut sources = String::new();
+    let mut with_devices = Config::new().gateway("org_id = \"bench\"").with(
+        Section::mqtt("mqtt", s.broker.port)
+            .remove("client_id")
+            .subscribe(Section::people().remove("workspace").remove("format")),
+    );
     for (i, d) in devices.iter().enumerate() {
-        sources += &format!(
-            "\n[[sources.roomos]]\nname = \"room-{i}\"\nurl = \"{}\"\nusername = \"admin\"\npassword = \"secret\"\npin_sha256 = \"{}\"\n",
-            d.url(),
-            d.cert_sha256()
+        with_devices = with_devices.with(
+            Section::roomos(&format!("room-{i}"), d)
+                .remove("workspace")
+                .remove("keep_alive")
+                .set("username", "admin")
+                .set("password", "secret"),
         );
     }
     let path = s.dir.path().join("roomhook.toml");
     let settle = Duration::from_secs(10);
     let mut rss = Vec::new();
-    for text in [
-        format!("{base}\n{webhook}"),
-        format!("{base}{sources}\n{webhook}"),
-    ] {
-        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+    for config in [base.with(webhook.clone()), with_devices.with(webhook)] {
+        std::fs::write(&path, config.to_string()).map_err(|e| e.to_string())?;
         let daemon = Daemon::start(binary, &path)?;
         wait_ready(&s, s.receiver.requests().len()).await?;
         let before = s.receiver.accepted_messages();
