@@ -102,7 +102,10 @@ async fn coalesce_drops_superseded_values_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_loses_nothing_the_broker_holds_the_rest() {
-    let (r, mut daemon) = flooded("overflow = \"block\"").await;
+    // Batches of up to 100 once the receiver takes them: the store fills, refuses and lets
+    // the held input in the same way, and the 20,000 arrive in seconds, not as 20,000
+    // requests of a debug build.
+    let (r, mut daemon) = flooded("overflow = \"block\"\nbatch_max_messages = 100").await;
     // The store fills to its budget and input stops; nothing is dropped.
     assert!(wait_until(Duration::from_secs(20), || r
         .metric("roomhook_store_bytes")
@@ -195,10 +198,12 @@ async fn an_undecodable_entry_is_skipped_and_the_queue_goes_on() {
 async fn a_full_block_queue_holds_input_for_every_webhook_and_loses_nothing() {
     let (r, mut daemon) = Rig::new()
         .gateway("max_store_bytes = \"1MiB\"")
-        // A 401 pauses the webhook for auth_retry (60 s unless set).
-        .webhook("overflow = \"block\"\nauth_retry = \"1s\"")
+        // A 401 pauses the webhook for auth_retry (60 s unless set). Both webhooks send
+        // batches of up to 100 (what the store holds, refuses and lets in is the same;
+        // 40,000 one-message requests took most of this test's time in a debug build).
+        .webhook("overflow = \"block\"\nauth_retry = \"1s\"\nbatch_max_messages = 100")
         .receiver(Behaviour::Status(401))
-        .hook("lobby", "overflow = \"block\"")
+        .hook("lobby", "overflow = \"block\"\nbatch_max_messages = 100")
         .start()
         .await;
     let (stuck, fine, admin) = (&r.rx, r.hook("lobby"), r.admin);
