@@ -383,20 +383,11 @@ impl Metrics {
         );
         m.build_info
             .get_or_create(&VersionLabel {
-                // The facts of crate::version (set by build.rs), read here directly:
-                // metrics sits in the bottom layer beside it.
                 version: env!("CARGO_PKG_VERSION").to_string(),
-                commit: env!("ROOMHOOK_BUILD_COMMIT").to_string(),
-                target: env!("ROOMHOOK_BUILD_TARGET").to_string(),
-                profile: env!("ROOMHOOK_BUILD_PROFILE").to_string(),
-                features: if cfg!(feature = "testkit") {
-                    "demo testkit"
-                } else if cfg!(feature = "demo") {
-                    "demo"
-                } else {
-                    "none; no demo"
-                }
-                .to_string(),
+                commit: crate::version::COMMIT.to_string(),
+                target: crate::version::TARGET.to_string(),
+                profile: crate::version::PROFILE.to_string(),
+                features: crate::version::FEATURES.to_string(),
             })
             .set(1);
         Metrics { registry, ..m }

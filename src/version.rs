@@ -2,9 +2,13 @@
 //! built in, for `roomhook --version`, `roomhook_build_info` and `status`. Written by
 //! `build.rs`; imports nothing.
 
-// build.rs sets ROOMHOOK_BUILD_COMMIT (12 hex digits, "-dirty" for uncommitted changes,
-// "unknown" outside a checkout), ROOMHOOK_BUILD_TARGET (the target triple) and
-// ROOMHOOK_BUILD_PROFILE (`dev`, `release`, `gateway`, `ci`).
+/// The git commit built (12 hex digits, "-dirty" for uncommitted changes), or "unknown"
+/// outside a checkout.
+pub(crate) const COMMIT: &str = env!("ROOMHOOK_BUILD_COMMIT");
+/// The target triple.
+pub(crate) const TARGET: &str = env!("ROOMHOOK_BUILD_TARGET");
+/// The cargo profile (`dev`, `release`, `gateway`, `ci`).
+pub(crate) const PROFILE: &str = env!("ROOMHOOK_BUILD_PROFILE");
 
 #[cfg(feature = "testkit")]
 macro_rules! features {
@@ -28,7 +32,8 @@ macro_rules! features {
 /// The optional features built in: "demo", or "none; no demo" (the gateway builds).
 pub const FEATURES: &str = features!();
 
-/// `roomhook --version` after the name, e.g. `0.1.0 (commit 98d24b2c1f3e, target
+/// `roomhook --version` after the name (the constants above, spelt out: `concat!` takes
+/// only literals), e.g. `0.1.0 (commit 98d24b2c1f3e, target
 /// aarch64-unknown-linux-musl, profile gateway, features: none; no demo)`.
 pub const LONG: &str = concat!(
     env!("CARGO_PKG_VERSION"),

@@ -14,12 +14,12 @@ const LAYERS: &[(&str, u32)] = &[
     ("backoff", 0),
     ("files", 0),
     ("logging", 0),
-    ("metrics", 0),
     ("pulse", 0),
     ("ratelog", 0),
     ("redact", 0),
     ("timefmt", 0),
     ("version", 0),
+    ("metrics", 1),
     ("tls", 1),
     ("wallclock", 1),
     // The model: shared value types, the catalog, the event, the devices seen.

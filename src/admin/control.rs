@@ -439,6 +439,17 @@ fn query_since(query: &str) -> Result<i64, String> {
     }
 }
 
+/// The value of a `Result<_, String>`, or (returned from the handler) a 400 answer that
+/// carries the reason.
+macro_rules! or_400 {
+    ($result:expr) => {
+        match $result {
+            Ok(v) => v,
+            Err(e) => return reply(StatusCode::BAD_REQUEST, json!({ "error": e })),
+        }
+    };
+}
+
 /// Answers one control request (from the Unix socket, or an authenticated TCP caller).
 pub(crate) async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
     let path = req.uri().path().to_string();
@@ -467,17 +478,9 @@ pub(crate) async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
             reply(StatusCode::OK, json_of(&list))
         }
         (&Method::POST, ["v1", "webhooks"]) => {
-            let verify = match verify {
-                Ok(v) => v,
-                Err(e) => return reply(StatusCode::BAD_REQUEST, json!({ "error": e })),
-            };
-            let values = match json_body(req)
-                .await
-                .and_then(|v| confine_files(&v, sup, None).map(|()| v))
-            {
-                Ok(v) => v,
-                Err(e) => return reply(StatusCode::BAD_REQUEST, json!({ "error": e })),
-            };
+            let verify = or_400!(verify);
+            let body = json_body(req).await;
+            let values = or_400!(body.and_then(|v| confine_files(&v, sup, None).map(|()| v)));
             let Some(name) = values
                 .get("name")
                 .and_then(Value::as_str)
@@ -498,18 +501,11 @@ pub(crate) async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
             None => not_found(name),
         },
         (&Method::PATCH, ["v1", "webhooks", name]) => {
-            let verify = match verify {
-                Ok(v) => v,
-                Err(e) => return reply(StatusCode::BAD_REQUEST, json!({ "error": e })),
-            };
+            let verify = or_400!(verify);
             let name = name.to_string();
-            let changes = match json_body(req)
-                .await
-                .and_then(|v| confine_files(&v, sup, Some(name.as_str())).map(|()| v))
-            {
-                Ok(v) => v,
-                Err(e) => return reply(StatusCode::BAD_REQUEST, json!({ "error": e })),
-            };
+            let body = json_body(req).await;
+            let changes =
+                or_400!(body.and_then(|v| confine_files(&v, sup, Some(&name)).map(|()| v)));
             let new_name = changes
                 .get("name")
                 .and_then(Value::as_str)
@@ -534,10 +530,7 @@ pub(crate) async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
             }
         }
         (&Method::POST, ["v1", "webhooks", name, action @ ("enable" | "disable")]) => {
-            let verify = match verify {
-                Ok(v) => v,
-                Err(e) => return reply(StatusCode::BAD_REQUEST, json!({ "error": e })),
-            };
+            let verify = or_400!(verify);
             let mut changes = serde_json::Map::new();
             changes.insert("enabled".into(), Value::Bool(*action == "enable"));
             let name = name.to_string();
@@ -605,10 +598,7 @@ pub(crate) async fn handle(req: Request<Incoming>, c: Arc<Control>) -> Reply {
             let Some(w) = sup.webhook(name) else {
                 return not_found(name);
             };
-            let since = match query_since(&query) {
-                Ok(t) => t,
-                Err(e) => return reply(StatusCode::BAD_REQUEST, json!({ "error": e })),
-            };
+            let since = or_400!(query_since(&query));
             match store.replay_dead_letters(w.id, since).await {
                 Ok(n) => reply(StatusCode::OK, json_of(&ReplayAnswer { replayed: n })),
                 Err(e) => reply(

@@ -245,16 +245,11 @@ async fn handle(
     }
     let metrics = &admin.metrics;
     let (status, ctype, body) = match (req.method().as_str(), req.uri().path()) {
-        ("GET", "/metrics") => {
-            // Readiness as /readyz decides it, at the moment of the scrape.
-            let ready = status::report(&admin.control.supervisor).ready;
-            metrics.ready.set(i64::from(ready));
-            (
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                metrics.encode(),
-            )
-        }
+        ("GET", "/metrics") => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
         ("GET", "/healthz") => {
             let (ok, body) = status::alive(&admin.control.supervisor);
             (

@@ -67,6 +67,14 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
         settings.shutdown_grace,
     )
     .await?;
+    // roomhook_ready: what /readyz decides, brought up to date before every scrape (after
+    // the supervisor's own figures).
+    let (weak, ready) = (Arc::downgrade(&supervisor), metrics.ready.clone());
+    metrics.on_scrape(move || {
+        if let Some(sup) = weak.upgrade() {
+            ready.set(i64::from(crate::admin::status::report(&sup).ready));
+        }
+    });
 
     let service_stop = CancellationToken::new();
     let mut services = JoinSet::new();
