@@ -14,6 +14,7 @@ fn main() {
         env::var("TARGET").unwrap_or_default()
     );
     println!("cargo:rustc-env=ROOMHOOK_BUILD_PROFILE={}", profile(&out));
+    println!("cargo:rustc-env=ROOMHOOK_BUILD_FEATURES={}", features());
     println!("cargo:rerun-if-changed=README.md");
     let readme = fs::read_to_string("README.md").expect("README.md");
     let page = config_man_page(&readme, env!("CARGO_PKG_VERSION"));
@@ -49,16 +50,10 @@ fn commit() -> String {
     for path in ["src", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={path}");
     }
+    // --no-optional-locks: no index refresh, which could collide with the user's own git.
     let dirty = Command::new("git")
-        .args([
-            "diff",
-            "--quiet",
-            "HEAD",
-            "--",
-            "src",
-            "Cargo.toml",
-            "Cargo.lock",
-        ])
+        .args(["--no-optional-locks", "diff", "--quiet", "HEAD", "--"])
+        .args(["src", "Cargo.toml", "Cargo.lock"])
         .status()
         .map(|s| s.code() == Some(1))
         .unwrap_or(false);
@@ -66,6 +61,20 @@ fn commit() -> String {
         format!("{hash}-dirty")
     } else {
         hash
+    }
+}
+
+/// The optional features built in, as `--version` shows them: "demo", "demo faults
+/// testkit" (the tests), or "none; no demo" (the gateway builds).
+fn features() -> String {
+    let on: Vec<&str> = ["demo", "faults", "testkit"]
+        .into_iter()
+        .filter(|f| env::var_os(format!("CARGO_FEATURE_{}", f.to_uppercase())).is_some())
+        .collect();
+    if on.is_empty() {
+        "none; no demo".into()
+    } else {
+        on.join(" ")
     }
 }
 

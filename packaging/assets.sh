@@ -22,5 +22,6 @@ gzip -9n "$out"/man/*
 "$@" "$bin" completions fish >"$out/completions/roomhook.fish"
 # The target of the binary, from its --version line ("…, target TRIPLE, …").
 target=$("$@" "$bin" --version | sed -n 's/.*, target \([^,]*\),.*/\1/p')
+[ -n "$target" ] || { echo "packaging/assets.sh: no target in \`$bin --version\`" >&2; exit 1; }
 python3 packaging/third-party.py "$target" >"$out/THIRD-PARTY-LICENSES"
 echo "$out: $(ls "$out/man" | wc -l) man pages, 3 completions, THIRD-PARTY-LICENSES ($target)"

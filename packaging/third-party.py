@@ -6,6 +6,10 @@ license files as the crate ships them. The .deb installs the output as
 notices to travel with a binary, and none of the crates has an Apache NOTICE file.
 
     packaging/third-party.py [TARGET-TRIPLE] > THIRD-PARTY-LICENSES
+
+The list is a superset for a build without the demo: cargo metadata resolves the
+workspace's features together (demo, faults, testkit), so a gateway package also lists
+the demo's rcgen and its dependencies.
 """
 import json
 import os

@@ -136,15 +136,24 @@ enum StoreAction {
 
 /// Roff that any troff reads: characters beyond ASCII (…, —) as `\[uXXXX]` escapes.
 fn ascii_roff(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii() {
-                c.to_string()
-            } else {
-                format!("\\[u{:04X}]", c as u32)
-            }
-        })
-        .collect()
+    use std::fmt::Write;
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let _ = write!(out, "\\[u{:04X}]", c as u32);
+        }
+    }
+    out
+}
+
+/// The command line as clap defines it, for the completions and the man pages alike (no
+/// `help` verb: `--help` is on every one).
+fn cli_command() -> clap::Command {
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    cmd
 }
 
 /// `roomhook man DIR`: roomhook.1, roomhook-VERB.1 and roomhook-VERB-ACTION.1 from the
@@ -169,10 +178,8 @@ fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
         Ok(())
     }
     std::fs::create_dir_all(dir)?;
-    let mut cmd = Cli::command().disable_help_subcommand(true);
-    cmd.build();
     let mut out = Vec::new();
-    page(cmd, dir, &mut out)?;
+    page(cli_command(), dir, &mut out)?;
     let toml = dir.join("roomhook.toml.5");
     std::fs::write(
         &toml,
@@ -249,6 +256,30 @@ pub extern "C" fn pow(x: f64, y: f64) -> f64 {
 fn main() -> ExitCode {
     roomhook::install_crypto_provider();
     let cli = Cli::parse();
+    // What the binary says of itself needs no logging and no runtime.
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(
+            shell,
+            &mut cli_command(),
+            "roomhook",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
+    if let Command::Man { dir } = &cli.command {
+        return match write_man_pages(dir) {
+            Ok(pages) => {
+                for p in pages {
+                    println!("{}", p.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("roomhook man: {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     // `run` reads its config first: the config may set the log filter and format.
     let run_settings = match &cli.command {
         Command::Run { config } => match roomhook::config::load(config) {
@@ -293,32 +324,12 @@ fn main() -> ExitCode {
     if let Command::Store { action } = cli.command {
         return store_command(action);
     }
-    if let Command::Completions { shell } = cli.command {
-        clap_complete::generate(
-            shell,
-            &mut Cli::command(),
-            "roomhook",
-            &mut std::io::stdout(),
-        );
-        return ExitCode::SUCCESS;
-    }
-    if let Command::Man { dir } = &cli.command {
-        return match write_man_pages(dir) {
-            Ok(pages) => {
-                for p in pages {
-                    println!("{}", p.display());
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("roomhook man: {}: {e}", dir.display());
-                ExitCode::FAILURE
-            }
-        };
-    }
+
     rt.block_on(async move {
         match cli.command {
-            Command::Store { .. } | Command::Completions { .. } | Command::Man { .. } => ExitCode::SUCCESS,
+            Command::Store { .. } | Command::Completions { .. } | Command::Man { .. } => {
+                unreachable!("answered before the runtime starts")
+            }
             Command::Status { config, socket, json, watch } => {
                 let every = watch.map(|s| Duration::from_secs_f64(s.max(0.2)));
                 roomhook::cli::status(config, socket, json, every).await

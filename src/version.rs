@@ -10,27 +10,9 @@ pub(crate) const TARGET: &str = env!("ROOMHOOK_BUILD_TARGET");
 /// The cargo profile (`dev`, `release`, `gateway`, `ci`).
 pub(crate) const PROFILE: &str = env!("ROOMHOOK_BUILD_PROFILE");
 
-#[cfg(feature = "testkit")]
-macro_rules! features {
-    () => {
-        "demo testkit"
-    };
-}
-#[cfg(all(feature = "demo", not(feature = "testkit")))]
-macro_rules! features {
-    () => {
-        "demo"
-    };
-}
-#[cfg(not(feature = "demo"))]
-macro_rules! features {
-    () => {
-        "none; no demo"
-    };
-}
-
-/// The optional features built in: "demo", or "none; no demo" (the gateway builds).
-pub const FEATURES: &str = features!();
+/// The optional features built in: "demo", "demo faults testkit" (the tests), or "none; no
+/// demo" (the gateway builds).
+pub const FEATURES: &str = env!("ROOMHOOK_BUILD_FEATURES");
 
 /// `roomhook --version` after the name (the constants above, spelt out: `concat!` takes
 /// only literals), e.g. `0.1.0 (commit 98d24b2c1f3e, target
@@ -44,6 +26,6 @@ pub const LONG: &str = concat!(
     ", profile ",
     env!("ROOMHOOK_BUILD_PROFILE"),
     ", features: ",
-    features!(),
+    env!("ROOMHOOK_BUILD_FEATURES"),
     ")"
 );

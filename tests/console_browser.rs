@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 const ADMIN_TOKEN: &str = "console-browser-token-0123456789";
 const WAIT: Duration = Duration::from_secs(30);
-const PC: &str = "RoomAnalytics.PeopleCount.Current";
 const TEMP: &str = "RoomAnalytics.AmbientTemperature";
 
 /// chromedriver on a free port; killed when dropped.
@@ -262,7 +261,7 @@ async fn a_person_does_in_a_browser_what_the_control_hub_page_does() {
         ],
     )
     .await;
-    wait_values(&e.rx.receiver, PC, 3).await;
+    wait_values(&e.rx.receiver, PEOPLE, 3).await;
     wait_text(
         &c,
         "tr[data-webhook=\"facilities\"] td.delivered",
@@ -279,7 +278,7 @@ async fn a_person_does_in_a_browser_what_the_control_hub_page_does() {
     )
     .await;
     assert!(chart.as_str().unwrap().contains("<rect x="), "{chart}");
-    wait_text(&c, "tr[data-device=\"room-1\"]", &format!("{PC} = 3")).await;
+    wait_text(&c, "tr[data-device=\"room-1\"]", &format!("{PEOPLE} = 3")).await;
     wait_text(&c, "tr[data-device=\"room-1\"]", &format!("{TEMP} = 21.5")).await;
     wait_text(&c, "#sources", "sensors").await;
     wait_text(&c, "#store-drops", "Dropped: none").await;
@@ -294,7 +293,7 @@ async fn a_person_does_in_a_browser_what_the_control_hub_page_does() {
     type_into(&c, "#f-name", "bi").await;
     type_into(&c, "#f-url", "http://127.0.0.1:9/hook").await;
     type_into(&c, "#f-authorization", TOKEN).await;
-    set_checked(&c, PC, true).await;
+    set_checked(&c, PEOPLE, true).await;
     click(&c, "#save").await;
     let bad_url = wait_text(&c, "#form-result", "Not saved").await;
     assert!(bad_url.contains("https"), "{bad_url}");
@@ -347,7 +346,7 @@ async fn a_person_does_in_a_browser_what_the_control_hub_page_does() {
 
     // Events flow to it; then its statuses are edited and the events change.
     publish_values(e.broker.port, "room-1", &[(Some(4), Some(21.5))]).await;
-    assert_eq!(wait_values(&bi.receiver, PC, 1).await, [json!(4)]);
+    assert_eq!(wait_values(&bi.receiver, PEOPLE, 1).await, [json!(4)]);
     click(&c, "button[aria-label=\"Edit bi\"]").await;
     editor_ready(&c).await;
     wait_text(&c, "#h-editor", "Edit bi").await;
@@ -360,7 +359,7 @@ async fn a_person_does_in_a_browser_what_the_control_hub_page_does() {
         .unwrap()
         .unwrap_or_default();
     assert!(kept.contains("***"), "the secret is not echoed: {kept}");
-    set_checked(&c, PC, false).await;
+    set_checked(&c, PEOPLE, false).await;
     set_checked(&c, TEMP, true).await;
     screenshot(&c, "edit-webhook.png", Some("#f-statuses")).await;
     click(&c, "#save").await;
@@ -384,9 +383,9 @@ async fn a_person_does_in_a_browser_what_the_control_hub_page_does() {
     );
     publish_values(e.broker.port, "room-1", &[(Some(5), Some(22.5))]).await;
     assert_eq!(wait_values(&bi.receiver, TEMP, 1).await, [json!(22.5)]);
-    wait_values(&e.rx.receiver, PC, 5).await;
+    wait_values(&e.rx.receiver, PEOPLE, 5).await;
     assert_eq!(
-        values_of(&bi.receiver, PC),
+        values_of(&bi.receiver, PEOPLE),
         [json!(4)],
         "bi no longer gets people counts"
     );

@@ -209,7 +209,7 @@ async fn a_full_block_queue_holds_input_for_every_webhook_and_loses_nothing() {
     let (stuck, fine, admin) = (&r.rx, r.hook("lobby"), r.admin);
     let port = r.broker.port;
     let publisher = tokio::spawn(async move { publish(port, &workload(10, 2000)).await });
-    let m = |s: &str| metric(admin, s).unwrap_or(0.0);
+    let m = |s: &str| r.metric(s);
     daemon.expect_log("input waits", Duration::from_secs(30));
     // While the healthy webhook drains, its freed room lets a little more in; once the
     // block queue alone fills the budget, input stops for the healthy webhook too.

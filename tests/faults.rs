@@ -195,6 +195,7 @@ async fn the_broker_gone_while_the_receiver_is_slow() {
     // roomhook's way to the broker goes; the broker keeps its session and queues what is
     // published meanwhile.
     r.to_broker.set(Fault::Down);
+    let at_cut = distinct(&r);
     assert!(wait_until(Duration::from_secs(10), || metric(
         r.admin,
         "roomhook_source_connected{source=\"sensors\"}"
@@ -213,6 +214,11 @@ async fn the_broker_gone_while_the_receiver_is_slow() {
     assert_eq!(
         metric(r.admin, "roomhook_source_connected{source=\"sensors\"}"),
         Some(0.0)
+    );
+    // What it delivered meanwhile came after the cut: a backlog outlived the way to the broker.
+    assert!(
+        distinct(&r) > at_cut,
+        "nothing delivered after the cut ({at_cut} before it)"
     );
     r.to_broker.set(Fault::Pass);
     delivered_in_order(r, PER_DEVICE, Duration::from_secs(120)).await;

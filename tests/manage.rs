@@ -45,7 +45,7 @@ async fn add_is_saved_only_after_the_receiver_answers_200() {
     let good = receiver(r.dir.path(), false).await;
     let (code, out, err) = AddWebhook::to("bi", &good)
         .arg("--devices", "room-1,room-2")
-        .statuses("RoomAnalytics.PeopleCount.Current")
+        .statuses(PEOPLE)
         .run(config)
         .await;
     outputs.push_str(&out);

@@ -167,7 +167,7 @@ async fn every_counter_is_exact_for_a_known_mix() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"ready\":true"), "{body}");
     assert_eq!(roomhook_testkit::http_get(admin, "/healthz", None).0, 200);
-    // The same as gauges: ready, and the store's budget (the rig's default 128 MiB).
+    // The same as gauges: ready, and the store's budget (the daemon's default max_store_bytes, 128 MiB).
     assert_eq!(m("roomhook_ready"), Some(1.0));
     assert_eq!(m("roomhook_store_max_bytes"), Some((128u64 << 20) as f64));
 

@@ -6,7 +6,6 @@ use roomhook_testkit::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-const PEOPLE: &str = "RoomAnalytics.PeopleCount.Current";
 /// The selection most tests' webhook has.
 const ANALYTICS: &str = "statuses = [\"RoomAnalytics.*\"]";
 const NAV: &str = "Peripherals.ConnectedDevice[1002].RoomAnalytics";

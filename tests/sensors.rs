@@ -5,7 +5,6 @@
 use roomhook_testkit::*;
 use std::time::{Duration, Instant};
 
-const PC: &str = "RoomAnalytics.PeopleCount.Current";
 const T: &str = "RoomAnalytics.AmbientTemperature";
 const P: &str = "RoomAnalytics.PeoplePresence";
 
@@ -48,7 +47,7 @@ async fn wait_count(rx: &TestReceiver, n: i64, daemon: &Daemon) {
         .wait_for(Duration::from_secs(20), |r| {
             r.iter()
                 .flat_map(|x| x.messages())
-                .any(|m| m["changes"]["updated"][PC] == n)
+                .any(|m| m["changes"]["updated"][PEOPLE] == n)
         })
         .await;
     assert!(arrived, "{:?}\n{}", received(rx), daemon.logs());
@@ -155,7 +154,7 @@ async fn zigbee2mqtt_and_meraki_mv_through_mosquitto_with_identity_and_filters()
             .unwrap()
     };
     assert!(
-        pos(T, serde_json::json!(23.5)) < pos(PC, serde_json::json!(5)),
+        pos(T, serde_json::json!(23.5)) < pos(PEOPLE, serde_json::json!(5)),
         "the temperature waited behind the held count: {got:?}"
     );
     assert_eq!(
@@ -163,10 +162,10 @@ async fn zigbee2mqtt_and_meraki_mv_through_mosquitto_with_identity_and_filters()
         vec![serde_json::json!(42)]
     );
     // The first count at once, then only the latest, one interval later.
-    assert_eq!(of(PC), vec![serde_json::json!(1), serde_json::json!(5)]);
+    assert_eq!(of(PEOPLE), vec![serde_json::json!(1), serde_json::json!(5)]);
     let at: Vec<Instant> = got
         .iter()
-        .filter(|(_, p, _, _)| p == PC)
+        .filter(|(_, p, _, _)| p == PEOPLE)
         .map(|(_, _, _, t)| *t)
         .collect();
     assert!(

@@ -29,8 +29,9 @@ peers_pid=
 daemon_pid=
 cleanup() {
     local pid
+    # (A clean stop is checked at the end; here only nothing may be left running.)
     for pid in $daemon_pid $peers_pid; do
-        kill "$pid" 2>/dev/null || true
+        kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
     if [[ ${KEEP_WORK:-} == 1 ]]; then echo "check.sh: left $work" >&2; else rm -rf "$work"; fi
@@ -152,24 +153,24 @@ daemon_pid=$!
 base=http://127.0.0.1:$admin_port
 ready() {
     kill -0 "$daemon_pid" 2>/dev/null || { echo "check.sh: roomhook exited:" >&2; cat "$work/roomhook.log" >&2; exit 1; }
-    [[ $(curl -s -o /dev/null -w '%{http_code}' "$base/readyz") == 200 ]]
+    [[ $(curl -s -m 5 -o /dev/null -w '%{http_code}' "$base/readyz") == 200 ]]
 }
 if ! wait_for 20 ready; then
     echo "check.sh: roomhook was not ready within 20 s:" >&2
-    curl -s "$base/readyz" >&2 || true
+    curl -s -m 5 "$base/readyz" >&2 || true
     cat "$work/roomhook.log" >&2
     exit 1
 fi
 # The broker stub's messages reached the receiver (one of them as a dead letter).
 dead_letter() {
-    curl -s -H "Authorization: Bearer $token" "$base/v1/webhooks/receiver/dead-letters" | grep -q '"seq"'
+    curl -s -m 5 -H "Authorization: Bearer $token" "$base/v1/webhooks/receiver/dead-letters" | grep -q '"seq"'
 }
 wait_for 20 dead_letter || { echo "check.sh: no dead letter within 20 s" >&2; cat "$work/roomhook.log" >&2; exit 1; }
-status_has() { curl -s -H "Authorization: Bearer $token" "$base/v1/status" | grep -q "$1"; }
+status_has() { curl -s -m 5 -H "Authorization: Bearer $token" "$base/v1/status" | grep -q "$1"; }
 wait_for 20 status_has '"gone","queue":{"bytes":[0-9]*,"dead_letters":0,"dropped":{},"events":[1-9]' \
     || { echo "check.sh: webhook gone queued nothing within 20 s" >&2; exit 1; }
 config without-gone >"$work/roomhook.toml"
-curl -s -f -o /dev/null -X POST -H "Authorization: Bearer $token" "$base/v1/reload"
+curl -s -m 5 -f -o /dev/null -X POST -H "Authorization: Bearer $token" "$base/v1/reload"
 checks=('"orphans":\[{"events":[1-9]' '"expired":[1-9]' '"decode_errors":[1-9]')
 for c in "${checks[@]}"; do
     wait_for 20 status_has "$c" || { echo "check.sh: no $c in /v1/status within 20 s" >&2; exit 1; }
@@ -195,7 +196,7 @@ echo "check.sh: schemathesis took $((SECONDS - started)) s and exited $status"
 # The 429 of a guessing address, which schemathesis never provokes (every right token
 # clears an address's count): five wrong tokens, then the right one is refused too, and its
 # answer (status, Retry-After, body) is checked against the document.
-code() { curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $1" "$base/v1/status"; }
+code() { curl -s -m 5 -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $1" "$base/v1/status"; }
 for _ in 1 2 3 4 5; do
     [[ $(code wrong-token-0123456789) == 401 ]] || { echo "check.sh: a wrong token was not answered 401" >&2; status=1; }
 done
@@ -208,6 +209,8 @@ locked=0
     --include-path /v1/status --phases fuzzing --max-examples 3 \
     --generation-database none \
     --no-color >"$work/locked.out" 2>&1) || locked=$?
+# Still locked out afterwards: the run saw 429s, not 200s of a lock that had run out.
+[[ $(code "$token") == 429 ]] || { echo "check.sh: the lockout ended during the 429 run: it checked nothing" >&2; status=1; }
 if ((locked != 0)); then
     echo "check.sh: the 429 answer does not match the document:" >&2
     cat "$work/locked.out" >&2
@@ -221,12 +224,15 @@ if ! kill -0 "$daemon_pid" 2>/dev/null; then
     exit 1
 fi
 kill -TERM "$daemon_pid"
-(sleep 30 && kill -KILL "$daemon_pid" 2>/dev/null) &
-killer=$!
+# At most 30 s to stop; then it is killed (and the exit status says so). The watchdog
+# takes its sleep with it when it is stopped.
+(sleep 30 & nap=$!; trap 'kill $nap; exit 0' TERM; wait $nap; kill -KILL "$daemon_pid" 2>/dev/null) &
+watchdog=$!
 stopped=0
 wait "$daemon_pid" || stopped=$?
 daemon_pid=
-kill "$killer" 2>/dev/null || true
+kill "$watchdog" 2>/dev/null || true
+wait "$watchdog" 2>/dev/null || true
 if grep -q 'panicked' "$work/roomhook.log"; then
     echo "check.sh: roomhook panicked during the run:" >&2
     grep -A3 'panicked' "$work/roomhook.log" >&2

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, Value};
 
 /// A config being edited.
+#[derive(Clone)]
 pub struct Doc(DocumentMut);
 
 /// `text` with the edits `f` makes. Panics on a path that does not exist in it (a test's
@@ -276,6 +277,7 @@ impl Section {
 
 /// A whole config, built as a value: `[gateway]` with `data_dir = "data"` and `org_id =
 /// "test-org"`, then what is added.
+#[derive(Clone)]
 pub struct Config(Doc);
 
 impl Default for Config {

@@ -565,9 +565,19 @@ impl Rig {
             .unwrap_or_else(|| panic!("the rig has no webhook {name}"))
     }
 
-    /// The metric `series` from its admin listener (0 when it is not exposed).
+    /// The metric `series` from its admin listener: 0 while it is not exposed (a labelled
+    /// series appears with its first count), but never for a scrape that failed.
     pub fn metric(&self, series: &str) -> f64 {
-        crate::metric(self.admin, series).unwrap_or(0.0)
+        let text = crate::scrape(self.admin);
+        assert!(
+            text.contains("# TYPE roomhook_build_info "),
+            "no metrics from the admin listener:\n{text}"
+        );
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
     }
 }
 

@@ -572,11 +572,7 @@ async fn roomos(args: &Args, binary: &Path) -> Result<serde_json::Value, String>
             .remove("client_id")
             .subscribe(Section::people().remove("workspace").remove("format")),
     );
-    let mut with_devices = Config::new().gateway("org_id = \"bench\"").with(
-        Section::mqtt("mqtt", s.broker.port)
-            .remove("client_id")
-            .subscribe(Section::people().remove("workspace").remove("format")),
-    );
+    let mut with_devices = base.clone();
     for (i, d) in devices.iter().enumerate() {
         with_devices = with_devices.with(
             Section::roomos(&format!("room-{i}"), d)
@@ -604,13 +600,13 @@ async fn roomos(args: &Args, binary: &Path) -> Result<serde_json::Value, String>
             .collect();
         publish_all(s.broker.port, msgs, None).await?;
         let syncs_before = before;
-        let with_devices = rss.len() == 1;
-        if !with_devices {
+        let devices_on = rss.len() == 1;
+        if !devices_on {
             wait_until(Duration::from_secs(30), || {
                 s.receiver.accepted_messages() >= syncs_before + n
             });
         }
-        if with_devices {
+        if devices_on {
             let all = wait_until(Duration::from_secs(60), || {
                 devices.iter().all(|d| d.connections() == 1)
                     && s.receiver.accepted_messages() >= syncs_before + 2 * n
@@ -627,7 +623,7 @@ async fn roomos(args: &Args, binary: &Path) -> Result<serde_json::Value, String>
         std::thread::sleep(settle);
         let idle_cpu = cpu_seconds(daemon.pid()).unwrap_or(0.0) - cpu0;
         let mut spread = serde_json::Value::Null;
-        if with_devices {
+        if devices_on {
             for d in &devices {
                 d.drop_connections();
             }
