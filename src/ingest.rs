@@ -182,6 +182,12 @@ impl Ingest {
         self.store.flush_marks(source)
     }
 
+    /// Changes whenever the store freed room: a source holding input the store refused
+    /// as full retries then, not only on its timer.
+    pub(crate) fn room_freed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.store.room_freed()
+    }
+
     /// The metrics.
     pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

@@ -219,7 +219,7 @@ async fn a_full_block_queue_holds_input_for_every_webhook_and_loses_nothing() {
         let same = now == last;
         last = now;
         if !same {
-            std::thread::sleep(Duration::from_secs(2));
+            std::thread::sleep(Duration::from_secs(1));
         }
         same
     });

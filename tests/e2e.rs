@@ -24,7 +24,7 @@ async fn a_receiver_answering_503_for_a_while_loses_nothing() {
     let (r, mut daemon) = Rig::new().receiver(Behaviour::Status(503)).start().await;
     let (devices, per_device) = (10, 50);
     publish(r.broker.port, &workload(devices, per_device)).await;
-    let failing = r.rx.wait_status(503, 20, Duration::from_secs(30)).await;
+    let failing = r.rx.wait_status(503, 10, Duration::from_secs(30)).await;
     assert!(failing, "the receiver never saw the retries");
     assert!(r.rx.receiver.accepted().is_empty());
     r.rx.receiver.set_behaviour(Behaviour::Accept);

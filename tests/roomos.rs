@@ -556,8 +556,15 @@ async fn a_rebooting_or_rate_limiting_device_is_waited_for() {
     let rx = receiver(dir.path(), false).await;
     let source = Section::roomos("boot", &dev);
     let path = config(&rx, free_port(), vec![source], ANALYTICS).write(dir.path());
-    // Not Daemon::start: it waits for a subscription, which needs the device up.
-    let mut daemon = Daemon::start_answering(&path);
+    // Not Daemon::start: it waits for a subscription, which needs the device up. The
+    // back-off's ceiling is 16 s instead of 60 (a test hook), so that the wait after the
+    // fault is short; the doubling below it is the daemon's own.
+    let mut daemon = Daemon::start_until(
+        &path,
+        &[("ROOMHOOK_TEST_RECONNECT_MAX_MS", "16000")],
+        "answer on its control socket",
+        |_| true,
+    );
     daemon.expect_log(
         "the device is rebooting (HTTP 502)",
         Duration::from_secs(15),
@@ -569,24 +576,23 @@ async fn a_rebooting_or_rate_limiting_device_is_waited_for() {
         "limits connection attempts (HTTP 503)",
         Duration::from_secs(20),
     );
-    // Ten seconds of 503 (the fault's duration): a retry every second, even with jitter,
-    // would make 10 or more attempts; the back-off makes a few.
-    tokio::time::sleep(Duration::from_secs(10).saturating_sub(switched.elapsed())).await;
+    // Eight seconds of 503 (the fault's duration): a retry every second would make 8 or
+    // more attempts (16 with the first delay's jitter); the back-off makes a few.
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(switched.elapsed())).await;
     let attempts = dev.handshakes() - before;
     dev.set_handshake_status(None);
-    // The back-off may have reached its ceiling (60 s, fully jittered) by now: the next
-    // attempt can be up to a minute away.
+    // The back-off may have reached its ceiling (16 s here, fully jittered) by now.
     wait_nth_within(
         &rx,
-        Duration::from_secs(80),
+        Duration::from_secs(40),
         "full sync once the device is back",
         1,
         is_sync,
     )
     .await;
     assert!(
-        attempts <= 6,
-        "not backed off: {attempts} attempts in 10 s of 503"
+        attempts <= 5,
+        "not backed off: {attempts} attempts in 8 s of 503"
     );
     assert_eq!(daemon.stop(), Some(0));
 }

@@ -105,8 +105,8 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 /// Messages are submitted to the store as they arrive and acknowledged in arrival order once
 /// committed. When the store refuses one (full under `block`, or an I/O error), the writer
 /// refuses everything after it from this source too; those messages queue here, in order,
-/// unacknowledged (the broker holds everything behind them), and the head is retried with
-/// backoff until it commits; then the rest follow in order.
+/// unacknowledged (the broker holds everything behind them), and the head is retried when
+/// the store frees room, and with backoff, until it commits; then the rest follow in order.
 pub async fn run(
     s: MqttSettings,
     ingest: Ingest,
@@ -143,6 +143,8 @@ pub async fn run(
     let mut retry: VecDeque<Held> = VecDeque::new();
     let mut retry_wait = Doubling::new(Duration::from_millis(500), RETRY_MAX);
     let mut retry_at: Option<tokio::time::Instant> = None;
+    // Commits that freed room in the store: held input is retried at once then.
+    let mut freed = ingest.room_freed();
     // PUBACKs ready to go, in arrival order; handed to the client as its queue has room
     // (the event loop below sends them).
     let mut to_ack: VecDeque<Publish> = VecDeque::new();
@@ -202,6 +204,12 @@ pub async fn run(
             }
             _ = sleep_until_opt(acked.next_wakeup()), if acked.next_wakeup().is_some() => {
                 pulse.waiting(acked.on_wakeup(&ingest, &s.name)).await;
+            }
+            changed = freed.changed(), if can_retry => {
+                // Room was freed (delivered or dropped entries): try the head now.
+                if changed.is_ok() {
+                    retry_at = Some(tokio::time::Instant::now());
+                }
             }
             _ = sleep_until_opt(retry_at), if can_retry => {
                 pulse.step();

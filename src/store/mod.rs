@@ -142,6 +142,7 @@ impl Store {
             removals: Default::default(),
             writer_idle: std::sync::atomic::AtomicBool::new(false),
             claims: Default::default(),
+            room: watch::channel(0).0,
             #[cfg(test)]
             fail_dead_letters: Default::default(),
             #[cfg(test)]
@@ -639,6 +640,12 @@ impl Store {
     /// The last committed sequence number of a webhook's queue; changes on every commit.
     pub(crate) fn watch(&self, webhook: WebhookId) -> Option<watch::Receiver<u64>> {
         self.shared.queue(webhook).map(|q| q.committed.subscribe())
+    }
+
+    /// Changes whenever a commit freed room in the store (delivered, dropped or moved
+    /// entries): what input held by a full store waits for.
+    pub(crate) fn room_freed(&self) -> watch::Receiver<u64> {
+        self.shared.room.subscribe()
     }
 
     /// Entries queued for a webhook.

@@ -37,6 +37,9 @@ pub(crate) struct Shared {
     pub(crate) writer_idle: std::sync::atomic::AtomicBool,
     /// The delivery loop reading each queue (one at most).
     pub(crate) claims: change::Claims,
+    /// Counts the commits that freed room (removed entries): input held because the store
+    /// was full (`block`) is retried when it changes, not only on its timer.
+    pub(crate) room: watch::Sender<u64>,
     /// Tests: groups that move dead letters fail this many more times (as on a full disk).
     #[cfg(test)]
     pub(crate) fail_dead_letters: std::sync::atomic::AtomicU32,

@@ -508,10 +508,13 @@ pub(super) struct Delta {
     pub(super) dropped_through: HashMap<WebhookId, u64>,
     /// Items appended for a queue that is gone (see `Store::dropped_unregistered`).
     unregistered: u64,
+    /// Entries were removed: room was freed (see `Shared::room`).
+    freed: bool,
 }
 
 impl Delta {
     pub(super) fn removed(&mut self, w: WebhookId, len: usize) {
+        self.freed = true;
         *self.depth.entry(w).or_default() -= 1;
         *self.bytes.entry(w).or_default() -= len as i64 + ENTRY_OVERHEAD as i64;
     }
@@ -825,6 +828,9 @@ fn commit(db: &Database, shared: &Shared, st: &mut State, ops: Vec<Op>, durable:
         }
     } else {
         health.failing.store(false, Ordering::Relaxed);
+        if delta.freed {
+            shared.room.send_modify(|n| *n += 1);
+        }
         for (w, qu) in queues {
             add(&qu.stats.depth, delta.depth.get(w).copied().unwrap_or(0));
             add(&qu.stats.bytes, delta.bytes.get(w).copied().unwrap_or(0));

@@ -39,6 +39,19 @@ use tree::{Decoded, Selection};
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// Longest reconnect delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// [`BACKOFF_MAX`], or with the `testkit` feature `ROOMHOOK_TEST_RECONNECT_MAX_MS`: a test
+/// hook, so that a test of the back-off need not wait out a minute's ceiling.
+fn backoff_max() -> Duration {
+    #[cfg(feature = "testkit")]
+    if let Some(ms) = std::env::var("ROOMHOOK_TEST_RECONNECT_MAX_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Duration::from_millis(ms);
+    }
+    BACKOFF_MAX
+}
+
 /// Wrong credentials or an untrusted certificate do not fix themselves: retry this slowly.
 const SLOW_RETRY: Duration = Duration::from_secs(60);
 /// TCP + TLS + upgrade must finish within this.
@@ -122,7 +135,7 @@ pub async fn run(
     let mut conn_log = RateLog::new(Duration::from_secs(30));
     // A new kind of failure is logged at once; the same one again at most every 30 s.
     let mut last_failure: Option<String> = None;
-    let mut backoff = Doubling::new(BACKOFF_MIN, BACKOFF_MAX);
+    let mut backoff = Doubling::new(BACKOFF_MIN, backoff_max());
     loop {
         // Connecting is bounded by CONNECT_TIMEOUT; the session marks its own steps.
         pulse.rest();
