@@ -601,11 +601,14 @@ impl Supervisor {
                 _ => None,
             };
             let before = running.map(|r| &r.view.settings);
+            // What the receiver must accept anew is verified: where it goes, how it is
+            // authenticated, and (gzip) how the body is encoded.
             let reaches_elsewhere = before.is_none_or(|b| {
                 b.url != w.url
                     || b.auth != w.auth
                     || b.trust != w.trust
                     || b.headers != w.headers
+                    || b.compression != w.compression
                     || !b.enabled
             });
             if verify && w.enabled && reaches_elsewhere {

@@ -311,6 +311,8 @@ pub(crate) struct RawWebhook {
     pub(crate) overflow: Option<String>,
     /// Events older than this are dropped, never delivered (default: kept until delivered).
     pub(crate) max_queue_age: Option<String>,
+    /// Request-body compression: `none` (default) or `gzip`.
+    pub(crate) compression: Option<String>,
     /// Standard Webhooks signing secret (`whsec_…`).
     pub(crate) signing_secret: Option<String>,
     /// File holding the signing secret.
@@ -613,6 +615,8 @@ pub struct WebhookSettings {
     pub(crate) max_queue_age: Option<Duration>,
     /// Signs every request (Standard Webhooks) when set.
     pub(crate) signer: Option<crate::value::signing::Signer>,
+    /// How request bodies go on the wire (gzip: batches of 1 KiB or more).
+    pub(crate) compression: crate::value::compression::Compression,
     /// Static extra headers (names lower-case, checked).
     pub(crate) headers: Vec<(String, String)>,
     /// Per-path noise filters, the most specific pattern first (the first that matches
@@ -648,6 +652,7 @@ pub(crate) const WEBHOOK_DEFAULTS: &[(&str, &str)] = &[
     ("batch_max_bytes", "1MiB"),
     ("batch_linger", "50ms"),
     ("overflow", "drop_oldest"),
+    ("compression", "none"),
 ];
 
 /// Whether a device's messages must stay in order.

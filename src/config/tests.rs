@@ -137,6 +137,38 @@ fn duplicate_webhook_name() {
 }
 
 #[test]
+fn compression_is_none_or_gzip_with_a_did_you_mean() {
+    let s = load_str(Path::new("/etc/roomhook/roomhook.toml"), GOOD).unwrap();
+    assert_eq!(
+        s.webhooks[0].compression,
+        crate::value::compression::Compression::None
+    );
+    let gz = load_str(
+        Path::new("/etc/roomhook/roomhook.toml"),
+        &format!("{GOOD}compression = \"gzip\"\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        gz.webhooks[0].compression,
+        crate::value::compression::Compression::Gzip
+    );
+    let e = one(&format!("{GOOD}compression = \"gzpi\"\n"));
+    assert_eq!(e.key, "webhooks[0].compression");
+    assert_eq!(e.line, Some(28));
+    assert!(e.problem.contains("\"gzpi\""), "{e}");
+    assert!(e.fix.contains("did you mean \"gzip\"?"), "{e}");
+    let e = one(&format!("{GOOD}compression = \"brotli\"\n"));
+    assert!(!e.fix.contains("did you mean"), "{e}");
+    assert!(
+        e.fix.contains("\"none\"") && e.fix.contains("\"gzip\""),
+        "{e}"
+    );
+    // Not a string at all: the TOML type error, at its line.
+    let e = one(&format!("{GOOD}compression = true\n"));
+    assert_eq!(e.line, Some(28));
+}
+
+#[test]
 fn bad_mqtt_filter() {
     let e = one(&GOOD.replace("topic = \"bench/+/status\"", "topic = \"bench/#/status\""));
     assert_eq!(e.key, "sources.mqtt[0].subscriptions[0].topic");

@@ -1,11 +1,14 @@
 //! The HTTPS client of one webhook: pooled hyper connections over rustls (ring), webpki
-//! roots plus the webhook's private CA, connect and whole-request timeouts, and the
-//! classification of every answer or failure.
+//! roots plus the webhook's private CA, connect and whole-request timeouts, the body's
+//! compression (`compress`, after signing), and the classification of every answer or
+//! failure.
 
 use crate::config::WebhookSettings;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use hyper::header::{
+    HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
+};
 use hyper::{Request, StatusCode, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -99,6 +102,7 @@ pub struct WebhookClient {
     /// The webhook's static `headers`.
     headers: Vec<(hyper::header::HeaderName, HeaderValue)>,
     timeout: Duration,
+    compression: crate::value::compression::Compression,
 }
 
 impl WebhookClient {
@@ -142,12 +146,16 @@ impl WebhookClient {
             authorization,
             headers,
             timeout: w.request_timeout,
+            compression: w.compression,
         })
     }
 
-    /// POSTs a JSON body with `extra` headers; never follows redirects.
+    /// POSTs a JSON body with `extra` headers (signed over `body` as it is), compressed for
+    /// the wire when the webhook says so; never follows redirects.
     pub async fn post(&self, body: Bytes, extra: &[(&'static str, String)]) -> (Outcome, Duration) {
         let started = Instant::now();
+        let wire =
+            super::compress::encode(self.compression, body, super::compress::MIN_BYTES).await;
         let mut req = Request::post(self.url.clone())
             .header(CONTENT_TYPE, "application/json")
             .header(USER_AGENT, concat!("roomhook/", env!("CARGO_PKG_VERSION")));
@@ -160,7 +168,10 @@ impl WebhookClient {
         for (k, v) in extra {
             req = req.header(*k, v.as_str());
         }
-        let req = match req.body(Full::new(body)) {
+        if let Some(encoding) = wire.encoding {
+            req = req.header(CONTENT_ENCODING, encoding);
+        }
+        let req = match req.body(Full::new(wire.body)) {
             Ok(r) => r,
             Err(e) => {
                 return (

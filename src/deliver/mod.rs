@@ -3,6 +3,7 @@
 
 pub(crate) use crate::backoff;
 pub mod client;
+pub(crate) mod compress;
 pub(crate) mod concurrency;
 pub mod payload;
 pub(crate) mod policy;

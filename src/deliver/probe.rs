@@ -1,12 +1,14 @@
 //! One request outside the queue: the `healthCheck` that `webhook add` / `set` verify a
 //! receiver with and that `webhook test` sends. It runs over a connection of its own, so
 //! that it can say exactly what failed (DNS, connect, TLS and why, HTTP status and body)
-//! and, on success, which TLS version was negotiated and whose certificate was shown.
+//! and, on success, which TLS version was negotiated and whose certificate was shown. With
+//! `compression = "gzip"` it goes gzip-compressed whatever its size, so that a receiver that
+//! cannot read such bodies is found before a webhook is saved, not at its first batch.
 
 use crate::config::WebhookSettings;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
+use hyper::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HOST, USER_AGENT};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
@@ -33,18 +35,26 @@ pub(crate) struct ProbeReport {
     pub(crate) peer_not_after: String,
     /// The first bytes of the receiver's answer.
     pub(crate) body: String,
+    /// The healthCheck went gzip-compressed (`compression = "gzip"`).
+    #[serde(default)]
+    pub(crate) compressed: bool,
 }
 
 impl ProbeReport {
-    /// The verdict of save-and-verify: only a 200 answer activates a webhook.
+    /// The verdict of save-and-verify: only a 200 answer activates a webhook. A 415 (or a
+    /// 400: a body it could not read) to a compressed healthCheck says the receiver does not
+    /// take gzip, and names the fix.
     pub(crate) fn verified(&self) -> Result<(), ProbeError> {
-        if self.status == 200 {
-            Ok(())
-        } else {
-            Err(ProbeError::Status {
+        match self.status {
+            200 => Ok(()),
+            415 | 400 if self.compressed => Err(ProbeError::Compression {
                 status: self.status,
                 body: self.body.clone(),
-            })
+            }),
+            status => Err(ProbeError::Status {
+                status,
+                body: self.body.clone(),
+            }),
         }
     }
 }
@@ -88,13 +98,33 @@ pub enum ProbeError {
         what: String,
     },
     /// The receiver answered, but not 200.
-    #[error("the receiver answered HTTP {status} to the healthCheck (only 200 activates a webhook){}", if body.is_empty() { String::new() } else { format!(": {body}") })]
+    #[error(
+        "the receiver answered HTTP {status} to the healthCheck (only 200 activates a webhook){}",
+        excerpt(body)
+    )]
     Status {
         /// Status code.
         status: u16,
         /// First bytes of the body.
         body: String,
     },
+    /// The receiver refused the gzip-compressed healthCheck (415, or 400: unreadable).
+    #[error("the receiver answered HTTP {status} to a gzip-compressed healthCheck: {}; set compression = \"none\" for this webhook (--compression none){}", if *status == 415 { "it does not accept Content-Encoding: gzip" } else { "it could not read the body, so it probably does not accept Content-Encoding: gzip" }, excerpt(body))]
+    Compression {
+        /// Status code (415 or 400).
+        status: u16,
+        /// First bytes of the body.
+        body: String,
+    },
+}
+
+/// `": body"`, or nothing for an empty body.
+fn excerpt(body: &str) -> String {
+    if body.is_empty() {
+        String::new()
+    } else {
+        format!(": {body}")
+    }
 }
 
 /// Sends a `healthCheck` to the webhook's URL with its auth, headers and signature.
@@ -196,11 +226,17 @@ pub(crate) async fn probe(
     if let Some(a) = w.auth.header_value() {
         req = req.header(AUTHORIZATION, a.expose());
     }
+    // Signed over the body as it is; then compressed (always, when the webhook compresses).
     for (k, v) in crate::deliver::signing::headers(w.signer.as_ref(), message_id, &body) {
         req = req.header(k, v);
     }
+    let wire = crate::deliver::compress::encode(w.compression, Bytes::from(body), 0).await;
+    let wire_compressed = wire.encoding.is_some();
+    if let Some(encoding) = wire.encoding {
+        req = req.header(CONTENT_ENCODING, encoding);
+    }
     let req = req
-        .body(Full::new(Bytes::from(body)))
+        .body(Full::new(wire.body))
         .map_err(|e| ProbeError::Http {
             reason: format!("cannot build the request: {e}"),
         })?;
@@ -226,6 +262,7 @@ pub(crate) async fn probe(
         peer_issuer: peer.1,
         peer_not_after: peer.2,
         body: String::from_utf8_lossy(cut).trim().to_string(),
+        compressed: wire_compressed,
     })
 }
 

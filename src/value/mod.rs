@@ -1,7 +1,9 @@
 //! Value types shared by the config and the parts it configures (a leaf: it imports none
 //! of them): topic filters and templates, device selections, value transforms, overflow
-//! policies, signing keys, the built-in payload formats' default mappings.
+//! policies, signing keys, request-body compression, the built-in payload formats' default
+//! mappings.
 
+pub(crate) mod compression;
 pub(crate) mod devices;
 pub(crate) mod formats;
 pub(crate) mod overflow;

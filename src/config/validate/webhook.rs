@@ -1,10 +1,11 @@
 //! `[[webhooks]]`: the receiver's https URL and authentication, mutual TLS, static headers,
-//! the selection, per-status filters, pacing, retries and signing.
+//! the selection, per-status filters, pacing, retries, signing and compression.
 
 use super::{did_you_mean, selection, Ctx};
 use crate::catalog::{self, Kind};
 use crate::config::units::{parse_bytes, parse_duration};
 use crate::config::{Auth, Ordering, Pacing, PathFilter, RawWebhook, TlsTrust, WebhookSettings};
+use crate::value::compression::Compression;
 use crate::value::devices::DeviceSelector;
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -119,6 +120,7 @@ pub(super) fn webhook(
             crate::value::overflow::Overflow::DropOldest
         }
     };
+    let compression = compression(cx, key, w.compression.as_deref());
     let secret = cx.secret(
         key,
         "signing_secret",
@@ -172,9 +174,39 @@ pub(super) fn webhook(
         overflow,
         max_queue_age,
         signer,
+        compression,
         headers,
         filters,
     })
+}
+
+/// `compression`: `"none"` (default) or `"gzip"`; a near miss gets a did-you-mean.
+fn compression(cx: &mut Ctx<'_>, key: &str, raw: Option<&str>) -> Compression {
+    let Some(raw) = raw else {
+        return Compression::default();
+    };
+    if let Some(c) = Compression::parse(raw) {
+        return c;
+    }
+    let lower = raw.trim().to_ascii_lowercase();
+    let near: Vec<&str> = Compression::VALUES
+        .into_iter()
+        .filter(|v| *v == lower || strsim::levenshtein(v, &lower) <= 2)
+        .collect();
+    let fix = if near.is_empty() {
+        "write \"none\" (default: bodies go as they are) or \"gzip\" (Content-Encoding: gzip on bodies of 1 KiB or more; the receiver must accept it)".to_string()
+    } else {
+        format!(
+            "{} (the values are \"none\" and \"gzip\")",
+            did_you_mean(&near)
+        )
+    };
+    cx.err(
+        format!("{key}.compression"),
+        format!("unknown compression {raw:?}"),
+        fix,
+    );
+    Compression::default()
 }
 
 /// `[webhooks.filters."<status>"]`: patterns of numeric (deadband) statuses.
