@@ -221,6 +221,10 @@ pub struct Fields {
     /// Standard Webhooks signing secret file (whsec_…).
     #[arg(long)]
     signing_secret_file: Option<PathBuf>,
+    /// Request-body compression: gzip (Content-Encoding: gzip on bodies of 1 KiB or more;
+    /// the healthCheck goes compressed to show the receiver takes it) or none (the default).
+    #[arg(long, value_parser = ["none", "gzip"])]
+    compression: Option<String>,
     /// Extra header sent with every request, "Name: value" (repeatable).
     #[arg(long = "header", value_name = "NAME: VALUE")]
     headers: Vec<String>,
@@ -291,6 +295,9 @@ impl Fields {
         }
         if let Some(v) = self.signing_secret_file {
             m.insert("signing_secret_file".into(), path(v));
+        }
+        if let Some(v) = self.compression {
+            m.insert("compression".into(), v.into());
         }
         if !self.headers.is_empty() {
             let mut h = Map::new();
@@ -504,8 +511,18 @@ impl WebhookAction {
 
 fn describe_check(r: &ProbeReport) -> String {
     format!(
-        "HTTP {} in {:.1} ms over {}; certificate {} (issuer {}), expires {}",
-        r.status, r.latency_ms, r.tls_version, r.peer_subject, r.peer_issuer, r.peer_not_after,
+        "HTTP {} in {:.1} ms over {}{}; certificate {} (issuer {}), expires {}",
+        r.status,
+        r.latency_ms,
+        r.tls_version,
+        if r.compressed {
+            ", gzip-compressed"
+        } else {
+            ""
+        },
+        r.peer_subject,
+        r.peer_issuer,
+        r.peer_not_after,
     )
 }
 
@@ -579,6 +596,11 @@ fn print_answer(action: &WebhookAction, body: &Value) -> Result<(), String> {
             println!("healthCheck to {name}: {}", describe_check(&t.test));
             if !t.test.body.is_empty() {
                 println!("answer: {}", t.test.body);
+            }
+            if let Err(e @ crate::deliver::probe::ProbeError::Compression { .. }) =
+                t.test.verified()
+            {
+                return Err(e.to_string());
             }
             if t.test.status != 200 {
                 return Err(format!(
@@ -802,6 +824,7 @@ mod tests {
             authorization_file: Some("/run/tok".into()),
             devices: Some(vec!["room-*".into(), " lobby ".into()]),
             headers: vec!["X-Site: Oslo".into()],
+            compression: Some("gzip".into()),
             set: vec!["rate_limit=50".into(), "batch_linger=100ms".into()],
             ..Fields::default()
         };
@@ -811,6 +834,7 @@ mod tests {
         assert_eq!(m["headers"], json!({"X-Site": "Oslo"}));
         assert_eq!(m["rate_limit"], json!(50));
         assert_eq!(m["batch_linger"], json!("100ms"));
+        assert_eq!(m["compression"], json!("gzip"));
         let bad = Fields {
             headers: vec!["nocolon".into()],
             ..Fields::default()

@@ -157,6 +157,9 @@ pub(crate) struct WebhookDescription {
     pub(crate) events: Vec<String>,
     /// What gives way when the store is full.
     pub(crate) overflow: crate::value::overflow::Overflow,
+    /// Request-body compression (`none`, `gzip`; a daemon from before it: `none`).
+    #[serde(default)]
+    pub(crate) compression: crate::value::compression::Compression,
     /// Requests per second, if limited.
     pub(crate) rate_limit: Option<f64>,
     /// Messages per batch at most.

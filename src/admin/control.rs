@@ -177,6 +177,7 @@ pub(crate) fn describe(store: &crate::store::Store, w: &WebhookView) -> WebhookD
         statuses: s.statuses.clone(),
         events: s.events.clone(),
         overflow: s.overflow,
+        compression: s.compression,
         rate_limit: s.pacing.rate_limit,
         batch_max_messages: s.pacing.batch_max_messages,
         max_in_flight: s.max_in_flight,

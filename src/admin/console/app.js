@@ -226,6 +226,7 @@ const PACING = [
   ["auth_retry", "Retry after 401/403 every", "text"],
   ["drain_start_jitter", "Start-up jitter", "text"],
   ["overflow", "When the store is full (drop_oldest, coalesce, block)", "text"],
+  ["compression", "Compress bodies of 1 KiB or more (none or gzip)", "text"],
   ["max_queue_age", "Drop events older than", "text", "never"],
 ];
 function groups(box, entries, kind) {
