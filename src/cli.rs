@@ -225,6 +225,10 @@ pub struct Fields {
     /// the healthCheck goes compressed to show the receiver takes it) or none (the default).
     #[arg(long, value_parser = ["none", "gzip"])]
     compression: Option<String>,
+    /// true: a queued status value that a newer one of the same device and path supersedes
+    /// leaves unsent (after an outage the receiver gets current values, and every event).
+    #[arg(long, value_name = "true|false")]
+    conflate: Option<bool>,
     /// Extra header sent with every request, "Name: value" (repeatable).
     #[arg(long = "header", value_name = "NAME: VALUE")]
     headers: Vec<String>,
@@ -298,6 +302,9 @@ impl Fields {
         }
         if let Some(v) = self.compression {
             m.insert("compression".into(), v.into());
+        }
+        if let Some(v) = self.conflate {
+            m.insert("conflate".into(), v.into());
         }
         if !self.headers.is_empty() {
             let mut h = Map::new();
@@ -825,6 +832,7 @@ mod tests {
             devices: Some(vec!["room-*".into(), " lobby ".into()]),
             headers: vec!["X-Site: Oslo".into()],
             compression: Some("gzip".into()),
+            conflate: Some(true),
             set: vec!["rate_limit=50".into(), "batch_linger=100ms".into()],
             ..Fields::default()
         };
@@ -835,6 +843,7 @@ mod tests {
         assert_eq!(m["rate_limit"], json!(50));
         assert_eq!(m["batch_linger"], json!("100ms"));
         assert_eq!(m["compression"], json!("gzip"));
+        assert_eq!(m["conflate"], json!(true));
         let bad = Fields {
             headers: vec!["nocolon".into()],
             ..Fields::default()

@@ -263,3 +263,158 @@ async fn a_full_block_queue_holds_input_for_every_webhook_and_loses_nothing() {
     stop_and_check(&mut daemon, stuck, 10, 2000);
     assert_complete_and_ordered(&fine.receiver.accepted(), 10, 2000);
 }
+
+/// `conflate = true` after an outage: 10 devices × 4 statuses, 36,000 values (9,000
+/// messages of four) and 100 button presses while the receiver answers 503. Once it is
+/// back, it gets the current value of each device and status (40 status messages, no
+/// older one) and every press, within 5 s; the superseded values are counted as filtered
+/// and the counters add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflating_queue_sends_the_current_values_and_every_event_after_an_outage() {
+    const FIELDS: [(&str, &str); 4] = [
+        ("/people", PEOPLE),
+        ("/t", "RoomAnalytics.AmbientTemperature"),
+        ("/h", "RoomAnalytics.RelativeHumidity"),
+        ("/n", "RoomAnalytics.AmbientNoise.Level.A"),
+    ];
+    const CLICK: &str = "UserInterface.Extensions.Widget.Action";
+    let (devices, per_device, clicks) = (10usize, 900usize, 10usize);
+    let (r, mut daemon) = Rig::new()
+        .webhook(&format!(
+            "conflate = true\nstatuses = [{}]\nevents = [\"{CLICK}\"]",
+            FIELDS.map(|(_, p)| format!("\"{p}\"")).join(", ")
+        ))
+        .receiver(Behaviour::Status(503))
+        .source(move |port| {
+            let mut sub = Section::subscription("bench/+/status", "json")
+                .set("device", "{1}")
+                .set("workspace", "ws-{1}")
+                .field("/click", CLICK);
+            for (pointer, path) in FIELDS {
+                sub = sub.field(pointer, path);
+            }
+            Section::mqtt("sensors", port)
+                .set("client_id", "roomhook-test")
+                .subscribe(sub)
+        })
+        .start()
+        .await;
+    // Every value differs from the one before (none is filtered as unchanged); every 90th
+    // message of a device also carries a press.
+    let mut messages = Vec::new();
+    for i in 0..per_device {
+        for d in 0..devices {
+            let v = i as i64;
+            let click = if i % (per_device / clicks) == 0 {
+                format!(",\"click\":{{\"WidgetId\":\"w{i}\",\"Type\":\"clicked\"}}")
+            } else {
+                String::new()
+            };
+            messages.push((
+                format!("bench/room-{d}/status"),
+                format!(
+                    "{{\"people\":{},\"t\":{},\"h\":{},\"n\":{}{click}}}",
+                    v,
+                    200 + v,
+                    v % 100,
+                    30 + v
+                ),
+            ));
+        }
+    }
+    publish_all(r.broker.port, messages, None).await.unwrap();
+    let (values, events) = ((devices * per_device * 4) as f64, (devices * clicks) as f64);
+    assert!(
+        wait_until(Duration::from_secs(60), || r.metric(ENQUEUED)
+            >= values + events),
+        "enqueued {} of {}\n{}",
+        r.metric(ENQUEUED),
+        values + events,
+        daemon.logs()
+    );
+    // The outage goes on for two more attempts: what was in flight when the last values
+    // came has come back and been looked at again.
+    let refused = r.rx.receiver.requests().len();
+    assert!(
+        wait_until(Duration::from_secs(20), || r.rx.receiver.requests().len()
+            >= refused + 2),
+        "no retries"
+    );
+    let back = std::time::Instant::now();
+    r.rx.receiver.set_behaviour(Behaviour::Accept);
+    let wanted = devices * 4 + devices * clicks;
+    let got =
+        r.rx.receiver
+            .wait_accepted(wanted, Duration::from_secs(5))
+            .await;
+    let took = back.elapsed();
+    let accepted: Vec<serde_json::Value> =
+        r.rx.receiver
+            .accepted()
+            .iter()
+            .flat_map(|q| q.messages())
+            .collect();
+    assert!(
+        got,
+        "{} of {wanted} messages within 5 s of the receiver's return\n{}",
+        accepted.len(),
+        scrape(r.admin)
+    );
+    // Nothing more comes than the current values and the presses.
+    assert!(
+        !r.rx
+            .receiver
+            .wait_accepted(wanted + 1, Duration::from_millis(500))
+            .await
+    );
+    let mut status: BTreeMap<(String, String), Vec<serde_json::Value>> = BTreeMap::new();
+    let mut presses: BTreeMap<String, usize> = BTreeMap::new();
+    for m in &accepted {
+        let device = m["deviceId"].as_str().unwrap().to_string();
+        match m["type"].as_str() {
+            Some("status") => {
+                for (path, v) in m["changes"]["updated"].as_object().unwrap() {
+                    status
+                        .entry((device.clone(), path.clone()))
+                        .or_default()
+                        .push(v.clone());
+                }
+            }
+            Some("events") => *presses.entry(device).or_default() += 1,
+            other => panic!("unexpected message {other:?}: {m}"),
+        }
+    }
+    let last = (per_device - 1) as i64;
+    for d in 0..devices {
+        let device = format!("room-{d}");
+        assert_eq!(presses.get(&device), Some(&clicks), "{device}: presses");
+        for (path, want) in [
+            (PEOPLE, last),
+            ("RoomAnalytics.AmbientTemperature", 200 + last),
+            ("RoomAnalytics.RelativeHumidity", last % 100),
+            ("RoomAnalytics.AmbientNoise.Level.A", 30 + last),
+        ] {
+            let got: Option<Vec<f64>> = status
+                .get(&(device.clone(), path.to_string()))
+                .map(|vs| vs.iter().filter_map(|v| v.as_f64()).collect());
+            assert_eq!(
+                got,
+                Some(vec![want as f64]),
+                "{device} {path}: one message, the current value"
+            );
+        }
+    }
+    let superseded = r.metric("roomhook_events_filtered_total{reason=\"superseded\"}");
+    assert_eq!(superseded, values - (devices * 4) as f64);
+    // Removals are committed lazily: until then they count as queued.
+    assert!(wait_until(Duration::from_secs(10), || r.metric(QUEUED) == 0.0));
+    assert_eq!(
+        r.metric(ENQUEUED),
+        r.metric("roomhook_events_delivered_total{webhook=\"facilities\"}")
+            + superseded
+            + r.metric(QUEUED),
+        "enqueued = delivered + filtered + queued"
+    );
+    eprintln!("the current values and the presses arrived {took:?} after the receiver's return");
+    assert_eq!(daemon.stop(), Some(0));
+}

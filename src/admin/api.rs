@@ -160,6 +160,9 @@ pub(crate) struct WebhookDescription {
     /// Request-body compression (`none`, `gzip`; a daemon from before it: `none`).
     #[serde(default)]
     pub(crate) compression: crate::value::compression::Compression,
+    /// Superseded status values leave the queue unsent (a daemon from before it: false).
+    #[serde(default)]
+    pub(crate) conflate: bool,
     /// Requests per second, if limited.
     pub(crate) rate_limit: Option<f64>,
     /// Messages per batch at most.

@@ -178,6 +178,7 @@ pub(crate) fn describe(store: &crate::store::Store, w: &WebhookView) -> WebhookD
         events: s.events.clone(),
         overflow: s.overflow,
         compression: s.compression,
+        conflate: s.conflate,
         rate_limit: s.pacing.rate_limit,
         batch_max_messages: s.pacing.batch_max_messages,
         max_in_flight: s.max_in_flight,

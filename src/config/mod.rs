@@ -311,6 +311,9 @@ pub(crate) struct RawWebhook {
     pub(crate) overflow: Option<String>,
     /// Events older than this are dropped, never delivered (default: kept until delivered).
     pub(crate) max_queue_age: Option<String>,
+    /// Queued status values superseded by a newer one of the same device and path leave
+    /// unsent (default false).
+    pub(crate) conflate: Option<bool>,
     /// Request-body compression: `none` (default) or `gzip`.
     pub(crate) compression: Option<String>,
     /// Standard Webhooks signing secret (`whsec_…`).
@@ -613,6 +616,8 @@ pub struct WebhookSettings {
     pub(crate) overflow: crate::value::overflow::Overflow,
     /// Events older than this are dropped.
     pub(crate) max_queue_age: Option<Duration>,
+    /// Superseded status values leave the queue unsent (`conflate`).
+    pub(crate) conflate: bool,
     /// Signs every request (Standard Webhooks) when set.
     pub(crate) signer: Option<crate::value::signing::Signer>,
     /// How request bodies go on the wire (gzip: batches of 1 KiB or more).
@@ -653,6 +658,7 @@ pub(crate) const WEBHOOK_DEFAULTS: &[(&str, &str)] = &[
     ("batch_linger", "50ms"),
     ("overflow", "drop_oldest"),
     ("compression", "none"),
+    ("conflate", "false"),
 ];
 
 /// Whether a device's messages must stay in order.

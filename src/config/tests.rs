@@ -529,7 +529,7 @@ fn the_webhook_defaults_the_console_shows_are_the_validators() {
     let plain = load_str(Path::new("/etc/roomhook/roomhook.toml"), GOOD).unwrap();
     let mut text = GOOD.to_string();
     for (key, value) in WEBHOOK_DEFAULTS {
-        if value.parse::<f64>().is_ok() {
+        if value.parse::<f64>().is_ok() || value.parse::<bool>().is_ok() {
             text.push_str(&format!("{key} = {value}\n"));
         } else {
             text.push_str(&format!("{key} = {value:?}\n"));

@@ -5,6 +5,7 @@ pub(crate) use crate::backoff;
 pub mod client;
 pub(crate) mod compress;
 pub(crate) mod concurrency;
+pub(crate) mod conflate;
 pub mod payload;
 pub(crate) mod policy;
 pub(crate) mod probe;

@@ -179,6 +179,34 @@ impl<T: Clone> Scheduler<T> {
         out
     }
 
+    /// Takes the items of a lane that are not handed out and match `pred` out of the queue
+    /// without a request (superseded); the lane keeps its place, or leaves if it is empty.
+    pub(crate) fn remove_untaken(&mut self, lane: &str, pred: impl Fn(&T) -> bool) -> Vec<T> {
+        let Some(l) = self.lanes.get_mut(lane) else {
+            return Vec::new();
+        };
+        let taken = l.taken;
+        let mut out = Vec::new();
+        let mut i = taken;
+        while i < l.items.len() {
+            if pred(&l.items[i]) {
+                if let Some(item) = l.items.remove(i) {
+                    out.push(item);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        self.len -= out.len();
+        if l.items.is_empty() {
+            // Never a ready or waiting key without a lane: `next` would hand out nothing.
+            self.lanes.remove(lane);
+            self.ready.retain(|k| &**k != lane);
+            self.waiting.retain(|(_, k)| &**k != lane);
+        }
+        out
+    }
+
     /// Records the end of one request that carried items of `lanes`; returns the items
     /// that left the queue (on `Done`). `unit` is a uniform draw in [0, 1) for jitter.
     pub(crate) fn complete(
@@ -367,5 +395,31 @@ mod tests {
         s.complete(&[lane], Verdict::Done, t, 0.5);
         assert_eq!(s.circuit(), Circuit::Closed);
         assert_eq!(s.consecutive_failures(), 0);
+    }
+
+    #[test]
+    fn untaken_items_can_leave_from_the_middle_and_an_emptied_lane_leaves() {
+        let now = Instant::now();
+        let mut s = sched();
+        for i in 1..=4 {
+            s.push("a", i);
+        }
+        s.push("b", 10);
+        let (lane, items) = s.next(now, 1).unwrap();
+        assert_eq!((&*lane, items), ("a", vec![1]));
+        // The item in flight stays, whatever the predicate says.
+        assert_eq!(s.remove_untaken("a", |x| *x == 1 || *x == 3), vec![3]);
+        assert_eq!(s.len(), 4);
+        s.complete(&[lane], Verdict::Done, now, 0.5);
+        assert_eq!(s.next(now, 10).unwrap().1, vec![10]);
+        // Lane b is handed out; lane a is next with what is left, in order.
+        let (a, items) = s.next(now, 10).unwrap();
+        assert_eq!(items, vec![2, 4]);
+        s.give_back(&a, 0);
+        assert_eq!(s.remove_untaken("a", |_| true), vec![2, 4]);
+        assert_eq!(s.len(), 1);
+        // No key of the gone lane is left to hand out nothing.
+        assert!(s.next(now, 10).is_none());
+        assert!(s.remove_untaken("gone", |_| true).is_empty());
     }
 }

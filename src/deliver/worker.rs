@@ -7,6 +7,7 @@
 use super::backoff::Backoff;
 use super::client::{FailureKind, Outcome, WebhookClient};
 use super::concurrency::Controller;
+use super::conflate::Conflation;
 use super::payload;
 use super::policy::{self, Action};
 use super::rate::TokenBucket;
@@ -114,6 +115,10 @@ struct Pace {
     parked: Vec<(Instant, Arc<str>, Arc<Entry>)>,
     /// `roomhook_events_filtered_total{reason="min_interval"}`, resolved once.
     superseded: Counter,
+    /// The newest value of each device and path in the window (`conflate = true`).
+    conflation: Option<Conflation>,
+    /// `roomhook_events_filtered_total{reason="superseded"}`, resolved once.
+    conflated: Counter,
 }
 
 impl Pace {
@@ -139,6 +144,15 @@ impl Worker {
         let p = &self.settings.pacing;
         let now = Instant::now();
         let jitter = p.drain_start_jitter.mul_f64(rand::random::<f64>());
+        // Its own statement: the family's lock guard of a `get_or_create` lives to the end
+        // of the statement, and a second one in the same statement would wait for it.
+        let conflated = self
+            .metrics
+            .events_filtered
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: "superseded".into(),
+            })
+            .clone();
         let mut pace = Pace {
             sched: Scheduler::new(
                 Backoff {
@@ -168,6 +182,8 @@ impl Worker {
                     reason: "min_interval".into(),
                 })
                 .clone(),
+            conflation: self.settings.conflate.then(Conflation::default),
+            conflated,
         };
         let label = Metrics::webhook(&self.settings.name);
         let m = &self.metrics;
@@ -252,15 +268,23 @@ impl Worker {
                         for e in window.entries {
                             loaded = loaded.max(e.seq);
                             self.store.set_window_end(self.id, loaded);
-                            let lane = match p.ordering {
-                                Ordering::Device => e.event.device.clone(),
-                                Ordering::None => format!(
-                                    "{}#{}",
-                                    e.event.device,
-                                    e.seq % self.settings.max_in_flight as u64
-                                ),
-                            };
+                            let lane = self.lane(&e.event.device, e.seq);
                             pace.throttle.queued(e.seq, &e.event);
+                            // The value it supersedes leaves now, unless it is in flight
+                            // (then it is looked at again if it comes back for a retry).
+                            let older = pace
+                                .conflation
+                                .as_mut()
+                                .and_then(|c| c.joined(e.seq, &e.event));
+                            if let Some(older) = older {
+                                let gone = pace
+                                    .sched
+                                    .remove_untaken(&self.lane(&e.event.device, older), |x| {
+                                        x.seq == older
+                                    });
+                                pace.conflated.inc_by(gone.len() as u64);
+                                removed.extend(gone.iter().map(|x| x.seq));
+                            }
                             pace.sched.push(&lane, Arc::new(e));
                         }
                     }
@@ -407,6 +431,15 @@ impl Worker {
         self.publish_status(&pace, &mut counters);
     }
 
+    /// The lane of an entry: its device (`ordering = "device"`), or one of `max_in_flight`
+    /// lanes of it (`ordering = "none"`).
+    fn lane(&self, device: &str, seq: u64) -> String {
+        match self.settings.pacing.ordering {
+            Ordering::Device => device.to_string(),
+            Ordering::None => format!("{device}#{}", seq % self.settings.max_in_flight as u64),
+        }
+    }
+
     /// Starts every request pacing allows; returns when to look again if pacing (not the
     /// scheduler) is what holds the next one back.
     fn dispatch(
@@ -504,6 +537,19 @@ impl Worker {
                     let gone = pace.sched.discard(&lane, expired);
                     self.store
                         .count_dropped(self.id, DropReason::Expired, gone.len() as u64);
+                    removed.extend(gone.iter().map(|e| e.seq));
+                    continue;
+                }
+            }
+            // Conflation: values that a newer one in the window supersedes leave unsent
+            // (those that were in flight when it came, back for a retry).
+            if let Some(c) = &pace.conflation {
+                if items.iter().any(|e| c.superseded(e.seq, &e.event)) {
+                    pace.sched.give_back(&lane, 0);
+                    let gone = pace
+                        .sched
+                        .remove_untaken(&lane, |e| c.superseded(e.seq, &e.event));
+                    pace.conflated.inc_by(gone.len() as u64);
                     removed.extend(gone.iter().map(|e| e.seq));
                     continue;
                 }
@@ -693,6 +739,9 @@ impl Worker {
                     st.recent.record(now_ms, done.len() as u64, 0);
                 }
                 for e in done {
+                    if let Some(c) = pace.conflation.as_mut() {
+                        c.left(e.seq, &e.event);
+                    }
                     counters
                         .latency
                         .observe(now_ms.saturating_sub(e.event.ts_ms).max(0) as f64 / 1000.0);
@@ -723,6 +772,9 @@ impl Worker {
                     .complete(&request.lanes, Verdict::Done, now, unit);
                 let at_ms = crate::timefmt::now_ms();
                 for e in done {
+                    if let Some(c) = pace.conflation.as_mut() {
+                        c.left(e.seq, &e.event);
+                    }
                     dead.push((
                         e.seq,
                         DeadLetter {

@@ -227,6 +227,7 @@ const PACING = [
   ["drain_start_jitter", "Start-up jitter", "text"],
   ["overflow", "When the store is full (drop_oldest, coalesce, block)", "text"],
   ["compression", "Compress bodies of 1 KiB or more (none or gzip)", "text"],
+  ["conflate", "Send only the newest queued value of each status (true or false)", "bool"],
   ["max_queue_age", "Drop events older than", "text", "never"],
 ];
 function groups(box, entries, kind) {
@@ -393,6 +394,10 @@ function pacingValue(input) {
       throw new Error(key + ": " + v + " is not a " + (t === "int" ? "whole number." : "number."));
     }
     return n;
+  }
+  if (t === "bool") {
+    if (v !== "true" && v !== "false") throw new Error(key + ": write true or false.");
+    return v === "true";
   }
   return v; // durations, sizes and words go as the config writes them ("50ms", "1MiB")
 }

@@ -173,6 +173,7 @@ pub(super) fn webhook(
         pacing,
         overflow,
         max_queue_age,
+        conflate: w.conflate.unwrap_or(false),
         signer,
         compression,
         headers,
