@@ -6,8 +6,8 @@
 # TARGET: aarch64-unknown-linux-musl (static; 64-bit Raspberry Pi OS, most ARM gateways),
 #         armv7-unknown-linux-gnueabihf (32-bit boards, glibc 2.36+ as in Debian 12),
 #         host (this machine's target).
-# --profile: a Cargo profile (default "gateway", what ships; CI builds armv7 with "ci", the
-#            same code with fewer LTO passes, to keep its time down).
+# --profile: a Cargo profile (default "gateway", what ships; CI builds armv7 with "dev", the
+#            same code unoptimised: it builds, links and runs, in less time).
 # --install: also install the Debian cross compilers and the Rust standard libraries
 #            (needs root and apt); without it, missing ones are named with the command.
 # --with-demo: keep the demo (`roomhook demo`, its PKI and device simulator) in the binary;
