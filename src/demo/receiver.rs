@@ -1,5 +1,7 @@
 //! A real HTTPS webhook receiver (hyper + rustls) for the demo and the tests: it checks the
-//! Authorization header, answers with a status it is told to use, and records every request.
+//! Authorization header, reads `Content-Encoding: gzip` bodies (flate2), verifies Standard
+//! Webhooks signatures over the decoded body when it is given the secret, answers with a
+//! status it is told to use, and records every request.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -20,8 +22,15 @@ pub struct Received {
     pub path: String,
     /// Request headers.
     pub headers: HeaderMap,
-    /// Request body.
+    /// Request body, decoded (gzip undone).
     pub body: Bytes,
+    /// Bytes of the body as they came over the wire (the compressed length when compressed).
+    pub wire_len: usize,
+    /// The body came with `Content-Encoding: gzip`.
+    pub compressed: bool,
+    /// Whether its Standard Webhooks signature is valid for the decoded body (None: the
+    /// receiver was given no secret, see [`Receiver::verify_signatures`]).
+    pub signature_valid: Option<bool>,
     /// The status the receiver answered.
     pub status: u16,
     /// When it arrived.
@@ -61,7 +70,15 @@ pub enum Behaviour {
     MaxMessages(usize),
     /// This status for every request, with this body (what a hostile receiver can say).
     StatusBody(u16, &'static str),
+    /// 415 for a body with a `Content-Encoding` (a receiver that reads only plain bodies),
+    /// 200 otherwise.
+    RefuseCompressed,
 }
+
+/// Largest decoded body read (a gzip bomb answers 413).
+const MAX_DECODED: u64 = 64 * 1024 * 1024;
+/// How far a `webhook-timestamp` may be off (Standard Webhooks' tolerance).
+const TIMESTAMP_TOLERANCE_S: i64 = 300;
 
 struct State {
     requests: Mutex<Vec<Received>>,
@@ -71,6 +88,8 @@ struct State {
     notify: Notify,
     concurrent: std::sync::atomic::AtomicUsize,
     accepted_messages: std::sync::atomic::AtomicUsize,
+    /// The signing key, when signatures are verified.
+    signing_key: Mutex<Option<ring::hmac::Key>>,
 }
 
 /// A running receiver; stops when dropped.
@@ -99,6 +118,7 @@ impl Receiver {
             notify: Notify::new(),
             concurrent: std::sync::atomic::AtomicUsize::new(0),
             accepted_messages: std::sync::atomic::AtomicUsize::new(0),
+            signing_key: Mutex::new(None),
         });
         let stop = CancellationToken::new();
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -137,6 +157,21 @@ impl Receiver {
     pub fn set_behaviour(&self, b: Behaviour) {
         if let Ok(mut g) = self.state.behaviour.lock() {
             *g = b;
+        }
+    }
+
+    #[cfg(any(test, feature = "faults"))]
+    /// From now on, verifies every request's Standard Webhooks signature with `secret`
+    /// (`whsec_<base64>`) over the decoded body, as a receiver does, and answers 400 to a
+    /// request whose signature is missing or wrong. Panics on a malformed secret.
+    pub fn verify_signatures(&self, secret: &str) {
+        use base64::Engine;
+        let key = secret
+            .strip_prefix("whsec_")
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .expect("a whsec_<base64> secret");
+        if let Ok(mut g) = self.state.signing_key.lock() {
+            *g = Some(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key));
         }
     }
 
@@ -219,7 +254,7 @@ async fn handle(
     use std::sync::atomic::Ordering::SeqCst;
     let (parts, body) = req.into_parts();
     let arrived = Instant::now();
-    let body = body.collect().await?.to_bytes();
+    let wire = body.collect().await?.to_bytes();
     let behaviour = st.behaviour.lock().map(|g| *g).unwrap_or(Behaviour::Accept);
     let concurrent = st.concurrent.fetch_add(1, SeqCst) + 1;
     if let Behaviour::SlowPerConcurrent(ms) = behaviour {
@@ -236,6 +271,36 @@ async fn handle(
                 == Some(want.as_str())
         }
     };
+    let encoding = parts
+        .headers
+        .get(hyper::header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    let compressed = encoding.as_deref() == Some("gzip");
+    // What a receiver refuses before it looks at the content.
+    let mut refusal: Option<(u16, &str)> = match encoding.as_deref() {
+        _ if !auth_ok => Some((401, "{\"error\":\"invalid credentials\"}")),
+        Some(_) if behaviour == Behaviour::RefuseCompressed => Some((
+            415,
+            "{\"error\":\"unsupported Content-Encoding: send plain JSON\"}",
+        )),
+        None | Some("gzip") | Some("identity") => None,
+        Some(_) => Some((415, "{\"error\":\"unsupported Content-Encoding\"}")),
+    };
+    let body = match (compressed, refusal) {
+        (true, None) => match gunzip(&wire) {
+            Ok(b) => b,
+            Err(answer) => {
+                refusal = Some(answer);
+                Bytes::new()
+            }
+        },
+        _ => wire.clone(),
+    };
+    let key = st.signing_key.lock().ok().and_then(|k| k.clone());
+    let signature_valid = key.map(|k| signature_valid(&k, &parts.headers, &body));
+    if refusal.is_none() && signature_valid == Some(false) {
+        refusal = Some((400, "{\"error\":\"invalid signature\"}"));
+    }
     // Messages in the body (a JSON array is a batch), counted once.
     let n = match body.first() {
         Some(b'[') => {
@@ -244,8 +309,10 @@ async fn handle(
         _ => 1,
     };
     let (status, retry_after) = match behaviour {
-        _ if !auth_ok => (401, None),
-        Behaviour::Accept | Behaviour::SlowPerConcurrent(_) => (200, None),
+        _ if refusal.is_some() => (refusal.map_or(400, |(s, _)| s), None),
+        Behaviour::Accept | Behaviour::SlowPerConcurrent(_) | Behaviour::RefuseCompressed => {
+            (200, None)
+        }
         Behaviour::FailPercent(s, pct) => (
             if rand::random_range(0..100u8) < pct {
                 s
@@ -273,6 +340,9 @@ async fn handle(
             path: parts.uri.path().to_string(),
             headers: parts.headers,
             body,
+            wire_len: wire.len(),
+            compressed,
+            signature_valid,
             status,
             at: arrived,
         });
@@ -288,6 +358,7 @@ async fn handle(
         _ => None,
     };
     let answer = match status {
+        _ if refusal.is_some() => refusal.map(|(_, a)| a).unwrap_or_default().to_string(),
         _ if custom.is_some() => custom.unwrap_or_default().to_string(),
         200..=299 => String::new(),
         401 => "{\"error\":\"invalid credentials\"}".to_string(),
@@ -301,4 +372,47 @@ async fn handle(
         }
     }
     Ok(resp)
+}
+
+/// A gzip body decoded, or the answer to a body that cannot be (400 not gzip, 413 too large).
+fn gunzip(wire: &[u8]) -> Result<Bytes, (u16, &'static str)> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(wire)
+        .take(MAX_DECODED + 1)
+        .read_to_end(&mut out)
+        .map_err(|_| (400, "{\"error\":\"the body is not valid gzip\"}"))?;
+    if out.len() as u64 > MAX_DECODED {
+        return Err((413, "{\"error\":\"the decoded body is too large\"}"));
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Whether `headers` carry a valid Standard Webhooks signature of `body` under `key`, as a
+/// receiver checks it: `webhook-timestamp` within five minutes of now, and one of the
+/// space-separated `v1,<base64>` signatures the HMAC-SHA256 of `"{id}.{timestamp}.{body}"`
+/// (compared in constant time).
+fn signature_valid(key: &ring::hmac::Key, headers: &HeaderMap, body: &[u8]) -> bool {
+    use base64::Engine;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(id), Some(ts), Some(signatures)) = (
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    ) else {
+        return false;
+    };
+    let Ok(at) = ts.parse::<i64>() else {
+        return false;
+    };
+    if (crate::timefmt::now_ms() / 1000 - at).abs() > TIMESTAMP_TOLERANCE_S {
+        return false;
+    }
+    let mut signed = format!("{id}.{ts}.").into_bytes();
+    signed.extend_from_slice(body);
+    signatures
+        .split(' ')
+        .filter_map(|s| s.strip_prefix("v1,"))
+        .filter_map(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .any(|tag| ring::hmac::verify(key, &signed, &tag).is_ok())
 }
