@@ -38,6 +38,29 @@ statuses = ["RoomAnalytics.PeopleCount.Curent"]
 }
 
 #[test]
+fn check_config_names_a_bad_compression_with_its_line_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let webhook = roomhook_testkit::Section::webhook("bi", "https://bi.example.com/", dir.path())
+        .remove("ca_file")
+        .set("compression", "gzpi");
+    let path = roomhook_testkit::Config::new()
+        .with(webhook)
+        .write(dir.path());
+    let line = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("compression = "))
+        .expect("the key in the file")
+        + 1;
+    let (code, _, err) = roomhook(&["check-config", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    let at = format!("{}:{line}: webhooks[0].compression", path.display());
+    assert!(err.contains(&at), "not at {at}: {err}");
+    assert!(err.contains("unknown compression \"gzpi\""), "{err}");
+    assert!(err.contains("fix: did you mean \"gzip\"?"), "{err}");
+}
+
+#[test]
 fn check_config_accepts_a_good_file_and_a_missing_file_is_an_error() {
     let (code, out, err) = check_config(
         "good.toml",

@@ -288,3 +288,65 @@ async fn commit_interval_groups_commits_and_loses_nothing() {
     );
     assert_eq!(daemon.stop(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_batches_arrive_compressed_and_signed_over_the_uncompressed_body() {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let r = Rig::new()
+        .webhook(&format!(
+            "compression = \"gzip\"\nbatch_max_messages = 100\nbatch_linger = \"200ms\"\nsigning_secret = \"{secret}\""
+        ))
+        .build()
+        .await;
+    // The receiver decodes gzip and checks every signature over the decoded body, as a
+    // Standard Webhooks receiver does: a wrong one is answered 400 (and so never delivered).
+    r.rx.receiver.verify_signatures(secret);
+    let mut daemon = Daemon::start(&r.config);
+    let (devices, per_device) = (10, 50);
+    let all = workload(devices, per_device);
+    // One message alone: a body under 1 KiB goes as it is.
+    publish(r.broker.port, &all[..1]).await;
+    r.rx.expect_accepted(1, Duration::from_secs(20), &daemon)
+        .await;
+    // Then the rest at once: batches of up to 100.
+    publish(r.broker.port, &all[1..]).await;
+    r.rx.expect_accepted(devices * per_device, Duration::from_secs(60), &daemon)
+        .await;
+    stop_and_check(&mut daemon, &r.rx, devices, per_device);
+    let requests = r.rx.receiver.requests();
+    assert!(requests.iter().all(|q| q.status == 200), "a refusal");
+    let encoding = |q: &roomhook::demo::receiver::Received| {
+        q.headers
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap_or("?").to_string())
+    };
+    let single = &requests[0];
+    assert_eq!(single.messages().len(), 1);
+    assert!(single.body.len() < 1024);
+    assert!(!single.compressed && encoding(single).is_none());
+    assert_eq!(single.wire_len, single.body.len());
+    assert_eq!(single.signature_valid, Some(true));
+    // Every body of 1 KiB or more went gzip-compressed; the batches of 50 or more messages
+    // at least 5x smaller.
+    let (mut wire, mut decoded, mut big) = (0, 0, 0);
+    for q in &requests {
+        assert_eq!(q.signature_valid, Some(true), "{:?}", q.headers);
+        if q.body.len() >= 1024 {
+            assert!(q.compressed, "{} bytes went uncompressed", q.body.len());
+            assert_eq!(encoding(q).as_deref(), Some("gzip"));
+            assert!(q.wire_len < q.body.len());
+        } else {
+            assert!(!q.compressed && encoding(q).is_none(), "{}", q.body.len());
+        }
+        if q.messages().len() >= 50 {
+            wire += q.wire_len;
+            decoded += q.body.len();
+            big += 1;
+        }
+    }
+    assert!(big >= 1, "no batch of 50 or more messages");
+    assert!(
+        decoded >= 5 * wire,
+        "{big} batches of {decoded} bytes took {wire} on the wire: less than 5x smaller"
+    );
+}

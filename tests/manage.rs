@@ -846,3 +846,70 @@ async fn a_webhook_dropped_from_the_file_keeps_its_queue_as_an_orphan() {
         .contains("orphaned queue dropped after orphan_retention: 1 events discarded"));
     assert_eq!(daemon.stop(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_is_verified_with_a_compressed_health_check_before_it_is_saved() {
+    let (r, daemon) = Rig::new().start().await;
+    let config = &r.config;
+    let mut outputs = String::new();
+
+    // A receiver that reads only plain bodies answers the compressed healthCheck 415: the
+    // add is refused with a message that names compression and the fix; nothing is saved.
+    let plain = receiver(r.dir.path(), false).await;
+    plain.receiver.set_behaviour(Behaviour::RefuseCompressed);
+    let before = config_text(config);
+    let gzip = AddWebhook::to("plain", &plain).arg("--compression", "gzip");
+    let err = refused(gzip, config, &mut outputs).await;
+    assert!(
+        err.contains("HTTP 415 to a gzip-compressed healthCheck")
+            && err.contains("does not accept Content-Encoding: gzip")
+            && err.contains("compression = \"none\""),
+        "{err}"
+    );
+    assert!(err.contains("nothing was saved"), "{err}");
+    assert_eq!(config_text(config), before);
+    let checks = plain.receiver.requests();
+    assert_eq!(checks.len(), 1);
+    assert!(checks[0].compressed && checks[0].status == 415);
+
+    // Without compression the same receiver verifies (plain healthCheck); turning gzip on
+    // with `set` is verified too, and refused the same way.
+    let (code, out, err) = AddWebhook::to("plain", &plain).run(config).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!plain.receiver.requests()[1].compressed);
+    let before = config_text(config);
+    let (code, _, err) = webhook_cli(config, &["set", "plain", "--compression", "gzip"]).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("HTTP 415") && err.contains("compression"),
+        "{err}"
+    );
+    assert_eq!(config_text(config), before);
+    outputs.push_str(&err);
+
+    // A receiver that reads gzip: added; its healthCheck, small as it is, came compressed,
+    // and signed over the decoded body. The file and the API say compression = "gzip".
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let gz = receiver(r.dir.path(), false).await;
+    gz.receiver.verify_signatures(secret);
+    let (code, out, err) = AddWebhook::to("gz", &gz)
+        .arg("--compression", "gzip")
+        .arg("--set", &format!("signing_secret={secret}"))
+        .run(config)
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("gzip-compressed"), "{out}");
+    let check = &gz.receiver.requests()[0];
+    assert!(check.compressed && check.status == 200);
+    assert_eq!(check.json()["type"], "healthCheck");
+    assert_eq!(check.signature_valid, Some(true));
+    assert!(config_text(config).contains("compression = \"gzip\""));
+    let list = webhook_list(config).await;
+    assert_eq!(find(&list, "gz").unwrap()["compression"], "gzip");
+    assert_eq!(find(&list, "plain").unwrap()["compression"], "none");
+    // A value the CLI does not know is refused before anything is sent.
+    let (code, _, err) = webhook_cli(config, &["set", "gz", "--compression", "brotli"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("gzip"), "{err}");
+    assert!(!daemon.logs().contains("MfKQ9r8G"), "the secret was logged");
+}
