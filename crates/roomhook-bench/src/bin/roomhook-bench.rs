@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 #[derive(Parser)]
 #[command(about = "Benchmarks the roomhook daemon binary end to end")]
 struct Args {
-    /// Scenarios to run (comma-separated): throughput, batched, latency, idle, drain, store,
-    /// roomos, wear.
+    /// Scenarios to run (comma-separated): throughput, batched, compression, latency, idle,
+    /// drain, store, roomos, wear.
     #[arg(
         long,
-        default_value = "throughput,batched,latency,idle,drain,store,roomos,wear"
+        default_value = "throughput,batched,compression,latency,idle,drain,store,roomos,wear"
     )]
     scenarios: String,
     /// Events in the store scenario.
@@ -31,6 +31,9 @@ struct Args {
     /// Devices in the throughput scenario.
     #[arg(long, default_value_t = 10)]
     devices: usize,
+    /// Messages in each run of the compression scenario (batches of 100).
+    #[arg(long, default_value_t = 10_000)]
+    compression_messages: usize,
     /// Events per second in the latency scenario.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
@@ -260,6 +263,68 @@ async fn throughput(args: &Args, binary: &Path, batch: usize) -> Result<serde_js
         "daemon_cpu_us_per_event": cpu * 1e6 / n as f64,
         "daemon_peak_rss_mib": peak_kib as f64 / 1024.0,
         "lost": lost, "duplicates": dups,
+    }))
+}
+
+/// Bytes on the wire of 100-message batches of Control Hub status messages, with
+/// `compression = "none"` and with `"gzip"`: the request bodies as they came over the wire
+/// (the compressed length) against their decoded length, and the daemon's CPU per event
+/// each way. Only full batches (100 messages) are counted.
+async fn compression(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
+    let n = args.compression_messages;
+    let mut runs = serde_json::Map::new();
+    for mode in ["none", "gzip"] {
+        let s = setup(args).await?;
+        let extra =
+            format!("batch_max_messages = 100\nbatch_linger = \"50ms\"\ncompression = \"{mode}\"");
+        let daemon = Daemon::start(binary, &config(&s, 1, 1, args.max_in_flight, &extra))?;
+        wait_ready(&s, 0).await?;
+        let base = s.receiver.requests().len();
+        let base_msgs = s.receiver.accepted_messages();
+        let cpu0 = cpu_seconds(daemon.pid()).unwrap_or(0.0);
+        publish_all(s.broker.port, workload(args.devices, n), None).await?;
+        let done = s
+            .receiver
+            .wait_accepted(base_msgs + n, Duration::from_secs(300))
+            .await;
+        let cpu = cpu_seconds(daemon.pid()).unwrap_or(0.0) - cpu0;
+        daemon.stop();
+        if !done {
+            return Err(format!(
+                "compression {mode}: not every message arrived within 300 s"
+            ));
+        }
+        let requests = s.receiver.requests();
+        let full: Vec<_> = requests[base..]
+            .iter()
+            .filter(|r| r.status == 200 && r.messages().len() == 100)
+            .collect();
+        if full.is_empty() {
+            return Err(format!("compression {mode}: no batch of 100 messages"));
+        }
+        let wire: usize = full.iter().map(|r| r.wire_len).sum();
+        let decoded: usize = full.iter().map(|r| r.body.len()).sum();
+        let batches = full.len() as f64;
+        runs.insert(
+            mode.to_string(),
+            serde_json::json!({
+                "batches_of_100": full.len(),
+                "compressed_batches": full.iter().filter(|r| r.compressed).count(),
+                "decoded_bytes_per_batch": decoded as f64 / batches,
+                "wire_bytes_per_batch": wire as f64 / batches,
+                "daemon_cpu_us_per_event": cpu * 1e6 / n as f64,
+            }),
+        );
+    }
+    let per_batch = |mode: &str, k: &str| runs[mode][k].as_f64().unwrap_or(f64::NAN);
+    Ok(serde_json::json!({
+        "scenario": "compression", "messages": n, "devices": args.devices,
+        "wire_bytes_per_batch_none": per_batch("none", "wire_bytes_per_batch"),
+        "wire_bytes_per_batch_gzip": per_batch("gzip", "wire_bytes_per_batch"),
+        "gzip_ratio": per_batch("gzip", "decoded_bytes_per_batch") / per_batch("gzip", "wire_bytes_per_batch"),
+        "cpu_us_per_event_none": per_batch("none", "daemon_cpu_us_per_event"),
+        "cpu_us_per_event_gzip": per_batch("gzip", "daemon_cpu_us_per_event"),
+        "runs": runs,
     }))
 }
 
@@ -823,6 +888,7 @@ fn main() -> std::process::ExitCode {
             match scenario {
                 "throughput" => throughput(&args, &binary, 1).await,
                 "batched" => throughput(&args, &binary, 100).await,
+                "compression" => compression(&args, &binary).await,
                 "drain" => drain(&args, &binary).await,
                 "latency" => latency(&args, &binary).await,
                 "idle" => idle(&args, &binary).await,
