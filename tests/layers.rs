@@ -179,3 +179,54 @@ fn the_readme_draws_the_same_table() {
         );
     }
 }
+
+/// Every file of `src/` is named in the README's Layout: by its path, or by its name in the
+/// row of a directory that holds it (`mod.rs` goes with its directory's row).
+#[test]
+fn the_readme_layout_names_every_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
+    let start = readme.find("## Layout").expect("a Layout section");
+    let end = readme[start + 1..]
+        .find("\n## ")
+        .map_or(readme.len(), |i| start + 1 + i);
+    let rows: Vec<&str> = readme[start..end]
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .collect();
+    let mut files = Vec::new();
+    walk(&root.join("src"), &mut files);
+    let mut missing = Vec::new();
+    for f in files {
+        let rel = f
+            .strip_prefix(root)
+            .expect("under the crate")
+            .to_string_lossy()
+            .to_string();
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        let named = rows.iter().any(|row| {
+            let key = row.split(" | ").next().unwrap_or("");
+            if row.contains(&format!("`{rel}`")) {
+                return true;
+            }
+            // A directory row (`src/deliver/`) that holds the file and names it (or any row
+            // of its own directory, for mod.rs).
+            key.split('`')
+                .filter(|k| k.ends_with('/') && rel.starts_with(*k))
+                .any(|dir| {
+                    let sub = &rel[dir.len()..];
+                    (name == "mod.rs" && !sub.contains('/'))
+                        || row.contains(&format!("`{sub}`"))
+                        || row.contains(&format!("`{name}`"))
+                        || row.contains(&format!("{name}`"))
+                })
+        });
+        if !named {
+            missing.push(rel);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "files of src/ the README's Layout does not name: {missing:?}"
+    );
+}
