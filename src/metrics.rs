@@ -126,6 +126,8 @@ pub struct Metrics {
     pub(crate) request_duration: HistogramFamily<WebhookLabel>,
     /// Event observed → receiver answered 2xx.
     pub(crate) delivery_latency: HistogramFamily<WebhookLabel>,
+    /// Bytes requests put on the uplink (estimated: body, head, TLS and TCP/IP overhead).
+    pub(crate) uplink_bytes: Family<WebhookLabel, Counter>,
     /// Queue depth.
     pub(crate) queue_events: Family<WebhookLabel, Gauge>,
     /// Bytes charged for a queue.
@@ -199,6 +201,7 @@ impl Metrics {
             request_errors: Family::default(),
             request_duration: Family::new_with_constructor(latency_histogram),
             delivery_latency: Family::new_with_constructor(latency_histogram),
+            uplink_bytes: Family::default(),
             queue_events: Family::default(),
             queue_bytes: Family::default(),
             store_bytes: Gauge::default(),
@@ -274,6 +277,11 @@ impl Metrics {
             "delivery_latency_seconds",
             "Event observed to receiver 2xx",
             m.delivery_latency.clone(),
+        );
+        registry.register(
+            "uplink_bytes",
+            "Bytes webhook requests put on the uplink, estimated (body, head, TLS and TCP/IP overhead), every request sent",
+            m.uplink_bytes.clone(),
         );
         registry.register(
             "queue_events",
@@ -418,7 +426,11 @@ impl Metrics {
     /// name); `states` and `reasons` are the values its `state` and `reason` labels take.
     pub(crate) fn forget_webhook(&self, name: &str, states: &[&str], reasons: &[&str]) {
         let label = Self::webhook(name);
-        for f in [&self.events_enqueued, &self.events_delivered] {
+        for f in [
+            &self.events_enqueued,
+            &self.events_delivered,
+            &self.uplink_bytes,
+        ] {
             f.remove(&label);
         }
         for f in [

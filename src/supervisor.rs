@@ -109,6 +109,11 @@ fn restart_only(old: &Settings, new: &Settings) -> Vec<&'static str> {
     .collect()
 }
 
+/// An uplink budget for a log line.
+fn budget(rate: Option<u64>) -> String {
+    rate.map_or("none".into(), |b| format!("{b} bytes/s"))
+}
+
 /// The settings of one source of any kind.
 #[derive(Debug, Clone, PartialEq)]
 enum SourceSettings {
@@ -239,6 +244,8 @@ pub struct Supervisor {
     pulses: Pulses,
     /// Every source's live status, handed to each source when it starts.
     source_status: crate::source::status::Sources,
+    /// The uplink's byte budget, shared by every delivery loop; a reload changes it live.
+    uplink: crate::deliver::uplink::Arbiter,
 }
 
 impl Supervisor {
@@ -281,6 +288,7 @@ impl Supervisor {
             store_dropped_seen: Default::default(),
             pulses: Pulses::default(),
             source_status: Default::default(),
+            uplink: crate::deliver::uplink::Arbiter::new(settings.uplink_bytes_per_s),
         });
         sup.pulses.add(&sup.store.pulse());
         sup.store
@@ -1076,6 +1084,14 @@ impl Supervisor {
             applied.sources.push(s.settings.name().to_string());
         }
         inner.sources = sources;
+        if !first && inner.settings.uplink_bytes_per_s != new.uplink_bytes_per_s {
+            tracing::info!(
+                "gateway.uplink_bytes_per_s changed from {} to {}: applied to every webhook at once",
+                budget(inner.settings.uplink_bytes_per_s),
+                budget(new.uplink_bytes_per_s)
+            );
+        }
+        self.uplink.set_rate(new.uplink_bytes_per_s);
         self.orphan_retention_ms.store(
             u64::try_from(new.orphan_retention.as_millis()).unwrap_or(u64::MAX),
             std::sync::atomic::Ordering::Relaxed,
@@ -1148,6 +1164,7 @@ impl Supervisor {
                     pulse: self
                         .pulses
                         .register(format!("the delivery loop of webhook {}", w.name)),
+                    uplink: self.uplink.clone(),
                     _claim: claim,
                 };
                 tokio::spawn(worker.run())

@@ -87,6 +87,9 @@ pub(crate) struct RawGateway {
     pub(crate) orphan_retention: Option<String>,
     /// How long in-flight requests may finish after SIGTERM (default `"5s"`).
     pub(crate) shutdown_grace: Option<String>,
+    /// Bytes per second all webhooks together may put on the uplink: a number of bytes or
+    /// a size such as `"20KiB"` (default: no budget).
+    pub(crate) uplink_bytes_per_s: Option<toml::Value>,
 }
 
 /// `[admin]`.
@@ -316,6 +319,10 @@ pub(crate) struct RawWebhook {
     pub(crate) conflate: Option<bool>,
     /// Request-body compression: `none` (default) or `gzip`.
     pub(crate) compression: Option<String>,
+    /// 0–9 (default 5): while the uplink budget is the limit, a higher one goes first.
+    pub(crate) priority: Option<i64>,
+    /// Its share of the uplink budget among webhooks of the same priority (default 1).
+    pub(crate) uplink_weight: Option<i64>,
     /// Standard Webhooks signing secret (`whsec_…`).
     pub(crate) signing_secret: Option<String>,
     /// File holding the signing secret.
@@ -380,6 +387,8 @@ pub struct Settings {
     pub(crate) orphan_retention: Duration,
     /// How long in-flight requests may finish after a stop signal.
     pub shutdown_grace: Duration,
+    /// Bytes per second all webhooks together may send (None: no budget).
+    pub(crate) uplink_bytes_per_s: Option<u64>,
     /// `[log] filter`, if set.
     pub log_filter: Option<String>,
     /// `[log] format`, if set.
@@ -622,6 +631,10 @@ pub struct WebhookSettings {
     pub(crate) signer: Option<crate::value::signing::Signer>,
     /// How request bodies go on the wire (gzip: batches of 1 KiB or more).
     pub(crate) compression: crate::value::compression::Compression,
+    /// 0–9: while the uplink budget is the limit, a higher one goes first.
+    pub(crate) priority: u8,
+    /// Its share of the uplink budget among webhooks of the same priority, by bytes.
+    pub(crate) uplink_weight: u32,
     /// Static extra headers (names lower-case, checked).
     pub(crate) headers: Vec<(String, String)>,
     /// Per-path noise filters, the most specific pattern first (the first that matches
@@ -659,6 +672,8 @@ pub(crate) const WEBHOOK_DEFAULTS: &[(&str, &str)] = &[
     ("overflow", "drop_oldest"),
     ("compression", "none"),
     ("conflate", "false"),
+    ("priority", "5"),
+    ("uplink_weight", "1"),
 ];
 
 /// Whether a device's messages must stay in order.

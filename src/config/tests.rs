@@ -545,3 +545,64 @@ fn the_webhook_defaults_the_console_shows_are_the_validators() {
     .unwrap();
     assert_ne!(plain.webhooks[0], other.webhooks[0]);
 }
+
+#[test]
+fn the_uplink_budget_is_bytes_or_a_size_and_names_its_line_when_wrong() {
+    let file = Path::new("/etc/roomhook/roomhook.toml");
+    let with = |v: &str| {
+        GOOD.replace(
+            "org_id = \"my-org\"",
+            &format!("org_id = \"my-org\"\nuplink_bytes_per_s = {v}"),
+        )
+    };
+    assert_eq!(load_str(file, GOOD).unwrap().uplink_bytes_per_s, None);
+    for (v, want) in [
+        ("20480", Some(20_480)),
+        ("\"20KiB\"", Some(20_480)),
+        ("\"1MB\"", Some(1_000_000)),
+        ("0", None),
+        ("\"0\"", None),
+    ] {
+        assert_eq!(
+            load_str(file, &with(v)).unwrap().uplink_bytes_per_s,
+            want,
+            "{v}"
+        );
+    }
+    for (v, says) in [
+        ("\"lots\"", "not a size"),
+        ("-5", "negative"),
+        ("1.5", "not a number of bytes"),
+        ("20", "less than one request a second"),
+    ] {
+        let e = one(&with(v));
+        assert_eq!(e.key, "gateway.uplink_bytes_per_s", "{v}");
+        assert_eq!(e.line, Some(4), "{v}");
+        assert!(e.problem.contains(says), "{v}: {e}");
+        assert!(e.fix.contains("\"20KiB\""), "{v}: {e}");
+    }
+}
+
+#[test]
+fn priority_is_0_to_9_and_the_weight_at_least_1() {
+    let file = Path::new("/etc/roomhook/roomhook.toml");
+    let plain = load_str(file, GOOD).unwrap();
+    assert_eq!(
+        (plain.webhooks[0].priority, plain.webhooks[0].uplink_weight),
+        (5, 1)
+    );
+    let set = load_str(file, &format!("{GOOD}priority = 9\nuplink_weight = 3\n")).unwrap();
+    assert_eq!(
+        (set.webhooks[0].priority, set.webhooks[0].uplink_weight),
+        (9, 3)
+    );
+    let e = one(&format!("{GOOD}priority = 10\n"));
+    assert_eq!(e.key, "webhooks[0].priority");
+    assert_eq!(e.line, Some(28));
+    assert!(e.problem.contains("0 to 9"), "{e}");
+    assert!(e.fix.contains("highest"), "{e}");
+    let e = one(&format!("{GOOD}uplink_weight = 0\n"));
+    assert_eq!(e.key, "webhooks[0].uplink_weight");
+    assert_eq!(e.line, Some(28));
+    assert!(e.fix.contains("uplink_weight = 3"), "{e}");
+}

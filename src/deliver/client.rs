@@ -105,6 +105,25 @@ pub struct WebhookClient {
     compression: crate::value::compression::Compression,
 }
 
+/// A request ready to go ([`WebhookClient::prepare`]).
+pub(crate) struct Ready {
+    req: Request<Full<Bytes>>,
+    /// What it puts on the uplink, estimated ([`super::uplink::request_bytes`]).
+    pub(crate) bytes: u64,
+}
+
+impl Ready {
+    /// Sets `headers` anew (a fresh `webhook-timestamp` and signature after a wait for the
+    /// uplink budget: the same lengths, so the estimate holds).
+    pub(crate) fn restamp(&mut self, headers: &[(&'static str, String)]) {
+        for (k, v) in headers {
+            if let Ok(v) = HeaderValue::from_str(v) {
+                self.req.headers_mut().insert(*k, v);
+            }
+        }
+    }
+}
+
 impl WebhookClient {
     /// Builds the client for a webhook's settings.
     pub fn new(w: &WebhookSettings) -> Result<Self, ClientError> {
@@ -151,9 +170,23 @@ impl WebhookClient {
     }
 
     /// POSTs a JSON body with `extra` headers (signed over `body` as it is), compressed for
-    /// the wire when the webhook says so; never follows redirects.
+    /// the wire when the webhook says so; never follows redirects. The duration is the
+    /// whole of it, compression included.
     pub async fn post(&self, body: Bytes, extra: &[(&'static str, String)]) -> (Outcome, Duration) {
         let started = Instant::now();
+        match self.prepare(body, extra).await {
+            Ok(ready) => (self.send(ready).await.0, started.elapsed()),
+            Err(f) => (Outcome::Failed(f), started.elapsed()),
+        }
+    }
+
+    /// A request made ready to go: the body compressed for the wire when the webhook says
+    /// so, every header set, and what it will put on the uplink estimated.
+    pub(crate) async fn prepare(
+        &self,
+        body: Bytes,
+        extra: &[(&'static str, String)],
+    ) -> Result<Ready, Failure> {
         let wire =
             super::compress::encode(self.compression, body, super::compress::MIN_BYTES).await;
         let mut req = Request::post(self.url.clone())
@@ -171,20 +204,47 @@ impl WebhookClient {
         if let Some(encoding) = wire.encoding {
             req = req.header(CONTENT_ENCODING, encoding);
         }
-        let req = match req.body(Full::new(wire.body)) {
-            Ok(r) => r,
-            Err(e) => {
-                return (
-                    Outcome::Failed(Failure {
-                        kind: FailureKind::Other,
-                        message: format!("cannot build the request: {e}"),
-                        retry_after: None,
-                    }),
-                    started.elapsed(),
-                )
-            }
+        let req = req.body(Full::new(wire.body)).map_err(|e| Failure {
+            kind: FailureKind::Other,
+            message: format!("cannot build the request: {e}"),
+            retry_after: None,
+        })?;
+        let bytes = self.uplink_bytes(&req);
+        Ok(Ready { req, bytes })
+    }
+
+    /// What `req` puts on the uplink ([`super::uplink::request_bytes`]): its head as hyper
+    /// writes it (with the `host` and `content-length` it adds) and its body.
+    fn uplink_bytes(&self, req: &Request<Full<Bytes>>) -> u64 {
+        use hyper::body::Body as _;
+        let body = req.body().size_hint().exact().unwrap_or(0);
+        let host = match (self.url.host(), self.url.port_u16()) {
+            (Some(h), Some(p)) if p != 443 => format!("{h}:{p}"),
+            (Some(h), _) => h.to_string(),
+            (None, _) => String::new(),
         };
-        let outcome = match tokio::time::timeout(self.timeout, self.exchange(req)).await {
+        let length = body.to_string();
+        let added = [
+            ("host", host.as_bytes()),
+            ("content-length", length.as_bytes()),
+        ];
+        let target = self.url.path_and_query().map_or("/", |p| p.as_str());
+        let head = super::uplink::head_bytes(
+            req.method().as_str(),
+            target,
+            req.headers()
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_bytes()))
+                .chain(added),
+        );
+        super::uplink::request_bytes(head, body)
+    }
+
+    /// Sends a request made ready by [`prepare`](Self::prepare); never follows redirects.
+    /// The duration is the request's own round trip (from the moment it goes out).
+    pub(crate) async fn send(&self, ready: Ready) -> (Outcome, Duration) {
+        let started = Instant::now();
+        let outcome = match tokio::time::timeout(self.timeout, self.exchange(ready.req)).await {
             Ok(o) => o,
             Err(_) => Outcome::Failed(Failure {
                 kind: FailureKind::Timeout,

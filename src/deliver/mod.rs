@@ -14,4 +14,5 @@ pub(crate) mod scheduler;
 pub(crate) mod signing;
 pub mod status;
 pub(crate) mod throttle;
+pub mod uplink;
 pub mod worker;

@@ -75,7 +75,7 @@ pub(crate) struct WebhookStatus {
     pub(crate) last_error: Option<LastError>,
     /// When the state last changed (unix ms).
     pub(crate) state_since_ms: i64,
-    /// Delivered events and failed requests per minute, last 24 hours.
+    /// Delivered events, failed requests and bytes sent per minute, last 24 hours.
     #[serde(skip)]
     pub(crate) recent: Recent,
 }
@@ -83,11 +83,20 @@ pub(crate) struct WebhookStatus {
 /// Minutes kept by [`Recent`].
 const MINUTES: usize = 24 * 60;
 
-/// Delivered events and failed requests per minute over the last 24 hours.
+/// One minute of [`Recent`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Minute {
+    delivered: u32,
+    errors: u32,
+    /// Bytes put on the uplink (estimated, every request).
+    bytes: u64,
+}
+
+/// Delivered events, failed requests and bytes sent per minute over the last 24 hours.
 #[derive(Debug, Clone)]
 pub(crate) struct Recent {
-    /// (delivered, errors) by minute, a ring indexed by unix minute.
-    buckets: Vec<(u32, u32)>,
+    /// By minute, a ring indexed by unix minute.
+    buckets: Vec<Minute>,
     /// The newest minute written.
     head: i64,
 }
@@ -95,7 +104,7 @@ pub(crate) struct Recent {
 impl Default for Recent {
     fn default() -> Self {
         Self {
-            buckets: vec![(0, 0); MINUTES],
+            buckets: vec![Minute::default(); MINUTES],
             head: 0,
         }
     }
@@ -116,6 +125,15 @@ pub(crate) struct RecentCounts {
     pub(crate) delivered_24h: u64,
     /// Failed requests in the last 24 hours.
     pub(crate) errors_24h: u64,
+    /// Bytes put on the uplink in the last 5 minutes (estimated; a daemon from before it: 0).
+    #[serde(default)]
+    pub(crate) bytes_5m: u64,
+    /// The same in the last hour.
+    #[serde(default)]
+    pub(crate) bytes_1h: u64,
+    /// The same in the last 24 hours.
+    #[serde(default)]
+    pub(crate) bytes_24h: u64,
 }
 
 impl Recent {
@@ -125,37 +143,52 @@ impl Recent {
         }
         let gap = (minute - self.head).min(MINUTES as i64);
         for m in (minute - gap + 1)..=minute {
-            self.buckets[m.rem_euclid(MINUTES as i64) as usize] = (0, 0);
+            self.buckets[m.rem_euclid(MINUTES as i64) as usize] = Minute::default();
         }
         self.head = minute;
     }
 
-    /// Adds to the minute of `now_ms`.
-    pub(crate) fn record(&mut self, now_ms: i64, delivered: u64, errors: u64) {
+    /// The bucket of the minute of `now_ms` (`None`: older than the ring).
+    fn at(&mut self, now_ms: i64) -> Option<&mut Minute> {
         let minute = now_ms / 60_000;
         self.advance(minute);
         if minute + (MINUTES as i64) <= self.head {
-            return; // older than the ring
+            return None;
         }
-        let b = &mut self.buckets[minute.rem_euclid(MINUTES as i64) as usize];
-        b.0 =
-            b.0.saturating_add(delivered.min(u64::from(u32::MAX)) as u32);
-        b.1 = b.1.saturating_add(errors.min(u64::from(u32::MAX)) as u32);
+        Some(&mut self.buckets[minute.rem_euclid(MINUTES as i64) as usize])
+    }
+
+    /// Adds to the minute of `now_ms`.
+    pub(crate) fn record(&mut self, now_ms: i64, delivered: u64, errors: u64) {
+        if let Some(b) = self.at(now_ms) {
+            let clamp = |n: u64| n.min(u64::from(u32::MAX)) as u32;
+            b.delivered = b.delivered.saturating_add(clamp(delivered));
+            b.errors = b.errors.saturating_add(clamp(errors));
+        }
+    }
+
+    /// Adds the bytes of a request that went out to the minute of `now_ms`.
+    pub(crate) fn sent(&mut self, now_ms: i64, bytes: u64) {
+        if let Some(b) = self.at(now_ms) {
+            b.bytes = b.bytes.saturating_add(bytes);
+        }
     }
 
     /// (delivered, errors) of each of the last `n` minutes as of `now_ms`, oldest first
     /// (the current minute last): what the console's chart draws.
     pub(crate) fn minutes(&self, now_ms: i64, n: usize) -> Vec<(u32, u32)> {
-        self.last(now_ms, n).collect()
+        self.last(now_ms, n)
+            .map(|m| (m.delivered, m.errors))
+            .collect()
     }
 
     /// The last `n` minutes as of `now_ms`, oldest first.
-    fn last(&self, now_ms: i64, n: usize) -> impl Iterator<Item = (u32, u32)> + '_ {
+    fn last(&self, now_ms: i64, n: usize) -> impl Iterator<Item = Minute> + '_ {
         let now = now_ms / 60_000;
         let n = n.min(MINUTES) as i64;
         ((now - n + 1)..=now).map(move |m| {
             if m > self.head || m + (MINUTES as i64) <= self.head {
-                (0, 0)
+                Minute::default()
             } else {
                 self.buckets[m.rem_euclid(MINUTES as i64) as usize]
             }
@@ -166,13 +199,18 @@ impl Recent {
     /// included).
     pub(crate) fn counts(&self, now_ms: i64) -> RecentCounts {
         let sum = |minutes: usize| {
-            self.last(now_ms, minutes).fold((0u64, 0u64), |(d, e), b| {
-                (d + u64::from(b.0), e + u64::from(b.1))
-            })
+            self.last(now_ms, minutes)
+                .fold((0u64, 0u64, 0u64), |(d, e, b), m| {
+                    (
+                        d + u64::from(m.delivered),
+                        e + u64::from(m.errors),
+                        b.saturating_add(m.bytes),
+                    )
+                })
         };
-        let (d5, e5) = sum(5);
-        let (d60, e60) = sum(60);
-        let (d24, e24) = sum(MINUTES);
+        let (d5, e5, b5) = sum(5);
+        let (d60, e60, b60) = sum(60);
+        let (d24, e24, b24) = sum(MINUTES);
         RecentCounts {
             delivered_5m: d5,
             errors_5m: e5,
@@ -180,6 +218,9 @@ impl Recent {
             errors_1h: e60,
             delivered_24h: d24,
             errors_24h: e24,
+            bytes_5m: b5,
+            bytes_1h: b60,
+            bytes_24h: b24,
         }
     }
 }
@@ -211,7 +252,11 @@ mod tests {
         r.record(t0, 10, 1);
         r.record(t0 + 2 * 60_000, 5, 0);
         r.record(t0 + 30 * 60_000, 7, 2);
+        r.sent(t0, 700);
+        r.sent(t0 + 28 * 60_000, 1000);
+        r.sent(t0 + 30 * 60_000, 300);
         let c = r.counts(t0 + 30 * 60_000);
+        assert_eq!((c.bytes_5m, c.bytes_1h, c.bytes_24h), (1300, 2000, 2000));
         assert_eq!((c.delivered_5m, c.errors_5m), (7, 2));
         assert_eq!((c.delivered_1h, c.errors_1h), (22, 3));
         assert_eq!(c.delivered_24h, 22);
@@ -227,6 +272,7 @@ mod tests {
             (c.delivered_5m, c.delivered_1h, c.delivered_24h),
             (1, 1, 13)
         );
+        assert_eq!(c.bytes_24h, 1300);
         // Reading far ahead without writes: nothing recent.
         assert_eq!(
             r.counts(later + 10 * 24 * 60 * 60_000),

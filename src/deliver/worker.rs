@@ -15,6 +15,7 @@ use super::scheduler::{Circuit, Scheduler, Verdict};
 use super::signing;
 use super::status::{LastError, SharedStatus, State};
 use super::throttle::{Throttle, Turn};
+use super::uplink::{Arbiter, Flow};
 use crate::config::{Ordering, WebhookSettings};
 use crate::metrics::{Metrics, WebhookCodeLabel, WebhookKindLabel, WebhookStateLabel};
 use crate::ratelog::RateLog;
@@ -62,6 +63,8 @@ pub(crate) struct Worker {
     pub(crate) grace: Duration,
     /// Liveness mark for the watchdog: busy in a turn of the loop, resting while it waits.
     pub(crate) pulse: crate::pulse::Pulse,
+    /// The uplink's byte budget, shared by every webhook (`[gateway] uplink_bytes_per_s`).
+    pub(crate) uplink: Arbiter,
     /// The right to read the queue `id`, held for as long as the loop runs (one loop per
     /// queue: the store refuses a second claim).
     pub(crate) _claim: crate::store::change::Claim,
@@ -73,7 +76,9 @@ struct Request {
     entries: Vec<Arc<Entry>>,
 }
 
-type Done = (Request, Outcome, Duration);
+/// A request that ended: its answer and its own round trip, or `None` when the loop stopped
+/// while it waited for the uplink budget (it never went out).
+type Done = (Request, Option<(Outcome, Duration)>);
 
 /// Per-webhook counters resolved once.
 struct Counters {
@@ -119,6 +124,8 @@ struct Pace {
     conflation: Option<Conflation>,
     /// `roomhook_events_filtered_total{reason="superseded"}`, resolved once.
     conflated: Counter,
+    /// `roomhook_uplink_bytes_total` of this webhook, resolved once.
+    uplink_bytes: Counter,
 }
 
 impl Pace {
@@ -153,6 +160,11 @@ impl Worker {
                 reason: "superseded".into(),
             })
             .clone();
+        let uplink_bytes = self
+            .metrics
+            .uplink_bytes
+            .get_or_create(&Metrics::webhook(&self.settings.name))
+            .clone();
         let mut pace = Pace {
             sched: Scheduler::new(
                 Backoff {
@@ -184,6 +196,7 @@ impl Worker {
                 .clone(),
             conflation: self.settings.conflate.then(Conflation::default),
             conflated,
+            uplink_bytes,
         };
         let label = Metrics::webhook(&self.settings.name);
         let m = &self.metrics;
@@ -494,10 +507,41 @@ impl Worker {
             let seqs: Vec<u64> = request.entries.iter().map(|e| e.seq).collect();
             let id = signing::message_id(self.store.store_id(), self.id.0, &seqs);
             let signer = self.settings.signer.clone();
+            let (uplink, sent, status, stop) = (
+                self.uplink.clone(),
+                pace.uplink_bytes.clone(),
+                self.status.clone(),
+                self.shutdown.clone(),
+            );
+            let flow = Flow {
+                id: self.id.0,
+                priority: self.settings.priority,
+                weight: self.settings.uplink_weight,
+            };
             in_flight.push(Box::pin(async move {
                 let headers = signing::headers(signer.as_ref(), &id, &body);
-                let (outcome, took) = client.post(body, &headers).await;
-                (request, outcome, took)
+                let mut ready = match client.prepare(body.clone(), &headers).await {
+                    Ok(r) => r,
+                    Err(f) => return (request, Some((Outcome::Failed(f), Duration::ZERO))),
+                };
+                // The uplink budget, last: after the rate limit and the in-flight limit, and
+                // outside the round trip the in-flight limit is adapted by. A stop while it
+                // waits leaves the request unsent.
+                let waited = tokio::select! {
+                    biased;
+                    waited = uplink.acquire(flow, ready.bytes) => waited,
+                    () = stop.cancelled() => return (request, None),
+                };
+                if waited {
+                    // A fresh timestamp: receivers refuse old ones (Standard Webhooks: 5 min).
+                    ready.restamp(&signing::headers(signer.as_ref(), &id, &body));
+                }
+                sent.inc_by(ready.bytes);
+                if let Ok(mut st) = status.lock() {
+                    st.recent.sent(crate::timefmt::now_ms(), ready.bytes);
+                }
+                let answer = client.send(ready).await;
+                (request, Some(answer))
             }));
         }
     }
@@ -636,14 +680,24 @@ impl Worker {
         counters: &mut Counters,
         removed: &mut Vec<u64>,
         dead: &mut Vec<(u64, DeadLetter)>,
-        (request, outcome, took): Done,
+        (request, answer): Done,
     ) {
         let name = &self.settings.name;
+        pace.in_flight -= 1;
+        pace.items_in_flight = pace.items_in_flight.saturating_sub(request.entries.len());
+        let Some((outcome, took)) = answer else {
+            // Stopped before the uplink budget let it go: never sent, still queued.
+            for lane in &request.lanes {
+                pace.sched.give_back(lane, 0);
+            }
+            for e in &request.entries {
+                pace.throttle.unsent(&e.event);
+            }
+            return;
+        };
         counters.duration.observe(took.as_secs_f64());
         let now = Instant::now();
         let unit: f64 = rand::random();
-        pace.in_flight -= 1;
-        pace.items_in_flight = pace.items_in_flight.saturating_sub(request.entries.len());
         let status = match &outcome {
             Outcome::Delivered { status } => Some(status.as_u16()),
             Outcome::Failed(f) => match f.kind {
@@ -1098,6 +1152,7 @@ mod demo_tests {
             shutdown: shutdown.clone(),
             grace: Duration::from_secs(1),
             pulse: crate::pulse::Pulse::new("the delivery loop of webhook a"),
+            uplink: crate::deliver::uplink::Arbiter::new(None),
             _claim: store.claim(a).unwrap(),
         };
         let task = tokio::spawn(worker.run());

@@ -271,6 +271,7 @@ pub(crate) fn validate(
         (SHUTDOWN_GRACE, SHUTDOWN_GRACE_MAX),
         "write e.g. \"10s\" (with TimeoutStopSec of the systemd unit, 30s, leave 10s for the rest of the stop)",
     );
+    let uplink_bytes_per_s = uplink_budget(&mut cx, g.uplink_bytes_per_s.as_ref());
     if raw.gateway.threads.is_some_and(|t| !(1..=64).contains(&t)) {
         cx.err(
             "gateway.threads",
@@ -345,6 +346,7 @@ pub(crate) fn validate(
             commit_interval,
             orphan_retention,
             shutdown_grace,
+            uplink_bytes_per_s,
             log_filter: raw.log.filter.clone(),
             log_format: raw.log.format,
             mqtt,
@@ -353,6 +355,42 @@ pub(crate) fn validate(
         })
     } else {
         Err(ConfigErrors(cx.errs))
+    }
+}
+
+/// The least `[gateway] uplink_bytes_per_s` (besides 0, no budget): a request is about
+/// 0.7 KiB on the uplink, so less is under one request a second (a unit forgotten, most
+/// likely: `20` for 20 KiB).
+const UPLINK_MIN: u64 = 1024;
+
+/// `[gateway] uplink_bytes_per_s`: a number of bytes or a size (`"20KiB"`); 0 or unset: no
+/// budget.
+fn uplink_budget(cx: &mut Ctx<'_>, raw: Option<&toml::Value>) -> Option<u64> {
+    const KEY: &str = "gateway.uplink_bytes_per_s";
+    let bytes = match raw? {
+        toml::Value::Integer(n) => u64::try_from(*n).map_err(|_| format!("{n} is negative")),
+        toml::Value::String(s) => super::units::parse_bytes(s),
+        other => Err(format!("{other} is not a number of bytes")),
+    };
+    match bytes {
+        Ok(0) => None,
+        Ok(b) if b >= UPLINK_MIN => Some(b),
+        Ok(b) => {
+            cx.err(
+                KEY,
+                format!("{b} bytes per second is less than one request a second (a request is about 0.7 KiB)"),
+                "write the budget with its unit, e.g. \"20KiB\" (or 0 for no budget)",
+            );
+            None
+        }
+        Err(e) => {
+            cx.err(
+                KEY,
+                e,
+                "write bytes per second as a number (20480) or a size such as \"20KiB\" or \"1MB\"",
+            );
+            None
+        }
     }
 }
 

@@ -121,6 +121,15 @@ pub(super) fn webhook(
         }
     };
     let compression = compression(cx, key, w.compression.as_deref());
+    let priority = int_in(
+        cx,
+        &format!("{key}.priority"),
+        w.priority,
+        5,
+        (0, 9),
+        "write 0 (lowest) to 9 (highest), e.g. priority = 7; the default is 5",
+    );
+    let uplink_weight = int_in(cx, &format!("{key}.uplink_weight"), w.uplink_weight, 1, (1, 1000), "write 1 (default) or more, e.g. uplink_weight = 3 for three times the share of a webhook of weight 1 and the same priority");
     let secret = cx.secret(
         key,
         "signing_secret",
@@ -176,9 +185,31 @@ pub(super) fn webhook(
         conflate: w.conflate.unwrap_or(false),
         signer,
         compression,
+        priority: priority as u8,
+        uplink_weight: uplink_weight as u32,
         headers,
         filters,
     })
+}
+
+/// An integer key within `min..=max` (`default` when unset or out of range: the error is
+/// recorded).
+fn int_in(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    raw: Option<i64>,
+    default: i64,
+    (min, max): (i64, i64),
+    fix: &str,
+) -> i64 {
+    match raw {
+        None => default,
+        Some(n) if (min..=max).contains(&n) => n,
+        Some(n) => {
+            cx.err(key, format!("{n} is not {min} to {max}"), fix);
+            default
+        }
+    }
 }
 
 /// `compression`: `"none"` (default) or `"gzip"`; a near miss gets a did-you-mean.
