@@ -229,6 +229,13 @@ pub struct Fields {
     /// leaves unsent (after an outage the receiver gets current values, and every event).
     #[arg(long, value_name = "true|false")]
     conflate: Option<bool>,
+    /// 0 (lowest) to 9 (highest; default 5): while [gateway] uplink_bytes_per_s is the limit,
+    /// the webhooks of a higher priority go first.
+    #[arg(long, value_name = "0-9")]
+    priority: Option<u8>,
+    /// Its share of the uplink budget among webhooks of the same priority, by bytes (default 1).
+    #[arg(long, value_name = "N")]
+    uplink_weight: Option<u32>,
     /// Extra header sent with every request, "Name: value" (repeatable).
     #[arg(long = "header", value_name = "NAME: VALUE")]
     headers: Vec<String>,
@@ -305,6 +312,12 @@ impl Fields {
         }
         if let Some(v) = self.conflate {
             m.insert("conflate".into(), v.into());
+        }
+        if let Some(v) = self.priority {
+            m.insert("priority".into(), v.into());
+        }
+        if let Some(v) = self.uplink_weight {
+            m.insert("uplink_weight".into(), v.into());
         }
         if !self.headers.is_empty() {
             let mut h = Map::new();
@@ -653,6 +666,21 @@ fn human_age(secs: f64) -> String {
     }
 }
 
+/// Bytes as "512 B", "12.3 KiB", "4.5 MiB", "1.2 GiB".
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / 1_048_576.0)
 }
@@ -675,12 +703,13 @@ pub(crate) fn render_status(s: &StatusReport) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<18} {:<12} {:>5}  {:>20}  {:>14}  {:>7} {:>6} {:>5}  LAST ERROR",
+        "{:<18} {:<12} {:>5}  {:>20}  {:>14}  {:>10}  {:>7} {:>6} {:>5}  LAST ERROR",
         "WEBHOOK",
         "STATE",
         "FOR",
         "DELIVERED 5m/1h/24h",
         "ERRORS 5m/1h/24h",
+        "SENT 24h",
         "QUEUED",
         "OLDEST",
         "LIMIT"
@@ -693,12 +722,13 @@ pub(crate) fn render_status(s: &StatusReport) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<18} {:<12} {:>5}  {:>20}  {:>14}  {:>7} {:>6} {:>5}  {}",
+            "{:<18} {:<12} {:>5}  {:>20}  {:>14}  {:>10}  {:>7} {:>6} {:>5}  {}",
             w.name,
             w.state,
             human_age(w.state_age_s),
             format!("{}/{}/{}", r.delivered_5m, r.delivered_1h, r.delivered_24h),
             format!("{}/{}/{}", r.errors_5m, r.errors_1h, r.errors_24h),
+            human_bytes(r.bytes_24h),
             w.queue.events,
             w.queue.oldest_age_s.map_or("-".into(), human_age),
             w.in_flight_limit,
@@ -833,6 +863,8 @@ mod tests {
             headers: vec!["X-Site: Oslo".into()],
             compression: Some("gzip".into()),
             conflate: Some(true),
+            priority: Some(9),
+            uplink_weight: Some(3),
             set: vec!["rate_limit=50".into(), "batch_linger=100ms".into()],
             ..Fields::default()
         };
@@ -844,6 +876,10 @@ mod tests {
         assert_eq!(m["batch_linger"], json!("100ms"));
         assert_eq!(m["compression"], json!("gzip"));
         assert_eq!(m["conflate"], json!(true));
+        assert_eq!(
+            (&m["priority"], &m["uplink_weight"]),
+            (&json!(9), &json!(3))
+        );
         let bad = Fields {
             headers: vec!["nocolon".into()],
             ..Fields::default()

@@ -163,6 +163,14 @@ pub(crate) struct WebhookDescription {
     /// Superseded status values leave the queue unsent (a daemon from before it: false).
     #[serde(default)]
     pub(crate) conflate: bool,
+    /// 0–9: while the uplink budget is the limit, a higher one goes first (a daemon from
+    /// before it: 5).
+    #[serde(default = "default_priority")]
+    pub(crate) priority: u8,
+    /// Its share of the uplink budget among webhooks of its priority (a daemon from before
+    /// it: 1).
+    #[serde(default = "default_uplink_weight")]
+    pub(crate) uplink_weight: u32,
     /// Requests per second, if limited.
     pub(crate) rate_limit: Option<f64>,
     /// Messages per batch at most.
@@ -197,6 +205,14 @@ pub(crate) struct WebhookDescription {
     pub(crate) status: Option<StatusView>,
     /// Its queue.
     pub(crate) queue: QueueBrief,
+}
+
+fn default_priority() -> u8 {
+    5
+}
+
+fn default_uplink_weight() -> u32 {
+    1
 }
 
 /// How a webhook authenticates, secrets masked.

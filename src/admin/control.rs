@@ -179,6 +179,8 @@ pub(crate) fn describe(store: &crate::store::Store, w: &WebhookView) -> WebhookD
         overflow: s.overflow,
         compression: s.compression,
         conflate: s.conflate,
+        priority: s.priority,
+        uplink_weight: s.uplink_weight,
         rate_limit: s.pacing.rate_limit,
         batch_max_messages: s.pacing.batch_max_messages,
         max_in_flight: s.max_in_flight,

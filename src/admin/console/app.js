@@ -228,6 +228,8 @@ const PACING = [
   ["overflow", "When the store is full (drop_oldest, coalesce, block)", "text"],
   ["compression", "Compress bodies of 1 KiB or more (none or gzip)", "text"],
   ["conflate", "Send only the newest queued value of each status (true or false)", "bool"],
+  ["priority", "Priority on the uplink budget (0 lowest to 9 highest)", "int"],
+  ["uplink_weight", "Share of the uplink budget among its priority", "int"],
   ["max_queue_age", "Drop events older than", "text", "never"],
 ];
 function groups(box, entries, kind) {
