@@ -161,6 +161,17 @@ async fn every_counter_is_exact_for_a_known_mix() {
     assert!(m("roomhook_store_commit_duration_seconds_count").is_some_and(|n| n >= 1.0));
     assert!(m("roomhook_in_flight_limit{webhook=\"main\"}").is_some_and(|n| n >= 1.0));
     assert_eq!(main.receiver.accepted_messages(), 4);
+    // Every request's bytes on the uplink, as the daemon estimates them, and as they add
+    // up from what each receiver got (answered or refused).
+    for (name, rx) in [
+        ("main", &main.receiver),
+        ("strict", &rig.hook("strict").receiver),
+    ] {
+        let got: u64 = rx.requests().iter().map(uplink_bytes).sum();
+        assert!(got > 0);
+        let series = format!("roomhook_uplink_bytes_total{{webhook=\"{name}\"}}");
+        assert_eq!(m(&series), Some(got as f64), "{series}\n{text}");
+    }
 
     // /readyz: ready (nothing failing for long); the body names the parts.
     let (status, body) = roomhook_testkit::http_get(admin, "/readyz", None);
@@ -204,6 +215,8 @@ async fn every_counter_is_exact_for_a_known_mix() {
         .find(|w| w["name"] == "main")
         .unwrap();
     assert_eq!(main_json["recent"]["delivered_24h"], 4);
+    let sent: u64 = main.receiver.requests().iter().map(uplink_bytes).sum();
+    assert_eq!(main_json["recent"]["bytes_24h"], sent);
 
     // [log] format = "json" is used when no flag says otherwise (the harness sets only the
     // filter); secrets never show up.

@@ -318,14 +318,6 @@ async fn batching_sends_arrays_and_keeps_per_device_order() {
     assert_complete_and_ordered(&reqs, 5, 100);
 }
 
-/// What a request the receiver got put on the uplink, by the daemon's own estimate: its
-/// head as it arrived (hyper's `host` and `content-length` included) and its body as sent.
-fn uplink_bytes(r: &roomhook::demo::receiver::Received) -> u64 {
-    use roomhook::deliver::uplink::{head_bytes, request_bytes};
-    let headers = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
-    request_bytes(head_bytes("POST", &r.path, headers), r.wire_len as u64)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_uplink_budget_goes_to_the_higher_priority_first_and_is_never_exceeded() {
     // 20 KiB/s for both webhooks; `facilities` (priority 9) takes the hi-* devices, `low`

@@ -353,6 +353,15 @@ pub fn workload(devices: usize, per_device: usize) -> Vec<(String, i64)> {
     out
 }
 
+/// What a request a receiver got put on the uplink, by the daemon's own estimate
+/// (`roomhook_uplink_bytes_total`): its head as it arrived (with the `host` and
+/// `content-length` hyper adds) and its body as it came over the wire.
+pub fn uplink_bytes(r: &roomhook::demo::receiver::Received) -> u64 {
+    use roomhook::deliver::uplink::{head_bytes, request_bytes};
+    let headers = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
+    request_bytes(head_bytes("POST", &r.path, headers), r.wire_len as u64)
+}
+
 /// Messages in the accepted requests (batches flattened).
 pub fn accepted_messages(rx: &roomhook::demo::receiver::Receiver) -> usize {
     rx.accepted().iter().map(|r| r.messages().len()).sum()
