@@ -584,38 +584,29 @@ mod tests {
         assert_eq!(bytes_of(&grants, 1, 6000, 10_000), 0);
     }
 
+    /// The bytes webhooks 1 and 2, of the same priority and weights `w1` and `w2`, get of
+    /// 20 s of a 20 KiB/s budget while both are backlogged with requests of `size(id)`.
+    fn shares(w1: u32, w2: u32, size: impl Fn(u32) -> u64) -> (u64, u64) {
+        let flows = [flow(1, 5, w1), flow(2, 5, w2)];
+        let grants = play(20 * KIB, &flows, 3, 20, |id, _| size(id), |_, _| true);
+        let of = |id| bytes_of(&grants, id, 0, 20_000);
+        (of(1), of(2))
+    }
+
     #[test]
     fn equal_priorities_share_by_bytes_in_proportion_to_their_weights() {
-        let rate = 20 * KIB;
         // Equal weights, different request sizes: equal bytes, not equal requests.
-        let flows = [flow(1, 5, 1), flow(2, 5, 1)];
-        let size = |id: u32, _| if id == 1 { 300 } else { 3000 };
-        let grants = play(rate, &flows, 3, 20, size, |_, _| true);
-        let (a, b) = (
-            bytes_of(&grants, 1, 0, 20_000),
-            bytes_of(&grants, 2, 0, 20_000),
-        );
+        let (a, b) = shares(1, 1, |id| if id == 1 { 300 } else { 3000 });
         let ratio = a as f64 / b as f64;
         assert!((0.95..=1.05).contains(&ratio), "{a} vs {b}");
         // Weights 1 and 3: a quarter and three quarters.
-        let flows = [flow(1, 5, 1), flow(2, 5, 3)];
-        let grants = play(rate, &flows, 3, 20, |_, _| 700, |_, _| true);
-        let (a, b) = (
-            bytes_of(&grants, 1, 0, 20_000),
-            bytes_of(&grants, 2, 0, 20_000),
-        );
+        let (a, b) = shares(1, 3, |_| 700);
         let ratio = b as f64 / a as f64;
         assert!((2.85..=3.15).contains(&ratio), "{a} vs {b}");
         // A webhook that was idle gets no credit for it: once both wait, they alternate.
         let flows = [flow(1, 5, 1), flow(2, 5, 1)];
-        let grants = play(
-            rate,
-            &flows,
-            3,
-            20,
-            |_, _| 1000,
-            |id, ms| id == 1 || ms >= 10_000,
-        );
+        let late_start = |id, ms| id == 1 || ms >= 10_000;
+        let grants = play(20 * KIB, &flows, 3, 20, |_, _| 1000, late_start);
         let late = bytes_of(&grants, 2, 10_000, 11_000);
         assert!(
             late <= 11 * KIB,
