@@ -73,6 +73,50 @@ pub enum Behaviour {
     /// 415 for a body with a `Content-Encoding` (a receiver that reads only plain bodies),
     /// 200 otherwise.
     RefuseCompressed,
+    /// A receiver with a capacity: the first `per_second` requests of each second (counted
+    /// from when this behaviour was set) get 200, the rest 429 with `Retry-After:
+    /// retry_after` (seconds). What each second took and refused is kept
+    /// ([`Receiver::per_second`]).
+    Capacity {
+        /// Requests accepted per second.
+        per_second: u32,
+        /// `Retry-After` of a 429, in seconds.
+        retry_after: u64,
+    },
+}
+
+/// Requests accepted and refused in each second of a [`Behaviour::Capacity`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Second {
+    /// Answered 200.
+    pub accepted: u32,
+    /// Answered 429 (over the capacity).
+    pub refused: u32,
+}
+
+/// The seconds of a capacity: since when they count, and each one's figures.
+#[derive(Debug)]
+struct Seconds {
+    since: Instant,
+    seconds: Vec<Second>,
+}
+
+impl Seconds {
+    /// Whether a request arriving `at` fits into its second's capacity; counts it.
+    fn admit(&mut self, at: Instant, per_second: u32) -> bool {
+        let i = at.saturating_duration_since(self.since).as_secs() as usize;
+        if self.seconds.len() <= i {
+            self.seconds.resize(i + 1, Second::default());
+        }
+        let s = &mut self.seconds[i];
+        if s.accepted < per_second {
+            s.accepted += 1;
+            true
+        } else {
+            s.refused += 1;
+            false
+        }
+    }
 }
 
 /// Largest decoded body read (a gzip bomb answers 413).
@@ -90,6 +134,8 @@ struct State {
     accepted_messages: std::sync::atomic::AtomicUsize,
     /// The signing key, when signatures are verified.
     signing_key: Mutex<Option<ring::hmac::Key>>,
+    /// The seconds of a [`Behaviour::Capacity`] (reset whenever the behaviour is set).
+    seconds: Mutex<Seconds>,
 }
 
 /// A running receiver; stops when dropped.
@@ -119,6 +165,10 @@ impl Receiver {
             concurrent: std::sync::atomic::AtomicUsize::new(0),
             accepted_messages: std::sync::atomic::AtomicUsize::new(0),
             signing_key: Mutex::new(None),
+            seconds: Mutex::new(Seconds {
+                since: Instant::now(),
+                seconds: Vec::new(),
+            }),
         });
         let stop = CancellationToken::new();
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -153,11 +203,29 @@ impl Receiver {
     }
 
     #[cfg(any(test, feature = "faults"))]
-    /// Changes how it answers from now on.
+    /// Changes how it answers from now on (a [`Behaviour::Capacity`] counts its seconds
+    /// from now).
     pub fn set_behaviour(&self, b: Behaviour) {
+        if let Ok(mut s) = self.state.seconds.lock() {
+            *s = Seconds {
+                since: Instant::now(),
+                seconds: Vec::new(),
+            };
+        }
         if let Ok(mut g) = self.state.behaviour.lock() {
             *g = b;
         }
+    }
+
+    #[cfg(any(test, feature = "faults"))]
+    /// Requests accepted and refused in each second since a [`Behaviour::Capacity`] was set
+    /// (second 0 first), and when that was.
+    pub fn per_second(&self) -> (Instant, Vec<Second>) {
+        self.state
+            .seconds
+            .lock()
+            .map(|s| (s.since, s.seconds.clone()))
+            .unwrap_or_else(|_| (Instant::now(), Vec::new()))
     }
 
     #[cfg(any(test, feature = "faults"))]
@@ -324,6 +392,21 @@ async fn handle(
         Behaviour::Status(s) | Behaviour::StatusBody(s, _) => (s, None),
         Behaviour::StatusRetryAfter(s, secs) => (s, Some(secs)),
         Behaviour::MaxMessages(max) => (if n > max { 413 } else { 200 }, None),
+        Behaviour::Capacity {
+            per_second,
+            retry_after,
+        } => {
+            let fits = st
+                .seconds
+                .lock()
+                .map(|mut s| s.admit(arrived, per_second))
+                .unwrap_or(true);
+            if fits {
+                (200, None)
+            } else {
+                (429, Some(retry_after))
+            }
+        }
     };
     if st.print {
         let text = String::from_utf8_lossy(&body);
@@ -415,4 +498,29 @@ fn signature_valid(key: &ring::hmac::Key, headers: &HeaderMap, body: &[u8]) -> b
         .filter_map(|s| s.strip_prefix("v1,"))
         .filter_map(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
         .any(|tag| ring::hmac::verify(key, &signed, &tag).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_capacity_takes_so_many_per_second_and_counts_the_rest() {
+        let since = Instant::now();
+        let mut s = Seconds {
+            since,
+            seconds: Vec::new(),
+        };
+        let at = |ms: u64| since + Duration::from_millis(ms);
+        let taken: Vec<bool> = [0, 10, 999, 1000, 1500, 3200]
+            .iter()
+            .map(|ms| s.admit(at(*ms), 2))
+            .collect();
+        assert_eq!(taken, [true, true, false, true, true, true]);
+        let second = |accepted, refused| Second { accepted, refused };
+        assert_eq!(
+            s.seconds,
+            [second(2, 1), second(2, 0), second(0, 0), second(1, 0)]
+        );
+    }
 }

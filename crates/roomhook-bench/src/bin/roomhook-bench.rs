@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 #[command(about = "Benchmarks the roomhook daemon binary end to end")]
 struct Args {
     /// Scenarios to run (comma-separated): throughput, batched, compression, latency, idle,
-    /// drain, store, roomos, wear.
+    /// drain, store, roomos, wear, fleet (not among the defaults: it takes minutes).
     #[arg(
         long,
         default_value = "throughput,batched,compression,latency,idle,drain,store,roomos,wear"
@@ -67,6 +67,33 @@ struct Args {
     /// Extra `[gateway]` lines of the daemon's config, e.g. "threads = 2".
     #[arg(long, default_value = "")]
     gateway: String,
+    /// Fleet: gateways (roomhook processes, each with its own data directory and devices).
+    #[arg(long, default_value_t = 50)]
+    gateways: usize,
+    /// Fleet: requests per second the receiver takes; beyond, 429 with Retry-After.
+    #[arg(long, default_value_t = 300)]
+    cap: u32,
+    /// Fleet: seconds the receiver is down (503) while the backlog builds up.
+    #[arg(long, default_value_t = 120)]
+    down: u64,
+    /// Fleet: `Retry-After` (seconds) of the receiver's 429s.
+    #[arg(long, default_value_t = 1)]
+    retry_after: u64,
+    /// Fleet: devices per gateway.
+    #[arg(long, default_value_t = 5)]
+    fleet_devices: usize,
+    /// Fleet: events per second per gateway published during the outage (its backlog).
+    #[arg(long, default_value_t = 3.0)]
+    fleet_rate: f64,
+    /// Fleet: also print the receiver's accepted and refused requests of every second.
+    #[arg(long)]
+    series: bool,
+    /// Fleet: run it first with this daemon binary too ("before"), then with `--binary`.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Fleet: extra keys of every gateway's webhook (TOML lines, e.g. "rate_limit = 10").
+    #[arg(long, default_value = "")]
+    fleet_webhook: String,
 }
 
 /// What every scenario runs against: the test rig's Mosquitto and HTTPS receiver (behind a
@@ -753,6 +780,256 @@ fn print_table(results: &[serde_json::Value]) {
     }
 }
 
+/// `fleet` with `--baseline` first (its result goes into `results` as `fleet_before`),
+/// then with the daemon under test.
+async fn fleet_compare(
+    args: &Args,
+    binary: &Path,
+    results: &mut Vec<serde_json::Value>,
+) -> Result<serde_json::Value, String> {
+    if let Some(before) = &args.baseline {
+        let mut r = fleet(args, before).await?;
+        r["scenario"] = "fleet_before".into();
+        println!("{r}");
+        results.push(r);
+    }
+    fleet(args, binary).await
+}
+
+/// A fleet that fills a receiver without flooding it: `--gateways` roomhook processes, each
+/// with its own data directory, MQTT client and devices (`fleet/g<i>/g<i>-d<k>/status` on
+/// one Mosquitto), deliver to one receiver. It is down (answering 503, no Retry-After) for
+/// `--down` seconds while every gateway's backlog builds up (`--fleet-rate` events/s per
+/// gateway), then takes `--cap` requests per second and answers 429 with `Retry-After`
+/// beyond. The webhooks are at the daemon's defaults (no rate_limit). Measured at the
+/// receiver: lost, duplicates, the share of the capacity used while backlogged, the share of requests refused, the busiest second of the first 30 s after the
+/// recovery, the drain time. "While backlogged": the whole seconds after the recovery
+/// before the fleet had less than one second of the capacity left to deliver.
+async fn fleet(args: &Args, binary: &Path) -> Result<serde_json::Value, String> {
+    use roomhook::demo::receiver::Behaviour;
+    let s = setup(args).await?;
+    s.receiver.set_behaviour(Behaviour::Status(503));
+    let g = args.gateways.max(1);
+    let devices = args.fleet_devices.max(1);
+    let mut configs = Vec::new();
+    for i in 0..g {
+        let dir = s.dir.path().join(format!("g{i}"));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let config = Config::new()
+            .gateway("org_id = \"bench\"")
+            .gateway(&s.gateway)
+            .with(
+                Section::mqtt("mqtt", s.broker.port)
+                    .set("client_id", format!("roomhook-fleet-{i}"))
+                    .subscribe(
+                        Section::subscription(&format!("fleet/g{i}/+/status"), "json")
+                            .set("device", "{2}")
+                            .field("/people", roomhook_testkit::PEOPLE),
+                    ),
+            )
+            .with(
+                Section::webhook("w", &s.url, &s.ca_file)
+                    .remove("devices")
+                    .remove("retry_base")
+                    .remove("retry_max")
+                    .remove("drain_start_jitter")
+                    .merge(&args.fleet_webhook),
+            );
+        configs.push(config.write(&dir));
+    }
+    let mut daemons = Vec::new();
+    for c in &configs {
+        daemons.push(Daemon::start(binary, c)?);
+    }
+    // Ready: every gateway's MQTT source subscribed (asked on its control socket).
+    let cs = configs.clone();
+    let ready = tokio::task::spawn_blocking(move || {
+        wait_until(Duration::from_secs(120), || {
+            cs.iter().all(|c| {
+                roomhook_testkit::status_of(c).is_some_and(|r| {
+                    !r.sources.is_empty() && r.sources.iter().all(|s| s.subscribed)
+                })
+            })
+        })
+    })
+    .await
+    .unwrap_or(false);
+    if !ready {
+        for d in daemons {
+            d.stop();
+        }
+        return Err("not every gateway subscribed within 120 s".into());
+    }
+    // The outage: the backlog is published over `--down` seconds, gateways and devices
+    // interleaved; each device counts 0, 1, 2, … (its sequence).
+    let down_at = Instant::now();
+    let per_gateway = (args.fleet_rate * args.down as f64).round().max(1.0) as usize;
+    let total = per_gateway * g;
+    let messages: Vec<(String, String)> = (0..total)
+        .map(|k| {
+            let (gw, j) = (k % g, k / g);
+            let (dev, seq) = (j % devices, j / devices);
+            (
+                format!("fleet/g{gw}/g{gw}-d{dev}/status"),
+                format!("{{\"people\":{seq}}}"),
+            )
+        })
+        .collect();
+    let pace = Duration::from_secs_f64(args.down as f64 / total as f64);
+    publish_all(s.broker.port, messages, Some(pace)).await?;
+    tokio::time::sleep_until((down_at + Duration::from_secs(args.down)).into()).await;
+    let outage_requests = s.receiver.requests().len();
+    // The receiver comes back with a capacity.
+    s.receiver.set_behaviour(Behaviour::Capacity {
+        per_second: args.cap,
+        retry_after: args.retry_after,
+    });
+    let cpu0: f64 = daemons
+        .iter()
+        .map(|d| cpu_seconds(d.pid()).unwrap_or(0.0))
+        .sum();
+    let timeout = Duration::from_secs(600 + 20 * total as u64 / u64::from(args.cap.max(1)));
+    let all = s.receiver.wait_accepted(total, timeout).await;
+    // Stragglers (a duplicate would be counted as one of the `total`).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu: f64 = daemons
+        .iter()
+        .map(|d| cpu_seconds(d.pid()).unwrap_or(0.0))
+        .sum::<f64>()
+        - cpu0;
+    let rss: Vec<u64> = daemons
+        .iter()
+        .map(|d| status_kib(d.pid(), "VmHWM").unwrap_or(0))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        for d in daemons {
+            d.stop();
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let (since, seconds) = s.receiver.per_second();
+    let reqs = s.receiver.requests();
+    let after: Vec<_> = reqs[outage_requests..]
+        .iter()
+        .filter(|r| r.at >= since)
+        .collect();
+    // Lost and duplicated: by device and sequence, and by webhook-id.
+    let mut seen: HashSet<(String, i64)> = HashSet::new();
+    let mut ids: HashSet<String> = HashSet::new();
+    let (mut dups, mut id_dups, mut out_of_order) = (0, 0, 0);
+    let mut last: BTreeMap<String, i64> = BTreeMap::new();
+    let mut first_ok = vec![None::<Instant>; g];
+    let mut last_ok = vec![None::<Instant>; g];
+    for r in reqs.iter().filter(|r| r.status == 200) {
+        if let Some(id) = r.headers.get("webhook-id").and_then(|v| v.to_str().ok()) {
+            if !ids.insert(id.to_string()) {
+                id_dups += 1;
+            }
+        }
+        for (device, value) in people(r) {
+            let gw: usize = device
+                .trim_start_matches('g')
+                .split('-')
+                .next()
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0)
+                .min(g - 1);
+            first_ok[gw] = Some(first_ok[gw].map_or(r.at, |t: Instant| t.min(r.at)));
+            last_ok[gw] = Some(last_ok[gw].map_or(r.at, |t: Instant| t.max(r.at)));
+            if last.get(&device).is_some_and(|l| *l >= value) {
+                out_of_order += 1;
+            }
+            last.insert(device.clone(), value);
+            if !seen.insert((device, value)) {
+                dups += 1;
+            }
+        }
+    }
+    let lost = total.saturating_sub(seen.len());
+    if !all {
+        eprintln!(
+            "fleet: {} of {total} messages arrived within {timeout:?}",
+            seen.len()
+        );
+    }
+    let secs = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(since).as_secs_f64());
+    let drain = last_ok.iter().filter_map(|t| secs(*t)).fold(0.0, f64::max);
+    // While backlogged: the whole seconds before the fleet had less than one second of
+    // the capacity left to deliver (until then it could have filled every second).
+    let mut backlogged = 0;
+    let mut delivered = 0u64;
+    for x in &seconds {
+        delivered += u64::from(x.accepted);
+        if delivered + u64::from(args.cap) >= total as u64 {
+            break;
+        }
+        backlogged += 1;
+    }
+    let cap = f64::from(args.cap);
+    let taken: u64 = seconds[..backlogged]
+        .iter()
+        .map(|x| u64::from(x.accepted))
+        .sum();
+    let used_backlogged = taken as f64 / (backlogged as f64 * cap);
+    let refused: u64 = seconds.iter().map(|x| u64::from(x.refused)).sum();
+    let answered: u64 = seconds
+        .iter()
+        .map(|x| u64::from(x.accepted + x.refused))
+        .sum();
+    // The busiest second of the first 30 s after the recovery: any window of one second
+    // that starts within them (every request counted, refused ones too).
+    let times: Vec<Instant> = after.iter().map(|r| r.at).collect();
+    let first30 = since + Duration::from_secs(30);
+    let mut peak_30 = 0;
+    for (i, t) in times.iter().enumerate().take_while(|(_, t)| **t < first30) {
+        let n = times[i..]
+            .iter()
+            .take_while(|u| u.duration_since(*t) < Duration::from_secs(1))
+            .count();
+        peak_30 = peak_30.max(n);
+    }
+    let busiest = seconds
+        .iter()
+        .map(|x| x.accepted + x.refused)
+        .max()
+        .unwrap_or(0);
+    let mut starts: Vec<f64> = first_ok.iter().filter_map(|t| secs(*t)).collect();
+    starts.sort_by(f64::total_cmp);
+    let used_overall = total.min(seen.len()) as f64 / (drain.max(1e-9) * cap);
+    let refused_share = refused as f64 / answered.max(1) as f64;
+    let mut out = serde_json::json!({
+        "scenario": "fleet", "binary": binary.display().to_string(),
+        "gateways": g, "cap_per_second": args.cap, "down_seconds": args.down,
+        "down_answer": "503 without Retry-After", "retry_after_seconds": args.retry_after,
+        "devices_per_gateway": devices, "backlog_per_gateway": per_gateway, "messages": total,
+        "lost": lost, "duplicates": dups, "duplicate_webhook_ids": id_dups,
+        "out_of_order": out_of_order,
+        "used_while_backlogged": used_backlogged, "backlogged_seconds": backlogged,
+        "used_over_drain": used_overall,
+        "refused_share": refused_share, "refused": refused, "requests_after_recovery": answered,
+        "peak_1s_first_30s": peak_30, "peak_1s_first_30s_vs_cap": peak_30 as f64 / cap,
+        "busiest_second": busiest,
+        "drain_seconds": drain,
+        "first_delivery_s": { "first": starts.first(), "median": starts.get(starts.len() / 2), "last": starts.last() },
+        "requests_during_outage": outage_requests,
+        "daemons_cpu_seconds_drain": cpu,
+        "daemon_peak_rss_mib_max": rss.iter().max().copied().unwrap_or(0) as f64 / 1024.0,
+        "goals": {
+            "lost_0": lost == 0, "duplicates_0": dups == 0 && id_dups == 0,
+            "used_ge_90pct": used_backlogged >= 0.9, "refused_le_3pct": refused_share <= 0.03,
+            "peak_le_1_5_cap": peak_30 as f64 <= 1.5 * cap,
+        },
+    });
+    if args.series {
+        out["series_accepted_refused"] = seconds
+            .iter()
+            .map(|x| serde_json::json!([x.accepted, x.refused]))
+            .collect();
+    }
+    Ok(out)
+}
+
 /// The queue alone, in this process: durable appends of one event each from 64 producers
 /// at once (like MQTT messages in flight), then reading windows and removing what was
 /// "delivered" in groups of 64 (like a delivery worker).
@@ -895,6 +1172,7 @@ fn main() -> std::process::ExitCode {
                 "roomos" => roomos(&args, &binary).await,
                 "wear" => wear(&args, &binary).await,
                 "store" => store(&args).await,
+                "fleet" => fleet_compare(&args, &binary, &mut results).await,
                 other => Err(format!("unknown scenario {other:?}")),
             }
         });
