@@ -451,3 +451,79 @@ async fn the_uplink_budget_goes_to_the_higher_priority_first_and_is_never_exceed
     );
     assert_eq!(daemon.stop(), Some(0), "{}", daemon.logs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_behind_one_capped_receiver_fill_it_after_an_outage_without_flooding_it() {
+    // Five webhooks (as five gateways would) deliver to one receiver that is down while
+    // each builds a backlog of 60 messages, then takes 40 requests per second and answers
+    // 429 with Retry-After: 1 beyond. Each webhook's drain starts slowly after the outage
+    // and its rate settles near its share (AIMD on 429), so the receiver is neither
+    // flooded nor left idle.
+    const CAP: u32 = 40;
+    let gateway = |i: usize| format!("headers = {{ \"X-Gateway\" = \"gw-{i}\" }}");
+    let r = Rig::new()
+        .receiver(Behaviour::Status(503))
+        .webhook(&gateway(0))
+        .build()
+        .await;
+    let (url, ca) = (r.rx.url.clone(), r.rx.ca_file.clone());
+    r.edit_config(|d| {
+        for i in 1..5 {
+            d.add(Section::webhook(&format!("gw-{i}"), &url, &ca).merge(&gateway(i)));
+        }
+    });
+    let mut daemon = Daemon::start(&r.config);
+    publish(r.broker.port, &workload(5, 12)).await;
+    assert!(r.rx.wait_status(503, 25, Duration::from_secs(10)).await);
+    r.rx.receiver.set_behaviour(Behaviour::Capacity {
+        per_second: CAP,
+        retry_after: 1,
+    });
+    r.rx.expect_accepted(300, Duration::from_secs(30), &daemon)
+        .await;
+    assert_eq!(daemon.stop(), Some(0), "{}", daemon.logs());
+    let (since, seconds) = r.rx.receiver.per_second();
+    let after: Vec<_> =
+        r.rx.receiver
+            .requests()
+            .into_iter()
+            .filter(|q| q.at >= since)
+            .collect();
+    let refused = after.iter().filter(|q| q.status == 429).count();
+    let mut peak = 0;
+    for (i, q) in after.iter().enumerate() {
+        let n = after[i..]
+            .iter()
+            .take_while(|u| u.at.duration_since(q.at) < Duration::from_secs(1))
+            .count();
+        peak = peak.max(n);
+    }
+    let series: Vec<_> = seconds.iter().map(|s| (s.accepted, s.refused)).collect();
+    println!(
+        "{} requests after the recovery, {refused} refused, at most {peak} in any second; per second {series:?}",
+        after.len()
+    );
+    assert!(
+        refused * 10 <= after.len(),
+        "{refused} of {} refused; per second {series:?}",
+        after.len()
+    );
+    assert!(
+        peak as f64 <= 1.5 * f64::from(CAP),
+        "{peak} requests within one second; per second {series:?}"
+    );
+    // Every webhook got every message once, in order.
+    let accepted = r.rx.receiver.accepted();
+    for i in 0..5 {
+        let of: Vec<_> = accepted
+            .iter()
+            .filter(|q| {
+                q.headers
+                    .get("x-gateway")
+                    .is_some_and(|v| v == format!("gw-{i}").as_str())
+            })
+            .cloned()
+            .collect();
+        assert_complete_and_ordered(&of, 5, 12);
+    }
+}

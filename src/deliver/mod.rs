@@ -2,6 +2,7 @@
 //! to the receiver, paced by the scheduler, retried with backoff, removed on 2xx.
 
 pub(crate) use crate::backoff;
+pub(crate) mod aimd;
 pub mod client;
 pub(crate) mod compress;
 pub(crate) mod concurrency;

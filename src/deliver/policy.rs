@@ -10,6 +10,14 @@ use std::time::Duration;
 pub(crate) const RETRY_AFTER_RANGE: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(3600));
 
+/// A receiver's pause (`Retry-After`) spread over `pause` … `2 × pause` by `unit`, a uniform
+/// draw from [0, 1): never earlier than asked, and a fleet of gateways that got the same
+/// answer in the same second does not come back in the same instant (full jitter over one
+/// more pause).
+pub(crate) fn spread(pause: Duration, unit: f64) -> Duration {
+    pause + pause.mul_f64(unit.clamp(0.0, 1.0))
+}
+
 /// What to do after a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Action {
@@ -104,6 +112,16 @@ mod tests {
             message: String::new(),
             retry_after: retry_after.map(Duration::from_secs),
         }))
+    }
+
+    #[test]
+    fn a_pause_is_spread_over_one_more_pause_never_shortened() {
+        let p = Duration::from_secs(2);
+        assert_eq!(spread(p, 0.0), p);
+        assert_eq!(spread(p, 0.5), Duration::from_secs(3));
+        assert!(spread(p, 0.999_999) < Duration::from_secs(4));
+        assert_eq!(spread(p, 7.0), Duration::from_secs(4));
+        assert_eq!(spread(p, -1.0), p);
     }
 
     #[test]

@@ -39,6 +39,11 @@ pub(crate) enum Circuit {
     HalfOpen,
 }
 
+/// The longest the circuit stays open between probes, whatever `retry_max` is: after an
+/// outage every gateway of a fleet notices the recovery within this long (the probes are
+/// jittered over 0 … this), instead of some minutes later.
+pub(crate) const PROBE_MAX: Duration = Duration::from_secs(10);
+
 /// The scheduler of one webhook.
 pub(crate) struct Scheduler<T> {
     lanes: HashMap<Arc<str>, Lane<T>>,
@@ -121,6 +126,13 @@ impl<T: Clone> Scheduler<T> {
             self.paused_until = None;
             if self.circuit == Circuit::Open {
                 self.circuit = Circuit::HalfOpen;
+                // The probe goes now, not when a lane's own backoff (long after many failed
+                // probes) ends: the lane that waits least carries it.
+                if self.ready.is_empty() {
+                    if let Some((_, lane)) = self.waiting.pop_first() {
+                        self.ready.push_back(lane);
+                    }
+                }
             }
         }
         while let Some(first) = self.waiting.first() {
@@ -220,6 +232,16 @@ impl<T: Clone> Scheduler<T> {
         match verdict {
             Verdict::Done => {
                 self.consecutive_failures = 0;
+                if self.circuit != Circuit::Closed {
+                    // The receiver is back: the other lanes' backoff was the outage's, not
+                    // theirs (long after many probes); they go again now.
+                    while let Some((_, key)) = self.waiting.pop_first() {
+                        if let Some(lane) = self.lanes.get_mut(&key) {
+                            lane.attempts = 0;
+                        }
+                        self.ready.push_back(key);
+                    }
+                }
                 self.circuit = Circuit::Closed;
                 for key in lanes {
                     let Some(lane) = self.lanes.get_mut(key) else {
@@ -256,7 +278,11 @@ impl<T: Clone> Scheduler<T> {
                 {
                     self.circuit = Circuit::Open;
                     let step = self.consecutive_failures.saturating_sub(self.threshold) + 1;
-                    let open_until = now + self.backoff.delay(step, unit);
+                    let probe = Backoff {
+                        max: self.backoff.max.min(PROBE_MAX),
+                        ..self.backoff
+                    };
+                    let open_until = now + probe.delay(step, unit);
                     until = Some(until.map_or(open_until, |p| p.max(open_until)));
                 }
                 if let Some(p) = until {
@@ -395,6 +421,45 @@ mod tests {
         s.complete(&[lane], Verdict::Done, t, 0.5);
         assert_eq!(s.circuit(), Circuit::Closed);
         assert_eq!(s.consecutive_failures(), 0);
+    }
+
+    #[test]
+    fn an_open_circuit_probes_within_probe_max_and_its_close_releases_every_lane() {
+        let mut s = Scheduler::new(
+            Backoff {
+                base: Duration::from_secs(1),
+                max: Duration::from_secs(300),
+            },
+            2,
+        );
+        let mut t = Instant::now();
+        for d in 0..3 {
+            s.push(&format!("d{d}"), d);
+        }
+        // A long outage: many failed probes; the open periods stay within PROBE_MAX.
+        for _ in 0..30 {
+            let Some((lane, _)) = s.next(t, 1) else {
+                t = s.next_wakeup().unwrap();
+                continue;
+            };
+            s.complete(&[lane], Verdict::Retry { pause: None }, t, 0.999);
+            if let Some(until) = s.paused_until(t) {
+                assert!(until - t <= PROBE_MAX, "{:?}", until - t);
+            }
+            t = s.next_wakeup().unwrap();
+        }
+        // The probe succeeds: every other lane goes now, not after its long backoff.
+        let (lane, _) = s.next(t, 1).unwrap();
+        assert_eq!(s.circuit(), Circuit::HalfOpen);
+        s.complete(&[lane], Verdict::Done, t, 0.5);
+        assert_eq!(s.circuit(), Circuit::Closed);
+        let mut now = Vec::new();
+        while let Some((lane, items)) = s.next(t, 1) {
+            now.extend(items);
+            s.complete(&[lane], Verdict::Done, t, 0.5);
+        }
+        assert_eq!(now.len(), 2, "{now:?}");
+        assert_eq!(s.len(), 0);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! dead letters on permanent refusals, retries otherwise. Its inputs are the store's
 //! commit notifications and the request results; its outputs are store ops and status.
 
+use super::aimd::AdaptiveRate;
 use super::backoff::Backoff;
 use super::client::{FailureKind, Outcome, WebhookClient};
 use super::concurrency::Controller;
@@ -74,6 +75,9 @@ pub(crate) struct Worker {
 struct Request {
     lanes: Vec<Arc<str>>,
     entries: Vec<Arc<Entry>>,
+    /// When it was dispatched (a 429 to a request from before the last cut of the
+    /// adaptive rate does not cut it again).
+    sent: Instant,
 }
 
 /// A request that ended: its answer and its own round trip, or `None` when the loop stopped
@@ -99,6 +103,8 @@ struct Pace {
     sched: Scheduler<Arc<Entry>>,
     controller: Controller,
     bucket: Option<TokenBucket>,
+    /// The request rate learned from 429s (AIMD), below `bucket`.
+    adaptive: AdaptiveRate,
     in_flight: usize,
     items_in_flight: usize,
     disabled: bool,
@@ -175,6 +181,7 @@ impl Worker {
             ),
             controller: Controller::new(self.settings.max_in_flight, now),
             bucket: p.rate_limit.map(|r| TokenBucket::new(r, p.burst, now)),
+            adaptive: AdaptiveRate::new(now),
             in_flight: 0,
             items_in_flight: 0,
             disabled: !self.settings.enabled,
@@ -485,6 +492,9 @@ impl Worker {
                     return Some(b.next_token(now));
                 }
             }
+            if let Some(at) = pace.adaptive.ready_at(now) {
+                return Some(at);
+            }
             // A partial batch waits a little for more, unless nothing is in flight.
             if p.batch_max_messages > 1 && pace.in_flight > 0 {
                 let queued = pace.sched.len().saturating_sub(pace.items_in_flight);
@@ -500,6 +510,7 @@ impl Worker {
             if let Some(b) = pace.bucket.as_mut() {
                 b.take(now);
             }
+            pace.adaptive.on_send(now);
             pace.in_flight += 1;
             pace.items_in_flight += request.entries.len();
             pace.controller.on_send(pace.in_flight);
@@ -558,6 +569,7 @@ impl Worker {
         let mut request = Request {
             lanes: Vec::new(),
             entries: Vec::new(),
+            sent: now,
         };
         let mut bodies: Vec<Vec<u8>> = Vec::new();
         let mut bytes = 2usize;
@@ -732,6 +744,18 @@ impl Worker {
         let streak = permanent && pace.refusals + 1 >= REFUSING_AFTER;
 
         pace.controller.on_response(took, action.signal(), now);
+        match (&action, status) {
+            (Action::Delivered, _) => pace.adaptive.on_accepted(now),
+            (_, Some(429)) => {
+                let before = pace.adaptive.rate();
+                pace.adaptive.on_too_many(request.sent, now);
+                let after = pace.adaptive.rate();
+                if after != before {
+                    tracing::debug!(webhook = %name, "429: requests paced at {:.1}/s", after.unwrap_or(0.0));
+                }
+            }
+            _ => {}
+        }
         if let Outcome::Failed(f) = &outcome {
             self.metrics
                 .request_errors
@@ -780,6 +804,10 @@ impl Worker {
         match action {
             Action::Delivered => {
                 retried = false;
+                if pace.sched.circuit() != Circuit::Closed {
+                    // Back after an outage: the drain starts slowly (the adaptive rate).
+                    pace.adaptive.restart(now);
+                }
                 pace.auth_failed = false;
                 pace.refusals = 0;
                 // A batch limit halved by a 413 grows back (the receiver's limit may be gone).
@@ -841,6 +869,8 @@ impl Worker {
                 }
             }
             Action::Retry { pause, .. } => {
+                // Retry-After, spread so that a fleet does not come back in one instant.
+                let pause = pause.map(|d| policy::spread(d, rand::random()));
                 pace.sched
                     .complete(&request.lanes, Verdict::Retry { pause }, now, unit);
             }
