@@ -142,6 +142,23 @@ impl Drop for Mosquitto {
     }
 }
 
+/// The most of `times` (sorted) within any one second whose window starts before
+/// `starting_before` (every window if `None`): what a receiver saw at its busiest.
+pub fn busiest_second(times: &[Instant], starting_before: Option<Instant>) -> usize {
+    times
+        .iter()
+        .enumerate()
+        .take_while(|(_, t)| starting_before.is_none_or(|end| **t < end))
+        .map(|(i, t)| {
+            times[i..]
+                .iter()
+                .take_while(|u| u.duration_since(*t) < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -499,14 +499,8 @@ async fn drain(args: &Args, binary: &Path) -> Result<serde_json::Value, String> 
         .map(|r| r.at.duration_since(reqs[0].at))
         .unwrap_or_default();
     let observed = reqs.len().saturating_sub(1) as f64 / span.as_secs_f64().max(1e-9);
-    let mut max_1s = 0;
-    for (i, r) in reqs.iter().enumerate() {
-        let c = reqs[i..]
-            .iter()
-            .take_while(|u| u.at.duration_since(r.at) < Duration::from_secs(1))
-            .count();
-        max_1s = max_1s.max(c);
-    }
+    let times: Vec<Instant> = reqs.iter().map(|r| r.at).collect();
+    let max_1s = roomhook_testkit::busiest_second(&times, None);
     Ok(serde_json::json!({
         "scenario": "backlog_drain", "messages": n, "rate_limit": rate, "burst": (rate / 10).max(1),
         "observed_rate": observed, "observed_vs_limit": observed / rate as f64,
@@ -980,15 +974,7 @@ async fn fleet(args: &Args, binary: &Path) -> Result<serde_json::Value, String> 
     // The busiest second of the first 30 s after the recovery: any window of one second
     // that starts within them (every request counted, refused ones too).
     let times: Vec<Instant> = after.iter().map(|r| r.at).collect();
-    let first30 = since + Duration::from_secs(30);
-    let mut peak_30 = 0;
-    for (i, t) in times.iter().enumerate().take_while(|(_, t)| **t < first30) {
-        let n = times[i..]
-            .iter()
-            .take_while(|u| u.duration_since(*t) < Duration::from_secs(1))
-            .count();
-        peak_30 = peak_30.max(n);
-    }
+    let peak_30 = roomhook_testkit::busiest_second(&times, Some(since + Duration::from_secs(30)));
     let busiest = seconds
         .iter()
         .map(|x| x.accepted + x.refused)
