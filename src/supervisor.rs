@@ -103,6 +103,8 @@ fn restart_only(old: &Settings, new: &Settings) -> Vec<&'static str> {
             old.shutdown_grace != new.shutdown_grace,
         ),
         ("gateway.threads", old.threads != new.threads),
+        ("gateway.id", old.gateway_id != new.gateway_id),
+        ("fleet", old.fleet != new.fleet),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))
@@ -168,6 +170,31 @@ pub(crate) struct Applied {
     pub(crate) sources: Vec<String>,
     /// Changes that only take effect after a restart.
     pub(crate) need_restart: Vec<String>,
+}
+
+/// The fleet's pulls and reports as `status`, the console and the reports show them.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub(crate) struct FleetState {
+    /// `[gateway] id`.
+    pub(crate) gateway: String,
+    /// `[fleet] config_url` (credentials hidden), if set.
+    pub(crate) config_url: Option<String>,
+    /// How the last pull ended: applied, unchanged, refused, failed (none yet: null).
+    pub(crate) result: Option<String>,
+    /// When (RFC 3339).
+    pub(crate) at: Option<String>,
+    /// Why the last pull was refused or failed: file:line, key, problem and fix.
+    pub(crate) reason: Option<String>,
+    /// When a document was last applied (RFC 3339).
+    pub(crate) applied_at: Option<String>,
+    /// SHA-256 (hex) of the fleet document in force (null: none, the local file's webhooks run).
+    pub(crate) config_sha256: Option<String>,
+    /// `[fleet] report_url` (credentials hidden), if set.
+    pub(crate) report_url: Option<String>,
+    /// How the last report ended: sent, failed, dropped (a newer one replaced it).
+    pub(crate) report_result: Option<String>,
+    /// When (RFC 3339).
+    pub(crate) report_at: Option<String>,
 }
 
 /// Why a control action failed.
@@ -246,6 +273,8 @@ pub struct Supervisor {
     source_status: crate::source::status::Sources,
     /// The uplink's byte budget, shared by every delivery loop; a reload changes it live.
     uplink: crate::deliver::uplink::Arbiter,
+    /// The fleet's pulls and reports (`None` without `[fleet]`).
+    fleet: std::sync::Mutex<Option<FleetState>>,
 }
 
 impl Supervisor {
@@ -289,6 +318,21 @@ impl Supervisor {
             pulses: Pulses::default(),
             source_status: Default::default(),
             uplink: crate::deliver::uplink::Arbiter::new(settings.uplink_bytes_per_s),
+            fleet: std::sync::Mutex::new(settings.fleet.as_ref().map(|f| {
+                FleetState {
+                    gateway: settings.gateway_id.clone(),
+                    config_url: f
+                        .config
+                        .as_ref()
+                        .map(|c| crate::redact::url(&c.url.to_string())),
+                    config_sha256: settings.fleet_doc.clone(),
+                    report_url: f
+                        .report
+                        .as_ref()
+                        .map(|r| crate::redact::url(&r.url.to_string())),
+                    ..FleetState::default()
+                }
+            })),
         });
         sup.pulses.add(&sup.store.pulse());
         sup.store
@@ -521,12 +565,7 @@ impl Supervisor {
 
     /// Re-reads the config file and applies it; an invalid file changes nothing.
     pub(crate) async fn reload(&self) -> Result<Applied, ActionError> {
-        let mut inner = self.inner.lock().await;
-        let file = inner.settings.file.clone();
-        let result = match crate::config::load(&file) {
-            Ok(settings) => self.apply_locked(&mut inner, settings, &[], &[]).await,
-            Err(e) => Err(ActionError::Invalid(e.to_string())),
-        };
+        let result = self.load_and_apply().await;
         let label = if result.is_ok() { "applied" } else { "refused" };
         self.metrics
             .config_reloads
@@ -537,11 +576,44 @@ impl Supervisor {
         self.metrics
             .config_last_reload_successful
             .set(i64::from(result.is_ok()));
-        let applied = result?;
+        result
+    }
+
+    /// Applies the config file with the fleet document just kept: the reload's own path,
+    /// all or nothing, counted by the fleet instead.
+    pub(crate) async fn reload_fleet(&self) -> Result<Applied, ActionError> {
+        self.load_and_apply().await
+    }
+
+    async fn load_and_apply(&self) -> Result<Applied, ActionError> {
+        let mut inner = self.inner.lock().await;
+        let file = inner.settings.file.clone();
+        let applied = match crate::config::load(&file) {
+            Ok(settings) => self.apply_locked(&mut inner, settings, &[], &[]).await,
+            Err(e) => Err(ActionError::Invalid(e.to_string())),
+        }?;
+        drop(inner);
         if let Err(e) = self.expire_orphans().await {
             tracing::warn!("orphaned queues: {e}");
         }
         Ok(applied)
+    }
+
+    /// The fleet's pulls and reports, without `[fleet]` none.
+    pub(crate) fn fleet(&self) -> Option<FleetState> {
+        self.fleet.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Notes a pull's or a report's end.
+    pub(crate) fn note_fleet(&self, f: impl FnOnce(&mut FleetState)) {
+        if let Some(state) = self
+            .fleet
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            f(state);
+        }
     }
 
     /// Edits the config file and applies the result, all or nothing: the edit is checked
@@ -557,6 +629,20 @@ impl Supervisor {
         let file = inner.settings.file.clone();
         if file.as_os_str().is_empty() {
             return Err(ActionError::NoFile);
+        }
+        // The fleet's document owns the webhooks: the next pull would undo a local change
+        // (deleting a kept queue is no change of it).
+        let fleet = inner
+            .settings
+            .fleet
+            .as_ref()
+            .and_then(|f| f.config.as_ref());
+        let kept_queue = matches!(&change, Edit::Remove(n) if !inner.webhooks.iter().any(|w| &w.view.settings.name == n));
+        if let Some(c) = fleet.filter(|_| !kept_queue) {
+            return Err(ActionError::Conflict(format!(
+                "the webhooks of this gateway are managed by the fleet ([fleet] config_url = {}): change them in the document served there (the next pull would undo a local change); nothing was changed",
+                crate::redact::url(&c.url.to_string())
+            )));
         }
         if let (Edit::Add(values), false) = (&mut change, verify) {
             values.insert("enabled".into(), serde_json::Value::Bool(false));

@@ -1,5 +1,6 @@
 //! Wiring: opens the store, hands webhooks and sources to the supervisor, starts the admin
-//! listener, the control API, the SIGHUP reload and the systemd notifications, and stops
+//! listener, the control API, the fleet's pulls and reports, the SIGHUP reload and the
+//! systemd notifications, and stops
 //! them in order (sources, then workers, then the listeners, then the store).
 
 pub(crate) mod notify;
@@ -113,6 +114,13 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
         control,
         service_stop.clone(),
     ));
+    crate::fleet::spawn(
+        settings,
+        supervisor.clone(),
+        metrics.clone(),
+        service_stop.clone(),
+        &mut services,
+    );
     services.spawn(signals::reload_on_sighup(
         hangups,
         supervisor.clone(),

@@ -1,0 +1,215 @@
+//! The fleet document (`[fleet] config_url`): what a pulled document may hold
+//! (`[[webhooks]]`, an MQTT source's `subscriptions`, a RoomOS source's `statuses` and
+//! `events`, sources named as in the local file), what it may not (every local-only section
+//! and key, secret values), and its merge into the local file, checked like `check-config`
+//! with errors that point into the document. The last good one is kept in the data
+//! directory ([`KEPT`]) and merged at every load.
+
+use super::{locate, parse, ConfigError, ConfigErrors, RawConfig, RawSubscription, RawWebhook};
+use super::{validate, Settings};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The last good document, in `[gateway] data_dir`.
+pub(crate) const KEPT: &str = "fleet-config.toml";
+
+/// What a fleet document may hold.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Doc {
+    /// Replaces the local `[[webhooks]]` whole (when present; `webhooks = []`: none).
+    webhooks: Option<Vec<RawWebhook>>,
+    /// Sources of the local file, by name.
+    #[serde(default)]
+    sources: DocSources,
+}
+
+/// `[sources]` of a fleet document.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DocSources {
+    #[serde(default)]
+    mqtt: Vec<DocMqtt>,
+    #[serde(default)]
+    roomos: Vec<DocRoomos>,
+}
+
+/// An MQTT source of the local file: its subscriptions replaced.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocMqtt {
+    name: String,
+    subscriptions: Vec<RawSubscription>,
+}
+
+/// A RoomOS source of the local file: what it subscribes to.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocRoomos {
+    name: String,
+    statuses: Option<Vec<String>>,
+    events: Option<Vec<String>>,
+}
+
+/// The keys a document may set in each place (every other one is local-only).
+const MQTT_KEYS: &[&str] = &["name", "subscriptions"];
+const ROOMOS_KEYS: &[&str] = &["name", "statuses", "events"];
+/// Secret values: a document names files on the gateway instead.
+const SECRET_VALUES: &[&str] = &["authorization", "password", "signing_secret"];
+
+/// Where the last good document of the config `file` is kept, when `[fleet] config_url`
+/// is set.
+pub(crate) fn kept_path(raw: &RawConfig, file: &Path) -> Option<PathBuf> {
+    raw.fleet.as_ref()?.config_url.as_ref()?;
+    Some(super::base_dir(file).join(&raw.gateway.data_dir).join(KEPT))
+}
+
+/// The local-only keys a document names: (key, problem, fix).
+fn local_only(doc: &toml::Table) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    let local = |key: String, what: &str| {
+        (
+            key.clone(),
+            format!("{key} is local-only: {what} stays in the gateway's own file"),
+            format!("remove {key} from the fleet document"),
+        )
+    };
+    for (k, v) in doc {
+        match (k.as_str(), v) {
+            ("webhooks", toml::Value::Array(hooks)) => {
+                for (i, h) in hooks.iter().enumerate() {
+                    for s in SECRET_VALUES.iter().filter(|s| h.get(**s).is_some()) {
+                        out.push((
+                            format!("webhooks[{i}].{s}"),
+                            format!("webhooks[{i}].{s}: secret values never travel in the fleet document"),
+                            format!("write {s}_file = \"<file on the gateway>\" instead"),
+                        ));
+                    }
+                }
+            }
+            ("sources", toml::Value::Table(sources)) => {
+                for (kind, allowed) in [("mqtt", MQTT_KEYS), ("roomos", ROOMOS_KEYS)] {
+                    let list = sources.get(kind).and_then(toml::Value::as_array);
+                    for (i, s) in list.into_iter().flatten().enumerate() {
+                        let keys = s.as_table().into_iter().flat_map(|t| t.keys());
+                        for key in keys.filter(|key| !allowed.contains(&key.as_str())) {
+                            out.push(local(
+                                format!("sources.{kind}[{i}].{key}"),
+                                "a source's address, credentials and settings",
+                            ));
+                        }
+                    }
+                }
+            }
+            ("webhooks" | "sources", _) => {}
+            (section, _) => out.push(local(format!("[{section}]"), "this section")),
+        }
+    }
+    out
+}
+
+/// The local file's `raw` with the document `doc_text` merged in, checked whole; errors in
+/// what the document set name the document (`label`: its URL or kept file) and its line.
+pub(crate) fn check(
+    file: &Path,
+    text: &str,
+    mut raw: RawConfig,
+    label: &Path,
+    doc_text: &str,
+) -> Result<Settings, ConfigErrors> {
+    let at = |key: String, problem: String, fix: String| ConfigError {
+        file: label.to_path_buf(),
+        line: locate::line_of(doc_text, key.trim_matches(['[', ']'])),
+        key,
+        problem,
+        fix,
+    };
+    let table: toml::Table = parse(label, doc_text)?;
+    let refused: Vec<ConfigError> = local_only(&table)
+        .into_iter()
+        .map(|(k, p, f)| at(k, p, f))
+        .collect();
+    if !refused.is_empty() {
+        return Err(ConfigErrors(refused));
+    }
+    let doc: Doc = parse(label, doc_text)?;
+    if doc.webhooks.is_none() && doc.sources.mqtt.is_empty() && doc.sources.roomos.is_empty() {
+        return Err(ConfigErrors(vec![at(
+            String::new(),
+            "the fleet document is empty".into(),
+            "serve [[webhooks]] (webhooks = [] for none) or sources' subscriptions".into(),
+        )]));
+    }
+    // Which local source each of the document's sources is: (kind, local index, doc index).
+    let mut moved = Vec::new();
+    let mut errs = Vec::new();
+    let mut unknown = |kind: &str, j: usize, name: &str| {
+        errs.push(at(
+            format!("sources.{kind}[{j}].name"),
+            format!("the local file has no {kind} source named {name:?}"),
+            "name a source of the gateway's own file, or add it there".into(),
+        ))
+    };
+    for (j, d) in doc.sources.mqtt.into_iter().enumerate() {
+        match raw.sources.mqtt.iter().position(|m| m.name == d.name) {
+            Some(i) => {
+                raw.sources.mqtt[i].subscriptions = d.subscriptions;
+                moved.push(("mqtt", i, j));
+            }
+            None => unknown("mqtt", j, &d.name),
+        }
+    }
+    for (j, d) in doc.sources.roomos.into_iter().enumerate() {
+        match raw.sources.roomos.iter().position(|r| r.name == d.name) {
+            Some(i) => {
+                let r = &mut raw.sources.roomos[i];
+                r.statuses = d.statuses.or(r.statuses.take());
+                r.events = d.events.or(r.events.take());
+                moved.push(("roomos", i, j));
+            }
+            None => unknown("roomos", j, &d.name),
+        }
+    }
+    if !errs.is_empty() {
+        return Err(ConfigErrors(errs));
+    }
+    let from_doc = doc.webhooks.is_some();
+    if let Some(w) = doc.webhooks {
+        raw.webhooks = w;
+    }
+    let mut settings = validate(&raw, super::base_dir(file), file).map_err(|mut errs| {
+        for e in &mut errs.0 {
+            if let Some(key) = doc_key(&e.key, from_doc, &moved) {
+                *e = at(key, e.problem.clone(), e.fix.clone());
+            } else if e.line.is_none() && !e.key.is_empty() {
+                e.line = locate::line_of(text, &e.key);
+            }
+        }
+        errs
+    })?;
+    settings.fleet_doc = Some(sha256_hex(doc_text.as_bytes()));
+    Ok(settings)
+}
+
+/// The key in the document of an error's key in the merged config, when the document set it.
+fn doc_key(key: &str, webhooks: bool, moved: &[(&str, usize, usize)]) -> Option<String> {
+    if webhooks && key.starts_with("webhooks") {
+        return Some(key.to_string());
+    }
+    moved.iter().find_map(|(kind, i, j)| {
+        let rest = key.strip_prefix(&format!("sources.{kind}[{i}]"))?;
+        ["subscriptions", "statuses", "events"]
+            .iter()
+            .any(|k| rest.starts_with(&format!(".{k}")))
+            .then(|| format!("sources.{kind}[{j}]{rest}"))
+    })
+}
+
+/// SHA-256 of `bytes`, lower-case hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,0 +1,248 @@
+//! The pull loop of `[fleet] config_url`: GET with `If-None-Match` (a 304 is unchanged),
+//! the detached Ed25519 signature (`X-Roomhook-Signature`, else `<url>.sig`) when a public
+//! key is set, the check of the local file with the document merged in (`check-config`'s
+//! own), then the document kept in `<data_dir>/fleet-config.toml` and applied through the
+//! reload's all-or-nothing path (put back as it was when that fails). Each pull is
+//! counted (`roomhook_fleet_config_total{result}`), logged, and noted for `status`.
+
+use super::{sleep_or_stop, unit, Jitter};
+use crate::config::{FleetEndpoint, Settings};
+use crate::deliver::client::WebhookClient;
+use crate::metrics::{Metrics, ResultLabel};
+use crate::supervisor::{ActionError, Applied, Supervisor};
+use hyper::{StatusCode, Uri};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The largest document read.
+const MAX_DOC: usize = 1024 * 1024;
+/// The response header that may carry the signature instead of `<url>.sig`.
+pub(crate) const SIGNATURE_HEADER: &str = "x-roomhook-signature";
+/// The results counted.
+const RESULTS: [&str; 4] = ["applied", "unchanged", "refused", "failed"];
+
+/// How one pull ended.
+enum Outcome {
+    Applied(Applied),
+    Unchanged,
+    /// The document is not taken (what and why, with file:line and fix).
+    Refused(String),
+    /// No document came, or it could not be applied.
+    Failed(String),
+}
+
+/// The state of the pull loop.
+pub(super) struct Puller {
+    sup: Arc<Supervisor>,
+    metrics: Arc<Metrics>,
+    client: WebhookClient,
+    /// The URL, credentials hidden (messages, and the document's name in errors).
+    shown: String,
+    /// `<url>.sig`.
+    sig_url: Uri,
+    public_key: Option<[u8; 32]>,
+    /// The local config file.
+    file: PathBuf,
+    /// `<data_dir>/fleet-config.toml`.
+    kept: PathBuf,
+    /// The `ETag` of the document in force.
+    etag: Option<String>,
+    /// SHA-256 of the document in force.
+    current: Option<String>,
+}
+
+impl Puller {
+    pub(super) fn new(
+        s: &Settings,
+        e: &FleetEndpoint,
+        sup: Arc<Supervisor>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let client = WebhookClient::endpoint(e.url.clone(), &e.trust, e.authorization.as_ref())
+            .map_err(|e| e.to_string())?;
+        let mut sig = e.url.clone().into_parts();
+        let path = e.url.path();
+        let query = e.url.query().map(|q| format!("?{q}")).unwrap_or_default();
+        sig.path_and_query = format!("{path}.sig{query}").parse().ok();
+        let sig_url = Uri::from_parts(sig).map_err(|e| e.to_string())?;
+        for r in RESULTS {
+            let _ = metrics.fleet_config.get_or_create(&label(r));
+        }
+        Ok(Puller {
+            sup,
+            metrics,
+            client,
+            shown: crate::redact::url(&e.url.to_string()),
+            sig_url,
+            public_key: s.fleet.as_ref().and_then(|f| f.public_key),
+            file: s.file.clone(),
+            kept: s.data_dir.join(crate::config::fleet::KEPT),
+            etag: None,
+            current: s.fleet_doc.clone(),
+        })
+    }
+
+    /// Pulls once in every `interval` (full jitter) until `stop`.
+    pub(super) async fn run(mut self, interval: Duration, stop: CancellationToken) {
+        let mut jitter = Jitter::new(interval);
+        while sleep_or_stop(jitter.next(unit()), &stop).await {
+            let outcome = self.pull().await;
+            self.note(outcome);
+        }
+    }
+
+    fn note(&self, outcome: Outcome) {
+        let (result, reason) = match &outcome {
+            Outcome::Applied(a) => {
+                tracing::info!(
+                    url = %self.shown,
+                    added = ?a.added,
+                    changed = ?a.changed,
+                    removed = ?a.removed,
+                    sources = ?a.sources,
+                    need_restart = ?a.need_restart,
+                    "fleet config applied"
+                );
+                ("applied", None)
+            }
+            Outcome::Unchanged => {
+                tracing::debug!(url = %self.shown, "fleet config unchanged");
+                ("unchanged", None)
+            }
+            Outcome::Refused(why) => {
+                tracing::error!(url = %self.shown, "fleet config refused, the running config stays: {why}");
+                ("refused", Some(why.clone()))
+            }
+            Outcome::Failed(why) => {
+                tracing::warn!(url = %self.shown, "fleet config not pulled, the running config stays: {why}");
+                ("failed", Some(why.clone()))
+            }
+        };
+        self.metrics
+            .fleet_config
+            .get_or_create(&label(result))
+            .inc();
+        let now = crate::timefmt::rfc3339_ms(crate::timefmt::now_ms());
+        self.sup.note_fleet(|f| {
+            f.result = Some(result.into());
+            f.at = Some(now.clone());
+            f.reason = reason;
+            if result == "applied" {
+                f.applied_at = Some(now);
+                f.config_sha256 = self.current.clone();
+            }
+        });
+    }
+
+    async fn pull(&mut self) -> Outcome {
+        let mut headers = Vec::new();
+        if let Some(e) = &self.etag {
+            headers.push(("if-none-match", e.clone()));
+        }
+        let (status, head, body) = match self.client.get(None, &headers, MAX_DOC).await {
+            Ok(r) => r,
+            Err(f) => return Outcome::Failed(f.message),
+        };
+        if status == StatusCode::NOT_MODIFIED {
+            return Outcome::Unchanged;
+        }
+        if !status.is_success() {
+            return Outcome::Failed(format!("{} answered HTTP {status}", self.shown));
+        }
+        let etag = header(&head, "etag");
+        if let Some(key) = &self.public_key {
+            if let Err(why) = self.signed(key, &head, &body).await {
+                self.etag = None;
+                return Outcome::Refused(why);
+            }
+        }
+        let Ok(text) = std::str::from_utf8(&body) else {
+            self.etag = None;
+            return Outcome::Refused(format!("{}: the document is not UTF-8 text", self.shown));
+        };
+        let sha = crate::config::fleet::sha256_hex(&body);
+        if self.current.as_deref() == Some(sha.as_str()) {
+            self.etag = etag;
+            return Outcome::Unchanged;
+        }
+        let label = PathBuf::from(&self.shown);
+        if let Err(e) = crate::config::load_fleet(&self.file, &label, text) {
+            self.etag = None;
+            return Outcome::Refused(e.to_string());
+        }
+        // Kept first, so that a SIGHUP meanwhile reloads it too; put back if not applied.
+        let before = std::fs::read_to_string(&self.kept).ok();
+        if let Err(e) = crate::config::edit::write_atomically(&self.kept, text) {
+            return Outcome::Failed(format!("cannot keep {}: {e}", self.kept.display()));
+        }
+        match self.sup.reload_fleet().await {
+            Ok(applied) => {
+                self.current = Some(sha);
+                self.etag = etag;
+                Outcome::Applied(applied)
+            }
+            Err(e) => {
+                let back = match &before {
+                    Some(t) => crate::config::edit::write_atomically(&self.kept, t),
+                    None => std::fs::remove_file(&self.kept),
+                };
+                if let Err(w) = back {
+                    tracing::error!(
+                        "{}: cannot put the last good document back: {w}",
+                        self.kept.display()
+                    );
+                }
+                self.etag = None;
+                match e {
+                    ActionError::Invalid(why) => Outcome::Refused(why),
+                    other => Outcome::Failed(other.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Whether the document carries a valid signature: in the response's header, else in
+    /// `<url>.sig`.
+    async fn signed(
+        &self,
+        key: &[u8; 32],
+        head: &hyper::HeaderMap,
+        body: &[u8],
+    ) -> Result<(), String> {
+        let sig = match header(head, SIGNATURE_HEADER) {
+            Some(s) => s,
+            None => match self.client.get(Some(&self.sig_url), &[], 4096).await {
+                Ok((s, _, b)) if s.is_success() => String::from_utf8_lossy(&b).into_owned(),
+                Ok((s, _, _)) => {
+                    return Err(format!(
+                        "{}: no signature (no {SIGNATURE_HEADER} header, and its .sig answered HTTP {s}); fix: sign it with `roomhook fleet sign --key KEY DOC` and serve DOC.sig beside it",
+                        self.shown
+                    ))
+                }
+                Err(f) => return Err(format!("{}: its .sig could not be read: {}", self.shown, f.message)),
+            },
+        };
+        if super::sign::verify(key, body, &sig) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}: the signature is not valid for [fleet] config_public_key; fix: sign the document as served with the private key of that public key (`roomhook fleet sign`)",
+                self.shown
+            ))
+        }
+    }
+}
+
+fn header(head: &hyper::HeaderMap, name: &str) -> Option<String> {
+    head.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn label(result: &str) -> ResultLabel {
+    ResultLabel {
+        result: result.into(),
+    }
+}
