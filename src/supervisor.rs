@@ -174,27 +174,27 @@ pub(crate) struct Applied {
 
 /// The fleet's pulls and reports as `status`, the console and the reports show them.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-pub(crate) struct FleetState {
+pub struct FleetState {
     /// `[gateway] id`.
-    pub(crate) gateway: String,
+    pub gateway: String,
     /// `[fleet] config_url` (credentials hidden), if set.
-    pub(crate) config_url: Option<String>,
+    pub config_url: Option<String>,
     /// How the last pull ended: applied, unchanged, refused, failed (none yet: null).
-    pub(crate) result: Option<String>,
+    pub result: Option<String>,
     /// When (RFC 3339).
-    pub(crate) at: Option<String>,
+    pub at: Option<String>,
     /// Why the last pull was refused or failed: file:line, key, problem and fix.
-    pub(crate) reason: Option<String>,
+    pub reason: Option<String>,
     /// When a document was last applied (RFC 3339).
-    pub(crate) applied_at: Option<String>,
+    pub applied_at: Option<String>,
     /// SHA-256 (hex) of the fleet document in force (null: none, the local file's webhooks run).
-    pub(crate) config_sha256: Option<String>,
+    pub config_sha256: Option<String>,
     /// `[fleet] report_url` (credentials hidden), if set.
-    pub(crate) report_url: Option<String>,
+    pub report_url: Option<String>,
     /// How the last report ended: sent, failed, dropped (a newer one replaced it).
-    pub(crate) report_result: Option<String>,
+    pub report_result: Option<String>,
     /// When (RFC 3339).
-    pub(crate) report_at: Option<String>,
+    pub report_at: Option<String>,
 }
 
 /// Why a control action failed.
