@@ -213,3 +213,81 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOCAL: &str = "[gateway]\ndata_dir = \"d\"\n\n[[sources.mqtt]]\nname = \"s\"\nurl = \"mqtt://127.0.0.1\"\n\n[[sources.mqtt.subscriptions]]\ntopic = \"local/#\"\nformat = \"zigbee2mqtt\"\n";
+
+    fn check_doc(doc: &str) -> Result<Settings, ConfigErrors> {
+        let file = Path::new("/etc/roomhook/roomhook.toml");
+        let raw: RawConfig = parse(file, LOCAL).unwrap();
+        check(file, LOCAL, raw, Path::new("https://fleet/gw.toml"), doc)
+    }
+
+    /// The one error of a refused document: (file, line, key).
+    fn refused(doc: &str) -> (String, Option<usize>, String, String) {
+        let errs = check_doc(doc).expect_err("refused");
+        assert_eq!(errs.0.len(), 1, "{errs}");
+        let e = &errs.0[0];
+        (
+            e.file.display().to_string(),
+            e.line,
+            e.key.clone(),
+            e.to_string(),
+        )
+    }
+
+    #[test]
+    fn a_document_with_webhooks_and_subscriptions_replaces_them() {
+        let s = check_doc(
+            "[[webhooks]]\nname = \"central\"\nurl = \"https://hooks.example/x\"\nauth = \"none\"\nstatuses = [\"RoomAnalytics.PeopleCount.Current\"]\n\n[[sources.mqtt]]\nname = \"s\"\n[[sources.mqtt.subscriptions]]\ntopic = \"a/#\"\nformat = \"zigbee2mqtt\"\n[[sources.mqtt.subscriptions]]\ntopic = \"b/#\"\nformat = \"zigbee2mqtt\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.webhooks.len(), 1);
+        assert_eq!(s.mqtt[0].subscriptions.len(), 2);
+        assert_eq!(s.fleet_doc.as_deref().map(str::len), Some(64));
+    }
+
+    #[test]
+    fn local_only_sections_and_secret_values_are_refused_at_their_line() {
+        let (file, line, key, text) = refused("\n[gateway]\nid = \"x\"\n");
+        assert_eq!(
+            (file.as_str(), line, key.as_str()),
+            ("https://fleet/gw.toml", Some(2), "[gateway]")
+        );
+        assert!(
+            text.contains("local-only") && text.contains("fix: remove [gateway]"),
+            "{text}"
+        );
+        let (_, line, key, _) = refused(
+            "[[webhooks]]\nname = \"a\"\nurl = \"https://x/\"\nauthorization = \"Bearer t\"\n",
+        );
+        assert_eq!((line, key.as_str()), (Some(4), "webhooks[0].authorization"));
+        let (_, line, key, _) = refused("[[sources.mqtt]]\nname = \"s\"\npassword = \"p\"\n");
+        assert_eq!((line, key.as_str()), (Some(3), "sources.mqtt[0].password"));
+        let (_, _, key, _) = refused("[[sources.mqtt]]\nname = \"other\"\nsubscriptions = []\n");
+        assert_eq!(key, "sources.mqtt[0].name");
+        let (_, _, _, text) = refused("# nothing\n");
+        assert!(text.contains("empty"), "{text}");
+    }
+
+    #[test]
+    fn errors_in_what_the_document_set_point_into_it() {
+        let (file, line, key, text) = refused(
+            "[[webhooks]]\nname = \"a\"\nauth = \"none\"\nurl = \"http://x/\"\nstatuses = [\"RoomAnalytics.PeopleCount.Current\"]\n",
+        );
+        assert_eq!(
+            (file.as_str(), line, key.as_str()),
+            ("https://fleet/gw.toml", Some(4), "webhooks[0].url")
+        );
+        assert!(text.contains("plain http"), "{text}");
+        let (file, line, key, _) = refused("[[sources.mqtt]]\nname = \"s\"\n\n[[sources.mqtt.subscriptions]]\ntopic = \"a/#\"\nformat = \"nope\"\n");
+        assert_eq!(file, "https://fleet/gw.toml");
+        assert!(key.starts_with("sources.mqtt[0].subscriptions[0]"), "{key}");
+        assert_eq!(line, Some(6));
+        let (_, line, _, _) = refused("[[webhooks]]\nname = \"a\"\nurl = \n");
+        assert_eq!(line, Some(3));
+    }
+}
