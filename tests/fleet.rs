@@ -297,7 +297,7 @@ async fn the_pulled_config_is_applied_kept_and_refusals_keep_the_running_one() {
         (format!("{central}\nstatuses = [\n"), "gw-1.toml:"),
         (
             format!("[gateway]\nid = \"x\"\n\n{central}"),
-            "[gateway] is local-only",
+            "[gateway]: local-only",
         ),
         (
             central.replace(

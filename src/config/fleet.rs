@@ -70,7 +70,7 @@ fn local_only(doc: &toml::Table) -> Vec<(String, String, String)> {
     let local = |key: String, what: &str| {
         (
             key.clone(),
-            format!("{key} is local-only: {what} stays in the gateway's own file"),
+            format!("local-only: {what} stays in the gateway's own file"),
             format!("remove {key} from the fleet document"),
         )
     };
@@ -81,7 +81,8 @@ fn local_only(doc: &toml::Table) -> Vec<(String, String, String)> {
                     for s in SECRET_VALUES.iter().filter(|s| h.get(**s).is_some()) {
                         out.push((
                             format!("webhooks[{i}].{s}"),
-                            format!("webhooks[{i}].{s}: secret values never travel in the fleet document"),
+                            "a secret value: secret values never travel in the fleet document"
+                                .to_string(),
                             format!("write {s}_file = \"<file on the gateway>\" instead"),
                         ));
                     }
