@@ -5,15 +5,18 @@
 //! with errors that point into the document. The last good one is kept in the data
 //! directory ([`KEPT`]) and merged at every load.
 
-use super::{locate, parse, ConfigError, ConfigErrors, RawConfig, RawSubscription, RawWebhook};
+use super::{locate, parse, ConfigError, ConfigErrors, RawConfig, RawSources, RawWebhook};
 use super::{validate, Settings};
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 /// The last good document, in `[gateway] data_dir`.
 pub(crate) const KEPT: &str = "fleet-config.toml";
 
-/// What a fleet document may hold.
+/// A fleet document as read: what it may hold, and the local-only sections (read only to
+/// be refused). Its sources are read as the local file's are ([`RawSources`]); only their
+/// `name`, and `subscriptions` or `statuses` and `events`, may be set.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Doc {
@@ -21,51 +24,27 @@ struct Doc {
     webhooks: Option<Vec<RawWebhook>>,
     /// Sources of the local file, by name.
     #[serde(default)]
-    sources: DocSources,
+    sources: RawSources,
+    gateway: Option<IgnoredAny>,
+    admin: Option<IgnoredAny>,
+    log: Option<IgnoredAny>,
+    devices: Option<IgnoredAny>,
+    fleet: Option<IgnoredAny>,
 }
-
-/// `[sources]` of a fleet document.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct DocSources {
-    #[serde(default)]
-    mqtt: Vec<DocMqtt>,
-    #[serde(default)]
-    roomos: Vec<DocRoomos>,
-}
-
-/// An MQTT source of the local file: its subscriptions replaced.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DocMqtt {
-    name: String,
-    subscriptions: Vec<RawSubscription>,
-}
-
-/// A RoomOS source of the local file: what it subscribes to.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DocRoomos {
-    name: String,
-    statuses: Option<Vec<String>>,
-    events: Option<Vec<String>>,
-}
-
-/// The keys a document may set in each place (every other one is local-only).
-const MQTT_KEYS: &[&str] = &["name", "subscriptions"];
-const ROOMOS_KEYS: &[&str] = &["name", "statuses", "events"];
-/// Secret values: a document names files on the gateway instead.
-const SECRET_VALUES: &[&str] = &["authorization", "password", "signing_secret"];
 
 /// Where the last good document of the config `file` is kept, when `[fleet] config_url`
 /// is set.
 pub(crate) fn kept_path(raw: &RawConfig, file: &Path) -> Option<PathBuf> {
     raw.fleet.as_ref()?.config_url.as_ref()?;
-    Some(super::base_dir(file).join(&raw.gateway.data_dir).join(KEPT))
+    Some(
+        super::base_dir(file)
+            .join(&raw.gateway.data_dir)
+            .join(KEPT),
+    )
 }
 
 /// The local-only keys a document names: (key, problem, fix).
-fn local_only(doc: &toml::Table) -> Vec<(String, String, String)> {
+fn local_only(doc: &Doc) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     let local = |key: String, what: &str| {
         (
@@ -74,36 +53,63 @@ fn local_only(doc: &toml::Table) -> Vec<(String, String, String)> {
             format!("remove {key} from the fleet document"),
         )
     };
-    for (k, v) in doc {
-        match (k.as_str(), v) {
-            ("webhooks", toml::Value::Array(hooks)) => {
-                for (i, h) in hooks.iter().enumerate() {
-                    for s in SECRET_VALUES.iter().filter(|s| h.get(**s).is_some()) {
-                        out.push((
-                            format!("webhooks[{i}].{s}"),
-                            "a secret value: secret values never travel in the fleet document"
-                                .to_string(),
-                            format!("write {s}_file = \"<file on the gateway>\" instead"),
-                        ));
-                    }
-                }
-            }
-            ("sources", toml::Value::Table(sources)) => {
-                for (kind, allowed) in [("mqtt", MQTT_KEYS), ("roomos", ROOMOS_KEYS)] {
-                    let list = sources.get(kind).and_then(toml::Value::as_array);
-                    for (i, s) in list.into_iter().flatten().enumerate() {
-                        let keys = s.as_table().into_iter().flat_map(|t| t.keys());
-                        for key in keys.filter(|key| !allowed.contains(&key.as_str())) {
-                            out.push(local(
-                                format!("sources.{kind}[{i}].{key}"),
-                                "a source's address, credentials and settings",
-                            ));
-                        }
-                    }
-                }
-            }
-            ("webhooks" | "sources", _) => {}
-            (section, _) => out.push(local(format!("[{section}]"), "this section")),
+    let sections = [
+        ("gateway", doc.gateway.is_some()),
+        ("admin", doc.admin.is_some()),
+        ("log", doc.log.is_some()),
+        ("devices", doc.devices.is_some()),
+        ("fleet", doc.fleet.is_some()),
+    ];
+    for (name, _) in sections.iter().filter(|(_, set)| *set) {
+        out.push(local(format!("[{name}]"), "this section"));
+    }
+    for (i, h) in doc.webhooks.iter().flatten().enumerate() {
+        let secrets = [
+            ("authorization", h.authorization.is_some()),
+            ("password", h.password.is_some()),
+            ("signing_secret", h.signing_secret.is_some()),
+        ];
+        for (s, _) in secrets.iter().filter(|(_, set)| *set) {
+            out.push((
+                format!("webhooks[{i}].{s}"),
+                "a secret value: secret values never travel in the fleet document".into(),
+                format!("write {s}_file = \"<file on the gateway>\" instead"),
+            ));
+        }
+    }
+    let what = "a source's address, credentials and settings";
+    for (i, m) in doc.sources.mqtt.iter().enumerate() {
+        let set = [
+            ("url", !m.url.is_empty()),
+            ("client_id", m.client_id.is_some()),
+            ("username", m.username.is_some()),
+            ("password", m.password.is_some()),
+            ("password_file", m.password_file.is_some()),
+            ("ca_file", m.ca_file.is_some()),
+            ("keep_alive", m.keep_alive.is_some()),
+            ("max_payload", m.max_payload.is_some()),
+        ];
+        for (k, _) in set.iter().filter(|(_, set)| *set) {
+            out.push(local(format!("sources.mqtt[{i}].{k}"), what));
+        }
+    }
+    for (i, r) in doc.sources.roomos.iter().enumerate() {
+        let set = [
+            ("url", !r.url.is_empty()),
+            ("allow_plaintext", r.allow_plaintext.is_some()),
+            ("username", !r.username.is_empty()),
+            ("password", r.password.is_some()),
+            ("password_file", r.password_file.is_some()),
+            ("pin_sha256", r.pin_sha256.is_some()),
+            ("ca_file", r.ca_file.is_some()),
+            ("auth_mode", r.auth_mode.is_some()),
+            ("device", r.device.is_some()),
+            ("workspace", r.workspace.is_some()),
+            ("keep_alive", r.keep_alive.is_some()),
+            ("max_frame", r.max_frame.is_some()),
+        ];
+        for (k, _) in set.iter().filter(|(_, set)| *set) {
+            out.push(local(format!("sources.roomos[{i}].{k}"), what));
         }
     }
     out
@@ -125,15 +131,14 @@ pub(crate) fn check(
         problem,
         fix,
     };
-    let table: toml::Table = parse(label, doc_text)?;
-    let refused: Vec<ConfigError> = local_only(&table)
+    let doc: Doc = parse(label, doc_text)?;
+    let refused: Vec<ConfigError> = local_only(&doc)
         .into_iter()
         .map(|(k, p, f)| at(k, p, f))
         .collect();
     if !refused.is_empty() {
         return Err(ConfigErrors(refused));
     }
-    let doc: Doc = parse(label, doc_text)?;
     if doc.webhooks.is_none() && doc.sources.mqtt.is_empty() && doc.sources.roomos.is_empty() {
         return Err(ConfigErrors(vec![at(
             String::new(),

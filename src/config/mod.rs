@@ -166,11 +166,14 @@ pub(crate) struct RawSources {
 pub(crate) struct RawRoomos {
     /// Name used in logs and metrics.
     pub(crate) name: String,
-    /// `wss://<device>/ws` (`ws://` only with `allow_plaintext`).
+    /// `wss://<device>/ws` (`ws://` only with `allow_plaintext`). Empty when missing (a
+    /// fleet document names a source without it).
+    #[serde(default)]
     pub(crate) url: String,
     /// Allows a plain `ws://` URL (lab use).
     pub(crate) allow_plaintext: Option<bool>,
     /// Local user on the device (the Integrator role is enough for most statuses).
+    #[serde(default)]
     pub(crate) username: String,
     /// Its password (prefer `password_file`).
     pub(crate) password: Option<String>,
@@ -202,7 +205,9 @@ pub(crate) struct RawRoomos {
 pub(crate) struct RawMqtt {
     /// Name used in logs and metrics.
     pub(crate) name: String,
-    /// `mqtt://host:port` or `mqtts://host:port`.
+    /// `mqtt://host:port` or `mqtts://host:port`. Empty when missing (a fleet document
+    /// names a source without it).
+    #[serde(default)]
     pub(crate) url: String,
     /// Fixed client id (the persistent session hangs on it); default `roomhook-<name>`.
     pub(crate) client_id: Option<String>,
