@@ -5,32 +5,16 @@
 //! with errors that point into the document. The last good one is kept in the data
 //! directory ([`KEPT`]) and merged at every load.
 
-use super::{locate, parse, ConfigError, ConfigErrors, RawConfig, RawSources, RawWebhook};
+use super::{locate, parse, ConfigError, ConfigErrors, RawConfig};
 use super::{validate, Settings};
-use serde::de::IgnoredAny;
-use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 /// The last good document, in `[gateway] data_dir`.
 pub(crate) const KEPT: &str = "fleet-config.toml";
 
-/// A fleet document as read: what it may hold, and the local-only sections (read only to
-/// be refused). Its sources are read as the local file's are ([`RawSources`]); only their
-/// `name`, and `subscriptions` or `statuses` and `events`, may be set.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Doc {
-    /// Replaces the local `[[webhooks]]` whole (when present; `webhooks = []`: none).
-    webhooks: Option<Vec<RawWebhook>>,
-    /// Sources of the local file, by name.
-    #[serde(default)]
-    sources: RawSources,
-    gateway: Option<IgnoredAny>,
-    admin: Option<IgnoredAny>,
-    log: Option<IgnoredAny>,
-    devices: Option<IgnoredAny>,
-    fleet: Option<IgnoredAny>,
-}
+/// What a fleet document is read after: the local file's own model ([`RawConfig`]) needs a
+/// `[gateway]`, which a document never has. Two lines, taken off the errors' line numbers.
+const PREFIX: &str = "[gateway]\ndata_dir = \".\"\n";
 
 /// Where the last good document of the config `file` is kept, when `[fleet] config_url`
 /// is set.
@@ -43,8 +27,12 @@ pub(crate) fn kept_path(raw: &RawConfig, file: &Path) -> Option<PathBuf> {
     )
 }
 
-/// The local-only keys a document names: (key, problem, fix).
-fn local_only(doc: &Doc) -> Vec<(String, String, String)> {
+/// The local-only keys a document names: (key, problem, fix): among `sections` (its
+/// top-level keys), and in `doc` (the document as read).
+fn local_only<'a>(
+    sections: impl Iterator<Item = &'a str>,
+    doc: Option<&RawConfig>,
+) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     let local = |key: String, what: &str| {
         (
@@ -53,17 +41,11 @@ fn local_only(doc: &Doc) -> Vec<(String, String, String)> {
             format!("remove {key} from the fleet document"),
         )
     };
-    let sections = [
-        ("gateway", doc.gateway.is_some()),
-        ("admin", doc.admin.is_some()),
-        ("log", doc.log.is_some()),
-        ("devices", doc.devices.is_some()),
-        ("fleet", doc.fleet.is_some()),
-    ];
-    for (name, _) in sections.iter().filter(|(_, set)| *set) {
+    for name in sections.filter(|k| !matches!(*k, "webhooks" | "sources")) {
         out.push(local(format!("[{name}]"), "this section"));
     }
-    for (i, h) in doc.webhooks.iter().flatten().enumerate() {
+    let Some(doc) = doc else { return out };
+    for (i, h) in doc.webhooks.iter().enumerate() {
         let secrets = [
             ("authorization", h.authorization.is_some()),
             ("password", h.password.is_some()),
@@ -131,15 +113,31 @@ pub(crate) fn check(
         problem,
         fix,
     };
-    let doc: Doc = parse(label, doc_text)?;
-    let refused: Vec<ConfigError> = local_only(&doc)
+    // Its sections (a syntax error is reported by the parse after).
+    let top = toml_edit::Document::parse(doc_text).ok();
+    let sections = top.iter().flat_map(|d| d.as_table().iter().map(|(k, _)| k));
+    let refused: Vec<ConfigError> = local_only(sections, None)
         .into_iter()
         .map(|(k, p, f)| at(k, p, f))
         .collect();
     if !refused.is_empty() {
         return Err(ConfigErrors(refused));
     }
-    if doc.webhooks.is_none() && doc.sources.mqtt.is_empty() && doc.sources.roomos.is_empty() {
+    let webhooks = top.as_ref().is_some_and(|d| d.contains_key("webhooks"));
+    let doc: RawConfig = parse(label, &format!("{PREFIX}{doc_text}")).map_err(|mut e| {
+        for x in &mut e.0 {
+            x.line = x.line.map(|l| l.saturating_sub(2).max(1));
+        }
+        e
+    })?;
+    let refused: Vec<ConfigError> = local_only(std::iter::empty(), Some(&doc))
+        .into_iter()
+        .map(|(k, p, f)| at(k, p, f))
+        .collect();
+    if !refused.is_empty() {
+        return Err(ConfigErrors(refused));
+    }
+    if !webhooks && doc.sources.mqtt.is_empty() && doc.sources.roomos.is_empty() {
         return Err(ConfigErrors(vec![at(
             String::new(),
             "the fleet document is empty".into(),
@@ -179,9 +177,9 @@ pub(crate) fn check(
     if !errs.is_empty() {
         return Err(ConfigErrors(errs));
     }
-    let from_doc = doc.webhooks.is_some();
-    if let Some(w) = doc.webhooks {
-        raw.webhooks = w;
+    let from_doc = webhooks;
+    if webhooks {
+        raw.webhooks = doc.webhooks;
     }
     let mut settings = validate(&raw, super::base_dir(file), file).map_err(|mut errs| {
         for e in &mut errs.0 {
