@@ -20,11 +20,7 @@ const PREFIX: &str = "[gateway]\ndata_dir = \".\"\n";
 /// is set.
 pub(crate) fn kept_path(raw: &RawConfig, file: &Path) -> Option<PathBuf> {
     raw.fleet.as_ref()?.config_url.as_ref()?;
-    Some(
-        super::base_dir(file)
-            .join(&raw.gateway.data_dir)
-            .join(KEPT),
-    )
+    Some(super::base_dir(file).join(&raw.gateway.data_dir).join(KEPT))
 }
 
 /// The local-only keys a document names: (key, problem, fix): among `sections` (its
