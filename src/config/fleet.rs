@@ -55,39 +55,48 @@ fn local_only<'a>(
             ));
         }
     }
-    let what = "a source's address, credentials and settings";
+    // A source's keys that are set, besides those a document may set.
+    let mut sources = Vec::new();
     for (i, m) in doc.sources.mqtt.iter().enumerate() {
-        let set = [
-            ("url", !m.url.is_empty()),
-            ("client_id", m.client_id.is_some()),
-            ("username", m.username.is_some()),
-            ("password", m.password.is_some()),
-            ("password_file", m.password_file.is_some()),
-            ("ca_file", m.ca_file.is_some()),
-            ("keep_alive", m.keep_alive.is_some()),
-            ("max_payload", m.max_payload.is_some()),
-        ];
-        for (k, _) in set.iter().filter(|(_, set)| *set) {
-            out.push(local(format!("sources.mqtt[{i}].{k}"), what));
-        }
+        sources.push((
+            format!("sources.mqtt[{i}]"),
+            vec![
+                ("url", !m.url.is_empty()),
+                ("client_id", m.client_id.is_some()),
+                ("username", m.username.is_some()),
+                ("password", m.password.is_some()),
+                ("password_file", m.password_file.is_some()),
+                ("ca_file", m.ca_file.is_some()),
+                ("keep_alive", m.keep_alive.is_some()),
+                ("max_payload", m.max_payload.is_some()),
+            ],
+        ));
     }
     for (i, r) in doc.sources.roomos.iter().enumerate() {
-        let set = [
-            ("url", !r.url.is_empty()),
-            ("allow_plaintext", r.allow_plaintext.is_some()),
-            ("username", !r.username.is_empty()),
-            ("password", r.password.is_some()),
-            ("password_file", r.password_file.is_some()),
-            ("pin_sha256", r.pin_sha256.is_some()),
-            ("ca_file", r.ca_file.is_some()),
-            ("auth_mode", r.auth_mode.is_some()),
-            ("device", r.device.is_some()),
-            ("workspace", r.workspace.is_some()),
-            ("keep_alive", r.keep_alive.is_some()),
-            ("max_frame", r.max_frame.is_some()),
-        ];
-        for (k, _) in set.iter().filter(|(_, set)| *set) {
-            out.push(local(format!("sources.roomos[{i}].{k}"), what));
+        sources.push((
+            format!("sources.roomos[{i}]"),
+            vec![
+                ("url", !r.url.is_empty()),
+                ("allow_plaintext", r.allow_plaintext.is_some()),
+                ("username", !r.username.is_empty()),
+                ("password", r.password.is_some()),
+                ("password_file", r.password_file.is_some()),
+                ("pin_sha256", r.pin_sha256.is_some()),
+                ("ca_file", r.ca_file.is_some()),
+                ("auth_mode", r.auth_mode.is_some()),
+                ("device", r.device.is_some()),
+                ("workspace", r.workspace.is_some()),
+                ("keep_alive", r.keep_alive.is_some()),
+                ("max_frame", r.max_frame.is_some()),
+            ],
+        ));
+    }
+    for (source, keys) in sources {
+        for (k, _) in keys.into_iter().filter(|(_, set)| *set) {
+            out.push(local(
+                format!("{source}.{k}"),
+                "a source's address, credentials and settings",
+            ));
         }
     }
     out

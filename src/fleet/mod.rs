@@ -9,6 +9,7 @@ mod report;
 pub mod sign;
 
 use crate::config::Settings;
+use crate::deliver::client::WebhookClient;
 use crate::metrics::Metrics;
 use crate::supervisor::Supervisor;
 use std::sync::Arc;
@@ -58,21 +59,22 @@ pub(crate) fn spawn(
     tasks: &mut JoinSet<()>,
 ) {
     let Some(fleet) = &settings.fleet else { return };
-    if let Some(endpoint) = &fleet.config {
-        match pull::Puller::new(settings, endpoint, supervisor.clone(), metrics.clone()) {
-            Ok(p) => {
-                tasks.spawn(p.run(fleet.config_interval, stop.clone()));
-            }
-            Err(e) => tracing::error!("fleet config: {e}; the config is not pulled"),
-        }
+    let client = |e: &crate::config::FleetEndpoint, what: &str| {
+        WebhookClient::endpoint(e.url.clone(), &e.trust, e.authorization.as_ref())
+            .map_err(|err| tracing::error!("fleet {what}: {err}; nothing is sent there"))
+            .ok()
+    };
+    if let Some((e, c)) = fleet
+        .config
+        .as_ref()
+        .and_then(|e| Some((e, client(e, "config")?)))
+    {
+        let p = pull::Puller::new(settings, &e.url, c, (supervisor.clone(), metrics.clone()));
+        tasks.spawn(p.run(fleet.config_interval, stop.clone()));
     }
-    if let Some(endpoint) = &fleet.report {
-        match report::Reporter::new(settings, endpoint, supervisor, metrics) {
-            Ok(r) => {
-                tasks.spawn(r.run(fleet.report_interval, stop));
-            }
-            Err(e) => tracing::error!("fleet reports: {e}; no reports are sent"),
-        }
+    if let Some(c) = fleet.report.as_ref().and_then(|e| client(e, "reports")) {
+        let r = report::Reporter::new(settings, c, supervisor, metrics);
+        tasks.spawn(r.run(fleet.report_interval, stop));
     }
 }
 

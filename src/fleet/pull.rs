@@ -6,7 +6,7 @@
 //! counted (`roomhook_fleet_config_total{result}`), logged, and noted for `status`.
 
 use super::{sleep_or_stop, unit, Jitter};
-use crate::config::{FleetEndpoint, Settings};
+use crate::config::Settings;
 use crate::deliver::client::WebhookClient;
 use crate::metrics::{Metrics, ResultLabel};
 use crate::supervisor::{ActionError, Applied, Supervisor};
@@ -56,32 +56,29 @@ pub(super) struct Puller {
 impl Puller {
     pub(super) fn new(
         s: &Settings,
-        e: &FleetEndpoint,
-        sup: Arc<Supervisor>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
-        let client = WebhookClient::endpoint(e.url.clone(), &e.trust, e.authorization.as_ref())
-            .map_err(|e| e.to_string())?;
-        let mut sig = e.url.clone().into_parts();
-        let path = e.url.path();
-        let query = e.url.query().map(|q| format!("?{q}")).unwrap_or_default();
-        sig.path_and_query = format!("{path}.sig{query}").parse().ok();
-        let sig_url = Uri::from_parts(sig).map_err(|e| e.to_string())?;
+        url: &Uri,
+        client: WebhookClient,
+        (sup, metrics): (Arc<Supervisor>, Arc<Metrics>),
+    ) -> Self {
+        let mut sig = url.clone().into_parts();
+        let query = url.query().map(|q| format!("?{q}")).unwrap_or_default();
+        sig.path_and_query = format!("{}.sig{query}", url.path()).parse().ok();
+        let sig_url = Uri::from_parts(sig).unwrap_or_else(|_| url.clone());
         for r in RESULTS {
             let _ = metrics.fleet_config.get_or_create(&label(r));
         }
-        Ok(Puller {
+        Puller {
             sup,
             metrics,
             client,
-            shown: crate::redact::url(&e.url.to_string()),
+            shown: crate::redact::url(&url.to_string()),
             sig_url,
             public_key: s.fleet.as_ref().and_then(|f| f.public_key),
             file: s.file.clone(),
             kept: s.data_dir.join(crate::config::fleet::KEPT),
             etag: None,
             current: s.fleet_doc.clone(),
-        })
+        }
     }
 
     /// Pulls once in every `interval` (full jitter) until `stop`.

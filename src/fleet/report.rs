@@ -6,7 +6,7 @@
 
 use super::{sleep_or_stop, unit, Jitter};
 use crate::backoff::Backoff;
-use crate::config::{FleetEndpoint, Settings};
+use crate::config::Settings;
 use crate::deliver::client::{Outcome, WebhookClient};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::supervisor::Supervisor;
@@ -31,20 +31,18 @@ pub(super) struct Reporter {
 impl Reporter {
     pub(super) fn new(
         s: &Settings,
-        e: &FleetEndpoint,
+        client: WebhookClient,
         sup: Arc<Supervisor>,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
-        let client = WebhookClient::endpoint(e.url.clone(), &e.trust, e.authorization.as_ref())
-            .map_err(|e| e.to_string())?;
-        Ok(Reporter {
+    ) -> Self {
+        Reporter {
             sup,
             metrics,
             client,
             signer: s.fleet.as_ref().and_then(|f| f.report_signer.clone()),
             gateway: s.gateway_id.clone(),
             started: Instant::now(),
-        })
+        }
     }
 
     /// The report as of now.
