@@ -483,3 +483,40 @@ async fn reports_arrive_signed_every_interval_and_do_not_pile_up() {
     assert!(r.fleet.as_ref().unwrap().report_result.is_some());
     drop(daemon);
 }
+
+/// The README's Fleet section: its document, merged into its gateway's file as a kept
+/// document is, passes `check-config`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_fleet_example_checks() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme.find("## Fleet").unwrap()..];
+    let section = &section[..section.find("\n## ").unwrap()];
+    let blocks: Vec<&str> = section
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| &b[..b.find("```").unwrap()])
+        .collect();
+    let [doc, local] = blocks[..] else {
+        panic!("two TOML blocks: {blocks:?}")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let local = edit(local, |c| {
+        c.set("gateway.data_dir", "data");
+    });
+    let config = d.join("roomhook.toml");
+    std::fs::write(&config, local).unwrap();
+    std::fs::create_dir(d.join("data")).unwrap();
+    std::fs::write(d.join("data/fleet-config.toml"), doc).unwrap();
+    for token in ["fleet.token", "facilities.token"] {
+        std::fs::write(d.join(token), TOKEN).unwrap();
+    }
+    std::fs::write(
+        d.join("report.secret"),
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(&["check-config", "-c", config.to_str().unwrap()]).await;
+    assert!(code == 0 && out.contains("1 webhook(s)"), "{out}{err}");
+}
