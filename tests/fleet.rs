@@ -458,7 +458,9 @@ async fn reports_arrive_signed_every_interval_and_do_not_pile_up() {
         (during as f64) <= 4.0 * (secs + 1.0),
         "{during} requests in {secs:.1} s"
     );
-    // Back up: the latest report, not a backlog.
+    // Back up: the latest report, not a backlog (a retry of the report of the moment and
+    // the next one may come close together: two jittered times are 0 to 2 intervals
+    // apart; a backlog would be more).
     let after: Vec<_> = rx
         .receiver
         .accepted()
@@ -470,7 +472,7 @@ async fn reports_arrive_signed_every_interval_and_do_not_pile_up() {
         .filter(|r| r.at < up + Duration::from_millis(800))
         .count();
     assert!(
-        burst <= 1,
+        burst <= 2,
         "{burst} reports at once after the receiver came back"
     );
     let uptime =
