@@ -156,12 +156,14 @@ fn roomhook_digest(b: &[u8]) -> String {
 }
 
 /// A fleet document: `[[webhooks]]` of the given names, all to `rx`, authorized by the
-/// token in the gateway's file `hook.token`.
+/// token in the gateway's file `hook.token`, trusting `rx`'s CA in the gateway's directory
+/// (a document names files relatively).
 fn webhooks_doc(names: &[&str], rx: &TestReceiver) -> String {
+    let ca = rx.ca_file.file_name().unwrap().to_str().unwrap();
     edit("", |d| {
         for name in names {
             d.add(
-                Section::webhook(name, &rx.url, &rx.ca_file)
+                Section::webhook(name, &rx.url, Path::new(ca))
                     .remove("authorization")
                     .set("authorization_file", "hook.token"),
             );

@@ -42,6 +42,22 @@ fn local_only<'a>(
     }
     let Some(doc) = doc else { return out };
     for (i, h) in doc.webhooks.iter().enumerate() {
+        if h.headers.is_some() {
+            out.push((
+                format!("webhooks[{i}].headers"),
+                "static headers may carry tokens, and secret values never travel in the fleet document".into(),
+                "remove headers from the fleet document: name the token in authorization_file = \"<file on the gateway>\", or set the headers in the gateway's own file".into(),
+            ));
+        }
+        for (k, p) in webhook_files(h) {
+            if !plain_name(p) {
+                out.push((
+                    format!("webhooks[{i}].{k}"),
+                    format!("{p:?}: a fleet document names files on the gateway relatively, without '..' (absolute paths and '..' could reach any file the gateway can read)"),
+                    format!("write {k} = \"<file name>\", the file in $CREDENTIALS_DIRECTORY (when set) or else beside the gateway's own config file"),
+                ));
+            }
+        }
         let secrets = [
             ("authorization", h.authorization.is_some()),
             ("password", h.password.is_some()),
@@ -100,6 +116,41 @@ fn local_only<'a>(
         }
     }
     out
+}
+
+/// The files a webhook of a document names: (key, path).
+fn webhook_files(h: &super::RawWebhook) -> Vec<(&'static str, &Path)> {
+    [
+        ("authorization_file", &h.authorization_file),
+        ("password_file", &h.password_file),
+        ("signing_secret_file", &h.signing_secret_file),
+        ("ca_file", &h.ca_file),
+        ("client_cert_file", &h.client_cert_file),
+        ("client_key_file", &h.client_key_file),
+    ]
+    .into_iter()
+    .filter_map(|(k, p)| Some((k, p.as_deref()?)))
+    .collect()
+}
+
+/// Whether `p` is a relative file name with no `..` (nor root or prefix) component.
+fn plain_name(p: &Path) -> bool {
+    !p.as_os_str().is_empty()
+        && p.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        })
+}
+
+/// Where a file a document names is: in `$CREDENTIALS_DIRECTORY` when it is set, else in
+/// the directory of the local config `file`.
+fn doc_file(file: &Path, p: &Path) -> PathBuf {
+    match std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) {
+        Some(dir) => Path::new(&dir).join(p),
+        None => super::base_dir(file).join(p),
+    }
 }
 
 /// The local file's `raw` with the document `doc_text` merged in, checked whole; errors in
@@ -185,6 +236,21 @@ pub(crate) fn check(
     let from_doc = webhooks;
     if webhooks {
         raw.webhooks = doc.webhooks;
+        for h in &mut raw.webhooks {
+            for p in [
+                &mut h.authorization_file,
+                &mut h.password_file,
+                &mut h.signing_secret_file,
+                &mut h.ca_file,
+                &mut h.client_cert_file,
+                &mut h.client_key_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                *p = doc_file(file, p);
+            }
+        }
     }
     let mut settings = validate(&raw, super::base_dir(file), file).map_err(|mut errs| {
         for e in &mut errs.0 {
@@ -280,6 +346,60 @@ mod tests {
         assert_eq!(key, "sources.mqtt[0].name");
         let (_, _, _, text) = refused("# nothing\n");
         assert!(text.contains("empty"), "{text}");
+    }
+
+    #[test]
+    fn a_document_names_files_relatively_without_dot_dot() {
+        let hook = |k: &str, v: &str| {
+            format!("[[webhooks]]\nname = \"a\"\nurl = \"https://x/\"\n{k} = \"{v}\"\nstatuses = [\"RoomAnalytics.PeopleCount.Current\"]\n")
+        };
+        for k in [
+            "authorization_file",
+            "password_file",
+            "signing_secret_file",
+            "ca_file",
+            "client_cert_file",
+            "client_key_file",
+        ] {
+            for v in ["/etc/shadow", "../x", "tokens/../../x", "a/.."] {
+                let (file, line, key, text) = refused(&hook(k, v));
+                assert_eq!(
+                    (file.as_str(), line, key.clone()),
+                    ("https://fleet/gw.toml", Some(4), format!("webhooks[0].{k}")),
+                    "{k} = {v}"
+                );
+                assert!(
+                    text.contains("relatively") && text.contains("fix: write"),
+                    "{text}"
+                );
+            }
+        }
+        assert!(plain_name(Path::new("tokens/facilities.token")));
+        assert!(plain_name(Path::new("facilities.token")));
+        assert!(!plain_name(Path::new("")));
+    }
+
+    #[test]
+    fn a_documents_files_are_found_in_the_credentials_or_the_local_directory() {
+        let file = Path::new("/etc/roomhook/roomhook.toml");
+        // The process's environment is shared by the tests: only read here.
+        let expect = match std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) {
+            Some(d) => Path::new(&d).join("t"),
+            None => PathBuf::from("/etc/roomhook/t"),
+        };
+        assert_eq!(doc_file(file, Path::new("t")), expect);
+    }
+
+    #[test]
+    fn a_documents_static_headers_are_refused() {
+        let (_, line, key, text) = refused(
+            "[[webhooks]]\nname = \"a\"\nurl = \"https://x/\"\nauth = \"none\"\nheaders = { x-api-key = \"t\" }\n",
+        );
+        assert_eq!((line, key.as_str()), (Some(5), "webhooks[0].headers"));
+        assert!(
+            text.contains("tokens") && text.contains("fix: remove headers"),
+            "{text}"
+        );
     }
 
     #[test]
