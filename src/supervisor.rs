@@ -565,7 +565,7 @@ impl Supervisor {
 
     /// Re-reads the config file and applies it; an invalid file changes nothing.
     pub(crate) async fn reload(&self) -> Result<Applied, ActionError> {
-        let result = self.load_and_apply().await;
+        let result = self.load_and_apply(None).await;
         let label = if result.is_ok() { "applied" } else { "refused" };
         self.metrics
             .config_reloads
@@ -580,13 +580,26 @@ impl Supervisor {
     }
 
     /// Applies the config file with the fleet document just kept: the reload's own path,
-    /// all or nothing, counted by the fleet instead.
-    pub(crate) async fn reload_fleet(&self) -> Result<Applied, ActionError> {
-        self.load_and_apply().await
+    /// all or nothing, counted by the fleet instead. Nothing is applied once `stop` (the
+    /// fleet's) is cancelled: checked under the lock the shutdown takes to empty the
+    /// supervisor, so a pull can never apply onto one being emptied.
+    pub(crate) async fn reload_fleet(
+        &self,
+        stop: &CancellationToken,
+    ) -> Result<Applied, ActionError> {
+        self.load_and_apply(Some(stop)).await
     }
 
-    async fn load_and_apply(&self) -> Result<Applied, ActionError> {
+    async fn load_and_apply(
+        &self,
+        stop: Option<&CancellationToken>,
+    ) -> Result<Applied, ActionError> {
         let mut inner = self.inner.lock().await;
+        if self.source_stop.is_cancelled() || stop.is_some_and(CancellationToken::is_cancelled) {
+            return Err(ActionError::Runtime(
+                "the daemon is stopping; nothing was applied".into(),
+            ));
+        }
         let file = inner.settings.file.clone();
         let applied = match crate::config::load(&file) {
             Ok(settings) => self.apply_locked(&mut inner, settings, &[], &[]).await,

@@ -32,6 +32,10 @@ pub struct Running {
     source_stop: CancellationToken,
     /// Cancelled to stop the services (last).
     service_stop: CancellationToken,
+    /// The fleet's pull and report loops.
+    fleet: JoinSet<()>,
+    /// Cancelled first of all: a pull in flight is given up and none is applied after it.
+    fleet_stop: CancellationToken,
     shutdown: CancellationToken,
 }
 
@@ -114,12 +118,14 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
         control,
         service_stop.clone(),
     ));
+    let fleet_stop = CancellationToken::new();
+    let mut fleet = JoinSet::new();
     crate::fleet::spawn(
         settings,
         supervisor.clone(),
         metrics.clone(),
-        service_stop.clone(),
-        &mut services,
+        fleet_stop.clone(),
+        &mut fleet,
     );
     services.spawn(signals::reload_on_sighup(
         hangups,
@@ -151,6 +157,8 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
         services,
         source_stop: CancellationToken::new(),
         service_stop,
+        fleet,
+        fleet_stop,
         shutdown,
     })
 }
@@ -187,10 +195,16 @@ impl Running {
             mut services,
             source_stop,
             service_stop,
+            mut fleet,
+            fleet_stop,
             shutdown,
             ..
         } = self;
         shutdown.cancelled().await;
+        // The fleet first: its requests are given up, and no pull applies onto a supervisor
+        // being emptied (the apply checks `fleet_stop` under the supervisor's lock).
+        fleet_stop.cancel();
+        while fleet.join_next().await.is_some() {}
         tracing::info!("stopping: no new input, finishing in-flight requests");
         notify::stopping("stopping: no new input, finishing requests in flight");
         store.stopping();

@@ -31,6 +31,8 @@ enum Outcome {
     Refused(String),
     /// No document came, or it could not be applied.
     Failed(String),
+    /// The daemon is stopping: a request was given up (not counted).
+    Stopped,
 }
 
 /// The state of the pull loop.
@@ -81,12 +83,15 @@ impl Puller {
         }
     }
 
-    /// Pulls once in every `interval` (full jitter) until `stop`.
+    /// Pulls once in every `interval` (full jitter) until `stop`; every request is given up
+    /// when `stop` comes, and nothing is applied after it.
     pub(super) async fn run(mut self, interval: Duration, stop: CancellationToken) {
         let mut jitter = Jitter::new(interval);
         while sleep_or_stop(jitter.next(unit()), &stop).await {
-            let outcome = self.pull().await;
-            self.note(outcome);
+            match self.pull(&stop).await {
+                Outcome::Stopped => return,
+                outcome => self.note(outcome),
+            }
         }
     }
 
@@ -116,6 +121,7 @@ impl Puller {
                 tracing::warn!(url = %self.shown, "fleet config not pulled, the running config stays: {why}");
                 ("failed", Some(why.clone()))
             }
+            Outcome::Stopped => return,
         };
         self.metrics
             .fleet_config
@@ -133,12 +139,16 @@ impl Puller {
         });
     }
 
-    async fn pull(&mut self) -> Outcome {
+    async fn pull(&mut self, stop: &CancellationToken) -> Outcome {
         let mut headers = Vec::new();
         if let Some(e) = &self.etag {
             headers.push(("if-none-match", e.clone()));
         }
-        let (status, head, body) = match self.client.get(None, &headers, MAX_DOC).await {
+        let got = tokio::select! {
+            r = self.client.get(None, &headers, MAX_DOC) => r,
+            _ = stop.cancelled() => return Outcome::Stopped,
+        };
+        let (status, head, body) = match got {
             Ok(r) => r,
             Err(f) => return Outcome::Failed(f.message),
         };
@@ -150,7 +160,11 @@ impl Puller {
         }
         let etag = header(&head, "etag");
         if let Some(key) = &self.public_key {
-            if let Err(why) = self.signed(key, &head, &body).await {
+            let signed = tokio::select! {
+                r = self.signed(key, &head, &body) => r,
+                _ = stop.cancelled() => return Outcome::Stopped,
+            };
+            if let Err(why) = signed {
                 self.etag = None;
                 return Outcome::Refused(why);
             }
@@ -174,7 +188,7 @@ impl Puller {
         if let Err(e) = crate::config::edit::write_atomically(&self.kept, text) {
             return Outcome::Failed(format!("cannot keep {}: {e}", self.kept.display()));
         }
-        match self.sup.reload_fleet().await {
+        match self.sup.reload_fleet(stop).await {
             Ok(applied) => {
                 self.current = Some(sha);
                 self.etag = etag;

@@ -92,7 +92,11 @@ impl Reporter {
                 let body = self.report();
                 let id = format!("rpt_{}_{}", self.gateway, crate::timefmt::now_ms());
                 let headers = crate::deliver::signing::headers(self.signer.as_ref(), &id, &body);
-                let failure = match self.client.post(body, &headers).await.0 {
+                let sent = tokio::select! {
+                    r = self.client.post(body, &headers) => r.0,
+                    _ = stop.cancelled() => return,
+                };
+                let failure = match sent {
                     Outcome::Delivered { .. } => {
                         self.count("sent");
                         break;
