@@ -36,6 +36,11 @@ impl Jitter {
         }
     }
 
+    /// The period.
+    pub(crate) fn interval(&self) -> Duration {
+        self.interval
+    }
+
     /// How long to wait for the next time; `unit` is a uniform draw from [0, 1).
     pub(crate) fn next(&mut self, unit: f64) -> Duration {
         let offset = self.interval.mul_f64(unit.clamp(0.0, 1.0));

@@ -86,7 +86,8 @@ impl Reporter {
                 _ = tokio::time::sleep_until(next) => {}
                 _ = stop.cancelled() => return,
             }
-            next += jitter.next(unit());
+            // After a slow report the next time may be past: from now, not back to back.
+            next = following(next, tokio::time::Instant::now(), &mut jitter, unit());
             let mut attempt = 0;
             loop {
                 let body = self.report();
@@ -105,9 +106,7 @@ impl Reporter {
                 };
                 self.count("failed");
                 attempt += 1;
-                let delay = failure
-                    .retry_after
-                    .unwrap_or_else(|| backoff.delay(attempt, unit()));
+                let delay = retry_delay(failure.retry_after, backoff.delay(attempt, unit()));
                 if tokio::time::Instant::now() + delay >= next {
                     // The next report is due first: this one is stale.
                     tracing::warn!(
@@ -126,5 +125,68 @@ impl Reporter {
                 }
             }
         }
+    }
+}
+
+/// The pause before a retry: the backoff's `delay`, or a receiver's `Retry-After` taken
+/// within [`RETRY_AFTER_RANGE`](crate::deliver::policy::RETRY_AFTER_RANGE) when longer
+/// (never zero: a `Retry-After: 0` is no loop).
+fn retry_delay(retry_after: Option<Duration>, delay: Duration) -> Duration {
+    let (min, max) = crate::deliver::policy::RETRY_AFTER_RANGE;
+    match retry_after {
+        Some(r) => r.clamp(min, max).max(delay),
+        None => delay,
+    }
+}
+
+/// The time of the report after the one due at `due`, as of `now`: the next in the
+/// schedule, or, when that is already past (a slow report), a time drawn within an interval
+/// from now; `unit` is a uniform draw from [0, 1).
+fn following(
+    due: tokio::time::Instant,
+    now: tokio::time::Instant,
+    jitter: &mut Jitter,
+    unit: f64,
+) -> tokio::time::Instant {
+    let next = due + jitter.next(unit);
+    if next > now {
+        return next;
+    }
+    *jitter = Jitter::new(jitter.interval());
+    now + jitter.next(unit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_after_is_taken_within_its_range_never_zero() {
+        let s = Duration::from_secs;
+        let backoff = Duration::from_millis(300);
+        assert_eq!(retry_delay(Some(Duration::ZERO), backoff), s(1));
+        assert_eq!(retry_delay(Some(s(7200)), backoff), s(3600));
+        assert_eq!(retry_delay(Some(s(5)), backoff), s(5));
+        assert_eq!(retry_delay(Some(s(1)), s(4)), s(4));
+        assert_eq!(retry_delay(None, backoff), backoff);
+    }
+
+    #[test]
+    fn a_report_past_its_time_schedules_the_next_from_now() {
+        let i = Duration::from_secs(10);
+        let t0 = tokio::time::Instant::now();
+        let mut j = Jitter::new(i);
+        // On time: the next one in the schedule.
+        let due = t0 + j.next(0.5);
+        assert_eq!(following(due, due, &mut j, 0.5), t0 + i + i / 2);
+        // A report that took two intervals: the next within an interval from now, not at
+        // once (nor at the two past times, back to back).
+        let mut j = Jitter::new(i);
+        let due = t0 + j.next(0.0);
+        let now = due + i * 2;
+        let next = following(due, now, &mut j, 0.25);
+        assert_eq!(next, now + i / 4);
+        // And the schedule goes on from there.
+        assert_eq!(following(next, next, &mut j, 0.25), now + i + i / 4);
     }
 }
