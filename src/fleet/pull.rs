@@ -83,18 +83,57 @@ impl Puller {
         }
     }
 
-    /// Pulls once in every `interval` (full jitter) until `stop`; every request is given up
-    /// when `stop` comes, and nothing is applied after it.
-    pub(super) async fn run(mut self, interval: Duration, stop: CancellationToken) {
-        let mut jitter = Jitter::new(interval);
-        while sleep_or_stop(jitter.next(unit()), &stop).await {
-            match self.pull(&stop).await {
-                Outcome::Stopped => return,
-                outcome => self.note(outcome),
+    /// Pulls once in every `interval` (full jitter) until `stop`, the first time within
+    /// [`FIRST_PULL`] when no document is kept yet; every request is given up when `stop`
+    /// comes, and nothing is applied after it.
+    pub(super) async fn run(self, interval: Duration, stop: CancellationToken) {
+        poll(self, interval, stop).await
+    }
+}
+
+/// The first pull of a gateway that keeps no document yet comes within this (or within the
+/// interval, when shorter): a new gateway gets its config at once.
+pub(super) const FIRST_PULL: Duration = Duration::from_secs(10);
+
+/// One pull, as the poll loop sees it.
+pub(super) trait Pull {
+    /// Whether a document is kept (else the first pull comes within [`FIRST_PULL`]).
+    fn kept(&self) -> bool;
+    /// Pulls once; false when `stop` came first.
+    async fn once(&mut self, stop: &CancellationToken) -> bool;
+}
+
+impl Pull for Puller {
+    fn kept(&self) -> bool {
+        self.kept.is_file()
+    }
+
+    async fn once(&mut self, stop: &CancellationToken) -> bool {
+        match self.pull(stop).await {
+            Outcome::Stopped => false,
+            outcome => {
+                self.note(outcome);
+                true
             }
         }
     }
+}
 
+/// The poll loop: `p` once in every `interval` (full jitter) until `stop`; the first time
+/// uniformly within min(`interval`, [`FIRST_PULL`]) when `p` keeps no document.
+pub(super) async fn poll(mut p: impl Pull, interval: Duration, stop: CancellationToken) {
+    let mut jitter = Jitter::new(interval);
+    let mut wait = if p.kept() {
+        jitter.next(unit())
+    } else {
+        interval.min(FIRST_PULL).mul_f64(unit())
+    };
+    while sleep_or_stop(wait, &stop).await && p.once(&stop).await {
+        wait = jitter.next(unit());
+    }
+}
+
+impl Puller {
     fn note(&self, outcome: Outcome) {
         let (result, reason) = match &outcome {
             Outcome::Applied(a) => {
@@ -255,5 +294,84 @@ fn header(head: &hyper::HeaderMap, name: &str) -> Option<String> {
 fn label(result: &str) -> ResultLabel {
     ResultLabel {
         result: result.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A gateway of the test: each pull notes its time (seconds since `t0`) in `log`.
+    struct Counter {
+        kept: bool,
+        t0: tokio::time::Instant,
+        log: Arc<Mutex<Vec<u64>>>,
+    }
+
+    impl Pull for Counter {
+        fn kept(&self) -> bool {
+            self.kept
+        }
+        async fn once(&mut self, _: &CancellationToken) -> bool {
+            let at = self.t0.elapsed().as_secs();
+            self.log.lock().unwrap().push(at);
+            true
+        }
+    }
+
+    /// `n` gateways started at once run the real poll loop (tokio's clock paused) for
+    /// `intervals` intervals: the times of their pulls, in seconds.
+    async fn pulls(n: usize, kept: bool, interval: Duration, intervals: u32) -> Vec<u64> {
+        let t0 = tokio::time::Instant::now();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let c = Counter {
+                kept,
+                t0,
+                log: log.clone(),
+            };
+            tasks.spawn(poll(c, interval, stop.clone()));
+        }
+        tokio::time::sleep(interval * intervals).await;
+        stop.cancel();
+        while tasks.join_next().await.is_some() {}
+        let mut v = log.lock().unwrap().clone();
+        v.sort_unstable();
+        v
+    }
+
+    /// 20 gateways started in the same second, polling every 5 minutes: over the first
+    /// interval each pulls once, and no second has more than 3 of the 20 requests (a loop
+    /// that slept a fixed interval would put all 20 in one second).
+    #[tokio::test(start_paused = true)]
+    async fn twenty_gateways_spread_their_pulls_over_the_interval() {
+        let interval = Duration::from_secs(300);
+        let times = pulls(20, true, interval, 1).await;
+        assert_eq!(times.len(), 20, "{times:?}");
+        let mut per_second = std::collections::HashMap::<u64, u32>::new();
+        for t in &times {
+            *per_second.entry(*t).or_default() += 1;
+        }
+        let busiest = per_second.values().max().copied().unwrap_or(0);
+        assert!(busiest <= 3, "a second with {busiest} requests: {times:?}");
+        assert!(per_second.len() >= 10, "{times:?}");
+        // And one pull in each interval after: 20 more in the second.
+        let times = pulls(20, true, interval, 2).await;
+        assert!((38..=40).contains(&times.len()), "{}", times.len());
+    }
+
+    /// Without a kept document the first pull comes within 10 s, then one in each interval.
+    #[tokio::test(start_paused = true)]
+    async fn the_first_pull_without_a_kept_document_comes_within_ten_seconds() {
+        let interval = Duration::from_secs(300);
+        let times = pulls(20, false, interval, 1).await;
+        assert!(times.len() >= 20, "{times:?}");
+        assert!(times[..20].iter().all(|t| *t < 10), "{times:?}");
+        // A short interval bounds it instead.
+        let times = pulls(5, false, Duration::from_secs(4), 1).await;
+        assert!(times.iter().all(|t| *t < 4), "{times:?}");
     }
 }
