@@ -390,6 +390,9 @@ fn main() -> ExitCode {
             Command::Source { config, action } => roomhook::cli::source(config, action).await,
             Command::CheckConfig { config } => match roomhook::config::load(&config) {
                 Ok(s) => {
+                    if let Some(why) = &s.fleet_kept_refused {
+                        eprintln!("warning: {why}");
+                    }
                     println!(
                         "{}: OK ({} MQTT source(s), {} RoomOS device(s), {} webhook(s), store in {})",
                         config.display(),

@@ -334,6 +334,9 @@ impl Supervisor {
                 }
             })),
         });
+        if let Some(why) = &settings.fleet_kept_refused {
+            sup.note_kept_refused(why);
+        }
         sup.pulses.add(&sup.store.pulse());
         sup.store
             .observe_commits(sup.metrics.store_commit_duration.clone());
@@ -602,7 +605,18 @@ impl Supervisor {
         }
         let file = inner.settings.file.clone();
         let applied = match crate::config::load(&file) {
-            Ok(settings) => self.apply_locked(&mut inner, settings, &[], &[]).await,
+            // A pulled document applies only merged, never by running the local file alone.
+            Ok(settings) if stop.is_some() && settings.fleet_kept_refused.is_some() => Err(
+                ActionError::Invalid(settings.fleet_kept_refused.unwrap_or_default()),
+            ),
+            Ok(settings) => {
+                let kept = settings.fleet_kept_refused.clone();
+                let applied = self.apply_locked(&mut inner, settings, &[], &[]).await;
+                if let (Some(why), Ok(_)) = (kept, &applied) {
+                    self.note_kept_refused(&why);
+                }
+                applied
+            }
             Err(e) => Err(ActionError::Invalid(e.to_string())),
         }?;
         drop(inner);
@@ -610,6 +624,25 @@ impl Supervisor {
             tracing::warn!("orphaned queues: {e}");
         }
         Ok(applied)
+    }
+
+    /// A kept fleet document left out at start-up or on SIGHUP (the local file runs alone):
+    /// logged, counted as refused, and shown in `status` with the reason and the fix.
+    fn note_kept_refused(&self, why: &str) {
+        tracing::error!("{why}");
+        self.metrics
+            .fleet_config
+            .get_or_create(&crate::metrics::ResultLabel {
+                result: "refused".into(),
+            })
+            .inc();
+        let now = crate::timefmt::rfc3339_ms(crate::timefmt::now_ms());
+        self.note_fleet(|f| {
+            f.result = Some("refused".into());
+            f.at = Some(now);
+            f.reason = Some(why.to_string());
+            f.config_sha256 = None;
+        });
     }
 
     /// The fleet's pulls and reports, without `[fleet]` none.

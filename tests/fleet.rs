@@ -522,5 +522,34 @@ async fn the_readme_fleet_example_checks() {
     )
     .unwrap();
     let (code, out, err) = run_cli(&["check-config", "-c", config.to_str().unwrap()]).await;
-    assert!(code == 0 && out.contains("1 webhook(s)"), "{out}{err}");
+    assert!(
+        code == 0 && out.contains("1 webhook(s)") && !err.contains("warning"),
+        "{out}{err}"
+    );
+    // A kept document that no longer fits (its source renamed in the local file), and a
+    // local file that leaves its subscriptions to the document: the fix says to delete it.
+    let renamed = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("name = \"sensors\"", "name = \"sensors-2\"");
+    std::fs::write(&config, &renamed).unwrap();
+    let (code, out, err) = run_cli(&["check-config", "-c", config.to_str().unwrap()]).await;
+    assert!(
+        code == 2 && err.contains("no mqtt source named \"sensors\"") && err.contains("or delete "),
+        "{out}{err}"
+    );
+    // With subscriptions of its own the local file runs alone; check-config warns, naming
+    // the kept file.
+    let local = format!(
+        "{renamed}\n[[sources.mqtt.subscriptions]]\ntopic = \"local/+\"\nformat = \"zigbee2mqtt\"\n"
+    );
+    std::fs::write(&config, local).unwrap();
+    let (code, out, err) = run_cli(&["check-config", "-c", config.to_str().unwrap()]).await;
+    assert!(
+        code == 0
+            && out.contains("0 webhook(s)")
+            && err.contains("warning: the kept fleet document")
+            && err.contains("data/fleet-config.toml:")
+            && err.contains("delete "),
+        "{out}{err}"
+    );
 }

@@ -12,9 +12,11 @@ use std::path::{Path, PathBuf};
 /// The last good document, in `[gateway] data_dir`.
 pub(crate) const KEPT: &str = "fleet-config.toml";
 
-/// What a fleet document is read after: the local file's own model ([`RawConfig`]) needs a
-/// `[gateway]`, which a document never has. Two lines, taken off the errors' line numbers.
-const PREFIX: &str = "[gateway]\ndata_dir = \".\"\n";
+/// What a fleet document is read with, after it: the local file's own model ([`RawConfig`])
+/// needs a `[gateway]`, which a document never has. After, not before: a document's
+/// top-level keys (`webhooks = []`) would land in a `[gateway]` put before them, and the
+/// errors' line numbers stay the document's own.
+const SUFFIX: &str = "\n[gateway]\ndata_dir = \".\"\n";
 
 /// Where the last good document of the config `file` is kept, when `[fleet] config_url`
 /// is set.
@@ -180,12 +182,7 @@ pub(crate) fn check(
         return Err(ConfigErrors(refused));
     }
     let webhooks = top.as_ref().is_some_and(|d| d.contains_key("webhooks"));
-    let doc: RawConfig = parse(label, &format!("{PREFIX}{doc_text}")).map_err(|mut e| {
-        for x in &mut e.0 {
-            x.line = x.line.map(|l| l.saturating_sub(2).max(1));
-        }
-        e
-    })?;
+    let doc: RawConfig = parse(label, &format!("{doc_text}{SUFFIX}"))?;
     let refused: Vec<ConfigError> = local_only(std::iter::empty(), Some(&doc))
         .into_iter()
         .map(|(k, p, f)| at(k, p, f))
@@ -388,6 +385,12 @@ mod tests {
             None => PathBuf::from("/etc/roomhook/t"),
         };
         assert_eq!(doc_file(file, Path::new("t")), expect);
+    }
+
+    #[test]
+    fn a_document_with_no_webhooks_takes_them_all_away() {
+        let s = check_doc("webhooks = []\n").unwrap();
+        assert!(s.webhooks.is_empty());
     }
 
     #[test]

@@ -441,6 +441,9 @@ pub struct Settings {
     pub(crate) fleet: Option<FleetSettings>,
     /// SHA-256 (hex) of the fleet document merged in, if one was.
     pub(crate) fleet_doc: Option<String>,
+    /// Why the kept fleet document was left out (it no longer fits the local file, which
+    /// runs alone): what to log, count as refused and show in `status`, naming the file.
+    pub fleet_kept_refused: Option<String>,
 }
 
 /// `[fleet]`: the pulled config and the pushed reports.
@@ -958,9 +961,37 @@ pub fn load_str(file: &Path, text: &str) -> Result<Settings, ConfigErrors> {
     let kept =
         fleet::kept_path(&raw, file).and_then(|p| std::fs::read_to_string(&p).ok().map(|t| (p, t)));
     if let Some((label, doc)) = kept {
-        return fleet::check(file, text, raw, &label, &doc);
+        // A document that no longer fits (a source renamed, a file gone) must not keep the
+        // gateway from starting: the local file runs alone, and the reason is shown.
+        return match fleet::check(file, text, raw.clone(), &label, &doc) {
+            Ok(s) => Ok(s),
+            Err(mut errs) => {
+                // The local file alone does not check either (it leaves to the document what
+                // the document set): the document's errors, with the way out.
+                let Ok(mut s) = local(&raw, file, text) else {
+                    for e in errs.0.iter_mut().filter(|e| e.file == label) {
+                        e.fix = format!(
+                            "{}; or delete {} (the kept fleet document) and make the local file check alone",
+                            e.fix,
+                            label.display()
+                        );
+                    }
+                    return Err(errs);
+                };
+                s.fleet_kept_refused = Some(format!(
+                    "the kept fleet document {kept} no longer fits the local file, which runs alone until a pull brings one that does:\n{errs}\nfix: correct the document served at [fleet] config_url (the next pull replaces the kept one), or delete {kept}",
+                    kept = label.display()
+                ));
+                Ok(s)
+            }
+        };
     }
-    validate(&raw, base_dir(file), file).map_err(|mut errs| {
+    local(&raw, file, text)
+}
+
+/// The local file's `raw` (its `text`) checked alone.
+fn local(raw: &RawConfig, file: &Path, text: &str) -> Result<Settings, ConfigErrors> {
+    validate(raw, base_dir(file), file).map_err(|mut errs| {
         for e in &mut errs.0 {
             if e.line.is_none() && !e.key.is_empty() {
                 e.line = locate::line_of(text, &e.key);

@@ -606,3 +606,50 @@ fn priority_is_0_to_9_and_the_weight_at_least_1() {
     assert_eq!(e.line, Some(28));
     assert!(e.fix.contains("uplink_weight = 3"), "{e}");
 }
+
+/// A kept fleet document that no longer fits the local file (its source renamed) does not
+/// keep the gateway from starting: the local file runs alone, and the reason names the
+/// kept file and says to delete it.
+#[test]
+fn a_kept_fleet_document_that_no_longer_fits_leaves_the_local_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let kept = dir.path().join("data").join(fleet::KEPT);
+    // (named as the local file names its data_dir: `./data`)
+    std::fs::write(
+        &kept,
+        "[[sources.mqtt]]\nname = \"renamed\"\n[[sources.mqtt.subscriptions]]\ntopic = \"a/#\"\nformat = \"zigbee2mqtt\"\n",
+    )
+    .unwrap();
+    let text = GOOD.replace(
+        "[admin]",
+        "id = \"gw-1\"\n\n[fleet]\nconfig_url = \"https://fleet.example.com/{gateway}.toml\"\n\n[admin]",
+    );
+    let file = dir.path().join("roomhook.toml");
+    let s = load_str(&file, &text).unwrap();
+    assert_eq!(s.fleet_doc, None);
+    assert_eq!(s.webhooks[0].name, "facilities");
+    let why = s.fleet_kept_refused.expect("the reason");
+    assert!(why.contains("data/fleet-config.toml:2:"), "{why}");
+    assert!(why.contains("\"renamed\""), "{why}");
+    assert!(
+        why.ends_with(
+            "delete {}/./data/fleet-config.toml"
+                .replace("{}", &dir.path().display().to_string())
+                .as_str()
+        ),
+        "{why}"
+    );
+    // One that fits is merged as before.
+    std::fs::write(&kept, "webhooks = []\n").unwrap();
+    let s = load_str(&file, &text).unwrap();
+    assert!(
+        s.fleet_kept_refused.is_none() && s.fleet_doc.is_some(),
+        "{:?}",
+        s.fleet_kept_refused
+    );
+    assert!(s.webhooks.is_empty());
+    // A broken local file is still its own error.
+    std::fs::write(&kept, "[[sources.mqtt]]\nname = \"renamed\"\n").unwrap();
+    assert!(load_str(&file, &text.replace("org_id = \"my-org\"", "org_id = 5")).is_err());
+}

@@ -91,21 +91,24 @@ impl Puller {
     }
 }
 
-/// The first pull of a gateway that keeps no document yet comes within this (or within the
-/// interval, when shorter): a new gateway gets its config at once.
+/// The first pull of a gateway that runs no kept document (none yet, or one that no longer
+/// fits) comes within this (or within the interval, when shorter): a new gateway gets its
+/// config at once.
 pub(super) const FIRST_PULL: Duration = Duration::from_secs(10);
 
 /// One pull, as the poll loop sees it.
 pub(super) trait Pull {
-    /// Whether a document is kept (else the first pull comes within [`FIRST_PULL`]).
+    /// Whether a kept document is in force (else the first pull comes within
+    /// [`FIRST_PULL`]).
     fn kept(&self) -> bool;
     /// Pulls once; false when `stop` came first.
     async fn once(&mut self, stop: &CancellationToken) -> bool;
 }
 
 impl Pull for Puller {
+    /// A document is in force (kept, and it fits the local file).
     fn kept(&self) -> bool {
-        self.kept.is_file()
+        self.current.is_some()
     }
 
     async fn once(&mut self, stop: &CancellationToken) -> bool {

@@ -362,6 +362,7 @@ pub(crate) fn validate(
             gateway_id,
             fleet,
             fleet_doc: None,
+            fleet_kept_refused: None,
             file: file.to_path_buf(),
             data_dir,
             org_id: raw.gateway.org_id.clone().unwrap_or_default(),
