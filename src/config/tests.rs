@@ -653,3 +653,19 @@ fn a_kept_fleet_document_that_no_longer_fits_leaves_the_local_file_alone() {
     std::fs::write(&kept, "[[sources.mqtt]]\nname = \"renamed\"\n").unwrap();
     assert!(load_str(&file, &text.replace("org_id = \"my-org\"", "org_id = 5")).is_err());
 }
+
+/// `[gateway] id = ".."` would change the path of `config_url`: refused; a good one is taken.
+#[test]
+fn a_gateway_id_of_dots_is_refused() {
+    for id in ["..", ".", ".x"] {
+        let text = GOOD.replace("[admin]", &format!("id = \"{id}\"\n\n[admin]"));
+        let errs = load_str(Path::new("/etc/roomhook/roomhook.toml"), &text)
+            .expect_err(id)
+            .0;
+        assert_eq!(errs[0].key, "gateway.id", "{id}");
+        assert!(errs[0].problem.contains("not starting with '.'"), "{id}");
+    }
+    let text = GOOD.replace("[admin]", "id = \"oslo-1.site\"\n\n[admin]");
+    let s = load_str(Path::new("/etc/roomhook/roomhook.toml"), &text).unwrap();
+    assert_eq!(s.gateway_id, "oslo-1.site");
+}

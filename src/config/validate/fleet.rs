@@ -14,8 +14,10 @@ const REPORT_INTERVAL: Duration = Duration::from_secs(60);
 /// The shortest interval accepted (tests poll every second).
 const LEAST_INTERVAL: Duration = Duration::from_secs(1);
 
-/// `[gateway] id`, or the host name: letters, digits, `.`, `_`, `-` (it goes into URLs).
-pub(super) fn gateway_id(cx: &mut Ctx<'_>, raw: Option<&String>) -> String {
+/// `[gateway] id`, or the host name: letters, digits, `.`, `_`, `-`, not starting with `.`
+/// (it goes into URLs' paths: `.` and `..` would change them). The host name is checked only
+/// when `fleet` (`[fleet]` is set): without a fleet, an odd host name is nobody's concern.
+pub(super) fn gateway_id(cx: &mut Ctx<'_>, raw: Option<&String>, fleet: bool) -> String {
     let id = raw.cloned().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
@@ -23,15 +25,25 @@ pub(super) fn gateway_id(cx: &mut Ctx<'_>, raw: Option<&String>) -> String {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "roomhook".into())
     });
-    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if id.is_empty() || id.len() > 64 || !id.chars().all(ok) {
+    if (raw.is_some() || fleet) && !valid_id(&id) {
+        let what = if raw.is_some() {
+            ""
+        } else {
+            " (the host name, by default)"
+        };
         cx.err(
             "gateway.id",
-            format!("{id:?} is not a gateway id (1 to 64 letters, digits, '.', '_', '-')"),
-            "write e.g. id = \"oslo-3\" (it replaces {gateway} in [fleet] config_url)",
+            format!("{id:?}{what} is not a gateway id (1 to 64 letters, digits, '.', '_', '-', not starting with '.')"),
+            "write e.g. id = \"oslo-3\" in [gateway] (it replaces {gateway} in [fleet] config_url)",
         );
     }
     id
+}
+
+/// Whether `id` may be a gateway's id.
+fn valid_id(id: &str) -> bool {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    !id.is_empty() && id.len() <= 64 && !id.starts_with('.') && id.chars().all(ok)
 }
 
 /// `[fleet]`; `None` when it names no URL.
@@ -195,4 +207,19 @@ fn endpoint(
         },
         authorization,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_id;
+
+    #[test]
+    fn a_gateway_id_never_starts_with_a_dot() {
+        for ok in ["oslo-1", "oslo-1.site", "gw_2", "a"] {
+            assert!(valid_id(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", ".hidden", "a/b", "a b", &"x".repeat(65)] {
+            assert!(!valid_id(bad), "{bad:?}");
+        }
+    }
 }

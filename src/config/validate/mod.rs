@@ -352,7 +352,7 @@ pub(crate) fn validate(
         })
         .collect();
 
-    let gateway_id = fleet::gateway_id(&mut cx, raw.gateway.id.as_ref());
+    let gateway_id = fleet::gateway_id(&mut cx, raw.gateway.id.as_ref(), raw.fleet.is_some());
     let fleet = raw
         .fleet
         .as_ref()
