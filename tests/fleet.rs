@@ -382,7 +382,9 @@ async fn reports_arrive_signed_every_interval_and_do_not_pile_up() {
     rx.receiver.verify_signatures(secret);
     std::fs::write(d.join("report.secret"), secret).unwrap();
     std::fs::write(d.join("report.token"), TOKEN).unwrap();
+    let admin = free_port();
     let config = Config::new()
+        .admin(admin)
         .gateway("id = \"gw-7\"")
         .edit(|c| {
             c.set("fleet.report_url", rx.url.as_str())
@@ -401,19 +403,14 @@ async fn reports_arrive_signed_every_interval_and_do_not_pile_up() {
                 >= n
         }
     };
-    let started = Instant::now();
+    // One in each interval (full jitter): the third falls in the third interval, 2 to 3 s
+    // after the start; 15 s is only a bound for a loaded machine, not a measure.
     assert!(
         rx.receiver
-            .wait_for(Duration::from_secs(8), signed(3))
+            .wait_for(Duration::from_secs(15), signed(3))
             .await,
         "{}",
         daemon.logs()
-    );
-    // One in each interval: three take between 2 and 6 intervals (full jitter).
-    assert!(
-        started.elapsed() < Duration::from_secs(7),
-        "{:?}",
-        started.elapsed()
     );
     let report = rx.receiver.accepted()[0].json();
     assert_eq!(report["gateway"], "gw-7");
@@ -441,6 +438,14 @@ async fn reports_arrive_signed_every_interval_and_do_not_pile_up() {
             .wait_for(Duration::from_secs(10), refused(4))
             .await
     );
+    // A report still failing when the next is due is dropped, not kept.
+    let dropped =
+        || metric(admin, "roomhook_fleet_reports_total{result=\"dropped\"}").unwrap_or(0.0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dropped() < 1.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dropped() >= 1.0, "{}", scrape(admin));
     let up = Instant::now();
     rx.receiver.set_behaviour(Behaviour::Accept);
     let before = rx.receiver.accepted().len();
@@ -460,27 +465,25 @@ async fn reports_arrive_signed_every_interval_and_do_not_pile_up() {
         (during as f64) <= 4.0 * (secs + 1.0),
         "{during} requests in {secs:.1} s"
     );
-    // Back up: the latest report, not a backlog (a retry of the report of the moment and
-    // the next one may come close together: two jittered times are 0 to 2 intervals
-    // apart; a backlog would be more).
-    let after: Vec<_> = rx
-        .receiver
-        .accepted()
-        .into_iter()
-        .filter(|r| r.at >= up)
-        .collect();
-    let burst = after
-        .iter()
-        .filter(|r| r.at < up + Duration::from_millis(800))
-        .count();
-    assert!(
-        burst <= 2,
-        "{burst} reports at once after the receiver came back"
-    );
+    // Back up: the latest report, not a backlog: each report accepted is made when sent
+    // (its `at` and uptime later than the one before), none repeats an old one, and the
+    // first carries an uptime of now, not of when the receiver went down.
+    let accepted = rx.receiver.accepted();
+    let at =
+        |r: &roomhook::demo::receiver::Received| r.json()["at"].as_str().unwrap_or("").to_string();
     let uptime =
         |r: &roomhook::demo::receiver::Received| r.json()["uptime_s"].as_u64().unwrap_or(0);
+    for w in accepted.windows(2) {
+        assert!(
+            at(&w[0]) < at(&w[1]) && uptime(&w[0]) <= uptime(&w[1]),
+            "a stale report after a later one: {} then {}",
+            w[0].json(),
+            w[1].json()
+        );
+    }
+    let after: Vec<_> = accepted.iter().filter(|r| r.at >= up).collect();
     assert!(
-        uptime(&after[0]) + 2 >= uptime(&rx.receiver.accepted()[before - 1]) + secs as u64,
+        uptime(after[0]) + 2 >= uptime(&accepted[before - 1]) + secs as u64,
         "a stale report"
     );
     let r = status_of(&config).unwrap();
