@@ -189,12 +189,23 @@ pub struct FleetState {
     pub applied_at: Option<String>,
     /// SHA-256 (hex) of the fleet document in force (null: none, the local file's webhooks run).
     pub config_sha256: Option<String>,
+    /// Whether local webhook edits are refused: `config_url` is set and the document in
+    /// force has `webhooks`, or none is in force yet.
+    #[serde(default)]
+    pub webhooks_managed: bool,
     /// `[fleet] report_url` (credentials hidden), if set.
     pub report_url: Option<String>,
     /// How the last report ended: sent, failed, dropped (a newer one replaced it).
     pub report_result: Option<String>,
     /// When (RFC 3339).
     pub report_at: Option<String>,
+}
+
+/// Whether the fleet's document owns the webhooks of `s`: `[fleet] config_url` is set, and
+/// the document in force has `webhooks`, or none is in force yet (the first may have).
+fn webhooks_managed(s: &Settings) -> bool {
+    s.fleet.as_ref().is_some_and(|f| f.config.is_some())
+        && (s.fleet_doc.is_none() || s.fleet_webhooks)
 }
 
 /// Why a control action failed.
@@ -326,6 +337,7 @@ impl Supervisor {
                         .as_ref()
                         .map(|c| crate::redact::url(&c.url.to_string())),
                     config_sha256: settings.fleet_doc.clone(),
+                    webhooks_managed: webhooks_managed(&settings),
                     report_url: f
                         .report
                         .as_ref()
@@ -676,13 +688,15 @@ impl Supervisor {
         if file.as_os_str().is_empty() {
             return Err(ActionError::NoFile);
         }
-        // The fleet's document owns the webhooks: the next pull would undo a local change
-        // (deleting a kept queue is no change of it).
+        // The fleet's document owns the webhooks when it has `webhooks`, or may (none pulled
+        // yet): the next pull would undo a local change (deleting a kept queue is no change
+        // of it). One that sets only sources' subscriptions leaves them local.
         let fleet = inner
             .settings
             .fleet
             .as_ref()
-            .and_then(|f| f.config.as_ref());
+            .and_then(|f| f.config.as_ref())
+            .filter(|_| webhooks_managed(&inner.settings));
         let kept_queue = matches!(&change, Edit::Remove(n) if !inner.webhooks.iter().any(|w| &w.view.settings.name == n));
         if let Some(c) = fleet.filter(|_| !kept_queue) {
             return Err(ActionError::Conflict(format!(
@@ -1228,6 +1242,8 @@ impl Supervisor {
             u64::try_from(new.orphan_retention.as_millis()).unwrap_or(u64::MAX),
             std::sync::atomic::Ordering::Relaxed,
         );
+        let managed = webhooks_managed(&new);
+        self.note_fleet(|f| f.webhooks_managed = managed);
         inner.settings = new;
         Ok(applied)
     }

@@ -373,6 +373,42 @@ async fn check_config_refuses_a_plain_http_fleet_url() {
     );
 }
 
+/// A document of sources' subscriptions only leaves the webhooks to the local file: edits
+/// are refused only until a document is in force (the first might have had `webhooks`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_edits_stay_local_under_a_document_without_webhooks() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rx = receiver(d, false).await;
+    let server = ConfigServer::start(d).await;
+    let config = Config::new()
+        .gateway("id = \"gw-2\"")
+        .with(Section::sensors(free_port()))
+        .with(Section::webhook("local", &rx.url, &rx.ca_file))
+        .edit(|c| {
+            c.set("fleet.config_url", server.url())
+                .set("fleet.ca_file", server.ca_file.display().to_string())
+                .set("fleet.config_interval", "1s");
+        })
+        .write(d);
+    // No broker: the source never subscribes, which is not what this is about.
+    let daemon = Daemon::start_answering(&config);
+    // Nothing served yet (404): refused.
+    let (code, _, err) = AddWebhook::to("early", &rx).run(&config).await;
+    assert!(code != 0 && err.contains("managed by the fleet"), "{err}");
+    let subscriptions = "[[sources.mqtt]]\nname = \"sensors\"\n[[sources.mqtt.subscriptions]]\ntopic = \"fleet/+\"\nformat = \"zigbee2mqtt\"\n";
+    server.serve(subscriptions, None, false);
+    wait_status(&config, &daemon, "the subscriptions applied", |r| {
+        fleet_result(r).0.as_deref() == Some("applied")
+    });
+    let (code, out, err) = AddWebhook::to("mine", &rx).run(&config).await;
+    assert_eq!(code, 0, "{out}{err}");
+    // The pulls that follow leave it.
+    wait_status(&config, &daemon, "a pull after the edit", |r| {
+        fleet_result(r).0.as_deref() == Some("unchanged") && names(r) == ["local", "mine"]
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_arrive_signed_every_interval_and_do_not_pile_up() {
     let dir = tempfile::tempdir().unwrap();

@@ -260,6 +260,7 @@ pub(crate) fn check(
         errs
     })?;
     settings.fleet_doc = Some(sha256_hex(doc_text.as_bytes()));
+    settings.fleet_webhooks = from_doc;
     Ok(settings)
 }
 

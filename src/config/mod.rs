@@ -441,6 +441,8 @@ pub struct Settings {
     pub(crate) fleet: Option<FleetSettings>,
     /// SHA-256 (hex) of the fleet document merged in, if one was.
     pub(crate) fleet_doc: Option<String>,
+    /// Whether that document has `webhooks` (it then owns the webhooks).
+    pub(crate) fleet_webhooks: bool,
     /// Why the kept fleet document was left out (it no longer fits the local file, which
     /// runs alone): what to log, count as refused and show in `status`, naming the file.
     pub fleet_kept_refused: Option<String>,

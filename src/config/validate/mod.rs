@@ -362,6 +362,7 @@ pub(crate) fn validate(
             gateway_id,
             fleet,
             fleet_doc: None,
+            fleet_webhooks: false,
             fleet_kept_refused: None,
             file: file.to_path_buf(),
             data_dir,
