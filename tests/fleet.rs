@@ -545,13 +545,26 @@ async fn the_readme_fleet_example_checks() {
     };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    // The example's key is made up: a real one, and the document kept with its signature,
+    // as a pull keeps it (a kept document is checked against config_public_key).
+    let (code, _, err) = run_cli(&[
+        "fleet",
+        "keygen",
+        "--out",
+        d.join("fleet.key").to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let public = std::fs::read_to_string(d.join("fleet.key.pub")).unwrap();
     let local = edit(local, |c| {
-        c.set("gateway.data_dir", "data");
+        c.set("gateway.data_dir", "data")
+            .set("fleet.config_public_key", public.trim());
     });
     let config = d.join("roomhook.toml");
     std::fs::write(&config, local).unwrap();
     std::fs::create_dir(d.join("data")).unwrap();
     std::fs::write(d.join("data/fleet-config.toml"), doc).unwrap();
+    std::fs::write(d.join("data/fleet-config.toml.sig"), sign(d, doc).await).unwrap();
     for token in ["fleet.token", "facilities.token"] {
         std::fs::write(d.join(token), TOKEN).unwrap();
     }

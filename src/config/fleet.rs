@@ -278,6 +278,52 @@ fn doc_key(key: &str, webhooks: bool, moved: &[(&str, usize, usize)]) -> Option<
     })
 }
 
+/// Whether `signature` (base64) is `public`'s Ed25519 signature of `body`.
+pub(crate) fn verify_signature(public: &[u8; 32], body: &[u8], signature: &str) -> bool {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(signature.trim())
+        .is_ok_and(|sig| {
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
+                .verify(body, &sig)
+                .is_ok()
+        })
+}
+
+/// Where the signature of the kept document `kept` is kept (beside it, `.sig`).
+pub(crate) fn kept_sig(kept: &Path) -> PathBuf {
+    let mut s = kept.as_os_str().to_owned();
+    s.push(".sig");
+    PathBuf::from(s)
+}
+
+/// `s` merged with the kept document `doc` (from `kept`), when `[fleet] config_public_key`
+/// is set, only with the kept signature valid for it: a key set after the document was
+/// kept, or a document changed on disk, is not taken on trust.
+pub(crate) fn check_kept_signature(
+    s: Settings,
+    kept: &Path,
+    doc: &str,
+) -> Result<Settings, ConfigErrors> {
+    let Some(key) = s.fleet.as_ref().and_then(|f| f.public_key) else {
+        return Ok(s);
+    };
+    let sig = std::fs::read_to_string(kept_sig(kept)).unwrap_or_default();
+    if verify_signature(&key, doc.as_bytes(), &sig) {
+        return Ok(s);
+    }
+    Err(ConfigErrors(vec![ConfigError {
+        file: kept.to_path_buf(),
+        line: None,
+        key: String::new(),
+        problem: format!(
+            "no valid signature for [fleet] config_public_key in {} (the document was kept before the key was set, or changed since)",
+            kept_sig(kept).display()
+        ),
+        fix: "the next pull verifies the document as served and keeps it with its signature".into(),
+    }]))
+}
+
 /// SHA-256 of `bytes`, lower-case hex.
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, bytes)

@@ -965,7 +965,9 @@ pub fn load_str(file: &Path, text: &str) -> Result<Settings, ConfigErrors> {
     if let Some((label, doc)) = kept {
         // A document that no longer fits (a source renamed, a file gone) must not keep the
         // gateway from starting: the local file runs alone, and the reason is shown.
-        return match fleet::check(file, text, raw.clone(), &label, &doc) {
+        let merged = fleet::check(file, text, raw.clone(), &label, &doc)
+            .and_then(|s| fleet::check_kept_signature(s, &label, &doc));
+        return match merged {
             Ok(s) => Ok(s),
             Err(mut errs) => {
                 // The local file alone does not check either (it leaves to the document what
@@ -981,7 +983,7 @@ pub fn load_str(file: &Path, text: &str) -> Result<Settings, ConfigErrors> {
                     return Err(errs);
                 };
                 s.fleet_kept_refused = Some(format!(
-                    "the kept fleet document {kept} no longer fits the local file, which runs alone until a pull brings one that does:\n{errs}\nfix: correct the document served at [fleet] config_url (the next pull replaces the kept one), or delete {kept}",
+                    "the kept fleet document {kept} is left out (it no longer fits the local file, or is not signed for config_public_key), and the local file runs alone until a pull brings one that checks:\n{errs}\nfix: correct the document served at [fleet] config_url (the next pull replaces the kept one), or delete {kept}",
                     kept = label.display()
                 ));
                 Ok(s)

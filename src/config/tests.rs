@@ -669,3 +669,43 @@ fn a_gateway_id_of_dots_is_refused() {
     let s = load_str(Path::new("/etc/roomhook/roomhook.toml"), &text).unwrap();
     assert_eq!(s.gateway_id, "oslo-1.site");
 }
+
+/// With `[fleet] config_public_key`, a kept document is taken only with a valid signature
+/// kept beside it: one kept before the key was set is left out (the local file runs alone).
+#[test]
+fn a_kept_fleet_document_without_its_signature_is_left_out_once_a_key_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let kept = dir.path().join("data").join(fleet::KEPT);
+    std::fs::write(&kept, "webhooks = []\n").unwrap();
+    let file = dir.path().join("roomhook.toml");
+    let fleet = |key: &str| {
+        GOOD.replace(
+            "[admin]",
+            &format!("id = \"gw-1\"\n\n[fleet]\nconfig_url = \"https://fleet.example.com/{{gateway}}.toml\"\n{key}\n[admin]"),
+        )
+    };
+    assert!(load_str(&file, &fleet("")).unwrap().webhooks.is_empty());
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    use ring::signature::KeyPair;
+    let text = fleet(&format!(
+        "config_public_key = \"{}\"",
+        b64(pair.public_key().as_ref())
+    ));
+    let s = load_str(&file, &text).unwrap();
+    assert_eq!(s.webhooks.len(), 1, "the local webhooks run");
+    let why = s.fleet_kept_refused.expect("left out");
+    assert!(why.contains("no valid signature"), "{why}");
+    // Kept with its signature (as a pull keeps it): taken.
+    std::fs::write(
+        fleet::kept_sig(&kept),
+        b64(pair.sign(b"webhooks = []\n").as_ref()),
+    )
+    .unwrap();
+    let s = load_str(&file, &text).unwrap();
+    assert!(s.fleet_kept_refused.is_none() && s.webhooks.is_empty());
+}

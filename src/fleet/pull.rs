@@ -201,14 +201,18 @@ impl Puller {
             return Outcome::Failed(format!("{} answered HTTP {status}", self.shown));
         }
         let etag = header(&head, "etag");
+        let mut signature = None;
         if let Some(key) = &self.public_key {
             let signed = tokio::select! {
                 r = self.signed(key, &head, &body) => r,
                 _ = stop.cancelled() => return Outcome::Stopped,
             };
-            if let Err(why) = signed {
-                self.etag = None;
-                return Outcome::Refused(why);
+            match signed {
+                Ok(sig) => signature = Some(sig),
+                Err(why) => {
+                    self.etag = None;
+                    return Outcome::Refused(why);
+                }
             }
         }
         let Ok(text) = std::str::from_utf8(&body) else {
@@ -225,9 +229,15 @@ impl Puller {
             self.etag = None;
             return Outcome::Refused(e.to_string());
         }
-        // Kept first, so that a SIGHUP meanwhile reloads it too; put back if not applied.
+        // Kept first (with its signature, which every load checks when a key is set), so
+        // that a SIGHUP meanwhile reloads it too; put back if not applied.
+        let sig_file = crate::config::fleet::kept_sig(&self.kept);
         let before = std::fs::read_to_string(&self.kept).ok();
-        if let Err(e) = crate::config::edit::write_atomically(&self.kept, text) {
+        let before_sig = std::fs::read_to_string(&sig_file).ok();
+        if let Err(e) = keep(&sig_file, signature.as_deref())
+            .and_then(|()| crate::config::edit::write_atomically(&self.kept, text))
+        {
+            let _ = keep(&sig_file, before_sig.as_deref());
             return Outcome::Failed(format!("cannot keep {}: {e}", self.kept.display()));
         }
         match self.sup.reload_fleet(stop).await {
@@ -237,10 +247,8 @@ impl Puller {
                 Outcome::Applied(applied)
             }
             Err(e) => {
-                let back = match &before {
-                    Some(t) => crate::config::edit::write_atomically(&self.kept, t),
-                    None => std::fs::remove_file(&self.kept),
-                };
+                let back = keep(&self.kept, before.as_deref())
+                    .and_then(|()| keep(&sig_file, before_sig.as_deref()));
                 if let Err(w) = back {
                     tracing::error!(
                         "{}: cannot put the last good document back: {w}",
@@ -263,7 +271,7 @@ impl Puller {
         key: &[u8; 32],
         head: &hyper::HeaderMap,
         body: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<String, String> {
         let sig = match header(head, SIGNATURE_HEADER) {
             Some(s) => s,
             None => match self.client.get(Some(&self.sig_url), &[], 4096).await {
@@ -278,13 +286,24 @@ impl Puller {
             },
         };
         if super::sign::verify(key, body, &sig) {
-            Ok(())
+            Ok(sig)
         } else {
             Err(format!(
                 "{}: the signature is not valid for [fleet] config_public_key; fix: sign the document as served with the private key of that public key (`roomhook fleet sign`)",
                 self.shown
             ))
         }
+    }
+}
+
+/// Writes `text` to `file` atomically, or removes it when `None` (absent is fine).
+fn keep(file: &std::path::Path, text: Option<&str>) -> std::io::Result<()> {
+    match text {
+        Some(t) => crate::config::edit::write_atomically(file, t),
+        None => match std::fs::remove_file(file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        },
     }
 }
 

@@ -4,7 +4,7 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
+use ring::signature::{Ed25519KeyPair, KeyPair};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -49,14 +49,9 @@ pub fn sign(key: &Path, doc: &Path) -> Result<PathBuf, String> {
     Ok(sig)
 }
 
-/// Whether `signature` (base64) is `public`'s signature of `body`.
-pub(crate) fn verify(public: &[u8; 32], body: &[u8], signature: &str) -> bool {
-    STANDARD.decode(signature.trim()).is_ok_and(|sig| {
-        UnparsedPublicKey::new(&ED25519, public)
-            .verify(body, &sig)
-            .is_ok()
-    })
-}
+/// Whether `signature` (base64) is `public`'s signature of `body` (the config's own check,
+/// which the kept document's load needs too).
+pub(crate) use crate::config::fleet::verify_signature as verify;
 
 fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     let mut s = p.as_os_str().to_owned();
