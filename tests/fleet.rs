@@ -171,6 +171,15 @@ fn webhooks_doc(names: &[&str], rx: &TestReceiver) -> String {
     })
 }
 
+/// `roomhook fleet keygen --out dir/fleet.key`: the public key, and what it printed.
+async fn keygen(dir: &Path) -> (String, String) {
+    let key = dir.join("fleet.key");
+    let (code, out, err) = run_cli(&["fleet", "keygen", "--out", key.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{err}");
+    let public = std::fs::read_to_string(dir.join("fleet.key.pub")).unwrap();
+    (public.trim().to_string(), out)
+}
+
 /// Signs `doc` with `roomhook fleet sign` and the key in `dir/fleet.key`: the signature.
 async fn sign(dir: &Path, doc: &str) -> String {
     let file = dir.join("doc.toml");
@@ -229,17 +238,9 @@ async fn the_pulled_config_is_applied_kept_and_refusals_keep_the_running_one() {
     let d = dir.path();
     let rx = receiver(d, false).await;
     std::fs::write(d.join("hook.token"), TOKEN).unwrap();
-    let (code, out, err) = run_cli(&[
-        "fleet",
-        "keygen",
-        "--out",
-        d.join("fleet.key").to_str().unwrap(),
-    ])
-    .await;
-    assert_eq!(code, 0, "{err}");
-    let public = std::fs::read_to_string(d.join("fleet.key.pub")).unwrap();
+    let (public, out) = keygen(d).await;
     assert!(
-        out.contains(&format!("config_public_key = \"{}\"", public.trim())),
+        out.contains(&format!("config_public_key = \"{public}\"")),
         "{out}"
     );
     let server = ConfigServer::start(d).await;
@@ -255,7 +256,7 @@ async fn the_pulled_config_is_applied_kept_and_refusals_keep_the_running_one() {
             c.set("fleet.config_url", server.url())
                 .set("fleet.ca_file", server.ca_file.display().to_string())
                 .set("fleet.config_interval", "1s")
-                .set("fleet.config_public_key", public.trim());
+                .set("fleet.config_public_key", public.as_str());
         })
         .write(d);
     let mut daemon = Daemon::start(&config);
@@ -547,18 +548,10 @@ async fn the_readme_fleet_example_checks() {
     let d = dir.path();
     // The example's key is made up: a real one, and the document kept with its signature,
     // as a pull keeps it (a kept document is checked against config_public_key).
-    let (code, _, err) = run_cli(&[
-        "fleet",
-        "keygen",
-        "--out",
-        d.join("fleet.key").to_str().unwrap(),
-    ])
-    .await;
-    assert_eq!(code, 0, "{err}");
-    let public = std::fs::read_to_string(d.join("fleet.key.pub")).unwrap();
+    let (public, _) = keygen(d).await;
     let local = edit(local, |c| {
         c.set("gateway.data_dir", "data")
-            .set("fleet.config_public_key", public.trim());
+            .set("fleet.config_public_key", public.as_str());
     });
     let config = d.join("roomhook.toml");
     std::fs::write(&config, local).unwrap();
