@@ -1415,6 +1415,37 @@ mod tests {
         );
     }
 
+    /// Once the fleet's token is cancelled (the top of the shutdown), or the sources are
+    /// being stopped, no reload applies: the check is made under the supervisor's lock.
+    #[tokio::test]
+    async fn nothing_is_applied_once_the_stop_began() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("roomhook.toml");
+        std::fs::write(&file, "[gateway]\ndata_dir = \"data\"\n").unwrap();
+        let settings = crate::config::load(&file).unwrap();
+        let limits = crate::store::Limits {
+            max_bytes: settings.max_store_bytes,
+            queues: Vec::new(),
+        };
+        let (store, _) = Store::open(&settings.data_dir, &limits).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let ingest = Ingest::new(store.clone(), metrics.clone());
+        let grace = Duration::from_secs(1);
+        let sup = Supervisor::start(settings, store.clone(), ingest, metrics, grace)
+            .await
+            .unwrap();
+        let fleet = CancellationToken::new();
+        assert!(sup.reload_fleet(&fleet).await.is_ok());
+        fleet.cancel();
+        let refused = sup.reload_fleet(&fleet).await.unwrap_err().to_string();
+        assert!(refused.contains("stopping"), "{refused}");
+        sup.stop_sources().await;
+        assert!(sup.reload().await.is_err());
+        sup.stop_webhooks().await;
+        drop(sup);
+        store.close().await;
+    }
+
     #[test]
     fn with_a_steady_clock_an_orphan_goes_after_orphan_retention_as_before() {
         let t0 = Reading {
