@@ -965,13 +965,16 @@ pub fn load_str(file: &Path, text: &str) -> Result<Settings, ConfigErrors> {
     if let Some((label, doc)) = kept {
         // A document that no longer fits (a source renamed, a file gone) must not keep the
         // gateway from starting: the local file runs alone, and the reason is shown.
-        let merged = fleet::check(file, text, raw.clone(), &label, &doc)
+        let merged = fleet::check(file, text, raw, &label, &doc)
             .and_then(|s| fleet::check_kept_signature(s, &label, &doc));
         return match merged {
             Ok(s) => Ok(s),
             Err(mut errs) => {
                 // The local file alone does not check either (it leaves to the document what
                 // the document set): the document's errors, with the way out.
+                // Read again rather than cloned (a clone of the whole model costs the
+                // gateway binary some 9 KB).
+                let raw: RawConfig = parse(file, text)?;
                 let Ok(mut s) = local(&raw, file, text) else {
                     for e in errs.0.iter_mut().filter(|e| e.file == label) {
                         e.fix = format!(

@@ -187,8 +187,9 @@ impl Puller {
             headers.push(("if-none-match", e.clone()));
         }
         let got = tokio::select! {
-            r = self.client.get(None, &headers, MAX_DOC) => r,
+            biased;
             _ = stop.cancelled() => return Outcome::Stopped,
+            r = self.client.get(None, &headers, MAX_DOC) => r,
         };
         let (status, head, body) = match got {
             Ok(r) => r,
@@ -204,8 +205,9 @@ impl Puller {
         let mut signature = None;
         if let Some(key) = &self.public_key {
             let signed = tokio::select! {
-                r = self.signed(key, &head, &body) => r,
+                biased;
                 _ = stop.cancelled() => return Outcome::Stopped,
+                r = self.signed(key, &head, &body) => r,
             };
             match signed {
                 Ok(sig) => signature = Some(sig),

@@ -94,8 +94,9 @@ impl Reporter {
                 let id = format!("rpt_{}_{}", self.gateway, crate::timefmt::now_ms());
                 let headers = crate::deliver::signing::headers(self.signer.as_ref(), &id, &body);
                 let sent = tokio::select! {
-                    r = self.client.post(body, &headers) => r.0,
+                    biased;
                     _ = stop.cancelled() => return,
+                    r = self.client.post(body, &headers) => r.0,
                 };
                 let failure = match sent {
                     Outcome::Delivered { .. } => {
