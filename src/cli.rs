@@ -780,6 +780,39 @@ pub(crate) fn render_status(s: &StatusReport) -> String {
             );
         }
     }
+    if let Some(f) = &s.fleet {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "FLEET (gateway {})", f.gateway);
+        let or = |v: &Option<String>, none: &str| v.clone().unwrap_or_else(|| none.into());
+        if let Some(url) = &f.config_url {
+            let _ = writeln!(
+                out,
+                "config   {url}: {} {}; in force: {}",
+                or(&f.result, "not pulled yet"),
+                or(&f.at, ""),
+                f.config_sha256
+                    .as_ref()
+                    .map_or("the local file's webhooks".into(), |h| format!(
+                        "document sha256 {}, applied {}",
+                        &h[..h.len().min(12)],
+                        or(&f.applied_at, "before this start")
+                    )),
+            );
+            if let Some(r) = &f.reason {
+                for line in r.lines() {
+                    let _ = writeln!(out, "  {line}");
+                }
+            }
+        }
+        if let Some(url) = &f.report_url {
+            let _ = writeln!(
+                out,
+                "reports  {url}: {} {}",
+                or(&f.report_result, "none yet"),
+                or(&f.report_at, "")
+            );
+        }
+    }
     if !s.problems.is_empty() {
         let _ = writeln!(out);
         let _ = writeln!(out, "PROBLEMS");

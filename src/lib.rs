@@ -39,10 +39,13 @@ pub mod ingest;
 pub mod deliver;
 pub mod source;
 
-// 10–14: the running set, the admin surfaces, the daemon, the demo, the command line.
+// 10–15: the running set, the admin surfaces, the fleet, the daemon, the demo, the command
+// line.
 pub mod supervisor;
 
 pub mod admin;
+
+pub mod fleet;
 
 pub mod daemon;
 

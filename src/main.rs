@@ -1,5 +1,5 @@
 //! The `roomhook` command line: `run`, `check-config`, `webhook`, `source`, `status`,
-//! `store`, `completions`, `man`, `demo`.
+//! `store`, `fleet`, `completions`, `man`, `demo`.
 
 use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
@@ -88,6 +88,11 @@ enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// The fleet's keys: make an Ed25519 key pair, sign a config document.
+    Fleet {
+        #[command(subcommand)]
+        action: FleetAction,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell), e.g.
     /// `source <(roomhook completions bash)`.
     Completions {
@@ -132,6 +137,47 @@ enum StoreAction {
     Check(StoreTarget),
     /// Move a damaged store aside and copy everything readable into a fresh one.
     Salvage(StoreTarget),
+}
+
+#[derive(Subcommand)]
+enum FleetAction {
+    /// Write a new Ed25519 private key to FILE (mode 0600) and its public key to FILE.pub;
+    /// print the public key for `[fleet] config_public_key`.
+    Keygen {
+        /// The private key file (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign the config document DOC with a private key: writes DOC.sig (serve it beside DOC).
+    Sign {
+        /// The private key file (from `roomhook fleet keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The document to sign.
+        doc: PathBuf,
+    },
+}
+
+fn fleet_command(action: FleetAction) -> ExitCode {
+    let done = match action {
+        FleetAction::Keygen { out } => roomhook::fleet::sign::keygen(&out).map(|public| {
+            println!(
+                "private key: {} (keep it on the fleet's server, never on a gateway)",
+                out.display()
+            );
+            println!("[fleet] config_public_key = \"{public}\"");
+        }),
+        FleetAction::Sign { key, doc } => {
+            roomhook::fleet::sign::sign(&key, &doc).map(|sig| println!("{}", sig.display()))
+        }
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("roomhook fleet: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Roff that any troff reads: characters beyond ASCII (…, —) as `\[uXXXX]` escapes.
@@ -280,6 +326,9 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Fleet { action } = cli.command {
+        return fleet_command(action);
+    }
     // `run` reads its config first: the config may set the log filter and format.
     let run_settings = match &cli.command {
         Command::Run { config } => match roomhook::config::load(config) {
@@ -327,7 +376,10 @@ fn main() -> ExitCode {
 
     rt.block_on(async move {
         match cli.command {
-            Command::Store { .. } | Command::Completions { .. } | Command::Man { .. } => {
+            Command::Store { .. }
+            | Command::Completions { .. }
+            | Command::Man { .. }
+            | Command::Fleet { .. } => {
                 unreachable!("answered before the runtime starts")
             }
             Command::Status { config, socket, json, watch } => {
@@ -338,6 +390,9 @@ fn main() -> ExitCode {
             Command::Source { config, action } => roomhook::cli::source(config, action).await,
             Command::CheckConfig { config } => match roomhook::config::load(&config) {
                 Ok(s) => {
+                    if let Some(why) = &s.fleet_kept_refused {
+                        eprintln!("warning: {why}");
+                    }
                     println!(
                         "{}: OK ({} MQTT source(s), {} RoomOS device(s), {} webhook(s), store in {})",
                         config.display(),

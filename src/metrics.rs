@@ -166,6 +166,10 @@ pub struct Metrics {
     pub(crate) config_reloads: Family<ResultLabel, Counter>,
     /// 1 when the last reload was applied, 0 when it was refused (the running config stays).
     pub(crate) config_last_reload_successful: Gauge,
+    /// Pulls of the fleet document by result: applied, unchanged, refused, failed.
+    pub(crate) fleet_config: Family<ResultLabel, Counter>,
+    /// Fleet reports by result: sent, failed (tried again), dropped (a newer one replaced it).
+    pub(crate) fleet_reports: Family<ResultLabel, Counter>,
 }
 
 /// `{result}`.
@@ -218,6 +222,8 @@ impl Metrics {
             store_events_dropped: Family::default(),
             config_reloads: Family::default(),
             config_last_reload_successful: Gauge::default(),
+            fleet_config: Family::default(),
+            fleet_reports: Family::default(),
             // 50 µs … ~1.6 s.
             store_commit_duration: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             registry: Registry::default(),
@@ -374,6 +380,16 @@ impl Metrics {
             m.config_last_reload_successful.clone(),
         );
         m.config_last_reload_successful.set(1);
+        registry.register(
+            "fleet_config",
+            "Pulls of the fleet config document by result: applied, unchanged, refused, failed",
+            m.fleet_config.clone(),
+        );
+        registry.register(
+            "fleet_reports",
+            "Fleet status reports by result: sent, failed (tried again), dropped (a newer one replaced it)",
+            m.fleet_reports.clone(),
+        );
         registry.register(
             "store_errors",
             "Failed store commits (disk full, I/O errors)",

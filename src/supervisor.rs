@@ -103,6 +103,8 @@ fn restart_only(old: &Settings, new: &Settings) -> Vec<&'static str> {
             old.shutdown_grace != new.shutdown_grace,
         ),
         ("gateway.threads", old.threads != new.threads),
+        ("gateway.id", old.gateway_id != new.gateway_id),
+        ("fleet", old.fleet != new.fleet),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))
@@ -168,6 +170,42 @@ pub(crate) struct Applied {
     pub(crate) sources: Vec<String>,
     /// Changes that only take effect after a restart.
     pub(crate) need_restart: Vec<String>,
+}
+
+/// The fleet's pulls and reports as `status`, the console and the reports show them.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct FleetState {
+    /// `[gateway] id`.
+    pub gateway: String,
+    /// `[fleet] config_url` (credentials hidden), if set.
+    pub config_url: Option<String>,
+    /// How the last pull ended: applied, unchanged, refused, failed (none yet: null).
+    pub result: Option<String>,
+    /// When (RFC 3339).
+    pub at: Option<String>,
+    /// Why the last pull was refused or failed: file:line, key, problem and fix.
+    pub reason: Option<String>,
+    /// When a document was last applied (RFC 3339).
+    pub applied_at: Option<String>,
+    /// SHA-256 (hex) of the fleet document in force (null: none, the local file's webhooks run).
+    pub config_sha256: Option<String>,
+    /// Whether local webhook edits are refused: `config_url` is set and the document in
+    /// force has `webhooks`, or none is in force yet.
+    #[serde(default)]
+    pub webhooks_managed: bool,
+    /// `[fleet] report_url` (credentials hidden), if set.
+    pub report_url: Option<String>,
+    /// How the last report ended: sent, failed, dropped (a newer one replaced it).
+    pub report_result: Option<String>,
+    /// When (RFC 3339).
+    pub report_at: Option<String>,
+}
+
+/// Whether the fleet's document owns the webhooks of `s`: `[fleet] config_url` is set, and
+/// the document in force has `webhooks`, or none is in force yet (the first may have).
+fn webhooks_managed(s: &Settings) -> bool {
+    s.fleet.as_ref().is_some_and(|f| f.config.is_some())
+        && (s.fleet_doc.is_none() || s.fleet_webhooks)
 }
 
 /// Why a control action failed.
@@ -246,6 +284,8 @@ pub struct Supervisor {
     source_status: crate::source::status::Sources,
     /// The uplink's byte budget, shared by every delivery loop; a reload changes it live.
     uplink: crate::deliver::uplink::Arbiter,
+    /// The fleet's pulls and reports (`None` without `[fleet]`).
+    fleet: std::sync::Mutex<Option<FleetState>>,
 }
 
 impl Supervisor {
@@ -289,7 +329,26 @@ impl Supervisor {
             pulses: Pulses::default(),
             source_status: Default::default(),
             uplink: crate::deliver::uplink::Arbiter::new(settings.uplink_bytes_per_s),
+            fleet: std::sync::Mutex::new(settings.fleet.as_ref().map(|f| {
+                FleetState {
+                    gateway: settings.gateway_id.clone(),
+                    config_url: f
+                        .config
+                        .as_ref()
+                        .map(|c| crate::redact::url(&c.url.to_string())),
+                    config_sha256: settings.fleet_doc.clone(),
+                    webhooks_managed: webhooks_managed(&settings),
+                    report_url: f
+                        .report
+                        .as_ref()
+                        .map(|r| crate::redact::url(&r.url.to_string())),
+                    ..FleetState::default()
+                }
+            })),
         });
+        if let Some(why) = &settings.fleet_kept_refused {
+            sup.note_kept_refused(why);
+        }
         sup.pulses.add(&sup.store.pulse());
         sup.store
             .observe_commits(sup.metrics.store_commit_duration.clone());
@@ -521,12 +580,7 @@ impl Supervisor {
 
     /// Re-reads the config file and applies it; an invalid file changes nothing.
     pub(crate) async fn reload(&self) -> Result<Applied, ActionError> {
-        let mut inner = self.inner.lock().await;
-        let file = inner.settings.file.clone();
-        let result = match crate::config::load(&file) {
-            Ok(settings) => self.apply_locked(&mut inner, settings, &[], &[]).await,
-            Err(e) => Err(ActionError::Invalid(e.to_string())),
-        };
+        let result = self.load_and_apply(None).await;
         let label = if result.is_ok() { "applied" } else { "refused" };
         self.metrics
             .config_reloads
@@ -537,11 +591,87 @@ impl Supervisor {
         self.metrics
             .config_last_reload_successful
             .set(i64::from(result.is_ok()));
-        let applied = result?;
+        result
+    }
+
+    /// Applies the config file with the fleet document just kept: the reload's own path,
+    /// all or nothing, counted by the fleet instead. Nothing is applied once `stop` (the
+    /// fleet's) is cancelled: checked under the lock the shutdown takes to empty the
+    /// supervisor, so a pull can never apply onto one being emptied.
+    pub(crate) async fn reload_fleet(
+        &self,
+        stop: &CancellationToken,
+    ) -> Result<Applied, ActionError> {
+        self.load_and_apply(Some(stop)).await
+    }
+
+    async fn load_and_apply(
+        &self,
+        stop: Option<&CancellationToken>,
+    ) -> Result<Applied, ActionError> {
+        let mut inner = self.inner.lock().await;
+        if self.source_stop.is_cancelled() || stop.is_some_and(CancellationToken::is_cancelled) {
+            return Err(ActionError::Runtime(
+                "the daemon is stopping; nothing was applied".into(),
+            ));
+        }
+        let file = inner.settings.file.clone();
+        let applied = match crate::config::load(&file) {
+            // A pulled document applies only merged, never by running the local file alone.
+            Ok(settings) if stop.is_some() && settings.fleet_kept_refused.is_some() => Err(
+                ActionError::Invalid(settings.fleet_kept_refused.unwrap_or_default()),
+            ),
+            Ok(settings) => {
+                let kept = settings.fleet_kept_refused.clone();
+                let applied = self.apply_locked(&mut inner, settings, &[], &[]).await;
+                if let (Some(why), Ok(_)) = (kept, &applied) {
+                    self.note_kept_refused(&why);
+                }
+                applied
+            }
+            Err(e) => Err(ActionError::Invalid(e.to_string())),
+        }?;
+        drop(inner);
         if let Err(e) = self.expire_orphans().await {
             tracing::warn!("orphaned queues: {e}");
         }
         Ok(applied)
+    }
+
+    /// A kept fleet document left out at start-up or on SIGHUP (the local file runs alone):
+    /// logged, counted as refused, and shown in `status` with the reason and the fix.
+    fn note_kept_refused(&self, why: &str) {
+        tracing::error!("{why}");
+        self.metrics
+            .fleet_config
+            .get_or_create(&crate::metrics::ResultLabel {
+                result: "refused".into(),
+            })
+            .inc();
+        let now = crate::timefmt::rfc3339_ms(crate::timefmt::now_ms());
+        self.note_fleet(|f| {
+            f.result = Some("refused".into());
+            f.at = Some(now);
+            f.reason = Some(why.to_string());
+            f.config_sha256 = None;
+        });
+    }
+
+    /// The fleet's pulls and reports, without `[fleet]` none.
+    pub(crate) fn fleet(&self) -> Option<FleetState> {
+        self.fleet.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Notes a pull's or a report's end.
+    pub(crate) fn note_fleet(&self, f: impl FnOnce(&mut FleetState)) {
+        if let Some(state) = self
+            .fleet
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            f(state);
+        }
     }
 
     /// Edits the config file and applies the result, all or nothing: the edit is checked
@@ -557,6 +687,22 @@ impl Supervisor {
         let file = inner.settings.file.clone();
         if file.as_os_str().is_empty() {
             return Err(ActionError::NoFile);
+        }
+        // The fleet's document owns the webhooks when it has `webhooks`, or may (none pulled
+        // yet): the next pull would undo a local change (deleting a kept queue is no change
+        // of it). One that sets only sources' subscriptions leaves them local.
+        let fleet = inner
+            .settings
+            .fleet
+            .as_ref()
+            .and_then(|f| f.config.as_ref())
+            .filter(|_| webhooks_managed(&inner.settings));
+        let kept_queue = matches!(&change, Edit::Remove(n) if !inner.webhooks.iter().any(|w| &w.view.settings.name == n));
+        if let Some(c) = fleet.filter(|_| !kept_queue) {
+            return Err(ActionError::Conflict(format!(
+                "the webhooks of this gateway are managed by the fleet ([fleet] config_url = {}): change them in the document served there (the next pull would undo a local change); nothing was changed",
+                crate::redact::url(&c.url.to_string())
+            )));
         }
         if let (Edit::Add(values), false) = (&mut change, verify) {
             values.insert("enabled".into(), serde_json::Value::Bool(false));
@@ -1096,6 +1242,8 @@ impl Supervisor {
             u64::try_from(new.orphan_retention.as_millis()).unwrap_or(u64::MAX),
             std::sync::atomic::Ordering::Relaxed,
         );
+        let managed = webhooks_managed(&new);
+        self.note_fleet(|f| f.webhooks_managed = managed);
         inner.settings = new;
         Ok(applied)
     }
@@ -1265,6 +1413,37 @@ mod tests {
             expired_orphans(&orphans, week, &jumps.ages(later.wall_ms)),
             ["old"]
         );
+    }
+
+    /// Once the fleet's token is cancelled (the top of the shutdown), or the sources are
+    /// being stopped, no reload applies: the check is made under the supervisor's lock.
+    #[tokio::test]
+    async fn nothing_is_applied_once_the_stop_began() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("roomhook.toml");
+        std::fs::write(&file, "[gateway]\ndata_dir = \"data\"\n").unwrap();
+        let settings = crate::config::load(&file).unwrap();
+        let limits = crate::store::Limits {
+            max_bytes: settings.max_store_bytes,
+            queues: Vec::new(),
+        };
+        let (store, _) = Store::open(&settings.data_dir, &limits).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let ingest = Ingest::new(store.clone(), metrics.clone());
+        let grace = Duration::from_secs(1);
+        let sup = Supervisor::start(settings, store.clone(), ingest, metrics, grace)
+            .await
+            .unwrap();
+        let fleet = CancellationToken::new();
+        assert!(sup.reload_fleet(&fleet).await.is_ok());
+        fleet.cancel();
+        let refused = sup.reload_fleet(&fleet).await.unwrap_err().to_string();
+        assert!(refused.contains("stopping"), "{refused}");
+        sup.stop_sources().await;
+        assert!(sup.reload().await.is_err());
+        sup.stop_webhooks().await;
+        drop(sup);
+        store.close().await;
     }
 
     #[test]

@@ -105,6 +105,7 @@ fn man_writes_a_page_per_verb_and_the_config_reference() {
         "roomhook-webhook-add.1",
         "roomhook-webhook-replay.1",
         "roomhook-store-salvage.1",
+        "roomhook-fleet-sign.1",
         "roomhook-completions.1",
         "roomhook.toml.5",
     ] {

@@ -8,7 +8,7 @@ use std::path::Path;
 /// Each top-level module of `src/` and its layer: a module may import only from lower
 /// layers. Utilities at the bottom import nothing of the pipeline; the model comes next;
 /// then the event's path: config → store → route → ingest → source, deliver → supervisor →
-/// admin → daemon → demo → cli.
+/// admin → fleet → daemon → demo → cli.
 const LAYERS: &[(&str, u32)] = &[
     // Utilities.
     ("backoff", 0),
@@ -36,9 +36,10 @@ const LAYERS: &[(&str, u32)] = &[
     ("deliver", 9),
     ("supervisor", 10),
     ("admin", 11),
-    ("daemon", 12),
-    ("demo", 13),
-    ("cli", 14),
+    ("fleet", 12),
+    ("daemon", 13),
+    ("demo", 14),
+    ("cli", 15),
 ];
 
 /// Edges the table allows as exceptions, each with its reason (none today).

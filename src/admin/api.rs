@@ -28,7 +28,13 @@ pub struct StatusReport {
     pub(crate) delivery_loops: Vec<LoopReport>,
     /// Second loops the register refused since start (a bug if ever non-zero).
     pub(crate) delivery_loops_refused: u64,
+    /// The fleet's pulls and reports (only with `[fleet]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetReport>,
 }
+
+/// The fleet in [`StatusReport`].
+pub use crate::supervisor::FleetState as FleetReport;
 
 /// The store in [`StatusReport`].
 #[derive(Debug, Clone, Serialize, Deserialize)]

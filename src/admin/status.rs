@@ -198,5 +198,6 @@ pub(crate) fn report(sup: &Supervisor) -> StatusReport {
             })
             .collect(),
         delivery_loops_refused: store.claims_refused(),
+        fleet: sup.fleet(),
     }
 }

@@ -3,6 +3,7 @@
 //! key, the line and the fix.
 
 pub(crate) mod edit;
+pub(crate) mod fleet;
 mod locate;
 pub(crate) mod secret;
 #[cfg(test)]
@@ -50,6 +51,40 @@ pub(crate) struct RawConfig {
     /// `[[devices]]`: sensor ids → device and workspace ids.
     #[serde(default)]
     pub(crate) devices: Vec<RawDevice>,
+    /// `[fleet]`: the config pulled from a URL, the reports pushed to one.
+    pub(crate) fleet: Option<RawFleet>,
+}
+
+/// `[fleet]`: where the fleet-managed part of the config comes from, and where reports go.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFleet {
+    /// `https://…` of the fleet document (`{gateway}`: `[gateway] id`).
+    pub(crate) config_url: Option<String>,
+    /// Extra trust anchors (PEM) for `config_url`.
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Authorization header value for `config_url`, sent verbatim.
+    pub(crate) authorization: Option<String>,
+    /// File holding it.
+    pub(crate) authorization_file: Option<PathBuf>,
+    /// How often the document is fetched, jittered (default `"5m"`).
+    pub(crate) config_interval: Option<String>,
+    /// Ed25519 public key (base64) that must have signed the document.
+    pub(crate) config_public_key: Option<String>,
+    /// File holding it.
+    pub(crate) config_public_key_file: Option<PathBuf>,
+    /// `https://…` the status reports are POSTed to.
+    pub(crate) report_url: Option<String>,
+    /// Extra trust anchors (PEM) for `report_url`.
+    pub(crate) report_ca_file: Option<PathBuf>,
+    /// Authorization header value for `report_url`.
+    pub(crate) report_authorization: Option<String>,
+    /// File holding it.
+    pub(crate) report_authorization_file: Option<PathBuf>,
+    /// File holding the Standard Webhooks secret (`whsec_…`) reports are signed with.
+    pub(crate) report_signing_secret_file: Option<PathBuf>,
+    /// How often a report goes out, jittered (default `"60s"`).
+    pub(crate) report_interval: Option<String>,
 }
 
 /// `[log]`.
@@ -73,6 +108,8 @@ pub(crate) const SHUTDOWN_GRACE_MAX: Duration = Duration::from_secs(20);
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawGateway {
+    /// The gateway's name in the fleet (default: the host name).
+    pub(crate) id: Option<String>,
     /// Directory of the embedded store (relative paths: relative to the config file).
     pub(crate) data_dir: PathBuf,
     /// Copied into payloads as `orgId`.
@@ -129,11 +166,14 @@ pub(crate) struct RawSources {
 pub(crate) struct RawRoomos {
     /// Name used in logs and metrics.
     pub(crate) name: String,
-    /// `wss://<device>/ws` (`ws://` only with `allow_plaintext`).
+    /// `wss://<device>/ws` (`ws://` only with `allow_plaintext`). Empty when missing (a
+    /// fleet document names a source without it).
+    #[serde(default)]
     pub(crate) url: String,
     /// Allows a plain `ws://` URL (lab use).
     pub(crate) allow_plaintext: Option<bool>,
     /// Local user on the device (the Integrator role is enough for most statuses).
+    #[serde(default)]
     pub(crate) username: String,
     /// Its password (prefer `password_file`).
     pub(crate) password: Option<String>,
@@ -165,7 +205,9 @@ pub(crate) struct RawRoomos {
 pub(crate) struct RawMqtt {
     /// Name used in logs and metrics.
     pub(crate) name: String,
-    /// `mqtt://host:port` or `mqtts://host:port`.
+    /// `mqtt://host:port` or `mqtts://host:port`. Empty when missing (a fleet document
+    /// names a source without it).
+    #[serde(default)]
     pub(crate) url: String,
     /// Fixed client id (the persistent session hangs on it); default `roomhook-<name>`.
     pub(crate) client_id: Option<String>,
@@ -393,6 +435,45 @@ pub struct Settings {
     pub log_filter: Option<String>,
     /// `[log] format`, if set.
     pub log_format: Option<crate::logging::LogFormat>,
+    /// `[gateway] id`: the gateway's name in the fleet.
+    pub(crate) gateway_id: String,
+    /// `[fleet]`, when it names a URL.
+    pub(crate) fleet: Option<FleetSettings>,
+    /// SHA-256 (hex) of the fleet document merged in, if one was.
+    pub(crate) fleet_doc: Option<String>,
+    /// Whether that document has `webhooks` (it then owns the webhooks).
+    pub(crate) fleet_webhooks: bool,
+    /// Why the kept fleet document was left out (it no longer fits the local file, which
+    /// runs alone): what to log, count as refused and show in `status`, naming the file.
+    pub fleet_kept_refused: Option<String>,
+}
+
+/// `[fleet]`: the pulled config and the pushed reports.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FleetSettings {
+    /// Where the fleet-managed part of the config comes from.
+    pub(crate) config: Option<FleetEndpoint>,
+    /// How often it is fetched (jittered).
+    pub(crate) config_interval: Duration,
+    /// The Ed25519 public key that must have signed it.
+    pub(crate) public_key: Option<[u8; 32]>,
+    /// Where reports go.
+    pub(crate) report: Option<FleetEndpoint>,
+    /// How often a report goes out (jittered).
+    pub(crate) report_interval: Duration,
+    /// Signs reports (Standard Webhooks).
+    pub(crate) report_signer: Option<crate::value::signing::Signer>,
+}
+
+/// One fleet URL and how it is reached.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FleetEndpoint {
+    /// The URL, `{gateway}` replaced.
+    pub(crate) url: hyper::Uri,
+    /// Trust anchors.
+    pub(crate) trust: TlsTrust,
+    /// Authorization header value.
+    pub(crate) authorization: Option<Secret>,
 }
 
 /// One MQTT source.
@@ -830,7 +911,7 @@ pub(crate) fn base_dir(file: &Path) -> &Path {
         .unwrap_or(Path::new("."))
 }
 
-fn parse(file: &Path, text: &str) -> Result<RawConfig, ConfigErrors> {
+fn parse<T: serde::de::DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigErrors> {
     toml::from_str(text).map_err(|e| {
         let line = e
             .span()
@@ -855,7 +936,7 @@ pub(crate) fn load_for_source_test(
     name: &str,
 ) -> Result<(Settings, bool), ConfigErrors> {
     let text = read(file)?;
-    let mut raw = parse(file, &text)?;
+    let mut raw: RawConfig = parse(file, &text)?;
     let mut unpinned = false;
     for r in raw.sources.roomos.iter_mut().filter(|r| r.name == name) {
         if r.pin_sha256.is_none() && r.ca_file.is_none() && !r.url.starts_with("ws://") {
@@ -875,10 +956,49 @@ pub(crate) fn load_for_source_test(
         })
 }
 
-/// Parses and validates config text that came from `file`.
+/// Parses and validates config text that came from `file`, with the last good fleet
+/// document merged in when `[fleet] config_url` is set and one was kept.
 pub fn load_str(file: &Path, text: &str) -> Result<Settings, ConfigErrors> {
-    let raw = parse(file, text)?;
-    validate(&raw, base_dir(file), file).map_err(|mut errs| {
+    let raw: RawConfig = parse(file, text)?;
+    let kept =
+        fleet::kept_path(&raw, file).and_then(|p| std::fs::read_to_string(&p).ok().map(|t| (p, t)));
+    if let Some((label, doc)) = kept {
+        // A document that no longer fits (a source renamed, a file gone) must not keep the
+        // gateway from starting: the local file runs alone, and the reason is shown.
+        let merged = fleet::check(file, text, raw, &label, &doc)
+            .and_then(|s| fleet::check_kept_signature(s, &label, &doc));
+        return match merged {
+            Ok(s) => Ok(s),
+            Err(mut errs) => {
+                // The local file alone does not check either (it leaves to the document what
+                // the document set): the document's errors, with the way out.
+                // Read again rather than cloned (a clone of the whole model costs the
+                // gateway binary some 9 KB).
+                let raw: RawConfig = parse(file, text)?;
+                let Ok(mut s) = local(&raw, file, text) else {
+                    for e in errs.0.iter_mut().filter(|e| e.file == label) {
+                        e.fix = format!(
+                            "{}; or delete {} (the kept fleet document) and make the local file check alone",
+                            e.fix,
+                            label.display()
+                        );
+                    }
+                    return Err(errs);
+                };
+                s.fleet_kept_refused = Some(format!(
+                    "the kept fleet document {kept} is left out (it no longer fits the local file, or is not signed for config_public_key), and the local file runs alone until a pull brings one that checks:\n{errs}\nfix: correct the document served at [fleet] config_url (the next pull replaces the kept one), or delete {kept}",
+                    kept = label.display()
+                ));
+                Ok(s)
+            }
+        };
+    }
+    local(&raw, file, text)
+}
+
+/// The local file's `raw` (its `text`) checked alone.
+fn local(raw: &RawConfig, file: &Path, text: &str) -> Result<Settings, ConfigErrors> {
+    validate(raw, base_dir(file), file).map_err(|mut errs| {
         for e in &mut errs.0 {
             if e.line.is_none() && !e.key.is_empty() {
                 e.line = locate::line_of(text, &e.key);
@@ -886,4 +1006,12 @@ pub fn load_str(file: &Path, text: &str) -> Result<Settings, ConfigErrors> {
         }
         errs
     })
+}
+
+/// The config `file` with a fleet document (`doc`, from `label`: its URL) merged in,
+/// checked like [`load`].
+pub(crate) fn load_fleet(file: &Path, label: &Path, doc: &str) -> Result<Settings, ConfigErrors> {
+    let text = read(file)?;
+    let raw: RawConfig = parse(file, &text)?;
+    fleet::check(file, &text, raw, label, doc)
 }

@@ -606,3 +606,106 @@ fn priority_is_0_to_9_and_the_weight_at_least_1() {
     assert_eq!(e.line, Some(28));
     assert!(e.fix.contains("uplink_weight = 3"), "{e}");
 }
+
+/// A kept fleet document that no longer fits the local file (its source renamed) does not
+/// keep the gateway from starting: the local file runs alone, and the reason names the
+/// kept file and says to delete it.
+#[test]
+fn a_kept_fleet_document_that_no_longer_fits_leaves_the_local_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let kept = dir.path().join("data").join(fleet::KEPT);
+    // (named as the local file names its data_dir: `./data`)
+    std::fs::write(
+        &kept,
+        "[[sources.mqtt]]\nname = \"renamed\"\n[[sources.mqtt.subscriptions]]\ntopic = \"a/#\"\nformat = \"zigbee2mqtt\"\n",
+    )
+    .unwrap();
+    let text = GOOD.replace(
+        "[admin]",
+        "id = \"gw-1\"\n\n[fleet]\nconfig_url = \"https://fleet.example.com/{gateway}.toml\"\n\n[admin]",
+    );
+    let file = dir.path().join("roomhook.toml");
+    let s = load_str(&file, &text).unwrap();
+    assert_eq!(s.fleet_doc, None);
+    assert_eq!(s.webhooks[0].name, "facilities");
+    let why = s.fleet_kept_refused.expect("the reason");
+    assert!(why.contains("data/fleet-config.toml:2:"), "{why}");
+    assert!(why.contains("\"renamed\""), "{why}");
+    assert!(
+        why.ends_with(
+            "delete {}/./data/fleet-config.toml"
+                .replace("{}", &dir.path().display().to_string())
+                .as_str()
+        ),
+        "{why}"
+    );
+    // One that fits is merged as before.
+    std::fs::write(&kept, "webhooks = []\n").unwrap();
+    let s = load_str(&file, &text).unwrap();
+    assert!(
+        s.fleet_kept_refused.is_none() && s.fleet_doc.is_some(),
+        "{:?}",
+        s.fleet_kept_refused
+    );
+    assert!(s.webhooks.is_empty());
+    // A broken local file is still its own error.
+    std::fs::write(&kept, "[[sources.mqtt]]\nname = \"renamed\"\n").unwrap();
+    assert!(load_str(&file, &text.replace("org_id = \"my-org\"", "org_id = 5")).is_err());
+}
+
+/// `[gateway] id = ".."` would change the path of `config_url`: refused; a good one is taken.
+#[test]
+fn a_gateway_id_of_dots_is_refused() {
+    for id in ["..", ".", ".x"] {
+        let text = GOOD.replace("[admin]", &format!("id = \"{id}\"\n\n[admin]"));
+        let errs = load_str(Path::new("/etc/roomhook/roomhook.toml"), &text)
+            .expect_err(id)
+            .0;
+        assert_eq!(errs[0].key, "gateway.id", "{id}");
+        assert!(errs[0].problem.contains("not starting with '.'"), "{id}");
+    }
+    let text = GOOD.replace("[admin]", "id = \"oslo-1.site\"\n\n[admin]");
+    let s = load_str(Path::new("/etc/roomhook/roomhook.toml"), &text).unwrap();
+    assert_eq!(s.gateway_id, "oslo-1.site");
+}
+
+/// With `[fleet] config_public_key`, a kept document is taken only with a valid signature
+/// kept beside it: one kept before the key was set is left out (the local file runs alone).
+#[test]
+fn a_kept_fleet_document_without_its_signature_is_left_out_once_a_key_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let kept = dir.path().join("data").join(fleet::KEPT);
+    std::fs::write(&kept, "webhooks = []\n").unwrap();
+    let file = dir.path().join("roomhook.toml");
+    let fleet = |key: &str| {
+        GOOD.replace(
+            "[admin]",
+            &format!("id = \"gw-1\"\n\n[fleet]\nconfig_url = \"https://fleet.example.com/{{gateway}}.toml\"\n{key}\n[admin]"),
+        )
+    };
+    assert!(load_str(&file, &fleet("")).unwrap().webhooks.is_empty());
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    use ring::signature::KeyPair;
+    let text = fleet(&format!(
+        "config_public_key = \"{}\"",
+        b64(pair.public_key().as_ref())
+    ));
+    let s = load_str(&file, &text).unwrap();
+    assert_eq!(s.webhooks.len(), 1, "the local webhooks run");
+    let why = s.fleet_kept_refused.expect("left out");
+    assert!(why.contains("no valid signature"), "{why}");
+    // Kept with its signature (as a pull keeps it): taken.
+    std::fs::write(
+        fleet::kept_sig(&kept),
+        b64(pair.sign(b"webhooks = []\n").as_ref()),
+    )
+    .unwrap();
+    let s = load_str(&file, &text).unwrap();
+    assert!(s.fleet_kept_refused.is_none() && s.webhooks.is_empty());
+}

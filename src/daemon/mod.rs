@@ -1,5 +1,6 @@
 //! Wiring: opens the store, hands webhooks and sources to the supervisor, starts the admin
-//! listener, the control API, the SIGHUP reload and the systemd notifications, and stops
+//! listener, the control API, the fleet's pulls and reports, the SIGHUP reload and the
+//! systemd notifications, and stops
 //! them in order (sources, then workers, then the listeners, then the store).
 
 pub(crate) mod notify;
@@ -31,6 +32,10 @@ pub struct Running {
     source_stop: CancellationToken,
     /// Cancelled to stop the services (last).
     service_stop: CancellationToken,
+    /// The fleet's pull and report loops.
+    fleet: JoinSet<()>,
+    /// Cancelled first of all: a pull in flight is given up and none is applied after it.
+    fleet_stop: CancellationToken,
     shutdown: CancellationToken,
 }
 
@@ -113,6 +118,15 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
         control,
         service_stop.clone(),
     ));
+    let fleet_stop = CancellationToken::new();
+    let mut fleet = JoinSet::new();
+    crate::fleet::spawn(
+        settings,
+        supervisor.clone(),
+        metrics.clone(),
+        fleet_stop.clone(),
+        &mut fleet,
+    );
     services.spawn(signals::reload_on_sighup(
         hangups,
         supervisor.clone(),
@@ -143,6 +157,8 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::
         services,
         source_stop: CancellationToken::new(),
         service_stop,
+        fleet,
+        fleet_stop,
         shutdown,
     })
 }
@@ -179,10 +195,16 @@ impl Running {
             mut services,
             source_stop,
             service_stop,
+            mut fleet,
+            fleet_stop,
             shutdown,
             ..
         } = self;
         shutdown.cancelled().await;
+        // The fleet first: its requests are given up, and no pull applies onto a supervisor
+        // being emptied (the apply checks `fleet_stop` under the supervisor's lock).
+        fleet_stop.cancel();
+        while fleet.join_next().await.is_some() {}
         tracing::info!("stopping: no new input, finishing in-flight requests");
         notify::stopping("stopping: no new input, finishing requests in flight");
         store.stopping();

@@ -127,10 +127,49 @@ impl Ready {
 impl WebhookClient {
     /// Builds the client for a webhook's settings.
     pub fn new(w: &WebhookSettings) -> Result<Self, ClientError> {
-        let tls = crate::tls::client_config(&w.trust, &[])?; // hyper-rustls sets ALPN itself
+        let mut c = Self::connect(
+            &w.trust,
+            w.connect_timeout,
+            w.max_in_flight,
+            w.url.clone(),
+            w.auth.header_value().as_ref(),
+        )?;
+        c.headers = w
+            .headers
+            .iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    hyper::header::HeaderName::from_bytes(k.as_bytes()).ok()?,
+                    HeaderValue::from_str(v).ok()?,
+                ))
+            })
+            .collect();
+        c.timeout = w.request_timeout;
+        c.compression = w.compression;
+        Ok(c)
+    }
+
+    /// A client for one fleet URL (the config document, the reports): a webhook's trust
+    /// rules and timeouts (5 s to connect, 15 s a request), one connection.
+    pub(crate) fn endpoint(
+        url: Uri,
+        trust: &crate::tls::TlsTrust,
+        authorization: Option<&crate::config::Secret>,
+    ) -> Result<Self, ClientError> {
+        Self::connect(trust, Duration::from_secs(5), 1, url, authorization)
+    }
+
+    fn connect(
+        trust: &crate::tls::TlsTrust,
+        connect_timeout: Duration,
+        idle: usize,
+        url: Uri,
+        authorization: Option<&crate::config::Secret>,
+    ) -> Result<Self, ClientError> {
+        let tls = crate::tls::client_config(trust, &[])?; // hyper-rustls sets ALPN itself
         let mut http = HttpConnector::new();
         http.enforce_http(false);
-        http.set_connect_timeout(Some(w.connect_timeout));
+        http.set_connect_timeout(Some(connect_timeout));
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(30)));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -141,32 +180,68 @@ impl WebhookClient {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(w.max_in_flight.max(1))
+            .pool_max_idle_per_host(idle.max(1))
             .timer(TokioTimer::new())
             .build(https);
-        let authorization = w.auth.header_value().and_then(|s| {
+        let authorization = authorization.and_then(|s| {
             let mut v = HeaderValue::from_str(s.expose()).ok()?;
             v.set_sensitive(true);
             Some(v)
         });
-        let headers = w
-            .headers
-            .iter()
-            .filter_map(|(k, v)| {
-                Some((
-                    hyper::header::HeaderName::from_bytes(k.as_bytes()).ok()?,
-                    HeaderValue::from_str(v).ok()?,
-                ))
-            })
-            .collect();
         Ok(Self {
             client,
-            url: w.url.clone(),
+            url,
             authorization,
-            headers,
-            timeout: w.request_timeout,
-            compression: w.compression,
+            headers: Vec::new(),
+            timeout: Duration::from_secs(15),
+            compression: crate::value::compression::Compression::None,
         })
+    }
+
+    /// GETs `url` (the client's own when `None`) with `extra` headers and the client's
+    /// Authorization: the status, the headers and at most `max` bytes of body (more is a
+    /// failure). Never follows redirects.
+    pub(crate) async fn get(
+        &self,
+        url: Option<&Uri>,
+        extra: &[(&'static str, String)],
+        max: usize,
+    ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), Failure> {
+        let mut req = Request::get(url.unwrap_or(&self.url).clone())
+            .header(USER_AGENT, concat!("roomhook/", env!("CARGO_PKG_VERSION")));
+        if let Some(a) = &self.authorization {
+            req = req.header(AUTHORIZATION, a.clone());
+        }
+        for (k, v) in extra {
+            req = req.header(*k, v.as_str());
+        }
+        let req = req.body(Full::new(Bytes::new())).map_err(|e| Failure {
+            kind: FailureKind::Other,
+            message: format!("cannot build the request: {e}"),
+            retry_after: None,
+        })?;
+        let exchange = async {
+            let resp = self.client.request(req).await.map_err(|e| classify(&e))?;
+            let (head, body) = resp.into_parts();
+            let body = Limited::new(body, max)
+                .collect()
+                .await
+                .map_err(|e| Failure {
+                    kind: FailureKind::Other,
+                    message: format!("reading the body (at most {max} bytes): {e}"),
+                    retry_after: None,
+                })?;
+            Ok((head.status, head.headers, body.to_bytes()))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Failure {
+                    kind: FailureKind::Timeout,
+                    message: format!("no answer within {:?}", self.timeout),
+                    retry_after: None,
+                })
+            })
     }
 
     /// POSTs a JSON body with `extra` headers (signed over `body` as it is), compressed for

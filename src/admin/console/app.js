@@ -80,6 +80,18 @@ function draw(s) {
   const problems = $("problems");
   problems.replaceChildren();
   for (const p of s.problems) problems.appendChild(el("li", { text: p }));
+  // With [fleet] config_url the fleet's document owns the webhooks (when it has any, or
+  // none is in force yet): edits are refused.
+  const f = s.fleet;
+  const managed = !!(f && f.config_url && f.webhooks_managed);
+  $("add").disabled = managed;
+  $("fleet").hidden = !f;
+  if (f) {
+    $("fleet").textContent = "Fleet (gateway " + f.gateway + "): " +
+      (f.config_url ? (managed ? "webhooks managed by " : "subscriptions managed by ") + f.config_url + "; last pull: " + text(f.result || "none yet") + " " + text(f.at || "") +
+        (f.reason ? " — " + f.reason : "") + (f.config_sha256 ? "; document " + f.config_sha256.slice(0, 12) : "") : "") +
+      (f.report_url ? "; reports to " + f.report_url + ": " + text(f.report_result || "none yet") : "");
+  }
 }
 // One chart per webhook (an SVG the gateway draws), refreshed with each poll.
 function charts(webhooks) {

@@ -3,6 +3,7 @@
 //! `[gateway]`, `[admin]` and `[log]` are checked here; the sources and `[[webhooks]]` in
 //! their own files.
 
+mod fleet;
 mod mqtt;
 mod roomos;
 mod webhook;
@@ -153,6 +154,31 @@ impl Ctx<'_> {
                     "write a duration such as \"500ms\", \"15s\", \"5m\", \"7d\"",
                 );
                 default
+            }
+        }
+    }
+
+    /// An `https://host[:port]/path` URL; plain http is refused with `why` in the fix.
+    fn https_url(&mut self, key: &str, raw: &str, why: &str) -> Option<hyper::Uri> {
+        match raw.parse::<hyper::Uri>() {
+            Ok(u) if u.scheme_str() == Some("https") && u.host().is_some_and(|h| !h.is_empty()) => {
+                Some(u)
+            }
+            Ok(u) if u.scheme_str() == Some("http") => {
+                self.err(
+                    key,
+                    format!("{:?} is plain http", crate::redact::url(raw)),
+                    format!("use an https:// URL: {why}"),
+                );
+                None
+            }
+            _ => {
+                self.err(
+                    key,
+                    format!("{:?} is not an https URL", crate::redact::url(raw)),
+                    "write https://host[:port]/path",
+                );
+                None
             }
         }
     }
@@ -326,8 +352,18 @@ pub(crate) fn validate(
         })
         .collect();
 
+    let gateway_id = fleet::gateway_id(&mut cx, raw.gateway.id.as_ref(), raw.fleet.is_some());
+    let fleet = raw
+        .fleet
+        .as_ref()
+        .and_then(|f| fleet::fleet(&mut cx, f, &gateway_id));
     if cx.errs.is_empty() {
         Ok(Settings {
+            gateway_id,
+            fleet,
+            fleet_doc: None,
+            fleet_webhooks: false,
+            fleet_kept_refused: None,
             file: file.to_path_buf(),
             data_dir,
             org_id: raw.gateway.org_id.clone().unwrap_or_default(),

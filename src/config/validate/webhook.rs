@@ -20,27 +20,11 @@ pub(super) fn webhook(
     let before = cx.errs.len();
     cx.unique_name(&format!("{key}.name"), names, &w.name, "webhook");
     let url_key = format!("{key}.url");
-    let url = match w.url.parse::<hyper::Uri>() {
-        Ok(u) if u.scheme_str() == Some("https") && u.host().is_some_and(|h| !h.is_empty()) => {
-            Some(u)
-        }
-        Ok(u) if u.scheme_str() == Some("http") => {
-            cx.err(
-                &url_key,
-                format!("{:?} is plain http", crate::redact::url(&w.url)),
-                "use an https:// URL: webhooks are only sent over TLS with a trusted certificate",
-            );
-            None
-        }
-        _ => {
-            cx.err(
-                &url_key,
-                format!("{:?} is not an https URL", crate::redact::url(&w.url)),
-                "write https://host[:port]/path",
-            );
-            None
-        }
-    };
+    let url = cx.https_url(
+        &url_key,
+        &w.url,
+        "webhooks are only sent over TLS with a trusted certificate",
+    );
     let auth = webhook_auth(cx, key, w);
     let trust = TlsTrust {
         ca_file: w

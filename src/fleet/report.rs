@@ -1,0 +1,193 @@
+//! The report loop of `[fleet] report_url`: once in every `report_interval` (full jitter),
+//! POST what `status --json` shows with the gateway's id, version, uptime and the fleet
+//! document's hash, signed like a webhook (Standard Webhooks). Retried with backoff, but
+//! never queued: each attempt sends the report as of then, and one still failing when the
+//! next is due is dropped — at most one in flight, none waiting.
+
+use super::{sleep_or_stop, unit, Jitter};
+use crate::backoff::Backoff;
+use crate::config::Settings;
+use crate::deliver::client::{Outcome, WebhookClient};
+use crate::metrics::{Metrics, ResultLabel};
+use crate::supervisor::Supervisor;
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// The first retry's delay ceiling (doubling).
+const RETRY_BASE: Duration = Duration::from_secs(1);
+
+/// The state of the report loop.
+pub(super) struct Reporter {
+    sup: Arc<Supervisor>,
+    metrics: Arc<Metrics>,
+    client: WebhookClient,
+    signer: Option<crate::value::signing::Signer>,
+    gateway: String,
+    started: Instant,
+}
+
+impl Reporter {
+    pub(super) fn new(
+        s: &Settings,
+        client: WebhookClient,
+        sup: Arc<Supervisor>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Reporter {
+            sup,
+            metrics,
+            client,
+            signer: s.fleet.as_ref().and_then(|f| f.report_signer.clone()),
+            gateway: s.gateway_id.clone(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The report as of now.
+    fn report(&self) -> Bytes {
+        let fleet = self.sup.fleet();
+        let body = serde_json::json!({
+            "gateway": self.gateway,
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "at": crate::timefmt::rfc3339_ms(crate::timefmt::now_ms()),
+            "config_sha256": fleet.as_ref().and_then(|f| f.config_sha256.clone()),
+            "status": crate::admin::status::status(&self.sup),
+        });
+        Bytes::from(body.to_string())
+    }
+
+    fn count(&self, result: &'static str) {
+        self.metrics
+            .fleet_reports
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+        let now = crate::timefmt::rfc3339_ms(crate::timefmt::now_ms());
+        self.sup.note_fleet(|f| {
+            f.report_result = Some(result.into());
+            f.report_at = Some(now);
+        });
+    }
+
+    /// Reports once in every `interval` (full jitter) until `stop`.
+    pub(super) async fn run(self, interval: Duration, stop: CancellationToken) {
+        let mut jitter = Jitter::new(interval);
+        let backoff = Backoff {
+            base: RETRY_BASE,
+            max: interval,
+        };
+        let mut next = tokio::time::Instant::now() + jitter.next(unit());
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = stop.cancelled() => return,
+            }
+            // After a slow report the next time may be past: from now, not back to back.
+            next = following(next, tokio::time::Instant::now(), &mut jitter, unit());
+            let mut attempt = 0;
+            loop {
+                let body = self.report();
+                let id = format!("rpt_{}_{}", self.gateway, crate::timefmt::now_ms());
+                let headers = crate::deliver::signing::headers(self.signer.as_ref(), &id, &body);
+                let sent = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return,
+                    r = self.client.post(body, &headers) => r.0,
+                };
+                let failure = match sent {
+                    Outcome::Delivered { .. } => {
+                        self.count("sent");
+                        break;
+                    }
+                    Outcome::Failed(f) => f,
+                };
+                self.count("failed");
+                attempt += 1;
+                let delay = retry_delay(failure.retry_after, backoff.delay(attempt, unit()));
+                if tokio::time::Instant::now() + delay >= next {
+                    // The next report is due first: this one is stale.
+                    tracing::warn!(
+                        "fleet report not sent ({}); the next one replaces it",
+                        failure.message
+                    );
+                    self.count("dropped");
+                    break;
+                }
+                tracing::debug!(
+                    "fleet report not sent ({}); again in {delay:?}",
+                    failure.message
+                );
+                if !sleep_or_stop(delay, &stop).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The pause before a retry: the backoff's `delay`, or a receiver's `Retry-After` taken
+/// within [`RETRY_AFTER_RANGE`](crate::deliver::policy::RETRY_AFTER_RANGE) when longer
+/// (never zero: a `Retry-After: 0` is no loop).
+fn retry_delay(retry_after: Option<Duration>, delay: Duration) -> Duration {
+    let (min, max) = crate::deliver::policy::RETRY_AFTER_RANGE;
+    match retry_after {
+        Some(r) => r.clamp(min, max).max(delay),
+        None => delay,
+    }
+}
+
+/// The time of the report after the one due at `due`, as of `now`: the next in the
+/// schedule, or, when that is already past (a slow report), a time drawn within an interval
+/// from now; `unit` is a uniform draw from [0, 1).
+fn following(
+    due: tokio::time::Instant,
+    now: tokio::time::Instant,
+    jitter: &mut Jitter,
+    unit: f64,
+) -> tokio::time::Instant {
+    let next = due + jitter.next(unit);
+    if next > now {
+        return next;
+    }
+    *jitter = Jitter::new(jitter.interval());
+    now + jitter.next(unit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_after_is_taken_within_its_range_never_zero() {
+        let s = Duration::from_secs;
+        let backoff = Duration::from_millis(300);
+        assert_eq!(retry_delay(Some(Duration::ZERO), backoff), s(1));
+        assert_eq!(retry_delay(Some(s(7200)), backoff), s(3600));
+        assert_eq!(retry_delay(Some(s(5)), backoff), s(5));
+        assert_eq!(retry_delay(Some(s(1)), s(4)), s(4));
+        assert_eq!(retry_delay(None, backoff), backoff);
+    }
+
+    #[test]
+    fn a_report_past_its_time_schedules_the_next_from_now() {
+        let i = Duration::from_secs(10);
+        let t0 = tokio::time::Instant::now();
+        let mut j = Jitter::new(i);
+        // On time: the next one in the schedule.
+        let due = t0 + j.next(0.5);
+        assert_eq!(following(due, due, &mut j, 0.5), t0 + i + i / 2);
+        // A report that took two intervals: the next within an interval from now, not at
+        // once (nor at the two past times, back to back).
+        let mut j = Jitter::new(i);
+        let due = t0 + j.next(0.0);
+        let now = due + i * 2;
+        let next = following(due, now, &mut j, 0.25);
+        assert_eq!(next, now + i / 4);
+        // And the schedule goes on from there.
+        assert_eq!(following(next, next, &mut j, 0.25), now + i + i / 4);
+    }
+}
