@@ -246,7 +246,11 @@ async fn a_message_over_max_payload_is_skipped_and_the_source_goes_on() {
     // broker before the big one dropped the connection (the broker sends it again after
     // the reconnect: seen in about one run of ten when this test runs alone).
     let counted = too_large().unwrap_or(0.0);
-    assert!((2.0..=3.0).contains(&counted), "{counted}\n{}", daemon.logs());
+    assert!(
+        (2.0..=3.0).contains(&counted),
+        "{counted}\n{}",
+        daemon.logs()
+    );
     assert_eq!(
         metric(
             admin,
