@@ -2,7 +2,8 @@
 //! here (behind a private CA; `ETag`, signatures beside the document or in a header), with
 //! refusals that keep the running config, the last good document run after a restart with
 //! the server down, and status reports that arrive signed and do not pile up while their
-//! receiver is down. The jitter of 20 gateways is a unit test of `src/fleet/mod.rs`.
+//! receiver is down. The jitter of 20 gateways is a unit test of `src/fleet/mod.rs` and,
+//! run by hand (`-- --ignored`, 2-4 min), 20 real daemons against one server.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 /// One request the config server answered.
 #[derive(Debug, Clone)]
 struct Hit {
+    at: Instant,
     path: String,
     if_none_match: Option<String>,
     status: u16,
@@ -137,6 +139,7 @@ fn answer(st: &Mutex<Served>, req: &Request<hyper::body::Incoming>) -> Response<
         _ => (404, String::new()),
     };
     s.hits.push(Hit {
+        at: Instant::now(),
         path,
         if_none_match,
         status,
@@ -597,4 +600,74 @@ async fn the_readme_fleet_example_checks() {
             && err.contains("delete "),
         "{out}{err}"
     );
+}
+
+/// 20 gateways polling one server spread their pulls over the interval: after each one's
+/// first pull (within 10 s of its start, as nothing is kept yet), the next 20 pulls come
+/// over the 120-s interval with no second holding more than 3 of them. Real daemons and
+/// the HTTPS server; it takes 2-4 min, so it runs by hand:
+/// `cargo test --test fleet twenty -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn twenty_gateways_spread_their_pulls_over_the_interval() {
+    const G: usize = 20;
+    const INTERVAL: Duration = Duration::from_secs(120);
+    let dir = tempfile::tempdir().unwrap();
+    let rx = receiver(dir.path(), false).await;
+    let server = ConfigServer::start(dir.path()).await;
+    server.serve(&webhooks_doc(&["central"], &rx), None, false);
+    let ca_name = rx.ca_file.file_name().unwrap();
+    let mut daemons = Vec::new();
+    for i in 0..G {
+        let d = dir.path().join(format!("g{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("hook.token"), TOKEN).unwrap();
+        std::fs::copy(&rx.ca_file, d.join(ca_name)).unwrap();
+        let config = Config::new()
+            .gateway(&format!("id = \"gw-{i}\""))
+            .with(Section::webhook("local", &rx.url, &rx.ca_file))
+            .edit(|c| {
+                c.set("fleet.config_url", server.url())
+                    .set("fleet.ca_file", server.ca_file.display().to_string())
+                    .set("fleet.config_interval", "120s");
+            })
+            .write(&d);
+        daemons.push(Daemon::start(&config));
+    }
+    let pulls = |i: usize| -> Vec<Instant> {
+        let path = format!("/fleet/gw-{i}.toml");
+        server
+            .hits()
+            .into_iter()
+            .filter(|h| h.path == path)
+            .map(|h| h.at)
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || (0..G)
+            .all(|i| !pulls(i).is_empty())),
+        "not every gateway pulled within 30 s of its start: {:?}",
+        server.hits()
+    );
+    assert!(
+        wait_until(2 * INTERVAL + Duration::from_secs(30), || (0..G)
+            .all(|i| pulls(i).len() >= 2)),
+        "not every gateway pulled again within two intervals: {:?}",
+        (0..G).map(|i| pulls(i).len()).collect::<Vec<_>>()
+    );
+    for mut d in daemons {
+        assert_eq!(d.stop(), Some(0));
+    }
+    let mut second: Vec<Instant> = (0..G).map(|i| pulls(i)[1]).collect();
+    second.sort();
+    let busiest = busiest_second(&second, None);
+    let span = second[G - 1].duration_since(second[0]);
+    println!("the second pulls of {G} gateways: over {span:?}, at most {busiest} in one second");
+    assert!(
+        busiest <= 3,
+        "{busiest} pulls within one second: {second:?}"
+    );
+    // Spread over the interval, not bunched: 20 uniform draws over 120 s span more than
+    // half of it but for a chance of about 1 in 10^5.
+    assert!(span > INTERVAL / 2, "{span:?}");
 }
