@@ -72,9 +72,13 @@ pub(crate) struct AdaptiveRate {
     grown_at: Instant,
     /// The rate held a request back since `grown_at`.
     binding: bool,
-    /// When each 2xx of the last [`MEASURE`] came.
-    accepted: VecDeque<Instant>,
+    /// The 2xx answers of the last [`MEASURE`], counted per [`STEP`] (when each step
+    /// began, how many): bounded memory at any request rate.
+    accepted: VecDeque<(Instant, u32)>,
 }
+
+/// The resolution of the count of 2xx answers.
+const STEP: Duration = Duration::from_millis(100);
 
 impl AdaptiveRate {
     /// Not limited.
@@ -118,13 +122,33 @@ impl AdaptiveRate {
 
     /// The receiver is back after an outage: a slow start from [`RESTART_RATE`].
     pub(crate) fn restart(&mut self, now: Instant) {
-        self.rate = Some(RESTART_RATE);
-        self.slow_start = true;
+        self.cut(now, RESTART_RATE, true);
+    }
+
+    /// A new rate from now: growth and the once-per-round rule count from here.
+    fn cut(&mut self, now: Instant, rate: f64, slow_start: bool) {
+        self.refill(now);
+        self.rate = Some(rate);
+        self.slow_start = slow_start;
         self.cut_at = Some(now);
         self.grown_at = now;
         self.binding = false;
-        self.refill(now);
-        self.tokens = self.tokens.min(1.0);
+    }
+
+    /// The 2xx answers of the last `within` (at most [`MEASURE`]), to a [`STEP`].
+    fn taken(&mut self, now: Instant, within: Duration) -> u32 {
+        while self
+            .accepted
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > MEASURE)
+        {
+            self.accepted.pop_front();
+        }
+        self.accepted
+            .iter()
+            .filter(|(t, _)| now.saturating_duration_since(*t) <= within)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// A request went out.
@@ -137,13 +161,12 @@ impl AdaptiveRate {
 
     /// A 2xx came back: counted, and the rate grows for the time it held requests back.
     pub(crate) fn on_accepted(&mut self, now: Instant) {
-        self.accepted.push_back(now);
-        while self
-            .accepted
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) > MEASURE)
-        {
-            self.accepted.pop_front();
+        match self.accepted.back_mut() {
+            Some((t, n)) if now.saturating_duration_since(*t) < STEP => *n += 1,
+            _ => {
+                self.accepted.push_back((now, 1));
+                self.taken(now, MEASURE);
+            }
         }
         let Some(rate) = self.rate else { return };
         if self
@@ -183,28 +206,20 @@ impl AdaptiveRate {
         if self.cut_at.is_some_and(|c| sent < c) {
             return;
         }
-        self.accepted
-            .retain(|t| now.saturating_duration_since(*t) <= MEASURE);
-        let taken = self.accepted.len() as f64;
         let (rate, slow_start) = match self.rate {
             // The first: what the receiver took within the last second, or a slow start.
             None => {
-                let second = self
-                    .accepted
-                    .iter()
-                    .filter(|t| now.saturating_duration_since(**t) <= Duration::from_secs(1))
-                    .count() as f64;
+                let second = f64::from(self.taken(now, Duration::from_secs(1)));
                 (second * DECREASE, second == 0.0)
             }
-            Some(r) => (r.min(taken / MEASURE.as_secs_f64()) * DECREASE, false),
+            Some(r) => {
+                let taken = f64::from(self.taken(now, MEASURE));
+                (r.min(taken / MEASURE.as_secs_f64()) * DECREASE, false)
+            }
         };
-        self.rate = Some(rate.max(MIN_RATE));
-        self.slow_start = slow_start;
-        self.cut_at = Some(now);
-        self.grown_at = now;
-        self.binding = false;
-        self.refill(now);
-        self.tokens = self.tokens.min(0.0);
+        self.cut(now, rate.max(MIN_RATE), slow_start);
+        // This answer's request was the last one the receiver would take for now.
+        self.tokens = 0.0;
     }
 }
 
