@@ -794,7 +794,7 @@ pub(crate) fn render_status(s: &StatusReport) -> String {
                     .as_ref()
                     .map_or("the local file's webhooks".into(), |h| format!(
                         "document sha256 {}, applied {}",
-                        &h[..h.len().min(12)],
+                        h.get(..12).unwrap_or(h),
                         or(&f.applied_at, "before this start")
                     )),
             );

@@ -1242,8 +1242,11 @@ impl Supervisor {
             u64::try_from(new.orphan_retention.as_millis()).unwrap_or(u64::MAX),
             std::sync::atomic::Ordering::Relaxed,
         );
-        let managed = webhooks_managed(&new);
-        self.note_fleet(|f| f.webhooks_managed = managed);
+        let (managed, doc) = (webhooks_managed(&new), new.fleet_doc.clone());
+        self.note_fleet(|f| {
+            f.webhooks_managed = managed;
+            f.config_sha256 = doc;
+        });
         inner.settings = new;
         Ok(applied)
     }

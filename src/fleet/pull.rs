@@ -49,10 +49,9 @@ pub(super) struct Puller {
     file: PathBuf,
     /// `<data_dir>/fleet-config.toml`.
     kept: PathBuf,
-    /// The `ETag` of the document in force.
-    etag: Option<String>,
-    /// SHA-256 of the document in force.
-    current: Option<String>,
+    /// The `ETag` of the last document pulled, with its SHA-256: sent only while that
+    /// document is the one in force (a SIGHUP may have set it aside since).
+    etag: Option<(String, String)>,
 }
 
 impl Puller {
@@ -79,8 +78,12 @@ impl Puller {
             file: s.file.clone(),
             kept: s.data_dir.join(crate::config::fleet::KEPT),
             etag: None,
-            current: s.fleet_doc.clone(),
         }
+    }
+
+    /// SHA-256 of the document in force, as the supervisor last applied it.
+    fn in_force(&self) -> Option<String> {
+        self.sup.fleet().and_then(|f| f.config_sha256)
     }
 
     /// Pulls once in every `interval` (full jitter) until `stop`, the first time within
@@ -108,7 +111,7 @@ pub(super) trait Pull {
 impl Pull for Puller {
     /// A document is in force (kept, and it fits the local file).
     fn kept(&self) -> bool {
-        self.current.is_some()
+        self.in_force().is_some()
     }
 
     async fn once(&mut self, stop: &CancellationToken) -> bool {
@@ -176,14 +179,17 @@ impl Puller {
             f.reason = reason;
             if result == "applied" {
                 f.applied_at = Some(now);
-                f.config_sha256 = self.current.clone();
             }
         });
     }
 
     async fn pull(&mut self, stop: &CancellationToken) -> Outcome {
         let mut headers = Vec::new();
-        if let Some(e) = &self.etag {
+        if let Some((_, e)) = self
+            .etag
+            .as_ref()
+            .filter(|(sha, _)| self.in_force().as_deref() == Some(sha.as_str()))
+        {
             headers.push(("if-none-match", e.clone()));
         }
         let got = tokio::select! {
@@ -222,8 +228,8 @@ impl Puller {
             return Outcome::Refused(format!("{}: the document is not UTF-8 text", self.shown));
         };
         let sha = crate::config::fleet::sha256_hex(&body);
-        if self.current.as_deref() == Some(sha.as_str()) {
-            self.etag = etag;
+        if self.in_force().as_deref() == Some(sha.as_str()) {
+            self.etag = etag.map(|e| (sha, e));
             return Outcome::Unchanged;
         }
         let label = PathBuf::from(&self.shown);
@@ -244,8 +250,7 @@ impl Puller {
         }
         match self.sup.reload_fleet(stop).await {
             Ok(applied) => {
-                self.current = Some(sha);
-                self.etag = etag;
+                self.etag = etag.map(|e| (sha, e));
                 Outcome::Applied(applied)
             }
             Err(e) => {

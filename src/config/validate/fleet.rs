@@ -18,12 +18,17 @@ const LEAST_INTERVAL: Duration = Duration::from_secs(1);
 /// (it goes into URLs' paths: `.` and `..` would change them). The host name is checked only
 /// when `fleet` (`[fleet]` is set): without a fleet, an odd host name is nobody's concern.
 pub(super) fn gateway_id(cx: &mut Ctx<'_>, raw: Option<&String>, fleet: bool) -> String {
+    // (Read once per process: every load, edit and pull validates the config.)
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let id = raw.cloned().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "roomhook".into())
+        HOST.get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "roomhook".into())
+        })
+        .clone()
     });
     if (raw.is_some() || fleet) && !valid_id(&id) {
         let what = if raw.is_some() {
