@@ -25,3 +25,10 @@ pub(crate) fn check_regular_file(path: &std::path::Path, max: u64) -> std::io::R
     }
     Ok(())
 }
+
+/// `p` with `suffix` appended to its name (`doc.toml` → `doc.toml.sig`).
+pub(crate) fn with_suffix(p: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    std::path::PathBuf::from(s)
+}

@@ -195,6 +195,10 @@ pub struct FleetState {
     pub webhooks_managed: bool,
     /// `[fleet] report_url` (credentials hidden), if set.
     pub report_url: Option<String>,
+    /// The `result` is a kept document set aside by a load (not a pull): cleared by the
+    /// next load that takes it again, or by the next pull.
+    #[serde(skip)]
+    pub(crate) set_aside: bool,
     /// How the last report ended: sent, failed, dropped (a newer one replaced it).
     pub report_result: Option<String>,
     /// When (RFC 3339).
@@ -623,9 +627,22 @@ impl Supervisor {
             ),
             Ok(settings) => {
                 let kept = settings.fleet_kept_refused.clone();
+                let doc = settings.fleet_doc.is_some();
                 let applied = self.apply_locked(&mut inner, settings, &[], &[]).await;
-                if let (Some(why), Ok(_)) = (kept, &applied) {
-                    self.note_kept_refused(&why);
+                match (kept, &applied) {
+                    (Some(why), Ok(_)) => self.note_kept_refused(&why),
+                    // A document set aside before runs again (or none is kept any more):
+                    // `status` no longer shows the reason it was set aside for.
+                    (None, Ok(_)) => self.note_fleet(|f| {
+                        if std::mem::take(&mut f.set_aside) {
+                            let now = crate::timefmt::rfc3339_ms(crate::timefmt::now_ms());
+                            f.result = doc.then(|| "applied".to_string());
+                            f.reason = None;
+                            f.applied_at = doc.then(|| now.clone()).or(f.applied_at.take());
+                            f.at = Some(now);
+                        }
+                    }),
+                    _ => {}
                 }
                 applied
             }
@@ -654,6 +671,7 @@ impl Supervisor {
             f.at = Some(now);
             f.reason = Some(why.to_string());
             f.config_sha256 = None;
+            f.set_aside = true;
         });
     }
 
@@ -1418,14 +1436,9 @@ mod tests {
         );
     }
 
-    /// Once the fleet's token is cancelled (the top of the shutdown), or the sources are
-    /// being stopped, no reload applies: the check is made under the supervisor's lock.
-    #[tokio::test]
-    async fn nothing_is_applied_once_the_stop_began() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("roomhook.toml");
-        std::fs::write(&file, "[gateway]\ndata_dir = \"data\"\n").unwrap();
-        let settings = crate::config::load(&file).unwrap();
+    /// A supervisor started from the config `file`, and its store.
+    async fn started(file: &std::path::Path) -> (Arc<Supervisor>, Store) {
+        let settings = crate::config::load(file).unwrap();
         let limits = crate::store::Limits {
             max_bytes: settings.max_store_bytes,
             queues: Vec::new(),
@@ -1437,6 +1450,17 @@ mod tests {
         let sup = Supervisor::start(settings, store.clone(), ingest, metrics, grace)
             .await
             .unwrap();
+        (sup, store)
+    }
+
+    /// Once the fleet's token is cancelled (the top of the shutdown), or the sources are
+    /// being stopped, no reload applies: the check is made under the supervisor's lock.
+    #[tokio::test]
+    async fn nothing_is_applied_once_the_stop_began() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("roomhook.toml");
+        std::fs::write(&file, "[gateway]\ndata_dir = \"data\"\n").unwrap();
+        let (sup, store) = started(&file).await;
         let fleet = CancellationToken::new();
         assert!(sup.reload_fleet(&fleet).await.is_ok());
         fleet.cancel();
@@ -1444,6 +1468,47 @@ mod tests {
         assert!(refused.contains("stopping"), "{refused}");
         sup.stop_sources().await;
         assert!(sup.reload().await.is_err());
+        sup.stop_webhooks().await;
+        drop(sup);
+        store.close().await;
+    }
+
+    /// A kept fleet document set aside at start (it no longer fits the local file) shows in
+    /// `status` as refused with the reason; once a reload takes a document again, the
+    /// reason goes (a pull may be minutes away).
+    #[tokio::test]
+    async fn a_reason_for_setting_the_kept_document_aside_goes_when_one_is_taken_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("roomhook.toml");
+        std::fs::write(
+            &file,
+            "[gateway]\ndata_dir = \"data\"\nid = \"gw-1\"\n\n[fleet]\nconfig_url = \"https://fleet.example.com/{gateway}.toml\"\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        let kept = dir.path().join("data").join(crate::config::fleet::KEPT);
+        std::fs::write(
+            &kept,
+            "[[sources.mqtt]]\nname = \"renamed\"\n[[sources.mqtt.subscriptions]]\ntopic = \"a/#\"\nformat = \"zigbee2mqtt\"\n",
+        )
+        .unwrap();
+        let (sup, store) = started(&file).await;
+        let f = sup.fleet().unwrap();
+        assert_eq!(f.result.as_deref(), Some("refused"));
+        assert!(f.reason.unwrap_or_default().contains("\"renamed\""));
+        // Still set aside on a reload: still refused.
+        sup.reload().await.unwrap();
+        assert_eq!(sup.fleet().unwrap().result.as_deref(), Some("refused"));
+        // Fixed: taken again, and the reason is gone.
+        std::fs::write(&kept, "webhooks = []\n").unwrap();
+        sup.reload().await.unwrap();
+        let f = sup.fleet().unwrap();
+        assert_eq!(
+            (f.result.as_deref(), f.reason.as_deref()),
+            (Some("applied"), None)
+        );
+        assert!(f.config_sha256.is_some() && f.applied_at.is_some());
+        sup.stop_sources().await;
         sup.stop_webhooks().await;
         drop(sup);
         store.close().await;

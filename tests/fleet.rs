@@ -500,6 +500,27 @@ async fn reports_arrive_signed_every_interval_and_do_not_pile_up() {
         "{}",
         scrape(admin)
     );
+    // A refusal for good (401) is not tried again: each report is sent once, none waits for
+    // the next to be dropped.
+    rx.receiver.set_behaviour(Behaviour::Status(401));
+    let failed = || metric(admin, "roomhook_fleet_reports_total{result=\"failed\"}").unwrap_or(0.0);
+    let unauthorized = |n: usize| {
+        move |reqs: &[roomhook::demo::receiver::Received]| {
+            reqs.iter().filter(|r| r.status == 401).count() >= n
+        }
+    };
+    assert!(
+        rx.receiver
+            .wait_for(Duration::from_secs(10), unauthorized(1))
+            .await
+    );
+    let (failed0, dropped0) = (failed(), dropped());
+    assert!(
+        wait_until(Duration::from_secs(10), || failed() >= failed0 + 4.0),
+        "{}",
+        scrape(admin)
+    );
+    assert_eq!(dropped(), dropped0, "a 401 retried: {}", scrape(admin));
     let up = Instant::now();
     rx.receiver.set_behaviour(Behaviour::Accept);
     let before = rx.receiver.accepted().len();

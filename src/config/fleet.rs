@@ -25,10 +25,18 @@ pub(crate) fn kept_path(raw: &RawConfig, file: &Path) -> Option<PathBuf> {
     Some(super::base_dir(file).join(&raw.gateway.data_dir).join(KEPT))
 }
 
-/// The local-only keys a document names: (key, problem, fix): among `sections` (its
-/// top-level keys), and in `doc` (the document as read).
-fn local_only<'a>(
-    sections: impl Iterator<Item = &'a str>,
+/// What a document's source may set, by kind: its name (which local source) and these.
+const SOURCE_KEYS: [(&str, &[&str]); 2] = [
+    ("mqtt", &["name", "subscriptions"]),
+    ("roomos", &["name", "statuses", "events"]),
+];
+
+/// The local-only keys a document names: (key, problem, fix): in `top` (the document's
+/// TOML: its sections, and its sources' keys beside those of [`SOURCE_KEYS`], an allow list
+/// so that a source key added later stays local until it is let in), and in `doc` (the
+/// document as read: its webhooks' secret values, headers and file names).
+fn local_only(
+    top: Option<&toml_edit::Table>,
     doc: Option<&RawConfig>,
 ) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
@@ -39,8 +47,43 @@ fn local_only<'a>(
             format!("remove {key} from the fleet document"),
         )
     };
-    for name in sections.filter(|k| !matches!(*k, "webhooks" | "sources")) {
-        out.push(local(format!("[{name}]"), "this section"));
+    let table = top;
+    for (name, _) in table.iter().flat_map(|t| t.iter()) {
+        if !matches!(name, "webhooks" | "sources") {
+            out.push(local(format!("[{name}]"), "this section"));
+        }
+    }
+    let sources = table
+        .and_then(|t| t.get("sources"))
+        .and_then(|s| s.as_table_like());
+    for (kind, _) in sources.iter().flat_map(|s| s.iter()) {
+        if !SOURCE_KEYS.iter().any(|(k, _)| *k == kind) {
+            out.push(local(format!("[sources.{kind}]"), "this section"));
+        }
+    }
+    for (kind, allowed) in SOURCE_KEYS {
+        let Some(item) = sources.and_then(|s| s.get(kind)) else {
+            continue;
+        };
+        // `[[sources.mqtt]]` tables, or an inline array of inline tables.
+        let entries: Vec<&dyn toml_edit::TableLike> = match item.as_array_of_tables() {
+            Some(a) => a.iter().map(|t| t as &dyn toml_edit::TableLike).collect(),
+            None => item
+                .as_array()
+                .iter()
+                .flat_map(|a| a.iter())
+                .filter_map(|v| v.as_inline_table())
+                .map(|t| t as &dyn toml_edit::TableLike)
+                .collect(),
+        };
+        for (i, entry) in entries.into_iter().enumerate() {
+            for (k, _) in entry.iter().filter(|(k, _)| !allowed.contains(k)) {
+                out.push(local(
+                    format!("sources.{kind}[{i}].{k}"),
+                    "a source's address, credentials and settings",
+                ));
+            }
+        }
     }
     let Some(doc) = doc else { return out };
     for (i, h) in doc.webhooks.iter().enumerate() {
@@ -70,50 +113,6 @@ fn local_only<'a>(
                 format!("webhooks[{i}].{s}"),
                 "a secret value: secret values never travel in the fleet document".into(),
                 format!("write {s}_file = \"<file on the gateway>\" instead"),
-            ));
-        }
-    }
-    // A source's keys that are set, besides those a document may set.
-    let mut sources = Vec::new();
-    for (i, m) in doc.sources.mqtt.iter().enumerate() {
-        sources.push((
-            format!("sources.mqtt[{i}]"),
-            vec![
-                ("url", !m.url.is_empty()),
-                ("client_id", m.client_id.is_some()),
-                ("username", m.username.is_some()),
-                ("password", m.password.is_some()),
-                ("password_file", m.password_file.is_some()),
-                ("ca_file", m.ca_file.is_some()),
-                ("keep_alive", m.keep_alive.is_some()),
-                ("max_payload", m.max_payload.is_some()),
-            ],
-        ));
-    }
-    for (i, r) in doc.sources.roomos.iter().enumerate() {
-        sources.push((
-            format!("sources.roomos[{i}]"),
-            vec![
-                ("url", !r.url.is_empty()),
-                ("allow_plaintext", r.allow_plaintext.is_some()),
-                ("username", !r.username.is_empty()),
-                ("password", r.password.is_some()),
-                ("password_file", r.password_file.is_some()),
-                ("pin_sha256", r.pin_sha256.is_some()),
-                ("ca_file", r.ca_file.is_some()),
-                ("auth_mode", r.auth_mode.is_some()),
-                ("device", r.device.is_some()),
-                ("workspace", r.workspace.is_some()),
-                ("keep_alive", r.keep_alive.is_some()),
-                ("max_frame", r.max_frame.is_some()),
-            ],
-        ));
-    }
-    for (source, keys) in sources {
-        for (k, _) in keys.into_iter().filter(|(_, set)| *set) {
-            out.push(local(
-                format!("{source}.{k}"),
-                "a source's address, credentials and settings",
             ));
         }
     }
@@ -173,8 +172,7 @@ pub(crate) fn check(
     };
     // Its sections (a syntax error is reported by the parse after).
     let top = toml_edit::Document::parse(doc_text).ok();
-    let sections = top.iter().flat_map(|d| d.as_table().iter().map(|(k, _)| k));
-    let refused: Vec<ConfigError> = local_only(sections, None)
+    let refused: Vec<ConfigError> = local_only(top.as_ref().map(|d| d.as_table()), None)
         .into_iter()
         .map(|(k, p, f)| at(k, p, f))
         .collect();
@@ -183,7 +181,7 @@ pub(crate) fn check(
     }
     let webhooks = top.as_ref().is_some_and(|d| d.contains_key("webhooks"));
     let doc: RawConfig = parse(label, &format!("{doc_text}{SUFFIX}"))?;
-    let refused: Vec<ConfigError> = local_only(std::iter::empty(), Some(&doc))
+    let refused: Vec<ConfigError> = local_only(None, Some(&doc))
         .into_iter()
         .map(|(k, p, f)| at(k, p, f))
         .collect();
@@ -292,9 +290,7 @@ pub(crate) fn verify_signature(public: &[u8; 32], body: &[u8], signature: &str) 
 
 /// Where the signature of the kept document `kept` is kept (beside it, `.sig`).
 pub(crate) fn kept_sig(kept: &Path) -> PathBuf {
-    let mut s = kept.as_os_str().to_owned();
-    s.push(".sig");
-    PathBuf::from(s)
+    crate::files::with_suffix(kept, ".sig")
 }
 
 /// `s` merged with the kept document `doc` (from `kept`), when `[fleet] config_public_key`
@@ -390,6 +386,36 @@ mod tests {
         assert_eq!(key, "sources.mqtt[0].name");
         let (_, _, _, text) = refused("# nothing\n");
         assert!(text.contains("empty"), "{text}");
+    }
+
+    /// An allow list: a document's source sets its name and its subscriptions (MQTT) or
+    /// statuses and events (RoomOS), nothing else, however it is written.
+    #[test]
+    fn a_documents_sources_set_only_subscriptions_statuses_and_events() {
+        for (kind, key, value) in [
+            ("mqtt", "url", "\"mqtts://broker:8883\""),
+            ("mqtt", "client_id", "\"x\""),
+            ("mqtt", "keep_alive", "\"30s\""),
+            ("mqtt", "max_payload", "\"1MiB\""),
+            ("roomos", "device", "\"d\""),
+            ("roomos", "allow_plaintext", "true"),
+            ("roomos", "workspace", "\"w\""),
+            ("roomos", "max_frame", "\"1MiB\""),
+            ("roomos", "anything_later", "1"),
+        ] {
+            let (_, line, k, text) = refused(&format!(
+                "[[sources.{kind}]]\nname = \"s\"\n{key} = {value}\n"
+            ));
+            assert_eq!(
+                (line, k.as_str()),
+                (Some(3), format!("sources.{kind}[0].{key}").as_str())
+            );
+            assert!(text.contains("local-only"), "{text}");
+        }
+        let (_, _, k, _) = refused("[sources]\nmqtt = [{ name = \"s\", username = \"u\" }]\n");
+        assert_eq!(k, "sources.mqtt[0].username");
+        let (_, _, k, _) = refused("[sources.other]\nx = 1\n");
+        assert_eq!(k, "[sources.other]");
     }
 
     #[test]

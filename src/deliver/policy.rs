@@ -61,7 +61,8 @@ pub(crate) fn classify(outcome: &Outcome) -> Action {
     }
 }
 
-fn classify_failure(f: &Failure) -> Action {
+/// Classifies a failure (the fleet's report loop retries by the same rules).
+pub(crate) fn classify_failure(f: &Failure) -> Action {
     match f.kind {
         FailureKind::Timeout => Action::Retry {
             pause: None,

@@ -42,8 +42,8 @@ pub(super) struct Puller {
     client: WebhookClient,
     /// The URL, credentials hidden (messages, and the document's name in errors).
     shown: String,
-    /// `<url>.sig`.
-    sig_url: Uri,
+    /// `<url>.sig` (`None`: the URL has no such form; the header must carry it).
+    sig_url: Option<Uri>,
     public_key: Option<[u8; 32]>,
     /// The local config file.
     file: PathBuf,
@@ -64,7 +64,7 @@ impl Puller {
         let mut sig = url.clone().into_parts();
         let query = url.query().map(|q| format!("?{q}")).unwrap_or_default();
         sig.path_and_query = format!("{}.sig{query}", url.path()).parse().ok();
-        let sig_url = Uri::from_parts(sig).unwrap_or_else(|_| url.clone());
+        let sig_url = Uri::from_parts(sig).ok();
         for r in RESULTS {
             let _ = metrics.fleet_config.get_or_create(&label(r));
         }
@@ -174,6 +174,7 @@ impl Puller {
             .inc();
         let now = crate::timefmt::rfc3339_ms(crate::timefmt::now_ms());
         self.sup.note_fleet(|f| {
+            f.set_aside = false;
             f.result = Some(result.into());
             f.at = Some(now.clone());
             f.reason = reason;
@@ -279,9 +280,15 @@ impl Puller {
         head: &hyper::HeaderMap,
         body: &[u8],
     ) -> Result<String, String> {
-        let sig = match header(head, SIGNATURE_HEADER) {
-            Some(s) => s,
-            None => match self.client.get(Some(&self.sig_url), &[], 4096).await {
+        let sig = match (header(head, SIGNATURE_HEADER), &self.sig_url) {
+            (Some(s), _) => s,
+            (None, None) => {
+                return Err(format!(
+                    "{}: no signature (no {SIGNATURE_HEADER} header, and the URL has no <url>.sig form); fix: serve the signature of `roomhook fleet sign` in that header",
+                    self.shown
+                ))
+            }
+            (None, Some(sig_url)) => match self.client.get(Some(sig_url), &[], 4096).await {
                 Ok((s, _, b)) if s.is_success() => String::from_utf8_lossy(&b).into_owned(),
                 Ok((s, _, _)) => {
                     return Err(format!(

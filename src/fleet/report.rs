@@ -1,13 +1,15 @@
 //! The report loop of `[fleet] report_url`: once in every `report_interval` (full jitter),
 //! POST what `status --json` shows with the gateway's id, version, uptime and the fleet
-//! document's hash, signed like a webhook (Standard Webhooks). Retried with backoff, but
-//! never queued: each attempt sends the report as of then, and one still failing when the
-//! next is due is dropped — at most one in flight, none waiting.
+//! document's hash, signed like a webhook (Standard Webhooks). Retried with backoff (a
+//! refusal for good, such as a 401, is not: the rules of `deliver::policy`), but never
+//! queued: each attempt sends the report as of then, and one still failing when the next
+//! is due is dropped — at most one in flight, none waiting.
 
 use super::{sleep_or_stop, unit, Jitter};
 use crate::backoff::Backoff;
 use crate::config::Settings;
-use crate::deliver::client::{Outcome, WebhookClient};
+use crate::deliver::client::{Failure, Outcome, WebhookClient};
+use crate::deliver::policy::{self, Action};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::supervisor::Supervisor;
 use bytes::Bytes;
@@ -107,7 +109,14 @@ impl Reporter {
                 };
                 self.count("failed");
                 attempt += 1;
-                let delay = retry_delay(failure.retry_after, backoff.delay(attempt, unit()));
+                let Some(delay) = retry_delay(&failure, backoff.delay(attempt, unit())) else {
+                    tracing::warn!(
+                        "fleet report refused ({}); not tried again, the next one is due in {:?}",
+                        failure.message,
+                        next.saturating_duration_since(tokio::time::Instant::now())
+                    );
+                    break;
+                };
                 if tokio::time::Instant::now() + delay >= next {
                     // The next report is due first: this one is stale.
                     tracing::warn!(
@@ -129,14 +138,14 @@ impl Reporter {
     }
 }
 
-/// The pause before a retry: the backoff's `delay`, or a receiver's `Retry-After` taken
-/// within [`RETRY_AFTER_RANGE`](crate::deliver::policy::RETRY_AFTER_RANGE) when longer
-/// (never zero: a `Retry-After: 0` is no loop).
-fn retry_delay(retry_after: Option<Duration>, delay: Duration) -> Duration {
-    let (min, max) = crate::deliver::policy::RETRY_AFTER_RANGE;
-    match retry_after {
-        Some(r) => r.clamp(min, max).max(delay),
-        None => delay,
+/// The pause before a failed report is tried again, by the rules of a webhook's delivery
+/// (`deliver::policy`): `None` for a refusal for good (401, 403, 410, 413, and the other
+/// 4xx but 404, 405, 408, 415, 425 and 429); else the backoff's `delay`, or a 429's or 503's
+/// `Retry-After` (taken within its range, never zero) when longer.
+fn retry_delay(failure: &Failure, delay: Duration) -> Option<Duration> {
+    match policy::classify_failure(failure) {
+        Action::Retry { pause, .. } => Some(pause.map_or(delay, |p| p.max(delay))),
+        _ => None,
     }
 }
 
@@ -162,14 +171,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_retry_after_is_taken_within_its_range_never_zero() {
+    fn a_refusal_for_good_is_not_retried_and_a_retry_after_is_taken_within_its_range() {
         let s = Duration::from_secs;
         let backoff = Duration::from_millis(300);
-        assert_eq!(retry_delay(Some(Duration::ZERO), backoff), s(1));
-        assert_eq!(retry_delay(Some(s(7200)), backoff), s(3600));
-        assert_eq!(retry_delay(Some(s(5)), backoff), s(5));
-        assert_eq!(retry_delay(Some(s(1)), s(4)), s(4));
-        assert_eq!(retry_delay(None, backoff), backoff);
+        let http = |code: u16, retry_after: Option<Duration>| Failure {
+            kind: crate::deliver::client::FailureKind::Http(
+                hyper::StatusCode::from_u16(code).unwrap(),
+            ),
+            message: String::new(),
+            retry_after,
+        };
+        assert_eq!(
+            retry_delay(&http(429, Some(Duration::ZERO)), backoff),
+            Some(s(1))
+        );
+        assert_eq!(
+            retry_delay(&http(503, Some(s(7200))), backoff),
+            Some(s(3600))
+        );
+        assert_eq!(retry_delay(&http(429, Some(s(5))), backoff), Some(s(5)));
+        assert_eq!(retry_delay(&http(429, Some(s(1))), s(4)), Some(s(4)));
+        assert_eq!(retry_delay(&http(500, None), backoff), Some(backoff));
+        // A proxy's 404 during a deploy is retried; the receiver's verdicts are not.
+        assert_eq!(retry_delay(&http(404, None), backoff), Some(backoff));
+        for code in [400, 401, 403, 410, 413, 422] {
+            assert_eq!(
+                retry_delay(&http(code, Some(s(5))), backoff),
+                None,
+                "{code}"
+            );
+        }
     }
 
     #[test]

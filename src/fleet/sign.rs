@@ -2,6 +2,7 @@
 //! file, base64 PKCS#8, and the public key for `[fleet] config_public_key`), `roomhook
 //! fleet sign` (a detached signature, base64, in `DOC.sig`), and the gateway's check of it.
 
+use crate::files::with_suffix;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use ring::signature::{Ed25519KeyPair, KeyPair};
@@ -33,8 +34,9 @@ pub fn keygen(out: &Path) -> Result<String, String> {
 /// Signs the file `doc` with the private key in `key`; writes the signature to `DOC.sig`
 /// and returns that path.
 pub fn sign(key: &Path, doc: &Path) -> Result<PathBuf, String> {
-    let text = std::fs::read_to_string(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let pkcs8 = STANDARD.decode(text.trim()).map_err(|_| {
+    let text = crate::config::secret::read_secret_file(key)
+        .map_err(|e| format!("{}: {e}", key.display()))?;
+    let pkcs8 = STANDARD.decode(text.expose()).map_err(|_| {
         format!(
             "{}: not a key written by `roomhook fleet keygen`",
             key.display()
@@ -52,12 +54,6 @@ pub fn sign(key: &Path, doc: &Path) -> Result<PathBuf, String> {
 /// Whether `signature` (base64) is `public`'s signature of `body` (the config's own check,
 /// which the kept document's load needs too).
 pub(crate) use crate::config::fleet::verify_signature as verify;
-
-fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
-}
 
 #[cfg(test)]
 mod tests {
