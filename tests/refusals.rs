@@ -1,6 +1,7 @@
 //! What a receiver's refusals cost, through the real binary: a proxy answering 404 during a
 //! deploy loses nothing; a receiver refusing every message does not empty the queue into
-//! the dead letters; a 413 on a batch is retried in smaller batches.
+//! the dead letters; a busy receiver (429) never opens the circuit; a 413 on a batch is
+//! retried in smaller batches.
 
 use roomhook::demo::receiver::Behaviour;
 use roomhook_testkit::*;
@@ -23,6 +24,32 @@ async fn a_proxy_answering_404_during_a_deploy_loses_nothing() {
         .await;
     assert_complete_and_ordered(&r.rx.receiver.accepted(), devices, per_device);
     assert_eq!(dead_letters(r.admin), Some(0.0));
+    assert_eq!(daemon.stop(), Some(0));
+}
+
+/// A receiver that answers 429 (without `Retry-After`) is up: more 429s in a row than the
+/// circuit breaker's threshold do not open the circuit (it would probe one request at a
+/// time, and restart the drain slowly after), and everything goes once it takes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_receiver_never_opens_the_circuit() {
+    let (r, mut daemon) = Rig::new()
+        .receiver(Behaviour::Status(429))
+        .webhook("circuit_breaker_threshold = 2")
+        .start()
+        .await;
+    let (devices, per_device) = (3, 2);
+    publish(r.broker.port, &workload(devices, per_device)).await;
+    assert!(r.rx.wait_status(429, 4, Duration::from_secs(30)).await);
+    let state = |s: &str| {
+        r.metric(&format!(
+            "roomhook_webhook_state{{webhook=\"facilities\",state=\"{s}\"}}"
+        ))
+    };
+    assert_eq!(state("circuit_open"), 0.0, "{}", daemon.logs());
+    r.rx.receiver.set_behaviour(Behaviour::Accept);
+    r.rx.expect_accepted(devices * per_device, Duration::from_secs(60), &daemon)
+        .await;
+    assert_complete_and_ordered(&r.rx.receiver.accepted(), devices, per_device);
     assert_eq!(daemon.stop(), Some(0));
 }
 

@@ -1,6 +1,7 @@
 //! Which queued messages go out next: per-device lanes served round-robin (fairness), at
 //! most one request in flight per lane (per-device order under retries), retry backoff per
-//! lane, a webhook-wide pause (Retry-After, slow auth retries) and a circuit breaker.
+//! lane, a webhook-wide pause (Retry-After, slow auth retries) and a circuit breaker (never
+//! opened by a 429: that receiver is up, its pause says when to come back).
 //! Request concurrency and rate are the caller's (see `concurrency.rs`, `rate.rs`).
 //! Plain, clock-injected logic: no I/O, tested without sockets.
 
@@ -24,6 +25,13 @@ pub(crate) enum Verdict {
     /// Failed: retry the same items later; `pause` holds the whole webhook that long.
     Retry {
         /// Webhook-wide pause (Retry-After, slow retry after 401/403).
+        pause: Option<Duration>,
+    },
+    /// Refused for now by a receiver that is up (429): `pause` (its `Retry-After`) holds
+    /// the whole webhook and is when the items go again; without one they back off like a
+    /// retry. Never counted towards the circuit breaker: the receiver answers.
+    Busy {
+        /// Webhook-wide pause (Retry-After).
         pause: Option<Duration>,
     },
 }
@@ -262,16 +270,15 @@ impl<T: Clone> Scheduler<T> {
                     }
                 }
             }
+            Verdict::Busy { pause: Some(pause) } => {
+                // The receiver said when: each lane goes again then, no backoff of its own.
+                self.wait(lanes, |_| now + pause);
+                let p = now + pause;
+                self.paused_until = Some(self.paused_until.map_or(p, |q| q.max(p)));
+            }
+            Verdict::Busy { pause: None } => self.back_off(lanes, now, unit),
             Verdict::Retry { pause } => {
-                for key in lanes {
-                    let Some(lane) = self.lanes.get_mut(key) else {
-                        continue;
-                    };
-                    lane.taken = 0;
-                    lane.attempts += 1;
-                    let at = now + self.backoff.delay(lane.attempts, unit);
-                    self.waiting.insert((at, key.clone()));
-                }
+                self.back_off(lanes, now, unit);
                 self.consecutive_failures += 1;
                 let mut until = pause.map(|d| now + d);
                 if self.circuit == Circuit::HalfOpen || self.consecutive_failures >= self.threshold
@@ -291,6 +298,28 @@ impl<T: Clone> Scheduler<T> {
             }
         }
         out
+    }
+
+    /// The `lanes` of a request that failed back off: each waits its retry backoff, which
+    /// grows with its attempts.
+    fn back_off(&mut self, lanes: &[Arc<str>], now: Instant, unit: f64) {
+        let backoff = self.backoff;
+        self.wait(lanes, |attempts| {
+            *attempts += 1;
+            now + backoff.delay(*attempts, unit)
+        });
+    }
+
+    /// The `lanes` of a request that did not go through wait until `until(attempts)`.
+    fn wait(&mut self, lanes: &[Arc<str>], mut until: impl FnMut(&mut u32) -> Instant) {
+        for key in lanes {
+            let Some(lane) = self.lanes.get_mut(key) else {
+                continue;
+            };
+            lane.taken = 0;
+            let at = until(&mut lane.attempts);
+            self.waiting.insert((at, key.clone()));
+        }
     }
 
     /// When `next` may have something new to give (a backoff or pause ends).
@@ -421,6 +450,43 @@ mod tests {
         s.complete(&[lane], Verdict::Done, t, 0.5);
         assert_eq!(s.circuit(), Circuit::Closed);
         assert_eq!(s.consecutive_failures(), 0);
+    }
+
+    /// A receiver that answers 429 is up: however many in a row, the circuit stays closed
+    /// (a half-open one stays half-open), and a lane goes again when the pause ends, not
+    /// after a backoff that grew with each refusal.
+    #[test]
+    fn refusals_for_now_pause_but_never_open_the_circuit() {
+        let mut s = sched();
+        let mut t = Instant::now();
+        s.push("a", 1);
+        let pause = Duration::from_secs(1);
+        for _ in 0..20 {
+            let (lane, _) = s.next(t, 1).expect("ready when the pause ends");
+            s.complete(&[lane], Verdict::Busy { pause: Some(pause) }, t, 0.999);
+            assert_eq!(s.circuit(), Circuit::Closed);
+            assert!(s.next(t + pause / 2, 1).is_none(), "held by the pause");
+            t += pause;
+        }
+        assert_eq!(s.consecutive_failures(), 0);
+        // Without a Retry-After the lane backs off, still without opening the circuit.
+        let (lane, _) = s.next(t, 1).unwrap();
+        s.complete(&[lane], Verdict::Busy { pause: None }, t, 0.5);
+        assert_eq!((s.circuit(), s.next(t, 1)), (Circuit::Closed, None));
+        // Half-open (after an outage), a 429 to the probe leaves it half-open: the next
+        // request after the pause probes again, without another open period.
+        for _ in 0..5 {
+            t = s.next_wakeup().unwrap();
+            let (lane, _) = s.next(t, 1).unwrap();
+            s.complete(&[lane], Verdict::Retry { pause: None }, t, 0.5);
+        }
+        assert_eq!(s.circuit(), Circuit::Open);
+        t = s.next_wakeup().unwrap();
+        let (lane, _) = s.next(t, 1).unwrap();
+        assert_eq!(s.circuit(), Circuit::HalfOpen);
+        s.complete(&[lane], Verdict::Busy { pause: Some(pause) }, t, 0.999);
+        assert_eq!(s.circuit(), Circuit::HalfOpen);
+        assert_eq!(s.next_wakeup(), Some(t + pause));
     }
 
     #[test]

@@ -871,8 +871,13 @@ impl Worker {
             Action::Retry { pause, .. } => {
                 // Retry-After, spread so that a fleet does not come back in one instant.
                 let pause = pause.map(|d| policy::spread(d, rand::random()));
-                pace.sched
-                    .complete(&request.lanes, Verdict::Retry { pause }, now, unit);
+                // A 429 comes from a receiver that is up: its pause, not the circuit.
+                let verdict = if status == Some(429) {
+                    Verdict::Busy { pause }
+                } else {
+                    Verdict::Retry { pause }
+                };
+                pace.sched.complete(&request.lanes, verdict, now, unit);
             }
             Action::AuthFailed => {
                 pace.auth_failed = true;
