@@ -659,19 +659,34 @@ impl Supervisor {
     /// logged, counted as refused, and shown in `status` with the reason and the fix.
     fn note_kept_refused(&self, why: &str) {
         tracing::error!("{why}");
+        self.note_pull("refused", Some(why.to_string()), |f| {
+            f.config_sha256 = None;
+            f.set_aside = true;
+        });
+    }
+
+    /// Counts how a pull (or a load that set the kept document aside) ended in
+    /// `roomhook_fleet_config_total{result}`, and notes it, its time and `reason` for
+    /// `status`; `also` notes the rest.
+    pub(crate) fn note_pull(
+        &self,
+        result: &str,
+        reason: Option<String>,
+        also: impl FnOnce(&mut FleetState),
+    ) {
         self.metrics
             .fleet_config
             .get_or_create(&crate::metrics::ResultLabel {
-                result: "refused".into(),
+                result: result.into(),
             })
             .inc();
         let now = crate::timefmt::rfc3339_ms(crate::timefmt::now_ms());
         self.note_fleet(|f| {
-            f.result = Some("refused".into());
+            f.result = Some(result.into());
             f.at = Some(now);
-            f.reason = Some(why.to_string());
-            f.config_sha256 = None;
-            f.set_aside = true;
+            f.reason = reason;
+            f.set_aside = false;
+            also(f);
         });
     }
 

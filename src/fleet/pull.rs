@@ -38,7 +38,6 @@ enum Outcome {
 /// The state of the pull loop.
 pub(super) struct Puller {
     sup: Arc<Supervisor>,
-    metrics: Arc<Metrics>,
     client: WebhookClient,
     /// The URL, credentials hidden (messages, and the document's name in errors).
     shown: String,
@@ -70,7 +69,6 @@ impl Puller {
         }
         Puller {
             sup,
-            metrics,
             client,
             shown: crate::redact::url(&url.to_string()),
             sig_url,
@@ -168,18 +166,9 @@ impl Puller {
             }
             Outcome::Stopped => return,
         };
-        self.metrics
-            .fleet_config
-            .get_or_create(&label(result))
-            .inc();
-        let now = crate::timefmt::rfc3339_ms(crate::timefmt::now_ms());
-        self.sup.note_fleet(|f| {
-            f.set_aside = false;
-            f.result = Some(result.into());
-            f.at = Some(now.clone());
-            f.reason = reason;
+        self.sup.note_pull(result, reason, |f| {
             if result == "applied" {
-                f.applied_at = Some(now);
+                f.applied_at = f.at.clone();
             }
         });
     }
