@@ -266,10 +266,12 @@ async fn the_pulled_config_is_applied_kept_and_refusals_keep_the_running_one() {
 
     // Within one interval (1 s, and the check's own time) the document's webhook runs in
     // place of the local one, and the document is kept.
+    // (Applied: the next pull, perhaps a few ms later, says "unchanged".)
     let r = wait_status(&config, &daemon, "the fleet's webhook", |r| {
         names(r) == ["central"]
     });
-    assert_eq!(fleet_result(&r).0.as_deref(), Some("applied"));
+    let f = r.fleet.as_ref().unwrap();
+    assert!(f.applied_at.is_some() && f.config_sha256.is_some(), "{f:?}");
     assert!(d.join("data/fleet-config.toml").is_file());
     assert!(
         server.hits().iter().any(|h| h.path == "/fleet/gw-1.toml"),
@@ -417,7 +419,9 @@ async fn webhook_edits_stay_local_under_a_document_without_webhooks() {
     let subscriptions = "[[sources.mqtt]]\nname = \"sensors\"\n[[sources.mqtt.subscriptions]]\ntopic = \"fleet/+\"\nformat = \"zigbee2mqtt\"\n";
     server.serve(subscriptions, None, false);
     wait_status(&config, &daemon, "the subscriptions applied", |r| {
-        fleet_result(r).0.as_deref() == Some("applied")
+        r.fleet
+            .as_ref()
+            .is_some_and(|f| f.applied_at.is_some() && f.config_sha256.is_some())
     });
     let (code, out, err) = AddWebhook::to("mine", &rx).run(&config).await;
     assert_eq!(code, 0, "{out}{err}");
