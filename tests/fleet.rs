@@ -266,12 +266,14 @@ async fn the_pulled_config_is_applied_kept_and_refusals_keep_the_running_one() {
 
     // Within one interval (1 s, and the check's own time) the document's webhook runs in
     // place of the local one, and the document is kept.
-    // (Applied: the next pull, perhaps a few ms later, says "unchanged".)
-    let r = wait_status(&config, &daemon, "the fleet's webhook", |r| {
+    // (Applied: known by its time and hash, as the next pull, perhaps a few ms later, says
+    // "unchanged".)
+    wait_status(&config, &daemon, "the fleet's webhook", |r| {
         names(r) == ["central"]
+            && r.fleet
+                .as_ref()
+                .is_some_and(|f| f.applied_at.is_some() && f.config_sha256.is_some())
     });
-    let f = r.fleet.as_ref().unwrap();
-    assert!(f.applied_at.is_some() && f.config_sha256.is_some(), "{f:?}");
     assert!(d.join("data/fleet-config.toml").is_file());
     assert!(
         server.hits().iter().any(|h| h.path == "/fleet/gw-1.toml"),

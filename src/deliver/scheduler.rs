@@ -276,7 +276,18 @@ impl<T: Clone> Scheduler<T> {
                 let p = now + pause;
                 self.paused_until = Some(self.paused_until.map_or(p, |q| q.max(p)));
             }
-            Verdict::Busy { pause: None } => self.back_off(lanes, now, unit),
+            Verdict::Busy { pause: None } => {
+                if self.circuit != Circuit::Closed {
+                    // A probe answered 429: the receiver is back. Its lane goes again after
+                    // the first step of its backoff, not after the outage's longest.
+                    for key in lanes {
+                        if let Some(lane) = self.lanes.get_mut(key) {
+                            lane.attempts = 0;
+                        }
+                    }
+                }
+                self.back_off(lanes, now, unit)
+            }
             Verdict::Retry { pause } => {
                 self.back_off(lanes, now, unit);
                 self.consecutive_failures += 1;
@@ -487,6 +498,20 @@ mod tests {
         s.complete(&[lane], Verdict::Busy { pause: Some(pause) }, t, 0.999);
         assert_eq!(s.circuit(), Circuit::HalfOpen);
         assert_eq!(s.next_wakeup(), Some(t + pause));
+        // Without a Retry-After, after a long outage (the lane's backoff at its longest):
+        // probed again within the backoff's first step, not after minutes.
+        for _ in 0..12 {
+            t = s.next_wakeup().unwrap();
+            let (lane, _) = s.next(t, 1).unwrap();
+            s.complete(&[lane], Verdict::Retry { pause: None }, t, 0.999);
+        }
+        t = s.next_wakeup().unwrap();
+        let (lane, _) = s.next(t, 1).unwrap();
+        assert_eq!(s.circuit(), Circuit::HalfOpen);
+        s.complete(&[lane], Verdict::Busy { pause: None }, t, 0.999);
+        let again = s.next_wakeup().unwrap() - t;
+        assert!(again <= Duration::from_secs(1), "{again:?}");
+        assert_eq!(s.circuit(), Circuit::HalfOpen);
     }
 
     #[test]

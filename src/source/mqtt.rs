@@ -136,9 +136,10 @@ pub async fn run(
     // The pause after an oversized message broke the connection; back to its start once a
     // message within the cap arrives.
     let mut oversize_wait = Doubling::new(Duration::from_secs(1), Duration::from_secs(60));
-    // The last messages skipped as over max_payload (topic, size): the broker sends one
-    // again (DUP) when its ack had not reached it before a disconnect; counted once.
-    let mut skipped: std::collections::VecDeque<(String, usize)> = Default::default();
+    // The last messages skipped as over max_payload (packet id, digest of topic and
+    // payload): the broker sends one again (DUP) when its ack had not reached it before a
+    // disconnect; counted once.
+    let mut skipped: std::collections::VecDeque<(u16, u64)> = Default::default();
     let mut was_connected = false;
     // Submitted, waiting for the commit, in arrival order.
     let mut pending: FuturesOrdered<PendingAck> = FuturesOrdered::new();
@@ -310,17 +311,23 @@ pub async fn run(
                     // append) a message it committed before whose PUBACK was never written.
                     let mark = Mark { source: s.name.clone(), pkid: p.pkid, digest: digest(&p), resume: false, dup: p.dup };
                     let events = if p.payload.len() > s.max_payload {
-                        let key = (p.topic.clone(), p.payload.len());
-                        if !(p.dup && skipped.contains(&key)) {
-                            decode_errors.inc("too_large");
-                            if let Some(suppressed) = decode_log.check(Instant::now()) {
-                                tracing::warn!(source = %s.name, topic = %p.topic, suppressed, "message of {} bytes skipped: over max_payload ({} bytes)", p.payload.len(), s.max_payload);
+                        let key = (p.pkid, mark.digest);
+                        let again = skipped.iter().position(|k| *k == key).filter(|_| p.dup);
+                        match again {
+                            Some(i) => {
+                                skipped.remove(i);
                             }
-                            if skipped.len() == 8 {
-                                skipped.pop_front();
+                            None => {
+                                decode_errors.inc("too_large");
+                                if let Some(suppressed) = decode_log.check(Instant::now()) {
+                                    tracing::warn!(source = %s.name, topic = %p.topic, suppressed, "message of {} bytes skipped: over max_payload ({} bytes)", p.payload.len(), s.max_payload);
+                                }
+                                if skipped.len() == 8 {
+                                    skipped.pop_front();
+                                }
                             }
-                            skipped.push_back(key);
                         }
+                        skipped.push_back(key);
                         (Vec::new(), 1)
                     } else {
                         decode(&s, &p, &decode_errors, &mut decode_log)
