@@ -199,6 +199,10 @@ pub struct FleetState {
     /// next load that takes it again, or by the next pull.
     #[serde(skip)]
     pub(crate) set_aside: bool,
+    /// The SHA-256 of the document the last pull refused for not fitting the local file:
+    /// a reload that applies it (the file fixed, SIGHUP) clears the refusal.
+    #[serde(skip)]
+    pub(crate) refused_sha: Option<String>,
     /// How the last report ended: sent, failed, dropped (a newer one replaced it).
     pub report_result: Option<String>,
     /// When (RFC 3339).
@@ -627,14 +631,17 @@ impl Supervisor {
             ),
             Ok(settings) => {
                 let kept = settings.fleet_kept_refused.clone();
-                let doc = settings.fleet_doc.is_some();
+                let sha = settings.fleet_doc.clone();
+                let doc = sha.is_some();
                 let applied = self.apply_locked(&mut inner, settings, &[], &[]).await;
                 match (kept, &applied) {
                     (Some(why), Ok(_)) => self.note_kept_refused(&why),
-                    // A document set aside before runs again (or none is kept any more):
-                    // `status` no longer shows the reason it was set aside for.
+                    // A document set aside before runs again (or none is kept any more),
+                    // or the one a pull refused now fits: `status` no longer shows why.
                     (None, Ok(_)) => self.note_fleet(|f| {
-                        if std::mem::take(&mut f.set_aside) {
+                        let fits = sha.is_some() && f.refused_sha == sha;
+                        if std::mem::take(&mut f.set_aside) || fits {
+                            f.refused_sha = None;
                             let now = crate::timefmt::rfc3339_ms(crate::timefmt::now_ms());
                             f.result = doc.then(|| "applied".to_string());
                             f.reason = None;
@@ -1490,7 +1497,8 @@ mod tests {
 
     /// A kept fleet document set aside at start (it no longer fits the local file) shows in
     /// `status` as refused with the reason; once a reload takes a document again, the
-    /// reason goes (a pull may be minutes away).
+    /// reason goes (a pull may be minutes away). So does a pull's refusal of the document a
+    /// reload then applies, and only that one.
     #[tokio::test]
     async fn a_reason_for_setting_the_kept_document_aside_goes_when_one_is_taken_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -1523,6 +1531,25 @@ mod tests {
             (Some("applied"), None)
         );
         assert!(f.config_sha256.is_some() && f.applied_at.is_some());
+        // A pull refused another document: a reload of the kept one leaves that refusal.
+        let refused = |sha: String| move |f: &mut FleetState| f.refused_sha = Some(sha);
+        sup.note_pull(
+            "refused",
+            Some("not this one".into()),
+            refused("0".repeat(64)),
+        );
+        sup.reload().await.unwrap();
+        assert_eq!(sup.fleet().unwrap().result.as_deref(), Some("refused"));
+        // A pull refused the kept document itself (it did not fit the file then): once a
+        // reload applies it, the refusal goes.
+        let sha = crate::config::fleet::sha256_hex(b"webhooks = []\n");
+        sup.note_pull("refused", Some("did not fit".into()), refused(sha));
+        sup.reload().await.unwrap();
+        let f = sup.fleet().unwrap();
+        assert_eq!(
+            (f.result.as_deref(), f.reason.as_deref()),
+            (Some("applied"), None)
+        );
         sup.stop_sources().await;
         sup.stop_webhooks().await;
         drop(sup);

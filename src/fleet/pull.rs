@@ -51,6 +51,9 @@ pub(super) struct Puller {
     /// The `ETag` of the last document pulled, with its SHA-256: sent only while that
     /// document is the one in force (a SIGHUP may have set it aside since).
     etag: Option<(String, String)>,
+    /// The SHA-256 of the document the last pull refused after reading it whole (it did
+    /// not check with the local file): a reload that applies it clears the refusal.
+    refused: Option<String>,
 }
 
 impl Puller {
@@ -76,6 +79,7 @@ impl Puller {
             file: s.file.clone(),
             kept: s.data_dir.join(crate::config::fleet::KEPT),
             etag: None,
+            refused: None,
         }
     }
 
@@ -138,7 +142,7 @@ pub(super) async fn poll(mut p: impl Pull, interval: Duration, stop: Cancellatio
 }
 
 impl Puller {
-    fn note(&self, outcome: Outcome) {
+    fn note(&mut self, outcome: Outcome) {
         let (result, reason) = match &outcome {
             Outcome::Applied(a) => {
                 tracing::info!(
@@ -166,10 +170,12 @@ impl Puller {
             }
             Outcome::Stopped => return,
         };
+        let refused = self.refused.take().filter(|_| result == "refused");
         self.sup.note_pull(result, reason, |f| {
             if result == "applied" {
                 f.applied_at = f.at.clone();
             }
+            f.refused_sha = refused;
         });
     }
 
@@ -225,6 +231,7 @@ impl Puller {
         let label = PathBuf::from(&self.shown);
         if let Err(e) = crate::config::load_fleet(&self.file, &label, text) {
             self.etag = None;
+            self.refused = Some(sha);
             return Outcome::Refused(e.to_string());
         }
         // Kept first (with its signature, which every load checks when a key is set), so
@@ -254,7 +261,10 @@ impl Puller {
                 }
                 self.etag = None;
                 match e {
-                    ActionError::Invalid(why) => Outcome::Refused(why),
+                    ActionError::Invalid(why) => {
+                        self.refused = Some(sha);
+                        Outcome::Refused(why)
+                    }
                     other => Outcome::Failed(other.to_string()),
                 }
             }
