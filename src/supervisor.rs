@@ -195,18 +195,25 @@ pub struct FleetState {
     pub webhooks_managed: bool,
     /// `[fleet] report_url` (credentials hidden), if set.
     pub report_url: Option<String>,
-    /// The `result` is a kept document set aside by a load (not a pull): cleared by the
-    /// next load that takes it again, or by the next pull.
+    /// What the refusal in `result` is about, when a reload that applies can end it (the
+    /// next pull notes its own result anyway).
     #[serde(skip)]
-    pub(crate) set_aside: bool,
-    /// The SHA-256 of the document the last pull refused for not fitting the local file:
-    /// a reload that applies it (the file fixed, SIGHUP) clears the refusal.
-    #[serde(skip)]
-    pub(crate) refused_sha: Option<String>,
+    pub(crate) refusal: Option<Refusal>,
     /// How the last report ended: sent, failed, dropped (a newer one replaced it).
     pub report_result: Option<String>,
     /// When (RFC 3339).
     pub report_at: Option<String>,
+}
+
+/// A refusal shown in `status` that a successful reload may end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The kept document was set aside by a load: any load that takes one again (or finds
+    /// none kept) ends it.
+    SetAside,
+    /// A pull refused this document (SHA-256) for not fitting the local file: ended when a
+    /// reload (the file fixed, SIGHUP) applies that same document.
+    Pulled(String),
 }
 
 /// Whether the fleet's document owns the webhooks of `s`: `[fleet] config_url` is set, and
@@ -639,13 +646,19 @@ impl Supervisor {
                     // A document set aside before runs again (or none is kept any more),
                     // or the one a pull refused now fits: `status` no longer shows why.
                     (None, Ok(_)) => self.note_fleet(|f| {
-                        let fits = sha.is_some() && f.refused_sha == sha;
-                        if std::mem::take(&mut f.set_aside) || fits {
-                            f.refused_sha = None;
+                        let ends = match &f.refusal {
+                            Some(Refusal::SetAside) => true,
+                            Some(Refusal::Pulled(refused)) => sha.as_ref() == Some(refused),
+                            None => false,
+                        };
+                        if ends {
+                            f.refusal = None;
                             let now = crate::timefmt::rfc3339_ms(crate::timefmt::now_ms());
                             f.result = doc.then(|| "applied".to_string());
                             f.reason = None;
-                            f.applied_at = doc.then(|| now.clone()).or(f.applied_at.take());
+                            if doc {
+                                f.applied_at = Some(now.clone());
+                            }
                             f.at = Some(now);
                         }
                     }),
@@ -668,7 +681,7 @@ impl Supervisor {
         tracing::error!("{why}");
         self.note_pull("refused", Some(why.to_string()), |f| {
             f.config_sha256 = None;
-            f.set_aside = true;
+            f.refusal = Some(Refusal::SetAside);
         });
     }
 
@@ -692,7 +705,7 @@ impl Supervisor {
             f.result = Some(result.into());
             f.at = Some(now);
             f.reason = reason;
-            f.set_aside = false;
+            f.refusal = None;
             also(f);
         });
     }
@@ -700,6 +713,12 @@ impl Supervisor {
     /// The fleet's pulls and reports, without `[fleet]` none.
     pub(crate) fn fleet(&self) -> Option<FleetState> {
         self.fleet.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// SHA-256 of the fleet document in force, as the last apply recorded it.
+    pub(crate) fn fleet_sha256(&self) -> Option<String> {
+        let fleet = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
+        fleet.as_ref().and_then(|f| f.config_sha256.clone())
     }
 
     /// Notes a pull's or a report's end.
@@ -1532,7 +1551,8 @@ mod tests {
         );
         assert!(f.config_sha256.is_some() && f.applied_at.is_some());
         // A pull refused another document: a reload of the kept one leaves that refusal.
-        let refused = |sha: String| move |f: &mut FleetState| f.refused_sha = Some(sha);
+        let refused =
+            |sha: String| move |f: &mut FleetState| f.refusal = Some(Refusal::Pulled(sha));
         sup.note_pull(
             "refused",
             Some("not this one".into()),

@@ -488,16 +488,7 @@ async fn reports_arrive_signed_every_interval_and_do_not_pile_up() {
     // report at a time), and none waits for it to come back.
     rx.receiver.set_behaviour(Behaviour::Status(503));
     let down = Instant::now();
-    let refused = |n: usize| {
-        move |reqs: &[roomhook::demo::receiver::Received]| {
-            reqs.iter().filter(|r| r.status == 503).count() >= n
-        }
-    };
-    assert!(
-        rx.receiver
-            .wait_for(Duration::from_secs(10), refused(4))
-            .await
-    );
+    assert!(rx.wait_status(503, 4, Duration::from_secs(10)).await);
     // A report still failing when the next is due is dropped, not kept.
     let dropped =
         || metric(admin, "roomhook_fleet_reports_total{result=\"dropped\"}").unwrap_or(0.0);
@@ -510,16 +501,7 @@ async fn reports_arrive_signed_every_interval_and_do_not_pile_up() {
     // the next to be dropped.
     rx.receiver.set_behaviour(Behaviour::Status(401));
     let failed = || metric(admin, "roomhook_fleet_reports_total{result=\"failed\"}").unwrap_or(0.0);
-    let unauthorized = |n: usize| {
-        move |reqs: &[roomhook::demo::receiver::Received]| {
-            reqs.iter().filter(|r| r.status == 401).count() >= n
-        }
-    };
-    assert!(
-        rx.receiver
-            .wait_for(Duration::from_secs(10), unauthorized(1))
-            .await
-    );
+    assert!(rx.wait_status(401, 1, Duration::from_secs(10)).await);
     let (failed0, dropped0) = (failed(), dropped());
     assert!(
         wait_until(Duration::from_secs(10), || failed() >= failed0 + 4.0),

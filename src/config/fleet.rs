@@ -37,7 +37,7 @@ const SOURCE_KEYS: [(&str, &[&str]); 2] = [
 /// document as read: its webhooks' secret values, headers and file names).
 fn local_only(
     top: Option<&toml_edit::Table>,
-    doc: Option<&RawConfig>,
+    doc: Option<&mut RawConfig>,
 ) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     let local = |key: String, what: &str| {
@@ -47,13 +47,12 @@ fn local_only(
             format!("remove {key} from the fleet document"),
         )
     };
-    let table = top;
-    for (name, _) in table.iter().flat_map(|t| t.iter()) {
+    for (name, _) in top.iter().flat_map(|t| t.iter()) {
         if !matches!(name, "webhooks" | "sources") {
             out.push(local(format!("[{name}]"), "this section"));
         }
     }
-    let sources = table
+    let sources = top
         .and_then(|t| t.get("sources"))
         .and_then(|s| s.as_table_like());
     for (kind, _) in sources.iter().flat_map(|s| s.iter()) {
@@ -86,7 +85,7 @@ fn local_only(
         }
     }
     let Some(doc) = doc else { return out };
-    for (i, h) in doc.webhooks.iter().enumerate() {
+    for (i, h) in doc.webhooks.iter_mut().enumerate() {
         if h.headers.is_some() {
             out.push((
                 format!("webhooks[{i}].headers"),
@@ -95,6 +94,7 @@ fn local_only(
             ));
         }
         for (k, p) in webhook_files(h) {
+            let Some(p) = p.as_deref() else { continue };
             if !plain_name(p) {
                 out.push((
                     format!("webhooks[{i}].{k}"),
@@ -119,19 +119,17 @@ fn local_only(
     out
 }
 
-/// The files a webhook of a document names: (key, path).
-fn webhook_files(h: &super::RawWebhook) -> Vec<(&'static str, &Path)> {
+/// The files a webhook of a document may name: (key, path), checked and then placed on
+/// the gateway by the one list.
+fn webhook_files(h: &mut super::RawWebhook) -> [(&'static str, &mut Option<PathBuf>); 6] {
     [
-        ("authorization_file", &h.authorization_file),
-        ("password_file", &h.password_file),
-        ("signing_secret_file", &h.signing_secret_file),
-        ("ca_file", &h.ca_file),
-        ("client_cert_file", &h.client_cert_file),
-        ("client_key_file", &h.client_key_file),
+        ("authorization_file", &mut h.authorization_file),
+        ("password_file", &mut h.password_file),
+        ("signing_secret_file", &mut h.signing_secret_file),
+        ("ca_file", &mut h.ca_file),
+        ("client_cert_file", &mut h.client_cert_file),
+        ("client_key_file", &mut h.client_key_file),
     ]
-    .into_iter()
-    .filter_map(|(k, p)| Some((k, p.as_deref()?)))
-    .collect()
 }
 
 /// Whether `p` is a relative file name with no `..` (nor root or prefix) component.
@@ -180,8 +178,8 @@ pub(crate) fn check(
         return Err(ConfigErrors(refused));
     }
     let webhooks = top.as_ref().is_some_and(|d| d.contains_key("webhooks"));
-    let doc: RawConfig = parse(label, &format!("{doc_text}{SUFFIX}"))?;
-    let refused: Vec<ConfigError> = local_only(None, Some(&doc))
+    let mut doc: RawConfig = parse(label, &format!("{doc_text}{SUFFIX}"))?;
+    let refused: Vec<ConfigError> = local_only(None, Some(&mut doc))
         .into_iter()
         .map(|(k, p, f)| at(k, p, f))
         .collect();
@@ -232,18 +230,10 @@ pub(crate) fn check(
     if webhooks {
         raw.webhooks = doc.webhooks;
         for h in &mut raw.webhooks {
-            for p in [
-                &mut h.authorization_file,
-                &mut h.password_file,
-                &mut h.signing_secret_file,
-                &mut h.ca_file,
-                &mut h.client_cert_file,
-                &mut h.client_key_file,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                *p = doc_file(file, p);
+            for (_, p) in webhook_files(h) {
+                if let Some(p) = p {
+                    *p = doc_file(file, p);
+                }
             }
         }
     }

@@ -137,6 +137,16 @@ impl AdaptiveRate {
 
     /// The 2xx answers of the last `within` (at most [`MEASURE`]), to a [`STEP`].
     fn taken(&mut self, now: Instant, within: Duration) -> u32 {
+        self.forget_older_than_measure(now);
+        self.accepted
+            .iter()
+            .filter(|(t, _)| now.saturating_duration_since(*t) <= within)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Drops the steps older than [`MEASURE`] (a cut never looks further back).
+    fn forget_older_than_measure(&mut self, now: Instant) {
         while self
             .accepted
             .front()
@@ -144,11 +154,6 @@ impl AdaptiveRate {
         {
             self.accepted.pop_front();
         }
-        self.accepted
-            .iter()
-            .filter(|(t, _)| now.saturating_duration_since(*t) <= within)
-            .map(|(_, n)| n)
-            .sum()
     }
 
     /// A request went out.
@@ -165,7 +170,7 @@ impl AdaptiveRate {
             Some((t, n)) if now.saturating_duration_since(*t) < STEP => *n += 1,
             _ => {
                 self.accepted.push_back((now, 1));
-                self.taken(now, MEASURE);
+                self.forget_older_than_measure(now);
             }
         }
         let Some(rate) = self.rate else { return };

@@ -273,23 +273,16 @@ impl<T: Clone> Scheduler<T> {
             Verdict::Busy { pause: Some(pause) } => {
                 // The receiver said when: each lane goes again then, no backoff of its own.
                 self.wait(lanes, |_| now + pause);
-                let p = now + pause;
-                self.paused_until = Some(self.paused_until.map_or(p, |q| q.max(p)));
+                self.hold(now + pause);
             }
+            // A probe answered 429 (the circuit not closed): the receiver is back, and its
+            // lane goes again after the first step of its backoff, not the outage's longest.
             Verdict::Busy { pause: None } => {
-                if self.circuit != Circuit::Closed {
-                    // A probe answered 429: the receiver is back. Its lane goes again after
-                    // the first step of its backoff, not after the outage's longest.
-                    for key in lanes {
-                        if let Some(lane) = self.lanes.get_mut(key) {
-                            lane.attempts = 0;
-                        }
-                    }
-                }
-                self.back_off(lanes, now, unit)
+                let fresh = self.circuit != Circuit::Closed;
+                self.back_off(lanes, now, unit, fresh)
             }
             Verdict::Retry { pause } => {
-                self.back_off(lanes, now, unit);
+                self.back_off(lanes, now, unit, false);
                 self.consecutive_failures += 1;
                 let mut until = pause.map(|d| now + d);
                 if self.circuit == Circuit::HalfOpen || self.consecutive_failures >= self.threshold
@@ -304,7 +297,7 @@ impl<T: Clone> Scheduler<T> {
                     until = Some(until.map_or(open_until, |p| p.max(open_until)));
                 }
                 if let Some(p) = until {
-                    self.paused_until = Some(self.paused_until.map_or(p, |q| q.max(p)));
+                    self.hold(p);
                 }
             }
         }
@@ -312,13 +305,18 @@ impl<T: Clone> Scheduler<T> {
     }
 
     /// The `lanes` of a request that failed back off: each waits its retry backoff, which
-    /// grows with its attempts.
-    fn back_off(&mut self, lanes: &[Arc<str>], now: Instant, unit: f64) {
+    /// grows with its attempts (counted from none again when `fresh`).
+    fn back_off(&mut self, lanes: &[Arc<str>], now: Instant, unit: f64, fresh: bool) {
         let backoff = self.backoff;
         self.wait(lanes, |attempts| {
-            *attempts += 1;
+            *attempts = if fresh { 1 } else { *attempts + 1 };
             now + backoff.delay(*attempts, unit)
         });
+    }
+
+    /// Holds the whole webhook until `until` at least.
+    fn hold(&mut self, until: Instant) {
+        self.paused_until = Some(self.paused_until.map_or(until, |q| q.max(until)));
     }
 
     /// The `lanes` of a request that did not go through wait until `until(attempts)`.

@@ -9,7 +9,7 @@ use super::{sleep_or_stop, unit, Jitter};
 use crate::config::Settings;
 use crate::deliver::client::WebhookClient;
 use crate::metrics::{Metrics, ResultLabel};
-use crate::supervisor::{ActionError, Applied, Supervisor};
+use crate::supervisor::{ActionError, Applied, Refusal, Supervisor};
 use hyper::{StatusCode, Uri};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -85,7 +85,7 @@ impl Puller {
 
     /// SHA-256 of the document in force, as the supervisor last applied it.
     fn in_force(&self) -> Option<String> {
-        self.sup.fleet().and_then(|f| f.config_sha256)
+        self.sup.fleet_sha256()
     }
 
     /// Pulls once in every `interval` (full jitter) until `stop`, the first time within
@@ -175,7 +175,7 @@ impl Puller {
             if result == "applied" {
                 f.applied_at = f.at.clone();
             }
-            f.refused_sha = refused;
+            f.refusal = refused.map(Refusal::Pulled);
         });
     }
 

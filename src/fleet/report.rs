@@ -49,13 +49,12 @@ impl Reporter {
 
     /// The report as of now.
     fn report(&self) -> Bytes {
-        let fleet = self.sup.fleet();
         let body = serde_json::json!({
             "gateway": self.gateway,
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.started.elapsed().as_secs(),
             "at": crate::timefmt::rfc3339_ms(crate::timefmt::now_ms()),
-            "config_sha256": fleet.as_ref().and_then(|f| f.config_sha256.clone()),
+            "config_sha256": self.sup.fleet_sha256(),
             "status": crate::admin::status::status(&self.sup),
         });
         Bytes::from(body.to_string())
